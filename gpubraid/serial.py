@@ -1,0 +1,77 @@
+"""Layer-serial forward propagation and backpropagation: the reference for every parallel result.
+
+Forward: u_0 = opening(x), u_{n+1} = Φ_n(u_n) one layer at a time.  Backward: λ_N = ∂ℓ/∂u_N,
+λ_n = λ_{n+1} + h_n K_nᵀ(σ'(z_n) ⊙ λ_{n+1}) one layer at a time; then the gradients of all N
+layers in one batched :meth:`param_grad` call (ALGORITHM.md §2).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .model import ParamLayout, ResNetODE
+
+
+@dataclass
+class Evaluation:
+    """Objective J = ℓ + R at one parameter vector, with its gradient when asked for."""
+
+    objective: float
+    loss: float
+    n_correct: int
+    n_samples: int
+    grad: object = None  # flat vector like the parameters, or None
+
+    @property
+    def accuracy(self) -> float:
+        return self.n_correct / max(self.n_samples, 1)
+
+
+def forward_states(model: ResNetODE, P, x):
+    """All states u_0..u_N, shape (N + 1, B, *state_shape)."""
+    xp, N = model.xp, model.layers
+    u0 = model.open_forward(x, P)
+    U = xp.empty((N + 1, *u0.shape), dtype=u0.dtype)
+    U[0] = u0
+    h = model.step_sizes(0, N)
+    layer = P.layers()
+    for n in range(N):
+        U[n + 1] = model.step.forward(U[n:n + 1], tuple(p[n:n + 1] for p in layer), h[n:n + 1])[0]
+    return U
+
+
+def backward_adjoints(model: ResNetODE, P, U, lamN):
+    """All adjoints λ_0..λ_N given λ_N, shape (N + 1, B, *state_shape)."""
+    xp, N = model.xp, model.layers
+    Lam = xp.empty_like(U)
+    Lam[N] = lamN
+    h = model.step_sizes(0, N)
+    layer = P.layers()
+    for n in range(N - 1, -1, -1):
+        Lam[n] = model.step.adjoint(U[n:n + 1], Lam[n + 1:n + 2], tuple(p[n:n + 1] for p in layer),
+                                    h[n:n + 1])[0]
+    return Lam
+
+
+def evaluate(model: ResNetODE, layout: ParamLayout, theta, x, y, grad: bool = True) -> Evaluation:
+    """Objective (and gradient) of the whole network by layer-serial propagation.
+
+    Args:
+        layout: the full layout ``model.layout()`` (one process holds every layer).
+        theta: flat parameter vector (layout.size,) on the model's backend.
+        x: inputs (B, *in_shape); y: integer labels (B,).
+    """
+    P = layout.views(theta)
+    U = forward_states(model, P, x)
+    gvec = model.xp.zeros_like(theta) if grad else None
+    G = layout.views(gvec) if grad else None
+    loss, correct, lamN = model.loss(U[-1], y, P, G)
+    R = model.regularizer(layout, P, G)
+    if not grad:
+        return Evaluation(loss + R, loss, correct, x.shape[0])
+    Lam = backward_adjoints(model, P, U, lamN)
+    N = model.layers
+    dK, db = model.step.param_grad(U[:N], Lam[1:], P.layers(), model.step_sizes(0, N))
+    G.K += dK
+    G.b += db
+    model.open_grad(x, Lam[0], P, G)
+    return Evaluation(loss + R, loss, correct, x.shape[0], grad=gvec)

@@ -1,0 +1,174 @@
+"""Residual steps, batched over layer intervals: the protocol every network plugs in through.
+
+A *step* advances L independent layer intervals at once, each with its own parameters and step
+size.  Shapes (S is the per-sample state shape, P_i the per-layer shape of parameter group i):
+
+    u, lam            (L, B, *S)   states / adjoints at the start of each interval
+    params            tuple of arrays (L, *P_i)
+    h                 (L,)         step sizes
+
+The protocol is five members, in the spirit of XBraid's callbacks:
+
+    state_shape                        S
+    param_shapes                       (P_0, P_1, ...)
+    forward(u, params, h)       -> u + h f(u; θ)                          (L, B, *S)
+    adjoint(u, lam, params, h)  -> lam + h (∂f/∂u)ᵀ lam, linearised at u  (L, B, *S)
+    param_grad(u, lam, params, h) -> h (∂f/∂θ)ᵀ lam summed over the batch, tuple of (L, *P_i)
+
+Everything else (vectors, norms, sums, buffers) is plain arrays of the backend.  :class:`ResidualStep`
+implements the three methods for f(u; K, b) = σ(K u + b) given only the linear operator K and its
+transpose; :class:`DenseStep` and :class:`ConvStep` are the two built-in layers.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from .activations import get_activation
+from .backend import Backend
+from .errors import UserError
+
+
+class ResidualStep(ABC):
+    """Forward-Euler residual step u + h·σ(K u + b), batched over layers.
+
+    Subclasses define the linear operator through :meth:`linear`, :meth:`linear_t` and
+    :meth:`linear_grad`, and how a per-layer bias of shape (L, C) broadcasts against (L, B, *S).
+    """
+
+    state_shape: tuple[int, ...]
+    param_shapes: tuple[tuple[int, ...], ...]
+
+    def __init__(self, activation: str, backend: Backend):
+        self.activation = get_activation(activation)
+        self.be = backend
+        self.xp = backend.xp
+
+    # -- the linear part, supplied by subclasses -------------------------------------------------
+    @abstractmethod
+    def linear(self, u, K):
+        """K u for each layer: u (L, B, *S_in), K (L, ...) -> (L, B, *S_out)."""
+
+    @abstractmethod
+    def linear_t(self, a, K):
+        """Kᵀ a for each layer: a (L, B, *S_out) -> (L, B, *S_in)."""
+
+    @abstractmethod
+    def linear_grad(self, a, u):
+        """Σ_batch a ⋆ u, the gradient of <a, K u> with respect to K: -> (L, *K.shape[1:])."""
+
+    @abstractmethod
+    def bias(self, b):
+        """b (L, C) as a view broadcastable against (L, B, *S)."""
+
+    @abstractmethod
+    def bias_grad(self, a):
+        """Σ over batch and pixels of a (L, B, *S) -> (L, C)."""
+
+    # -- the protocol ----------------------------------------------------------------------------
+    def check(self, u, params, h) -> None:
+        """Raise UserError unless u, params and h have matching layer counts and shapes."""
+        L = u.shape[0]
+        if u.ndim != 2 + len(self.state_shape) or tuple(u.shape[2:]) != tuple(self.state_shape):
+            raise UserError(f"state must have shape (L, B, {', '.join(map(str, self.state_shape))}); "
+                            f"got {tuple(u.shape)}")
+        for p, shp in zip(params, self.param_shapes):
+            if tuple(p.shape) != (L, *shp):
+                raise UserError(f"parameter must have shape (L={L}, {', '.join(map(str, shp))}); "
+                                f"got {tuple(p.shape)}")
+        if tuple(h.shape) != (L,):
+            raise UserError(f"step sizes must have shape (L={L},); got {tuple(h.shape)}")
+
+    def _hb(self, h, ndim):
+        return h.reshape((h.shape[0],) + (1,) * (ndim - 1))
+
+    def preactivation(self, u, params):
+        K, b = params
+        return self.linear(u, K) + self.bias(b)
+
+    def forward(self, u, params, h):
+        z = self.preactivation(u, params)
+        return u + self._hb(h, u.ndim) * self.activation.sigma(self.xp, z)
+
+    def adjoint(self, u, lam, params, h):
+        a = self.activation.dsigma(self.xp, self.preactivation(u, params)) * lam
+        return lam + self._hb(h, lam.ndim) * self.linear_t(a, params[0])
+
+    def param_grad(self, u, lam, params, h):
+        a = self.activation.dsigma(self.xp, self.preactivation(u, params)) * lam
+        hb = h.reshape(-1, *(1,) * (params[0].ndim - 1))
+        return hb * self.linear_grad(a, u), h[:, None] * self.bias_grad(a)
+
+
+class DenseStep(ResidualStep):
+    """Dense residual layer on C features: K (C, C), b (C,), states (L, B, C)."""
+
+    def __init__(self, channels: int, activation: str, backend: Backend):
+        super().__init__(activation, backend)
+        self.channels = channels
+        self.state_shape = (channels,)
+        self.param_shapes = ((channels, channels), (channels,))
+
+    def linear(self, u, K):
+        return self.xp.matmul(u, K.transpose(0, 2, 1))
+
+    def linear_t(self, a, K):
+        return self.xp.matmul(a, K)
+
+    def linear_grad(self, a, u):
+        return self.xp.matmul(a.transpose(0, 2, 1), u)
+
+    def bias(self, b):
+        return b[:, None, :]
+
+    def bias_grad(self, a):
+        return a.sum(axis=1)
+
+
+class ConvStep(ResidualStep):
+    """3×3 same-padding convolution on C channels of H×W images.
+
+    K (C_out, C_in, 3, 3), b (C_out,), states (L, B, C, H, W).  Correlation convention (as in
+    PyTorch's conv2d): (K u)_o(y, x) = Σ_i Σ_{dy,dx} K[o, i, dy, dx] u_i(y + dy − 1, x + dx − 1).
+    """
+
+    def __init__(self, channels: int, height: int, width: int, activation: str, backend: Backend):
+        super().__init__(activation, backend)
+        self.channels, self.height, self.width = channels, height, width
+        self.state_shape = (channels, height, width)
+        self.param_shapes = ((channels, channels, 3, 3), (channels,))
+
+    def im2col(self, u):
+        """u (L, B, C, H, W) -> columns (L, B, C·9, H·W), zero padding one pixel."""
+        xp = self.xp
+        L, B, C, H, W = u.shape
+        up = xp.zeros((L, B, C, H + 2, W + 2), dtype=u.dtype)
+        up[..., 1:-1, 1:-1] = u
+        cols = xp.empty((L, B, C, 3, 3, H, W), dtype=u.dtype)
+        for dy in range(3):
+            for dx in range(3):
+                cols[:, :, :, dy, dx] = up[..., dy:dy + H, dx:dx + W]
+        return cols.reshape(L, B, C * 9, H * W)
+
+    def linear(self, u, K):
+        L, B, _, H, W = u.shape
+        Co = K.shape[1]
+        out = self.xp.matmul(K.reshape(L, 1, Co, -1), self.im2col(u))
+        return out.reshape(L, B, Co, H, W)
+
+    def linear_t(self, a, K):
+        # The transpose of a zero-padded correlation is the correlation with the kernel flipped in
+        # space and transposed in channels, also zero-padded.
+        Kt = self.xp.ascontiguousarray(K.transpose(0, 2, 1, 3, 4)[:, :, :, ::-1, ::-1])
+        return self.linear(a, Kt)
+
+    def linear_grad(self, a, u):
+        L, B, Co, H, W = a.shape
+        Ci = u.shape[2]
+        g = self.xp.matmul(a.reshape(L, B, Co, H * W), self.im2col(u).transpose(0, 1, 3, 2))
+        return g.sum(axis=1).reshape(L, Co, Ci, 3, 3)
+
+    def bias(self, b):
+        return b[:, None, :, None, None]
+
+    def bias_grad(self, a):
+        return a.sum(axis=(1, 3, 4))
