@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
+from . import cuda
 from .activations import get_activation
 from .backend import Backend
 from .errors import UserError
@@ -99,8 +100,32 @@ class ResidualStep(ABC):
         return hb * self.linear_grad(a, u), h[:, None] * self.bias_grad(a)
 
 
-class DenseStep(ResidualStep):
+class _CudaDispatch:
+    """On a GPU backend, run forward/adjoint/param_grad as the fused kernels of :mod:`gpubraid.cuda`
+    (``<_cuda_prefix>_forward`` etc.); on NumPy, the :class:`ResidualStep` formulas."""
+
+    _cuda_prefix: str
+
+    def forward(self, u, params, h):
+        if self.be.is_gpu:
+            return getattr(cuda, f"{self._cuda_prefix}_forward")(u, *params, h, self.activation.code)
+        return super().forward(u, params, h)
+
+    def adjoint(self, u, lam, params, h):
+        if self.be.is_gpu:
+            return getattr(cuda, f"{self._cuda_prefix}_adjoint")(u, lam, *params, h, self.activation.code)
+        return super().adjoint(u, lam, params, h)
+
+    def param_grad(self, u, lam, params, h):
+        if self.be.is_gpu:
+            return getattr(cuda, f"{self._cuda_prefix}_param_grad")(u, lam, *params, h, self.activation.code)
+        return super().param_grad(u, lam, params, h)
+
+
+class DenseStep(_CudaDispatch, ResidualStep):
     """Dense residual layer on C features: K (C, C), b (C,), states (L, B, C)."""
+
+    _cuda_prefix = "dense"
 
     def __init__(self, channels: int, activation: str, backend: Backend):
         super().__init__(activation, backend)
@@ -124,12 +149,14 @@ class DenseStep(ResidualStep):
         return a.sum(axis=1)
 
 
-class ConvStep(ResidualStep):
+class ConvStep(_CudaDispatch, ResidualStep):
     """3×3 same-padding convolution on C channels of H×W images.
 
     K (C_out, C_in, 3, 3), b (C_out,), states (L, B, C, H, W).  Correlation convention (as in
     PyTorch's conv2d): (K u)_o(y, x) = Σ_i Σ_{dy,dx} K[o, i, dy, dx] u_i(y + dy − 1, x + dx − 1).
     """
+
+    _cuda_prefix = "conv"
 
     def __init__(self, channels: int, height: int, width: int, activation: str, backend: Backend):
         super().__init__(activation, backend)
