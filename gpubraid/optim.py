@@ -142,6 +142,17 @@ class LBFGS(Optimizer):
         return q
 
     def step(self, theta, closure: Closure) -> StepInfo:
+        """One L-BFGS iteration on ``theta`` (1-D array, updated in place).
+
+        Returns:
+            :class:`StepInfo`; ``step_size`` is 0.0 when the gradient is zero or the line search
+            found no acceptable point within ``max_backtracks`` reductions (theta is then left
+            unchanged and the memory cleared; near the minimiser this happens when objective
+            differences reach roundoff, and a caller should stop).
+
+        Raises:
+            FloatingPointError: the objective or gradient at the start point is not finite.
+        """
         n_evals = 0
         if self._cache is not None and self._cache[0] is theta:
             f, g = self._cache[1], self._cache[2]
