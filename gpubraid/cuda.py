@@ -35,6 +35,7 @@ CONV_FORWARD, CONV_ACT_GRAD, CONV_TRANSPOSE = 0, 1, 2
 DENSE_FORWARD, DENSE_ACT_GRAD = 0, 1
 
 KERNEL_FILES = ("conv.cu", "dense.cu")
+_INT32_LIMIT = 2**31
 _CTYPES = {"float32": "float", "float64": "double"}
 
 
@@ -153,6 +154,8 @@ def _conv_args(u, K, b, h, lam=None):
     if u.ndim != 5:
         raise UserError(f"conv states must have shape (L, B, C, H, W); got {tuple(u.shape)}")
     L, B, C, H, W = (int(s) for s in u.shape)
+    if B * H * W >= _INT32_LIMIT or conv_launch(L, B, C, H, W)[0][0] >= _INT32_LIMIT or L * C * C >= _INT32_LIMIT:
+        raise UserError(f"conv states {tuple(u.shape)} too large for the kernels' 32-bit indexing")
     arrays = {"u": u, "K": K, "b": b, "h": h}
     shapes = {"u": (L, B, C, H, W), "K": (L, C, C, 3, 3), "b": (L, C), "h": (L,)}
     if lam is not None:

@@ -30,6 +30,10 @@
 #define GB_CONV_TILE_H 8
 #define GB_CONV_OCB 8
 #define GB_CONV_ICB 8
+// Minimum resident blocks per SM asked of ptxas for conv3x3_kernel: caps it at ~170 registers,
+// enough for the 8 accumulators and the staged weights of one input channel without spills in
+// double precision (left to itself ptxas settles at 96-128 registers and spills; see REGISTERS.md).
+#define GB_CONV_MIN_BLOCKS 3
 // Threads per block of conv_param_grad_kernel (a power of two: tree reduction).
 #define GB_CONV_GRAD_THREADS 128
 
@@ -43,7 +47,7 @@
 /// Shared memory: ICB input planes of the tile with a one-pixel halo, and the OCB × ICB × 9
 /// weights of the current channel chunk.
 template <typename T, int MODE>
-__global__ void __launch_bounds__(GB_CONV_TILE_W * GB_CONV_TILE_H)
+__global__ void __launch_bounds__(GB_CONV_TILE_W * GB_CONV_TILE_H, GB_CONV_MIN_BLOCKS)
 conv3x3_kernel(const T* __restrict__ x, const T* __restrict__ K, const T* __restrict__ b,
                const T* __restrict__ h, const T* __restrict__ r, T* __restrict__ out,
                int L, int B, int C, int H, int W, int act) {
@@ -58,9 +62,11 @@ conv3x3_kernel(const T* __restrict__ x, const T* __restrict__ K, const T* __rest
     const int tid = ty * TW + tx;
     const int ntx = (W + TW - 1) / TW;
     const int ntiles = ntx * ((H + TH - 1) / TH);
-    const int tile = blockIdx.x % ntiles;
-    const long long lb = blockIdx.x / ntiles;  // l·B + n
-    const int l = (int)(lb / B);
+    // 32-bit index arithmetic for the divisions (64-bit division is a called subroutine in PTX);
+    // the launchers check that every per-interval count fits.
+    const int tile = (int)(blockIdx.x % (unsigned)ntiles);
+    const long long lb = blockIdx.x / (unsigned)ntiles;  // l·B + n
+    const int l = (int)(blockIdx.x / (unsigned)ntiles) / B;
     const int x0 = (tile % ntx) * TW, y0 = (tile / ntx) * TH;
     const int o0 = blockIdx.y * OCB;
     const long long plane = (long long)H * W;
@@ -95,6 +101,8 @@ conv3x3_kernel(const T* __restrict__ x, const T* __restrict__ K, const T* __rest
             s_w[oc][ci][tap] = w;
         }
         __syncthreads();
+        // Not unrolled over channels: unrolling would hoist all ICB·OCB·9 weight loads and spill.
+#pragma unroll 1
         for (int ci = 0; ci < ICB; ++ci) {
 #pragma unroll
             for (int dy = 0; dy < 3; ++dy) {
@@ -146,18 +154,20 @@ conv_param_grad_kernel(const T* __restrict__ a, const T* __restrict__ u, const T
 
     const int tid = threadIdx.x;
     const long long blk = blockIdx.x;  // (l·C + o)·C + i
-    const int i = (int)(blk % C);
-    const int o = (int)((blk / C) % C);
-    const int l = (int)(blk / ((long long)C * C));
-    const long long plane = (long long)H * W;
-    const long long npix = (long long)B * plane;
+    const int i = (int)(blockIdx.x % (unsigned)C);
+    const int o = (int)((blockIdx.x / (unsigned)C) % (unsigned)C);
+    const int l = (int)(blockIdx.x / ((unsigned)C * (unsigned)C));
+    // 32-bit pixel indices (64-bit division is a called subroutine in PTX); the launchers check
+    // that B·H·W fits.
+    const int plane = H * W;
+    const int npix = B * plane;
 
     T acc[10];
 #pragma unroll
     for (int k = 0; k < 10; ++k) acc[k] = T(0);
-    for (long long e = tid; e < npix; e += NT) {
-        const long long n = e / plane, p = e % plane;
-        const int y = (int)(p / W), xq = (int)(p % W);
+    for (int e = tid; e < npix; e += NT) {
+        const int n = e / plane, p = e % plane;
+        const int y = p / W, xq = p % W;
         const long long sample = ((long long)l * B + n) * C;
         const T av = a[(sample + o) * plane + p];
         const T* ui = u + (sample + i) * plane;
