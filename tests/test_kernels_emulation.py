@@ -6,9 +6,12 @@ tests compile edited copies of the sources and check that the comparisons then f
 """
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import re
 import shutil
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +19,7 @@ import pytest
 
 from gpubraid import cuda
 from gpubraid.activations import ACTIVATIONS
-from gpubraid.backend import resolve_backend
+from gpubraid.backend import Backend, resolve_backend
 from gpubraid.steps import ConvStep, DenseStep
 
 _spec = importlib.util.spec_from_file_location("gpubraid_emulation_harness",
@@ -219,3 +222,108 @@ def test_planted_bug_is_caught(bug, tmp_path):
         except AssertionError:
             failed.add(name)
     assert failed == must_fail, f"planted bug {bug!r}: failed {sorted(failed)}, expected {sorted(must_fail)}"
+
+
+# -- the CuPy launchers of gpubraid.cuda, run on the emulator through a stand-in "cupy" ---------------
+class _HostArray(np.ndarray):
+    """A NumPy array that answers ``.device.id`` like a CuPy array on device 0."""
+
+    @property
+    def device(self):
+        return types.SimpleNamespace(id=0)
+
+
+def _host(a):
+    return np.asarray(a).view(_HostArray)
+
+
+class _FakeKernel:
+    """Runs a RawModule function on the emulator; checks the argument C types like CuPy would need."""
+
+    def __init__(self, lib, name):
+        m = re.fullmatch(r"(\w+)_kernel<(float|double)(?:, (\d))?>", name)
+        assert m, name
+        base, ctype, mode = m.groups()
+        self.ctype = ctype
+        self.fn = getattr(lib, f"emu_{base}_{ctype}" + (f"_{mode}" if mode is not None else ""))
+
+    def __call__(self, grid, block, args):
+        cargs = []
+        for a in args:
+            if isinstance(a, np.ndarray):
+                assert a.flags.c_contiguous and a.dtype == harness._CT_INV[self.ctype]
+                cargs.append(harness._ptr(a))
+            else:
+                assert type(a) is np.int32, f"scalar {a!r} passed as {type(a).__name__}, not numpy.int32"
+                cargs.append(ctypes.c_int(int(a)))
+        self.fn(harness._geom(grid, block), *cargs)
+
+
+@pytest.fixture
+def fake_cupy(emu, monkeypatch):
+    """A module standing in for cupy whose RawModule launches the emulated kernels."""
+    fake = types.ModuleType("cupy")
+    fake.ndarray = _HostArray
+    fake.empty_like = lambda a: _host(np.empty_like(a))
+    fake.ascontiguousarray = lambda a: _host(np.ascontiguousarray(a))
+    fake.matmul = lambda a, b: _host(np.matmul(a, b))
+    fake.cuda = types.SimpleNamespace(Device=lambda: types.SimpleNamespace(id=0))
+
+    class RawModule:
+        def __init__(self, code, options, name_expressions):
+            assert any(o.startswith("-I") for o in options)
+            self.names = list(name_expressions)
+
+        def get_function(self, name):
+            assert name in self.names, name
+            return _FakeKernel(emu.lib, name)
+
+    fake.RawModule = RawModule
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    cuda._module.cache_clear()
+    yield fake
+    cuda._module.cache_clear()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_launchers_and_step_dispatch(fake_cupy, dtype):
+    """ConvStep/DenseStep on a "cupy" backend go through gpubraid.cuda's launchers to the kernels."""
+    gpu = Backend("cupy", fake_cupy, dtype, 0)
+    cpu = resolve_backend("numpy", np.dtype(dtype).name)
+    shape = (2, 3, 10, 11, 19)
+    u, lam, K, b, h = conv_problem(shape, dtype, seed=5)
+    # A strided state exercises the contiguous copy.
+    u_strided = np.asfortranarray(u)
+    dev = [_host(x) for x in (u_strided, lam, K, b, h)]
+    for act in ACTS:
+        g, c = ConvStep(10, 11, 19, act, gpu), ConvStep(10, 11, 19, act, cpu)
+        assert_close(np.asarray(g.forward(dev[0], (dev[2], dev[3]), dev[4])), c.forward(u, (K, b), h), dtype,
+                     "conv forward")
+        assert_close(np.asarray(g.adjoint(dev[0], dev[1], (dev[2], dev[3]), dev[4])),
+                     c.adjoint(u, lam, (K, b), h), dtype, "conv adjoint")
+        for name, got, ref in zip(("dK", "db"), g.param_grad(dev[0], dev[1], (dev[2], dev[3]), dev[4]),
+                                  c.param_grad(u, lam, (K, b), h)):
+            assert_close(np.asarray(got), ref, dtype, f"conv {name}")
+
+    u, lam, K, b, h = dense_problem((3, 37, 6), dtype, seed=5)
+    dev = [_host(x) for x in (u, lam, K, b, h)]
+    g, c = DenseStep(6, "tanh", gpu), DenseStep(6, "tanh", cpu)
+    assert_close(np.asarray(g.forward(dev[0], (dev[2], dev[3]), dev[4])), c.forward(u, (K, b), h), dtype,
+                 "dense forward")
+    assert_close(np.asarray(g.adjoint(dev[0], dev[1], (dev[2], dev[3]), dev[4])), c.adjoint(u, lam, (K, b), h),
+                 dtype, "dense adjoint")
+    for name, got, ref in zip(("dK", "db"), g.param_grad(dev[0], dev[1], (dev[2], dev[3]), dev[4]),
+                              c.param_grad(u, lam, (K, b), h)):
+        assert_close(np.asarray(got), ref, dtype, f"dense {name}")
+
+
+def test_launchers_check_arguments(fake_cupy):
+    from gpubraid.errors import UserError
+
+    u, lam, K, b, h = conv_problem((1, 2, 3, 4, 5), np.float64)
+    with pytest.raises(UserError, match="float32 or all float64"):
+        cuda.conv_forward(_host(u), _host(K.astype(np.float32)), _host(b), _host(h), 0)
+    with pytest.raises(UserError, match="shape"):
+        cuda.conv_forward(_host(u), _host(K[:, :2]), _host(b), _host(h), 0)
+    with pytest.raises(UserError, match="CuPy array"):
+        cuda.conv_forward(u, _host(K), _host(b), _host(h), 0)

@@ -18,6 +18,7 @@ from gpubraid import cuda
 
 HERE = Path(__file__).resolve().parent
 _CT = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+_CT_INV = {c: d for d, c in _CT.items()}
 
 
 def gxx() -> str | None:
