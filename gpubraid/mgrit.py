@@ -1,0 +1,511 @@
+"""Distributed MGRIT with FAS (ALGORITHM.md §3): the solver that replaces serial propagation.
+
+The solver knows nothing about networks.  A problem hands it, in solver order (see grid.py):
+
+    phi(u, data, h) -> Φ(u)   batched step: u (k, B, *S), data a tuple of (k, ...) arrays, h (k,)
+    data                      this rank's level-0 step data, one row per owned level-0 step
+    u0                        the value at point 0 (on the rank that holds point 0)
+
+Level l solves u_i = Φ_{l,i−1}(u_{i−1}) + g_{l,i}.  One iteration, with the names of the math:
+
+    f_relax / c_relax      relaxation (F or FCF; ``nrelax`` CF sweeps after the first F)
+    restrict               C-point residual r, injection v = u_c, g_{l+1} = r + v − Φ_{l+1}(v)
+    coarse_solve           sequential stepping on the coarsest level, gathered to rank 0
+    correct                u_c ← v_new, then f_relax (on level 0 folded into the next iteration)
+
+F-relaxation on a level is m − 1 batched ``phi`` calls, each advancing every local interval at
+once with its own step data; the interval before a rank's first C-point is finished after the
+ghost value arrives from the left neighbour.
+
+Residual convention (XBraid's): ``residuals[k]`` is the C-point residual norm on level 0 after
+the relaxation of iteration k, computed before that iteration's coarse correction; the solve stops
+as soon as it is ≤ tol (or ≤ rtol·residuals[0]), and returns that relaxed iterate, so the last
+entry is the residual of the returned solution.  ``iterations`` counts coarse corrections.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .backend import Backend
+from .errors import UserError, check_positive_int
+from .grid import Distribution, LevelGrid, build_hierarchy
+from .parallel import Comm
+from .profiling import PhaseTimer
+
+TAG_GHOST, TAG_FETCH, TAG_GATHER, TAG_SCATTER, TAG_SETUP = 100, 200, 300, 400, 500
+
+
+@dataclass
+class MGRITOptions:
+    """Solver options, named as in XBraid.
+
+    Attributes:
+        max_levels: at most this many levels (1 = sequential solve on rank 0).
+        min_coarse: do not create a level with fewer steps than this.
+        cfactor: coarsening factor m ≥ 2, or one per level (the last repeats).
+        nrelax: CF sweeps after the first F-relaxation (0: F, 1: FCF), or one per level.
+        max_iter: at most this many iterations (coarse corrections).
+        tol: absolute tolerance on the level-0 C-point residual 2-norm (0: none).
+        rtol: relative tolerance, residual / first residual (0: none).
+        skip: skip the level-0 relaxation of the first iteration (not for warm starts).
+        fmg: F-cycles instead of V-cycles.
+        sync_timing: synchronise the device at phase ends so phase times are device times.
+    """
+
+    max_levels: int = 10
+    min_coarse: int = 2
+    cfactor: int | list = 4
+    nrelax: int | list = 1
+    max_iter: int = 50
+    tol: float = 1e-9
+    rtol: float = 0.0
+    skip: bool = True
+    fmg: bool = False
+    sync_timing: bool = False
+
+    def validate(self) -> "MGRITOptions":
+        check_positive_int("max_levels", self.max_levels)
+        check_positive_int("min_coarse", self.min_coarse)
+        check_positive_int("max_iter", self.max_iter, 0)
+        for name in ("cfactor", "nrelax"):
+            v = getattr(self, name)
+            vals = v if isinstance(v, (list, tuple)) else [v]
+            lo = 2 if name == "cfactor" else 0
+            if not vals or any(isinstance(x, bool) or int(x) != x or x < lo for x in vals):
+                raise UserError(f"{name} must be an integer >= {lo} or a list of them; got {v!r}")
+        for name in ("tol", "rtol"):
+            if not float(getattr(self, name)) >= 0:
+                raise UserError(f"{name} must be >= 0; got {getattr(self, name)!r}")
+        return self
+
+    def nrelax_at(self, level: int) -> int:
+        v = self.nrelax
+        return int(v[min(level, len(v) - 1)] if isinstance(v, (list, tuple)) else v)
+
+
+@dataclass
+class SolveStats:
+    """What one solve did on this rank (``residuals`` are global)."""
+
+    iterations: int = 0
+    residuals: list = field(default_factory=list)
+    converged: bool = False
+    steps_per_level: list = field(default_factory=list)   # step applications (intervals), this rank
+    coarse_steps: int = 0                                  # sequential steps of the coarsest solve
+    phase_seconds: dict = field(default_factory=dict)
+    messages: int = 0
+    bytes: int = 0
+    wall_s: float = 0.0
+
+    @property
+    def convergence_factors(self) -> list:
+        r = self.residuals
+        return [r[k + 1] / r[k] if r[k] > 0 else 0.0 for k in range(len(r) - 1)]
+
+    def as_dict(self) -> dict:
+        return {"iterations": self.iterations, "residuals": [float(x) for x in self.residuals],
+                "converged": self.converged, "convergence_factors": self.convergence_factors,
+                "steps_per_level": list(self.steps_per_level), "coarse_steps": self.coarse_steps,
+                "phase_seconds": self.phase_seconds, "messages": self.messages, "bytes": self.bytes,
+                "wall_s": self.wall_s}
+
+
+class _Level:
+    """This rank's rows of one level and the index sets the sweeps use."""
+
+    def __init__(self, grid: LevelGrid, lay, be: Backend, is_coarsest: bool):
+        self.grid, self.lay = grid, lay
+        self.rows = lay.rows
+        self.u = self.g = self.data = self.h = None
+        n, first_pt = self.rows, lay.lo - 1
+        if n == 0 or is_coarsest:
+            self.c_rows = None
+            return
+        m = grid.m
+        pts = np.arange(first_pt, first_pt + n)
+        owned_c = [r for r in range(1, n) if grid.is_c(pts[r])]
+        self.c_rows_host = np.array(owned_c, dtype=np.int64)
+        self.c_rows = be.xp.asarray(self.c_rows_host)
+        # Intervals that start at a C-point this rank may relax without waiting: its own C-points,
+        # and point 0 when it holds it.  F-point targets with offset j are every m-th row.
+        f_start = 0 if lay.holds_origin else (owned_c[0] if owned_c else None)
+        self.f_start = f_start
+        stop = n - 1 if lay.hi == grid.N + 1 else n  # never step onto the last point as an F-point
+        self.f_slices = []
+        if f_start is not None:
+            for j in range(1, m):
+                if f_start + j < stop:
+                    self.f_slices.append(slice(f_start + j, stop, m))
+        # F-points before the first such C-point: their interval starts at or left of the ghost.
+        first = f_start if f_start is not None else n
+        self.leading = list(range(1, first)) if not lay.holds_origin else []
+        # The last row is final after the local intervals unless it belongs to the leading ones.
+        self.last_is_local = f_start is not None
+
+
+class MGRIT:
+    """MGRIT solver for one distributed chain of N steps in solver order.
+
+    Args:
+        comm: communicator (None: one process).
+        ranks: MPI rank of each position 0..P−1 in solver order (reversed for the adjoint).
+        bounds: (P + 1,) level-0 step boundaries of the positions.
+        h: (N,) step sizes in solver order (host floats).
+        options: MGRITOptions.
+        backend: array backend of the states.
+    """
+
+    def __init__(self, comm: Comm | None, ranks, bounds, h, options: MGRITOptions, backend: Backend):
+        self.opts = options.validate()
+        self.be, self.xp = backend, backend.xp
+        self.comm = comm
+        rank = comm.rank if comm is not None else 0
+        self.ranks = [int(r) for r in ranks]
+        self.me = self.ranks.index(rank)
+        self.root = self.ranks.index(0)  # the position that solves the coarsest level
+        self.levels = build_hierarchy(h, options.cfactor, options.max_levels, options.min_coarse)
+        self.dist = Distribution(bounds, self.levels)
+        self.n_levels = len(self.levels)
+        self.coarsest = self.n_levels - 1
+        self.layouts = [[self.dist.layout(l, p) for p in range(self.dist.P)] for l in range(self.n_levels)]
+        self.lv = [_Level(g, self.layouts[l][self.me], backend, l == self.coarsest)
+                   for l, g in enumerate(self.levels)]
+        self.a = int(self.dist.bounds[self.me])
+        self.b = int(self.dist.bounds[self.me + 1])
+        self._plan_fetch()
+        self.timer = PhaseTimer(backend.synchronize if options.sync_timing else None)
+        self.steps = [0] * self.n_levels
+        self.coarse_steps = 0
+        self.phi = None
+
+    # -- setup ----------------------------------------------------------------------------------
+    def _needed_steps(self, level: int, p: int) -> np.ndarray:
+        """Level-0 step indices whose data position p needs for its steps on ``level``."""
+        lay = self.layouts[level][p]
+        if lay.hi <= lay.lo:
+            return np.zeros(0, dtype=np.int64)
+        return self.levels[level].fine[np.arange(lay.lo - 1, lay.hi - 1)]
+
+    def _plan_fetch(self) -> None:
+        """Which level-0 step data each position sends where, for all coarse levels."""
+        P = self.dist.P
+        self.fetch_send = {}   # dest position -> list of local level-0 step rows (s − a)
+        self.fetch_recv = {}   # src position -> list of (level, local data row)
+        levels = range(1, self.n_levels)
+        for p in range(P):
+            for l in levels:
+                steps = self._needed_steps(l, p)
+                if steps.size == 0:
+                    continue
+                own = self.dist.step_owner(steps)
+                for k, (s, o) in enumerate(zip(steps, own)):
+                    if o == self.me and p != self.me:
+                        self.fetch_send.setdefault(p, []).append(int(s) - self.a)
+                    if p == self.me:
+                        self.fetch_recv.setdefault(int(o), []).append((l, k, int(s)))
+
+    def _setup(self, data) -> None:
+        """Step data and step sizes of every level on this rank (level 0: ``data``)."""
+        xp = self.xp
+        for p_arr in data:
+            if p_arr.shape[0] != self.b - self.a:
+                raise ValueError(f"step data must have {self.b - self.a} rows (owned steps); got {p_arr.shape[0]}")
+        lv0 = self.lv[0]
+        lv0.data = tuple(data)
+        lv0.h = self.be.asarray(self.levels[0].H[self.a:self.b])
+        for l in range(1, self.n_levels):
+            lv, lay = self.lv[l], self.layouts[l][self.me]
+            k = max(lay.hi - lay.lo, 0)
+            lv.data = tuple(xp.empty((k, *d.shape[1:]), dtype=d.dtype) for d in data)
+            lv.h = self.be.asarray(self.levels[l].H[lay.lo - 1:lay.hi - 1]) if k else self.be.zeros(0)
+        # local copies first, then messages
+        mine = self.fetch_recv.get(self.me, [])
+        for l, k, s in mine:
+            for dst, src in zip(self.lv[l].data, data):
+                dst[k] = src[s - self.a]
+        with self.timer("exchange"):
+            reqs = []
+            for p, rows in sorted(self.fetch_send.items()):
+                idx = xp.asarray(np.array(rows, dtype=np.int64))
+                for j, d in enumerate(data):
+                    reqs.append(self.comm.isend(xp.ascontiguousarray(d[idx]), self.ranks[p], TAG_FETCH + j))
+            for o, items in sorted(self.fetch_recv.items()):
+                if o == self.me:
+                    continue
+                for j, d in enumerate(data):
+                    buf = xp.empty((len(items), *d.shape[1:]), dtype=d.dtype)
+                    self.comm.recv_into(buf, self.ranks[o], TAG_FETCH + j)
+                    for q, (l, k, _) in enumerate(items):
+                        self.lv[l].data[j][k] = buf[q]
+            Comm.waitall(reqs)
+        self._setup_coarsest(data)
+
+    def _setup_coarsest(self, data) -> None:
+        """Gather the coarsest level's step data on the root position."""
+        L = self.coarsest
+        lv = self.lv[L]
+        if self.me != self.root:
+            if lv.lay.n_owned > 0:
+                with self.timer("exchange"):
+                    reqs = [self.comm.isend(self.xp.ascontiguousarray(d), self.ranks[self.root], TAG_SETUP + j)
+                            for j, d in enumerate(lv.data)]
+                    Comm.waitall(reqs)
+            return
+        N = self.levels[L].N
+        full = tuple(self.xp.empty((N, *d.shape[1:]), dtype=d.dtype) for d in data)
+        with self.timer("exchange"):
+            for p, lay in enumerate(self.layouts[L]):
+                if lay.n_owned == 0:
+                    continue
+                sl = slice(lay.lo - 1, lay.hi - 1)
+                for j in range(len(full)):
+                    if p == self.me:
+                        full[j][sl] = lv.data[j]
+                    else:
+                        buf = self.xp.empty((lay.n_owned, *full[j].shape[1:]), dtype=full[j].dtype)
+                        self.comm.recv_into(buf, self.ranks[p], TAG_SETUP + j)
+                        full[j][sl] = buf
+        self.coarse_data = full
+        self.coarse_h = self.be.asarray(self.levels[L].H)
+
+    # -- the building blocks ----------------------------------------------------------------------
+    def _step(self, l: int, u, idx):
+        """Φ on level l for the local data rows ``idx`` (slice or index array) applied to u."""
+        lv = self.lv[l]
+        data = tuple(d[idx] for d in lv.data)
+        self.steps[l] += u.shape[0]
+        return self.phi(u, data, lv.h[idx])
+
+    def _exchange_ghost(self, l: int, send_now: bool, reqs: list) -> None:
+        """Send the last row to the next position (if ``send_now``) and receive the ghost row."""
+        lv = self.lv[l]
+        lay = lv.lay
+        with self.timer("exchange"):
+            if send_now and lay.next is not None:
+                reqs.append(self.comm.isend(lv.u[lv.rows - 1], self.ranks[lay.next], TAG_GHOST + l))
+            if lay.prev is not None:
+                self.comm.recv_into(lv.u[0], self.ranks[lay.prev], TAG_GHOST + l)
+
+    def f_relax(self, l: int) -> None:
+        """u_{c+j} = Φ(u_{c+j−1}) + g_{c+j} through every interval; ends with fresh ghosts."""
+        lv = self.lv[l]
+        if lv.rows == 0:
+            return
+        with self.timer("relax"):
+            u, g = lv.u, lv.g
+            for tgt in lv.f_slices:
+                src = slice(tgt.start - 1, tgt.stop - 1, tgt.step)
+                v = self._step(l, u[src], src)
+                u[tgt] = v if g is None else v + g[tgt]
+            reqs = []
+            self._exchange_ghost(l, lv.last_is_local, reqs)
+            for r in lv.leading:
+                v = self._step(l, u[r - 1:r], slice(r - 1, r))[0]
+                u[r] = v if g is None else v + g[r]
+            if not lv.last_is_local and lv.lay.next is not None:
+                with self.timer("exchange"):
+                    reqs.append(self.comm.isend(u[lv.rows - 1], self.ranks[lv.lay.next], TAG_GHOST + l))
+            Comm.waitall(reqs)
+
+    def c_relax(self, l: int) -> None:
+        """u_c = Φ(u_{c−1}) + g_c at this rank's C-points (ghosts are fresh after f_relax)."""
+        lv = self.lv[l]
+        if lv.c_rows is None or lv.c_rows.size == 0:
+            return
+        with self.timer("relax"):
+            c = lv.c_rows
+            v = self._step(l, lv.u[c - 1], c - 1)
+            lv.u[c] = v if lv.g is None else v + lv.g[c]
+
+    def relax(self, l: int) -> None:
+        """F, then ``nrelax`` CF sweeps (XBraid's nrelax: 0 → F, 1 → FCF)."""
+        self.f_relax(l)
+        for _ in range(self.opts.nrelax_at(l)):
+            self.c_relax(l)
+            self.f_relax(l)
+
+    def residual(self, l: int):
+        """r_c = g_c + Φ(u_{c−1}) − u_c at this rank's C-points, shape (n_c, B, *S)."""
+        lv = self.lv[l]
+        with self.timer("residual"):
+            c = lv.c_rows
+            if c.size == 0:
+                return lv.u[:0]
+            r = self._step(l, lv.u[c - 1], c - 1) - lv.u[c]
+            return r if lv.g is None else r + lv.g[c]
+
+    def restrict(self, l: int, r) -> None:
+        """FAS restriction to level l + 1: v = u_c, g = r + v − Φ_{l+1}(v_prev)."""
+        lv, co = self.lv[l], self.lv[l + 1]
+        if co.rows == 0:
+            return
+        with self.timer("restrict"):
+            if co.lay.holds_origin:
+                co.u[0] = lv.u[0]
+            if co.rows > 1:
+                co.u[1:] = lv.u[lv.c_rows]
+            reqs = []
+            self._exchange_ghost(l + 1, True, reqs)
+            if co.rows > 1:
+                co.g[1:] = r + co.u[1:] - self._step(l + 1, co.u[:-1], slice(0, co.rows - 1))
+            Comm.waitall(reqs)
+
+    def correct(self, l: int) -> None:
+        """u_c ← v_new at this rank's C-points of level l (injection's ideal interpolation)."""
+        lv, co = self.lv[l], self.lv[l + 1]
+        if co.rows > 1:
+            with self.timer("correct"):
+                lv.u[lv.c_rows] = co.u[1:]
+
+    def coarse_solve(self) -> None:
+        """Sequential solve of the coarsest level on the root position (gather, step, scatter)."""
+        L = self.coarsest
+        lv = self.lv[L]
+        xp = self.xp
+        layouts = self.layouts[L]
+        origin = 0  # position holding point 0
+        with self.timer("coarse_solve"):
+            if self.me != self.root:
+                reqs = []
+                with self.timer("exchange"):
+                    if self.me == origin:
+                        reqs.append(self.comm.isend(lv.u[0], self.ranks[self.root], TAG_GATHER))
+                    if lv.lay.n_owned and lv.g is not None:
+                        reqs.append(self.comm.isend(lv.g[1:], self.ranks[self.root], TAG_GATHER + 1))
+                    if lv.lay.n_owned:
+                        self.comm.recv_into(lv.u[1:], self.ranks[self.root], TAG_SCATTER)
+                    Comm.waitall(reqs)
+                return
+            N = self.levels[L].N
+            shape = self.sample_shape
+            U = xp.empty((N + 1, *shape), dtype=self.be.dtype)
+            G = xp.zeros((N + 1, *shape), dtype=self.be.dtype) if L > 0 else None
+            with self.timer("exchange"):
+                if self.me == origin:
+                    U[0] = lv.u[0]
+                else:
+                    self.comm.recv_into(U[0], self.ranks[origin], TAG_GATHER)
+                if G is not None:
+                    for p, lay in enumerate(layouts):
+                        if lay.n_owned == 0:
+                            continue
+                        if p == self.me:
+                            G[lay.lo:lay.hi] = lv.g[1:]
+                        else:
+                            self.comm.recv_into(G[lay.lo:lay.hi], self.ranks[p], TAG_GATHER + 1)
+            for k in range(1, N + 1):
+                d = tuple(x[k - 1:k] for x in self.coarse_data)
+                v = self.phi(U[k - 1:k], d, self.coarse_h[k - 1:k])[0]
+                U[k] = v if G is None else v + G[k]
+            self.coarse_steps += N
+            with self.timer("exchange"):
+                reqs = []
+                for p, lay in enumerate(layouts):
+                    if lay.n_owned == 0:
+                        continue
+                    if p == self.me:
+                        lv.u[1:] = U[lay.lo:lay.hi]
+                    else:
+                        reqs.append(self.comm.isend(U[lay.lo:lay.hi], self.ranks[p], TAG_SCATTER))
+                Comm.waitall(reqs)
+
+    # -- cycles -----------------------------------------------------------------------------------
+    def _visit(self, l: int, kind: str) -> None:
+        """Cycle from level l ≥ 1 down and back up (V, or F with an extra V at the next level)."""
+        if l == self.coarsest:
+            self.coarse_solve()
+            return
+        self.relax(l)
+        self.restrict(l, self.residual(l))
+        self._visit(l + 1, kind)
+        if kind == "F" and l + 1 < self.coarsest:
+            self._visit(l + 1, "V")
+        self.correct(l)
+        self.f_relax(l)
+
+    def _norm(self, r) -> float:
+        local = float(self.be.scalar((r * r).sum())) if r.size else 0.0
+        if self.comm is None:
+            return local ** 0.5
+        return self.comm.allreduce_sum(local) ** 0.5
+
+    def solve(self, phi, data, u0, sample_shape, warm=None):
+        """Solve the chain; returns (u, SolveStats).
+
+        Args:
+            phi: batched step, see the module docstring.
+            data: tuple of this rank's level-0 step data, each (b − a, ...).
+            u0: (B, *S) value at point 0 on the position holding it (ignored elsewhere).
+            sample_shape: (B, *S), the same on every rank.
+            warm: this rank's level-0 rows from a previous solve, (rows, B, *S), or None for the
+                initial guess u_0 at every point.
+
+        Returns:
+            u: (rows, B, *S) this rank's level-0 rows: its ghost point a followed by its points
+               a+1..b (position 0: point 0 first).
+        """
+        t0 = time.perf_counter()
+        xp, be = self.xp, self.be
+        self.phi = phi
+        self.sample_shape = tuple(sample_shape)
+        self.steps = [0] * self.n_levels
+        self.coarse_steps = 0
+        self.timer = PhaseTimer(be.synchronize if self.opts.sync_timing else None)
+        comm_before = (self.comm.stats.messages, self.comm.stats.bytes) if self.comm else (0, 0)
+        self._setup(data)
+        lv0 = self.lv[0]
+        if warm is not None:
+            lv0.u = warm
+            if lv0.lay.holds_origin:
+                lv0.u[0] = u0
+        else:
+            if self.comm is not None and self.comm.size > 1:
+                u0 = self.comm.bcast_array(u0 if self.me == 0 else None, self.ranks[0],
+                                           self.sample_shape, np.dtype(be.dtype), xp)
+            lv0.u = xp.empty((lv0.rows, *self.sample_shape), dtype=be.dtype)
+            lv0.u[...] = u0
+        for l in range(1, self.n_levels):
+            lv = self.lv[l]
+            lv.u = xp.empty((lv.rows, *self.sample_shape), dtype=be.dtype)
+            lv.g = xp.zeros_like(lv.u)
+        stats = SolveStats()
+        opts = self.opts
+        if self.n_levels == 1:
+            self.coarse_solve()
+            reqs = []
+            self._exchange_ghost(0, True, reqs)
+            Comm.waitall(reqs)
+            stats.residuals = [0.0]
+            stats.converged = True
+        else:
+            kind = "F" if opts.fmg else "V"
+            it = 0
+            while True:
+                if not (it == 0 and opts.skip and warm is None):
+                    self.relax(0)
+                r = self.residual(0)
+                norm = self._norm(r)
+                stats.residuals.append(norm)
+                if norm <= opts.tol or (opts.rtol > 0 and norm <= opts.rtol * stats.residuals[0]):
+                    stats.converged = True
+                    break
+                if it == opts.max_iter:
+                    break
+                self.restrict(0, r)
+                self._visit(1, kind)
+                if kind == "F" and 1 < self.coarsest:
+                    self._visit(1, "V")
+                self.correct(0)
+                it += 1
+            stats.iterations = it
+        stats.steps_per_level = list(self.steps)
+        stats.coarse_steps = self.coarse_steps
+        stats.phase_seconds = self.timer.as_dict()
+        if self.comm is not None:
+            stats.messages = self.comm.stats.messages - comm_before[0]
+            stats.bytes = self.comm.stats.bytes - comm_before[1]
+        stats.wall_s = time.perf_counter() - t0
+        return lv0.u, stats
