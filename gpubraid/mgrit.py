@@ -432,7 +432,7 @@ class MGRIT:
             return local ** 0.5
         return self.comm.allreduce_sum(local) ** 0.5
 
-    def solve(self, phi, data, u0, sample_shape, warm=None):
+    def solve(self, phi, data, u0, sample_shape, warm=None, access=None):
         """Solve the chain; returns (u, SolveStats).
 
         Args:
@@ -442,6 +442,9 @@ class MGRIT:
             sample_shape: (B, *S), the same on every rank.
             warm: this rank's level-0 rows from a previous solve, (rows, B, *S), or None for the
                 initial guess u_0 at every point.
+            access: optional callback ``access(k, u)`` after the k-th coarse correction on level 0
+                (XBraid's access): ``u`` is this rank's level-0 rows, C-points corrected, F-points
+                not yet relaxed.  Read-only.
 
         Returns:
             u: (rows, B, *S) this rank's level-0 rows: its ghost point a followed by its points
@@ -500,6 +503,8 @@ class MGRIT:
                     self._visit(1, "V")
                 self.correct(0)
                 it += 1
+                if access is not None:
+                    access(it, lv0.u)
             stats.iterations = it
         stats.steps_per_level = list(self.steps)
         stats.coarse_steps = self.coarse_steps
