@@ -74,7 +74,7 @@ _HELP = {
     "channels": "width C of every residual layer (features, or conv channels)",
     "final_time": "final time T of the ODE; step size h = T/N",
     "activation": "activation function",
-    "optimizer": "optimiser (lbfgs is full batch)",
+    "optimizer": "optimiser; lbfgs is full batch",
     "lr": "learning rate of sgd/adam",
     "momentum": "sgd momentum",
     "memory": "L-BFGS memory (curvature pairs kept)",
