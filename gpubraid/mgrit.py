@@ -332,8 +332,8 @@ class MGRIT:
         lv = self.lv[l]
         with self.timer("residual"):
             c = lv.c_rows
-            if c.size == 0:
-                return lv.u[:0]
+            if c is None or c.size == 0:
+                return self.xp.empty((0, *self.sample_shape), dtype=self.be.dtype)
             r = self._step(l, lv.u[c - 1], c - 1) - lv.u[c]
             return r if lv.g is None else r + lv.g[c]
 

@@ -46,10 +46,17 @@ def main():
             "state_err": float(np.abs(states - Uref).max() / np.abs(Uref).max()),
             "grad_err": float(np.linalg.norm(g_full - ref.grad) / np.linalg.norm(ref.grad)),
             "fwd": fst.as_dict(), "bwd": bst.as_dict(), "levels": len(lp.fwd.levels),
-            "grad": g_full.tolist(),
+            "grad": g_full.tolist(), "states": states.ravel().tolist(),
         }
         print(json.dumps(out))
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except BaseException as exc:
+        from mpi4py import MPI
+
+        from gpubraid.parallel import abort_all
+
+        abort_all(MPI.COMM_WORLD, exc, 1)

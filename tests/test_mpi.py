@@ -1,0 +1,66 @@
+"""Rank-count independence under mpiexec -n 1..4 (oversubscribed on small machines) and the abort path."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.mpi
+HERE = os.path.dirname(__file__)
+MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+if MPIEXEC is None:
+    pytest.skip("mpiexec not found", allow_module_level=True)
+
+
+def mpirun(n, script, *args, timeout=180):
+    cmd = [MPIEXEC, "-n", str(n), sys.executable, os.path.join(HERE, "mpi", script), *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def run_json(n, *args):
+    out = mpirun(n, "lp_check.py", *args)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def rel(a, b):
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
+
+
+CONFIGS = {
+    # kind, N, cfactor, nrelax, max_levels, tol, max_iter
+    "dense-N37-FCF-3lvl-uneven": ("dense", 37, 4, 1, 3, 1e-12, 100),
+    "conv-N8-F-2lvl-ranks-exceed-coarse": ("conv", 8, 4, 0, 2, 1e-12, 100),
+    "dense-N33-FCF-maxlvl": ("dense", 33, 2, 1, 30, 1e-12, 100),
+    "dense-N64-F-fixed-2-iterations": ("dense", 64, 4, 0, 30, 0.0, 2),
+}
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_results_independent_of_rank_count(name):
+    ref = run_json(1, *CONFIGS[name])
+    if CONFIGS[name][5] > 0:
+        assert ref["state_err"] <= 1e-10 and ref["grad_err"] <= 1e-8
+    for n in (2, 3, 4):
+        got = run_json(n, *CONFIGS[name])
+        for d in ("fwd", "bwd"):
+            assert got[d]["iterations"] == ref[d]["iterations"], (n, d)
+            assert rel(got[d]["residuals"], ref[d]["residuals"]) <= 1e-12, (n, d)
+        assert rel(got["states"], ref["states"]) <= 1e-12, n
+        assert rel(got["grad"], ref["grad"]) <= 1e-12, n
+        assert abs(got["objective"] - ref["objective"]) <= 1e-12 * abs(ref["objective"]), n
+
+
+def test_one_failing_rank_stops_every_rank():
+    t0 = time.monotonic()
+    out = mpirun(3, "abort_check.py", timeout=60)
+    elapsed = time.monotonic() - t0
+    assert out.returncode != 0
+    assert "rank 1 failed" in out.stderr and "planted failure" in out.stderr
+    assert "unreachable" not in out.stdout
+    assert elapsed < 30, elapsed
