@@ -1,0 +1,25 @@
+"""Run under mpiexec: a short training run; rank 0 prints the objective history as JSON."""
+import json
+import sys
+
+from mpi4py import MPI
+
+from gpubraid.parallel import Comm, abort_all
+from gpubraid.train import TrainConfig, Trainer
+
+
+def main():
+    method, optimizer = sys.argv[1], sys.argv[2]
+    extra = dict(batch_size=50, lr=0.01) if optimizer != "lbfgs" else {}
+    cfg = TrainConfig(example="peaks", method=method, optimizer=optimizer, layers=8, iterations=6,
+                      n_train=200, n_val=100, val_every=3, progress=False, cfactor=2, **extra)
+    res = Trainer(cfg, Comm.world()).run()
+    if MPI.COMM_WORLD.Get_rank() == 0:
+        print(json.dumps(res.metrics()))
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except BaseException as exc:
+        abort_all(MPI.COMM_WORLD, exc, 1)
