@@ -87,14 +87,21 @@ class ResidualStep(ABC):
         return self.linear(u, K) + self.bias(b)
 
     def forward(self, u, params, h):
+        self.check(u, params, h)
         z = self.preactivation(u, params)
         return u + self._hb(h, u.ndim) * self.activation.sigma(self.xp, z)
 
     def adjoint(self, u, lam, params, h):
+        self.check(u, params, h)
+        if lam.shape != u.shape:
+            raise UserError(f"adjoint must have the state's shape {tuple(u.shape)}; got {tuple(lam.shape)}")
         a = self.activation.dsigma(self.xp, self.preactivation(u, params)) * lam
         return lam + self._hb(h, lam.ndim) * self.linear_t(a, params[0])
 
     def param_grad(self, u, lam, params, h):
+        self.check(u, params, h)
+        if lam.shape != u.shape:
+            raise UserError(f"adjoint must have the state's shape {tuple(u.shape)}; got {tuple(lam.shape)}")
         a = self.activation.dsigma(self.xp, self.preactivation(u, params)) * lam
         hb = h.reshape(-1, *(1,) * (params[0].ndim - 1))
         return hb * self.linear_grad(a, u), h[:, None] * self.bias_grad(a)
@@ -165,22 +172,26 @@ class ConvStep(_CudaDispatch, ResidualStep):
         self.param_shapes = ((channels, channels, 3, 3), (channels,))
 
     def im2col(self, u):
-        """u (L, B, C, H, W) -> columns (L, B, C·9, H·W), zero padding one pixel."""
+        """u (L, B, C, H, W) -> columns (L, C·9, B·H·W), zero padding one pixel.
+
+        Channel-and-tap major, so the convolution of all samples of a layer is one GEMM
+        (C_out × 9·C_in) @ (9·C_in × B·H·W).
+        """
         xp = self.xp
         L, B, C, H, W = u.shape
-        up = xp.zeros((L, B, C, H + 2, W + 2), dtype=u.dtype)
-        up[..., 1:-1, 1:-1] = u
-        cols = xp.empty((L, B, C, 3, 3, H, W), dtype=u.dtype)
+        up = xp.zeros((L, C, B, H + 2, W + 2), dtype=u.dtype)
+        up[..., 1:-1, 1:-1] = u.transpose(0, 2, 1, 3, 4)
+        cols = xp.empty((L, C, 3, 3, B, H, W), dtype=u.dtype)
         for dy in range(3):
             for dx in range(3):
-                cols[:, :, :, dy, dx] = up[..., dy:dy + H, dx:dx + W]
-        return cols.reshape(L, B, C * 9, H * W)
+                cols[:, :, dy, dx] = up[..., dy:dy + H, dx:dx + W]
+        return cols.reshape(L, C * 9, B * H * W)
 
     def linear(self, u, K):
         L, B, _, H, W = u.shape
         Co = K.shape[1]
-        out = self.xp.matmul(K.reshape(L, 1, Co, -1), self.im2col(u))
-        return out.reshape(L, B, Co, H, W)
+        out = self.xp.matmul(K.reshape(L, Co, -1), self.im2col(u))
+        return out.reshape(L, Co, B, H, W).transpose(0, 2, 1, 3, 4)
 
     def linear_t(self, a, K):
         # The transpose of a zero-padded correlation is the correlation with the kernel flipped in
@@ -191,8 +202,9 @@ class ConvStep(_CudaDispatch, ResidualStep):
     def linear_grad(self, a, u):
         L, B, Co, H, W = a.shape
         Ci = u.shape[2]
-        g = self.xp.matmul(a.reshape(L, B, Co, H * W), self.im2col(u).transpose(0, 1, 3, 2))
-        return g.sum(axis=1).reshape(L, Co, Ci, 3, 3)
+        at = a.transpose(0, 2, 1, 3, 4).reshape(L, Co, B * H * W)
+        g = self.xp.matmul(at, self.im2col(u).transpose(0, 2, 1))
+        return g.reshape(L, Co, Ci, 3, 3)
 
     def bias(self, b):
         return b[:, None, :, None, None]
