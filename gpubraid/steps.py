@@ -202,8 +202,8 @@ class ConvStep(_CudaDispatch, ResidualStep):
     def linear_grad(self, a, u):
         L, B, Co, H, W = a.shape
         Ci = u.shape[2]
-        at = a.transpose(0, 2, 1, 3, 4).reshape(L, Co, B * H * W)
-        g = self.xp.matmul(at, self.im2col(u).transpose(0, 2, 1))
+        at = self.xp.ascontiguousarray(a.transpose(0, 2, 1, 3, 4)).reshape(L, Co, B * H * W)
+        g = self.xp.matmul(at, self.im2col(u).transpose(0, 2, 1))  # one GEMM per layer
         return g.reshape(L, Co, Ci, 3, 3)
 
     def bias(self, b):

@@ -18,7 +18,9 @@ if MPIEXEC is None:
 
 def mpirun(n, script, *args, timeout=180):
     cmd = [MPIEXEC, "-n", str(n), sys.executable, os.path.join(HERE, "mpi", script), *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    # one BLAS thread per rank: ranks are oversubscribed on small machines
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def run_json(n, *args):
