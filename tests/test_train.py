@@ -74,3 +74,18 @@ def test_training_trajectory_independent_of_rank_count(method, optimizer):
         assert got.shape == ref.shape
         assert np.max(np.abs(got - ref) / np.abs(ref)) <= 1e-10, (n, got, ref)
         assert runs[n]["val_accuracy"] == runs[1]["val_accuracy"]
+
+
+@pytest.mark.mpi
+def test_as_many_ranks_as_layers():
+    """P up to the number of layers works: 4 ranks with one layer each, same objective as 1 rank."""
+    from test_mpi import mpirun
+
+    runs = []
+    for n in (1, 4):
+        out = mpirun(n, "train_check.py", "oneshot", "lbfgs", 4)
+        assert out.returncode == 0, out.stderr[-3000:]
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    a = np.array([h["objective"] for h in runs[0]["history"]])
+    b = np.array([h["objective"] for h in runs[1]["history"]])
+    assert np.max(np.abs(a - b) / np.abs(a)) <= 1e-10
