@@ -1,0 +1,168 @@
+"""Training time-to-accuracy: layer-serial vs exact vs one-shot MGRIT training, one process.
+
+    python bench/training.py [--quick] [--out DIR]
+
+Runs (NumPy, float64, one process, one BLAS thread):
+  peaks       TrainConfig(example="peaks") defaults (dense, 32 layers, 8 channels, T = 5, tanh,
+              L-BFGS full batch, 5000 samples) but 40 iterations (quick: 3)
+  peaks-deep  the same with 256 layers (deep narrow), serial and oneshot only, 10 iterations
+              (skipped in quick mode)
+  mnist       TrainConfig(example="mnist") defaults (conv, 16 layers, 8 channels, Adam, batch 50)
+              on the bundled subset with n_train 1000, n_val 500, 20 iterations (quick: 2)
+Each run writes ``training-<example>-<method>-<host>-<date>.json`` (TrainResult.metrics() plus
+machine/versions); the summary ``training-<host>-<date>.json`` holds wall seconds per iteration
+and per objective/gradient evaluation side by side, and the serial/oneshot ratio.  Methods of one
+example run back to back; the machine is shared, so the ratios carry the noise of that.
+An optional PyTorch baseline (same network, ordinary backprop, Adam) runs when torch imports.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+from gpubraid.train import TrainConfig, Trainer  # noqa: E402
+
+NAME = "training"
+
+
+def runs(quick: bool):
+    if quick:
+        return [("peaks", dict(example="peaks", iterations=3, val_every=1, n_train=500, n_val=200),
+                 ("serial", "exact", "oneshot")),
+                ("mnist", dict(example="mnist", iterations=2, val_every=1, n_train=100, n_val=50),
+                 ("serial", "oneshot"))]
+    return [("peaks", dict(example="peaks", iterations=40, val_every=5), ("serial", "exact", "oneshot")),
+            ("peaks-deep", dict(example="peaks", layers=256, iterations=10, val_every=5), ("serial", "oneshot")),
+            ("mnist", dict(example="mnist", iterations=20, val_every=5, n_train=1000, n_val=500),
+             ("serial", "exact", "oneshot"))]
+
+
+def torch_baseline(cfg_kwargs):
+    """Same network trained by ordinary backprop in PyTorch (Adam), or None without torch."""
+    try:
+        import torch
+    except Exception:
+        return None
+    import time
+    from gpubraid.data import load_dataset
+    cfg = TrainConfig(**cfg_kwargs, progress=False).resolved()
+    ds = load_dataset(cfg.example, seed=cfg.seed, n_train=cfg.n_train, n_val=cfg.n_val)
+    x, y = torch.as_tensor(ds.x_train), torch.as_tensor(ds.y_train)
+    C, N, h = cfg.channels, cfg.layers, cfg.final_time / cfg.layers
+    act = torch.tanh if cfg.activation == "tanh" else torch.relu
+    conv = ds.kind == "conv"
+    mk = (lambda: torch.nn.Conv2d(C, C, 3, padding=1)) if conv else (lambda: torch.nn.Linear(C, C))
+    opening = torch.nn.Conv2d(ds.in_shape[0], C, 3, padding=1) if conv else torch.nn.Linear(ds.in_shape[0], C)
+    layers = torch.nn.ModuleList([mk() for _ in range(N)])
+    state = C * (ds.in_shape[1] * ds.in_shape[2] if conv else 1)
+    classifier = torch.nn.Linear(state, ds.n_classes)
+    params = [*opening.parameters(), *layers.parameters(), *classifier.parameters()]
+    net = lambda xb: classifier(_res(act(opening(xb)), layers, act, h).flatten(1))  # noqa: E731
+    opt = torch.optim.Adam(params, lr=cfg.lr or 1e-3)
+    bs = cfg.batch_size or len(x)
+    hist, t0 = [], time.perf_counter()
+    g = torch.Generator().manual_seed(0)
+    for it in range(cfg.iterations):
+        idx = torch.randint(0, len(x), (bs,), generator=g)
+        loss = torch.nn.functional.cross_entropy(net(x[idx].to(torch.float64 if False else torch.float32)), y[idx])
+        opt.zero_grad(); loss.backward(); opt.step()
+        hist.append({"iter": it, "objective": float(loss), "time_s": time.perf_counter() - t0})
+    return {"method": "torch-backprop", "wall_s": time.perf_counter() - t0, "history": hist,
+            "torch": torch.__version__}
+
+
+def _res(u, layers, act, h):
+    for lay in layers:
+        u = u + h * act(lay(u))
+    return u
+
+
+def run(quick: bool, out_dir) -> dict:
+    summary, files = [], []
+    for tag, kw, methods in runs(quick):
+        for method in methods:
+            cfg = TrainConfig(**kw, method=method, progress=False)
+            res = Trainer(cfg).run()
+            m = res.metrics()
+            doc = common.document(NAME, {"run": tag, "method": method, **kw}, m)
+            path = common.result_path(f"{NAME}-{tag}-{method}", out_dir)
+            common.write_json(path, doc)
+            files.append(path.name)
+            n_iter = max(m["iterations"], 1)
+            n_evals = sum(e.get("n_evals", 1) for e in m["history"])
+            # time_s excludes the validation passes taken inside the loop only approximately:
+            # the per-iteration figure uses the loop wall time (validation included, same for all)
+            row = {"run": tag, "method": method, "layers": m["layers"], "iterations": m["iterations"],
+                   "wall_s": m["wall_s"], "s_per_iteration": m["wall_s"] / n_iter,
+                   "objective_gradient_evals": n_evals, "s_per_eval": m["wall_s"] / max(n_evals, 1),
+                   "objective": m["objective"], "train_accuracy": m["train_accuracy"],
+                   "val_accuracy": m["val_accuracy"], "stopped": m["stopped"], "file": path.name}
+            summary.append(row)
+            print(f"{tag:10s} {method:8s} {row['s_per_iteration']:.3f} s/it  {row['s_per_eval']:.3f} s/eval  "
+                  f"obj {row['objective']:.4f} val {row['val_accuracy']:.3f}", flush=True)
+        tb = torch_baseline(kw) if tag == "mnist" else None
+        summary.append({"run": tag, "method": "torch-backprop", "skipped": tb is None,
+                        "reason": "torch not importable" if tb is None else None,
+                        **({} if tb is None else {"wall_s": tb["wall_s"]})})
+    ratios = {}
+    for tag in {r["run"] for r in summary}:
+        rows = {r["method"]: r for r in summary if r["run"] == tag and not r.get("skipped")}
+        if "serial" in rows and "oneshot" in rows:
+            ratios[tag] = {"oneshot_over_serial_per_iteration": rows["oneshot"]["s_per_iteration"] / rows["serial"]["s_per_iteration"],
+                           "oneshot_over_serial_per_eval": rows["oneshot"]["s_per_eval"] / rows["serial"]["s_per_eval"]}
+            if "exact" in rows:
+                ratios[tag]["exact_over_serial_per_eval"] = rows["exact"]["s_per_eval"] / rows["serial"]["s_per_eval"]
+    return common.document(NAME, {"quick": quick, "runs": [(t, kw, list(m)) for t, kw, m in runs(quick)],
+                                  "processes": 1, "backend": "numpy", "dtype": "float64"},
+                           {"summary": summary, "ratios": ratios, "files": files})
+
+
+def plot(json_path, png_path=None):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    doc = common.load_json(json_path)
+    d = Path(json_path).parent
+    tags = sorted({r["run"] for r in doc["results"]["summary"]})
+    fig, axes = plt.subplots(len(tags), 3, figsize=(15, 3.8 * len(tags)), squeeze=False)
+    for i, tag in enumerate(tags):
+        for r in doc["results"]["summary"]:
+            if r["run"] != tag or r.get("skipped"):
+                continue
+            run = common.load_json(d / r["file"])["results"]
+            H = run["history"]
+            it = [e["iter"] for e in H]
+            ts = [e["time_s"] for e in H]
+            axes[i, 0].semilogy(it, [e["objective"] for e in H], label=r["method"])
+            axes[i, 1].semilogy(ts, [e["objective"] for e in H], label=r["method"])
+            V = [(e["time_s"], e["val_accuracy"]) for e in H if "val_accuracy" in e]
+            if V:
+                axes[i, 2].plot(*zip(*V), "o-", label=r["method"])
+        axes[i, 0].set_xlabel("optimisation iteration"); axes[i, 0].set_ylabel(f"{tag}: objective")
+        axes[i, 1].set_xlabel("wall time [s]"); axes[i, 1].set_ylabel("objective")
+        axes[i, 2].set_xlabel("wall time [s]"); axes[i, 2].set_ylabel("validation accuracy")
+        for ax in axes[i]:
+            ax.grid(True, alpha=0.3); ax.legend(fontsize=7)
+    fig.suptitle(f"gpubraid training, one process — {doc['machine']['cpu_model']}, {doc['date'][:10]}", fontsize=9)
+    fig.tight_layout()
+    png = Path(png_path) if png_path else Path(json_path).with_suffix(".png")
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return png
+
+
+def main(argv=None):
+    args = common.parser(__doc__.splitlines()[0]).parse_args(argv)
+    doc = run(args.quick, args.out)
+    path = common.write_json(common.result_path(NAME, args.out), doc)
+    print(path)
+    print(doc["results"]["ratios"])
+    if not args.no_plot:
+        print(plot(path))
+
+
+if __name__ == "__main__":
+    main()

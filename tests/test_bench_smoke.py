@@ -1,0 +1,88 @@
+"""Smoke tests of the benchmarks in bench/: each script's --quick mode into a temporary directory.
+
+Each script must write its JSON (machine, versions, date, config, results) and a PNG made from it.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "bench"
+COMMON_KEYS = {"benchmark", "date", "machine", "versions", "config", "results"}
+
+
+def _run(script, out, *extra, timeout=240):
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               GPUBRAID_BACKEND="numpy")
+    proc = subprocess.run([sys.executable, str(BENCH / script), "--quick", "--out", str(out), *extra],
+                          capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _doc(out, name):
+    files = sorted(Path(out).glob(f"{name}-*.json"))
+    assert files, f"no {name} JSON in {out}"
+    doc = json.loads(files[-1].read_text())
+    assert COMMON_KEYS <= set(doc)
+    assert {"hostname", "cpu_model", "cores", "device"} <= set(doc["machine"])
+    assert {"gpubraid", "numpy", "mpi4py", "mpi_library"} <= set(doc["versions"])
+    assert files[-1].with_suffix(".png").exists()
+    return doc
+
+
+def test_steps_quick(tmp_path):
+    _run("steps.py", tmp_path)
+    doc = _doc(tmp_path, "steps")
+    row = doc["results"][0]
+    assert {"kind", "C", "B", "L", "op", "backend", "median_s", "bytes", "GBs"} <= set(row)
+    assert {r["op"] for r in doc["results"]} == {"forward", "adjoint", "param_grad"}
+
+
+@pytest.mark.slow
+def test_solves_quick(tmp_path):
+    _run("solves.py", tmp_path)
+    doc = _doc(tmp_path, "solves")
+    r = doc["results"][0]
+    assert {"N", "median_s", "ratios", "work", "stats"} <= set(r)
+    for key in ("FCF_forward", "FCF_adjoint", "F_forward", "F_adjoint"):
+        assert r["stats"][key]["converged"]
+        assert r["max_rel_error_vs_serial"][key] < 1e-6
+        assert {"iterations", "per_iteration_over_N", "total_steps_over_N"} <= set(r["work"][key])
+
+
+@pytest.mark.slow
+@pytest.mark.mpi
+@pytest.mark.skipif(shutil.which("mpiexec") is None and not (Path(sys.executable).parent / "mpiexec").exists(),
+                    reason="mpiexec not found")
+def test_scaling_quick(tmp_path):
+    _run("scaling.py", tmp_path)
+    doc = _doc(tmp_path, "scaling")
+    res = doc["results"]
+    assert [r["P"] for r in res["strong"]] == [1, 2, 4]
+    assert {"median_s", "fwd_iterations", "bwd_iterations", "messages_total", "bytes_total"} <= set(res["strong"][1])
+    assert res["strong"][0]["grad_rel_error_vs_serial"] < 1e-6
+    assert res["strong"][1]["messages_total"] > 0
+    assert "strong_ratio_P1_over_P2" in res["summary"]
+    _run("model.py", tmp_path, "--scaling", str(sorted(tmp_path.glob("scaling-*.json"))[-1]))
+    m = _doc(tmp_path, "model")
+    assert {"validation", "projection", "network", "validation_summary"} <= set(m["results"])
+    assert all("error" in v for v in m["results"]["validation"])
+    assert {r["limiting"] for r in m["results"]["projection"]} <= {"per-rank work", "communication", "coarsest solve"}
+
+
+@pytest.mark.slow
+def test_training_quick(tmp_path):
+    _run("training.py", tmp_path)
+    doc = _doc(tmp_path, "training")
+    res = doc["results"]
+    assert {"summary", "ratios", "files"} <= set(res)
+    assert "oneshot_over_serial_per_iteration" in res["ratios"]["peaks"]
+    for f in res["files"]:
+        run = json.loads((tmp_path / f).read_text())
+        assert {"method", "objective", "val_accuracy", "wall_s", "history"} <= set(run["results"])
