@@ -64,7 +64,7 @@ class TrainConfig:
     gamma_ddt: float | None = None
     init_scale: float = 1.0
     # MGRIT
-    cfactor: int = 4
+    cfactor: int = 2                       # XBraid's default and the paper's peaks setting
     max_levels: int = 10
     nrelax: int = 1
     fwd_iters: int = 2                     # oneshot: forward iterations per step
