@@ -73,6 +73,19 @@ def _version(mod: str) -> str | None:
         return None
 
 
+def _git(*args) -> str | None:
+    try:
+        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True,
+                              timeout=10).stdout.strip() or None
+    except Exception:
+        return None
+
+
+# The code a benchmark measured is the code at its start (others commit while it runs).
+GIT_AT_START = {"git_commit": _git("rev-parse", "--short", "HEAD"),
+                "gpubraid_dirty": bool(_git("status", "--porcelain", "--", "gpubraid"))}
+
+
 def versions() -> dict:
     import gpubraid
     out = {"gpubraid": getattr(gpubraid, "__version__", "unknown"), "numpy": np.__version__,
@@ -83,11 +96,8 @@ def versions() -> dict:
         out["mpi_library"] = MPI.Get_library_version().strip().splitlines()[0]
     except Exception:
         pass
-    try:
-        out["git_commit"] = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                                           capture_output=True, text=True, timeout=10).stdout.strip() or None
-    except Exception:
-        out["git_commit"] = None
+    out.update(GIT_AT_START)
+    out["git_commit_at_end"] = _git("rev-parse", "--short", "HEAD")
     return out
 
 

@@ -3,8 +3,9 @@ the measured solves.py and scaling.py results.
 
     python bench/model.py [--quick] [--out DIR] [--solves JSON] [--scaling JSON] [--steps-gpu JSON]
 
-Model.  A step call advancing k intervals costs t(k) = α + β·k (fitted per operation — forward,
-adjoint, param_grad — and per (C, B) from a calibration run here).  The solver's work is counted
+Model.  A step call advancing k intervals costs t(k) (measured at k = 1…256 and interpolated,
+α + β·k beyond; per operation — forward, adjoint, param_grad — and per (C, B), from a calibration
+run here that slices its inputs and adds a right-hand side as the solver does).  The solver's work is counted
 exactly from gpubraid's own hierarchy: for every level and rank, gpubraid.mgrit._Level gives the
 F-relaxation slices, the leading F-points, the C-points; from them the calls of one V-cycle
 (relax = F + nrelax·(C + F), residual, restriction, correction + F-relax on levels ≥ 1) and the
@@ -54,11 +55,30 @@ def calibrate(C, B, ks=(1, 2, 4, 16, 64, 256), repeats=5):
     for op in ("forward", "adjoint", "param_grad"):
         ts = []
         for k in ks:
-            u, lam = rng.standard_normal((k, B, C)), rng.standard_normal((k, B, C))
-            K, b, h = rng.standard_normal((k, C, C)) / math.sqrt(C), np.zeros((k, C)), np.full(k, 0.01)
-            fn = {"forward": lambda: step.forward(u, (K, b), h),
-                  "adjoint": lambda: step.adjoint(u, lam, (K, b), h),
-                  "param_grad": lambda: step.param_grad(u, lam, (K, b), h)}[op]
+            # arrays twice the size, sliced per call as MGRIT._step / the serial loop do
+            n = 2 * k + 1
+            U, LAM = rng.standard_normal((n, B, C)), rng.standard_normal((n, B, C))
+            KK, bb, hh = rng.standard_normal((n, C, C)) / math.sqrt(C), np.zeros((n, C)), np.full(n, 0.01)
+            sl = slice(1, 2 * k + 1, 2) if k > 1 else slice(1, 2)
+            out = np.empty((n, B, C))
+            G = rng.standard_normal((n, B, C))  # the FAS right-hand side added after every step
+
+            def data():
+                return U[sl], LAM[sl], tuple(d[sl] for d in (KK, bb)), hh[sl]
+
+            def fwd():
+                u, _, th, h = data()
+                out[sl] = step.forward(u, th, h) + G[sl]
+
+            def adj():
+                u, lam, th, h = data()
+                out[sl] = step.adjoint(u, lam, th, h) + G[sl]
+
+            def pg():
+                u, lam, th, h = data()
+                return step.param_grad(u, lam, th, h)
+
+            fn = {"forward": fwd, "adjoint": adj, "param_grad": pg}[op]
             ts.append(common.time_it(fn, repeats=repeats, warmup=2, min_time=0.01)["median_s"])
         beta, alpha = np.polyfit(np.array(ks, float), np.array(ts), 1)
         fits[op] = {"alpha_s": max(float(alpha), 1e-7), "beta_s": max(float(beta), 0.0),
