@@ -140,10 +140,6 @@ class LayerParallel:
         self.last_stats = (fstats, bstats)
         return Evaluation(objective, loss, correct, batch, grad=gvec)
 
-    def predict_correct(self, theta, x, y, batch: int) -> int:
-        """Number of correctly classified samples of (x, y) using the forward MGRIT solve."""
-        return self.evaluate(theta, x, y, batch, grad=False).n_correct
-
     def gather_params(self, theta):
         """The full parameter vector (serial layout) on rank 0; None elsewhere."""
         host = self.be.to_host(theta)

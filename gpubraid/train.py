@@ -246,19 +246,28 @@ class Trainer:
         out["steps"] = int(sum(f.steps_per_level) + (sum(b.steps_per_level) if b else 0))
         return out
 
-    def accuracy(self, split: str) -> float:
-        """Fraction of ``split`` ("train" or "val") classified correctly (distributed forward)."""
+    def score(self, split: str) -> tuple[float, float]:
+        """(objective, accuracy) on ``split`` ("train" or "val") by the converged distributed
+        forward solve, in chunks of samples sized so each chunk's states take about 128 MiB."""
         d = self.data
         x = d.x_train if split == "train" else d.x_val
         y = d.y_train if split == "train" else d.y_val
         n = d.n_train if split == "train" else d.n_val
-        correct = 0
-        chunk = max(1, min(n, 2000))
+        per_sample = (self.lp.b - self.lp.a + 1) * self.model.state_size * np.dtype(self.be.dtype).itemsize
+        chunk = int(min(n, max(1, 2 ** 27 // per_sample)))
+        loss, correct, reg = 0.0, 0, 0.0
         for lo in range(0, n, chunk):
             hi = min(n, lo + chunk)
-            correct += self.lp_eval.predict_correct(self.theta, None if x is None else x[lo:hi],
-                                                    None if y is None else y[lo:hi], hi - lo)
-        return correct / n
+            ev = self.lp_eval.evaluate(self.theta, None if x is None else x[lo:hi],
+                                       None if y is None else y[lo:hi], hi - lo, grad=False)
+            loss += ev.loss * (hi - lo)
+            correct += ev.n_correct
+            reg = ev.objective - ev.loss
+        return loss / n + reg, correct / n
+
+    def accuracy(self, split: str) -> float:
+        """Fraction of ``split`` ("train" or "val") classified correctly (distributed forward)."""
+        return self.score(split)[1]
 
     def run(self, progress=None) -> TrainResult:
         cfg, d = self.cfg, self.data
@@ -317,10 +326,10 @@ class Trainer:
             else:
                 failures = 0
         wall = time.perf_counter() - t0
-        final = self.lp_eval.evaluate(self.theta, d.x_train, d.y_train, d.n_train, grad=False)
+        objective, train_acc = self.score("train")
         val = self.accuracy("val")
         return TrainResult(dataclasses.asdict(cfg), self.P, self.be.name, self.be.dtype_name,
-                           final.objective, final.accuracy, val, wall, history, stopped)
+                           objective, train_acc, val, wall, history, stopped)
 
 
 def write_json_atomic(path: str, obj) -> None:
