@@ -1,26 +1,48 @@
-"""Performance model of layer-parallel MGRIT, calibrated on this machine and validated against
-the measured solves.py and scaling.py results.
+"""Performance model of layer-parallel MGRIT: calls × (α + β·L), calibrated on a subset of the
+measured solves.py / scaling.py configurations and validated on the others (held out).
 
     python bench/model.py [--quick] [--out DIR] [--solves JSON] [--scaling JSON] [--steps-gpu JSON]
+                          [--pingpong]
 
-Model.  A step call advancing k intervals costs t(k) (measured at k = 1…256 and interpolated,
-α + β·k beyond; per operation — forward, adjoint, param_grad — and per (C, B), from a calibration
-run here that slices its inputs and adds a right-hand side as the solver does).  The solver's work is counted
-exactly from gpubraid's own hierarchy: for every level and rank, gpubraid.mgrit._Level gives the
-F-relaxation slices, the leading F-points, the C-points; from them the calls of one V-cycle
-(relax = F + nrelax·(C + F), residual, restriction, correction + F-relax on levels ≥ 1) and the
-sequential coarsest solve on rank 0.  Critical path of one iteration = Σ_levels max_ranks(call
-time) + ghost messages per sweep·(latency + bytes/bandwidth) + gather/scatter of the coarsest
-level (2(P−1) messages) + coarsest steps·t(1) + the residual-norm allreduce (2·log2 P latencies).
-A solve with `it` iterations = it × (cycle incl. level-0 relaxation) + (it + 1) level-0
-residuals (the first relaxation is skipped, the last one returned).  A training step (exact or
-one-shot) = forward solve + adjoint solve + one param_grad call over the N/P local layers.
-With P > cores the compute is stretched by P/cores (oversubscription).  Latency and bandwidth
-come from a 2-rank ping-pong here (mpiexec, shared memory).  Iteration counts: measured (for
-validation) or taken from solves.py at the nearest N (for projections).
+Cost of one call.  A batched step call advancing L intervals costs t(L) = α + β·L, per operation
+(forward, adjoint) and per problem size (C, B): α is the per-call overhead (Python, building the
+sliced step data, the g-add's call overhead, phase timers), β the per-interval cost in situ
+(arithmetic plus the strided gathers/scatters and the g-add traffic of MGRIT._step / f_relax).
+The layer-serial loop is N calls with L = 1 and its own per-call overhead α_s (it slices but does
+not add g).
+
+Work counting.  Calls, not only steps, are counted from gpubraid's own hierarchy
+(gpubraid.grid.build_hierarchy, Distribution, gpubraid.mgrit._Level), exactly as gpubraid/mgrit.py
+issues them: f_relax = one call per F-slice (m − 1 on a full interval set; fewer when a slice is
+empty) + one L = 1 call per leading F-point; c_relax and residual one call over the local C-points;
+restriction one call of (coarse rows − 1) on the coarse level; the coarsest solve N_L calls of L = 1
+on the root; a solve with `it` corrections = it relax(0) (the first relaxation is skipped) +
+(it + 1) residual(0) + it × (restrict(0) + V-cycle from level 1).  The counted intervals are
+checked against SolveStats.steps_per_level / coarse_steps recorded by solves.py and scaling.py.
+
+MPI critical path.  Per phase, the slowest rank.  An F-relaxation sweep is a pipeline: every rank
+steps its own F-slices, then waits for its left neighbour's last row (sent as soon as that is final:
+after the neighbour's own slices, or after its leading points when it owns no C-point), then
+steps its leading points; the idle time of that wait is part of the sweep.  Every ghost message
+costs latency + bytes/bandwidth (2-rank ping-pong, shared memory); the coarsest level adds the
+gather of g and the scatter of u (root receives/sends one message per other rank); every level-0
+residual norm an allreduce (2·log2 P latencies).  With P > cores the compute is stretched by
+P/cores (oversubscription; the measured P = 4 runs on 2 cores).  Reported terms: "per-rank work"
+(slowest rank's calls), "communication" (messages plus waiting for the left neighbour), "coarsest
+solve" (the sequential coarse stepping on the root).
+
+Calibration (least squares on relative errors, see CAL_* below and the JSON's "calibration"):
+  solves (C = 8, B = 8): α, β per operation from the MGRIT FCF and F solves at N ∈ CAL_SOLVES_N,
+  α_s from the serial solves at the same N; held out: every other N.
+  scaling (C = 64, B = 256): α as for C = 8 (per-call overhead, size-independent: an assumption),
+  β per operation from the P = 1 strong run's forward and adjoint solve times, γ (gradient +
+  solve setup + copies, per local layer) from the rest of that evaluate, σ (layer-serial evaluate
+  per layer) from its serial evaluate; held out: strong P = 2, 4 and all weak runs.
+  (The per-solve times are from the last repeat; they are scaled by median/last-repeat so the
+  three parts add up to the median evaluate.)
 GPU projection: from a GPU steps JSON when one exists, else an explicit ASSUMPTION (H100 SXM:
 α = 20 µs per call (Python + launch), β = bytes per interval / (0.6 · 3.35 TB/s); host-staged
-MPI: 15 µs latency, 20 GB/s).
+MPI: 15 µs latency, 20 GB/s).  Iteration counts for projections: solves.py FCF at the nearest N.
 """
 from __future__ import annotations
 
@@ -28,7 +50,6 @@ import json
 import math
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -40,52 +61,15 @@ from gpubraid.backend import resolve_backend  # noqa: E402
 from gpubraid.grid import Distribution, build_hierarchy  # noqa: E402
 from gpubraid.mgrit import _Level  # noqa: E402
 from gpubraid.parallel import split_layers  # noqa: E402
-from gpubraid.steps import DenseStep  # noqa: E402
 
 NAME = "model"
 BE = resolve_backend("numpy", "float64")
-
-
-# -- calibration -------------------------------------------------------------------------------------
-def calibrate(C, B, ks=(1, 2, 4, 16, 64, 256), repeats=5):
-    """Fit t(k) = α + β k for forward/adjoint/param_grad of a dense tanh step (C, B)."""
-    step = DenseStep(C, "tanh", BE)
-    rng = np.random.default_rng(0)
-    fits, raw = {}, {}
-    for op in ("forward", "adjoint", "param_grad"):
-        ts = []
-        for k in ks:
-            # arrays twice the size, sliced per call as MGRIT._step / the serial loop do
-            n = 2 * k + 1
-            U, LAM = rng.standard_normal((n, B, C)), rng.standard_normal((n, B, C))
-            KK, bb, hh = rng.standard_normal((n, C, C)) / math.sqrt(C), np.zeros((n, C)), np.full(n, 0.01)
-            sl = slice(1, 2 * k + 1, 2) if k > 1 else slice(1, 2)
-            out = np.empty((n, B, C))
-            G = rng.standard_normal((n, B, C))  # the FAS right-hand side added after every step
-
-            def data():
-                return U[sl], LAM[sl], tuple(d[sl] for d in (KK, bb)), hh[sl]
-
-            def fwd():
-                u, _, th, h = data()
-                out[sl] = step.forward(u, th, h) + G[sl]
-
-            def adj():
-                u, lam, th, h = data()
-                out[sl] = step.adjoint(u, lam, th, h) + G[sl]
-
-            def pg():
-                u, lam, th, h = data()
-                return step.param_grad(u, lam, th, h)
-
-            fn = {"forward": fwd, "adjoint": adj, "param_grad": pg}[op]
-            ts.append(common.time_it(fn, repeats=repeats, warmup=2, min_time=0.01)["median_s"])
-        beta, alpha = np.polyfit(np.array(ks, float), np.array(ts), 1)
-        fits[op] = {"alpha_s": max(float(alpha), 1e-7), "beta_s": max(float(beta), 0.0),
-                    "ks": list(ks), "ts": ts}  # t(k): interpolated in the measured points
-        raw[op] = dict(zip(map(str, ks), ts))
-    return {"C": C, "B": B, "fits": fits, "raw": raw}
-
+CAL_SOLVES_N = (256, 4096)      # solves.py configurations used for calibration; the rest is held out
+CAL_SCALING = ("strong", 1)     # scaling.py (kind, P) used for calibration; the rest is held out
+# 2-rank ping-pong on this machine (mpiexec, shared memory), from the model run of commit b112474;
+# --pingpong re-measures (needs 2 free cores)
+NET_MEASURED = {"latency_s": 6.1915e-06, "bandwidth_Bps": 8.2569e9,
+                "source": "2-rank ping-pong here (mpiexec, shared memory), model run of commit b112474"}
 
 PINGPONG = r"""
 import sys, time, json, numpy as np
@@ -118,109 +102,220 @@ def pingpong():
     times = np.array([d[int(s)] for s in sizes])
     beta, alpha = np.polyfit(sizes, times, 1)
     return {"one_way_s_by_bytes": {str(int(s)): t for s, t in zip(sizes, times)},
-            "latency_s": float(max(alpha, times[0] * 0.5)), "bandwidth_Bps": float(1.0 / max(beta, 1e-12))}
+            "latency_s": float(max(alpha, times[0] * 0.5)), "bandwidth_Bps": float(1.0 / max(beta, 1e-12)),
+            "source": "2-rank ping-pong here (mpiexec, shared memory), this run"}
 
 
-# -- work accounting -------------------------------------------------------------------------------
-def hierarchy_calls(N, P, m=4, nrelax=1, max_levels=10, min_coarse=2, h=None):
-    """Per level, per rank: interval counts of the calls of one V-cycle, plus coarsest size."""
-    h = np.full(N, 1.0 / N) if h is None else h
-    levels = build_hierarchy(h, m, max_levels, min_coarse)
-    bounds = split_layers(N, P)
-    dist = Distribution(bounds, levels)
-    L = len(levels)
-    info = {"levels": [g.N for g in levels], "coarsest_steps": levels[-1].N, "per_level": []}
-    for l in range(L - 1):
-        relax, res, restrict_next, frelax = [], [], [], []
+# -- work accounting: the calls gpubraid/mgrit.py issues --------------------------------------------
+_HIER_CACHE = {}
+
+
+def hierarchy(N, P, m=4, max_levels=10, min_coarse=2):
+    """Per level and rank: the calls of each building block (lists of interval counts L)."""
+    key = (N, P, m, max_levels, min_coarse)
+    if key in _HIER_CACHE:
+        return _HIER_CACHE[key]
+    levels = build_hierarchy(np.full(N, 1.0 / N), m, max_levels, min_coarse)
+    dist = Distribution(split_layers(N, P), levels)
+    Lc = len(levels) - 1
+    per_level = []
+    for l in range(Lc):
+        ranks = []
         for p in range(P):
-            lv = _Level(levels[l], dist.layout(l, p), BE, False)
+            lay = dist.layout(l, p)
+            lv = _Level(levels[l], lay, BE, False)
             if lv.rows == 0:
-                relax.append([]); res.append([]); restrict_next.append([]); frelax.append([])
+                ranks.append(None)
                 continue
-            F = [len(range(*s.indices(lv.rows))) for s in lv.f_slices] + [1] * len(lv.leading)
-            F = [k for k in F if k > 0]
-            nc = int(lv.c_rows_host.size)
-            Cc = [nc] if nc else []
-            relax.append(F + nrelax * (Cc + F))
-            res.append(Cc)
             co = dist.layout(l + 1, p)
-            rows = co.rows
-            restrict_next.append([rows - 1] if rows > 1 else [])
-            frelax.append(F)
-        info["per_level"].append({"relax": relax, "residual": res, "restrict": restrict_next, "f_relax": frelax})
+            ranks.append({"slices": [len(range(*s.indices(lv.rows))) for s in lv.f_slices],
+                          "leading": len(lv.leading), "nc": int(lv.c_rows_host.size),
+                          "last_local": bool(lv.last_is_local), "has_prev": lay.prev is not None,
+                          "restrict": co.rows - 1 if co.rows > 1 else 0,
+                          "restrict_prev": co.rows > 0 and co.prev is not None})
+        per_level.append(ranks)
+    owned = [dist.layout(Lc, p).n_owned for p in range(P)]
+    info = {"levels": [g.N for g in levels], "coarsest_steps": levels[-1].N, "per_level": per_level,
+            "coarse_owned": owned}
+    _HIER_CACHE[key] = info
     return info
 
 
-def t_one(k, fit):
-    if "ks" in fit and k <= fit["ks"][-1]:
-        return float(np.interp(k, fit["ks"], fit["ts"]))
-    if "ks" in fit:
-        return fit["ts"][-1] + fit["beta_s"] * (k - fit["ks"][-1])
-    return fit["alpha_s"] + fit["beta_s"] * k
+def count_solve(N, P, it, nrelax, m=4):
+    """Calls and intervals of one solve on rank 0 (P = 1: the whole solve), per level."""
+    info = hierarchy(N, P, m)
+    nl = len(info["levels"])
+    steps, calls = [0] * nl, [0] * nl
+
+    def add(l, L, n=1):
+        if L > 0:
+            steps[l] += L * n
+            calls[l] += n
+
+    def f_relax(l, n):
+        r = info["per_level"][l][0]
+        if r is None:
+            return
+        for k in r["slices"]:
+            add(l, k, n)
+        add(l, 1, n * r["leading"])
+
+    def relax(l, n):
+        f_relax(l, n * (1 + nrelax))
+        add(l, info["per_level"][l][0]["nc"], n * nrelax)
+
+    def residual(l, n):
+        add(l, info["per_level"][l][0]["nc"], n)
+
+    def restrict(l, n):
+        add(l + 1, info["per_level"][l][0]["restrict"], n)
+
+    relax(0, it); residual(0, it + 1); restrict(0, it)
+    for l in range(1, nl - 1):
+        relax(l, it); residual(l, it); restrict(l, it); f_relax(l, it)
+    coarse_calls = it * info["coarsest_steps"]
+    return {"steps_per_level": steps, "calls_per_level": calls, "coarse_steps": coarse_calls,
+            "calls": sum(calls) + coarse_calls, "intervals": sum(steps) + coarse_calls}
 
 
-def t_calls(calls, fit):
-    return sum(t_one(k, fit) for k in calls)
+# -- cost of one solve ------------------------------------------------------------------------------
+def t_call(L, fit):
+    return fit["alpha_s"] + fit["beta_s"] * L if L > 0 else 0.0
 
 
-def iteration_terms(info, fit, msg_bytes, net, P, stretch):
-    """(work, comm, coarse) seconds of one V-cycle excluding the level-0 relax/residual."""
-    lat, bw = (net["latency_s"], net["bandwidth_Bps"]) if P > 1 else (0.0, float("inf"))
-    msg = lat + msg_bytes / bw
-    work = comm = 0.0
-    for l, d in enumerate(info["per_level"]):
-        per_rank = []
-        for p in range(P):
-            calls = d["restrict"][p] + ([] if l == 0 else d["relax"][p] + d["residual"][p] + d["f_relax"][p])
-            per_rank.append(t_calls(calls, fit))
-        work += max(per_rank) * stretch
-        n_msgs = 1 if l == 0 else (2 + 2)  # restrict ghost (+ relax F,F + f_relax after correction)
-        comm += n_msgs * msg if P > 1 else 0.0
-    Nc = info["coarsest_steps"]
-    coarse = Nc * t_one(1, fit) * stretch
-    if P > 1:
-        comm_coarse = 2 * (min(P, Nc) - 1) * lat + 2 * Nc * msg_bytes / bw
-        comm += comm_coarse
-    return work, comm, coarse
+class CriticalPath:
+    """Accumulates the critical path of a solve in the three reported terms."""
+
+    def __init__(self):
+        self.work = self.comm = self.coarse = 0.0
+
+    def add(self, work=0.0, comm=0.0, coarse=0.0, n=1):
+        self.work += n * work
+        self.comm += n * comm
+        self.coarse += n * coarse
+
+    @property
+    def total(self):
+        return self.work + self.comm + self.coarse
 
 
-def level0_terms(info, fit, msg_bytes, net, P, stretch, nrelax):
-    d = info["per_level"][0]
-    lat, bw = (net["latency_s"], net["bandwidth_Bps"]) if P > 1 else (0.0, float("inf"))
-    relax = max(t_calls(d["relax"][p], fit) for p in range(P)) * stretch
-    res = max(t_calls(d["residual"][p], fit) for p in range(P)) * stretch
-    comm_relax = (1 + nrelax) * (lat + msg_bytes / bw) if P > 1 else 0.0
-    allreduce = 2 * math.log2(P) * lat if P > 1 else 0.0
-    return relax, res, comm_relax, allreduce
+def sweep_f(ranks, fit, msg, stretch):
+    """(busy of slowest rank, critical-path time) of one F-relaxation pipeline over the ranks."""
+    send_prev, done, busy = None, [], []
+    for r in ranks:
+        if r is None:
+            continue
+        own = sum(t_call(k, fit) for k in r["slices"]) * stretch
+        lead = r["leading"] * t_call(1, fit) * stretch
+        start = own
+        if r["has_prev"] and send_prev is not None:
+            start = max(own, send_prev + msg)
+        d = start + lead
+        send_prev = own if r["last_local"] else d
+        done.append(d)
+        busy.append(own + lead)
+    return max(busy), max(done)
 
 
 def predict_solve(N, P, it, fit, C, B, net, cores, m=4, nrelax=1):
-    info = hierarchy_calls(N, P, m, nrelax)
-    msg_bytes = 8 * B * C
+    info = hierarchy(N, P, m)
+    nbytes = 8 * B * C
     stretch = max(1.0, P / cores) if cores else 1.0
-    work, comm, coarse = iteration_terms(info, fit, msg_bytes, net, P, stretch)
-    relax0, res0, comm0, allred = level0_terms(info, fit, msg_bytes, net, P, stretch, nrelax)
-    total = it * (relax0 + comm0 + work + comm + coarse) + (it + 1) * (res0 + allred)
-    return {"total_s": total, "per_iteration_s": relax0 + comm0 + work + comm + coarse + res0 + allred,
-            "terms_per_iteration": {"per-rank work": relax0 + res0 + work, "communication": comm + comm0 + allred,
-                                    "coarsest solve": coarse},
+    msg = (net["latency_s"] + nbytes / net["bandwidth_Bps"]) if P > 1 else 0.0
+    lat = net["latency_s"] if P > 1 else 0.0
+    nl = len(info["levels"])
+
+    def live(l):
+        return [r for r in info["per_level"][l] if r is not None]
+
+    def f_relax(path, l, n):
+        b, d = sweep_f(info["per_level"][l], fit, msg, stretch)
+        path.add(work=b, comm=d - b, n=n)
+
+    def c_step(path, l, n):  # c_relax or residual: one call over the local C-points
+        path.add(work=max(t_call(r["nc"], fit) for r in live(l)) * stretch, n=n)
+
+    def relax(path, l, n):
+        f_relax(path, l, n * (1 + nrelax))
+        c_step(path, l, n * nrelax)
+
+    def restrict(path, l, n):
+        rs = live(l)
+        path.add(work=max(t_call(r["restrict"], fit) for r in rs) * stretch,
+                 comm=msg if any(r["restrict_prev"] for r in rs) else 0.0, n=n)
+
+    path = CriticalPath()
+    relax(path, 0, it)
+    c_step(path, 0, it + 1)
+    path.add(comm=2 * math.log2(P) * lat, n=it + 1)   # residual norm allreduce
+    restrict(path, 0, it)
+    for l in range(1, nl - 1):
+        relax(path, l, it); c_step(path, l, it); restrict(path, l, it); f_relax(path, l, it)
+    Nc = info["coarsest_steps"]
+    others = [n for n in info["coarse_owned"][1:] if n > 0]
+    gather = sum(2 * lat + n * nbytes / net["bandwidth_Bps"] for n in others) + (lat if P > 1 else 0.0)
+    path.add(coarse=Nc * t_call(1, fit) * stretch, comm=gather, n=it)
+    return {"total_s": path.total, "terms": {"per-rank work": path.work, "communication": path.comm,
+                                             "coarsest solve": path.coarse},
             "levels": info["levels"]}
 
 
-def predict_serial(N, fits):
-    return {"forward": N * t_one(1, fits["forward"]), "adjoint": N * t_one(1, fits["adjoint"]),
-            "param_grad": t_one(N, fits["param_grad"])}
-
-
-def predict_step(N, P, it_f, it_b, cal, net, cores, nrelax=1):
-    f = predict_solve(N, P, it_f, cal["fits"]["forward"], cal["C"], cal["B"], net, cores, nrelax=nrelax)
-    b = predict_solve(N, P, it_b, cal["fits"]["adjoint"], cal["C"], cal["B"], net, cores, nrelax=nrelax)
-    pg = cal["fits"]["param_grad"]
+def predict_evaluate(N, P, it_f, it_b, cal, net, cores):
+    f = predict_solve(N, P, it_f, cal["fits"]["forward"], cal["C"], cal["B"], net, cores)
+    b = predict_solve(N, P, it_b, cal["fits"]["adjoint"], cal["C"], cal["B"], net, cores)
     stretch = max(1.0, P / cores) if cores else 1.0
-    grad = t_one(math.ceil(N / P), pg) * stretch
-    terms = {k: f["terms_per_iteration"][k] * it_f + b["terms_per_iteration"][k] * it_b for k in f["terms_per_iteration"]}
+    grad = (cal.get("grad_alpha_s", 0.0) + cal["grad_per_layer_s"] * math.ceil(N / P)) * stretch
+    terms = {k: f["terms"][k] + b["terms"][k] for k in f["terms"]}
+    terms["per-rank work"] += grad
     return {"total_s": f["total_s"] + b["total_s"] + grad, "forward_s": f["total_s"], "adjoint_s": b["total_s"],
-            "grad_s": grad, "per_iteration_forward_s": f["per_iteration_s"], "terms": terms}
+            "grad_s": grad, "terms": terms}
+
+
+# -- calibration --------------------------------------------------------------------------------------
+def fit_solves(S):
+    """α, β per operation (MGRIT) and α_s (serial) from the solves.py runs at N ∈ CAL_SOLVES_N."""
+    rows = [r for r in S["results"] if r["N"] in CAL_SOLVES_N] or S["results"][:1]
+    fits = {}
+    for w in ("forward", "adjoint"):
+        A, y = [], []
+        for r in rows:
+            for v, nr in (("FCF", 1), ("F", 0)):
+                c = count_solve(r["N"], 1, r["stats"][f"{v}_{w}"]["iterations"], nr)
+                meas = r["median_s"][f"mgrit_{v}_{w}"]
+                A.append([c["calls"] / meas, c["intervals"] / meas]); y.append(1.0)
+        (alpha, beta), *_ = np.linalg.lstsq(np.array(A), np.array(y), rcond=None)
+        alpha, beta = max(float(alpha), 1e-7), max(float(beta), 0.0)
+        alpha_s = float(np.mean([r["median_s"][f"serial_{w}"] / r["N"] - beta for r in rows]))
+        fits[w] = {"alpha_s": alpha, "beta_s": beta, "serial_alpha_s": max(alpha_s, 1e-7)}
+    return {"C": S["config"]["channels"], "B": S["config"]["batch"], "fits": fits,
+            "calibrated_on": [f"solves N={r['N']}: serial, MGRIT FCF and F (forward and adjoint)" for r in rows],
+            "method": "least squares on relative error: measured = calls·α + intervals·β (MGRIT, P = 1); "
+                      "serial = N·(α_s + β)"}
+
+
+def fit_scaling(Sc, small):
+    """β per operation, γ (gradient etc. per layer) and σ (serial per layer) from one scaling run."""
+    kind, P = CAL_SCALING
+    rows = [r for r in Sc["results"][kind] if r["P"] == P] or Sc["results"]["strong"][:1]
+    r = rows[0]
+    pr = r["per_rank"][0]
+    last = r["evaluate_s"][-1]
+    scale = r["median_s"] / last
+    t_f, t_b = pr["fwd"]["wall_s"] * scale, pr["bwd"]["wall_s"] * scale
+    fits = {}
+    for w, t, key, nr in (("forward", t_f, "fwd", 1), ("adjoint", t_b, "bwd", 1)):
+        c = count_solve(r["N"], P, pr[key]["iterations"], nr)
+        alpha = small["fits"][w]["alpha_s"] if small else 20e-6
+        fits[w] = {"alpha_s": alpha, "beta_s": max((t - c["calls"] * alpha) / c["intervals"], 0.0)}
+    grad = max(r["median_s"] - t_f - t_b, 0.0) / r["N"]
+    serial = r["serial_median_s"] / r["N"] if r.get("serial_median_s") else None
+    return {"C": Sc["config"]["channels"], "B": Sc["config"]["batch"], "fits": fits, "grad_per_layer_s": grad,
+            "serial_per_layer_s": serial,
+            "calibrated_on": [f"scaling-{kind} N={r['N']} P={P}: evaluate median split into forward solve, "
+                              f"adjoint solve (per-rank wall_s × median/last repeat = {scale:.3f}) and the rest; "
+                              "serial evaluate"],
+            "method": "α from the C = 8 fit (assumed size-independent); β = (solve time − calls·α)/intervals; "
+                      "γ = rest/N; σ = serial/N"}
 
 
 # -- GPU assumption ----------------------------------------------------------------------------------
@@ -242,46 +337,67 @@ def gpu_calibration(C, B, steps_gpu):
             "source": "ASSUMPTION: H100 SXM roofline, 60% of 3.35 TB/s on the minimal-traffic byte model, 20 us per call"}
 
 
+def gpu_as_cal(g):
+    """GPU fits in the shape predict_evaluate expects (gradient: one param_grad call per layer block)."""
+    pg = g["fits"]["param_grad"]
+    return {**g, "grad_per_layer_s": pg["beta_s"], "grad_alpha_s": pg["alpha_s"]}
+
+
 GPU_NET = {"latency_s": 15e-6, "bandwidth_Bps": 20e9,
            "source": "ASSUMPTION: host-staged MPI between GPUs (not CUDA-aware): 15 us, 20 GB/s"}
 
 
 # -- driver -------------------------------------------------------------------------------------------
-def run(quick, solves_json, scaling_json, steps_gpu):
+def run(quick, solves_json, scaling_json, steps_gpu, measure_net=False):
     cores = common.machine_info()["cores"] or 1
-    net = pingpong() or {"latency_s": 5e-6, "bandwidth_Bps": 5e9, "source": "fallback (no mpiexec)"}
-    net.setdefault("source", "2-rank ping-pong here (mpiexec, shared memory)")
-    cal_small = calibrate(8, 8, repeats=3 if quick else 5)
-    validation = []
+    net = (pingpong() if measure_net else None) or dict(NET_MEASURED)
+    validation, counts_check = [], []
+    small = big = None
     if solves_json:
         S = common.load_json(solves_json)
+        small = fit_solves(S)
         for r in S["results"]:
-            ser = predict_serial(r["N"], cal_small["fits"])
+            cal = r["N"] in CAL_SOLVES_N
             for w in ("forward", "adjoint"):
+                f = small["fits"][w]
                 validation.append({"source": "solves", "config": f"serial {w} N={r['N']} P=1",
-                                   "measured_s": r["median_s"][f"serial_{w}"], "predicted_s": ser[w]})
+                                   "calibration": cal, "measured_s": r["median_s"][f"serial_{w}"],
+                                   "predicted_s": r["N"] * (f["serial_alpha_s"] + f["beta_s"])})
                 for v, nr in (("FCF", 1), ("F", 0)):
                     key = f"{v}_{w}"
-                    it = r["stats"][key]["iterations"]
-                    pr = predict_solve(r["N"], 1, it, cal_small["fits"][w], 8, 8, net, cores, nrelax=nr)
+                    st = r["stats"][key]
+                    it = st["iterations"]
+                    pr = predict_solve(r["N"], 1, it, f, small["C"], small["B"], net, cores, nrelax=nr)
+                    c = count_solve(r["N"], 1, it, nr)
+                    counts_check.append({"config": f"solves {key} N={r['N']}", "counted": c["steps_per_level"],
+                                         "recorded": st["steps_per_level"], "calls": c["calls"],
+                                         "match": c["steps_per_level"] == st["steps_per_level"]
+                                         and c["coarse_steps"] == st["coarse_steps"]})
                     validation.append({"source": "solves", "config": f"MGRIT {v} {w} N={r['N']} P=1 it={it}",
-                                       "measured_s": r["median_s"][f"mgrit_{key}"], "predicted_s": pr["total_s"]})
-    cal_big = None
+                                       "calibration": cal, "measured_s": r["median_s"][f"mgrit_{key}"],
+                                       "predicted_s": pr["total_s"], "calls": c["calls"],
+                                       "intervals": c["intervals"]})
     if scaling_json:
         Sc = common.load_json(scaling_json)
-        C, B = Sc["config"]["channels"], Sc["config"]["batch"]
-        cal_big = calibrate(C, B, repeats=3 if quick else 5)
+        big = fit_scaling(Sc, small)
         for kind in ("strong", "weak"):
             for r in Sc["results"][kind]:
-                pr = predict_step(r["N"], r["P"], r["fwd_iterations"], r["bwd_iterations"], cal_big, net, cores)
-                validation.append({"source": f"scaling-{kind}", "config": f"evaluate N={r['N']} P={r['P']} "
-                                   f"it={r['fwd_iterations']}/{r['bwd_iterations']}",
-                                   "measured_s": r["median_s"], "predicted_s": pr["total_s"]})
-                if r.get("serial_median_s"):
-                    s = predict_serial(r["N"], cal_big["fits"])
-                    validation.append({"source": f"scaling-{kind}", "config": f"serial evaluate N={r['N']} P=1",
-                                       "measured_s": r["serial_median_s"],
-                                       "predicted_s": s["forward"] + s["adjoint"] + s["param_grad"]})
+                cal = (kind, r["P"]) == CAL_SCALING
+                pr = predict_evaluate(r["N"], r["P"], r["fwd_iterations"], r["bwd_iterations"], big, net, cores)
+                for pk in r["per_rank"][:1]:
+                    for key, w in (("fwd", "forward"), ("bwd", "adjoint")):
+                        c = count_solve(r["N"], r["P"], pk[key]["iterations"], 1)
+                        counts_check.append({"config": f"scaling-{kind} {key} N={r['N']} P={r['P']} rank 0",
+                                             "counted": c["steps_per_level"],
+                                             "recorded": pk[key]["steps_per_level"], "calls": c["calls"],
+                                             "match": c["steps_per_level"] == pk[key]["steps_per_level"]})
+                validation.append({"source": f"scaling-{kind}", "calibration": cal,
+                                   "config": f"evaluate N={r['N']} P={r['P']} it={r['fwd_iterations']}/{r['bwd_iterations']}",
+                                   "measured_s": r["median_s"], "predicted_s": pr["total_s"], "terms_s": pr["terms"]})
+                if r.get("serial_median_s") and big["serial_per_layer_s"]:
+                    validation.append({"source": f"scaling-{kind}", "calibration": cal,
+                                       "config": f"serial evaluate N={r['N']} P=1", "measured_s": r["serial_median_s"],
+                                       "predicted_s": big["serial_per_layer_s"] * r["N"]})
     for v in validation:
         v["error"] = v["predicted_s"] / v["measured_s"] - 1.0
     # iteration counts for projections: solves.py FCF at the nearest N
@@ -289,43 +405,58 @@ def run(quick, solves_json, scaling_json, steps_gpu):
     if solves_json:
         for r in common.load_json(solves_json)["results"]:
             its[r["N"]] = (r["stats"]["FCF_forward"]["iterations"], r["stats"]["FCF_adjoint"]["iterations"])
+
     def iters(N):
         if not its:
             return (12, 12)
         return its[min(its, key=lambda n: abs(math.log(n / N)))]
-    cal_proj = cal_big or calibrate(64, 256, repeats=3)
-    gpu_cal = gpu_calibration(cal_proj["C"], cal_proj["B"], steps_gpu)
+    gpu = gpu_calibration(big["C"] if big else 64, big["B"] if big else 256, steps_gpu)
+    gpu_cal = gpu_as_cal(gpu)
     Ps = [2 ** i for i in range(0, 11)]
     Ns = [256, 1024, 4096, 16384] if not quick else [256, 4096]
     projection = []
-    for target, cal, nt in (("cpu", cal_proj, net), ("gpu", gpu_cal, GPU_NET)):
+    targets = ([("cpu", big, net)] if big else []) + [("gpu", gpu_cal, GPU_NET)]
+    for target, cal, nt in targets:
         for N in Ns:
-            ser = predict_serial(N, cal["fits"])
-            serial_total = ser["forward"] + ser["adjoint"] + ser["param_grad"]
+            if target == "cpu":
+                serial_total = big["serial_per_layer_s"] * N if big["serial_per_layer_s"] else None
+            else:
+                f = gpu["fits"]
+                serial_total = N * (t_call(1, f["forward"]) + t_call(1, f["adjoint"])) + t_call(N, f["param_grad"])
             for method, (itf, itb) in (("exact", iters(N)), ("oneshot", (2, 2))):
                 for P in Ps:
                     if P > N // 4:
                         continue
-                    pr = predict_step(N, P, itf, itb, cal, nt, cores=None)
+                    pr = predict_evaluate(N, P, itf, itb, cal, nt, cores=None)
                     lim = max(pr["terms"], key=pr["terms"].get)
                     projection.append({"target": target, "N": N, "P": P, "method": method,
                                        "iterations": [itf, itb], "step_s": pr["total_s"],
-                                       "per_iteration_forward_s": pr["per_iteration_forward_s"],
-                                       "serial_step_s": serial_total, "speedup": serial_total / pr["total_s"],
+                                       "serial_step_s": serial_total,
+                                       "speedup": serial_total / pr["total_s"] if serial_total else None,
                                        "terms_s": pr["terms"], "limiting": lim})
     config = {"quick": quick, "solves_json": str(solves_json) if solves_json else None,
               "scaling_json": str(scaling_json) if scaling_json else None,
               "steps_gpu_json": str(steps_gpu) if steps_gpu else None, "cores": cores,
+              "calibration_subset": {"solves_N": list(CAL_SOLVES_N), "scaling": list(CAL_SCALING)},
+              "model": "t(L) = alpha + beta*L per call; calls counted from the hierarchy as gpubraid/mgrit.py issues "
+                       "them; MPI critical path: slowest rank per phase, F-sweep pipeline with neighbour waits, "
+                       "ghost/gather/scatter messages, allreduce; compute stretched by P/cores when P > cores",
               "projection_assumes": "one core (CPU) or one GPU per rank, no oversubscription; "
-                                    "cfactor 4, FCF, max_levels 10, min_coarse 2; C, B of the scaling run"}
-    errs = [abs(v["error"]) for v in validation]
-    return common.document(NAME, config, {"network": net, "calibration_small": cal_small, "calibration_big": cal_big,
-                                          "gpu_calibration": gpu_cal, "gpu_network": GPU_NET,
-                                          "validation": validation,
-                                          "validation_summary": {"n": len(errs), "median_abs_error": common.median(errs),
-                                                                 "max_abs_error": max(errs) if errs else None,
-                                                                 "within_25pct": sum(e <= 0.25 for e in errs)},
-                                          "projection": projection})
+                                    "cfactor 4, FCF, max_levels 10, min_coarse 2; C, B of the scaling run; "
+                                    "GPU costs are ASSUMPTIONS unless steps_gpu_json is set"}
+
+    def summary(vs):
+        errs = [abs(v["error"]) for v in vs]
+        return {"n": len(errs), "median_abs_error": common.median(errs) if errs else None,
+                "max_abs_error": max(errs) if errs else None, "within_25pct": sum(e <= 0.25 for e in errs)}
+    return common.document(NAME, config, {
+        "network": net, "calibration": {"solves": small, "scaling": big},
+        "gpu_calibration": gpu, "gpu_network": GPU_NET, "validation": validation,
+        "validation_summary": {**summary(validation),
+                               "calibration": summary([v for v in validation if v["calibration"]]),
+                               "held_out": summary([v for v in validation if not v["calibration"]])},
+        "work_count_check": {"all_match": all(c["match"] for c in counts_check), "rows": counts_check},
+        "projection": projection})
 
 
 def plot(json_path, png_path=None):
@@ -334,12 +465,13 @@ def plot(json_path, png_path=None):
     import matplotlib.pyplot as plt
     doc = common.load_json(json_path)
     R = doc["results"]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 6))
     ax = axes[0]
     N = 4096
     for target, col in (("cpu", "C0"), ("gpu", "C3")):
         for method, ls in (("exact", "-"), ("oneshot", "--")):
-            rows = [r for r in R["projection"] if r["target"] == target and r["method"] == method and r["N"] == N]
+            rows = [r for r in R["projection"] if r["target"] == target and r["method"] == method and r["N"] == N
+                    and r["speedup"]]
             if not rows:
                 continue
             Ps = [r["P"] for r in rows]
@@ -352,15 +484,21 @@ def plot(json_path, png_path=None):
                     prev = r["limiting"]
     ax.axhline(1, color="k", lw=0.6)
     ax.set_xlabel("ranks P"); ax.set_ylabel("predicted speedup over layer-serial (training step)")
-    ax.set_title(f"projection, N = {N} (labels: limiting term; GPU: {'measured' if 'ASSUMPTION' not in R['gpu_calibration']['source'] else 'assumed'} costs)",
-                 fontsize=8)
+    gsrc = "measured" if "ASSUMPTION" not in R["gpu_calibration"]["source"] else "ASSUMED"
+    ax.set_title(f"projection, N = {N} (labels: limiting term; GPU costs {gsrc})", fontsize=8)
     ax.grid(True, which="both", alpha=0.3); ax.legend(fontsize=7)
     ax = axes[1]
     V = R["validation"]
-    ax.barh(range(len(V)), [100 * v["error"] for v in V], color=["C0" if v["source"] == "solves" else "C2" for v in V])
-    ax.set_yticks(range(len(V))); ax.set_yticklabels([f"{v['source']}: {v['config']}" for v in V], fontsize=5)
+    cols = [("C1" if v["calibration"] else "C0") if v["source"] == "solves" else ("C1" if v["calibration"] else "C2")
+            for v in V]
+    ax.barh(range(len(V)), [100 * v["error"] for v in V], color=cols)
+    ax.set_yticks(range(len(V)))
+    ax.set_yticklabels([f"{'[cal] ' if v['calibration'] else ''}{v['source']}: {v['config']}" for v in V], fontsize=5)
     ax.axvline(25, color="r", lw=0.6); ax.axvline(-25, color="r", lw=0.6)
-    ax.set_xlabel("prediction error [%] (predicted/measured − 1)"); ax.set_title("validation on this machine", fontsize=9)
+    s = R["validation_summary"]
+    ax.set_xlabel("prediction error [%] (predicted/measured − 1); orange: calibration subset")
+    ax.set_title(f"validation: held out max |err| {100 * (s['held_out']['max_abs_error'] or 0):.0f}% "
+                 f"({s['held_out']['within_25pct']}/{s['held_out']['n']} within 25%)", fontsize=9)
     fig.suptitle(f"gpubraid performance model — {doc['machine']['cpu_model']} x{doc['machine']['cores']}, {doc['date'][:10]}", fontsize=9)
     fig.tight_layout()
     png = Path(png_path) if png_path else Path(json_path).with_suffix(".png")
@@ -374,6 +512,7 @@ def main(argv=None):
     p.add_argument("--solves", default=None, help="solves.py JSON (default: newest in bench/results)")
     p.add_argument("--scaling", default=None, help="scaling.py JSON (default: newest in bench/results)")
     p.add_argument("--steps-gpu", default=None, help="steps.py JSON from a GPU (default: newest with a GPU device)")
+    p.add_argument("--pingpong", action="store_true", help="re-measure latency/bandwidth (mpiexec -n 2)")
     args = p.parse_args(argv)
     solves = args.solves or common.latest("solves")
     scaling = args.scaling or common.latest("scaling")
@@ -382,12 +521,17 @@ def main(argv=None):
         for f in sorted(common.RESULTS.glob("steps-*.json")):
             if common.load_json(f)["machine"]["device"] != "cpu":
                 gpu = f
-    doc = run(args.quick, solves, scaling, gpu)
+    doc = run(args.quick, solves, scaling, gpu, args.pingpong)
     path = common.write_json(common.result_path(NAME, args.out), doc)
     print(path)
     print(json.dumps(doc["results"]["validation_summary"]))
+    print("work counts match the solver's counters:", doc["results"]["work_count_check"]["all_match"])
     for v in doc["results"]["validation"]:
-        print(f"{v['error']*100:+7.1f}%  {v['source']:14s} {v['config']}")
+        print(f"{v['error']*100:+7.1f}%  {'cal ' if v['calibration'] else 'held'} {v['source']:14s} {v['config']}")
+    for r in doc["results"]["projection"]:
+        if r["N"] == 4096 and r["method"] == "exact":
+            sp = f"{r['speedup']:.2f}" if r["speedup"] else "-"
+            print(f"  proj {r['target']} N=4096 P={r['P']:5d} step {r['step_s']:.4g}s speedup {sp}  limit: {r['limiting']}")
     if not args.no_plot:
         print(plot(path))
 
