@@ -178,8 +178,10 @@ class Comm:
         if self.size == 1:
             return a
         self.stats.collectives += 1
-        host = np.ascontiguousarray(a.get() if (a is not None and not isinstance(a, np.ndarray)) else a) \
-            if self.rank == root else np.empty(shape, dtype)
+        if self.rank == root:
+            host = np.ascontiguousarray(a if isinstance(a, np.ndarray) else a.get())
+        else:
+            host = np.empty(shape, dtype)
         self.comm.Bcast(host, root=root)
         return xp.asarray(host)
 

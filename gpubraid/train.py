@@ -169,7 +169,7 @@ class TrainResult:
 class _Data:
     """The data a rank needs: inputs on rank 0, labels on the last rank, sizes everywhere."""
 
-    def __init__(self, cfg: TrainConfig, lp: "LayerParallel | None", comm: Comm | None, be, meta, ds):
+    def __init__(self, comm: Comm | None, be, meta, ds):
         rank = comm.rank if comm is not None else 0
         P = comm.size if comm is not None else 1
         self.n_train, self.n_val = meta["n_train"], meta["n_val"]
@@ -232,7 +232,7 @@ class Trainer:
         self.lp = LayerParallel(self.model, comm, fwd, bwd)
         # validation and final accuracy: the same distributed forward solve, converged
         self.lp_eval = self.lp if cfg.method != "oneshot" else LayerParallel(self.model, comm, exact, exact)
-        self.data = _Data(cfg, self.lp, comm, self.be, meta, ds)
+        self.data = _Data(comm, self.be, meta, ds)
         full = self.model.layout()
         theta_full = self.be.to_host(self.model.init_params(full, cfg.seed, cfg.init_scale))
         self.theta = self.lp.scatter_params(theta_full)
