@@ -32,10 +32,10 @@ NAME = "training"
 
 def runs(quick: bool, full: bool = False):
     if full:
-        # the accuracy comparison of the methods at the examples' default lengths (peaks: 200
+        # the accuracy comparison of the methods at full length (peaks: 200
         # L-BFGS iterations; MNIST: 200 Adam steps = 2.5 epochs of the 4000-sample subset).  Exact
         # follows the serial trajectory (tests/test_train.py), so it is timed in the default run only.
-        return [("peaks-full", dict(example="peaks", val_every=20), ("serial", "oneshot")),
+        return [("peaks-full", dict(example="peaks", iterations=200, val_every=20), ("serial", "oneshot")),
                 ("mnist-full", dict(example="mnist", iterations=200, val_every=50), ("serial", "oneshot"))]
     if quick:
         return [("peaks", dict(example="peaks", iterations=3, val_every=1, n_train=500, n_val=200),

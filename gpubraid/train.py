@@ -134,7 +134,7 @@ class TrainConfig:
 # The embedded defaults per example: small enough for a laptop, tuned to train well.
 EXAMPLE_DEFAULTS = {
     "peaks": dict(layers=32, channels=8, final_time=5.0, activation="tanh", optimizer="lbfgs",
-                  batch_size=0, iterations=200, gamma_tik=1e-5, gamma_ddt=1e-5, lr=None),
+                  batch_size=0, iterations=150, gamma_tik=1e-5, gamma_ddt=1e-5, lr=None),
     "mnist": dict(layers=16, channels=8, final_time=2.0, activation="relu", optimizer="adam",
                   batch_size=50, iterations=600, gamma_tik=1e-3, gamma_ddt=0.0, lr=3e-3),
     "indianpines": dict(layers=16, channels=32, final_time=2.0, activation="tanh", optimizer="adam",
