@@ -227,3 +227,14 @@ def bench_env() -> dict:
         env.setdefault(k, "1")
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     return env
+
+
+def save_figure(fig, json_path, png_path=None, dpi: int = 110) -> Path:
+    """Lay out and write ``fig`` as PNG (default: the JSON's path with .png) and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    png = Path(png_path) if png_path else Path(json_path).with_suffix(".png")
+    fig.savefig(png, dpi=dpi)
+    plt.close(fig)
+    return png

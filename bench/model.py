@@ -500,11 +500,7 @@ def plot(json_path, png_path=None):
     ax.set_title(f"validation: held out max |err| {100 * (s['held_out']['max_abs_error'] or 0):.0f}% "
                  f"({s['held_out']['within_25pct']}/{s['held_out']['n']} within 25%)", fontsize=9)
     fig.suptitle(f"gpubraid performance model — {doc['machine']['cpu_model']} x{doc['machine']['cores']}, {doc['date'][:10]}", fontsize=9)
-    fig.tight_layout()
-    png = Path(png_path) if png_path else Path(json_path).with_suffix(".png")
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-    return png
+    return common.save_figure(fig, json_path, png_path, dpi=110)
 
 
 def main(argv=None):

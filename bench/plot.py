@@ -16,7 +16,7 @@ def main(argv=None):
         return 2
     for path in argv[:1]:
         name = common.load_json(path)["benchmark"]
-        mod = importlib.import_module(name if name != "model" else "model")
+        mod = importlib.import_module(name)
         print(mod.plot(path, argv[1] if len(argv) > 1 else None))
     return 0
 

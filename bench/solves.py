@@ -196,11 +196,7 @@ def plot(json_path, png_path=None):
     ax.set_xlabel("iteration"); ax.set_ylabel("C-point residual (XBraid convention)")
     ax.set_title(f"residual histories, N = {r['N']}"); ax.legend(fontsize=7); ax.grid(True, alpha=0.3)
     fig.suptitle(f"gpubraid solves — {doc['machine']['cpu_model']} ({doc['machine']['device']}), {doc['date'][:10]}", fontsize=9)
-    fig.tight_layout()
-    png = Path(png_path) if png_path else Path(json_path).with_suffix(".png")
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-    return png
+    return common.save_figure(fig, json_path, png_path, dpi=110)
 
 
 def main(argv=None):

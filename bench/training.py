@@ -177,11 +177,7 @@ def plot(json_path, png_path=None):
         for ax in axes[i]:
             ax.grid(True, alpha=0.3); ax.legend(fontsize=7)
     fig.suptitle(f"gpubraid training, one process — {doc['machine']['cpu_model']}, {doc['date'][:10]}", fontsize=9)
-    fig.tight_layout()
-    png = Path(png_path) if png_path else Path(json_path).with_suffix(".png")
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
-    return png
+    return common.save_figure(fig, json_path, png_path, dpi=100)
 
 
 def main(argv=None):
