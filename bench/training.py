@@ -24,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+import numpy as np  # noqa: E402
 
 from gpubraid.train import TrainConfig, Trainer  # noqa: E402
 
@@ -49,37 +50,63 @@ def runs(quick: bool, full: bool = False):
 
 
 def torch_baseline(cfg_kwargs):
-    """Same network trained by ordinary backprop in PyTorch (Adam), or None without torch."""
+    """The same network trained by ordinary backprop in PyTorch (float64, same optimiser settings:
+    L-BFGS full batch with a strong-Wolfe line search, or Adam on the same batch size), or None
+    without torch.  The objective is the cross-entropy without gpubraid's regularisers."""
     try:
         import torch
     except Exception:
         return None
     import time
-    from gpubraid.data import load_dataset
+    from gpubraid.data import batches, load_dataset
     cfg = TrainConfig(**cfg_kwargs, progress=False).resolved()
     ds = load_dataset(cfg.example, seed=cfg.seed, n_train=cfg.n_train, n_val=cfg.n_val)
-    x, y = torch.as_tensor(ds.x_train), torch.as_tensor(ds.y_train)
+    torch.manual_seed(cfg.seed)
+    f64 = torch.float64
+    x, y = torch.as_tensor(ds.x_train, dtype=f64), torch.as_tensor(ds.y_train)
+    xv, yv = torch.as_tensor(ds.x_val, dtype=f64), torch.as_tensor(ds.y_val)
     C, N, h = cfg.channels, cfg.layers, cfg.final_time / cfg.layers
-    act = torch.tanh if cfg.activation == "tanh" else torch.relu
+    act = {"tanh": torch.tanh, "relu": torch.relu}.get(cfg.activation, torch.tanh)
     conv = ds.kind == "conv"
-    mk = (lambda: torch.nn.Conv2d(C, C, 3, padding=1)) if conv else (lambda: torch.nn.Linear(C, C))
-    opening = torch.nn.Conv2d(ds.in_shape[0], C, 3, padding=1) if conv else torch.nn.Linear(ds.in_shape[0], C)
+    mk = (lambda: torch.nn.Conv2d(C, C, 3, padding=1, dtype=f64)) if conv else (lambda: torch.nn.Linear(C, C, dtype=f64))
+    opening = (torch.nn.Conv2d(ds.in_shape[0], C, 3, padding=1, dtype=f64) if conv
+               else torch.nn.Linear(ds.in_shape[0], C, dtype=f64))
     layers = torch.nn.ModuleList([mk() for _ in range(N)])
     state = C * (ds.in_shape[1] * ds.in_shape[2] if conv else 1)
-    classifier = torch.nn.Linear(state, ds.n_classes)
+    classifier = torch.nn.Linear(state, ds.n_classes, dtype=f64)
     params = [*opening.parameters(), *layers.parameters(), *classifier.parameters()]
     net = lambda xb: classifier(_res(act(opening(xb)), layers, act, h).flatten(1))  # noqa: E731
-    opt = torch.optim.Adam(params, lr=cfg.lr or 1e-3)
-    bs = cfg.batch_size or len(x)
+    lbfgs = cfg.optimizer == "lbfgs"
+    opt = (torch.optim.LBFGS(params, lr=1.0, max_iter=1, history_size=cfg.memory, line_search_fn="strong_wolfe")
+           if lbfgs else torch.optim.Adam(params, lr=cfg.lr))
+    rng = np.random.default_rng([cfg.seed, 7])
+    it_batches = None
     hist, t0 = [], time.perf_counter()
-    g = torch.Generator().manual_seed(0)
     for it in range(cfg.iterations):
-        idx = torch.randint(0, len(x), (bs,), generator=g)
-        loss = torch.nn.functional.cross_entropy(net(x[idx].to(torch.float64 if False else torch.float32)), y[idx])
-        opt.zero_grad(); loss.backward(); opt.step()
-        hist.append({"iter": it, "objective": float(loss), "time_s": time.perf_counter() - t0})
-    return {"method": "torch-backprop", "wall_s": time.perf_counter() - t0, "history": hist,
-            "torch": torch.__version__}
+        if lbfgs or not cfg.batch_size:
+            xb, yb = x, y
+        else:
+            idx = next(it_batches, None) if it_batches is not None else None
+            if idx is None:
+                it_batches = batches(len(x), cfg.batch_size, rng)
+                idx = next(it_batches)
+            xb, yb = x[idx], y[idx]
+
+        def closure():
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(net(xb), yb)
+            loss.backward()
+            return loss
+
+        loss = opt.step(closure)
+        hist.append({"iter": it, "objective": float(loss.detach()), "time_s": time.perf_counter() - t0})
+    wall = time.perf_counter() - t0
+    with torch.no_grad():
+        val = float((net(xv).argmax(1) == yv).double().mean())
+        train = float((net(x).argmax(1) == y).double().mean())
+    return {"method": "torch-backprop", "wall_s": wall, "s_per_iteration": wall / cfg.iterations,
+            "val_accuracy": val, "train_accuracy": train, "history": hist, "torch": torch.__version__,
+            "optimizer": cfg.optimizer, "iterations": cfg.iterations}
 
 
 def _res(u, layers, act, h):
@@ -140,10 +167,12 @@ def run(quick: bool, out_dir, full: bool = False) -> dict:
             summary.append(row)
             print(f"{tag:10s} {method:8s} {row['s_per_iteration']:.3f} s/it  {row['s_per_eval']:.3f} s/eval  "
                   f"obj {row['objective']:.4f} val {row['val_accuracy']:.3f}", flush=True)
-        tb = torch_baseline(kw) if tag == "mnist" else None
+        tb = torch_baseline(kw)
         summary.append({"run": tag, "method": "torch-backprop", "skipped": tb is None,
                         "reason": "torch not importable" if tb is None else None,
-                        **({} if tb is None else {"wall_s": tb["wall_s"]})})
+                        **({} if tb is None else {k: v for k, v in tb.items() if k != "history"})})
+        if tb is not None:
+            print(f"{tag:10s} torch    {tb['s_per_iteration']:.3f} s/it  val {tb['val_accuracy']:.3f}", flush=True)
     ratios = ratios_of(summary)
     return common.document(NAME, {"quick": quick, "full": full, "runs": [(t, kw, list(m)) for t, kw, m in runs(quick, full)],
                                   "processes": 1, "backend": "numpy", "dtype": "float64"},
@@ -184,7 +213,16 @@ def main(argv=None):
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--full", action="store_true",
                    help="peaks and MNIST serial vs oneshot at full length (about 25 min here)")
+    p.add_argument("--torch-only", action="store_true",
+                   help="only the PyTorch backprop baselines of the selected runs (needs torch)")
     args = p.parse_args(argv)
+    if args.torch_only:
+        rows = [{"run": tag, **(torch_baseline(kw) or {"skipped": True})} for tag, kw, _ in runs(args.quick, args.full)]
+        for r in rows:
+            print(r["run"], {k: v for k, v in r.items() if k not in ("history", "run")})
+        doc = common.document(NAME + "-torch", {"quick": args.quick, "full": args.full}, {"summary": rows})
+        print(common.write_json(common.result_path(NAME + "-torch" + ("-full" if args.full else ""), args.out), doc))
+        return
     doc = run(args.quick, args.out, args.full)
     path = common.write_json(common.result_path(NAME + ("-full" if args.full else ""), args.out), doc)
     print(path)
