@@ -189,7 +189,7 @@ def plot(json_path, png_path=None):
     fig, axes = plt.subplots(len(tags), 3, figsize=(15, 3.8 * len(tags)), squeeze=False)
     for i, tag in enumerate(tags):
         for r in doc["results"]["summary"]:
-            if r["run"] != tag or r.get("skipped"):
+            if r["run"] != tag or "file" not in r:  # torch rows carry no gpubraid run file
                 continue
             run = common.load_json(d / r["file"])["results"]
             H = run["history"]
