@@ -238,3 +238,12 @@ def save_figure(fig, json_path, png_path=None, dpi: int = 110) -> Path:
     fig.savefig(png, dpi=dpi)
     plt.close(fig)
     return png
+
+
+def finish(name: str, doc: dict, args, plot) -> Path:
+    """Write ``doc`` as the benchmark's result JSON, print its path, and plot it unless --no-plot."""
+    path = write_json(result_path(name, args.out), doc)
+    print(path)
+    if not args.no_plot:
+        print(plot(path))
+    return path

@@ -206,10 +206,7 @@ def main(argv=None):
     global H_STEP
     H_STEP = args.h
     doc = run(args.quick)
-    path = common.write_json(common.result_path(NAME, args.out), doc)
-    print(path)
-    if not args.no_plot:
-        print(plot(path))
+    common.finish(NAME, doc, args, plot)
 
 
 if __name__ == "__main__":

@@ -211,10 +211,7 @@ def plot(json_path, png_path=None):
 def main(argv=None):
     args = common.parser(__doc__.splitlines()[0]).parse_args(argv)
     doc = run(args.quick)
-    path = common.write_json(common.result_path(NAME, args.out), doc)
-    print(path)
-    if not args.no_plot:
-        print(plot(path))
+    common.finish(NAME, doc, args, plot)
 
 
 if __name__ == "__main__":
