@@ -67,9 +67,6 @@ class Backend:
     def zeros(self, shape, dtype=None):
         return self.xp.zeros(shape, dtype=self.dtype if dtype is None else dtype)
 
-    def empty(self, shape, dtype=None):
-        return self.xp.empty(shape, dtype=self.dtype if dtype is None else dtype)
-
     def to_host(self, a) -> np.ndarray:
         """A NumPy copy (or view, for NumPy arrays) of ``a``."""
         if self.is_gpu and not isinstance(a, np.ndarray):
@@ -85,8 +82,19 @@ class Backend:
         if self.is_gpu:
             self.xp.cuda.get_current_stream().synchronize()
 
-    def is_array(self, a) -> bool:
-        return isinstance(a, self.xp.ndarray)
+    def pinned_host_copy(self, a) -> np.ndarray:
+        """A copy of device array ``a`` in page-locked host memory (waits for ``a``'s stream)."""
+        mem = self.xp.cuda.alloc_pinned_memory(a.nbytes)
+        host = np.frombuffer(mem, a.dtype, a.size).reshape(a.shape)
+        a.get(out=host)
+        return host
+
+    def copy_from_host(self, dst, host: np.ndarray) -> None:
+        """Write the host array ``host`` into ``dst`` (an array of this backend, same shape)."""
+        if self.is_gpu:
+            dst.set(host)
+        else:
+            dst[...] = host
 
 
 def resolve_backend(name: str | None = None, dtype: str = "float64", device: int | None = None) -> Backend:

@@ -10,10 +10,8 @@ class UserError(ValueError):
     """Bad input from the user; the message names the parameter and what is allowed."""
 
 
-def require(condition: bool, message: str) -> None:
-    """Raise :class:`UserError` with ``message`` unless ``condition`` holds."""
-    if not condition:
-        raise UserError(message)
+class Diverged(ArithmeticError):
+    """Training produced a non-finite or exploding objective; the message says when and where."""
 
 
 def check_positive_int(name: str, value, minimum: int = 1) -> int:

@@ -9,8 +9,11 @@ Every inner product and norm goes through the ``dot`` callable given at construc
 that sums the local products with an MPI allreduce; the optimisers do no other reductions, so all
 ranks take identical decisions (line-search acceptance, curvature-pair skipping).
 
-A *closure* evaluates the objective: ``closure(theta) -> (f, g)`` with ``f`` a float (or 0-d
-array) and ``g`` an array like ``theta``.  :meth:`Optimizer.step` updates ``theta`` in place.
+A *closure* evaluates the objective: ``closure(theta) -> (f, g)`` or ``(f, g, info)``, with ``f``
+a float (or 0-d array), ``g`` an array like ``theta`` and ``info`` anything the caller wants back
+about that evaluation (gpubraid passes the solver statistics): :attr:`StepInfo.start` is the
+``info`` of the point the step started from, also when L-BFGS reuses its cached evaluation.
+:meth:`Optimizer.step` updates ``theta`` in place.
 """
 from __future__ import annotations
 
@@ -42,12 +45,14 @@ class StepInfo:
         n_evals: closure calls made by this step.
         step_size: accepted line-search step (L-BFGS; 0.0 when the line search failed or the
             gradient was zero, and theta was left unchanged) or the learning rate (SGD, Adam).
+        start: the closure's ``info`` at the start point (None if it returned none).
     """
 
     objective: float
     grad_norm: float
     n_evals: int
     step_size: float
+    start: Any = None
 
 
 def _check_unit_interval(name: str, value, *, closed_low: bool = True) -> float:
@@ -63,9 +68,9 @@ def _check_unit_interval(name: str, value, *, closed_low: bool = True) -> float:
     return v
 
 
-def _evaluate(closure: Closure, theta) -> tuple[float, Any]:
-    f, g = closure(theta)
-    return float(f), g
+def _evaluate(closure: Closure, theta) -> tuple[float, Any, Any]:
+    out = closure(theta)
+    return float(out[0]), out[1], (out[2] if len(out) > 2 else None)
 
 
 class Optimizer:
@@ -124,7 +129,7 @@ class LBFGS(Optimizer):
     def reset(self) -> None:
         self._pairs: list[tuple[Any, Any, float]] = []  # (s, y, 1 / s.y), oldest first
         self._gamma = 1.0
-        self._cache: tuple[Any, float, Any] | None = None  # (theta object, f, g) at theta
+        self._cache: tuple | None = None  # (theta object, f, g, info) at theta
 
     def _direction(self, g):
         """``-H g`` by the two-loop recursion (a new array)."""
@@ -155,9 +160,9 @@ class LBFGS(Optimizer):
         """
         n_evals = 0
         if self._cache is not None and self._cache[0] is theta:
-            f, g = self._cache[1], self._cache[2]
+            f, g, info = self._cache[1:]
         else:
-            f, g = _evaluate(closure, theta)
+            f, g, info = _evaluate(closure, theta)
             g = g.copy()
             n_evals = 1
         self._cache = None
@@ -166,8 +171,8 @@ class LBFGS(Optimizer):
             raise FloatingPointError(f"L-BFGS: objective or gradient is not finite at the current "
                                      f"point (f = {f}, |g| = {gnorm})")
         if gnorm == 0.0:
-            self._cache = (theta, f, g)
-            return StepInfo(f, 0.0, n_evals, 0.0)
+            self._cache = (theta, f, g, info)
+            return StepInfo(f, 0.0, n_evals, 0.0, info)
 
         if self._pairs:
             d = self._direction(g)
@@ -184,7 +189,7 @@ class LBFGS(Optimizer):
         accepted = False
         for _ in range(self.max_backtracks + 1):
             theta[...] = x0 + alpha * d
-            f_new, g_new = _evaluate(closure, theta)
+            f_new, g_new, info_new = _evaluate(closure, theta)
             n_evals += 1
             if math.isfinite(f_new) and f_new <= f + self.c1 * alpha * gd:
                 accepted = True
@@ -193,8 +198,8 @@ class LBFGS(Optimizer):
         if not accepted:
             theta[...] = x0
             self.reset()
-            self._cache = (theta, f, g)
-            return StepInfo(f, gnorm, n_evals, 0.0)
+            self._cache = (theta, f, g, info)
+            return StepInfo(f, gnorm, n_evals, 0.0, info)
 
         g_new = g_new.copy()
         s = alpha * d
@@ -206,8 +211,8 @@ class LBFGS(Optimizer):
             if len(self._pairs) > self.memory:
                 self._pairs.pop(0)
             self._gamma = sy / yy
-        self._cache = (theta, f_new, g_new)
-        return StepInfo(f, gnorm, n_evals, alpha)
+        self._cache = (theta, f_new, g_new, info_new)
+        return StepInfo(f, gnorm, n_evals, alpha, info)
 
 
 class SGD(Optimizer):
@@ -244,7 +249,7 @@ class SGD(Optimizer):
         self._velocity = None
 
     def step(self, theta, closure: Closure) -> StepInfo:
-        f, g = _evaluate(closure, theta)
+        f, g, info = _evaluate(closure, theta)
         gnorm = self.norm(g)
         update = g + self.weight_decay * theta if self.weight_decay else g.copy()
         if self.momentum:
@@ -258,7 +263,7 @@ class SGD(Optimizer):
             else:
                 update = self._velocity
         theta -= self.lr * update
-        return StepInfo(f, gnorm, 1, self.lr)
+        return StepInfo(f, gnorm, 1, self.lr, info)
 
 
 class Adam(Optimizer):
@@ -286,7 +291,7 @@ class Adam(Optimizer):
         self._t = 0
 
     def step(self, theta, closure: Closure) -> StepInfo:
-        f, g = _evaluate(closure, theta)
+        f, g, info = _evaluate(closure, theta)
         gnorm = self.norm(g)
         if self._m is None:
             self._m = theta.copy()
@@ -301,7 +306,7 @@ class Adam(Optimizer):
         m_scale = 1.0 / (1.0 - self.beta1 ** self._t)
         v_scale = 1.0 / (1.0 - self.beta2 ** self._t)
         theta -= (self.lr * m_scale) * self._m / ((self._v * v_scale) ** 0.5 + self.eps)
-        return StepInfo(f, gnorm, 1, self.lr)
+        return StepInfo(f, gnorm, 1, self.lr, info)
 
 
 _CLASSES = {"lbfgs": LBFGS, "sgd": SGD, "adam": Adam}

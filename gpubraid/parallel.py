@@ -11,6 +11,7 @@ import ctypes
 import os
 import re
 import sys
+import time
 import traceback
 from dataclasses import dataclass, field
 
@@ -101,64 +102,59 @@ class PendingSend:
 class Comm:
     """A communicator over the layer dimension plus the buffer policy for device arrays.
 
-    ``comm`` is an ``mpi4py.MPI.Comm`` (a split of COMM_WORLD when data parallelism is added, so
-    every method here works on whatever communicator it is given).
+    ``comm`` is an ``mpi4py.MPI.Comm``, or None for one process without MPI
+    (:meth:`single`): every method works on either, so callers never branch on the process count.
+    ``backend`` is the array backend whose device buffers are sent (host transfers are its job).
     """
 
-    comm: object
+    comm: object = None
     cuda_aware: bool = False
+    backend: object = None
     stats: CommStats = field(default_factory=CommStats)
 
     @classmethod
     def world(cls) -> "Comm":
+        """COMM_WORLD, with CUDA-awareness detected from the loaded MPI library."""
         MPI = _mpi()
         aware, _ = detect_cuda_aware()
         return cls(MPI.COMM_WORLD, aware)
 
+    @classmethod
+    def single(cls) -> "Comm":
+        """One process, no MPI."""
+        return cls(None)
+
     @property
     def rank(self) -> int:
-        return self.comm.Get_rank()
+        return 0 if self.comm is None else self.comm.Get_rank()
 
     @property
     def size(self) -> int:
-        return self.comm.Get_size()
+        return 1 if self.comm is None else self.comm.Get_size()
 
-    # -- buffers --------------------------------------------------------------------------------
-    def _host_or_device(self, a):
-        """(buffer to hand to MPI, whether it is a host staging copy) for a contiguous array."""
-        if isinstance(a, np.ndarray):
-            return a, False
-        if self.cuda_aware:
-            import cupy
-
-            cupy.cuda.get_current_stream().synchronize()
-            return a, False
-        import cupy
-
-        host = cupy.cuda.alloc_pinned_memory(a.nbytes)
-        h = np.frombuffer(host, a.dtype, a.size).reshape(a.shape)
-        a.get(out=h)  # synchronises the stream that produced ``a``
-        return h, True
-
+    # -- point to point -------------------------------------------------------------------------
     def isend(self, a, dest: int, tag: int) -> "PendingSend":
         """Non-blocking send of a copy of array ``a`` (the caller may overwrite ``a`` at once)."""
-        buf, _ = self._host_or_device(a.copy())
+        if isinstance(a, np.ndarray):
+            buf = a.copy()
+        else:
+            buf = a.copy() if self.cuda_aware else self.backend.pinned_host_copy(a)
+            self.backend.synchronize()
         self.stats.messages += 1
         self.stats.bytes += a.nbytes
         return PendingSend(self.comm.Isend(buf, dest=dest, tag=tag), buf)
 
     def recv_into(self, a, source: int, tag: int) -> None:
         """Blocking receive into the contiguous array ``a`` (device arrays staged when needed)."""
-        if isinstance(a, np.ndarray) or self.cuda_aware:
-            if not isinstance(a, np.ndarray):
-                import cupy
-
-                cupy.cuda.get_current_stream().synchronize()
+        if isinstance(a, np.ndarray):
             self.comm.Recv(a, source=source, tag=tag)
-            return
-        h = np.empty(a.shape, a.dtype)
-        self.comm.Recv(h, source=source, tag=tag)
-        a.set(h)
+        elif self.cuda_aware:
+            self.backend.synchronize()
+            self.comm.Recv(a, source=source, tag=tag)
+        else:
+            host = np.empty(a.shape, a.dtype)
+            self.comm.Recv(host, source=source, tag=tag)
+            self.backend.copy_from_host(a, host)
 
     @staticmethod
     def waitall(pending) -> None:
@@ -172,6 +168,12 @@ class Comm:
             return float(x)
         self.stats.collectives += 1
         return float(self.comm.allreduce(float(x)))
+
+    def allreduce_max(self, x: float) -> float:
+        if self.size == 1:
+            return float(x)
+        self.stats.collectives += 1
+        return float(self.comm.allreduce(float(x), op=_mpi().MAX))
 
     def bcast_array(self, a, root: int, shape, dtype, xp):
         """Broadcast an array from ``root`` (others pass None); returns it on every rank."""
@@ -197,6 +199,12 @@ class Comm:
         self.stats.collectives += 1
         return self.comm.gather(obj, root=root)
 
+    def send_obj(self, obj, dest: int, tag: int) -> None:
+        self.comm.send(obj, dest=dest, tag=tag)
+
+    def recv_obj(self, source: int, tag: int):
+        return self.comm.recv(source=source, tag=tag)
+
     def barrier(self) -> None:
         if self.size > 1:
             self.comm.Barrier()
@@ -215,13 +223,59 @@ def split_layers(n_layers: int, n_ranks: int) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
 
 
+_aborting = False
+
+
 def abort_all(comm, exc: BaseException, code: int = 1) -> None:
-    """Report ``exc`` as this rank's failure and stop every rank of ``comm`` with status ``code``."""
-    rank = comm.Get_rank() if comm is not None else 0
-    msg = f"gpubraid: rank {rank} failed: {type(exc).__name__}: {exc}"
+    """Report ``exc`` as this rank's failure and stop every rank of ``comm`` with status ``code``.
+
+    The report (a traceback for unexpected errors, then one line naming the rank) is written in
+    one piece and flushed, and the launcher is given a moment to forward it before MPI_Abort;
+    a second failure while aborting exits at once without printing again.
+    """
+    global _aborting
+    if _aborting:
+        os._exit(code)
+    _aborting = True
+    mpi_comm = getattr(comm, "comm", comm)
+    rank = mpi_comm.Get_rank() if mpi_comm is not None else 0
+    text = f"gpubraid: rank {rank} failed: {type(exc).__name__}: {exc}\n"
     if not isinstance(exc, UserError):
-        traceback.print_exception(exc, file=sys.stderr)
-    print(msg, file=sys.stderr, flush=True)
-    if comm is not None and comm.Get_size() > 1:
-        comm.Abort(code)
+        text = "".join(traceback.format_exception(exc)) + text
+    sys.stderr.write(text)
+    sys.stderr.flush()
+    if mpi_comm is not None and mpi_comm.Get_size() > 1:
+        time.sleep(0.2)
+        mpi_comm.Abort(code)
     sys.exit(code)
+
+
+def agree(comm: Comm, err: BaseException | None, timeout_s: float = 30.0, code: int = 2) -> str | None:
+    """Whether some rank failed a collective step: None when none did, else the first failing
+    rank's message (on every rank).
+
+    A rank that failed waits at most ``timeout_s`` for the others (which may be stuck in a
+    collective it never joined) and then stops the whole job with status ``code``.
+    """
+    if comm.size == 1:
+        return None if err is None else str(err)
+    MPI = _mpi()
+    sub = comm.comm.Dup()
+    try:
+        flag = np.array([0 if err is None else 1], dtype=np.int32)
+        out = np.zeros(1, dtype=np.int32)
+        req = sub.Iallreduce(flag, out, op=MPI.MAX)
+        if err is None:
+            req.Wait()
+        else:
+            deadline = time.monotonic() + timeout_s
+            while not req.Test():
+                if time.monotonic() > deadline:
+                    abort_all(comm, err, code)
+                time.sleep(0.01)
+        if out[0] == 0:
+            return None
+        messages = sub.allgather(None if err is None else str(err))
+        return next(m for m in messages if m is not None)
+    finally:
+        sub.Free()

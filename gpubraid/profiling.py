@@ -16,11 +16,6 @@ import nvtx
 DOMAIN = "gpubraid"
 
 
-def annotate(name: str):
-    """An NVTX range ``name`` in the gpubraid domain (context manager)."""
-    return nvtx.annotate(name, domain=DOMAIN)
-
-
 class PhaseTimer:
     """Accumulates seconds per phase name; phases may nest (a parent includes its children)."""
 

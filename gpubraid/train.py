@@ -1,20 +1,13 @@
-"""Training: the three methods of ALGORITHM.md §4 behind one loop.
-
-    serial   layer-by-layer forward propagation and backprop (the baseline and the reference)
-    exact    forward and adjoint MGRIT to tight tolerances every optimisation step
-    oneshot  a fixed small number of forward and adjoint MGRIT iterations per step, warm-started
-             from the previous step's states and adjoints (full batch); with mini-batches the
-             initial guess is u_0 (resp. λ_N) at every point, since the samples change each step
+"""Training: one loop for the three methods of docs/algorithm.md §6 (:mod:`gpubraid.methods`).
 
 One training step: the optimiser asks the closure for J(θ) and ∇J(θ); the closure runs the
 method's forward solve (states), loss and regulariser, adjoint solve and the batched gradients;
 dot products inside the optimiser are MPI allreduces over the ranks' parameter blocks.  Data are
 read on rank 0; inputs stay there (the opening layer is rank 0's), labels go to the last rank
-(the classifier's).
+(the head's).
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -27,119 +20,18 @@ import numpy as np
 
 from . import __version__
 from .backend import resolve_backend
-from .data import DATASETS, batches, load_dataset
-from .errors import UserError, check_positive_float, check_positive_int
+from .config import EXAMPLE_DEFAULTS, TrainConfig  # noqa: F401  (re-exported for users)
+from .data import batches, load_dataset
+from .errors import Diverged, UserError
 from .layer_parallel import LayerParallel
-from .mgrit import MGRITOptions
+from .methods import SERIAL, make_method
 from .model import ResNetODE
-from .optim import OPTIMIZERS, make_optimizer
+from .optim import make_optimizer
 from .parallel import Comm
+from .resources import check_memory
 
-METHODS = ("serial", "exact", "oneshot")
-
-
-@dataclass
-class TrainConfig:
-    """Every setting of a training run (CLI options and TOML keys use the same names).
-
-    ``None`` means "the example's default" (see :data:`EXAMPLE_DEFAULTS`).
-    """
-
-    example: str = "peaks"
-    layers: int | None = None
-    channels: int | None = None
-    final_time: float | None = None
-    activation: str | None = None
-    optimizer: str | None = None
-    lr: float | None = None
-    momentum: float = 0.9
-    memory: int = 10
-    batch_size: int | None = None          # 0: full batch
-    iterations: int | None = None
-    seed: int = 0
-    dtype: str = "float64"
-    backend: str = "auto"
-    method: str = "oneshot"
-    gamma_tik: float | None = None
-    gamma_ddt: float | None = None
-    init_scale: float = 1.0
-    # MGRIT
-    cfactor: int = 2                       # XBraid's default and the paper's peaks setting
-    max_levels: int = 10
-    nrelax: int = 1
-    fwd_iters: int = 2                     # oneshot: forward iterations per step
-    bwd_iters: int = 2                     # oneshot: adjoint iterations per step
-    tol: float = 1e-9                      # exact: absolute tolerance of both solves
-    max_iter: int = 50                     # exact: at most this many iterations per solve
-    # data and output
-    n_train: int | None = None
-    n_val: int | None = None
-    data_dir: str | None = None
-    val_every: int = 10
-    metrics: str | None = None
-    progress: bool = True
-
-    def resolved(self) -> "TrainConfig":
-        """A copy with the example's defaults filled in, every value checked."""
-        if self.example not in DATASETS:
-            raise UserError(f"example must be one of {', '.join(DATASETS)}; got {self.example!r}")
-        values = dataclasses.asdict(self)
-        for k, v in EXAMPLE_DEFAULTS[self.example].items():
-            if values.get(k) is None:
-                values[k] = v
-        cfg = TrainConfig(**values)
-        cfg._validate()
-        return cfg
-
-    def _validate(self) -> None:
-        check_positive_int("layers", self.layers)
-        check_positive_int("channels", self.channels)
-        check_positive_float("final_time", self.final_time)
-        if self.method not in METHODS:
-            raise UserError(f"method must be one of {', '.join(METHODS)}; got {self.method!r}")
-        if self.optimizer not in OPTIMIZERS:
-            raise UserError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}")
-        check_positive_int("iterations", self.iterations)
-        check_positive_int("batch_size", self.batch_size, 0)
-        check_positive_int("seed", self.seed, 0)
-        check_positive_int("fwd_iters", self.fwd_iters, 0)
-        check_positive_int("bwd_iters", self.bwd_iters, 0)
-        check_positive_int("val_every", self.val_every, 0)
-        check_positive_float("init_scale", self.init_scale)
-        if self.optimizer == "lbfgs" and self.batch_size:
-            raise UserError("optimizer lbfgs is full-batch: use --batch-size 0, or sgd/adam for mini-batches")
-        if self.optimizer != "lbfgs" and not self.lr:
-            raise UserError(f"optimizer {self.optimizer} needs --lr > 0")
-        for name in ("gamma_tik", "gamma_ddt"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and v >= 0 and math.isfinite(v)):
-                raise UserError(f"{name} must be a finite number >= 0; got {v!r}")
-        self.mgrit(exact=True)
-
-    def mgrit(self, exact: bool) -> MGRITOptions:
-        """MGRIT options: converged solves (``exact``) or fixed one-shot iteration counts."""
-        common = dict(cfactor=self.cfactor, max_levels=self.max_levels, nrelax=self.nrelax)
-        if exact:
-            return MGRITOptions(tol=self.tol, max_iter=self.max_iter, **common).validate()
-        return MGRITOptions(tol=0.0, max_iter=self.fwd_iters, **common).validate()
-
-    def optimizer_settings(self) -> dict:
-        if self.optimizer == "lbfgs":
-            return {"memory": self.memory}
-        if self.optimizer == "sgd":
-            return {"lr": self.lr, "momentum": self.momentum}
-        return {"lr": self.lr}
-
-
-# The embedded defaults per example: small enough for a laptop, tuned to train well.
-EXAMPLE_DEFAULTS = {
-    "peaks": dict(layers=32, channels=8, final_time=5.0, activation="tanh", optimizer="lbfgs",
-                  batch_size=0, iterations=150, gamma_tik=1e-5, gamma_ddt=1e-5, lr=None),
-    "mnist": dict(layers=16, channels=8, final_time=2.0, activation="relu", optimizer="adam",
-                  batch_size=50, iterations=600, gamma_tik=1e-3, gamma_ddt=0.0, lr=3e-3),
-    "indianpines": dict(layers=16, channels=32, final_time=2.0, activation="tanh", optimizer="adam",
-                        batch_size=100, iterations=1000, gamma_tik=0.0, gamma_ddt=0.0, lr=1e-3),
-}
+#: An objective this many times larger than the first one (and than 1) counts as divergence.
+EXPLOSION_FACTOR = 1e4
 
 
 @dataclass
@@ -169,29 +61,28 @@ class TrainResult:
 class _Data:
     """The data a rank needs: inputs on rank 0, labels on the last rank, sizes everywhere."""
 
-    def __init__(self, comm: Comm | None, be, meta, ds):
-        rank = comm.rank if comm is not None else 0
-        P = comm.size if comm is not None else 1
+    TAG_LABELS = 1
+
+    def __init__(self, comm: Comm, be, meta, ds):
+        rank, P = comm.rank, comm.size
         self.n_train, self.n_val = meta["n_train"], meta["n_val"]
         self.x_train = self.x_val = self.y_train = self.y_val = None
         if rank == 0:
             self.x_train, self.x_val = be.asarray(ds.x_train), be.asarray(ds.x_val)
         labels = (ds.y_train, ds.y_val) if rank == 0 else None
-        if P > 1:
-            if rank == 0:
-                comm.comm.send(labels, dest=P - 1, tag=1)
-            elif rank == P - 1:
-                labels = comm.comm.recv(source=0, tag=1)
+        if P > 1 and rank == 0:
+            comm.send_obj(labels, P - 1, self.TAG_LABELS)
+        elif P > 1 and rank == P - 1:
+            labels = comm.recv_obj(0, self.TAG_LABELS)
         if rank == P - 1:
             self.y_train = be.xp.asarray(labels[0])
             self.y_val = be.xp.asarray(labels[1])
 
 
-def load_distributed(cfg: TrainConfig, comm: Comm | None):
+def load_distributed(cfg: TrainConfig, comm: Comm):
     """Rank 0 reads the data set; every rank learns its shape, or the same UserError."""
-    rank = comm.rank if comm is not None else 0
     ds, meta, err = None, None, None
-    if rank == 0:
+    if comm.rank == 0:
         try:
             ds = load_dataset(cfg.example, seed=cfg.seed, data_dir=cfg.data_dir, n_train=cfg.n_train,
                               n_val=cfg.n_val)
@@ -199,39 +90,40 @@ def load_distributed(cfg: TrainConfig, comm: Comm | None):
                     "n_classes": ds.n_classes, "kind": ds.kind}
         except UserError as exc:
             err = str(exc)
-    if comm is not None:
-        meta, err = comm.bcast_obj((meta, err), 0)
+        except MemoryError:
+            err = (f"n_train/n_val: not enough memory for {cfg.n_train} training and {cfg.n_val} "
+                   "validation samples")
+    meta, err = comm.bcast_obj((meta, err), 0)
     if err is not None:
         raise UserError(err)
     return ds, meta
 
 
 class Trainer:
-    """One training run; build it on every rank of ``comm`` with the same config."""
+    """One training run; build it on every rank of ``comm`` with the same settings.
 
-    def __init__(self, cfg: TrainConfig, comm: Comm | None = None, log=None):
+    Args:
+        cfg: the settings (the example's defaults are filled in here).
+        comm: the layer communicator (default: one process).
+    """
+
+    def __init__(self, cfg: TrainConfig, comm: Comm | None = None):
         self.cfg = cfg = cfg.resolved()
-        self.comm = comm
-        self.rank = comm.rank if comm is not None else 0
-        self.P = comm.size if comm is not None else 1
-        self.log = log if log is not None else (lambda msg: None)
+        self.comm = comm = comm if comm is not None else Comm.single()
         self.be = resolve_backend(cfg.backend, cfg.dtype)
+        comm.backend = self.be
         ds, meta = load_distributed(cfg, comm)
         self.model = ResNetODE(meta["kind"], meta["in_shape"], cfg.channels, cfg.layers, meta["n_classes"],
                                cfg.final_time, cfg.activation, self.be, cfg.gamma_tik, cfg.gamma_ddt)
-        if self.P > cfg.layers:
-            raise UserError(f"number of MPI ranks ({self.P}) must not exceed --layers ({cfg.layers})")
-        exact = cfg.mgrit(exact=True)
-        if cfg.method == "serial":
-            fwd = bwd = dataclasses.replace(exact, max_levels=1)
-        elif cfg.method == "exact":
-            fwd = bwd = exact
-        else:
-            fwd = cfg.mgrit(exact=False)
-            bwd = dataclasses.replace(fwd, max_iter=cfg.bwd_iters)
-        self.lp = LayerParallel(self.model, comm, fwd, bwd)
-        # validation and final accuracy: the same distributed forward solve, converged
-        self.lp_eval = self.lp if cfg.method != "oneshot" else LayerParallel(self.model, comm, exact, exact)
+        if comm.size > cfg.layers:
+            raise UserError(f"number of MPI ranks ({comm.size}) must not exceed --layers ({cfg.layers})")
+        step = self.model.step
+        full_batch = cfg.batch_size == 0 or cfg.batch_size >= meta["n_train"]
+        check_memory(cfg, step.state_shape, sum(math.prod(s) for s in step.param_shapes),
+                     meta["n_train"] if full_batch else cfg.batch_size, comm.size, self.be)
+        self.method = make_method(cfg)
+        self.lp = LayerParallel(self.model, comm, self.method.forward, self.method.adjoint)
+        self.lp_score = LayerParallel(self.model, comm, SERIAL, SERIAL)
         self.data = _Data(comm, self.be, meta, ds)
         full = self.model.layout()
         theta_full = self.be.to_host(self.model.init_params(full, cfg.seed, cfg.init_scale))
@@ -243,12 +135,13 @@ class Trainer:
         out = {"fwd_iters": f.iterations, "fwd_residual": f.residuals[-1] if f.residuals else None}
         if b is not None:
             out.update(bwd_iters=b.iterations, bwd_residual=b.residuals[-1] if b.residuals else None)
-        out["steps"] = int(sum(f.steps_per_level) + (sum(b.steps_per_level) if b else 0))
+        out["steps"] = int(sum(f.steps_per_level) + f.coarse_steps
+                           + (sum(b.steps_per_level) + b.coarse_steps if b else 0))
         return out
 
     def score(self, split: str) -> tuple[float, float]:
-        """(objective, accuracy) on ``split`` ("train" or "val") by the converged distributed
-        forward solve, in chunks of samples sized so each chunk's states take about 128 MiB."""
+        """(objective, accuracy) on ``split`` ("train" or "val") by layer-serial forward passes,
+        in chunks of samples sized so each chunk's states take about 128 MiB."""
         d = self.data
         x = d.x_train if split == "train" else d.x_val
         y = d.y_train if split == "train" else d.y_val
@@ -258,77 +151,115 @@ class Trainer:
         loss, correct, reg = 0.0, 0, 0.0
         for lo in range(0, n, chunk):
             hi = min(n, lo + chunk)
-            ev = self.lp_eval.evaluate(self.theta, None if x is None else x[lo:hi],
-                                       None if y is None else y[lo:hi], hi - lo, grad=False)
+            ev = self.lp_score.evaluate(self.theta, None if x is None else x[lo:hi],
+                                        None if y is None else y[lo:hi], hi - lo, grad=False)
             loss += ev.loss * (hi - lo)
             correct += ev.n_correct
             reg = ev.objective - ev.loss
         return loss / n + reg, correct / n
 
-    def accuracy(self, split: str) -> float:
-        """Fraction of ``split`` ("train" or "val") classified correctly (distributed forward)."""
-        return self.score(split)[1]
+    def _batch(self, rng, state: dict):
+        """(x, y, B) of the next optimisation step: the full batch, or the next mini-batch."""
+        cfg, d, xp = self.cfg, self.data, self.be.xp
+        if cfg.batch_size == 0 or cfg.batch_size >= d.n_train:
+            return d.x_train, d.y_train, d.n_train
+        idx = next(state["it"], None) if "it" in state else None
+        if idx is None:
+            state["it"] = batches(d.n_train, cfg.batch_size, rng)
+            idx = next(state["it"])
+        sel = xp.asarray(idx)
+        return (None if d.x_train is None else d.x_train[sel],
+                None if d.y_train is None else d.y_train[sel], len(idx))
 
-    def run(self, progress=None) -> TrainResult:
-        cfg, d = self.cfg, self.data
+    def _check_divergence(self, it: int, objective: float, first: float) -> None:
+        """Raise :class:`Diverged` on a non-finite or exploding objective, saying where."""
+        if math.isfinite(objective) and objective <= EXPLOSION_FACTOR * max(abs(first), 1.0):
+            return
+        what = ("not finite" if not math.isfinite(objective)
+                else f"{objective / max(abs(first), 1.0):.1e} times the first")
+        where = self._locate_blowup()
+        hints = "--init-scale, --final-time" if it == 0 else (
+            "--lr" if self.cfg.optimizer != "lbfgs" else "--final-time") + ", --gamma-tik, --gamma-ddt"
+        raise Diverged(f"objective {objective:.6g} at iteration {it + 1} is {what}; {where}; "
+                       f"options that matter: {hints}")
+
+    def _locate_blowup(self) -> str:
+        """Where the first non-finite or exploding value appears: parameters, forward states or
+        adjoints, and the layer (a layer-serial pass over up to 256 training samples)."""
+        comm, lp, xp = self.comm, self.lp_score, self.be.xp
+        k = min(self.data.n_train, 256)
+        x = None if self.data.x_train is None else self.data.x_train[:k]
+        y = None if self.data.y_train is None else self.data.y_train[:k]
+
+        def first_bad(rows, first_layer: int) -> float:
+            """Global index of the first bad row (inf when none) over all ranks."""
+            flat = rows.reshape(rows.shape[0], -1)
+            bad = ~xp.isfinite(flat).all(axis=1) | (xp.abs(xp.nan_to_num(flat)).max(axis=1) > 1e30)
+            where = np.flatnonzero(self.be.to_host(bad))
+            local = first_layer + int(where[0]) if where.size else math.inf
+            return -comm.allreduce_max(-local)
+
+        if not math.isfinite(comm.allreduce_sum(float(self.be.scalar(xp.abs(self.theta).sum())))):
+            return "the parameters are not finite (the previous step overshot)"
+        with np.errstate(all="ignore"):
+            lp.evaluate(self.theta, x, y, k, grad=True)
+        layer = first_bad(lp.U[1:], lp.a + 1)
+        if math.isfinite(layer):
+            return f"first bad value: forward state after layer {int(layer)} of {self.model.layers}"
+        layer = first_bad(lp.Lam[::-1][:-1], lp.a)
+        if math.isfinite(layer):
+            return f"first bad value: adjoint at layer {int(layer)} of {self.model.layers}"
+        return "states and adjoints are finite on a layer-serial pass: the MGRIT iterates diverged"
+
+    def run(self, progress=None, interrupts=None) -> TrainResult:
+        """Train for ``cfg.iterations`` steps (fewer when the method stops early).
+
+        Args:
+            progress: ``progress(entry)`` after every step (rank 0's log and bar).
+            interrupts: an :class:`~gpubraid.interrupts.Interrupts` polled at every step boundary.
+        """
+        cfg = self.cfg
         rng = np.random.default_rng([cfg.seed, 7])
-        full_batch = cfg.batch_size == 0 or cfg.batch_size >= d.n_train
-        warm = cfg.method == "oneshot" and full_batch
-        batch_iter = None
-        history, calls = [], []
+        full_batch = cfg.batch_size == 0 or cfg.batch_size >= self.data.n_train
+        warm = self.method.warm(full_batch)
+        history, batch_state = [], {}
         t0 = time.perf_counter()
-        stopped = "iterations"
-        failures = 0
+        stopped, failures, first = "iterations", 0, None
         for it in range(cfg.iterations):
-            if full_batch:
-                idx = None
-            else:
-                try:
-                    idx = next(batch_iter) if batch_iter is not None else None
-                except StopIteration:
-                    idx = None
-                if idx is None:
-                    batch_iter = batches(d.n_train, cfg.batch_size, rng)
-                    idx = next(batch_iter)
-            x = d.x_train if idx is None or d.x_train is None else d.x_train[self.be.xp.asarray(idx)]
-            y = d.y_train if idx is None or d.y_train is None else d.y_train[self.be.xp.asarray(idx)]
-            B = d.n_train if idx is None else len(idx)
-            prev = calls[-1] if calls else None
-            calls.clear()
+            if interrupts is not None:
+                interrupts.poll(self.comm)
+            x, y, B = self._batch(rng, batch_state)
 
             def closure(theta):
                 ev = self.lp.evaluate(theta, x, y, B, grad=True, warm=warm)
-                if not math.isfinite(ev.objective):
-                    raise FloatingPointError(f"objective is {ev.objective} at iteration {it}; "
-                                             "lower --lr or --final-time")
-                calls.append((ev.objective, ev.accuracy, self._solver_stats()))
-                return ev.objective, ev.grad
+                return ev.objective, ev.grad, (ev.accuracy, self._solver_stats())
 
-            info = self.opt.step(self.theta, closure)
-            start = next((c for c in ([prev] if prev else []) + calls if c[0] == info.objective), calls[0])
+            try:
+                with np.errstate(over="ignore", invalid="ignore"):
+                    info = self.opt.step(self.theta, closure)
+            except FloatingPointError:  # L-BFGS refuses a non-finite start point
+                self._check_divergence(it, math.nan, math.nan if first is None else first)
+            first = info.objective if first is None else first
+            self._check_divergence(it, info.objective, first)
+            accuracy, stats = info.start
             entry = {"iter": it, "objective": info.objective, "grad_norm": info.grad_norm,
-                     "train_batch_accuracy": start[1], "step_size": info.step_size,
-                     "n_evals": info.n_evals, **start[2], "time_s": time.perf_counter() - t0}
+                     "train_batch_accuracy": accuracy, "step_size": info.step_size,
+                     "n_evals": info.n_evals, **stats, "time_s": time.perf_counter() - t0}
             if cfg.val_every and ((it + 1) % cfg.val_every == 0 or it + 1 == cfg.iterations):
-                entry["val_accuracy"] = self.accuracy("val")
+                entry["val_accuracy"] = self.score("val")[1]
             history.append(entry)
             if progress is not None:
                 progress(entry)
-            if info.step_size == 0.0:
-                # With one-shot gradients the line search can fail on solver noise: forget the
-                # curvature pairs and go on from steepest descent; a converged method has reached
-                # its precision and stops.
-                failures += 1
-                if cfg.method != "oneshot" or failures >= 3:
+            failures = failures + 1 if info.step_size == 0.0 else 0
+            if failures:
+                if not self.method.go_on_after_failed_line_search(failures):
                     stopped = "line search failed (no decrease along the L-BFGS direction)"
                     break
                 self.opt.reset()
-            else:
-                failures = 0
         wall = time.perf_counter() - t0
         objective, train_acc = self.score("train")
-        val = self.accuracy("val")
-        return TrainResult(dataclasses.asdict(cfg), self.P, self.be.name, self.be.dtype_name,
+        val = self.score("val")[1]
+        return TrainResult(cfg.model_dump(), self.comm.size, self.be.name, self.be.dtype_name,
                            objective, train_acc, val, wall, history, stopped)
 
 

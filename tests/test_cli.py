@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpubraid import cli
+from gpubraid import cli, info
 
 TINY = ["--layers", "4", "--iterations", "3", "--n-train", "200", "--n-val", "100", "--no-progress"]
 METRIC_KEYS = {"method", "ranks", "backend", "dtype", "layers", "iterations", "objective",
@@ -176,9 +176,9 @@ def test_info_text_and_json():
 
 
 def test_mpiexec_warning():
-    assert cli.mpiexec_warning("/opt/mpich/bin/mpiexec", "/opt/mpich/lib/libmpi.so.12") is None
-    assert "different MPI" in cli.mpiexec_warning("/usr/bin/mpiexec", "/opt/mpich/lib/libmpi.so.12")
-    assert "no mpiexec" in cli.mpiexec_warning(None, "/opt/mpich/lib/libmpi.so.12")
+    assert info.mpiexec_warning("/opt/mpich/bin/mpiexec", "/opt/mpich/lib/libmpi.so.12") is None
+    assert "different MPI" in info.mpiexec_warning("/usr/bin/mpiexec", "/opt/mpich/lib/libmpi.so.12")
+    assert "no mpiexec" in info.mpiexec_warning(None, "/opt/mpich/lib/libmpi.so.12")
 
 
 needs_mpiexec = pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not found")
@@ -214,3 +214,35 @@ def test_mpi_info():
     info = json.loads(res.stdout)
     assert info["ranks"] == 2 and [p["rank"] for p in info["processes"]] == [0, 1]
     assert sorted(p["local_rank"] for p in info["processes"]) == [0, 1]
+
+
+def test_readme_option_table_is_generated_from_the_schema():
+    from gpubraid import config
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert config.options_markdown() in readme
+
+
+@pytest.mark.parametrize("argv,expect", [(["--cfactor", "4,2", "--nrelax", "0,1"], ([4, 2], [0, 1])),
+                                         (["--cfactor", "3"], (3, 1))])
+def test_per_level_lists_from_the_command_line(argv, expect):
+    args = cli.build_parser().parse_args(["train", "peaks", *argv])
+    cfg = cli.train_config(args)
+    assert (cfg.cfactor, cfg.nrelax) == expect
+
+
+def test_per_level_lists_from_toml_reach_the_solver(tmp_path):
+    from gpubraid.methods import make_method
+
+    f = tmp_path / "c.toml"
+    f.write_text('example = "peaks"\ncfactor = [4, 2]\nnrelax = [0, 1]\nmin_coarse = 3\n')
+    cfg = cli.train_config(cli.build_parser().parse_args(["train", "--config", str(f)]))
+    fwd = make_method(cfg).forward
+    assert (fwd.cfactor, fwd.nrelax, fwd.min_coarse) == ([4, 2], [0, 1], 3)
+
+
+@pytest.mark.parametrize("argv,name", [(["--cfactor", "4,1"], "cfactor"), (["--nrelax", "0,x"], "nrelax"),
+                                       (["--layers", "100000000000000000000"], "layers"),
+                                       (["--cfactor", "100000000000000000000"], "cfactor")])
+def test_bad_per_level_and_huge_integers(capsys, argv, name):
+    _assert_one_line_error(capsys, cli.main(["train", "peaks", *argv]), name)
