@@ -209,7 +209,9 @@ class Trainer:
         layer = first_bad(lp.Lam[::-1][:-1], lp.a)
         if math.isfinite(layer):
             return f"first bad value: adjoint at layer {int(layer)} of {self.model.layers}"
-        return "states and adjoints are finite on a layer-serial pass: the MGRIT iterates diverged"
+        big = comm.allreduce_max(float(self.be.scalar(xp.abs(self.theta).max())))
+        return (f"states and adjoints are finite on a layer-serial pass, the largest parameter is "
+                f"{big:.1e}: the optimiser's steps grew the weights")
 
     def run(self, progress=None, interrupts=None) -> TrainResult:
         """Train for ``cfg.iterations`` steps (fewer when the method stops early).

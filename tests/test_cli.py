@@ -246,3 +246,20 @@ def test_per_level_lists_from_toml_reach_the_solver(tmp_path):
                                        (["--cfactor", "100000000000000000000"], "cfactor")])
 def test_bad_per_level_and_huge_integers(capsys, argv, name):
     _assert_one_line_error(capsys, cli.main(["train", "peaks", *argv]), name)
+
+
+@pytest.mark.parametrize("argv,name", [(["--layers", "10000000"], "--layers"),
+                                       (["--channels", "1000000"], "--channels")])
+def test_sizes_beyond_memory_are_refused_before_allocating(capsys, argv, name):
+    line = _assert_one_line_error(capsys, cli.main(["train", "peaks", *argv]), name)
+    assert "available" in line
+
+
+def test_divergence_stops_with_its_own_status_and_location(capsys):
+    rc = cli.main(["train", "peaks", "--optimizer", "sgd", "--lr", "1e8", "--layers", "4", "--iterations", "6",
+                   "--n-train", "200", "--n-val", "50", "--no-progress", "--batch-size", "0"])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert rc == cli.EXIT_DIVERGED, err
+    assert len(lines) == 1 and lines[0].startswith("gpubraid: diverged: objective"), err
+    assert "iteration 2" in lines[0] and "--lr" in lines[0] and "largest parameter" in lines[0], err
