@@ -108,6 +108,24 @@ def check_output_path(name: str, path: str | None) -> None:
         raise UserError(f"{name}: directory {directory!r} is not writable")
 
 
+def check_directory(name: str, path: str | None) -> None:
+    """UserError unless ``path`` is (or, its parent existing, can be made) a writable directory."""
+    if path is None:
+        return
+    if not os.path.isdir(path):
+        parent = os.path.dirname(os.path.abspath(path))
+        if os.path.exists(path) or not os.path.isdir(parent):
+            raise UserError(f"{name}: {path!r} is not a directory and cannot be created here")
+        if launcher_rank() == 0:
+            try:
+                os.makedirs(path, exist_ok=True)
+            except OSError as exc:
+                raise UserError(f"{name}: cannot create {path!r}: {exc.strerror}") from None
+        return
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"{name}: directory {path!r} is not writable")
+
+
 # -- progress ---------------------------------------------------------------------------------------
 def _fmt(v, spec: str) -> str:
     return "-" if v is None else format(v, spec)
@@ -161,6 +179,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     """``gpubraid train``: settings checked before MPI starts, then set-up, run, report."""
     cfg = train_config(args)  # every rank checks the same values: no MPI needed to agree
     check_output_path("metrics", cfg.metrics)
+    check_directory("checkpoint_dir", cfg.checkpoint_dir)
 
     from .interrupts import Interrupted, Interrupts
     from .parallel import Comm, abort_all, agree

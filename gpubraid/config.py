@@ -101,6 +101,13 @@ class TrainConfig(BaseModel):
                             "output", ge=0, le=INT_MAX)
     metrics: str | None = _field(None, "write the metrics JSON to FILE (rank 0; the directory must exist)",
                                  "output", "FILE", min_length=1)
+    checkpoint_dir: str | None = _field(
+        None, "write checkpoints into DIR (atomic, the last two kept; also on SIGINT/SIGTERM and at the end)",
+        "output", "DIR", min_length=1)
+    checkpoint_every: int = _field(0, "checkpoint every this many steps (with --checkpoint-dir); 0 = only "
+                                   "on interrupts and at the end", "output", ge=0, le=INT_MAX)
+    resume: str | None = _field(None, "continue from the newest checkpoint in DIR (same settings; "
+                                "--iterations may grow)", "output", "DIR", min_length=1)
     progress: bool = _field(True, "progress bar on stderr (--no-progress: off; log lines stay)", "output")
 
     def __init__(self, **values):

@@ -94,6 +94,15 @@ class Optimizer:
     def reset(self) -> None:
         """Forget all state (memory, momenta, cached evaluations)."""
 
+    def state(self) -> tuple[dict, dict]:
+        """The optimiser's state as (vectors, scalars): ``vectors`` maps names to arrays laid out
+        like ``theta`` (so a caller can gather or re-split them), ``scalars`` is JSON-able."""
+        return {}, {}
+
+    def load_state(self, vectors: dict, scalars: dict, theta) -> None:
+        """Restore :meth:`state` (vectors already in this process's layout); ``theta`` is the
+        array that later :meth:`step` calls will receive."""
+
 
 class LBFGS(Optimizer):
     """Limited-memory BFGS with a backtracking Armijo line search.
@@ -130,6 +139,23 @@ class LBFGS(Optimizer):
         self._pairs: list[tuple[Any, Any, float]] = []  # (s, y, 1 / s.y), oldest first
         self._gamma = 1.0
         self._cache: tuple | None = None  # (theta object, f, g, info) at theta
+
+    def state(self) -> tuple[dict, dict]:
+        vectors = {}
+        for k, (sv, yv, _) in enumerate(self._pairs):
+            vectors[f"s{k}"], vectors[f"y{k}"] = sv, yv
+        scalars = {"rho": [p[2] for p in self._pairs], "gamma": self._gamma, "cached": self._cache is not None}
+        if self._cache is not None:
+            vectors["cache_g"] = self._cache[2]
+            scalars.update(cache_f=self._cache[1], cache_info=self._cache[3])
+        return vectors, scalars
+
+    def load_state(self, vectors: dict, scalars: dict, theta) -> None:
+        self.reset()
+        self._pairs = [(vectors[f"s{k}"], vectors[f"y{k}"], rho) for k, rho in enumerate(scalars["rho"])]
+        self._gamma = scalars["gamma"]
+        if scalars["cached"]:
+            self._cache = (theta, scalars["cache_f"], vectors["cache_g"], scalars["cache_info"])
 
     def _direction(self, g):
         """``-H g`` by the two-loop recursion (a new array)."""
@@ -248,6 +274,12 @@ class SGD(Optimizer):
     def reset(self) -> None:
         self._velocity = None
 
+    def state(self) -> tuple[dict, dict]:
+        return ({} if self._velocity is None else {"velocity": self._velocity}), {}
+
+    def load_state(self, vectors: dict, scalars: dict, theta) -> None:
+        self._velocity = vectors.get("velocity")
+
     def step(self, theta, closure: Closure) -> StepInfo:
         f, g, info = _evaluate(closure, theta)
         gnorm = self.norm(g)
@@ -289,6 +321,12 @@ class Adam(Optimizer):
         self._m = None
         self._v = None
         self._t = 0
+
+    def state(self) -> tuple[dict, dict]:
+        return ({} if self._m is None else {"m": self._m, "v": self._v}), {"t": self._t}
+
+    def load_state(self, vectors: dict, scalars: dict, theta) -> None:
+        self._m, self._v, self._t = vectors.get("m"), vectors.get("v"), scalars["t"]
 
     def step(self, theta, closure: Closure) -> StepInfo:
         f, g, info = _evaluate(closure, theta)

@@ -21,7 +21,7 @@ import numpy as np
 from . import __version__
 from .backend import resolve_backend
 from .config import EXAMPLE_DEFAULTS, TrainConfig  # noqa: F401  (re-exported for users)
-from .data import batches, load_dataset
+from .data import load_dataset
 from .errors import Diverged, UserError
 from .layer_parallel import LayerParallel
 from .methods import SERIAL, make_method
@@ -122,6 +122,7 @@ class Trainer:
         check_memory(cfg, step.state_shape, sum(math.prod(s) for s in step.param_shapes),
                      meta["n_train"] if full_batch else cfg.batch_size, comm.size, self.be)
         self.method = make_method(cfg)
+        self.full_batch = full_batch
         self.lp = LayerParallel(self.model, comm, self.method.forward, self.method.adjoint)
         self.lp_score = LayerParallel(self.model, comm, SERIAL, SERIAL)
         self.data = _Data(comm, self.be, meta, ds)
@@ -158,15 +159,16 @@ class Trainer:
             reg = ev.objective - ev.loss
         return loss / n + reg, correct / n
 
-    def _batch(self, rng, state: dict):
-        """(x, y, B) of the next optimisation step: the full batch, or the next mini-batch."""
+    def _batch(self, run: "RunState"):
+        """(x, y, B) of the next optimisation step: the full batch, or the next mini-batch of a
+        shuffled epoch (one permutation per epoch, as :func:`gpubraid.data.batches` draws it)."""
         cfg, d, xp = self.cfg, self.data, self.be.xp
-        if cfg.batch_size == 0 or cfg.batch_size >= d.n_train:
+        if self.full_batch:
             return d.x_train, d.y_train, d.n_train
-        idx = next(state["it"], None) if "it" in state else None
-        if idx is None:
-            state["it"] = batches(d.n_train, cfg.batch_size, rng)
-            idx = next(state["it"])
+        if run.order is None or run.pos >= d.n_train:
+            run.order, run.pos = run.rng.permutation(d.n_train).astype(np.int64), 0
+        idx = run.order[run.pos:run.pos + cfg.batch_size]
+        run.pos += len(idx)
         sel = xp.asarray(idx)
         return (None if d.x_train is None else d.x_train[sel],
                 None if d.y_train is None else d.y_train[sel], len(idx))
@@ -214,23 +216,30 @@ class Trainer:
                 f"{big:.1e}: the optimiser's steps grew the weights")
 
     def run(self, progress=None, interrupts=None) -> TrainResult:
-        """Train for ``cfg.iterations`` steps (fewer when the method stops early).
+        """Train up to ``cfg.iterations`` steps (fewer when the method stops early), continuing
+        from a checkpoint when ``cfg.resume`` names one.
 
         Args:
             progress: ``progress(entry)`` after every step (rank 0's log and bar).
-            interrupts: an :class:`~gpubraid.interrupts.Interrupts` polled at every step boundary.
+            interrupts: an :class:`~gpubraid.interrupts.Interrupts` polled at every step boundary;
+                on a signal a checkpoint is written (when ``cfg.checkpoint_dir`` is set) and
+                :class:`~gpubraid.interrupts.Interrupted` propagates.
         """
         cfg = self.cfg
-        rng = np.random.default_rng([cfg.seed, 7])
-        full_batch = cfg.batch_size == 0 or cfg.batch_size >= self.data.n_train
-        warm = self.method.warm(full_batch)
-        history, batch_state = [], {}
-        t0 = time.perf_counter()
-        stopped, failures, first = "iterations", 0, None
-        for it in range(cfg.iterations):
-            if interrupts is not None:
-                interrupts.poll(self.comm)
-            x, y, B = self._batch(rng, batch_state)
+        run = self.restore(cfg.resume) if cfg.resume else RunState(np.random.default_rng([cfg.seed, 7]))
+        warm = self.method.warm(self.full_batch)
+        t0 = time.perf_counter() - run.elapsed
+        from .interrupts import Interrupted
+
+        for it in range(len(run.history), cfg.iterations):
+            try:
+                if interrupts is not None:
+                    interrupts.poll(self.comm)
+            except Interrupted:
+                if cfg.checkpoint_dir:
+                    self.save_checkpoint(run)
+                raise
+            x, y, B = self._batch(run)
 
             def closure(theta):
                 ev = self.lp.evaluate(theta, x, y, B, grad=True, warm=warm)
@@ -240,29 +249,116 @@ class Trainer:
                 with np.errstate(over="ignore", invalid="ignore"):
                     info = self.opt.step(self.theta, closure)
             except FloatingPointError:  # L-BFGS refuses a non-finite start point
-                self._check_divergence(it, math.nan, math.nan if first is None else first)
-            first = info.objective if first is None else first
-            self._check_divergence(it, info.objective, first)
+                self._check_divergence(it, math.nan, math.nan if run.first is None else run.first)
+            run.first = info.objective if run.first is None else run.first
+            self._check_divergence(it, info.objective, run.first)
             accuracy, stats = info.start
             entry = {"iter": it, "objective": info.objective, "grad_norm": info.grad_norm,
                      "train_batch_accuracy": accuracy, "step_size": info.step_size,
                      "n_evals": info.n_evals, **stats, "time_s": time.perf_counter() - t0}
             if cfg.val_every and ((it + 1) % cfg.val_every == 0 or it + 1 == cfg.iterations):
                 entry["val_accuracy"] = self.score("val")[1]
-            history.append(entry)
+            run.history.append(entry)
+            run.elapsed = time.perf_counter() - t0
             if progress is not None:
                 progress(entry)
-            failures = failures + 1 if info.step_size == 0.0 else 0
-            if failures:
-                if not self.method.go_on_after_failed_line_search(failures):
-                    stopped = "line search failed (no decrease along the L-BFGS direction)"
+            run.failures = run.failures + 1 if info.step_size == 0.0 else 0
+            if run.failures:
+                if not self.method.go_on_after_failed_line_search(run.failures):
+                    run.stopped = "line search failed (no decrease along the L-BFGS direction)"
                     break
                 self.opt.reset()
-        wall = time.perf_counter() - t0
+            if cfg.checkpoint_dir and cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0:
+                self.save_checkpoint(run)
+        if cfg.checkpoint_dir:
+            self.save_checkpoint(run)
         objective, train_acc = self.score("train")
         val = self.score("val")[1]
         return TrainResult(cfg.model_dump(), self.comm.size, self.be.name, self.be.dtype_name,
-                           objective, train_acc, val, wall, history, stopped)
+                           objective, train_acc, val, time.perf_counter() - t0, run.history, run.stopped)
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    #: Settings that may differ between a run and its resumption (output, length, where to save).
+    RESUMABLE_CHANGES = ("iterations", "val_every", "metrics", "progress", "checkpoint_dir",
+                         "checkpoint_every", "resume", "backend")
+
+    def _gather(self, vec) -> np.ndarray | None:
+        return self.lp.gather_params(vec)
+
+    def save_checkpoint(self, run: "RunState") -> None:
+        """Write the run's state to ``cfg.checkpoint_dir`` (rank 0 writes; every rank takes part)."""
+        comm, be = self.comm, self.be
+        vectors, scalars = self.opt.state()
+        arrays = {"theta": self._gather(self.theta)}
+        for name, vec in sorted(vectors.items()):
+            arrays[f"opt.{name}"] = self._gather(vec)
+        for name in ("U", "Lam"):
+            rows = getattr(self.lp, name)
+            parts = comm.gather_obj(None if rows is None else be.to_host(rows), 0)
+            if comm.rank == 0 and all(p is not None for p in parts):
+                arrays.update({f"warm.{name}.{r}": p for r, p in enumerate(parts)})
+        if run.order is not None:
+            arrays["batch_order"] = run.order
+        if comm.rank != 0:
+            return
+        from . import checkpoint
+
+        meta = {"config": self.cfg.model_dump(), "ranks": comm.size, "history": run.history,
+                "optimizer": scalars, "rng": run.rng.bit_generator.state, "pos": run.pos,
+                "failures": run.failures, "first": run.first, "elapsed": run.elapsed,
+                "stopped": run.stopped}
+        checkpoint.save(self.cfg.checkpoint_dir, len(run.history), arrays, meta)
+
+    def restore(self, directory: str) -> "RunState":
+        """Load the newest checkpoint of ``directory`` into this trainer; returns the loop state.
+
+        On the rank count that wrote it the run continues bit for bit (warm-start rows included);
+        on another it continues from the parameters and the optimiser state.
+        """
+        from . import checkpoint
+
+        comm, be = self.comm, self.be
+        loaded, err = None, None
+        if comm.rank == 0:
+            try:
+                arrays, meta, path = checkpoint.load_latest(directory)
+                mine = self.cfg.model_dump()
+                for key, value in meta["config"].items():
+                    if key not in self.RESUMABLE_CHANGES and mine.get(key) != value:
+                        raise UserError(f"resume: {key} is {mine.get(key)!r} here but {value!r} in {path!r}; "
+                                        "resume with the settings of the interrupted run")
+                loaded = (arrays, meta)
+            except UserError as exc:
+                err = str(exc)
+        loaded, err = comm.bcast_obj((loaded, err), 0)
+        if err is not None:
+            raise UserError(err)
+        arrays, meta = loaded
+        self.theta[...] = self.lp.scatter_params(arrays["theta"])
+        vectors = {k[4:]: self.lp.scatter_params(v) for k, v in arrays.items() if k.startswith("opt.")}
+        self.opt.load_state(vectors, meta["optimizer"], self.theta)
+        if meta["ranks"] == comm.size:
+            for name in ("U", "Lam"):
+                rows = arrays.get(f"warm.{name}.{comm.rank}")
+                setattr(self.lp, name, None if rows is None else be.asarray(rows))
+        rng = np.random.default_rng()
+        rng.bit_generator.state = meta["rng"]
+        return RunState(rng, arrays.get("batch_order"), meta["pos"], meta["history"], meta["failures"],
+                        meta["first"], meta["elapsed"], meta["stopped"])
+
+
+@dataclass
+class RunState:
+    """Where a training loop stands: everything a checkpoint must keep besides the arrays."""
+
+    rng: np.random.Generator
+    order: np.ndarray | None = None      # this epoch's sample permutation (mini-batches)
+    pos: int = 0                         # next position in ``order``
+    history: list = field(default_factory=list)
+    failures: int = 0                    # consecutive failed line searches
+    first: float | None = None           # the first step's objective (divergence guard)
+    elapsed: float = 0.0                 # training seconds before this process
+    stopped: str = "iterations"
 
 
 def write_json_atomic(path: str, obj) -> None:

@@ -14,10 +14,10 @@ pytestmark = pytest.mark.mpi
 LONG_RUN = ["train", "peaks", "--iterations", "100000", "--no-progress", "--n-train", "500", "--n-val", "50"]
 
 
-def start(n: int) -> subprocess.Popen:
+def start(n: int, *extra: str) -> subprocess.Popen:
     """``mpiexec -n n gpubraid train ...`` in its own process group, once it has logged an iteration."""
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [MPIEXEC, "-n", str(n), sys.executable, "-m", "gpubraid", *LONG_RUN]
+    cmd = [MPIEXEC, "-n", str(n), sys.executable, "-m", "gpubraid", *LONG_RUN, *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)
     line = proc.stdout.readline()  # the first iteration line: every rank is inside the training loop
@@ -61,3 +61,10 @@ def test_sigterm_ends_every_rank():
     rc, seconds, err = stop(proc, signal.SIGTERM, group=True)
     assert rc == 143 and seconds <= 5, (rc, seconds, err)
     assert "Traceback" not in err, err
+
+
+def test_ctrl_c_writes_a_checkpoint_first(tmp_path):
+    rc, seconds, err = stop(start(2, "--checkpoint-dir", str(tmp_path)), signal.SIGINT, group=True)
+    assert rc == 130 and seconds <= 5, (rc, seconds, err)
+    files = os.listdir(tmp_path)
+    assert len(files) == 1 and files[0].startswith("checkpoint-"), files
