@@ -58,11 +58,12 @@ def test_results_independent_of_rank_count(name):
         assert abs(got["objective"] - ref["objective"]) <= 1e-12 * abs(ref["objective"]), n
 
 
-def test_one_failing_rank_stops_every_rank():
+@pytest.mark.parametrize("trial", range(3))
+def test_one_failing_rank_stops_every_rank(trial):
     t0 = time.monotonic()
     out = mpirun(3, "abort_check.py", timeout=60)
     elapsed = time.monotonic() - t0
     assert out.returncode != 0
-    assert "rank 1 failed" in out.stderr and "planted failure" in out.stderr
+    assert out.stderr.count("gpubraid: rank 1 failed: RuntimeError: planted failure") == 1, out.stderr
     assert "unreachable" not in out.stdout
     assert elapsed < 30, elapsed
