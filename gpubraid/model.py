@@ -250,6 +250,10 @@ class Classifier(Head):
         xp = self.xp
         W, _ = params
         B = uN.shape[0]
+        if y.shape != (B,):
+            raise UserError(f"classification targets must be integer labels of shape ({B},); got {tuple(y.shape)}")
+        if B and (int(y.min()) < 0 or int(y.max()) >= self.n_classes):
+            raise UserError(f"labels must lie in 0..{self.n_classes - 1}; got {int(y.min())}..{int(y.max())}")
         z = self.predict(uN, params)
         z = z - z.max(axis=1, keepdims=True)
         ez = xp.exp(z)
@@ -282,6 +286,8 @@ class Regression(Head):
         xp = self.xp
         W, _ = params
         B = uN.shape[0]
+        if y.size != B * self.n_out:
+            raise UserError(f"regression targets must have shape ({B}, {self.n_out}); got {tuple(y.shape)}")
         y = y.reshape(B, self.n_out)
         r = self.predict(uN, params) - y
         loss = float(xp.mean(r * r))
