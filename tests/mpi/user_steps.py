@@ -72,3 +72,38 @@ def toy_arrays(n=60, d=3, classes=3, seed=0, regression=False):
     if regression:
         return x, np.stack([np.sin(x[:, 0]), x[:, 1] * x[:, 2]], axis=1)
     return x, (np.digitize(x[:, 0] + 0.5 * x[:, 1] ** 2, [-0.3, 0.8])).astype(np.int64) % classes
+
+
+def lbfgs_history(lp, theta, x, y, batch, iterations=10):
+    """Train with L-BFGS through ``lp`` (a LayerParallel) for ``iterations`` steps; the objective at
+    the start of every step and after the last one (identical on every rank)."""
+    from gpubraid.optim import make_optimizer
+
+    opt = make_optimizer("lbfgs", dot=lp.dot, memory=10)
+
+    def closure(th):
+        ev = lp.evaluate(th, x, y, batch, grad=True)
+        return ev.objective, ev.grad
+
+    hist = [opt.step(theta, closure).objective for _ in range(iterations)]
+    hist.append(lp.evaluate(theta, x, y, batch, grad=False).objective)
+    return hist
+
+
+def build(which, backend, layers=12):
+    """(network, dataset) of the MPI/serial training checks: ``three`` (TwoLayerStep, classification)
+    or ``torch`` (the torch block, regression on two float targets)."""
+    from gpubraid.data import dataset_from_arrays
+    from gpubraid.model import network_for_data
+
+    if which == "three":
+        ds = dataset_from_arrays(*toy_arrays(60, 3, 3, seed=0), seed=0)
+        step = TwoLayerStep(4, 6, backend)
+    else:
+        from gpubraid.torch_step import TorchStep
+
+        ds = dataset_from_arrays(*toy_arrays(60, 3, seed=0, regression=True), task="regression", seed=0)
+        step = TorchStep(lambda: two_layer_module(4, 6), (4,), backend)
+    net = network_for_data(ds.meta(), step, layers=layers, final_time=2.0, backend=backend,
+                           gamma_tik=1e-3, gamma_ddt=1e-3)
+    return net, ds
