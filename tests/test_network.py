@@ -235,3 +235,19 @@ def test_user_network_rank_counts_agree(which):
         got = run(n, "exact")
         assert np.abs(np.array(got["history"]) - h).max() <= 1e-10 * np.abs(h).max(), n
         assert np.abs(np.array(got["theta"]) - np.array(ref["theta"])).max() <= 1e-8, n
+
+
+def test_your_own_network_doc_examples_run():
+    """The python blocks of docs/your_own_network.md run as written (each block in a fresh namespace)."""
+    import re
+    pytest.importorskip("torch")
+    path = os.path.join(HERE, os.pardir, "docs", "your_own_network.md")
+    with open(path) as f:
+        blocks = re.findall(r"```python\n(.*?)```", f.read(), re.S)
+    assert len(blocks) == 2
+    for code in blocks:
+        ns = {"__name__": "__doc_example__"}
+        exec(compile(code, path, "exec"), ns)
+        assert ns["check_step"](ns["step"]).ok
+    # the first trains a classifier, the second a regression: both made progress
+    assert ns["info"].objective < 0.5 * ns["first"]
