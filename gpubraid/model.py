@@ -315,12 +315,15 @@ class Params:
         self.__dict__["_names"] = (tuple(open_names), tuple(layer_names), tuple(head_names))
 
     def __getattr__(self, name):
-        g = self.__dict__["_g"]
+        g = self.__dict__.get("_g", {})
         if name in g:
             return g[name]
-        if any(name in n for n in self.__dict__["_names"]):
+        if any(name in n for n in self.__dict__.get("_names", ())):
             return None
         raise AttributeError(name)
+
+    def __setattr__(self, name, value):
+        raise AttributeError("Params views are read-only attributes; write into them with P.name[...] = ...")
 
     def __getitem__(self, name):
         return self._g.get(name)
@@ -474,8 +477,7 @@ class Network:
             else:
                 vals = [draw_group(spec, rng, shp, scale) for spec, shp in zip(self.layer_init, self.step.param_shapes)]
             for name, v in zip(self.layer_names, vals):
-                if not (isinstance(v, str) and v == "zeros"):
-                    host[name][i] = v
+                host[name][i] = v
         if layout.has_open:
             rng = np.random.default_rng([seed, 0])
             for name, spec, shp in zip(self.open_names, self.open_init, self.opening.param_shapes):
