@@ -53,17 +53,23 @@ _DATA_EXTRA = "pip install 'gpubraid[data]'"
 
 @dataclass
 class Dataset:
-    """A classification data set split into training and validation parts.
+    """A data set split into training and validation parts.
 
     Attributes:
-        name: the data set's name (one of :data:`DATASETS`).
+        name: the data set's name (one of :data:`DATASETS`, or ``"arrays"``/a file name for user data).
         x_train: float64 array of shape ``(n_train, *in_shape)``.
-        y_train: int64 array of shape ``(n_train,)`` with labels in ``0 .. n_classes - 1``.
+        y_train: classification: int64 array ``(n_train,)`` with labels in ``0 .. n_classes - 1``;
+            regression: float64 array ``(n_train, n_out)``.
         x_val: float64 array of shape ``(n_val, *in_shape)``.
-        y_val: int64 array of shape ``(n_val,)``.
+        y_val: like ``y_train`` with ``n_val`` rows.
         in_shape: shape of one sample, e.g. ``(2,)`` or ``(1, 28, 28)``.
-        n_classes: number of classes.
+        n_classes: number of classes (None for regression).
         kind: ``"dense"`` or ``"conv"``: the kind of network that suits the data.
+        task: ``"classification"`` or ``"regression"``.
+        n_out: number of regression outputs (None for classification).
+        x_mean, x_std: the input normalisation applied (x_stored = (x_raw − x_mean) / x_std),
+            float64 arrays broadcastable against one sample, or None when none was applied;
+            apply the same to new inputs before predicting (:meth:`normalize`).
     """
 
     name: str
@@ -72,8 +78,33 @@ class Dataset:
     x_val: np.ndarray
     y_val: np.ndarray
     in_shape: tuple
-    n_classes: int
+    n_classes: int | None
     kind: str
+    task: str = "classification"
+    n_out: int | None = None
+    x_mean: np.ndarray | None = None
+    x_std: np.ndarray | None = None
+
+    def normalize(self, x) -> np.ndarray:
+        """Raw inputs (n, *in_shape) as the network saw them in training (float64)."""
+        x = np.asarray(x, dtype=np.float64)
+        if self.x_mean is None:
+            return x
+        return (x - self.x_mean) / self.x_std
+
+    def meta(self) -> dict:
+        """JSON-able description: what :func:`gpubraid.model.network_for_data` needs, plus sizes."""
+        out = {"name": self.name, "task": self.task, "kind": self.kind, "in_shape": tuple(self.in_shape),
+               "n_train": self.n_train, "n_val": self.n_val, "n_classes": self.n_classes, "n_out": self.n_out,
+               "normalization": None}
+        if self.x_mean is not None:
+            out["normalization"] = {"mean": np.asarray(self.x_mean).tolist(), "std": np.asarray(self.x_std).tolist()}
+        return out
+
+    @classmethod
+    def from_arrays(cls, x_train, y_train, x_val=None, y_val=None, **kwargs) -> "Dataset":
+        """See :func:`dataset_from_arrays`."""
+        return dataset_from_arrays(x_train, y_train, x_val, y_val, **kwargs)
 
     @property
     def n_train(self) -> int:
@@ -431,9 +462,13 @@ def _load_indianpines(seed: int, data_dir, n_train, n_val) -> Dataset:
     if cube.ndim != 3 or not np.issubdtype(cube.dtype, np.number):
         raise UserError(f"{cube_file[0]}: {cube_file[1]} must be a numeric rows x cols x bands array; "
                         f"got shape {cube.shape}, dtype {cube.dtype}")
+    if np.iscomplexobj(gt):
+        raise UserError(f"{gt_path}: ground truth holds complex values; expected integers 0 .. {_INDIANPINES_N_CLASSES}")
     if gt.shape != cube.shape[:2]:
         raise UserError(f"{gt_path}: ground truth shape {gt.shape} does not match the cube's spatial "
                         f"shape {cube.shape[:2]}")
+    if np.iscomplexobj(cube):
+        raise UserError(f"{cube_file[0]}: {cube_file[1]} holds complex values; expected real reflectances")
     cube = cube.astype(np.float64)
     _check_finite(cube, str(cube_file[0]))
     gt_f = gt.astype(np.float64)
@@ -456,4 +491,152 @@ def _load_indianpines(seed: int, data_dir, n_train, n_val) -> Dataset:
     x_train = (x_train - mean) / std
     x_val = (x_val - mean) / std
     return Dataset("indianpines", x_train, y_train, x_val, y_val, (cube.shape[2],),
-                   _INDIANPINES_N_CLASSES, "dense")
+                   _INDIANPINES_N_CLASSES, "dense", x_mean=mean, x_std=std)
+
+
+# --------------------------------------------------------------------------------------------
+# user arrays
+
+TASKS = ("classification", "regression")
+NPZ_KEYS = ("x_train", "y_train", "x_val", "y_val")
+
+
+def _real_array(a, name: str, *, allow_int: bool = True) -> np.ndarray:
+    """``a`` as a NumPy array after the checks every user array gets (one-line UserError naming it)."""
+    try:
+        arr = np.asarray(a)
+    except Exception as exc:  # noqa: BLE001 - ragged lists etc.
+        raise UserError(f"{name} is not an array: {exc}") from None
+    if np.iscomplexobj(arr):
+        raise UserError(f"{name} holds complex values; expected real numbers")
+    if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.floating) or
+                                 (allow_int and np.issubdtype(arr.dtype, np.integer))):
+        raise UserError(f"{name} must hold real numbers; got dtype {arr.dtype}")
+    if arr.ndim == 0 or arr.shape[0] == 0 or arr.size == 0:
+        raise UserError(f"{name} is empty (shape {arr.shape})")
+    if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
+        raise UserError(f"{name} contains non-finite values (NaN or inf)")
+    return arr
+
+
+def _features(a, name: str) -> np.ndarray:
+    x = _real_array(a, name).astype(np.float64)
+    if x.ndim == 3:
+        x = x[:, None]  # (n, H, W) -> (n, 1, H, W)
+    if x.ndim not in (2, 4):
+        raise UserError(f"{name} must have shape (n, d) (features), (n, H, W) or (n, C, H, W) (images); "
+                        f"got {x.shape}")
+    return x
+
+
+def _targets(a, name: str, task: str, n: int) -> np.ndarray:
+    y = _real_array(a, name)
+    if y.shape[0] != n:
+        raise UserError(f"{name} has {y.shape[0]} rows; the inputs have {n}")
+    if task == "classification":
+        if y.ndim != 1:
+            raise UserError(f"{name} must be integer class labels of shape (n,); got shape {y.shape}")
+        if np.issubdtype(y.dtype, np.floating) and np.any(y != np.round(y)):
+            raise UserError(f"{name} must hold integer class labels; found non-integer values")
+        if y.min() < 0:
+            raise UserError(f"{name}: class labels must be 0 .. n_classes-1; found {int(y.min())}")
+        return y.astype(np.int64)
+    if y.ndim == 1:
+        y = y[:, None]
+    if y.ndim != 2:
+        raise UserError(f"{name} must be regression targets of shape (n,) or (n, n_out); got shape {y.shape}")
+    return y.astype(np.float64)
+
+
+def dataset_from_arrays(x_train, y_train, x_val=None, y_val=None, *, task: str = "classification",
+                        val_fraction: float = 0.2, seed: int = 0, normalize: bool = False,
+                        name: str = "arrays") -> Dataset:
+    """A :class:`Dataset` from the user's arrays, checked.
+
+    Args:
+        x_train: inputs (n, d) (a dense network), (n, C, H, W) or (n, H, W) (images, a conv
+            network; a channel axis is added to (n, H, W)); real numbers, finite.
+        y_train: classification: integer labels (n,) in 0 .. n_classes-1 (n_classes = largest
+            label + 1 over train and validation, at least 2); regression: float targets (n,) or (n, n_out).
+        x_val, y_val: validation arrays (both or neither); without them a seeded split of the
+            training arrays holds out ``val_fraction`` of the samples (stratified by class for
+            classification).
+        task: ``"classification"`` or ``"regression"``.
+        normalize: standardise the inputs by the training mean and standard deviation (per
+            feature for (n, d), per channel for images); recorded in ``x_mean``/``x_std``.
+
+    Raises:
+        UserError: one line naming the array or argument at fault: wrong ndim, empty, NaN/inf,
+            complex or non-numeric values, negative or non-integer labels, mismatched lengths or
+            sample shapes, fewer than 2 classes, a bad task/val_fraction/seed.
+    """
+    if task not in TASKS:
+        raise UserError(f"task must be one of {', '.join(TASKS)}; got {task!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise UserError(f"seed must be a non-negative integer; got {seed!r}")
+    if (x_val is None) != (y_val is None):
+        raise UserError("x_val and y_val must be given together (or neither, for a seeded split)")
+    xt = _features(x_train, "x_train")
+    yt = _targets(y_train, "y_train", task, xt.shape[0])
+    if x_val is not None:
+        xv = _features(x_val, "x_val")
+        if xv.shape[1:] != xt.shape[1:]:
+            raise UserError(f"x_val samples have shape {xv.shape[1:]}; x_train samples have {xt.shape[1:]}")
+        yv = _targets(y_val, "y_val", task, xv.shape[0])
+        if task == "regression" and yv.shape[1] != yt.shape[1]:
+            raise UserError(f"y_val has {yv.shape[1]} outputs per sample; y_train has {yt.shape[1]}")
+    else:
+        try:
+            vf = float(val_fraction)
+        except (TypeError, ValueError):
+            vf = float("nan")
+        if not 0 < vf < 1:
+            raise UserError(f"val_fraction must lie strictly between 0 and 1; got {val_fraction!r}")
+        n = xt.shape[0]
+        if n < 2:
+            raise UserError(f"x_train needs at least 2 samples to split off a validation part; got {n}")
+        n_val = min(n - 1, max(1, int(round(vf * n))))
+        rng = np.random.default_rng([int(seed), 11])
+        order = _stratified_order(yt, rng) if task == "classification" else rng.permutation(n)
+        xt, yt, xv, yv = xt[order[n_val:]], yt[order[n_val:]], xt[order[:n_val]], yt[order[:n_val]]
+    n_classes = n_out = None
+    if task == "classification":
+        n_classes = int(max(yt.max(), yv.max())) + 1
+        if n_classes < 2:
+            raise UserError(f"y_train: classification needs at least 2 classes (labels 0 and 1); got n_classes={n_classes}")
+    else:
+        n_out = int(yt.shape[1])
+    mean = std = None
+    if normalize:
+        axes = (0,) if xt.ndim == 2 else (0, 2, 3)
+        mean = xt.mean(axis=axes, keepdims=True)[0]
+        std = xt.std(axis=axes, keepdims=True)[0]
+        std = np.where(std > 0, std, 1.0)
+        xt, xv = (xt - mean) / std, (xv - mean) / std
+    kind = "dense" if xt.ndim == 2 else "conv"
+    return Dataset(name, xt, yt, xv, yv, tuple(int(s) for s in xt.shape[1:]), n_classes, kind, task, n_out,
+                   mean, std)
+
+
+def load_npz(path, *, task: str = "classification", val_fraction: float = 0.2, seed: int = 0,
+             normalize: bool = False) -> Dataset:
+    """A :class:`Dataset` from a ``.npz`` file with arrays ``x_train``, ``y_train`` and optionally
+    ``x_val``, ``y_val`` (otherwise a seeded split, see :func:`dataset_from_arrays`)."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except FileNotFoundError:
+        raise UserError(f"data file {path} does not exist") from None
+    except Exception as exc:  # noqa: BLE001 - zip errors, pickled objects, ...
+        raise UserError(f"cannot read {path} as a .npz file: {exc}") from None
+    unknown = sorted(set(arrays) - set(NPZ_KEYS))
+    if unknown:
+        raise UserError(f"{path}: unexpected arrays {', '.join(unknown)} (allowed: {', '.join(NPZ_KEYS)})")
+    missing = [k for k in ("x_train", "y_train") if k not in arrays]
+    if missing:
+        raise UserError(f"{path} lacks the arrays {', '.join(missing)} (expected x_train, y_train, "
+                        "optionally x_val, y_val)")
+    return dataset_from_arrays(arrays["x_train"], arrays["y_train"], arrays.get("x_val"), arrays.get("y_val"),
+                               task=task, val_fraction=val_fraction, seed=seed, normalize=normalize,
+                               name=path.name)

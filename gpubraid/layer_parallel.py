@@ -2,7 +2,7 @@
 
 Rank r holds the layers of its block [a, b) (contiguous, as even as possible), the states
 u_a..u_b (u_a is its ghost, the left neighbour's last point) and the adjoints λ_a..λ_b (λ_b its
-ghost).  Rank 0 also holds the opening layer and the inputs x; the last rank holds the classifier
+ghost).  Rank 0 also holds the opening layer and the inputs x; the last rank holds the head (classifier)
 and the labels y.  The forward solve runs in layer order; the adjoint solve runs the same MGRIT
 code in reversed order (solver point k is λ_{N−k}), linearised at the forward states, with coarse
 adjoint steps using injected states and parameters.  All N layer gradients are then one batched
@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .mgrit import MGRIT, MGRITOptions, SolveStats
-from .model import ResNetODE
+from .model import Network
 from .parallel import Comm, split_layers
 from .serial import Evaluation
 
@@ -21,7 +21,7 @@ TAG_PARAMS, TAG_REDUCE = 600, 700
 
 
 class LayerParallel:
-    """Objective and gradient of a ResNetODE with layers distributed over the ranks of ``comm``.
+    """Objective and gradient of a Network with layers distributed over the ranks of ``comm``.
 
     Args:
         model: the network.
@@ -30,7 +30,7 @@ class LayerParallel:
         adjoint: MGRIT options of the adjoint solve.
     """
 
-    def __init__(self, model: ResNetODE, comm: Comm | None, forward: MGRITOptions, adjoint: MGRITOptions):
+    def __init__(self, model: Network, comm: Comm | None, forward: MGRITOptions, adjoint: MGRITOptions):
         self.model, self.comm = model, comm
         self.be, self.xp = model.be, model.xp
         P = comm.size if comm is not None else 1
@@ -96,7 +96,7 @@ class LayerParallel:
         Args:
             theta: this rank's flat parameter vector (layout.size,).
             x: inputs (B, *in_shape) on rank 0 (None elsewhere).
-            y: labels (B,) on the last rank (None elsewhere).
+            y: targets (labels (B,) or values (B, n_out)) on the last rank (None elsewhere).
             batch: B, known on every rank.
             warm: start both solves from the previous solve's states and adjoints (one-shot).
 
@@ -121,20 +121,18 @@ class LayerParallel:
         if not grad:
             self.last_stats = (fstats, None)
             return Evaluation(objective, loss, correct, batch)
-        K, bias = P.layers()
-        data = (xp.ascontiguousarray(K[::-1]), xp.ascontiguousarray(bias[::-1]),
-                xp.ascontiguousarray(U[:-1][::-1]))
+        data = tuple(xp.ascontiguousarray(p[::-1]) for p in P.layers()) + (xp.ascontiguousarray(U[:-1][::-1]),)
 
         def psi(w, d, h):
-            return m.step.adjoint(d[2], w, d[:2], h)
+            return m.step.adjoint(d[-1], w, d[:-1], h)
 
         warm_lam = self.Lam if (warm and self.Lam is not None and self.Lam.shape[1] == batch) else None
         Lam_s, bstats = self.bwd.solve(psi, data, lamN, (batch, *m.state_shape), warm=warm_lam)
         self.Lam = Lam_s
         Lam = Lam_s[::-1]  # λ_a..λ_b
-        dK, db = m.step.param_grad(U[:-1], Lam[1:], P.layers(), self.h_local)
-        G.K += dK
-        G.b += db
+        grads = m.step.param_grad(U[:-1], Lam[1:], P.layers(), self.h_local)
+        for g, d in zip(G.layers(), grads):
+            g += d
         if self.is_first:
             m.open_grad(x, Lam[0], P, G)
         self.last_stats = (fstats, bstats)
@@ -153,11 +151,11 @@ class LayerParallel:
             a, b = int(self.bounds[r]), int(self.bounds[r + 1])
             lay = self.model.layout(a, b)
             Q = lay.views(part)
-            F.K[a:b], F.b[a:b] = Q.K, Q.b
-            if lay.has_open:
-                F.open_K[...], F.open_b[...] = Q.open_K, Q.open_b
-            if lay.has_class:
-                F.W[...], F.c[...] = Q.W, Q.c
+            for name in self.model.layer_names:
+                F[name][a:b] = Q[name]
+            for name in Q.names():
+                if name not in self.model.layer_names:
+                    F[name][...] = Q[name]
         return vec
 
     def scatter_params(self, full_vec):
@@ -166,9 +164,9 @@ class LayerParallel:
         F = full.views(self.be.asarray(full_vec))
         vec = self.xp.zeros(self.layout.size, dtype=self.be.dtype)
         Q = self.layout.views(vec)
-        Q.K[...], Q.b[...] = F.K[self.a:self.b], F.b[self.a:self.b]
-        if self.layout.has_open:
-            Q.open_K[...], Q.open_b[...] = F.open_K, F.open_b
-        if self.layout.has_class:
-            Q.W[...], Q.c[...] = F.W, F.c
+        for name in Q.names():
+            if name in self.model.layer_names:
+                Q[name][...] = F[name][self.a:self.b]
+            else:
+                Q[name][...] = F[name]
         return vec

@@ -1,14 +1,14 @@
 """Layer-serial forward propagation and backpropagation: the reference for every parallel result.
 
 Forward: u_0 = opening(x), u_{n+1} = Φ_n(u_n) one layer at a time.  Backward: λ_N = ∂ℓ/∂u_N,
-λ_n = λ_{n+1} + h_n K_nᵀ(σ'(z_n) ⊙ λ_{n+1}) one layer at a time; then the gradients of all N
-layers in one batched :meth:`param_grad` call (ALGORITHM.md §2).
+λ_n = (∂Φ_n/∂u)ᵀ λ_{n+1} (the step's ``adjoint``) one layer at a time; then the gradients of all
+N layers, every parameter group, in one batched ``param_grad`` call (ALGORITHM.md §2).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .model import ParamLayout, ResNetODE
+from .model import Network, ParamLayout
 
 
 @dataclass
@@ -26,7 +26,7 @@ class Evaluation:
         return self.n_correct / max(self.n_samples, 1)
 
 
-def forward_states(model: ResNetODE, P, x):
+def forward_states(model: Network, P, x):
     """All states u_0..u_N, shape (N + 1, B, *state_shape)."""
     xp, N = model.xp, model.layers
     u0 = model.open_forward(x, P)
@@ -39,7 +39,7 @@ def forward_states(model: ResNetODE, P, x):
     return U
 
 
-def backward_adjoints(model: ResNetODE, P, U, lamN):
+def backward_adjoints(model: Network, P, U, lamN):
     """All adjoints λ_0..λ_N given λ_N, shape (N + 1, B, *state_shape)."""
     xp, N = model.xp, model.layers
     Lam = xp.empty_like(U)
@@ -52,13 +52,13 @@ def backward_adjoints(model: ResNetODE, P, U, lamN):
     return Lam
 
 
-def evaluate(model: ResNetODE, layout: ParamLayout, theta, x, y, grad: bool = True) -> Evaluation:
+def evaluate(model: Network, layout: ParamLayout, theta, x, y, grad: bool = True) -> Evaluation:
     """Objective (and gradient) of the whole network by layer-serial propagation.
 
     Args:
         layout: the full layout ``model.layout()`` (one process holds every layer).
         theta: flat parameter vector (layout.size,) on the model's backend.
-        x: inputs (B, *in_shape); y: integer labels (B,).
+        x: inputs (B, *in_shape); y: the head's targets (integer labels (B,), or values (B, n_out)).
     """
     P = layout.views(theta)
     U = forward_states(model, P, x)
@@ -70,8 +70,8 @@ def evaluate(model: ResNetODE, layout: ParamLayout, theta, x, y, grad: bool = Tr
         return Evaluation(loss + R, loss, correct, x.shape[0])
     Lam = backward_adjoints(model, P, U, lamN)
     N = model.layers
-    dK, db = model.step.param_grad(U[:N], Lam[1:], P.layers(), model.step_sizes(0, N))
-    G.K += dK
-    G.b += db
+    grads = model.step.param_grad(U[:N], Lam[1:], P.layers(), model.step_sizes(0, N))
+    for g, d in zip(G.layers(), grads):
+        g += d
     model.open_grad(x, Lam[0], P, G)
     return Evaluation(loss + R, loss, correct, x.shape[0], grad=gvec)

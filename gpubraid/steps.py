@@ -10,10 +10,23 @@ size.  Shapes (S is the per-sample state shape, P_i the per-layer shape of param
 The protocol is five members, in the spirit of XBraid's callbacks:
 
     state_shape                        S
-    param_shapes                       (P_0, P_1, ...)
+    param_shapes                       (P_0, P_1, ...)   any number of groups
     forward(u, params, h)       -> u + h f(u; θ)                          (L, B, *S)
     adjoint(u, lam, params, h)  -> lam + h (∂f/∂u)ᵀ lam, linearised at u  (L, B, *S)
     param_grad(u, lam, params, h) -> h (∂f/∂θ)ᵀ lam summed over the batch, tuple of (L, *P_i)
+
+and two optional ones that a network uses when present:
+
+    param_names     names of the groups (default ``p0, p1, ...``); they name the layout's views
+    param_init      per group ``"normal"`` (N(0, scale²/fan_in), fan_in = prod(P_i[1:]) or 1),
+                    ``"zeros"``, or a callable ``(rng, shape) -> array`` (float64, ``shape``);
+                    default: "normal" for groups with two or more axes, "zeros" otherwise.
+                    A step may instead define ``init_layer(rng, scale) -> tuple of arrays``.
+    describe()      JSON-able dict naming the step and its settings
+
+All arrays are float64 or float32 arrays of the backend (NumPy or CuPy), all of one dtype, and the
+outputs have the dtype of ``u``.  :func:`gpubraid.selftest.check_step` tests a step against this
+protocol.
 
 Everything else (vectors, norms, sums, buffers) is plain arrays of the backend.  :class:`ResidualStep`
 implements the three methods for f(u; K, b) = σ(K u + b) given only the linear operator K and its
@@ -82,6 +95,10 @@ class ResidualStep(ABC):
     def _hb(self, h, ndim):
         return h.reshape((h.shape[0],) + (1,) * (ndim - 1))
 
+    def describe(self) -> dict:
+        """JSON-able description: the step's name and settings."""
+        return {"name": type(self).__name__, "activation": self.activation.name}
+
     def preactivation(self, u, params):
         K, b = params
         return self.linear(u, K) + self.bias(b)
@@ -140,6 +157,12 @@ class DenseStep(_CudaDispatch, ResidualStep):
         self.state_shape = (channels,)
         self.param_shapes = ((channels, channels), (channels,))
 
+    param_names = ("K", "b")
+    param_init = ("normal", "zeros")
+
+    def describe(self) -> dict:
+        return {"name": "dense", "channels": self.channels, "activation": self.activation.name}
+
     def linear(self, u, K):
         return self.xp.matmul(u, K.transpose(0, 2, 1))
 
@@ -171,27 +194,19 @@ class ConvStep(_CudaDispatch, ResidualStep):
         self.state_shape = (channels, height, width)
         self.param_shapes = ((channels, channels, 3, 3), (channels,))
 
-    def im2col(self, u):
-        """u (L, B, C, H, W) -> columns (L, C·9, B·H·W), zero padding one pixel.
+    param_names = ("K", "b")
+    param_init = ("normal", "zeros")
 
-        Channel-and-tap major, so the convolution of all samples of a layer is one GEMM
-        (C_out × 9·C_in) @ (9·C_in × B·H·W).
-        """
-        xp = self.xp
-        L, B, C, H, W = u.shape
-        up = xp.zeros((L, C, B, H + 2, W + 2), dtype=u.dtype)
-        up[..., 1:-1, 1:-1] = u.transpose(0, 2, 1, 3, 4)
-        cols = xp.empty((L, C, 3, 3, B, H, W), dtype=u.dtype)
-        for dy in range(3):
-            for dx in range(3):
-                cols[:, :, dy, dx] = up[..., dy:dy + H, dx:dx + W]
-        return cols.reshape(L, C * 9, B * H * W)
+    def describe(self) -> dict:
+        return {"name": "conv", "channels": self.channels, "height": self.height, "width": self.width,
+                "activation": self.activation.name}
+
+    def im2col(self, u):
+        """u (L, B, C, H, W) -> columns (L, C·9, B·H·W), zero padding one pixel (:func:`im2col`)."""
+        return im2col(self.xp, u)
 
     def linear(self, u, K):
-        L, B, _, H, W = u.shape
-        Co = K.shape[1]
-        out = self.xp.matmul(K.reshape(L, Co, -1), self.im2col(u))
-        return out.reshape(L, Co, B, H, W).transpose(0, 2, 1, 3, 4)
+        return conv3x3(self.xp, u, K)
 
     def linear_t(self, a, K):
         # The transpose of a zero-padded correlation is the correlation with the kernel flipped in
@@ -200,14 +215,44 @@ class ConvStep(_CudaDispatch, ResidualStep):
         return self.linear(a, Kt)
 
     def linear_grad(self, a, u):
-        L, B, Co, H, W = a.shape
-        Ci = u.shape[2]
-        at = self.xp.ascontiguousarray(a.transpose(0, 2, 1, 3, 4)).reshape(L, Co, B * H * W)
-        g = self.xp.matmul(at, self.im2col(u).transpose(0, 2, 1))  # one GEMM per layer
-        return g.reshape(L, Co, Ci, 3, 3)
+        return conv3x3_grad(self.xp, a, u)
 
     def bias(self, b):
         return b[:, None, :, None, None]
 
     def bias_grad(self, a):
         return a.sum(axis=(1, 3, 4))
+
+
+# -- 3×3 same-padding correlation, shared by ConvStep and the convolutional opening layer ---------
+def im2col(xp, u):
+    """u (L, B, C, H, W) -> columns (L, C·9, B·H·W), zero padding one pixel.
+
+    Channel-and-tap major, so the convolution of all samples of a layer is one GEMM
+    (C_out × 9·C_in) @ (9·C_in × B·H·W).
+    """
+    L, B, C, H, W = u.shape
+    up = xp.zeros((L, C, B, H + 2, W + 2), dtype=u.dtype)
+    up[..., 1:-1, 1:-1] = u.transpose(0, 2, 1, 3, 4)
+    cols = xp.empty((L, C, 3, 3, B, H, W), dtype=u.dtype)
+    for dy in range(3):
+        for dx in range(3):
+            cols[:, :, dy, dx] = up[..., dy:dy + H, dx:dx + W]
+    return cols.reshape(L, C * 9, B * H * W)
+
+
+def conv3x3(xp, u, K):
+    """K u per layer: u (L, B, C_in, H, W), K (L, C_out, C_in, 3, 3) -> (L, B, C_out, H, W)."""
+    L, B, _, H, W = u.shape
+    Co = K.shape[1]
+    out = xp.matmul(K.reshape(L, Co, -1), im2col(xp, u))
+    return out.reshape(L, Co, B, H, W).transpose(0, 2, 1, 3, 4)
+
+
+def conv3x3_grad(xp, a, u):
+    """Σ_batch a ⋆ u: a (L, B, C_out, H, W), u (L, B, C_in, H, W) -> (L, C_out, C_in, 3, 3)."""
+    L, B, Co, H, W = a.shape
+    Ci = u.shape[2]
+    at = xp.ascontiguousarray(a.transpose(0, 2, 1, 3, 4)).reshape(L, Co, B * H * W)
+    g = xp.matmul(at, im2col(xp, u).transpose(0, 2, 1))  # one GEMM per layer
+    return g.reshape(L, Co, Ci, 3, 3)

@@ -1,0 +1,109 @@
+"""Steps a user would write, shared by tests/test_network.py, tests/test_torch_step.py and the MPI checks.
+
+``TwoLayerStep``: three parameter groups, f(u) = K2ᵀ σ(K1 u + b) written against the step protocol
+by hand.  ``two_layer_module``: the same kind of block as a torch module, f(u) = W2 σ(W1 u + b1).
+"""
+import numpy as np
+
+from gpubraid.activations import get_activation
+
+
+class TwoLayerStep:
+    """u + h K2ᵀ σ(K1 u + b): states (L, B, C); K1 (L, M, C), K2 (L, M, C), b (L, M)."""
+
+    param_names = ("K1", "K2", "b")
+    param_init = ("normal", "normal", "zeros")
+
+    def __init__(self, channels, hidden, backend, activation="tanh"):
+        self.C, self.M = channels, hidden
+        self.be, self.xp = backend, backend.xp
+        self.act = get_activation(activation)
+        self.state_shape = (channels,)
+        self.param_shapes = ((hidden, channels), (hidden, channels), (hidden,))
+
+    def describe(self):
+        return {"name": "two_layer", "channels": self.C, "hidden": self.M, "activation": self.act.name}
+
+    def _z(self, u, K1, b):
+        return self.xp.matmul(u, K1.transpose(0, 2, 1)) + b[:, None, :]
+
+    def forward(self, u, params, h):
+        K1, K2, b = params
+        s = self.act.sigma(self.xp, self._z(u, K1, b))
+        return u + h[:, None, None] * self.xp.matmul(s, K2)
+
+    def _a(self, u, lam, params):
+        K1, K2, b = params
+        return self.xp.matmul(lam, K2.transpose(0, 2, 1)) * self.act.dsigma(self.xp, self._z(u, K1, b))
+
+    def adjoint(self, u, lam, params, h):
+        return lam + h[:, None, None] * self.xp.matmul(self._a(u, lam, params), params[0])
+
+    def param_grad(self, u, lam, params, h):
+        K1, K2, b = params
+        a = self._a(u, lam, params)
+        s = self.act.sigma(self.xp, self._z(u, K1, b))
+        hb = h[:, None, None]
+        return (hb * self.xp.matmul(a.transpose(0, 2, 1), u),
+                hb * self.xp.matmul(s.transpose(0, 2, 1), lam),
+                h[:, None] * a.sum(axis=1))
+
+
+def two_layer_module(channels=4, hidden=6):
+    """A factory: f(u) = W2 tanh(W1 u + b1) as a torch module (torch imported here, lazily)."""
+    import torch
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin1 = torch.nn.Linear(channels, hidden)
+            self.lin2 = torch.nn.Linear(hidden, channels, bias=False)
+
+        def forward(self, u):
+            return self.lin2(torch.tanh(self.lin1(u)))
+
+    return Block()
+
+
+def toy_arrays(n=60, d=3, classes=3, seed=0, regression=False):
+    """Small user arrays: x (n, d) float64; y integer labels (n,) or float targets (n, 2)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, d))
+    if regression:
+        return x, np.stack([np.sin(x[:, 0]), x[:, 1] * x[:, 2]], axis=1)
+    return x, (np.digitize(x[:, 0] + 0.5 * x[:, 1] ** 2, [-0.3, 0.8])).astype(np.int64) % classes
+
+
+def lbfgs_history(lp, theta, x, y, batch, iterations=10):
+    """Train with L-BFGS through ``lp`` (a LayerParallel) for ``iterations`` steps; the objective at
+    the start of every step and after the last one (identical on every rank)."""
+    from gpubraid.optim import make_optimizer
+
+    opt = make_optimizer("lbfgs", dot=lp.dot, memory=10)
+
+    def closure(th):
+        ev = lp.evaluate(th, x, y, batch, grad=True)
+        return ev.objective, ev.grad
+
+    hist = [opt.step(theta, closure).objective for _ in range(iterations)]
+    hist.append(lp.evaluate(theta, x, y, batch, grad=False).objective)
+    return hist
+
+
+def build(which, backend, layers=12):
+    """(network, dataset) of the MPI/serial training checks: ``three`` (TwoLayerStep, classification)
+    or ``torch`` (the torch block, regression on two float targets)."""
+    from gpubraid.data import dataset_from_arrays
+    from gpubraid.model import network_for_data
+
+    if which == "three":
+        ds = dataset_from_arrays(*toy_arrays(60, 3, 3, seed=0), seed=0)
+        step = TwoLayerStep(4, 6, backend)
+    else:
+        from gpubraid.torch_step import TorchStep
+
+        ds = dataset_from_arrays(*toy_arrays(60, 3, seed=0, regression=True), task="regression", seed=0)
+        step = TorchStep(lambda: two_layer_module(4, 6), (4,), backend)
+    net = network_for_data(ds.meta(), step, layers=layers, final_time=2.0, backend=backend,
+                           gamma_tik=1e-3, gamma_ddt=1e-3)
+    return net, ds
