@@ -22,6 +22,7 @@ classifier) built from these pieces.
 from __future__ import annotations
 
 import copy
+import importlib
 import math
 
 import numpy as np
@@ -197,14 +198,15 @@ class ConvOpening(Opening):
 
 
 def default_opening(in_shape, state_shape, activation: str = "tanh") -> Opening:
-    """Identity when the shapes agree; σ(K x + b) for (d,) -> (C,); 3×3 conv for (C_in, H, W) -> (C, H, W)."""
+    """σ(K x + b) for (d,) -> (C,); 3×3 conv σ(K ⋆ x + b) for (C_in, H, W) -> (C, H, W); otherwise
+    the identity when the shapes agree (pass ``IdentityOpening()`` to skip the opening layer always)."""
     in_shape, state_shape = tuple(in_shape), tuple(state_shape)
-    if in_shape == state_shape:
-        return IdentityOpening()
     if len(in_shape) == 1 and len(state_shape) == 1:
         return DenseOpening(activation)
     if len(in_shape) == 3 and len(state_shape) == 3 and in_shape[1:] == state_shape[1:]:
         return ConvOpening(activation)
+    if in_shape == state_shape:
+        return IdentityOpening()
     raise UserError(f"no default opening layer maps inputs {in_shape} to states {state_shape}; "
                     "pass opening=... (an Opening)")
 
@@ -442,7 +444,9 @@ class Network:
 
     def describe(self) -> dict:
         """JSON-able description of the architecture (stored with a model)."""
-        step = self.step.describe() if hasattr(self.step, "describe") else {"name": type(self.step).__name__}
+        step = dict(self.step.describe()) if hasattr(self.step, "describe") else {"name": type(self.step).__name__}
+        if not isinstance(self.step, (DenseStep, ConvStep)) and step.get("name") != "torch":
+            step.setdefault("factory", import_path(type(self.step)))
         return {"kind": getattr(self, "kind", "custom"), "task": self.task, "in_shape": list(self.in_shape),
                 "state_shape": list(self.state_shape), "layers": self.layers, "final_time": self.final_time,
                 "activation": step.get("activation"), "step": step,
@@ -629,3 +633,86 @@ def network_for_data(meta: dict, step, *, layers: int, final_time: float, backen
         raise UserError(f"task must be one of {', '.join(TASKS)}; got {task!r}")
     return Network(step, meta["in_shape"], layers, final_time, backend, head, opening, gamma_tik, gamma_ddt,
                    open_activation)
+
+
+def import_path(obj) -> str | None:
+    """``"module:qualname"`` of a class or function importable by that name, else None."""
+    mod, qual = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+    if not mod or not qual or "<" in qual or mod == "__main__":
+        return None
+    return f"{mod}:{qual}"
+
+
+def _import(path: str, what: str):
+    if not isinstance(path, str) or ":" not in path:
+        raise UserError(f"{what} must be an import path 'module:name'; got {path!r}")
+    mod, _, qual = path.partition(":")
+    try:
+        obj = importlib.import_module(mod)
+        for part in qual.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise UserError(f"cannot import {what} {path!r}: {exc}") from None
+    return obj
+
+
+def step_from_spec(spec: dict, in_shape, backend: Backend):
+    """A step from a JSON-able spec (as :meth:`Network.describe` records it under ``"step"``):
+
+    ``{"name": "dense", "channels": C, "activation": a}``; ``{"name": "conv", "channels": C,
+    "activation": a}`` (H, W from ``in_shape`` (C_in, H, W)); ``{"name": "torch", "factory":
+    "module:Module", "kwargs": {...}, "state_shape": [...]}`` (a :class:`~gpubraid.torch_step.TorchStep`);
+    any other name with ``"factory": "module:Class"`` and optional ``"kwargs"``: a user step built as
+    ``Class(backend=backend, **kwargs)``.
+    """
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise UserError(f"a step spec must be a dict with a 'name'; got {spec!r}")
+    name = spec["name"]
+    if name == "dense":
+        return DenseStep(check_positive_int("channels", spec.get("channels")), spec.get("activation", "tanh"), backend)
+    if name == "conv":
+        if len(tuple(in_shape)) != 3:
+            raise UserError(f"conv steps take image inputs (C_in, H, W); got {tuple(in_shape)}")
+        _, H, W = in_shape
+        return ConvStep(check_positive_int("channels", spec.get("channels")), H, W,
+                        spec.get("activation", "tanh"), backend)
+    if name == "torch":
+        from .torch_step import TorchStep
+
+        factory = _import(spec.get("factory"), "the torch step's factory")
+        if "state_shape" not in spec:
+            raise UserError("a torch step spec needs 'state_shape'")
+        return TorchStep(factory, spec["state_shape"], backend, spec.get("module"), spec.get("kwargs"))
+    if "factory" not in spec:
+        raise UserError(f"step {name!r} is not built in (dense, conv, torch); give its 'factory' ('module:Class')")
+    factory = _import(spec["factory"], f"the factory of step {name!r}")
+    return factory(backend=backend, **dict(spec.get("kwargs") or {}))
+
+
+def network_from_spec(meta: dict, spec: dict, backend: Backend) -> Network:
+    """The network for a data set (``meta`` as :meth:`gpubraid.data.Dataset.meta`) from a spec.
+
+    ``spec``: ``{"step": <step spec, see step_from_spec>, "layers": N, "final_time": T,
+    "gamma_tik": 0, "gamma_ddt": 0, "opening": {"name": "dense" | "conv" | "identity",
+    "activation": a}}`` (the last three optional; no opening name: :func:`default_opening`).
+    :meth:`Network.describe` output is such a spec, so a described network can be rebuilt.
+    For the built-in dense/conv steps the opening's activation defaults to the step's, which
+    makes the network the :class:`ResNetODE` of the same settings, bit for bit.
+    """
+    step_spec = spec.get("step")
+    step = step_from_spec(step_spec, meta["in_shape"], backend)
+    ospec = spec.get("opening") or {}
+    open_act = ospec.get("activation") or (
+        step_spec.get("activation") if step_spec.get("name") in ("dense", "conv") else None) or "tanh"
+    openings = {"dense": DenseOpening, "conv": ConvOpening}
+    if ospec.get("name") in openings:
+        opening = openings[ospec["name"]](open_act)
+    elif ospec.get("name") == "identity":
+        opening = IdentityOpening()
+    elif ospec.get("name") is None:
+        opening = None
+    else:
+        raise UserError(f"opening must be one of dense, conv, identity; got {ospec.get('name')!r}")
+    return network_for_data(meta, step, layers=spec.get("layers"), final_time=spec.get("final_time"),
+                            backend=backend, gamma_tik=spec.get("gamma_tik", 0.0),
+                            gamma_ddt=spec.get("gamma_ddt", 0.0), opening=opening, open_activation=open_act)

@@ -40,23 +40,27 @@ class TorchStep:
             :meth:`init_layer` (so a layer's initial parameters do not depend on the rank).
         state_shape: per-sample state shape S; the module maps (B, *S) -> (B, *S).
         backend: gpubraid backend; the module runs in its dtype (float64/float32) on its device.
-        name: a name for :meth:`describe` (default: the module's class name); ``config``: JSON-able
-            settings recorded by :meth:`describe` (e.g. the factory's arguments).
+        name: a name for :meth:`describe` (default: the module's class name).
+        kwargs: JSON-able keyword arguments the factory is called with (``factory(**kwargs)``);
+            recorded by :meth:`describe` together with the factory's import path, so that
+            :func:`gpubraid.model.network_from_spec` can rebuild the step.
 
     Shapes: u, lam (L, B, *S); params tuple of (L, *shape_i) in ``param_names`` order; h (L,).
     """
 
     def __init__(self, factory, state_shape, backend: Backend, name: str | None = None,
-                 config: dict | None = None):
+                 kwargs: dict | None = None):
         torch = self.torch = _torch()
-        self.factory = factory
+        self.kwargs = dict(kwargs or {})
+        self._factory = factory
+        self.factory = (lambda: factory(**self.kwargs)) if self.kwargs else factory
         self.be, self.xp = backend, backend.xp
         self.state_shape = tuple(int(s) for s in state_shape)
         self.tdtype = {"float64": torch.float64, "float32": torch.float32}[np.dtype(backend.dtype).name]
         self.device = torch.device("cuda", self.xp.cuda.Device().id) if backend.is_gpu else torch.device("cpu")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            module = factory()
+            module = self.factory()
         if not isinstance(module, torch.nn.Module):
             raise UserError(f"the TorchStep factory must return a torch.nn.Module; got {type(module).__name__}")
         self.module = module.to(device=self.device, dtype=self.tdtype)
@@ -67,7 +71,6 @@ class TorchStep:
         self.param_names = tuple(n.replace(".", "_") for n in self._tnames)
         self.param_shapes = tuple(tuple(p.shape) for _, p in named)
         self.name = name or type(module).__name__
-        self.config = dict(config or {})
         from torch.func import functional_call, vjp, vmap
 
         def f(p, u):
@@ -156,5 +159,10 @@ class TorchStep:
         return tuple(named[n].detach().to("cpu", torch.float64).numpy() * scale for n in self._tnames)
 
     def describe(self) -> dict:
-        return {"name": "torch", "module": self.name, "state_shape": list(self.state_shape),
-                "param_names": list(self.param_names), "config": self.config, "activation": None}
+        """JSON-able: ``factory`` is the import path ``module:qualname`` of the factory (None for a
+        lambda or a local function, which cannot be rebuilt from the description)."""
+        from .model import import_path
+
+        return {"name": "torch", "module": self.name, "factory": import_path(self._factory),
+                "kwargs": self.kwargs, "state_shape": list(self.state_shape),
+                "param_names": list(self.param_names)}
