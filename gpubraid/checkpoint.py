@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 
 import numpy as np
 
+from .atomic import write_atomic
 from .errors import UserError
 
 KEEP = 2
@@ -47,17 +47,7 @@ def save(directory: str, iteration: int, arrays: dict, meta: dict) -> str:
     payload = to_bytes({k: np.ascontiguousarray(v) for k, v in arrays.items()},
                        metadata={"gpubraid": json.dumps({"format": FORMAT, **meta})})
     path = os.path.join(directory, f"checkpoint-{iteration:08d}.safetensors")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".checkpoint-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, lambda f: f.write(payload), binary=True)
     for _, old in _checkpoints(directory)[:-KEEP]:
         os.unlink(old)
     return path

@@ -82,6 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", metavar="FILE", help="TOML file of these settings (keys as the "
                        "options, '_' or '-'); command-line options override it")
     config.add_options(train, _parse)
+    predict = sub.add_parser("predict", help="apply a saved model to inputs in a .npz file",
+                             description="Apply a model written by 'gpubraid train --save' to inputs.")
+    predict.add_argument("model", metavar="MODEL", help="model file (safetensors) from --save")
+    predict.add_argument("--data", metavar="FILE", required=True, help="a .npz holding the inputs")
+    predict.add_argument("--array", metavar="NAME", help="which array holds the inputs (default: x, "
+                         "else x_val, else x_train)")
+    predict.add_argument("--out", metavar="FILE", required=True, help="write labels and proba "
+                         "(classification) or values (regression) to this .npz")
     info = sub.add_parser("info", help="versions, backend, GPUs, MPI library and CUDA-awareness",
                           description="Report the software stack and how MPI and the GPUs are set up.")
     info.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -178,7 +186,8 @@ class Progress:
 def cmd_train(args: argparse.Namespace) -> int:
     """``gpubraid train``: settings checked before MPI starts, then set-up, run, report."""
     cfg = train_config(args)  # every rank checks the same values: no MPI needed to agree
-    check_output_path("metrics", cfg.metrics)
+    for name in ("metrics", "save"):
+        check_output_path(name, getattr(cfg, name))
     check_directory("checkpoint_dir", cfg.checkpoint_dir)
 
     from .interrupts import Interrupted, Interrupts
@@ -217,6 +226,36 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    """``gpubraid predict``: one process applies the model; writes labels/proba or values."""
+    import numpy as np
+
+    from . import load
+
+    check_output_path("out", args.out)
+    model = load(args.model)
+    try:
+        with np.load(args.data, allow_pickle=False) as f:
+            names = list(f.files)
+            name = args.array or next((n for n in ("x", "x_val", "x_train") if n in names), None)
+            if name not in names:
+                raise UserError(f"array: {args.data!r} has no array {name or 'x, x_val or x_train'}; "
+                                f"it holds {', '.join(names) or 'nothing'}")
+            x = f[name]
+    except (OSError, ValueError) as exc:
+        raise UserError(f"data: cannot read {args.data!r} as a .npz file: {exc}") from None
+    if model.task == "classification":
+        proba = model.predict_proba(x)
+        result = {"labels": proba.argmax(axis=1).astype(np.int64), "proba": proba}
+    else:
+        result = {"values": model.predict(x)}
+    from .atomic import write_atomic
+
+    write_atomic(args.out, lambda f: np.savez(f, **result), binary=True)
+    print(f"gpubraid: {len(x)} predictions of {args.array or name} written to {args.out}")
+    return 0
+
+
 def main(argv=None) -> int:
     """Run the ``gpubraid`` command line; returns the exit status."""
     try:
@@ -226,6 +265,8 @@ def main(argv=None) -> int:
     try:
         if args.command == "train":
             return cmd_train(args)
+        if args.command == "predict":
+            return cmd_predict(args)
         from .info import print_info
 
         print_info(args.json)

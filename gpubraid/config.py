@@ -46,12 +46,25 @@ class TrainConfig(BaseModel):
     # -- problem --------------------------------------------------------------------------------
     example: Literal[EXAMPLES] | None = _field(
         None, "built-in data set and network (positional EXAMPLE on the command line)", "problem")
+    data: str | None = _field(
+        None, "train on your own arrays: a .npz with x_train, y_train and optionally x_val, y_val "
+        "(features (n, d) -> dense, images (n, [C,] H, W) -> conv); instead of EXAMPLE", "problem", "FILE",
+        min_length=1)
+    task: Literal["auto", "classification", "regression"] = _field(
+        "auto", "with --data: integer labels (classification) or float targets (regression); auto = "
+        "from the dtype of y_train", "problem")
+    normalize: bool = _field(True, "with --data: standardise the inputs by the training mean and std "
+                             "(recorded in model files; --no-normalize: off)", "problem")
     n_train: Count | None = _field(None, "training samples (None: all available)", "problem")
     n_val: Count | None = _field(None, "validation samples (None: all available)", "problem")
     data_dir: str | None = _field(
         None, "directory of the data files (None: env GPUBRAID_DATA; mnist: the bundled subset)",
         "problem", "DIR", min_length=1)
     # -- network --------------------------------------------------------------------------------
+    layer: str | None = _field(
+        None, "residual layer: dense, conv, or 'module:attr' (a step class called as attr(backend=, "
+        "state_shape=), or a torch.nn.Module class for one layer's f); default: dense or conv by the data",
+        "network", "LAYER", min_length=1)
     layers: Count | None = _field(None, "number of residual layers N", "network")
     channels: Count | None = _field(None, "width C of every residual layer (features, or conv channels)",
                                     "network")
@@ -101,6 +114,11 @@ class TrainConfig(BaseModel):
                             "output", ge=0, le=INT_MAX)
     metrics: str | None = _field(None, "write the metrics JSON to FILE (rank 0; the directory must exist)",
                                  "output", "FILE", min_length=1)
+    save: str | None = _field(None, "write the trained model to FILE (safetensors: parameters, network, "
+                              "input preprocessing; for gpubraid predict / gpubraid.load)", "output", "FILE",
+                              min_length=1)
+    init: str | None = _field(None, "start from the parameters of a saved model FILE (same network)", "output",
+                              "FILE", min_length=1)
     checkpoint_dir: str | None = _field(
         None, "write checkpoints into DIR (atomic, the last two kept; also on SIGINT/SIGTERM and at the end)",
         "output", "DIR", min_length=1)
@@ -136,12 +154,15 @@ class TrainConfig(BaseModel):
             raise ValueError("empty list")
         return v
 
-    def resolved(self) -> "TrainConfig":
-        """A copy with the example's defaults filled in; UserError when something is missing."""
-        if self.example is None:
-            raise UserError("example: give EXAMPLE (" + ", ".join(EXAMPLES) + ") or set 'example' in --config")
+    def resolved(self, kind: str | None = None) -> "TrainConfig":
+        """A copy with the defaults of the example (or, for --data, of the data's network ``kind``,
+        "dense" until the data are read) filled in; UserError when something is missing."""
+        if (self.example is None) == (self.data is None):
+            raise UserError("example: give EXAMPLE (" + ", ".join(EXAMPLES) + ") or --data FILE, not both "
+                            "(or set 'example' or 'data' in --config)")
         values = self.model_dump()
-        for key, value in EXAMPLE_DEFAULTS[self.example].items():
+        defaults = EXAMPLE_DEFAULTS[self.example] if self.example else DATA_DEFAULTS[kind or "dense"]
+        for key, value in defaults.items():
             if values[key] is None:
                 values[key] = value
         cfg = validate(values)
@@ -169,6 +190,10 @@ EXAMPLE_DEFAULTS = {
     "indianpines": dict(layers=16, channels=32, final_time=2.0, activation="tanh", optimizer="adam",
                         batch_size=100, iterations=1000, gamma_tik=0.0, gamma_ddt=0.0, lr=1e-3),
 }
+
+# Defaults for your own data (--data), by the network the data call for: small features train like
+# peaks (full-batch L-BFGS), images like MNIST (mini-batch Adam).
+DATA_DEFAULTS = {"dense": EXAMPLE_DEFAULTS["peaks"], "conv": EXAMPLE_DEFAULTS["mnist"]}
 
 FIELDS = TrainConfig.model_fields
 
@@ -223,7 +248,7 @@ def validate(values: dict, *, typed: bool = False, source: str = "") -> TrainCon
     """
     for name, v in values.items() if typed else ():
         textual = requirement(name).startswith(("a non-empty string", "one of")) if name in FIELDS else True
-        if isinstance(v, bool) != (name == "progress") or (isinstance(v, str) and not textual):
+        if isinstance(v, bool) != (name in SWITCHES_OFF) or (isinstance(v, str) and not textual):
             where = f"{source}: " if source else ""
             raise UserError(f"{where}{name} must be {requirement(name)}; got {v!r}")
     try:
@@ -287,8 +312,12 @@ def choices(name: str) -> tuple:
     return ()
 
 
+#: The boolean settings; all default to true, so their option (--no-NAME) turns them off.
+SWITCHES_OFF = tuple(n for n, f in FIELDS.items() if f.annotation is bool)
+
+
 def option_name(name: str) -> str:
-    return "--no-progress" if name == "progress" else "--" + name.replace("_", "-")
+    return ("--no-" if name in SWITCHES_OFF else "--") + name.replace("_", "-")
 
 
 def metavar(name: str) -> str:
@@ -310,7 +339,7 @@ def default_text(name: str) -> str:
 
 def help_text(name: str) -> str:
     text = FIELDS[name].description
-    if name == "progress":
+    if name in SWITCHES_OFF:
         return text
     return f"{text}; {default_text(name)}"
 
@@ -323,9 +352,8 @@ def option_fields() -> list[str]:
 def add_options(parser, parse) -> None:
     """Add one option per field to an argparse ``parser``; ``parse(name)`` makes its type function."""
     for name in option_fields():
-        if name == "progress":
-            parser.add_argument("--no-progress", dest="progress", action="store_false",
-                                help=help_text(name))
+        if name in SWITCHES_OFF:
+            parser.add_argument(option_name(name), dest=name, action="store_false", help=help_text(name))
             continue
         parser.add_argument(option_name(name), dest=name, type=parse(name), metavar=metavar(name),
                             help=help_text(name).replace("%", "%%"))
@@ -336,7 +364,7 @@ def options_markdown() -> str:
     rows = ["| option | meaning |", "|---|---|",
             "| `--config FILE` | TOML file of these settings (keys as below, `_` or `-`); options override it |"]
     for name in option_fields():
-        opt = option_name(name) if name == "progress" else f"{option_name(name)} {metavar(name)}"
+        opt = option_name(name) if name in SWITCHES_OFF else f"{option_name(name)} {metavar(name)}"
         rows.append(f"| `{opt}` | {help_text(name)} |")
     return "\n".join(rows)
 

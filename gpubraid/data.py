@@ -618,10 +618,16 @@ def dataset_from_arrays(x_train, y_train, x_val=None, y_val=None, *, task: str =
                    mean, std)
 
 
-def load_npz(path, *, task: str = "classification", val_fraction: float = 0.2, seed: int = 0,
+def infer_task(y) -> str:
+    """Integer targets are class labels ("classification"); anything else is "regression"."""
+    return "classification" if np.issubdtype(np.asarray(y).dtype, np.integer) else "regression"
+
+
+def load_npz(path, *, task: str | None = None, val_fraction: float = 0.2, seed: int = 0,
              normalize: bool = False) -> Dataset:
     """A :class:`Dataset` from a ``.npz`` file with arrays ``x_train``, ``y_train`` and optionally
-    ``x_val``, ``y_val`` (otherwise a seeded split, see :func:`dataset_from_arrays`)."""
+    ``x_val``, ``y_val`` (otherwise a seeded split, see :func:`dataset_from_arrays`); ``task``
+    None: :func:`infer_task` from ``y_train``."""
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as f:
@@ -638,5 +644,5 @@ def load_npz(path, *, task: str = "classification", val_fraction: float = 0.2, s
         raise UserError(f"{path} lacks the arrays {', '.join(missing)} (expected x_train, y_train, "
                         "optionally x_val, y_val)")
     return dataset_from_arrays(arrays["x_train"], arrays["y_train"], arrays.get("x_val"), arrays.get("y_val"),
-                               task=task, val_fraction=val_fraction, seed=seed, normalize=normalize,
+                               task=task or infer_task(arrays["y_train"]), val_fraction=val_fraction, seed=seed, normalize=normalize,
                                name=path.name)

@@ -81,6 +81,12 @@ class LayerParallel:
         Comm.waitall(reqs)
         return left, right
 
+    def regularizer(self, theta) -> float:
+        """R(θ) of the whole network (every rank takes part; the same value on every rank)."""
+        P = self.layout.views(theta)
+        left, right = self._neighbour_layers(P)
+        return self.allreduce(self.model.regularizer(self.layout, P, None, left, right))
+
     def forward_states(self, P, x, batch: int, warm: bool = False):
         """Forward MGRIT: this rank's states u_a..u_b, shape (b − a + 1, B, *S)."""
         m = self.model

@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import importlib
 import math
+import sys
 
 import numpy as np
 
@@ -687,6 +688,27 @@ def step_from_spec(spec: dict, in_shape, backend: Backend):
         raise UserError(f"step {name!r} is not built in (dense, conv, torch); give its 'factory' ('module:Class')")
     factory = _import(spec["factory"], f"the factory of step {name!r}")
     return factory(backend=backend, **dict(spec.get("kwargs") or {}))
+
+
+def layer_spec(cfg, meta: dict) -> dict:
+    """The step spec (see :func:`step_from_spec`) of the settings ``cfg.layer``, ``cfg.channels``
+    and ``cfg.activation`` for data described by ``meta``.
+
+    ``cfg.layer``: ``dense`` or ``conv`` (None: by the data's kind); or ``module:attr`` naming a
+    ``torch.nn.Module`` class (one layer's f, built with no arguments) or a step class or factory
+    called as ``attr(backend=..., state_shape=S)``, with S = (channels,) for features and
+    (channels, H, W) for images (H, W those of the inputs).
+    """
+    name = cfg.layer or meta["kind"]
+    if name in ("dense", "conv"):
+        return {"name": name, "channels": cfg.channels, "activation": cfg.activation}
+    in_shape = tuple(meta["in_shape"])
+    state = [cfg.channels] if len(in_shape) == 1 else [cfg.channels, *in_shape[1:]]
+    obj = _import(name, "layer")
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(obj, type) and issubclass(obj, torch.nn.Module):
+        return {"name": "torch", "factory": name, "state_shape": state, "module": obj.__name__}
+    return {"name": name, "factory": name, "kwargs": {"state_shape": state}}
 
 
 def network_from_spec(meta: dict, spec: dict, backend: Backend) -> Network:

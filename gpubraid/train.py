@@ -12,7 +12,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -21,12 +20,14 @@ import numpy as np
 from . import __version__
 from .backend import resolve_backend
 from .config import EXAMPLE_DEFAULTS, TrainConfig  # noqa: F401  (re-exported for users)
-from .data import load_dataset
+from .data import Dataset, infer_task, load_dataset, load_npz
 from .errors import Diverged, UserError
 from .layer_parallel import LayerParallel
 from .methods import SERIAL, make_method
-from .model import ResNetODE
+from .inference import Pipeline
+from .model import layer_spec, network_for_data, network_from_spec
 from .optim import make_optimizer
+from .atomic import write_atomic
 from .parallel import Comm
 from .resources import check_memory
 
@@ -36,15 +37,17 @@ EXPLOSION_FACTOR = 1e4
 
 @dataclass
 class TrainResult:
-    """What a run produced (identical on every rank)."""
+    """What a run produced (identical on every rank).  Accuracies are None for regression."""
 
     config: dict
     ranks: int
     backend: str
     dtype: str
     objective: float
-    train_accuracy: float
-    val_accuracy: float
+    train_loss: float
+    val_loss: float
+    train_accuracy: float | None
+    val_accuracy: float | None
     wall_s: float
     history: list = field(default_factory=list)
     stopped: str = "iterations"
@@ -52,9 +55,10 @@ class TrainResult:
     def metrics(self) -> dict:
         return {"method": self.config["method"], "ranks": self.ranks, "backend": self.backend,
                 "dtype": self.dtype, "layers": self.config["layers"], "iterations": len(self.history),
-                "objective": self.objective, "train_accuracy": self.train_accuracy,
-                "val_accuracy": self.val_accuracy, "wall_s": self.wall_s, "stopped": self.stopped,
-                "example": self.config["example"], "optimizer": self.config["optimizer"],
+                "objective": self.objective, "train_loss": self.train_loss, "val_loss": self.val_loss,
+                "train_accuracy": self.train_accuracy, "val_accuracy": self.val_accuracy,
+                "wall_s": self.wall_s, "stopped": self.stopped, "example": self.config["example"],
+                "data": self.config["data"], "optimizer": self.config["optimizer"],
                 "version": __version__, "config": self.config, "history": self.history}
 
 
@@ -74,20 +78,34 @@ class _Data:
             comm.send_obj(labels, P - 1, self.TAG_LABELS)
         elif P > 1 and rank == P - 1:
             labels = comm.recv_obj(0, self.TAG_LABELS)
-        if rank == P - 1:
-            self.y_train = be.xp.asarray(labels[0])
-            self.y_val = be.xp.asarray(labels[1])
+        if rank == P - 1:  # labels stay integers; regression targets take the backend's dtype
+            put = be.xp.asarray if meta["task"] == "classification" else be.asarray
+            self.y_train, self.y_val = put(labels[0]), put(labels[1])
 
 
-def load_distributed(cfg: TrainConfig, comm: Comm):
-    """Rank 0 reads the data set; every rank learns its shape, or the same UserError."""
+def _read(cfg: TrainConfig, data) -> Dataset:
+    """The training data: ``data`` (a Dataset, or arrays (x_train, y_train[, x_val, y_val])), the
+    .npz of ``cfg.data``, or the built-in example."""
+    if isinstance(data, Dataset):
+        return data
+    task = None if cfg.task == "auto" else cfg.task
+    if data is not None:
+        if not isinstance(data, (tuple, list)) or len(data) not in (2, 4):
+            raise UserError("data must be a gpubraid.data.Dataset or arrays (x_train, y_train[, x_val, y_val])")
+        return Dataset.from_arrays(*data, task=task or infer_task(data[1]), seed=cfg.seed, normalize=cfg.normalize)
+    if cfg.data is not None:
+        return load_npz(cfg.data, task=task, seed=cfg.seed, normalize=cfg.normalize)
+    return load_dataset(cfg.example, seed=cfg.seed, data_dir=cfg.data_dir, n_train=cfg.n_train, n_val=cfg.n_val)
+
+
+def load_distributed(cfg: TrainConfig, comm: Comm, data=None):
+    """Rank 0 reads the data set; every rank learns its description (:meth:`Dataset.meta`), or
+    the same UserError."""
     ds, meta, err = None, None, None
     if comm.rank == 0:
         try:
-            ds = load_dataset(cfg.example, seed=cfg.seed, data_dir=cfg.data_dir, n_train=cfg.n_train,
-                              n_val=cfg.n_val)
-            meta = {"n_train": ds.n_train, "n_val": ds.n_val, "in_shape": ds.in_shape,
-                    "n_classes": ds.n_classes, "kind": ds.kind}
+            ds = _read(cfg, data)
+            meta = ds.meta()
         except UserError as exc:
             err = str(exc)
         except MemoryError:
@@ -103,33 +121,56 @@ class Trainer:
     """One training run; build it on every rank of ``comm`` with the same settings.
 
     Args:
-        cfg: the settings (the example's defaults are filled in here).
+        cfg: the settings (the defaults of the example or of the data's network are filled in).
         comm: the layer communicator (default: one process).
+        data: your own data instead of ``cfg.example`` / ``cfg.data``: a
+            :class:`~gpubraid.data.Dataset` or arrays ``(x_train, y_train[, x_val, y_val])``
+            (integer labels: classification; float targets: regression), needed on rank 0 only.
+        step: your own residual step object (the protocol of :mod:`gpubraid.steps`) instead of
+            ``cfg.layer``; build the same one on every rank.
     """
 
-    def __init__(self, cfg: TrainConfig, comm: Comm | None = None):
-        self.cfg = cfg = cfg.resolved()
+    def __init__(self, cfg: TrainConfig, comm: Comm | None = None, *, data=None, step=None):
+        if data is not None and cfg.example is None and cfg.data is None:
+            cfg = cfg.model_copy(update={"data": "<arrays>"})
+        cfg.resolved()  # every setting checked before any work
         self.comm = comm = comm if comm is not None else Comm.single()
+        ds, meta = load_distributed(cfg, comm, data)
+        self.meta = meta
+        self.cfg = cfg = cfg.resolved(meta["kind"])
         self.be = resolve_backend(cfg.backend, cfg.dtype)
         comm.backend = self.be
-        ds, meta = load_distributed(cfg, comm)
-        self.model = ResNetODE(meta["kind"], meta["in_shape"], cfg.channels, cfg.layers, meta["n_classes"],
-                               cfg.final_time, cfg.activation, self.be, cfg.gamma_tik, cfg.gamma_ddt)
+        self.model = self._network(meta, step)
         if comm.size > cfg.layers:
             raise UserError(f"number of MPI ranks ({comm.size}) must not exceed --layers ({cfg.layers})")
-        step = self.model.step
-        full_batch = cfg.batch_size == 0 or cfg.batch_size >= meta["n_train"]
-        check_memory(cfg, step.state_shape, sum(math.prod(s) for s in step.param_shapes),
-                     meta["n_train"] if full_batch else cfg.batch_size, comm.size, self.be)
+        self.full_batch = cfg.batch_size == 0 or cfg.batch_size >= meta["n_train"]
+        check_memory(cfg, self.model.state_shape, sum(math.prod(s) for s in self.model.step.param_shapes),
+                     meta["n_train"] if self.full_batch else cfg.batch_size, comm.size, self.be)
         self.method = make_method(cfg)
-        self.full_batch = full_batch
         self.lp = LayerParallel(self.model, comm, self.method.forward, self.method.adjoint)
-        self.lp_score = LayerParallel(self.model, comm, SERIAL, SERIAL)
+        self.lp_serial = LayerParallel(self.model, comm, SERIAL, SERIAL)
+        self.pipeline = Pipeline(self.model, comm, self.lp.bounds)
         self.data = _Data(comm, self.be, meta, ds)
-        full = self.model.layout()
-        theta_full = self.be.to_host(self.model.init_params(full, cfg.seed, cfg.init_scale))
-        self.theta = self.lp.scatter_params(theta_full)
+        self.theta = self.lp.scatter_params(self._initial_parameters())
         self.opt = make_optimizer(cfg.optimizer, dot=self.lp.dot, **cfg.optimizer_settings())
+
+    def _network(self, meta: dict, step):
+        """The network for the data: the given step, ``cfg.layer``, or dense/conv by the data."""
+        cfg = self.cfg
+        kw = dict(layers=cfg.layers, final_time=cfg.final_time, gamma_tik=cfg.gamma_tik,
+                  gamma_ddt=cfg.gamma_ddt)
+        if step is not None:
+            return network_for_data(meta, step, backend=self.be, **kw)
+        return network_from_spec(meta, {"step": layer_spec(cfg, meta), **kw}, self.be)
+
+    def _initial_parameters(self) -> np.ndarray:
+        """Random (seeded, rank-independent) initial parameters, or those of ``cfg.init``."""
+        if self.cfg.init is None:
+            return self.be.to_host(self.model.init_params(self.model.layout(), self.cfg.seed, self.cfg.init_scale))
+        from . import modelfile
+
+        tensors, meta = modelfile.read(self.cfg.init)
+        return modelfile.parameters(self.model, tensors, self.cfg.init)
 
     def _solver_stats(self) -> dict:
         f, b = self.lp.last_stats
@@ -140,24 +181,25 @@ class Trainer:
                            + (sum(b.steps_per_level) + b.coarse_steps if b else 0))
         return out
 
-    def score(self, split: str) -> tuple[float, float]:
-        """(objective, accuracy) on ``split`` ("train" or "val") by layer-serial forward passes,
-        in chunks of samples sized so each chunk's states take about 128 MiB."""
+    def score(self, split: str) -> dict:
+        """Objective, loss and (classification) accuracy on ``split`` ("train" or "val") by one
+        forward pass without MGRIT: layer-serial propagation of sample chunks, pipelined over the
+        ranks (:class:`~gpubraid.inference.Pipeline`)."""
         d = self.data
-        x = d.x_train if split == "train" else d.x_val
-        y = d.y_train if split == "train" else d.y_val
-        n = d.n_train if split == "train" else d.n_val
-        per_sample = (self.lp.b - self.lp.a + 1) * self.model.state_size * np.dtype(self.be.dtype).itemsize
-        chunk = int(min(n, max(1, 2 ** 27 // per_sample)))
-        loss, correct, reg = 0.0, 0, 0.0
-        for lo in range(0, n, chunk):
-            hi = min(n, lo + chunk)
-            ev = self.lp_score.evaluate(self.theta, None if x is None else x[lo:hi],
-                                        None if y is None else y[lo:hi], hi - lo, grad=False)
-            loss += ev.loss * (hi - lo)
-            correct += ev.n_correct
-            reg = ev.objective - ev.loss
-        return loss / n + reg, correct / n
+        x, y, n = (d.x_train, d.y_train, d.n_train) if split == "train" else (d.x_val, d.y_val, d.n_val)
+        P = self.lp.layout.views(self.theta)
+        loss_sum, correct, _ = self.pipeline.run(P, x, n, y)
+        loss = loss_sum / n
+        accuracy = correct / n if self.model.task == "classification" else None
+        return {"objective": loss + self.lp.regularizer(self.theta), "loss": loss, "accuracy": accuracy}
+
+    def save(self, path: str) -> None:
+        """Write the trained model to ``path`` (rank 0 writes; every rank takes part)."""
+        from . import modelfile
+
+        full = self.lp.gather_params(self.theta)
+        if self.comm.rank == 0:
+            modelfile.save(path, self.model, full, self.meta, self.cfg.model_dump())
 
     def _batch(self, run: "RunState"):
         """(x, y, B) of the next optimisation step: the full batch, or the next mini-batch of a
@@ -188,7 +230,7 @@ class Trainer:
     def _locate_blowup(self) -> str:
         """Where the first non-finite or exploding value appears: parameters, forward states or
         adjoints, and the layer (a layer-serial pass over up to 256 training samples)."""
-        comm, lp, xp = self.comm, self.lp_score, self.be.xp
+        comm, lp, xp = self.comm, self.lp_serial, self.be.xp
         k = min(self.data.n_train, 256)
         x = None if self.data.x_train is None else self.data.x_train[:k]
         y = None if self.data.y_train is None else self.data.y_train[:k]
@@ -257,7 +299,10 @@ class Trainer:
                      "train_batch_accuracy": accuracy, "step_size": info.step_size,
                      "n_evals": info.n_evals, **stats, "time_s": time.perf_counter() - t0}
             if cfg.val_every and ((it + 1) % cfg.val_every == 0 or it + 1 == cfg.iterations):
-                entry["val_accuracy"] = self.score("val")[1]
+                val = self.score("val")
+                entry["val_loss"] = val["loss"]
+                if val["accuracy"] is not None:
+                    entry["val_accuracy"] = val["accuracy"]
             run.history.append(entry)
             run.elapsed = time.perf_counter() - t0
             if progress is not None:
@@ -272,15 +317,18 @@ class Trainer:
                 self.save_checkpoint(run)
         if cfg.checkpoint_dir:
             self.save_checkpoint(run)
-        objective, train_acc = self.score("train")
-        val = self.score("val")[1]
-        return TrainResult(cfg.model_dump(), self.comm.size, self.be.name, self.be.dtype_name,
-                           objective, train_acc, val, time.perf_counter() - t0, run.history, run.stopped)
+        wall = time.perf_counter() - t0
+        train, val = self.score("train"), self.score("val")
+        if cfg.save:
+            self.save(cfg.save)
+        return TrainResult(cfg.model_dump(), self.comm.size, self.be.name, self.be.dtype_name, train["objective"],
+                           train["loss"], val["loss"], train["accuracy"], val["accuracy"], wall, run.history,
+                           run.stopped)
 
     # -- checkpoints ----------------------------------------------------------------------------
     #: Settings that may differ between a run and its resumption (output, length, where to save).
     RESUMABLE_CHANGES = ("iterations", "val_every", "metrics", "progress", "checkpoint_dir",
-                         "checkpoint_every", "resume", "backend")
+                         "checkpoint_every", "resume", "backend", "save", "init")
 
     def _gather(self, vec) -> np.ndarray | None:
         return self.lp.gather_params(vec)
@@ -362,27 +410,22 @@ class RunState:
 
 
 def write_json_atomic(path: str, obj) -> None:
-    """Write ``obj`` as JSON to ``path`` through a temporary file (never half-written)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise UserError(f"metrics: directory {directory!r} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".gpubraid-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, default=float)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``obj`` as JSON to ``path``, never half-written."""
+    write_atomic(path, lambda f: json.dump(obj, f, indent=1, default=float))
 
 
 def print_summary(res: TrainResult, file=sys.stdout) -> None:
     c = res.config
-    print(f"gpubraid {c['method']} training of {c['example']}: {c['layers']} layers x {c['channels']} "
-          f"channels, {res.ranks} rank(s), {res.backend}/{res.dtype}", file=file)
+    print(f"gpubraid {c['method']} training of {c['example'] or c['data']}: {c['layers']} layers x "
+          f"{c['channels']} channels, {res.ranks} rank(s), {res.backend}/{res.dtype}", file=file)
     print(f"  iterations      {len(res.history)}  ({res.stopped})", file=file)
     print(f"  objective       {res.objective:.6g}", file=file)
-    print(f"  train accuracy  {res.train_accuracy:.4f}", file=file)
-    print(f"  val accuracy    {res.val_accuracy:.4f}", file=file)
+    if res.train_accuracy is None:
+        print(f"  train loss      {res.train_loss:.6g}", file=file)
+        print(f"  val loss        {res.val_loss:.6g}", file=file)
+    else:
+        print(f"  train accuracy  {res.train_accuracy:.4f}", file=file)
+        print(f"  val accuracy    {res.val_accuracy:.4f}", file=file)
     print(f"  wall time       {res.wall_s:.1f} s", file=file)
+    if c["save"]:
+        print(f"  model           {c['save']}", file=file)
