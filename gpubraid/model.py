@@ -430,6 +430,7 @@ class Network:
             raise UserError(f"parameter group names must be distinct; got {allnames} "
                             "(rename the step's param_names)")
         self.h = np.full(self.layers, self.final_time / self.layers)  # host copy; per-step sizes
+        self.step_spec = None  # set by network_from_spec: the spec the step was built from
 
     @property
     def task(self) -> str:
@@ -445,7 +446,10 @@ class Network:
 
     def describe(self) -> dict:
         """JSON-able description of the architecture (stored with a model)."""
-        step = dict(self.step.describe()) if hasattr(self.step, "describe") else {"name": type(self.step).__name__}
+        if self.step_spec is not None:  # built from a spec: that spec builds it again
+            step = dict(self.step_spec)
+        else:
+            step = dict(self.step.describe()) if hasattr(self.step, "describe") else {"name": type(self.step).__name__}
         if not isinstance(self.step, (DenseStep, ConvStep)) and step.get("name") != "torch":
             step.setdefault("factory", import_path(type(self.step)))
         return {"kind": getattr(self, "kind", "custom"), "task": self.task, "in_shape": list(self.in_shape),
@@ -735,6 +739,8 @@ def network_from_spec(meta: dict, spec: dict, backend: Backend) -> Network:
         opening = None
     else:
         raise UserError(f"opening must be one of dense, conv, identity; got {ospec.get('name')!r}")
-    return network_for_data(meta, step, layers=spec.get("layers"), final_time=spec.get("final_time"),
-                            backend=backend, gamma_tik=spec.get("gamma_tik", 0.0),
-                            gamma_ddt=spec.get("gamma_ddt", 0.0), opening=opening, open_activation=open_act)
+    net = network_for_data(meta, step, layers=spec.get("layers"), final_time=spec.get("final_time"),
+                           backend=backend, gamma_tik=spec.get("gamma_tik", 0.0),
+                           gamma_ddt=spec.get("gamma_ddt", 0.0), opening=opening, open_activation=open_act)
+    net.step_spec = dict(step_spec)  # how to build the step again (model files)
+    return net

@@ -100,12 +100,12 @@ class TrainedModel:
         from .data import _features
 
         x = _features(x, "x")
-        norm = self.meta["data"].get("normalization")
-        if norm:
-            x = (x - np.asarray(norm["mean"])) / np.asarray(norm["std"])
         want = tuple(self.network.in_shape)
         if tuple(x.shape[1:]) != want:
             raise UserError(f"x must hold samples of shape {want}; got {tuple(x.shape[1:])}")
+        norm = self.meta["data"].get("normalization")
+        if norm:
+            x = (x - np.asarray(norm["mean"])) / np.asarray(norm["std"])
         return x
 
     def outputs(self, x) -> np.ndarray:

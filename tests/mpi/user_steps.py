@@ -107,3 +107,30 @@ def build(which, backend, layers=12):
     net = network_for_data(ds.meta(), step, layers=layers, final_time=2.0, backend=backend,
                            gamma_tik=1e-3, gamma_ddt=1e-3)
     return net, ds
+
+
+class StateShapeStep(TwoLayerStep):
+    """TwoLayerStep built the way ``--layer module:attr`` builds a user step: attr(backend=, state_shape=)."""
+
+    def __init__(self, backend, state_shape, hidden=6):
+        super().__init__(state_shape[0], hidden, backend)
+
+
+def __getattr__(name):
+    """``TorchBlock``: a torch.nn.Module class for ``--layer user_steps:TorchBlock`` (4 channels),
+    made on first use so that this module imports without torch."""
+    if name != "TorchBlock":
+        raise AttributeError(name)
+    import torch
+
+    class TorchBlock(torch.nn.Module):
+        def __init__(self, channels=4, hidden=6):
+            super().__init__()
+            self.lin1 = torch.nn.Linear(channels, hidden)
+            self.lin2 = torch.nn.Linear(hidden, channels, bias=False)
+
+        def forward(self, u):
+            return self.lin2(torch.tanh(self.lin1(u)))
+
+    globals()["TorchBlock"] = TorchBlock
+    return TorchBlock
