@@ -13,11 +13,18 @@ from __future__ import annotations
 import numpy as np
 
 from .mgrit import MGRIT, MGRITOptions, SolveStats
-from .model import Network
+from .model import Evaluation, Network
 from .parallel import Comm, split_layers
-from .serial import Evaluation
+from .serial import SerialChain
 
-TAG_PARAMS, TAG_REDUCE = 600, 700
+TAG_PARAMS = 600
+
+
+def chain_solver(comm: Comm, ranks, bounds, h, options: MGRITOptions, backend):
+    """The solver of one chain: layer-serial propagation for one level, MGRIT otherwise."""
+    if options.max_levels == 1:
+        return SerialChain(comm, ranks, bounds, h, backend)
+    return MGRIT(comm, ranks, bounds, h, options, backend)
 
 
 class LayerParallel:
@@ -26,24 +33,25 @@ class LayerParallel:
     Args:
         model: the network.
         comm: layer communicator (None: one process).
-        forward: MGRIT options of the state solve.
-        adjoint: MGRIT options of the adjoint solve.
+        forward: MGRIT options of the state solve (``max_levels=1``: layer-serial propagation).
+        adjoint: MGRIT options of the adjoint solve (likewise).
     """
 
     def __init__(self, model: Network, comm: Comm | None, forward: MGRITOptions, adjoint: MGRITOptions):
-        self.model, self.comm = model, comm
+        self.comm = comm = comm if comm is not None else Comm.single()
+        self.model = model
         self.be, self.xp = model.be, model.xp
-        P = comm.size if comm is not None else 1
-        self.rank = comm.rank if comm is not None else 0
-        self.P = P
+        self.rank, self.P = comm.rank, comm.size
+        P = self.P
         N = model.layers
         self.bounds = split_layers(N, P)
         self.a, self.b = int(self.bounds[self.rank]), int(self.bounds[self.rank + 1])
         self.layout = model.layout(self.a, self.b)
         self.is_first, self.is_last = self.rank == 0, self.rank == P - 1
-        self.fwd = MGRIT(comm, list(range(P)), self.bounds, model.h, forward, model.be)
+        self.fwd = chain_solver(comm, list(range(P)), self.bounds, model.h, forward, model.be)
         rev_bounds = N - self.bounds[::-1]
-        self.bwd = MGRIT(comm, list(range(P - 1, -1, -1)), rev_bounds, model.h[::-1].copy(), adjoint, model.be)
+        self.bwd = chain_solver(comm, list(range(P - 1, -1, -1)), rev_bounds, model.h[::-1].copy(), adjoint,
+                                model.be)
         self.h_local = model.step_sizes(self.a, self.b)
         self.U = None     # forward rows u_a..u_b of the last solve (warm start)
         self.Lam = None   # adjoint rows in solver order of the last solve (warm start)
@@ -52,16 +60,15 @@ class LayerParallel:
     # -- reductions ---------------------------------------------------------------------------------
     def dot(self, x, y) -> float:
         """Global dot product of two distributed parameter vectors (allreduce)."""
-        local = float(self.be.scalar((x * y).sum()))
-        return self.comm.allreduce_sum(local) if self.comm is not None else local
+        return self.comm.allreduce_sum(float(self.be.scalar((x * y).sum())))
 
     def allreduce(self, v: float) -> float:
-        return self.comm.allreduce_sum(v) if self.comm is not None else float(v)
+        return self.comm.allreduce_sum(v)
 
     # -- pieces ---------------------------------------------------------------------------------------
     def _neighbour_layers(self, P):
         """(θ_{a−1}, θ_b) from the neighbouring ranks for the ddt regulariser (None at the ends)."""
-        if self.model.gamma_ddt == 0 or self.comm is None or self.P == 1:
+        if self.model.gamma_ddt == 0 or self.P == 1:
             return None, None
         comm, xp = self.comm, self.xp
         reqs = []
@@ -147,7 +154,7 @@ class LayerParallel:
     def gather_params(self, theta):
         """The full parameter vector (serial layout) on rank 0; None elsewhere."""
         host = self.be.to_host(theta)
-        parts = self.comm.gather_obj(host, 0) if self.comm is not None else [host]
+        parts = self.comm.gather_obj(host, 0)
         if self.rank != 0:
             return None
         full = self.model.layout()

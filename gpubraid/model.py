@@ -1,4 +1,4 @@
-"""A network as an ODE (ALGORITHM.md §1): opening layer, N residual steps, head, regulariser.
+"""A network as an ODE (docs/algorithm.md §1): opening layer, N residual steps, head, regulariser.
 
 A :class:`Network` is three objects with small protocols plus the time grid:
 
@@ -25,6 +25,7 @@ import copy
 import importlib
 import math
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -304,6 +305,21 @@ class Regression(Head):
         return {"name": "regression", "task": self.task, "n_out": self.n_out}
 
 
+@dataclass
+class Evaluation:
+    """Objective J = ℓ + R at one parameter vector, with its gradient when asked for."""
+
+    objective: float
+    loss: float
+    n_correct: int
+    n_samples: int
+    grad: object = None  # flat vector like the parameters, or None
+
+    @property
+    def accuracy(self) -> float:
+        return self.n_correct / max(self.n_samples, 1)
+
+
 # -- parameter layout -------------------------------------------------------------------------------
 class Params:
     """Named views into a flat parameter vector; groups a process does not hold are None.
@@ -391,7 +407,7 @@ class Network:
         head: :class:`Classifier` or :class:`Regression` (or an object with the :class:`Head` protocol).
         opening: an :class:`Opening`; default :func:`default_opening` (σ = ``open_activation``).
         gamma_tik, gamma_ddt: Tikhonov weight (all groups: per-layer ones weighted by h_n) and the
-            time-derivative weight (per-layer groups), both ≥ 0 (ALGORITHM.md §1).
+            time-derivative weight (per-layer groups), both ≥ 0 (docs/algorithm.md §1).
     """
 
     def __init__(self, step, in_shape, layers: int, final_time: float, backend: Backend, head: Head,

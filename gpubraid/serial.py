@@ -1,29 +1,25 @@
-"""Layer-serial forward propagation and backpropagation: the reference for every parallel result.
+"""Layer-serial forward propagation and backpropagation: the serial method, and the reference for
+every parallel result.
+
+:class:`SerialChain` propagates one chain (the states forward, or the adjoints in solver order)
+across the ranks that hold its blocks, one after the other, with the solver interface of
+:class:`~gpubraid.mgrit.MGRIT`: the serial training method is :class:`~gpubraid.layer_parallel.
+LayerParallel` with this chain in place of MGRIT, on any number of ranks.  The functions below are
+the single-process reference the tests compare everything with.
 
 Forward: u_0 = opening(x), u_{n+1} = Φ_n(u_n) one layer at a time.  Backward: λ_N = ∂ℓ/∂u_N,
 λ_n = (∂Φ_n/∂u)ᵀ λ_{n+1} (the step's ``adjoint``) one layer at a time; then the gradients of all
-N layers, every parameter group, in one batched ``param_grad`` call (ALGORITHM.md §2).
+N layers, every parameter group, in one batched ``param_grad`` call (docs/algorithm.md §2).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import numpy as np
 
-from .model import Network, ParamLayout
+from .mgrit import SolveStats
+from .model import Evaluation, Network, ParamLayout
+from .parallel import Comm
 
-
-@dataclass
-class Evaluation:
-    """Objective J = ℓ + R at one parameter vector, with its gradient when asked for."""
-
-    objective: float
-    loss: float
-    n_correct: int
-    n_samples: int
-    grad: object = None  # flat vector like the parameters, or None
-
-    @property
-    def accuracy(self) -> float:
-        return self.n_correct / max(self.n_samples, 1)
+TAG_CHAIN = 900
 
 
 def forward_states(model: Network, P, x):
@@ -75,3 +71,35 @@ def evaluate(model: Network, layout: ParamLayout, theta, x, y, grad: bool = True
         g += d
     model.open_grad(x, Lam[0], P, G)
     return Evaluation(loss + R, loss, correct, x.shape[0], grad=gvec)
+
+
+class SerialChain:
+    """One chain of N steps in solver order, propagated step by step across its positions.
+
+    Position p owns steps [bounds[p], bounds[p + 1]) and waits for its left neighbour's last
+    point before stepping.  Same arguments and :meth:`solve` as :class:`~gpubraid.mgrit.MGRIT`
+    (the MGRIT-only ones are accepted and ignored); rows returned: the ghost point followed by
+    the owned points, as MGRIT returns them.
+    """
+
+    def __init__(self, comm: Comm, ranks, bounds, h, backend):
+        self.comm, self.be = comm, backend
+        self.ranks = [int(r) for r in ranks]
+        self.me = self.ranks.index(comm.rank)
+        self.a, self.b = int(bounds[self.me]), int(bounds[self.me + 1])
+        self.h = backend.asarray(np.asarray(h)[self.a:self.b])
+
+    def solve(self, phi, data, u0, sample_shape, warm=None, access=None, **_):
+        """Rows (b − a + 1, *sample_shape) of u_a..u_b and SolveStats (0 iterations)."""
+        xp, n = self.be.xp, self.b - self.a
+        U = xp.empty((n + 1, *sample_shape), dtype=self.be.dtype)
+        if self.me == 0:
+            U[0] = u0
+        else:
+            self.comm.recv_into(U[0], self.ranks[self.me - 1], TAG_CHAIN)
+        for i in range(n):
+            U[i + 1] = phi(U[i:i + 1], tuple(d[i:i + 1] for d in data), self.h[i:i + 1])[0]
+        if self.me + 1 < len(self.ranks):
+            Comm.waitall([self.comm.isend(U[-1], self.ranks[self.me + 1], TAG_CHAIN)])
+        stats = SolveStats(converged=True, residuals=[0.0], steps_per_level=[n])
+        return U, stats
