@@ -92,6 +92,9 @@ class TrainConfig(BaseModel):
     backend: Literal["auto", "numpy", "cupy"] = _field(
         "auto", "array backend; auto = cupy when a GPU is visible (env GPUBRAID_BACKEND overrides)",
         "execution")
+    data_parallel: int = _field(
+        1, "data groups D: the P MPI ranks form D groups of P/D layer ranks, each group taking a share "
+        "of every batch (P must be a multiple of D)", "execution", ge=1, le=INT_MAX)
     method: Literal[METHODS] = _field(
         "oneshot", "training method: serial backprop, exact MGRIT solves, or one-shot MGRIT", "execution")
     # -- MGRIT ----------------------------------------------------------------------------------

@@ -35,10 +35,16 @@ class LayerParallel:
         comm: layer communicator (None: one process).
         forward: MGRIT options of the state solve (``max_levels=1``: layer-serial propagation).
         adjoint: MGRIT options of the adjoint solve (likewise).
+        data: communicator across data groups (ranks holding the same layer block for other
+            samples); objective and gradient are their sample-weighted sums, added in group order,
+            and the solvers' norms and estimates are reduced over it too (default: one group).
     """
 
-    def __init__(self, model: Network, comm: Comm | None, forward: MGRITOptions, adjoint: MGRITOptions):
+    def __init__(self, model: Network, comm: Comm | None, forward: MGRITOptions, adjoint: MGRITOptions,
+                 data: Comm | None = None):
         self.comm = comm = comm if comm is not None else Comm.single()
+        self.data = data if data is not None else Comm.single()
+        solver_comm = comm.reducing_also(self.data)
         self.model = model
         self.be, self.xp = model.be, model.xp
         self.rank, self.P = comm.rank, comm.size
@@ -48,10 +54,10 @@ class LayerParallel:
         self.a, self.b = int(self.bounds[self.rank]), int(self.bounds[self.rank + 1])
         self.layout = model.layout(self.a, self.b)
         self.is_first, self.is_last = self.rank == 0, self.rank == P - 1
-        self.fwd = chain_solver(comm, list(range(P)), self.bounds, model.h, forward, model.be)
+        self.fwd = chain_solver(solver_comm, list(range(P)), self.bounds, model.h, forward, model.be)
         rev_bounds = N - self.bounds[::-1]
-        self.bwd = chain_solver(comm, list(range(P - 1, -1, -1)), rev_bounds, model.h[::-1].copy(), adjoint,
-                                model.be)
+        self.bwd = chain_solver(solver_comm, list(range(P - 1, -1, -1)), rev_bounds, model.h[::-1].copy(),
+                                adjoint, model.be)
         self.h_local = model.step_sizes(self.a, self.b)
         self.U = None     # forward rows u_a..u_b of the last solve (warm start)
         self.Lam = None   # adjoint rows in solver order of the last solve (warm start)
@@ -133,7 +139,7 @@ class LayerParallel:
         objective = self.allreduce(loss_share + R_share)
         if not grad:
             self.last_stats = (fstats, None)
-            return Evaluation(objective, loss, correct, batch)
+            return self._across_groups(Evaluation(objective, loss, correct, batch))
         data = tuple(xp.ascontiguousarray(p[::-1]) for p in P.layers()) + (xp.ascontiguousarray(U[:-1][::-1]),)
 
         def psi(w, d, h):
@@ -149,7 +155,20 @@ class LayerParallel:
         if self.is_first:
             m.open_grad(x, Lam[0], P, G)
         self.last_stats = (fstats, bstats)
-        return Evaluation(objective, loss, correct, batch, grad=gvec)
+        return self._across_groups(Evaluation(objective, loss, correct, batch, grad=gvec))
+
+    def _across_groups(self, ev: Evaluation) -> Evaluation:
+        """The evaluation of the whole batch from every data group's share: means weighted by the
+        groups' sample counts, added in group order (identical bits in every group)."""
+        d = self.data
+        if d.size == 1:
+            return ev
+        total = int(round(d.allreduce_sum(float(ev.n_samples))))
+        w = ev.n_samples / total
+        grad = None if ev.grad is None else d.sum_in_rank_order(w * ev.grad)
+        # R is the same in every group and the weights add up to 1, so J = Σ w_g (ℓ_g + R)
+        return Evaluation(d.sum_in_rank_order(w * ev.objective), d.sum_in_rank_order(w * ev.loss),
+                          int(round(d.allreduce_sum(float(ev.n_correct)))), total, grad)
 
     def gather_params(self, theta):
         """The full parameter vector (serial layout) on rank 0; None elsewhere."""

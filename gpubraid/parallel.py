@@ -111,6 +111,9 @@ class Comm:
     cuda_aware: bool = False
     backend: object = None
     stats: CommStats = field(default_factory=CommStats)
+    #: An mpi4py communicator over which sums and maxima are reduced *as well* (the data groups,
+    #: for the solver's norms and estimates); None: only over ``comm``.
+    also: object = None
 
     @classmethod
     def world(cls) -> "Comm":
@@ -123,6 +126,30 @@ class Comm:
     def single(cls) -> "Comm":
         """One process, no MPI."""
         return cls(None)
+
+    def grid(self, data_parallel: int) -> tuple["Comm", "Comm"]:
+        """Split these P ranks into D = ``data_parallel`` data groups of P/D layer ranks.
+
+        Rank w is layer rank w mod (P/D) of data group w div (P/D).  Returns (layers, data): the
+        communicator of this rank's group along the layers, and the one across the groups that
+        links the ranks holding the same layer block.
+        """
+        P, D = self.size, data_parallel
+        if D < 1 or P % D:
+            raise UserError(f"data_parallel must divide the number of MPI ranks ({P}); got {D}")
+        L = P // D
+        if D == 1:
+            return self, Comm.single()
+        w = self.rank
+        layers = Comm(self.comm.Split(w // L, w % L), self.cuda_aware, self.backend)
+        data = Comm(self.comm.Split(w % L, w // L), self.cuda_aware, self.backend)
+        return layers, data
+
+    def reducing_also(self, other: "Comm") -> "Comm":
+        """This communicator, with sums and maxima reduced over ``other`` as well."""
+        if other.size == 1:
+            return self
+        return Comm(self.comm, self.cuda_aware, self.backend, self.stats, other.comm)
 
     @property
     def rank(self) -> int:
@@ -164,16 +191,34 @@ class Comm:
 
     # -- collectives ----------------------------------------------------------------------------
     def allreduce_sum(self, x: float) -> float:
-        if self.size == 1:
-            return float(x)
-        self.stats.collectives += 1
-        return float(self.comm.allreduce(float(x)))
+        x = float(x)
+        if self.size > 1:
+            self.stats.collectives += 1
+            x = float(self.comm.allreduce(x))
+        return x if self.also is None else sum(self.also.allgather(x))
 
     def allreduce_max(self, x: float) -> float:
+        x = float(x)
+        if self.size > 1:
+            self.stats.collectives += 1
+            x = float(self.comm.allreduce(x, op=_mpi().MAX))
+        return x if self.also is None else max(self.also.allgather(x))
+
+    def sum_in_rank_order(self, x):
+        """Σ_r x_r over the ranks, added in rank order (so every rank gets the same bits):
+        a float, or an array of the same shape on every rank (returned on its backend)."""
         if self.size == 1:
-            return float(x)
+            return x
         self.stats.collectives += 1
-        return float(self.comm.allreduce(float(x), op=_mpi().MAX))
+        if isinstance(x, float):
+            return sum(self.comm.allgather(x))
+        host = np.ascontiguousarray(x if isinstance(x, np.ndarray) else self.backend.to_host(x))
+        parts = np.empty((self.size, *host.shape), host.dtype)
+        self.comm.Allgather(host, parts)
+        total = parts[0].copy()
+        for p in parts[1:]:
+            total += p
+        return total if isinstance(x, np.ndarray) else self.backend.asarray(total)
 
     def bcast_array(self, a, root: int, shape, dtype, xp):
         """Broadcast an array from ``root`` (others pass None); returns it on every rank."""

@@ -63,24 +63,48 @@ class TrainResult:
 
 
 class _Data:
-    """The data a rank needs: inputs on rank 0, labels on the last rank, sizes everywhere."""
+    """The data a rank needs: inputs on the first rank of every data group, targets on the last,
+    sizes everywhere; each group trains and scores on its share of every batch."""
 
-    TAG_LABELS = 1
+    TAG_INPUTS, TAG_TARGETS = 1, 2
 
-    def __init__(self, comm: Comm, be, meta, ds):
-        rank, P = comm.rank, comm.size
+    def __init__(self, world: Comm, layers: Comm, data: Comm, be, meta, ds):
+        L, D = layers.size, data.size
         self.n_train, self.n_val = meta["n_train"], meta["n_val"]
+        self.group, self.groups = data.rank, D
         self.x_train = self.x_val = self.y_train = self.y_val = None
-        if rank == 0:
-            self.x_train, self.x_val = be.asarray(ds.x_train), be.asarray(ds.x_val)
-        labels = (ds.y_train, ds.y_val) if rank == 0 else None
-        if P > 1 and rank == 0:
-            comm.send_obj(labels, P - 1, self.TAG_LABELS)
-        elif P > 1 and rank == P - 1:
-            labels = comm.recv_obj(0, self.TAG_LABELS)
-        if rank == P - 1:  # labels stay integers; regression targets take the backend's dtype
+        inputs = (ds.x_train, ds.x_val) if world.rank == 0 else None
+        targets = (ds.y_train, ds.y_val) if world.rank == 0 else None
+        if world.rank == 0:  # world rank 0 read the data: it is the first rank of group 0
+            for g in range(D):
+                if g:
+                    world.send_obj(inputs, g * L, self.TAG_INPUTS)
+                if g * L + L - 1:
+                    world.send_obj(targets, g * L + L - 1, self.TAG_TARGETS)
+        else:
+            if layers.rank == 0:
+                inputs = world.recv_obj(0, self.TAG_INPUTS)
+            if layers.rank == L - 1:
+                targets = world.recv_obj(0, self.TAG_TARGETS)
+        if layers.rank == 0:
+            self.x_train, self.x_val = be.asarray(inputs[0]), be.asarray(inputs[1])
+        if layers.rank == L - 1:  # labels stay integers; regression targets take the backend's dtype
             put = be.xp.asarray if meta["task"] == "classification" else be.asarray
-            self.y_train, self.y_val = put(labels[0]), put(labels[1])
+            self.y_train, self.y_val = put(targets[0]), put(targets[1])
+
+    def share(self, idx: np.ndarray) -> np.ndarray:
+        """This data group's part of the sample indices ``idx`` (contiguous, as even as possible)."""
+        return np.array_split(idx, self.groups)[self.group] if self.groups > 1 else idx
+
+    def take(self, split: str, idx: np.ndarray | None, xp):
+        """(x, y, B) of the samples ``idx`` of ``split`` that this group handles (None: all)."""
+        x, y, n = ((self.x_train, self.y_train, self.n_train) if split == "train"
+                   else (self.x_val, self.y_val, self.n_val))
+        if idx is None and self.groups == 1:
+            return x, y, n
+        idx = self.share(np.arange(n) if idx is None else idx)
+        sel = xp.asarray(idx)
+        return None if x is None else x[sel], None if y is None else y[sel], len(idx)
 
 
 def _read(cfg: TrainConfig, data) -> Dataset:
@@ -122,7 +146,8 @@ class Trainer:
 
     Args:
         cfg: the settings (the defaults of the example or of the data's network are filled in).
-        comm: the layer communicator (default: one process).
+        comm: all ranks of the run (default: one process); with ``cfg.data_parallel`` = D they
+            form D data groups of P/D layer ranks (:meth:`~gpubraid.parallel.Comm.grid`).
         data: your own data instead of ``cfg.example`` / ``cfg.data``: a
             :class:`~gpubraid.data.Dataset` or arrays ``(x_train, y_train[, x_val, y_val])``
             (integer labels: classification; float targets: regression), needed on rank 0 only.
@@ -134,23 +159,29 @@ class Trainer:
         if data is not None and cfg.example is None and cfg.data is None:
             cfg = cfg.model_copy(update={"data": "<arrays>"})
         cfg.resolved()  # every setting checked before any work
-        self.comm = comm = comm if comm is not None else Comm.single()
-        ds, meta = load_distributed(cfg, comm, data)
+        self.world = world = comm if comm is not None else Comm.single()
+        self.comm, self.data_comm = comm, data_comm = world.grid(cfg.data_parallel)
+        ds, meta = load_distributed(cfg, world, data)
         self.meta = meta
         self.cfg = cfg = cfg.resolved(meta["kind"])
         self.be = resolve_backend(cfg.backend, cfg.dtype)
-        comm.backend = self.be
+        for c in (world, comm, data_comm):
+            c.backend = self.be
         self.model = self._network(meta, step)
         if comm.size > cfg.layers:
-            raise UserError(f"number of MPI ranks ({comm.size}) must not exceed --layers ({cfg.layers})")
+            raise UserError(f"layer ranks ({comm.size} = MPI ranks / --data-parallel) must not exceed "
+                            f"--layers ({cfg.layers})")
         self.full_batch = cfg.batch_size == 0 or cfg.batch_size >= meta["n_train"]
+        batch = meta["n_train"] if self.full_batch else cfg.batch_size
+        if batch < data_comm.size:
+            raise UserError(f"data_parallel ({data_comm.size}) must not exceed the batch ({batch} samples)")
         check_memory(cfg, self.model.state_shape, sum(math.prod(s) for s in self.model.step.param_shapes),
-                     meta["n_train"] if self.full_batch else cfg.batch_size, comm.size, self.be)
+                     -(-batch // data_comm.size), comm.size, self.be)
         self.method = make_method(cfg)
-        self.lp = LayerParallel(self.model, comm, self.method.forward, self.method.adjoint)
+        self.lp = LayerParallel(self.model, comm, self.method.forward, self.method.adjoint, data_comm)
         self.lp_serial = LayerParallel(self.model, comm, SERIAL, SERIAL)
         self.pipeline = Pipeline(self.model, comm, self.lp.bounds)
-        self.data = _Data(comm, self.be, meta, ds)
+        self.data = _Data(world, comm, data_comm, self.be, meta, ds)
         self.theta = self.lp.scatter_params(self._initial_parameters())
         self.opt = make_optimizer(cfg.optimizer, dot=self.lp.dot, **cfg.optimizer_settings())
 
@@ -185,11 +216,13 @@ class Trainer:
         """Objective, loss and (classification) accuracy on ``split`` ("train" or "val") by one
         forward pass without MGRIT: layer-serial propagation of sample chunks, pipelined over the
         ranks (:class:`~gpubraid.inference.Pipeline`)."""
-        d = self.data
-        x, y, n = (d.x_train, d.y_train, d.n_train) if split == "train" else (d.x_val, d.y_val, d.n_val)
+        x, y, k = self.data.take(split, None, self.be.xp)
         P = self.lp.layout.views(self.theta)
-        loss_sum, correct, _ = self.pipeline.run(P, x, n, y)
-        loss = loss_sum / n
+        loss_sum, correct, _ = self.pipeline.run(P, x, k, y)
+        d = self.data_comm
+        n = self.data.n_train if split == "train" else self.data.n_val
+        loss = d.sum_in_rank_order(loss_sum) / n
+        correct = int(round(d.allreduce_sum(float(correct))))
         accuracy = correct / n if self.model.task == "classification" else None
         return {"objective": loss + self.lp.regularizer(self.theta), "loss": loss, "accuracy": accuracy}
 
@@ -198,22 +231,21 @@ class Trainer:
         from . import modelfile
 
         full = self.lp.gather_params(self.theta)
-        if self.comm.rank == 0:
+        if self.world.rank == 0:
             modelfile.save(path, self.model, full, self.meta, self.cfg.model_dump())
 
     def _batch(self, run: "RunState"):
-        """(x, y, B) of the next optimisation step: the full batch, or the next mini-batch of a
-        shuffled epoch (one permutation per epoch, as :func:`gpubraid.data.batches` draws it)."""
-        cfg, d, xp = self.cfg, self.data, self.be.xp
+        """(x, y, B) of the next optimisation step, this data group's share: of the full batch,
+        or of the next mini-batch of a shuffled epoch (one permutation per epoch, as
+        :func:`gpubraid.data.batches` draws it; every rank draws the same)."""
+        n = self.data.n_train
         if self.full_batch:
-            return d.x_train, d.y_train, d.n_train
-        if run.order is None or run.pos >= d.n_train:
-            run.order, run.pos = run.rng.permutation(d.n_train).astype(np.int64), 0
-        idx = run.order[run.pos:run.pos + cfg.batch_size]
+            return self.data.take("train", None, self.be.xp)
+        if run.order is None or run.pos >= n:
+            run.order, run.pos = run.rng.permutation(n).astype(np.int64), 0
+        idx = run.order[run.pos:run.pos + self.cfg.batch_size]
         run.pos += len(idx)
-        sel = xp.asarray(idx)
-        return (None if d.x_train is None else d.x_train[sel],
-                None if d.y_train is None else d.y_train[sel], len(idx))
+        return self.data.take("train", idx, self.be.xp)
 
     def _check_divergence(self, it: int, objective: float, first: float) -> None:
         """Raise :class:`Diverged` on a non-finite or exploding objective, saying where."""
@@ -276,7 +308,7 @@ class Trainer:
         for it in range(len(run.history), cfg.iterations):
             try:
                 if interrupts is not None:
-                    interrupts.poll(self.comm)
+                    interrupts.poll(self.world)
             except Interrupted:
                 if cfg.checkpoint_dir:
                     self.save_checkpoint(run)
@@ -321,37 +353,37 @@ class Trainer:
         train, val = self.score("train"), self.score("val")
         if cfg.save:
             self.save(cfg.save)
-        return TrainResult(cfg.model_dump(), self.comm.size, self.be.name, self.be.dtype_name, train["objective"],
+        return TrainResult(cfg.model_dump(), self.world.size, self.be.name, self.be.dtype_name, train["objective"],
                            train["loss"], val["loss"], train["accuracy"], val["accuracy"], wall, run.history,
                            run.stopped)
 
     # -- checkpoints ----------------------------------------------------------------------------
     #: Settings that may differ between a run and its resumption (output, length, where to save).
     RESUMABLE_CHANGES = ("iterations", "val_every", "metrics", "progress", "checkpoint_dir",
-                         "checkpoint_every", "resume", "backend", "save", "init")
+                         "checkpoint_every", "resume", "backend", "save", "init", "data_parallel")
 
     def _gather(self, vec) -> np.ndarray | None:
         return self.lp.gather_params(vec)
 
     def save_checkpoint(self, run: "RunState") -> None:
         """Write the run's state to ``cfg.checkpoint_dir`` (rank 0 writes; every rank takes part)."""
-        comm, be = self.comm, self.be
-        vectors, scalars = self.opt.state()
+        world, be = self.world, self.be
+        vectors, scalars = self.opt.state()  # identical in every data group: group 0's are kept
         arrays = {"theta": self._gather(self.theta)}
         for name, vec in sorted(vectors.items()):
             arrays[f"opt.{name}"] = self._gather(vec)
-        for name in ("U", "Lam"):
+        for name in ("U", "Lam"):  # warm-start rows differ per rank (and per data group)
             rows = getattr(self.lp, name)
-            parts = comm.gather_obj(None if rows is None else be.to_host(rows), 0)
-            if comm.rank == 0 and all(p is not None for p in parts):
+            parts = world.gather_obj(None if rows is None else be.to_host(rows), 0)
+            if world.rank == 0 and all(p is not None for p in parts):
                 arrays.update({f"warm.{name}.{r}": p for r, p in enumerate(parts)})
         if run.order is not None:
             arrays["batch_order"] = run.order
-        if comm.rank != 0:
+        if world.rank != 0:
             return
         from . import checkpoint
 
-        meta = {"config": self.cfg.model_dump(), "ranks": comm.size, "history": run.history,
+        meta = {"config": self.cfg.model_dump(), "ranks": world.size, "history": run.history,
                 "optimizer": scalars, "rng": run.rng.bit_generator.state, "pos": run.pos,
                 "failures": run.failures, "first": run.first, "elapsed": run.elapsed,
                 "stopped": run.stopped}
@@ -365,9 +397,9 @@ class Trainer:
         """
         from . import checkpoint
 
-        comm, be = self.comm, self.be
+        world, be = self.world, self.be
         loaded, err = None, None
-        if comm.rank == 0:
+        if world.rank == 0:
             try:
                 arrays, meta, path = checkpoint.load_latest(directory)
                 mine = self.cfg.model_dump()
@@ -378,16 +410,17 @@ class Trainer:
                 loaded = (arrays, meta)
             except UserError as exc:
                 err = str(exc)
-        loaded, err = comm.bcast_obj((loaded, err), 0)
+        loaded, err = world.bcast_obj((loaded, err), 0)
         if err is not None:
             raise UserError(err)
         arrays, meta = loaded
         self.theta[...] = self.lp.scatter_params(arrays["theta"])
         vectors = {k[4:]: self.lp.scatter_params(v) for k, v in arrays.items() if k.startswith("opt.")}
         self.opt.load_state(vectors, meta["optimizer"], self.theta)
-        if meta["ranks"] == comm.size:
+        same_split = meta["config"]["data_parallel"] == self.cfg.data_parallel
+        if meta["ranks"] == world.size and same_split:
             for name in ("U", "Lam"):
-                rows = arrays.get(f"warm.{name}.{comm.rank}")
+                rows = arrays.get(f"warm.{name}.{world.rank}")
                 setattr(self.lp, name, None if rows is None else be.asarray(rows))
         rng = np.random.default_rng()
         rng.bit_generator.state = meta["rng"]
