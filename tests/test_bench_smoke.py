@@ -56,6 +56,17 @@ def test_solves_quick(tmp_path):
         assert {"iterations", "per_iteration_over_N", "total_steps_over_N"} <= set(r["work"][key])
 
 
+@pytest.mark.mpi
+@pytest.mark.skipif(shutil.which("mpiexec") is None and not (Path(sys.executable).parent / "mpiexec").exists(),
+                    reason="mpiexec not found")
+def test_data_parallel_quick(tmp_path):
+    _run("data_parallel.py", tmp_path)
+    res = _doc(tmp_path, "data_parallel")["results"]
+    assert {(r["ranks"], r["data_parallel"], r["method"]) for r in res} == {
+        (p, d, m) for p, d in ((1, 1), (2, 1), (2, 2)) for m in ("exact", "oneshot")}
+    assert all(r["objective_rel_diff_vs_1_rank"] <= 1e-10 and r["s_per_iteration"] > 0 for r in res)
+
+
 @pytest.mark.slow
 @pytest.mark.mpi
 @pytest.mark.skipif(shutil.which("mpiexec") is None and not (Path(sys.executable).parent / "mpiexec").exists(),
