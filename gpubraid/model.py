@@ -135,23 +135,15 @@ class IdentityOpening(Opening):
         return {"name": "identity"}
 
 
-class DenseOpening(Opening):
-    """u_0 = σ(K x + b): x (B, d_in) -> (B, C); K (C, d_in) ~ N(0, 1/d_in), b (C,) zeros."""
+class _ActivatedOpening(Opening):
+    """u_0 = σ(K x + b) for a linear map K given by the subclass (``_linear``, ``_linear_grad``);
+    b has one entry per state channel."""
 
     param_names = ("K", "b")
     param_init = ("normal", "zeros")
 
     def __init__(self, activation: str = "tanh"):
         self.activation = get_activation(activation)
-
-    def _setup(self):
-        if len(self.in_shape) != 1 or len(self.state_shape) != 1:
-            raise UserError(f"dense opening maps inputs (d_in,) to states (C,); got {self.in_shape} -> "
-                            f"{self.state_shape}")
-        self.param_shapes = ((self.state_shape[0], self.in_shape[0]), (self.state_shape[0],))
-
-    def _z(self, x, K, b):
-        return self.xp.matmul(x[None], K[None].transpose(0, 2, 1)) + b[None][:, None, :]
 
     def forward(self, x, params):
         K, b = params
@@ -160,21 +152,40 @@ class DenseOpening(Opening):
     def grad(self, x, lam0, params):
         K, b = params
         a = self.activation.dsigma(self.xp, self._z(x, K, b)) * lam0[None]
-        return self.xp.matmul(a.transpose(0, 2, 1), x[None])[0], a.sum(axis=1)[0]
+        channel_free = tuple(i for i in range(1, a.ndim) if i != 2)  # batch and pixels
+        return self._linear_grad(a, x[None])[0], a.sum(axis=channel_free)[0]
+
+    def _z(self, x, K, b):
+        """K x + b with a leading layer axis of 1: (1, B, *state_shape)."""
+        return self._linear(x[None], K[None]) + b.reshape((1, 1, -1) + (1,) * (len(self.state_shape) - 1))
 
     def describe(self):
-        return {"name": "dense", "activation": self.activation.name}
+        return {"name": self.name, "activation": self.activation.name}
 
 
-class ConvOpening(Opening):
+class DenseOpening(_ActivatedOpening):
+    """u_0 = σ(K x + b): x (B, d_in) -> (B, C); K (C, d_in) ~ N(0, 1/d_in), b (C,) zeros."""
+
+    name = "dense"
+
+    def _setup(self):
+        if len(self.in_shape) != 1 or len(self.state_shape) != 1:
+            raise UserError(f"dense opening maps inputs (d_in,) to states (C,); got {self.in_shape} -> "
+                            f"{self.state_shape}")
+        self.param_shapes = ((self.state_shape[0], self.in_shape[0]), (self.state_shape[0],))
+
+    def _linear(self, x, K):
+        return self.xp.matmul(x, K.transpose(0, 2, 1))
+
+    def _linear_grad(self, a, x):
+        return self.xp.matmul(a.transpose(0, 2, 1), x)
+
+
+class ConvOpening(_ActivatedOpening):
     """u_0 = σ(K ⋆ x + b), 3×3 same padding: x (B, C_in, H, W) -> (B, C, H, W);
     K (C, C_in, 3, 3) ~ N(0, 1/(9 C_in)), b (C,) zeros."""
 
-    param_names = ("K", "b")
-    param_init = ("normal", "zeros")
-
-    def __init__(self, activation: str = "tanh"):
-        self.activation = get_activation(activation)
+    name = "conv"
 
     def _setup(self):
         if len(self.in_shape) != 3 or len(self.state_shape) != 3 or self.in_shape[1:] != self.state_shape[1:]:
@@ -183,20 +194,11 @@ class ConvOpening(Opening):
         C = self.state_shape[0]
         self.param_shapes = ((C, self.in_shape[0], 3, 3), (C,))
 
-    def _z(self, x, K, b):
-        return conv3x3(self.xp, x[None], K[None]) + b[None][:, None, :, None, None]
+    def _linear(self, x, K):
+        return conv3x3(self.xp, x, K)
 
-    def forward(self, x, params):
-        K, b = params
-        return self.activation.sigma(self.xp, self._z(x, K, b))[0]
-
-    def grad(self, x, lam0, params):
-        K, b = params
-        a = self.activation.dsigma(self.xp, self._z(x, K, b)) * lam0[None]
-        return conv3x3_grad(self.xp, a, x[None])[0], a.sum(axis=(1, 3, 4))[0]
-
-    def describe(self):
-        return {"name": "conv", "activation": self.activation.name}
+    def _linear_grad(self, a, x):
+        return conv3x3_grad(self.xp, a, x)
 
 
 def default_opening(in_shape, state_shape, activation: str = "tanh") -> Opening:

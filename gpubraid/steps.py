@@ -42,6 +42,21 @@ from .backend import Backend
 from .errors import UserError
 
 
+def check_arrays(step, u, params, h) -> None:
+    """UserError unless u (L, B, *S), params (L, *P_i) and h (L,) fit ``step``'s shapes."""
+    L = u.shape[0]
+    if u.ndim != 2 + len(step.state_shape) or tuple(u.shape[2:]) != tuple(step.state_shape):
+        raise UserError(f"state must have shape (L, B, {', '.join(map(str, step.state_shape))}); "
+                        f"got {tuple(u.shape)}")
+    names = getattr(step, "param_names", None) or [f"p{i}" for i in range(len(step.param_shapes))]
+    for n, p, shp in zip(names, params, step.param_shapes):
+        if tuple(p.shape) != (L, *shp):
+            raise UserError(f"parameter {n} must have shape (L={L}, {', '.join(map(str, shp))}); "
+                            f"got {tuple(p.shape)}")
+    if tuple(h.shape) != (L,):
+        raise UserError(f"step sizes must have shape (L={L},); got {tuple(h.shape)}")
+
+
 class ResidualStep(ABC):
     """Forward-Euler residual step u + h·σ(K u + b), batched over layers.
 
@@ -81,16 +96,7 @@ class ResidualStep(ABC):
     # -- the protocol ----------------------------------------------------------------------------
     def check(self, u, params, h) -> None:
         """Raise UserError unless u, params and h have matching layer counts and shapes."""
-        L = u.shape[0]
-        if u.ndim != 2 + len(self.state_shape) or tuple(u.shape[2:]) != tuple(self.state_shape):
-            raise UserError(f"state must have shape (L, B, {', '.join(map(str, self.state_shape))}); "
-                            f"got {tuple(u.shape)}")
-        for p, shp in zip(params, self.param_shapes):
-            if tuple(p.shape) != (L, *shp):
-                raise UserError(f"parameter must have shape (L={L}, {', '.join(map(str, shp))}); "
-                                f"got {tuple(p.shape)}")
-        if tuple(h.shape) != (L,):
-            raise UserError(f"step sizes must have shape (L={L},); got {tuple(h.shape)}")
+        check_arrays(self, u, params, h)
 
     def _hb(self, h, ndim):
         return h.reshape((h.shape[0],) + (1,) * (ndim - 1))

@@ -20,6 +20,7 @@ import numpy as np
 
 from .backend import Backend
 from .errors import UserError
+from .steps import check_arrays
 
 
 def _torch():
@@ -107,16 +108,7 @@ class TorchStep:
         return {n: self._t(p) for n, p in zip(self._tnames, params)}
 
     def _check(self, u, params, h):
-        L = u.shape[0]
-        if u.ndim != 2 + len(self.state_shape) or tuple(u.shape[2:]) != self.state_shape:
-            raise UserError(f"state must have shape (L, B, {', '.join(map(str, self.state_shape))}); "
-                            f"got {tuple(u.shape)}")
-        for n, p, shp in zip(self.param_names, params, self.param_shapes):
-            if tuple(p.shape) != (L, *shp):
-                raise UserError(f"parameter {n} must have shape (L={L}, {', '.join(map(str, shp))}); "
-                                f"got {tuple(p.shape)}")
-        if tuple(h.shape) != (L,):
-            raise UserError(f"step sizes must have shape (L={L},); got {tuple(h.shape)}")
+        check_arrays(self, u, params, h)
 
     def _hb(self, h, ndim):
         return self._t(h).reshape((-1,) + (1,) * (ndim - 1))

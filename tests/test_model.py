@@ -172,7 +172,7 @@ def test_bad_inputs_raise_user_error():
     u = np.zeros((2, 4, 3))
     with pytest.raises(UserError, match="state must have shape"):
         step.forward(np.zeros((2, 4, 5)), (np.zeros((2, 3, 3)), np.zeros((2, 3))), np.ones(2))
-    with pytest.raises(UserError, match="parameter must have shape"):
+    with pytest.raises(UserError, match="parameter K must have shape"):
         step.forward(u, (np.zeros((1, 3, 3)), np.zeros((2, 3))), np.ones(2))
     with pytest.raises(UserError, match="step sizes"):
         step.forward(u, (np.zeros((2, 3, 3)), np.zeros((2, 3))), np.ones(3))
