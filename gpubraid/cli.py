@@ -227,32 +227,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    """``gpubraid predict``: one process applies the model; writes labels/proba or values."""
-    import numpy as np
-
-    from . import load
+    """``gpubraid predict``: one process applies the model to the inputs of a .npz file."""
+    from .modelfile import predict_file
 
     check_output_path("out", args.out)
-    model = load(args.model)
-    try:
-        with np.load(args.data, allow_pickle=False) as f:
-            names = list(f.files)
-            name = args.array or next((n for n in ("x", "x_val", "x_train") if n in names), None)
-            if name not in names:
-                raise UserError(f"array: {args.data!r} has no array {name or 'x, x_val or x_train'}; "
-                                f"it holds {', '.join(names) or 'nothing'}")
-            x = f[name]
-    except (OSError, ValueError) as exc:
-        raise UserError(f"data: cannot read {args.data!r} as a .npz file: {exc}") from None
-    if model.task == "classification":
-        proba = model.predict_proba(x)
-        result = {"labels": proba.argmax(axis=1).astype(np.int64), "proba": proba}
-    else:
-        result = {"values": model.predict(x)}
-    from .atomic import write_atomic
-
-    write_atomic(args.out, lambda f: np.savez(f, **result), binary=True)
-    print(f"gpubraid: {len(x)} predictions of {args.array or name} written to {args.out}")
+    n, name = predict_file(args.model, args.data, args.array, args.out)
+    print(f"gpubraid: {n} predictions of {name} written to {args.out}")
     return 0
 
 

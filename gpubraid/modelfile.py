@@ -136,3 +136,30 @@ def load(path: str, backend=None) -> TrainedModel:
     be = backend if backend is not None else resolve_backend("numpy", "float64")
     network = network_from_spec(meta["data"], meta["network"], be)
     return TrainedModel(network, be.asarray(parameters(network, tensors, path)), meta)
+
+
+def predict_file(model_path: str, data_path: str, array: str | None, out_path: str) -> tuple[int, str]:
+    """Apply a model file to the inputs in a .npz and write ``labels`` + ``proba``
+    (classification) or ``values`` (regression) to ``out_path`` atomically.
+
+    ``array`` names the inputs; default ``x``, else ``x_val``, else ``x_train``.  Returns (number
+    of samples, array used).
+    """
+    model = load(model_path)
+    try:
+        with np.load(data_path, allow_pickle=False) as f:
+            names = list(f.files)
+            name = array or next((n for n in ("x", "x_val", "x_train") if n in names), None)
+            if name not in names:
+                raise UserError(f"array: {data_path!r} has no array {name or 'x, x_val or x_train'}; "
+                                f"it holds {', '.join(names) or 'nothing'}")
+            x = f[name]
+    except (OSError, ValueError) as exc:
+        raise UserError(f"data: cannot read {data_path!r} as a .npz file: {exc}") from None
+    if model.task == "classification":
+        proba = model.predict_proba(x)
+        result = {"labels": proba.argmax(axis=1).astype(np.int64), "proba": proba}
+    else:
+        result = {"values": model.predict(x)}
+    write_atomic(out_path, lambda f: np.savez(f, **result), binary=True)
+    return len(x), name
