@@ -59,6 +59,17 @@ def test_solves_quick(tmp_path):
 @pytest.mark.mpi
 @pytest.mark.skipif(shutil.which("mpiexec") is None and not (Path(sys.executable).parent / "mpiexec").exists(),
                     reason="mpiexec not found")
+def test_inference_quick(tmp_path):
+    _run("inference.py", tmp_path)
+    res = _doc(tmp_path, "inference")["results"]
+    assert [r["ranks"] for r in res["runs"]] == [1, 2]
+    assert {"pipeline", "serial_forward", "mgrit_exact"} == set(res["runs"][0]["median_s"])
+    assert all(v > 0 for v in res["summary"].values())
+
+
+@pytest.mark.mpi
+@pytest.mark.skipif(shutil.which("mpiexec") is None and not (Path(sys.executable).parent / "mpiexec").exists(),
+                    reason="mpiexec not found")
 def test_data_parallel_quick(tmp_path):
     _run("data_parallel.py", tmp_path)
     res = _doc(tmp_path, "data_parallel")["results"]
