@@ -133,8 +133,8 @@ def load_distributed(cfg: TrainConfig, comm: Comm, data=None):
         except UserError as exc:
             err = str(exc)
         except MemoryError:
-            err = (f"n_train/n_val: not enough memory for {cfg.n_train} training and {cfg.n_val} "
-                   "validation samples")
+            err = (f"n_train/n_val: not enough memory for the requested samples (n_train={cfg.n_train}, "
+                   f"n_val={cfg.n_val})")
     meta, err = comm.bcast_obj((meta, err), 0)
     if err is not None:
         raise UserError(err)
