@@ -66,9 +66,16 @@ class TrainConfig:
     # MGRIT
     cfactor: int = 2                       # XBraid's default and the paper's peaks setting
     max_levels: int = 10
-    nrelax: int = 1
-    fwd_iters: int = 2                     # oneshot: forward iterations per step
-    bwd_iters: int = 2                     # oneshot: adjoint iterations per step
+    nrelax: int = 1                        # CF sweeps on the coarse levels (1: FCF)
+    nrelax_fine: int | None = 0            # CF sweeps on level 0 (None: as nrelax; 0: F-relaxation)
+    cfactor_fine: int | None = None        # coarsening factor of level 0 (None: as cfactor)
+    min_coarse: int = 2
+    stability: float = 1.0                 # coarsen while max(H_l)·ρ(∂f/∂u) ≤ this (0: all levels)
+    conv_bound: float = 1.0                # ... and while ½·T·ρ²·max(H_l) ≤ this (0: no such limit)
+    nested: bool = True                    # no warm start: nested-iteration initial guess
+    adaptive: float = 0.0                  # oneshot: stop a solve when residual ≤ adaptive·‖∇J‖ (0: off)
+    fwd_iters: int = 2                     # oneshot: forward iterations per step (cap when adaptive)
+    bwd_iters: int = 2                     # oneshot: adjoint iterations per step (cap when adaptive)
     tol: float = 1e-9                      # exact: absolute tolerance of both solves
     max_iter: int = 50                     # exact: at most this many iterations per solve
     # data and output
@@ -105,6 +112,8 @@ class TrainConfig:
         check_positive_int("fwd_iters", self.fwd_iters, 0)
         check_positive_int("bwd_iters", self.bwd_iters, 0)
         check_positive_int("val_every", self.val_every, 0)
+        if not (isinstance(self.adaptive, (int, float)) and self.adaptive >= 0 and math.isfinite(self.adaptive)):
+            raise UserError(f"adaptive must be a finite number >= 0; got {self.adaptive!r}")
         check_positive_float("init_scale", self.init_scale)
         if self.optimizer == "lbfgs" and self.batch_size:
             raise UserError("optimizer lbfgs is full-batch: use --batch-size 0, or sgd/adam for mini-batches")
@@ -118,10 +127,14 @@ class TrainConfig:
 
     def mgrit(self, exact: bool) -> MGRITOptions:
         """MGRIT options: converged solves (``exact``) or fixed one-shot iteration counts."""
-        common = dict(cfactor=self.cfactor, max_levels=self.max_levels, nrelax=self.nrelax)
+        nrelax = self.nrelax if self.nrelax_fine is None else [self.nrelax_fine, self.nrelax]
+        cfactor = self.cfactor if self.cfactor_fine is None else [self.cfactor_fine, self.cfactor]
+        common = dict(cfactor=cfactor, max_levels=self.max_levels, nrelax=nrelax,
+                      min_coarse=self.min_coarse, stability=self.stability, conv_bound=self.conv_bound,
+                      nested=self.nested)
         if exact:
             return MGRITOptions(tol=self.tol, max_iter=self.max_iter, **common).validate()
-        return MGRITOptions(tol=0.0, max_iter=self.fwd_iters, **common).validate()
+        return MGRITOptions(tol=0.0, max_iter=self.fwd_iters, final_residual=False, **common).validate()
 
     def optimizer_settings(self) -> dict:
         if self.optimizer == "lbfgs":
@@ -243,7 +256,13 @@ class Trainer:
         out = {"fwd_iters": f.iterations, "fwd_residual": f.residuals[-1] if f.residuals else None}
         if b is not None:
             out.update(bwd_iters=b.iterations, bwd_residual=b.residuals[-1] if b.residuals else None)
-        out["steps"] = int(sum(f.steps_per_level) + (sum(b.steps_per_level) if b else 0))
+        # every step application of the evaluation (all levels, coarsest solve, stability estimate,
+        # forward and adjoint): serial counts N + N
+        out["steps"] = f.total_steps + (b.total_steps if b else 0.0)
+        out["levels"] = f.levels
+        if f.rho is not None:
+            out["rho"] = f.rho
+            out["h_rho"] = f.h_rho[-1] if f.h_rho else 0.0
         return out
 
     def score(self, split: str) -> tuple[float, float]:
@@ -305,6 +324,10 @@ class Trainer:
                 return ev.objective, ev.grad
 
             info = self.opt.step(self.theta, closure)
+            if cfg.adaptive > 0 and cfg.method == "oneshot":
+                # adaptive one-shot: the next solves stop once their residual is below
+                # adaptive·‖∇J‖ (fwd_iters / bwd_iters stay the caps)
+                self.lp.fwd_tol = self.lp.bwd_tol = cfg.adaptive * info.grad_norm
             start = next((c for c in ([prev] if prev else []) + calls if c[0] == info.objective), calls[0])
             entry = {"iter": it, "objective": info.objective, "grad_norm": info.grad_norm,
                      "train_batch_accuracy": start[1], "step_size": info.step_size,
