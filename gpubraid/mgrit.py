@@ -194,6 +194,20 @@ class _Level:
         return int(self.c_rows_host.size)
 
 
+def level_plan(grid: LevelGrid, lay, coarse_lay, backend: Backend) -> dict | None:
+    """What one position does on one non-coarsest level, as the solver's sweeps issue it (public,
+    for cost models): F-relaxation calls (intervals per F-slice call, single-point leading calls),
+    C-points (one c_relax / residual call over them), whether the last row is final after the
+    local slices, and the restriction's coarse-step call.  None when the position holds nothing."""
+    lv = _Level(grid, lay, backend, False)
+    if lv.rows == 0:
+        return None
+    return {"slices": [len(range(*s.indices(lv.rows))) for s in lv.f_slices], "leading": len(lv.leading),
+            "nc": lv.c_steps(), "last_local": bool(lv.last_is_local), "has_prev": lay.prev is not None,
+            "restrict": coarse_lay.rows - 1 if coarse_lay.rows > 1 else 0,
+            "restrict_prev": coarse_lay.rows > 0 and coarse_lay.prev is not None}
+
+
 class MGRIT:
     """MGRIT solver for one distributed chain of N steps in solver order.
 
