@@ -31,21 +31,25 @@ from gpubraid.train import TrainConfig, Trainer  # noqa: E402
 
 NAME = "oneshot_study"
 
-# the landed defaults before issue 9 (all levels, FCF everywhere, u_0 guess)
-OLD = dict(stability=0.0, nrelax_fine=None, nested=False)
+# the landed defaults before issue 9: all levels (up to 10), FCF everywhere, u_0 guess, 2 + 2
+OLD = dict(stability=0.0, conv_bound=0.0, nrelax_fine=None, nested=False, fwd_iters=2, bwd_iters=2)
+NEW = "default: auto levels (c=0.25), F/FCF, nested, 1+1"
 VARIANTS = {
-    "old-default(10 lv,FCF,2+2)": dict(OLD),
-    "old,max_levels=2": dict(OLD, max_levels=2),
-    "old,max_levels=3": dict(OLD, max_levels=3),
-    "stab=1,F/FCF,2+2": dict(),
-    "stab=1,F/FCF,1+1": dict(fwd_iters=1, bwd_iters=1),
-    "stab=1,FCF,1+1": dict(fwd_iters=1, bwd_iters=1, nrelax_fine=None),
-    "stab=0.5,F/FCF,1+1": dict(stability=0.5, fwd_iters=1, bwd_iters=1),
-    "stab=2,F/FCF,1+1": dict(stability=2.0, fwd_iters=1, bwd_iters=1),
-    "stab=1,m=4,F/FCF,1+1": dict(cfactor=4, fwd_iters=1, bwd_iters=1),
-    "stab=1,F/FCF,1+1,no-nested": dict(fwd_iters=1, bwd_iters=1, nested=False),
-    "stab=1,F/FCF,0+0(nested only)": dict(fwd_iters=0, bwd_iters=0),
+    "old default: 10 lv, FCF, 2+2": dict(OLD),
+    "old, max_levels=2": dict(OLD, max_levels=2),
+    "old, max_levels=3": dict(OLD, max_levels=3),
+    NEW: dict(),
+    "auto c=1, F/FCF, 1+1": dict(conv_bound=1.0),
+    "auto c=1, F/FCF, 2+2": dict(conv_bound=1.0, fwd_iters=2, bwd_iters=2),
+    "auto c=1, F/FCF, 2+1": dict(conv_bound=1.0, fwd_iters=2),
+    "auto stability only (Hρ≤1), 1+1": dict(conv_bound=0.0),
+    "auto c=0.25, FCF on level 0, 1+1": dict(nrelax_fine=None),
+    "auto c=0.25, m0=4, 1+1": dict(cfactor_fine=4),
+    "auto c=0.25, u_0 guess, 1+1": dict(nested=False),
+    "auto c=0.25, nested only (0+0)": dict(fwd_iters=0, bwd_iters=0),
 }
+TRAIN_VARIANTS = ["old default: 10 lv, FCF, 2+2", "old, max_levels=2", NEW, "auto c=1, F/FCF, 1+1",
+                  "auto c=1, F/FCF, 2+1", "auto c=0.25, u_0 guess, 1+1"]
 
 
 def _trainer(base, **kw):
@@ -59,8 +63,12 @@ def grad_study(quick: bool):
               ("peaks-minibatch-64x32", dict(example="peaks", layers=64, channels=32, optimizer="adam",
                                              lr=1e-2, batch_size=50, gamma_tik=0.0, gamma_ddt=0.0,
                                              n_train=1000, n_val=200, val_every=0), 50)]
-    K = 4 if quick else int(__import__("os").environ.get("STUDY_K", 25))
-    names = list(VARIANTS) if not quick else ["old-default(10 lv,FCF,2+2)", "stab=1,F/FCF,1+1"]
+    if not quick:
+        # deeper: here the automatic choice (c = 0.25) coarsens, so its variants differ
+        setups.append(("peaks-fullbatch-256", dict(example="peaks", layers=256, n_train=1000, n_val=200,
+                                                   val_every=0), 0))
+    K = 4 if quick else 12
+    names = list(VARIANTS) if not quick else ["old default: 10 lv, FCF, 2+2", NEW]
     for tag, base, batch in setups:
         ser = _trainer(base, method="serial", iterations=K)
         snaps = []
@@ -103,15 +111,13 @@ def grad_study(quick: bool):
 
 def train_study(quick: bool):
     out = []
-    setups = [("peaks-fullbatch-64", dict(example="peaks", layers=64, iterations=8 if quick else 60,
+    setups = [("peaks-fullbatch-64", dict(example="peaks", layers=64, seed=11, iterations=8 if quick else 60,
                                          val_every=0, n_train=500 if quick else 2000, n_val=200 if quick else 1000)),
               ("peaks-minibatch-64x32", dict(example="peaks", layers=64, channels=32, optimizer="adam", lr=1e-2,
                                              batch_size=50, gamma_tik=0.0, gamma_ddt=0.0, dtype="float32",
                                              iterations=10 if quick else 200, val_every=0,
                                              n_train=500 if quick else 5000, n_val=200 if quick else 1000))]
-    names = ["serial"] + (["old-default(10 lv,FCF,2+2)", "stab=1,F/FCF,1+1"] if quick else
-                          ["old-default(10 lv,FCF,2+2)", "old,max_levels=2", "stab=1,F/FCF,2+2",
-                           "stab=1,F/FCF,1+1", "stab=1,F/FCF,1+1,no-nested", "stab=1,m=4,F/FCF,1+1"])
+    names = ["serial"] + (["old default: 10 lv, FCF, 2+2", NEW] if quick else TRAIN_VARIANTS)
     for tag, base in setups:
         for name in names:
             kw = dict(method="serial") if name == "serial" else dict(VARIANTS[name], method="oneshot")

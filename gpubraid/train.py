@@ -71,11 +71,11 @@ class TrainConfig:
     cfactor_fine: int | None = None        # coarsening factor of level 0 (None: as cfactor)
     min_coarse: int = 2
     stability: float = 1.0                 # coarsen while max(H_l)·ρ(∂f/∂u) ≤ this (0: all levels)
-    conv_bound: float = 1.0                # ... and while ½·T·ρ²·max(H_l) ≤ this (0: no such limit)
+    conv_bound: float = 0.25               # ... and while ½·T·ρ²·max(H_l) ≤ this (0: no such limit)
     nested: bool = True                    # no warm start: nested-iteration initial guess
     adaptive: float = 0.0                  # oneshot: stop a solve when residual ≤ adaptive·‖∇J‖ (0: off)
-    fwd_iters: int = 2                     # oneshot: forward iterations per step (cap when adaptive)
-    bwd_iters: int = 2                     # oneshot: adjoint iterations per step (cap when adaptive)
+    fwd_iters: int = 1                     # oneshot: forward iterations per step (cap when adaptive)
+    bwd_iters: int = 1                     # oneshot: adjoint iterations per step (cap when adaptive)
     tol: float = 1e-9                      # exact: absolute tolerance of both solves
     max_iter: int = 50                     # exact: at most this many iterations per solve
     # data and output
@@ -133,6 +133,8 @@ class TrainConfig:
                       min_coarse=self.min_coarse, stability=self.stability, conv_bound=self.conv_bound,
                       nested=self.nested)
         if exact:
+            # converged solves: every stable level helps (conv_bound is about one-shot's few iterations)
+            common["conv_bound"] = 0.0
             return MGRITOptions(tol=self.tol, max_iter=self.max_iter, **common).validate()
         return MGRITOptions(tol=0.0, max_iter=self.fwd_iters, final_residual=False, **common).validate()
 
