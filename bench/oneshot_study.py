@@ -56,7 +56,7 @@ def _trainer(base, **kw):
     return Trainer(TrainConfig(**{**base, **kw, "progress": False}))
 
 
-def grad_study(quick: bool):
+def grad_study(quick: bool, only=None):
     out = []
     setups = [("peaks-fullbatch-64", dict(example="peaks", layers=64, n_train=1000 if quick else 2000,
                                          n_val=200, val_every=0), 0),
@@ -70,6 +70,8 @@ def grad_study(quick: bool):
     K = 4 if quick else 12
     names = list(VARIANTS) if not quick else ["old default: 10 lv, FCF, 2+2", NEW]
     for tag, base, batch in setups:
+        if only is not None and tag not in only:
+            continue
         ser = _trainer(base, method="serial", iterations=K)
         snaps = []
         orig_step = ser.opt.step
@@ -92,7 +94,7 @@ def grad_study(quick: bool):
                 y = d.y_train if idx is None else d.y_train[idx]
                 B = d.n_train if idx is None else len(idx)
                 ref = ser.lp.evaluate(theta, x, y, B)
-                ev = tr.lp.evaluate(theta, x, y, B, warm=batch == 0)
+                ev = tr.lp.evaluate(theta, x, y, B, warm=batch == 0 or tr.cfg.minibatch_warm)
                 g, gs = tr.be.to_host(ev.grad), tr.be.to_host(ref.grad)
                 errs.append(float(np.linalg.norm(g - gs) / max(np.linalg.norm(gs), 1e-300)))
                 f, b = tr.lp.last_stats

@@ -73,6 +73,7 @@ class TrainConfig:
     stability: float = 1.0                 # coarsen while max(H_l)·ρ(∂f/∂u) ≤ this (0: all levels)
     conv_bound: float = 0.25               # ... and while ½·T·ρ²·max(H_l) ≤ this (0: no such limit)
     nested: bool = True                    # no warm start: nested-iteration initial guess
+    minibatch_warm: bool = False           # oneshot mini-batch: warm-start from the previous batch's solves
     adaptive: float = 0.0                  # oneshot: stop a solve when residual ≤ adaptive·‖∇J‖ (0: off)
     fwd_iters: int = 1                     # oneshot: forward iterations per step (cap when adaptive)
     bwd_iters: int = 1                     # oneshot: adjoint iterations per step (cap when adaptive)
@@ -294,7 +295,10 @@ class Trainer:
         cfg, d = self.cfg, self.data
         rng = np.random.default_rng([cfg.seed, 7])
         full_batch = cfg.batch_size == 0 or cfg.batch_size >= d.n_train
-        warm = cfg.method == "oneshot" and full_batch
+        # one-shot warm start: full batch always; mini-batches only on request (the previous
+        # batch's states belong to other samples; the nested-iteration guess is better, see
+        # bench/oneshot_study.py)
+        warm = cfg.method == "oneshot" and (full_batch or cfg.minibatch_warm)
         batch_iter = None
         history, calls = [], []
         t0 = time.perf_counter()
