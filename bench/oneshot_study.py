@@ -4,7 +4,8 @@
 
 Two measurements, NumPy, one process, one BLAS thread:
 
-  grad   Gradient error along a trajectory.  A layer-serial L-BFGS run on peaks gives parameter
+  grad   Gradient error along a trajectory.  A layer-serial L-BFGS run on peaks (64 and 256 layers)
+         gives parameter
          snapshots θ_0..θ_K; at each snapshot every variant computes its one-shot gradient (full
          batch: warm-started from its own states/adjoints at the previous snapshot, as in training;
          mini-batch: a fresh batch of 50 samples, no warm start) and is compared with the exact
@@ -33,7 +34,7 @@ NAME = "oneshot_study"
 
 # the landed defaults before issue 9: all levels (up to 10), FCF everywhere, u_0 guess, 2 + 2
 OLD = dict(stability=0.0, conv_bound=0.0, nrelax_fine=None, nested=False, fwd_iters=2, bwd_iters=2)
-NEW = "default: auto levels (c=0.25), F/FCF, nested, 1+1"
+NEW = "default: auto levels (c=0.15), F/FCF, nested, 1+1"
 VARIANTS = {
     "old default: 10 lv, FCF, 2+2": dict(OLD),
     "old, max_levels=2": dict(OLD, max_levels=2),
@@ -43,10 +44,10 @@ VARIANTS = {
     "auto c=1, F/FCF, 2+2": dict(conv_bound=1.0, fwd_iters=2, bwd_iters=2),
     "auto c=1, F/FCF, 2+1": dict(conv_bound=1.0, fwd_iters=2),
     "auto stability only (Hρ≤1), 1+1": dict(conv_bound=0.0),
-    "auto c=0.25, FCF on level 0, 1+1": dict(nrelax_fine=None),
-    "auto c=0.25, m0=4, 1+1": dict(cfactor_fine=4),
-    "auto c=0.25, u_0 guess, 1+1": dict(nested=False),
-    "auto c=0.25, nested only (0+0)": dict(fwd_iters=0, bwd_iters=0),
+    "auto c=0.25, FCF on level 0, 1+1": dict(conv_bound=0.25, nrelax_fine=None),
+    "auto c=0.25, m0=4, 1+1": dict(conv_bound=0.25, cfactor_fine=4),
+    "auto c=0.25, u_0 guess, 1+1": dict(conv_bound=0.25, nested=False),
+    "auto c=0.25, nested only (0+0)": dict(conv_bound=0.25, fwd_iters=0, bwd_iters=0),
 }
 TRAIN_VARIANTS = ["old default: 10 lv, FCF, 2+2", "old, max_levels=2", NEW, "auto c=1, F/FCF, 1+1",
                   "auto c=1, F/FCF, 2+1", "auto c=0.25, u_0 guess, 1+1"]
