@@ -71,7 +71,7 @@ class TrainConfig:
     cfactor_fine: int | None = None        # coarsening factor of level 0 (None: as cfactor)
     min_coarse: int = 2
     stability: float = 1.0                 # coarsen while max(H_l)·ρ(∂f/∂u) ≤ this (0: all levels)
-    conv_bound: float = 0.15               # ... and while ½·T·ρ²·max(H_l) ≤ this (0: no such limit)
+    conv_bound: float = 0.1                # ... and while ½·T·ρ²·max(H_l) ≤ this (0: no such limit)
     nested: bool = True                    # no warm start: nested-iteration initial guess
     minibatch_warm: bool = False           # oneshot mini-batch: warm-start from the previous batch's solves
     adaptive: float = 0.0                  # oneshot: stop a solve when residual ≤ adaptive·‖∇J‖ (0: off)
