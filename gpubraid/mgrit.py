@@ -613,7 +613,9 @@ class MGRIT:
         v = be.asarray((np.cos(0.37 * k + 1.13 * i + 0.3) + 0.5).reshape(u.shape))
         axes = tuple(range(1, u.ndim))
         hb = lv0.h.reshape((n,) + (1,) * (u.ndim - 1))
-        eps = float(np.sqrt(np.finfo(np.dtype(be.dtype)).eps)) * (1.0 + float(be.scalar(xp.abs(u).max())))
+        # per-step ε from that step's own state (a global or per-rank scale would make ρ depend on
+        # the distribution)
+        eps = float(np.sqrt(np.finfo(np.dtype(be.dtype)).eps)) * (1.0 + xp.abs(u).max(axis=axes, keepdims=True))
         base = phi(u, lv0.data, lv0.h)
         rho_k = None
         for _ in range(self.opts.stability_iters):
