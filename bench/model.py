@@ -12,7 +12,8 @@ The layer-serial loop is N calls with L = 1 and its own per-call overhead α_s (
 not add g).
 
 Work counting.  Calls, not only steps, are counted from gpubraid's own hierarchy
-(gpubraid.grid.build_hierarchy, Distribution, gpubraid.mgrit._Level), exactly as gpubraid/mgrit.py
+(gpubraid.grid.build_hierarchy, Distribution, gpubraid.mgrit.level_plan) and in the order of the
+solver's public cycle schedule (gpubraid.mgrit.MGRIT.schedule), exactly as gpubraid/mgrit.py
 issues them: f_relax = one call per F-slice (m − 1 on a full interval set; fewer when a slice is
 empty) + one L = 1 call per leading F-point; c_relax and residual one call over the local C-points;
 restriction one call of (coarse rows − 1) on the coarse level; the coarsest solve N_L calls of L = 1
@@ -59,7 +60,7 @@ import numpy as np  # noqa: E402
 
 from gpubraid.backend import resolve_backend  # noqa: E402
 from gpubraid.grid import Distribution, build_hierarchy  # noqa: E402
-from gpubraid.mgrit import _Level  # noqa: E402
+from gpubraid.mgrit import MGRIT, MGRITOptions, level_plan  # noqa: E402
 from gpubraid.parallel import split_layers  # noqa: E402
 
 NAME = "model"
@@ -108,74 +109,68 @@ def pingpong():
 
 # -- work accounting: the calls gpubraid/mgrit.py issues --------------------------------------------
 _HIER_CACHE = {}
+# one-shot projection: spectral scale ρ of the trained deep peaks network's step Jacobian and the
+# peaks horizon T.  Measured (SolveStats.rho): 1.2–1.5 at 64 layers (oneshot_study), ≤ 1.01 in 134
+# of 150 L-BFGS iterations at 256 layers (default training run, where conv_bound 0.1 chose 2 levels);
+# the deepest measurement is taken for N = 4096.  The level choice depends on conv_bound/ρ², so the
+# projection with ρ = 1.5 chooses 4 levels instead of 6 (coarsest 512 steps): 8.0x at P = 64.
+ONESHOT_RHO = 1.0
+ONESHOT_T = 5.0
 
 
 def hierarchy(N, P, m=4, max_levels=10, min_coarse=2):
     """Per level and rank: the calls of each building block (lists of interval counts L)."""
-    key = (N, P, m, max_levels, min_coarse)
+    key = (N, P, str(m), max_levels, min_coarse)
     if key in _HIER_CACHE:
         return _HIER_CACHE[key]
     levels = build_hierarchy(np.full(N, 1.0 / N), m, max_levels, min_coarse)
     dist = Distribution(split_layers(N, P), levels)
     Lc = len(levels) - 1
-    per_level = []
-    for l in range(Lc):
-        ranks = []
-        for p in range(P):
-            lay = dist.layout(l, p)
-            lv = _Level(levels[l], lay, BE, False)
-            if lv.rows == 0:
-                ranks.append(None)
-                continue
-            co = dist.layout(l + 1, p)
-            ranks.append({"slices": [len(range(*s.indices(lv.rows))) for s in lv.f_slices],
-                          "leading": len(lv.leading), "nc": int(lv.c_rows_host.size),
-                          "last_local": bool(lv.last_is_local), "has_prev": lay.prev is not None,
-                          "restrict": co.rows - 1 if co.rows > 1 else 0,
-                          "restrict_prev": co.rows > 0 and co.prev is not None})
-        per_level.append(ranks)
-    owned = [dist.layout(Lc, p).n_owned for p in range(P)]
+    per_level = [[level_plan(levels[l], dist.layout(l, p), dist.layout(l + 1, p), BE) for p in range(P)]
+                 for l in range(Lc)]
+    owned = [[dist.layout(l, p).n_owned for p in range(P)] for l in range(Lc + 1)]
     info = {"levels": [g.N for g in levels], "coarsest_steps": levels[-1].N, "per_level": per_level,
-            "coarse_owned": owned}
+            "coarse_owned": owned[-1], "owned": owned}
     _HIER_CACHE[key] = info
     return info
 
 
-def count_solve(N, P, it, nrelax, m=4):
-    """Calls and intervals of one solve on rank 0 (P = 1: the whole solve), per level."""
-    info = hierarchy(N, P, m)
+_SOLVER_CACHE = {}
+
+
+def solver_view(N, P, opts: MGRITOptions) -> MGRIT:
+    """Rank 0's view of the solver for N steps on P positions (no communication: setup only)."""
+    key = (N, P, repr(opts))
+    if key not in _SOLVER_CACHE:
+        _SOLVER_CACHE[key] = MGRIT(None, list(range(P)), split_layers(N, P), np.full(N, 1.0 / N), opts, BE)
+    return _SOLVER_CACHE[key]
+
+
+def _opts(m, nrelax, **kw):
+    return MGRITOptions(cfactor=m, nrelax=nrelax, max_levels=kw.pop("max_levels", 10), tol=0.0, **kw)
+
+
+def count_solve(N, P, it, nrelax, m=4, levels=None, warm=False, **kw):
+    """Calls and intervals of one solve on rank 0 (P = 1: the whole solve), per level, by walking
+    the solver's own cycle schedule (MGRIT.schedule)."""
+    opts = _opts(m, nrelax, **kw)
+    info = hierarchy(N, P, m, opts.max_levels, opts.min_coarse)
+    solver = solver_view(N, P, opts)
     nl = len(info["levels"])
     steps, calls = [0] * nl, [0] * nl
-
-    def add(l, L, n=1):
-        if L > 0:
-            steps[l] += L * n
-            calls[l] += n
-
-    def f_relax(l, n):
-        r = info["per_level"][l][0]
-        if r is None:
-            return
-        for k in r["slices"]:
-            add(l, k, n)
-        add(l, 1, n * r["leading"])
-
-    def relax(l, n):
-        f_relax(l, n * (1 + nrelax))
-        add(l, info["per_level"][l][0]["nc"], n * nrelax)
-
-    def residual(l, n):
-        add(l, info["per_level"][l][0]["nc"], n)
-
-    def restrict(l, n):
-        add(l + 1, info["per_level"][l][0]["restrict"], n)
-
-    relax(0, it); residual(0, it + 1); restrict(0, it)
-    for l in range(1, nl - 1):
-        relax(l, it); residual(l, it); restrict(l, it); f_relax(l, it)
-    coarse_calls = it * info["coarsest_steps"]
-    return {"steps_per_level": steps, "calls_per_level": calls, "coarse_steps": coarse_calls,
-            "calls": sum(calls) + coarse_calls, "intervals": sum(steps) + coarse_calls}
+    coarse = 0
+    for phase, l, n in solver.schedule(it, levels=levels, warm=warm):
+        if phase == "coarse_solve":
+            coarse += n
+        elif n:
+            steps[l] += n
+            if phase == "f_relax":
+                r = info["per_level"][l][0]
+                calls[l] += sum(1 for k in r["slices"] if k > 0) + r["leading"]
+            else:
+                calls[l] += 1
+    return {"steps_per_level": steps, "calls_per_level": calls, "coarse_steps": coarse,
+            "calls": sum(calls) + coarse, "intervals": sum(steps) + coarse}
 
 
 # -- cost of one solve ------------------------------------------------------------------------------
@@ -217,52 +212,60 @@ def sweep_f(ranks, fit, msg, stretch):
     return max(busy), max(done)
 
 
-def predict_solve(N, P, it, fit, C, B, net, cores, m=4, nrelax=1):
-    info = hierarchy(N, P, m)
+def predict_solve(N, P, it, fit, C, B, net, cores, m=4, nrelax=1, levels=None, warm=False, **kw):
+    opts = _opts(m, nrelax, **kw)
+    info = hierarchy(N, P, m, opts.max_levels, opts.min_coarse)
+    solver = solver_view(N, P, opts)
     nbytes = 8 * B * C
     stretch = max(1.0, P / cores) if cores else 1.0
     msg = (net["latency_s"] + nbytes / net["bandwidth_Bps"]) if P > 1 else 0.0
     lat = net["latency_s"] if P > 1 else 0.0
-    nl = len(info["levels"])
 
     def live(l):
         return [r for r in info["per_level"][l] if r is not None]
 
-    def f_relax(path, l, n):
-        b, d = sweep_f(info["per_level"][l], fit, msg, stretch)
-        path.add(work=b, comm=d - b, n=n)
-
-    def c_step(path, l, n):  # c_relax or residual: one call over the local C-points
-        path.add(work=max(t_call(r["nc"], fit) for r in live(l)) * stretch, n=n)
-
-    def relax(path, l, n):
-        f_relax(path, l, n * (1 + nrelax))
-        c_step(path, l, n * nrelax)
-
-    def restrict(path, l, n):
-        rs = live(l)
-        path.add(work=max(t_call(r["restrict"], fit) for r in rs) * stretch,
-                 comm=msg if any(r["restrict_prev"] for r in rs) else 0.0, n=n)
-
     path = CriticalPath()
-    relax(path, 0, it)
-    c_step(path, 0, it + 1)
-    path.add(comm=2 * math.log2(P) * lat, n=it + 1)   # residual norm allreduce
-    restrict(path, 0, it)
-    for l in range(1, nl - 1):
-        relax(path, l, it); c_step(path, l, it); restrict(path, l, it); f_relax(path, l, it)
-    Nc = info["coarsest_steps"]
-    others = [n for n in info["coarse_owned"][1:] if n > 0]
-    gather = sum(2 * lat + n * nbytes / net["bandwidth_Bps"] for n in others) + (lat if P > 1 else 0.0)
-    path.add(coarse=Nc * t_call(1, fit) * stretch, comm=gather, n=it)
+    for phase, l, n in solver.schedule(it, levels=levels, warm=warm):
+        if phase == "f_relax":
+            b, d = sweep_f(info["per_level"][l], fit, msg, stretch)
+            path.add(work=b, comm=d - b)
+        elif phase in ("c_relax", "residual"):   # one call over the local C-points
+            path.add(work=max(t_call(r["nc"], fit) for r in live(l)) * stretch)
+            if phase == "residual" and l == 0:
+                path.add(comm=2 * math.log2(P) * lat)   # residual norm allreduce
+        elif phase == "restrict" and n:
+            rs = live(l - 1)
+            path.add(work=max(t_call(r["restrict"], fit) for r in rs) * stretch,
+                     comm=msg if any(r["restrict_prev"] for r in rs) else 0.0)
+        elif phase == "coarse_solve":
+            Nc = info["levels"][l]
+            others = [k for k in info["owned"][l][1:] if k > 0]
+            gather = sum(2 * lat + k * nbytes / net["bandwidth_Bps"] for k in others) + (lat if P > 1 else 0.0)
+            path.add(coarse=Nc * t_call(1, fit) * stretch, comm=gather)
     return {"total_s": path.total, "terms": {"per-rank work": path.work, "communication": path.comm,
                                              "coarsest solve": path.coarse},
             "levels": info["levels"]}
 
 
-def predict_evaluate(N, P, it_f, it_b, cal, net, cores):
-    f = predict_solve(N, P, it_f, cal["fits"]["forward"], cal["C"], cal["B"], net, cores)
-    b = predict_solve(N, P, it_b, cal["fits"]["adjoint"], cal["C"], cal["B"], net, cores)
+def oneshot_settings(N, rho=None, T=None):
+    """The one-shot solve settings of TrainConfig's defaults for N layers, with the number of levels
+    that the solver's automatic choice (MGRIT.choose_levels) makes for spectral scale ρ over [0, T]."""
+    from gpubraid.config import TrainConfig
+    from gpubraid.methods import make_method
+    cfg = TrainConfig(example="peaks").resolved()
+    o = make_method(cfg).forward
+    rho = ONESHOT_RHO if rho is None else rho
+    T = ONESHOT_T if T is None else T
+    probe = MGRIT(None, [0], [0, N], np.full(N, T / N), o, BE)
+    levels = probe.choose_levels(rho)[0] if (o.stability > 0 or o.conv_bound > 0) else None
+    kw = dict(m=o.cfactor, nrelax=o.nrelax, levels=levels, warm=True, final_residual=o.final_residual,
+              max_levels=o.max_levels, min_coarse=o.min_coarse)
+    return (cfg.fwd_iters, cfg.bwd_iters), kw
+
+
+def predict_evaluate(N, P, it_f, it_b, cal, net, cores, **solve_kw):
+    f = predict_solve(N, P, it_f, cal["fits"]["forward"], cal["C"], cal["B"], net, cores, **solve_kw)
+    b = predict_solve(N, P, it_b, cal["fits"]["adjoint"], cal["C"], cal["B"], net, cores, **solve_kw)
     stretch = max(1.0, P / cores) if cores else 1.0
     grad = (cal.get("grad_alpha_s", 0.0) + cal["grad_per_layer_s"] * math.ceil(N / P)) * stretch
     terms = {k: f["terms"][k] + b["terms"][k] for k in f["terms"]}
@@ -423,14 +426,16 @@ def run(quick, solves_json, scaling_json, steps_gpu, measure_net=False):
             else:
                 f = gpu["fits"]
                 serial_total = N * (t_call(1, f["forward"]) + t_call(1, f["adjoint"])) + t_call(N, f["param_grad"])
-            for method, (itf, itb) in (("exact", iters(N)), ("oneshot", (2, 2))):
+            os_iters, os_kw = oneshot_settings(N)
+            for method, (itf, itb), kw in (("exact", iters(N), {}), ("oneshot", os_iters, os_kw)):
                 for P in Ps:
                     if P > N // 4:
                         continue
-                    pr = predict_evaluate(N, P, itf, itb, cal, nt, cores=None)
+                    pr = predict_evaluate(N, P, itf, itb, cal, nt, cores=None, **kw)
                     lim = max(pr["terms"], key=pr["terms"].get)
                     projection.append({"target": target, "N": N, "P": P, "method": method,
                                        "iterations": [itf, itb], "step_s": pr["total_s"],
+                                       "levels_used": kw.get("levels"),
                                        "serial_step_s": serial_total,
                                        "speedup": serial_total / pr["total_s"] if serial_total else None,
                                        "terms_s": pr["terms"], "limiting": lim})
@@ -442,7 +447,9 @@ def run(quick, solves_json, scaling_json, steps_gpu, measure_net=False):
                        "them; MPI critical path: slowest rank per phase, F-sweep pipeline with neighbour waits, "
                        "ghost/gather/scatter messages, allreduce; compute stretched by P/cores when P > cores",
               "projection_assumes": "one core (CPU) or one GPU per rank, no oversubscription; "
-                                    "cfactor 4, FCF, max_levels 10, min_coarse 2; C, B of the scaling run; "
+                                    "exact: cfactor 4, FCF, max_levels 10, min_coarse 2; oneshot: TrainConfig's "
+                                    "defaults (warm start, levels by the automatic choice for rho = ONESHOT_RHO "
+                                    "over T = ONESHOT_T); C, B of the scaling run; "
                                     "GPU costs are ASSUMPTIONS unless steps_gpu_json is set"}
 
     def summary(vs):

@@ -102,12 +102,26 @@ class TrainConfig(BaseModel):
         2, "MGRIT coarsening factor, or one per level, comma-separated (the last repeats)", "MGRIT",
         "M[,M...]")
     nrelax: Union[Sweeps, list[Sweeps]] = _field(
-        1, "MGRIT CF sweeps after the first F-relaxation (0: F, 1: FCF), or one per level", "MGRIT",
-        "K[,K...]")
+        [0, 1], "MGRIT CF sweeps after the first F-relaxation (0: F, 1: FCF), or one per level; the default "
+        "F on the finest level and FCF below is the paper's", "MGRIT", "K[,K...]")
     max_levels: int = _field(10, "MGRIT levels at most", "MGRIT", ge=1, le=64)
     min_coarse: int = _field(2, "MGRIT: no level with fewer steps than this", "MGRIT", ge=1, le=INT_MAX)
-    fwd_iters: int = _field(2, "oneshot: forward MGRIT iterations per step", "MGRIT", ge=0, le=1000)
-    bwd_iters: int = _field(2, "oneshot: adjoint MGRIT iterations per step", "MGRIT", ge=0, le=1000)
+    stability: float = _field(
+        1.0, "automatic levels: coarsen only while the coarse step H times the spectral scale rho of the "
+        "step Jacobian (estimated from the current parameters every solve) is <= this; 0: off", "MGRIT",
+        ge=0, allow_inf_nan=False)
+    conv_bound: float = _field(
+        0.1, "oneshot: also only while one iteration's error reduction T*rho^2*H/2 is <= this (exact "
+        "ignores it); 0: off", "MGRIT", ge=0, allow_inf_nan=False)
+    nested: bool = _field(True, "solves without a warm start begin from nested iteration (coarsest solve "
+                          "interpolated up) instead of u_0 everywhere (--no-nested)", "MGRIT")
+    minibatch_warm: bool = _field(False, "oneshot with mini-batches: warm-start from the previous batch's "
+                                  "solves (measured worse than the nested guess)", "MGRIT")
+    adaptive: float = _field(0.0, "oneshot: stop a solve once its residual is <= this times the last "
+                             "gradient norm (fwd/bwd iterations stay the caps); 0: fixed counts", "MGRIT",
+                             ge=0, allow_inf_nan=False)
+    fwd_iters: int = _field(1, "oneshot: forward MGRIT iterations per step", "MGRIT", ge=0, le=1000)
+    bwd_iters: int = _field(1, "oneshot: adjoint MGRIT iterations per step", "MGRIT", ge=0, le=1000)
     tol: float = _field(1e-9, "exact/validation: absolute MGRIT residual tolerance", "MGRIT",
                         ge=0, allow_inf_nan=False)
     max_iter: int = _field(50, "exact/validation: MGRIT iterations per solve at most", "MGRIT",
@@ -251,7 +265,7 @@ def validate(values: dict, *, typed: bool = False, source: str = "") -> TrainCon
     """
     for name, v in values.items() if typed else ():
         textual = requirement(name).startswith(("a non-empty string", "one of")) if name in FIELDS else True
-        if isinstance(v, bool) != (name in SWITCHES_OFF) or (isinstance(v, str) and not textual):
+        if isinstance(v, bool) != (name in SWITCHES_OFF + SWITCHES_ON) or (isinstance(v, str) and not textual):
             where = f"{source}: " if source else ""
             raise UserError(f"{where}{name} must be {requirement(name)}; got {v!r}")
     try:
@@ -315,8 +329,10 @@ def choices(name: str) -> tuple:
     return ()
 
 
-#: The boolean settings; all default to true, so their option (--no-NAME) turns them off.
-SWITCHES_OFF = tuple(n for n, f in FIELDS.items() if f.annotation is bool)
+#: The boolean settings that default to true: their option (--no-NAME) turns them off; the others
+#: (default false) are switched on by --NAME.
+SWITCHES_OFF = tuple(n for n, f in FIELDS.items() if f.annotation is bool and f.default)
+SWITCHES_ON = tuple(n for n, f in FIELDS.items() if f.annotation is bool and not f.default)
 
 
 def option_name(name: str) -> str:
@@ -342,7 +358,7 @@ def default_text(name: str) -> str:
 
 def help_text(name: str) -> str:
     text = FIELDS[name].description
-    if name in SWITCHES_OFF:
+    if name in SWITCHES_OFF + SWITCHES_ON:
         return text
     return f"{text}; {default_text(name)}"
 
@@ -355,8 +371,9 @@ def option_fields() -> list[str]:
 def add_options(parser, parse) -> None:
     """Add one option per field to an argparse ``parser``; ``parse(name)`` makes its type function."""
     for name in option_fields():
-        if name in SWITCHES_OFF:
-            parser.add_argument(option_name(name), dest=name, action="store_false", help=help_text(name))
+        if name in SWITCHES_OFF + SWITCHES_ON:
+            action = "store_false" if name in SWITCHES_OFF else "store_true"
+            parser.add_argument(option_name(name), dest=name, action=action, help=help_text(name))
             continue
         parser.add_argument(option_name(name), dest=name, type=parse(name), metavar=metavar(name),
                             help=help_text(name).replace("%", "%%"))
@@ -367,7 +384,7 @@ def options_markdown() -> str:
     rows = ["| option | meaning |", "|---|---|",
             "| `--config FILE` | TOML file of these settings (keys as below, `_` or `-`); options override it |"]
     for name in option_fields():
-        opt = option_name(name) if name in SWITCHES_OFF else f"{option_name(name)} {metavar(name)}"
+        opt = option_name(name) if name in SWITCHES_OFF + SWITCHES_ON else f"{option_name(name)} {metavar(name)}"
         rows.append(f"| `{opt}` | {help_text(name)} |")
     return "\n".join(rows)
 

@@ -1,4 +1,4 @@
-"""MGRIT grid hierarchy and its distribution over ranks (ALGORITHM.md §3, §5).
+"""MGRIT grid hierarchy and its distribution over ranks (docs/algorithm.md §3, §4).
 
 Everything here is in *solver order*: points 0..N with step s going from point s to s + 1.  The
 forward solve uses layer order; the adjoint solve uses reversed layer order (solver point k is

@@ -62,6 +62,7 @@ class LayerParallel:
         self.U = None     # forward rows u_a..u_b of the last solve (warm start)
         self.Lam = None   # adjoint rows in solver order of the last solve (warm start)
         self.last_stats: tuple[SolveStats, SolveStats | None] | None = None
+        self.fwd_tol = self.bwd_tol = None   # per-solve tolerance overrides (adaptive one-shot)
 
     # -- reductions ---------------------------------------------------------------------------------
     def dot(self, x, y) -> float:
@@ -106,7 +107,8 @@ class LayerParallel:
         u0 = m.open_forward(x, P) if self.is_first else None
         phi = m.step.forward
         U, stats = self.fwd.solve(phi, P.layers(), u0, (batch, *m.state_shape),
-                                  warm=self.U if (warm and self.U is not None and self.U.shape[1] == batch) else None)
+                                  warm=self.U if (warm and self.U is not None and self.U.shape[1] == batch) else None,
+                                  tol=self.fwd_tol)
         return U, stats
 
     def evaluate(self, theta, x, y, batch: int, grad: bool = True, warm: bool = False) -> Evaluation:
@@ -146,7 +148,11 @@ class LayerParallel:
             return m.step.adjoint(d[-1], w, d[:-1], h)
 
         warm_lam = self.Lam if (warm and self.Lam is not None and self.Lam.shape[1] == batch) else None
-        Lam_s, bstats = self.bwd.solve(psi, data, lamN, (batch, *m.state_shape), warm=warm_lam)
+        # the adjoint step's Jacobian is the transpose of the forward one: same spectral scale, so
+        # the adjoint solve uses the levels the forward solve chose (no second estimate)
+        levels = fstats.levels if (self.bwd.opts.stability > 0 or self.bwd.opts.conv_bound > 0) else None
+        Lam_s, bstats = self.bwd.solve(psi, data, lamN, (batch, *m.state_shape), warm=warm_lam,
+                                       levels=levels, tol=self.bwd_tol, max_iter=None)
         self.Lam = Lam_s
         Lam = Lam_s[::-1]  # λ_a..λ_b
         grads = m.step.param_grad(U[:-1], Lam[1:], P.layers(), self.h_local)

@@ -43,6 +43,10 @@ class Method:
         (True) or stop (False).  A converged gradient has reached its precision: stop."""
         return False
 
+    def tolerance(self, grad_norm: float) -> float | None:
+        """The residual tolerance of the next step's solves (None: the options' own)."""
+        return None
+
 
 class Serial(Method):
     name = "serial"
@@ -52,12 +56,23 @@ class Exact(Method):
     name = "exact"
 
 
+@dataclass(frozen=True)
 class OneShot(Method):
+    """Fixed iteration counts (the caps, with ``adaptive`` > 0: a solve also stops once its
+    residual is at most ``adaptive`` × the last gradient norm)."""
+
     name = "oneshot"
+    minibatch_warm: bool = False
+    adaptive: float = 0.0
+
+    def tolerance(self, grad_norm: float) -> float | None:
+        """The residual tolerance of the next step's solves (None: run the fixed counts)."""
+        return self.adaptive * grad_norm if self.adaptive > 0 else None
 
     def warm(self, full_batch: bool) -> bool:
-        # With mini-batches the previous states belong to other samples.
-        return full_batch
+        # With mini-batches the previous states belong to other samples: the nested-iteration
+        # guess is better (bench/oneshot_study.py), unless asked for.
+        return full_batch or self.minibatch_warm
 
     def go_on_after_failed_line_search(self, failures: int) -> bool:
         # Inexact gradients can fail a line search on solver noise; forgetting the curvature pairs
@@ -68,14 +83,16 @@ class OneShot(Method):
 def make_method(cfg: TrainConfig) -> Method:
     """The method of a resolved configuration, with its solver options."""
     common = dict(cfactor=cfg.cfactor, max_levels=cfg.max_levels, nrelax=cfg.nrelax,
-                  min_coarse=cfg.min_coarse)
-    converged = MGRITOptions(tol=cfg.tol, max_iter=cfg.max_iter, **common).validate()
+                  min_coarse=cfg.min_coarse, stability=cfg.stability, nested=cfg.nested)
     if cfg.method == "serial":
         return Serial(SERIAL, SERIAL)
     if cfg.method == "exact":
+        # converged solves: every stable level helps (conv_bound is about one-shot's few iterations)
+        converged = MGRITOptions(tol=cfg.tol, max_iter=cfg.max_iter, **common).validate()
         return Exact(converged, converged)
-    fwd = MGRITOptions(tol=0.0, max_iter=cfg.fwd_iters, **common).validate()
-    return OneShot(fwd, dataclasses.replace(fwd, max_iter=cfg.bwd_iters))
+    fwd = MGRITOptions(tol=0.0, max_iter=cfg.fwd_iters, conv_bound=cfg.conv_bound, final_residual=False,
+                       **common).validate()
+    return OneShot(fwd, dataclasses.replace(fwd, max_iter=cfg.bwd_iters), cfg.minibatch_warm, cfg.adaptive)
 
 
 #: One level: the chain propagated layer by layer (serial training, and every scoring pass).

@@ -1,4 +1,4 @@
-"""Distributed MGRIT with FAS (ALGORITHM.md §3): the solver that replaces serial propagation.
+"""Distributed MGRIT with FAS (docs/algorithm.md §3): the solver that replaces serial propagation.
 
 The solver knows nothing about networks.  A problem hands it, in solver order (see grid.py):
 
@@ -53,6 +53,21 @@ class MGRITOptions:
         skip: skip the level-0 relaxation of the first iteration (not for warm starts).
         fmg: F-cycles instead of V-cycles.
         sync_timing: synchronise the device at phase ends so phase times are device times.
+        stability: automatic level choice (0: off).  Before each solve the spectral scale ρ of the
+            step Jacobian ∂f/∂u is estimated from the current step data (power iteration on finite
+            differences of ``phi``, a few samples); level l ≥ 1 is used only while
+            max(H_l)·ρ ≤ ``stability``, so coarse forward-Euler steps stay in their stability region
+            and the coarsest grid has about T·ρ/stability steps, independent of N.
+        conv_bound: a level l ≥ 1 is used only while also ½·T·ρ²·max(H_l) ≤ ``conv_bound`` (0: no
+            such limit), T the chain's length: the estimated two-grid error reduction of one
+            F-relaxation iteration, Σ_k ‖Φ^m − Φ_H‖ ≈ (T/H)·(Hρ)²/2, for a chain whose Jacobians are
+            not dissipative (|1 + hλ| ≈ 1), as a trained ResNet's are.  Without it coarse grids that
+            are stable but too coarse make one-shot's few iterations useless.
+        stability_samples, stability_iters: samples and power iterations of that estimate.
+        nested: without a warm start, start from nested iteration (solve the coarsest level from
+            u_0, interpolate down with F-relaxation) instead of u_0 at every point.
+        final_residual: compute the level-0 residual of the returned iterate when the solve stops at
+            ``max_iter`` (costs N/m steps that change nothing; off for fixed-iteration one-shot).
     """
 
     max_levels: int = 10
@@ -65,6 +80,12 @@ class MGRITOptions:
     skip: bool = True
     fmg: bool = False
     sync_timing: bool = False
+    stability: float = 0.0
+    conv_bound: float = 0.0
+    stability_samples: int = 2
+    stability_iters: int = 4
+    nested: bool = False
+    final_residual: bool = True
 
     def validate(self) -> "MGRITOptions":
         check_positive_int("max_levels", self.max_levels)
@@ -76,7 +97,9 @@ class MGRITOptions:
             lo = 2 if name == "cfactor" else 0
             if not vals or any(isinstance(x, bool) or int(x) != x or x < lo for x in vals):
                 raise UserError(f"{name} must be an integer >= {lo} or a list of them; got {v!r}")
-        for name in ("tol", "rtol"):
+        check_positive_int("stability_samples", self.stability_samples)
+        check_positive_int("stability_iters", self.stability_iters)
+        for name in ("tol", "rtol", "stability", "conv_bound"):
             if not float(getattr(self, name)) >= 0:
                 raise UserError(f"{name} must be >= 0; got {getattr(self, name)!r}")
         return self
@@ -95,6 +118,10 @@ class SolveStats:
     converged: bool = False
     steps_per_level: list = field(default_factory=list)   # step applications (intervals), this rank
     coarse_steps: int = 0                                  # sequential steps of the coarsest solve
+    estimate_steps: float = 0.0      # stability estimate: step calls × (samples used / batch)
+    levels: int = 0                  # levels used by this solve
+    rho: float | None = None         # estimated spectral scale of ∂f/∂u (None: not estimated)
+    h_rho: list = field(default_factory=list)   # max(H_l)·ρ of each level used (l ≥ 1)
     phase_seconds: dict = field(default_factory=dict)
     messages: int = 0
     bytes: int = 0
@@ -105,8 +132,16 @@ class SolveStats:
         r = self.residuals
         return [r[k + 1] / r[k] if r[k] > 0 else 0.0 for k in range(len(r) - 1)]
 
+    @property
+    def total_steps(self) -> float:
+        """Every step application of this solve on this rank: all levels, the coarsest solve and
+        the stability estimate (serial propagation of N steps counts N)."""
+        return float(sum(self.steps_per_level) + self.coarse_steps + self.estimate_steps)
+
     def as_dict(self) -> dict:
-        return {"iterations": self.iterations, "residuals": [float(x) for x in self.residuals],
+        return {"iterations": self.iterations, "levels": self.levels, "rho": self.rho,
+                "h_rho": list(self.h_rho), "total_steps": self.total_steps,
+                "estimate_steps": self.estimate_steps, "residuals": [float(x) for x in self.residuals],
                 "converged": self.converged, "convergence_factors": self.convergence_factors,
                 "steps_per_level": list(self.steps_per_level), "coarse_steps": self.coarse_steps,
                 "phase_seconds": self.phase_seconds, "messages": self.messages, "bytes": self.bytes,
@@ -114,7 +149,7 @@ class SolveStats:
 
 
 class _Level:
-    """This rank's rows of one level and the index sets the sweeps use."""
+    """This rank's rows of one level and the index sets the sweeps use (O(1) Python work)."""
 
     def __init__(self, grid: LevelGrid, lay, be: Backend, is_coarsest: bool):
         self.grid, self.lay = grid, lay
@@ -123,16 +158,22 @@ class _Level:
         n, first_pt = self.rows, lay.lo - 1
         if n == 0 or is_coarsest:
             self.c_rows = None
+            self.c_rows_host = np.zeros(0, dtype=np.int64)
+            self.f_slices, self.leading, self.last_is_local = [], range(0), True
             return
         m = grid.m
-        pts = np.arange(first_pt, first_pt + n)
-        owned_c = [r for r in range(1, n) if grid.is_c(pts[r])]
-        self.c_rows_host = np.array(owned_c, dtype=np.int64)
-        self.c_rows = be.xp.asarray(self.c_rows_host)
+        # owned C-points: local rows r in 1..n-1 with (first_pt + r) % m == 0, plus the last point
+        r0 = (-first_pt) % m
+        r0 = r0 if r0 >= 1 else m
+        owned_c = np.arange(r0, n, m, dtype=np.int64)
+        last_row = grid.N - first_pt
+        if 1 <= last_row < n and grid.N % m != 0:
+            owned_c = np.append(owned_c, last_row)
+        self.c_rows_host = owned_c
+        self.c_rows = be.xp.asarray(owned_c)
         # Intervals that start at a C-point this rank may relax without waiting: its own C-points,
         # and point 0 when it holds it.  F-point targets with offset j are every m-th row.
-        f_start = 0 if lay.holds_origin else (owned_c[0] if owned_c else None)
-        self.f_start = f_start
+        f_start = 0 if lay.holds_origin else (int(owned_c[0]) if owned_c.size else None)
         stop = n - 1 if lay.hi == grid.N + 1 else n  # never step onto the last point as an F-point
         self.f_slices = []
         if f_start is not None:
@@ -141,9 +182,30 @@ class _Level:
                     self.f_slices.append(slice(f_start + j, stop, m))
         # F-points before the first such C-point: their interval starts at or left of the ghost.
         first = f_start if f_start is not None else n
-        self.leading = list(range(1, first)) if not lay.holds_origin else []
+        self.leading = range(1, first) if not lay.holds_origin else range(0)
         # The last row is final after the local intervals unless it belongs to the leading ones.
         self.last_is_local = f_start is not None
+
+    # step applications of each building block on this rank (the cycle schedule counts with these)
+    def f_relax_steps(self) -> int:
+        return sum(len(range(*s.indices(self.rows))) for s in self.f_slices) + len(self.leading)
+
+    def c_steps(self) -> int:
+        return int(self.c_rows_host.size)
+
+
+def level_plan(grid: LevelGrid, lay, coarse_lay, backend: Backend) -> dict | None:
+    """What one position does on one non-coarsest level, as the solver's sweeps issue it (public,
+    for cost models): F-relaxation calls (intervals per F-slice call, single-point leading calls),
+    C-points (one c_relax / residual call over them), whether the last row is final after the
+    local slices, and the restriction's coarse-step call.  None when the position holds nothing."""
+    lv = _Level(grid, lay, backend, False)
+    if lv.rows == 0:
+        return None
+    return {"slices": [len(range(*s.indices(lv.rows))) for s in lv.f_slices], "leading": len(lv.leading),
+            "nc": lv.c_steps(), "last_local": bool(lv.last_is_local), "has_prev": lay.prev is not None,
+            "restrict": coarse_lay.rows - 1 if coarse_lay.rows > 1 else 0,
+            "restrict_prev": coarse_lay.rows > 0 and coarse_lay.prev is not None}
 
 
 class MGRIT:
@@ -161,10 +223,11 @@ class MGRIT:
     def __init__(self, comm: Comm | None, ranks, bounds, h, options: MGRITOptions, backend: Backend):
         self.opts = options.validate()
         self.be, self.xp = backend, backend.xp
-        self.comm = comm
-        rank = comm.rank if comm is not None else 0
+        self.comm = comm = comm if comm is not None else Comm.single()
         self.ranks = [int(r) for r in ranks]
-        self.me = self.ranks.index(rank)
+        if comm.rank not in self.ranks:
+            raise UserError(f"ranks must list this process's rank {comm.rank}; got {self.ranks}")
+        self.me = self.ranks.index(comm.rank)
         self.root = self.ranks.index(0)  # the position that solves the coarsest level
         self.levels = build_hierarchy(h, options.cfactor, options.max_levels, options.min_coarse)
         self.dist = Distribution(bounds, self.levels)
@@ -175,7 +238,12 @@ class MGRIT:
                    for l, g in enumerate(self.levels)]
         self.a = int(self.dist.bounds[self.me])
         self.b = int(self.dist.bounds[self.me + 1])
+        from .serial import SerialChain  # serial.py builds on this module's SolveStats
+
+        self._serial = SerialChain(comm, self.ranks, bounds, h, backend)
         self._plan_fetch()
+        self.T = float(np.sum(self.levels[0].H))
+        self.H_max = [float(g.H.max()) if g.N else 0.0 for g in self.levels]
         self.timer = PhaseTimer(backend.synchronize if options.sync_timing else None)
         self.steps = [0] * self.n_levels
         self.coarse_steps = 0
@@ -190,29 +258,35 @@ class MGRIT:
         return self.levels[level].fine[np.arange(lay.lo - 1, lay.hi - 1)]
 
     def _plan_fetch(self) -> None:
-        """Which level-0 step data each position sends where, for all coarse levels."""
+        """Which level-0 step data each position sends where, for all coarse levels (vectorised)."""
         P = self.dist.P
-        self.fetch_send = {}   # dest position -> list of local level-0 step rows (s − a)
-        self.fetch_recv = {}   # src position -> list of (level, local data row)
-        levels = range(1, self.n_levels)
+        send = {}   # dest position -> [arrays of local level-0 step rows (s − a)], level order
+        recv = {}   # src position -> [(level, local data rows k, level-0 steps s)], level order
         for p in range(P):
-            for l in levels:
+            for l in range(1, self.n_levels):
                 steps = self._needed_steps(l, p)
                 if steps.size == 0:
                     continue
                 own = self.dist.step_owner(steps)
-                for k, (s, o) in enumerate(zip(steps, own)):
-                    if o == self.me and p != self.me:
-                        self.fetch_send.setdefault(p, []).append(int(s) - self.a)
-                    if p == self.me:
-                        self.fetch_recv.setdefault(int(o), []).append((l, k, int(s)))
+                if p != self.me:
+                    mine = own == self.me
+                    if mine.any():
+                        send.setdefault(p, []).append(steps[mine] - self.a)
+                else:
+                    k_all = np.arange(steps.size)
+                    for o in np.unique(own):
+                        sel = own == o
+                        recv.setdefault(int(o), []).append((l, k_all[sel], steps[sel]))
+        self.fetch_send = {p: np.concatenate(v) for p, v in send.items()}
+        self.fetch_recv = recv
 
     def _setup(self, data) -> None:
         """Step data and step sizes of every level on this rank (level 0: ``data``)."""
         xp = self.xp
         for p_arr in data:
             if p_arr.shape[0] != self.b - self.a:
-                raise ValueError(f"step data must have {self.b - self.a} rows (owned steps); got {p_arr.shape[0]}")
+                raise UserError(f"data: step data must have {self.b - self.a} rows (this rank's steps); "
+                                f"got {p_arr.shape[0]}")
         lv0 = self.lv[0]
         lv0.data = tuple(data)
         lv0.h = self.be.asarray(self.levels[0].H[self.a:self.b])
@@ -222,26 +296,28 @@ class MGRIT:
             lv.data = tuple(xp.empty((k, *d.shape[1:]), dtype=d.dtype) for d in data)
             lv.h = self.be.asarray(self.levels[l].H[lay.lo - 1:lay.hi - 1]) if k else self.be.zeros(0)
         # local copies first, then messages
-        mine = self.fetch_recv.get(self.me, [])
-        for l, k, s in mine:
+        for l, k, s in self.fetch_recv.get(self.me, []):
+            kk, ss = xp.asarray(k), xp.asarray(s - self.a)
             for dst, src in zip(self.lv[l].data, data):
-                dst[k] = src[s - self.a]
+                dst[kk] = src[ss]
         with self.timer("exchange"):
             reqs = []
             for p, rows in sorted(self.fetch_send.items()):
-                idx = xp.asarray(np.array(rows, dtype=np.int64))
+                idx = xp.asarray(rows)
                 for j, d in enumerate(data):
                     reqs.append(self.comm.isend(xp.ascontiguousarray(d[idx]), self.ranks[p], TAG_FETCH + j))
             for o, items in sorted(self.fetch_recv.items()):
                 if o == self.me:
                     continue
+                total = sum(k.size for _, k, _ in items)
                 for j, d in enumerate(data):
-                    buf = xp.empty((len(items), *d.shape[1:]), dtype=d.dtype)
+                    buf = xp.empty((total, *d.shape[1:]), dtype=d.dtype)
                     self.comm.recv_into(buf, self.ranks[o], TAG_FETCH + j)
-                    for q, (l, k, _) in enumerate(items):
-                        self.lv[l].data[j][k] = buf[q]
+                    off = 0
+                    for l, k, _ in items:
+                        self.lv[l].data[j][xp.asarray(k)] = buf[off:off + k.size]
+                        off += k.size
             Comm.waitall(reqs)
-        self._setup_coarsest(data)
 
     def _setup_coarsest(self, data) -> None:
         """Gather the coarsest level's step data on the root position."""
@@ -337,8 +413,12 @@ class MGRIT:
             r = self._step(l, lv.u[c - 1], c - 1) - lv.u[c]
             return r if lv.g is None else r + lv.g[c]
 
-    def restrict(self, l: int, r) -> None:
-        """FAS restriction to level l + 1: v = u_c, g = r + v − Φ_{l+1}(v_prev)."""
+    def restrict(self, l: int, r, consistent: bool = False) -> None:
+        """FAS restriction to level l + 1: v = u_c, g = r + v − Φ_{l+1}(v_prev).
+
+        ``consistent``: the C-point values already satisfy v = Φ_{l+1}(v_prev) + g_old with
+        g_old = 0 (right after a nested-iteration guess whose coarse level is solved exactly), so
+        g = r without applying Φ_{l+1} (saves the coarse steps, identical result)."""
         lv, co = self.lv[l], self.lv[l + 1]
         if co.rows == 0:
             return
@@ -350,7 +430,10 @@ class MGRIT:
             reqs = []
             self._exchange_ghost(l + 1, True, reqs)
             if co.rows > 1:
-                co.g[1:] = r + co.u[1:] - self._step(l + 1, co.u[:-1], slice(0, co.rows - 1))
+                if consistent:
+                    co.g[1:] = r
+                else:
+                    co.g[1:] = r + co.u[1:] - self._step(l + 1, co.u[:-1], slice(0, co.rows - 1))
             Comm.waitall(reqs)
 
     def correct(self, l: int) -> None:
@@ -428,11 +511,155 @@ class MGRIT:
 
     def _norm(self, r) -> float:
         local = float(self.be.scalar((r * r).sum())) if r.size else 0.0
-        if self.comm is None:
-            return local ** 0.5
         return self.comm.allreduce_sum(local) ** 0.5
 
-    def solve(self, phi, data, u0, sample_shape, warm=None, access=None):
+    # -- the cycle schedule (public) -------------------------------------------------------------
+    def schedule(self, iterations: int, levels: int | None = None, warm: bool = True,
+                 converged_early: bool = False):
+        """The phases one solve issues on this rank, in order, with their step applications.
+
+        Yields ``(phase, level, steps)`` with phase one of ``f_relax``, ``c_relax``, ``residual``,
+        ``restrict`` (steps counted on the coarse level ``level``), ``correct``, ``coarse_solve``
+        (steps on the root position only) and ``nested`` markers.  It mirrors :meth:`solve` for a
+        solve that runs ``iterations`` coarse corrections (``max_iter``; ``converged_early``: it
+        stopped on the tolerance instead, so the final residual is always computed) with
+        ``levels`` levels (default: the whole hierarchy), from a warm start (``warm``) or from the
+        initial guess of the options (``nested`` or u_0 everywhere).  The stability estimate is not
+        included.  Summing ``steps`` per level gives ``SolveStats.steps_per_level`` (+ coarse).
+        """
+        L = (levels if levels is not None else self.n_levels) - 1
+        opts = self.opts
+        lv = self.lv
+
+        def relax(l, first_f=True):
+            if first_f:
+                yield ("f_relax", l, lv[l].f_relax_steps())
+            for _ in range(opts.nrelax_at(l)):
+                yield ("c_relax", l, lv[l].c_steps())
+                yield ("f_relax", l, lv[l].f_relax_steps())
+
+        def coarse():
+            yield ("coarse_solve", L, self.levels[L].N if self.me == self.root else 0)
+
+        def visit(l, kind):
+            if l == L:
+                yield from coarse()
+                return
+            yield from relax(l)
+            yield ("residual", l, lv[l].c_steps())
+            co = lv[l + 1]
+            yield ("restrict", l + 1, co.rows - 1 if co.rows > 1 else 0)
+            yield from visit(l + 1, kind)
+            if kind == "F" and l + 1 < L:
+                yield from visit(l + 1, "V")
+            yield ("correct", l, 0)
+            yield ("f_relax", l, lv[l].f_relax_steps())
+
+        if L == 0:
+            yield from coarse()
+            return
+        nested = opts.nested and not warm
+        if nested:
+            yield ("nested", L, 0)
+            yield from coarse()
+            for l in range(L - 1, -1, -1):
+                yield ("correct", l, 0)
+                yield ("f_relax", l, lv[l].f_relax_steps())
+        kind = "F" if opts.fmg else "V"
+        for it in range(iterations + 1):
+            last = it == iterations
+            if it == 0 and (nested or (opts.skip and not warm)):
+                if nested:
+                    yield from relax(0, first_f=False)
+            else:
+                yield from relax(0)
+            if last and not (opts.final_residual or converged_early):
+                return
+            yield ("residual", 0, lv[0].c_steps())
+            if last:
+                return
+            co = lv[1]
+            skip_restrict = nested and it == 0 and L == 1
+            yield ("restrict", 1, co.rows - 1 if co.rows > 1 and not skip_restrict else 0)
+            yield from visit(1, kind)
+            if kind == "F" and 1 < L:
+                yield from visit(1, "V")
+            yield ("correct", 0, 0)
+
+    # -- stability-based level choice ------------------------------------------------------------
+    def estimate_rho(self, phi, u_lin):
+        """Spectral scale ρ of ∂f/∂u over this chain (global max over layers), generic in ``phi``.
+
+        Power iteration per step on J v ≈ (Φ(u + εv) − Φ(u) − εv) / (ε h) at the linearisation
+        states ``u_lin`` (this rank's level-0 rows before each owned step, a few samples).  The
+        start vectors depend only on the global step index, so the result does not depend on the
+        number of ranks.  Returns (ρ, step calls made, samples used).
+        """
+        xp, be = self.xp, self.be
+        lv0 = self.lv[0]
+        n = self.b - self.a
+        if n == 0:
+            return self.comm.allreduce_max(0.0), 0, 0
+        s = min(self.opts.stability_samples, u_lin.shape[1])
+        u = xp.ascontiguousarray(u_lin[:n, :s])
+        size = int(np.prod(u.shape[1:]))
+        k = np.arange(self.a, self.b, dtype=np.float64)[:, None]
+        i = np.arange(size, dtype=np.float64)[None, :]
+        v = be.asarray((np.cos(0.37 * k + 1.13 * i + 0.3) + 0.5).reshape(u.shape))
+        axes = tuple(range(1, u.ndim))
+        hb = lv0.h.reshape((n,) + (1,) * (u.ndim - 1))
+        # per-step ε from that step's own state (a global or per-rank scale would make ρ depend on
+        # the distribution)
+        eps = float(np.sqrt(np.finfo(np.dtype(be.dtype)).eps)) * (1.0 + xp.abs(u).max(axis=axes, keepdims=True))
+        base = phi(u, lv0.data, lv0.h)
+        rho_k = None
+        for _ in range(self.opts.stability_iters):
+            v = v / xp.maximum(xp.sqrt((v * v).sum(axis=axes, keepdims=True)), 1e-300)
+            w = (phi(u + eps * v, lv0.data, lv0.h) - base - eps * v) / (eps * hb)
+            rho_k = xp.sqrt((w * w).sum(axis=axes))
+            v = w
+        # with data groups, the first group's samples are the batch's first: only its estimate
+        # counts, so the choice is that of one group holding the whole batch
+        rho = float(be.scalar(rho_k.max())) if self.comm.first_data_group else 0.0
+        return self.comm.allreduce_max(rho), (self.opts.stability_iters + 1) * n, s
+
+    def choose_levels(self, rho: float) -> tuple[int, list]:
+        """Levels to use for spectral scale ρ: coarsen while max(H_l)·ρ ≤ ``stability`` and
+        ½·T·ρ²·max(H_l) ≤ ``conv_bound`` (when set).  Returns (levels, [max(H_l)·ρ per level ≥ 1])."""
+        bound, cb = self.opts.stability, self.opts.conv_bound
+        T = self.T
+        hr = []
+        for l in range(1, self.n_levels):
+            x = self.H_max[l] * rho
+            if (bound > 0 and x > bound) or (cb > 0 and 0.5 * T * rho * x > cb):
+                break
+            hr.append(x)
+        return 1 + len(hr), hr
+
+    # -- solve ----------------------------------------------------------------------------------
+    def _check_inputs(self, data, u0, sample_shape, warm):
+        shape = tuple(sample_shape)
+        if len(shape) < 1 or any(isinstance(x, bool) or int(x) != x or x < 1 for x in shape):
+            raise UserError(f"sample_shape must be a tuple of positive integers (B, *S); got {sample_shape!r}")
+        if not isinstance(data, (tuple, list)) or not data:
+            raise UserError("data must be a non-empty tuple of step-data arrays")
+        for d in data:
+            if d.shape[0] != self.b - self.a:
+                raise UserError(f"data: step data must have {self.b - self.a} rows (this rank's steps "
+                                f"{self.a}..{self.b - 1}); got {d.shape[0]}")
+        holds = self.lv[0].lay.holds_origin
+        if holds and u0 is None:
+            raise UserError("u0 is None on the rank holding point 0: the initial value is required"
+                            + (" (also with a warm start)" if warm is not None else ""))
+        if u0 is not None and holds and tuple(u0.shape) != shape:
+            raise UserError(f"u0 must have shape sample_shape = {shape}; got {tuple(u0.shape)}")
+        if warm is not None and tuple(warm.shape) != (self.lv[0].rows, *shape):
+            raise UserError(f"warm must have shape (rows = {self.lv[0].rows}, *sample_shape = {shape}); "
+                            f"got {tuple(warm.shape)}")
+        return shape
+
+    def solve(self, phi, data, u0, sample_shape, warm=None, access=None, levels=None,
+              tol=None, max_iter=None):
         """Solve the chain; returns (u, SolveStats).
 
         Args:
@@ -441,10 +668,14 @@ class MGRIT:
             u0: (B, *S) value at point 0 on the position holding it (ignored elsewhere).
             sample_shape: (B, *S), the same on every rank.
             warm: this rank's level-0 rows from a previous solve, (rows, B, *S), or None for the
-                initial guess u_0 at every point.
+                initial guess (u_0 at every point, or nested iteration with ``options.nested``).
             access: optional callback ``access(k, u)`` after the k-th coarse correction on level 0
                 (XBraid's access): ``u`` is this rank's level-0 rows, C-points corrected, F-points
                 not yet relaxed.  Read-only.
+            levels: use this many levels (≤ the hierarchy's) instead of the options' choice, e.g.
+                the forward solve's choice for the adjoint solve.
+            tol, max_iter: override the options' tolerance / iteration cap for this solve
+                (adaptive iteration control).
 
         Returns:
             u: (rows, B, *S) this rank's level-0 rows: its ghost point a followed by its points
@@ -452,12 +683,15 @@ class MGRIT:
         """
         t0 = time.perf_counter()
         xp, be = self.xp, self.be
+        self.sample_shape = self._check_inputs(data, u0, sample_shape, warm)
         self.phi = phi
-        self.sample_shape = tuple(sample_shape)
         self.steps = [0] * self.n_levels
         self.coarse_steps = 0
         self.timer = PhaseTimer(be.synchronize if self.opts.sync_timing else None)
-        comm_before = (self.comm.stats.messages, self.comm.stats.bytes) if self.comm else (0, 0)
+        comm_before = (self.comm.stats.messages, self.comm.stats.bytes)
+        opts = self.opts
+        tol = opts.tol if tol is None else float(tol)
+        max_iter = opts.max_iter if max_iter is None else int(max_iter)
         self._setup(data)
         lv0 = self.lv[0]
         if warm is not None:
@@ -465,39 +699,65 @@ class MGRIT:
             if lv0.lay.holds_origin:
                 lv0.u[0] = u0
         else:
-            if self.comm is not None and self.comm.size > 1:
+            if self.comm.size > 1:
                 u0 = self.comm.bcast_array(u0 if self.me == 0 else None, self.ranks[0],
                                            self.sample_shape, np.dtype(be.dtype), xp)
             lv0.u = xp.empty((lv0.rows, *self.sample_shape), dtype=be.dtype)
             lv0.u[...] = u0
-        for l in range(1, self.n_levels):
+        stats = SolveStats()
+        if levels is not None:
+            n_lv = max(1, min(int(levels), self.n_levels))
+        elif (opts.stability > 0 or opts.conv_bound > 0) and self.n_levels > 1:
+            rho, calls, s = self.estimate_rho(phi, lv0.u)
+            stats.estimate_steps = calls * s / self.sample_shape[0]
+            n_lv, stats.h_rho = self.choose_levels(rho)
+            stats.rho = rho
+        else:
+            n_lv = self.n_levels
+        if stats.rho is None and n_lv > 1:
+            stats.h_rho = []
+        self.coarsest = n_lv - 1
+        stats.levels = n_lv
+        self._setup_coarsest(data)
+        for l in range(1, n_lv):
             lv = self.lv[l]
             lv.u = xp.empty((lv.rows, *self.sample_shape), dtype=be.dtype)
             lv.g = xp.zeros_like(lv.u)
-        stats = SolveStats()
-        opts = self.opts
-        if self.n_levels == 1:
-            self.coarse_solve()
-            reqs = []
-            self._exchange_ghost(0, True, reqs)
-            Comm.waitall(reqs)
+            if lv.lay.holds_origin and lv.rows:
+                lv.u[0] = lv0.u[0]
+        if n_lv == 1:  # no useful coarsening: layer-serial propagation, pipelined over the ranks
+            lv0.u, _ = self._serial.solve(phi, data, u0, self.sample_shape)
+            self.steps[0] += self.b - self.a
             stats.residuals = [0.0]
             stats.converged = True
         else:
+            nested = opts.nested and warm is None
+            if nested:
+                # nested iteration: coarsest solve from u_0 (g = 0), interpolation by F-relaxation
+                self.coarse_solve()
+                for l in range(self.coarsest - 1, -1, -1):
+                    self.correct(l)
+                    self.f_relax(l)
             kind = "F" if opts.fmg else "V"
             it = 0
             while True:
-                if not (it == 0 and opts.skip and warm is None):
+                if it == 0 and (nested or (opts.skip and warm is None)):
+                    for _ in range(opts.nrelax_at(0) if nested else 0):
+                        self.c_relax(0)
+                        self.f_relax(0)
+                else:
                     self.relax(0)
+                if it == max_iter and not opts.final_residual and tol <= 0 and opts.rtol <= 0:
+                    break
                 r = self.residual(0)
                 norm = self._norm(r)
                 stats.residuals.append(norm)
-                if norm <= opts.tol or (opts.rtol > 0 and norm <= opts.rtol * stats.residuals[0]):
+                if norm <= tol or (opts.rtol > 0 and norm <= opts.rtol * stats.residuals[0]):
                     stats.converged = True
                     break
-                if it == opts.max_iter:
+                if it == max_iter:
                     break
-                self.restrict(0, r)
+                self.restrict(0, r, consistent=nested and it == 0 and self.coarsest == 1)
                 self._visit(1, kind)
                 if kind == "F" and 1 < self.coarsest:
                     self._visit(1, "V")
@@ -506,11 +766,11 @@ class MGRIT:
                 if access is not None:
                     access(it, lv0.u)
             stats.iterations = it
+        self.coarsest = self.n_levels - 1
         stats.steps_per_level = list(self.steps)
         stats.coarse_steps = self.coarse_steps
         stats.phase_seconds = self.timer.as_dict()
-        if self.comm is not None:
-            stats.messages = self.comm.stats.messages - comm_before[0]
-            stats.bytes = self.comm.stats.bytes - comm_before[1]
+        stats.messages = self.comm.stats.messages - comm_before[0]
+        stats.bytes = self.comm.stats.bytes - comm_before[1]
         stats.wall_s = time.perf_counter() - t0
         return lv0.u, stats

@@ -159,6 +159,11 @@ class Comm:
     def size(self) -> int:
         return 1 if self.comm is None else self.comm.Get_size()
 
+    @property
+    def first_data_group(self) -> bool:
+        """Whether this rank belongs to the first of the data groups reduced over (``also``)."""
+        return self.also is None or self.also.Get_rank() == 0
+
     # -- point to point -------------------------------------------------------------------------
     def isend(self, a, dest: int, tag: int) -> "PendingSend":
         """Non-blocking send of a copy of array ``a`` (the caller may overwrite ``a`` at once)."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .mgrit import SolveStats
+from .mgrit import MGRITOptions, SolveStats
 from .model import Evaluation, Network, ParamLayout
 from .parallel import Comm
 
@@ -82,6 +82,8 @@ class SerialChain:
     the owned points, as MGRIT returns them.
     """
 
+    opts = MGRITOptions(max_levels=1)
+
     def __init__(self, comm: Comm, ranks, bounds, h, backend):
         self.comm, self.be = comm, backend
         self.ranks = [int(r) for r in ranks]
@@ -101,5 +103,5 @@ class SerialChain:
             U[i + 1] = phi(U[i:i + 1], tuple(d[i:i + 1] for d in data), self.h[i:i + 1])[0]
         if self.me + 1 < len(self.ranks):
             Comm.waitall([self.comm.isend(U[-1], self.ranks[self.me + 1], TAG_CHAIN)])
-        stats = SolveStats(converged=True, residuals=[0.0], steps_per_level=[n])
+        stats = SolveStats(converged=True, residuals=[0.0], steps_per_level=[n], levels=1)
         return U, stats

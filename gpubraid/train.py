@@ -204,12 +204,17 @@ class Trainer:
         return modelfile.parameters(self.model, tensors, self.cfg.init)
 
     def _solver_stats(self) -> dict:
+        """What the last evaluation's solves did: iterations, final residuals, levels (and the
+        estimated spectral scale), and every step application, forward and adjoint (serial: 2N)."""
         f, b = self.lp.last_stats
-        out = {"fwd_iters": f.iterations, "fwd_residual": f.residuals[-1] if f.residuals else None}
+        out = {"fwd_iters": f.iterations, "fwd_residual": f.residuals[-1] if f.residuals else None,
+               "levels": f.levels}
         if b is not None:
             out.update(bwd_iters=b.iterations, bwd_residual=b.residuals[-1] if b.residuals else None)
-        out["steps"] = int(sum(f.steps_per_level) + f.coarse_steps
-                           + (sum(b.steps_per_level) + b.coarse_steps if b else 0))
+        if f.rho is not None:
+            out.update(rho=f.rho, h_rho=f.h_rho[-1] if f.h_rho else 0.0)
+        out["steps"] = self.data_comm.allreduce_sum(self.comm.allreduce_sum(
+            f.total_steps + (b.total_steps if b else 0.0))) / self.data_comm.size
         return out
 
     def score(self, split: str) -> dict:
@@ -324,6 +329,7 @@ class Trainer:
                     info = self.opt.step(self.theta, closure)
             except FloatingPointError:  # L-BFGS refuses a non-finite start point
                 self._check_divergence(it, math.nan, math.nan if run.first is None else run.first)
+            self.lp.fwd_tol = self.lp.bwd_tol = self.method.tolerance(info.grad_norm)
             run.first = info.objective if run.first is None else run.first
             self._check_divergence(it, info.objective, run.first)
             accuracy, stats = info.start

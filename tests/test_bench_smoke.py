@@ -108,3 +108,23 @@ def test_training_quick(tmp_path):
     for f in res["files"]:
         run = json.loads((tmp_path / f).read_text())
         assert {"method", "objective", "val_accuracy", "wall_s", "history"} <= set(run["results"])
+
+
+@pytest.mark.slow
+def test_oneshot_study_quick(tmp_path):
+    _run("oneshot_study.py", tmp_path)
+    doc = _doc(tmp_path, "oneshot_study")
+    res = doc["results"]
+    assert {"setup", "variant", "grad_rel_error", "steps_over_N", "levels", "max_h_rho"} <= set(res["grad"][0])
+    assert {"setup", "variant", "val_accuracy", "steps_per_eval_over_N"} <= set(res["train"][0])
+    serial = [r for r in res["train"] if r["variant"] == "serial"]
+    assert serial and all(abs(r["steps_per_eval_over_N"] - 2.0) < 1e-12 for r in serial)
+
+
+@pytest.mark.slow
+def test_time_to_accuracy_quick(tmp_path):
+    _run("time_to_accuracy.py", tmp_path)
+    doc = _doc(tmp_path, "time_to_accuracy")
+    res = doc["results"]
+    assert {"target_val_accuracy", "runs", "projection"} <= set(res)
+    assert {"serial-1", "oneshot-1"} <= {r["run"] for r in res["runs"]}

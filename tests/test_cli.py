@@ -224,7 +224,7 @@ def test_readme_option_table_is_generated_from_the_schema():
 
 
 @pytest.mark.parametrize("argv,expect", [(["--cfactor", "4,2", "--nrelax", "0,1"], ([4, 2], [0, 1])),
-                                         (["--cfactor", "3"], (3, 1))])
+                                         (["--cfactor", "3"], (3, [0, 1]))])
 def test_per_level_lists_from_the_command_line(argv, expect):
     args = cli.build_parser().parse_args(["train", "peaks", *argv])
     cfg = cli.train_config(args)

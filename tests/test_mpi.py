@@ -40,6 +40,8 @@ CONFIGS = {
     "conv-N8-F-2lvl-ranks-exceed-coarse": ("conv", 8, 4, 0, 2, 1e-12, 100),
     "dense-N33-FCF-maxlvl": ("dense", 33, 2, 1, 30, 1e-12, 100),
     "dense-N64-F-fixed-2-iterations": ("dense", 64, 4, 0, 30, 0.0, 2),
+    # automatic level choice from the estimated ρ, nested guess, one iteration (one-shot style)
+    "dense-N64-auto-levels-nested-1-iteration": ("dense", 64, 2, 0, 30, 0.0, 1, "auto"),
 }
 
 
@@ -52,6 +54,9 @@ def test_results_independent_of_rank_count(name):
         got = run_json(n, *CONFIGS[name])
         for d in ("fwd", "bwd"):
             assert got[d]["iterations"] == ref[d]["iterations"], (n, d)
+            assert got[d]["levels"] == ref[d]["levels"], (n, d)
+            if ref[d]["rho"] is not None:
+                assert abs(got[d]["rho"] - ref[d]["rho"]) <= 1e-12 * ref[d]["rho"], (n, d)
             assert rel(got[d]["residuals"], ref[d]["residuals"]) <= 1e-12, (n, d)
         assert rel(got["states"], ref["states"]) <= 1e-12, n
         assert rel(got["grad"], ref["grad"]) <= 1e-12, n

@@ -1,6 +1,8 @@
 """Run under mpiexec: layer-parallel objective/gradient vs the serial reference; prints JSON on rank 0.
 
-Usage: python lp_check.py KIND N CFACTOR NRELAX MAX_LEVELS [TOL] [MAX_ITER]
+Usage: python lp_check.py KIND N CFACTOR NRELAX MAX_LEVELS [TOL] [MAX_ITER] [auto]
+
+auto: automatic level choice (stability 1), nested-iteration guess, FCF below level 0.
 """
 import json
 import sys
@@ -29,7 +31,10 @@ def main():
     B = 5
     x = rng.standard_normal((B, *in_shape))
     y = rng.integers(0, 3, B)
-    opts = MGRITOptions(cfactor=m, nrelax=nrelax, max_levels=levels, tol=tol, max_iter=max_iter)
+    auto = len(sys.argv) > 8 and sys.argv[8] == "auto"
+    extra = dict(stability=1.0, nested=True, nrelax=[nrelax, 1], final_residual=False) if auto else {}
+    opts = MGRITOptions(**{**dict(cfactor=m, nrelax=nrelax, max_levels=levels, tol=tol, max_iter=max_iter),
+                           **extra})
     lp = LayerParallel(model, comm, opts, opts)
     theta = lp.scatter_params(theta_full)
     ev = lp.evaluate(theta, x if lp.is_first else None, y if lp.is_last else None, B)
