@@ -321,6 +321,43 @@ def fit_scaling(Sc, small):
                       "γ = rest/N; σ = serial/N"}
 
 
+# -- data x layer splits ------------------------------------------------------------------------------
+def predict_split(N, P, D, itf, itb, cal, net, **solve_kw):
+    """A training step on P = D × L ranks: D data groups of L layer ranks, each group a layer-parallel
+    evaluate on B/D samples, then one allreduce of each rank's gradient block across the groups.
+
+    Per-interval and gradient costs scale with the samples (β, γ × 1/D; the per-call overhead α
+    does not); ghost messages carry B/D samples; the allreduce is a ring (2 (D−1)/D of the block's
+    bytes, 2 log2 D latencies)."""
+    L = P // D
+    fits = {w: {**f, "beta_s": f["beta_s"] / D} for w, f in cal["fits"].items()}
+    cal_d = {**cal, "fits": fits, "B": max(1, cal["B"] // D), "grad_per_layer_s": cal["grad_per_layer_s"] / D}
+    ev = predict_evaluate(N, L, itf, itb, cal_d, net, cores=None, **solve_kw)
+    C = cal["C"]
+    block = 8 * (C * C + C) * math.ceil(N / L)
+    reduce = (2 * math.log2(D) * net["latency_s"] + 2 * (D - 1) / D * block / net["bandwidth_Bps"]) if D > 1 else 0.0
+    return {"D": D, "L": L, "step_s": ev["total_s"] + reduce, "allreduce_s": reduce}
+
+
+def best_splits(N, Ps, itf, itb, cal, net, serial_s, method, target, **solve_kw):
+    """For each P, every power-of-two D (L = P/D ≥ 1, at most N/4 layers' worth of ranks, B/D ≥ 1)
+    and the fastest split."""
+    rows = []
+    for P in Ps:
+        splits = [predict_split(N, P, D, itf, itb, cal, net, **solve_kw)
+                  for D in (2 ** k for k in range(int(math.log2(P)) + 1))
+                  if P // D <= max(1, N // 4) and cal["B"] // D >= 1]
+        if not splits:
+            continue
+        best = min(splits, key=lambda r: r["step_s"])
+        layer_only = next((r for r in splits if r["D"] == 1), None)
+        rows.append({"target": target, "method": method, "N": N, "P": P, "splits": splits,
+                     "best_D": best["D"], "best_L": best["L"], "best_step_s": best["step_s"],
+                     "best_speedup": serial_s / best["step_s"] if serial_s else None,
+                     "layer_only_speedup": serial_s / layer_only["step_s"] if serial_s and layer_only else None})
+    return rows
+
+
 # -- GPU assumption ----------------------------------------------------------------------------------
 def gpu_calibration(C, B, steps_gpu):
     if steps_gpu is not None:
@@ -417,7 +454,7 @@ def run(quick, solves_json, scaling_json, steps_gpu, measure_net=False):
     gpu_cal = gpu_as_cal(gpu)
     Ps = [2 ** i for i in range(0, 11)]
     Ns = [256, 1024, 4096, 16384] if not quick else [256, 4096]
-    projection = []
+    projection, splits = [], []
     targets = ([("cpu", big, net)] if big else []) + [("gpu", gpu_cal, GPU_NET)]
     for target, cal, nt in targets:
         for N in Ns:
@@ -427,6 +464,9 @@ def run(quick, solves_json, scaling_json, steps_gpu, measure_net=False):
                 f = gpu["fits"]
                 serial_total = N * (t_call(1, f["forward"]) + t_call(1, f["adjoint"])) + t_call(N, f["param_grad"])
             os_iters, os_kw = oneshot_settings(N)
+            if N == 4096:
+                for method, (itf, itb), kw in (("exact", iters(N), {}), ("oneshot", os_iters, os_kw)):
+                    splits += best_splits(N, Ps, itf, itb, cal, nt, serial_total, method, target, **kw)
             for method, (itf, itb), kw in (("exact", iters(N), {}), ("oneshot", os_iters, os_kw)):
                 for P in Ps:
                     if P > N // 4:
@@ -463,7 +503,7 @@ def run(quick, solves_json, scaling_json, steps_gpu, measure_net=False):
                                "calibration": summary([v for v in validation if v["calibration"]]),
                                "held_out": summary([v for v in validation if not v["calibration"]])},
         "work_count_check": {"all_match": all(c["match"] for c in counts_check), "rows": counts_check},
-        "projection": projection})
+        "projection": projection, "splits": splits})
 
 
 def plot(json_path, png_path=None):
@@ -472,7 +512,7 @@ def plot(json_path, png_path=None):
     import matplotlib.pyplot as plt
     doc = common.load_json(json_path)
     R = doc["results"]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 6))
+    fig, axes = plt.subplots(1, 3, figsize=(18, 6))
     ax = axes[0]
     N = 4096
     for target, col in (("cpu", "C0"), ("gpu", "C3")):
@@ -506,6 +546,23 @@ def plot(json_path, png_path=None):
     ax.set_xlabel("prediction error [%] (predicted/measured − 1); orange: calibration subset")
     ax.set_title(f"validation: held out max |err| {100 * (s['held_out']['max_abs_error'] or 0):.0f}% "
                  f"({s['held_out']['within_25pct']}/{s['held_out']['n']} within 25%)", fontsize=9)
+    ax = axes[2]
+    for target, col in (("cpu", "C0"), ("gpu", "C3")):
+        for method, ls in (("exact", "-"), ("oneshot", "--")):
+            rows = [r for r in R.get("splits", []) if r["target"] == target and r["method"] == method
+                    and r["best_speedup"]]
+            if not rows:
+                continue
+            ax.loglog([r["P"] for r in rows], [r["best_speedup"] for r in rows], ls, color=col, marker="o", ms=3,
+                      label=f"{target} {method}: best D x L")
+            ax.loglog([r["P"] for r in rows], [r["layer_only_speedup"] or np.nan for r in rows], ls, color=col,
+                      alpha=0.3, label=f"{target} {method}: layers only (D = 1)")
+            for r in rows[::2]:
+                ax.annotate(f"{r['best_D']}x{r['best_L']}", (r["P"], r["best_speedup"]), fontsize=6, color=col)
+    ax.axhline(1, color="k", lw=0.6)
+    ax.set_xlabel("ranks P = D x L"); ax.set_ylabel("predicted speedup over layer-serial")
+    ax.set_title("best data x layer split (labels D x L), N = 4096, the scaling run's C and B", fontsize=8)
+    ax.grid(True, which="both", alpha=0.3); ax.legend(fontsize=6)
     fig.suptitle(f"gpubraid performance model — {doc['machine']['cpu_model']} x{doc['machine']['cores']}, {doc['date'][:10]}", fontsize=9)
     return common.save_figure(fig, json_path, png_path, dpi=110)
 
