@@ -34,7 +34,6 @@ import numpy as np
 from .errors import UserError, check_positive_int
 
 DATASETS = ("peaks", "mnist", "indianpines")
-KINDS = ("dense", "conv")
 
 #: Level thresholds t1 < t2 < t3 < t4 of the ``peaks`` classes: class k holds the points with
 #: t_k <= f(x, y) < t_{k+1} (t_0 = -inf, t_5 = +inf).  They are rounded 20/40/60/80 % quantiles of

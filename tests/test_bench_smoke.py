@@ -75,7 +75,8 @@ def test_data_parallel_quick(tmp_path):
     res = _doc(tmp_path, "data_parallel")["results"]
     assert {(r["ranks"], r["data_parallel"], r["method"]) for r in res} == {
         (p, d, m) for p, d in ((1, 1), (2, 1), (2, 2)) for m in ("exact", "oneshot")}
-    assert all(r["objective_rel_diff_vs_1_rank"] <= 1e-10 and r["s_per_iteration"] > 0 for r in res)
+    assert all(r["objective_rel_diff_vs_1_rank"] <= (1e-8 if r["method"] == "exact" else 1e-10)  # exact: to its tol
+               and r["s_per_iteration"] > 0 for r in res)
 
 
 @pytest.mark.slow
