@@ -367,16 +367,13 @@ class Trainer:
     RESUMABLE_CHANGES = ("iterations", "val_every", "metrics", "progress", "checkpoint_dir",
                          "checkpoint_every", "resume", "backend", "save", "init", "data_parallel")
 
-    def _gather(self, vec) -> np.ndarray | None:
-        return self.lp.gather_params(vec)
-
     def save_checkpoint(self, run: "RunState") -> None:
         """Write the run's state to ``cfg.checkpoint_dir`` (rank 0 writes; every rank takes part)."""
         world, be = self.world, self.be
         vectors, scalars = self.opt.state()  # identical in every data group: group 0's are kept
-        arrays = {"theta": self._gather(self.theta)}
+        arrays = {"theta": self.lp.gather_params(self.theta)}
         for name, vec in sorted(vectors.items()):
-            arrays[f"opt.{name}"] = self._gather(vec)
+            arrays[f"opt.{name}"] = self.lp.gather_params(vec)
         for name in ("U", "Lam"):  # warm-start rows differ per rank (and per data group)
             rows = getattr(self.lp, name)
             parts = world.gather_obj(None if rows is None else be.to_host(rows), 0)

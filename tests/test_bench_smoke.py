@@ -13,6 +13,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
+needs_mpiexec = pytest.mark.skipif(
+    shutil.which("mpiexec") is None and not (Path(sys.executable).parent / "mpiexec").exists(),
+    reason="mpiexec not found")
 COMMON_KEYS = {"benchmark", "date", "machine", "versions", "config", "results"}
 
 
@@ -57,8 +60,7 @@ def test_solves_quick(tmp_path):
 
 
 @pytest.mark.mpi
-@pytest.mark.skipif(shutil.which("mpiexec") is None and not (Path(sys.executable).parent / "mpiexec").exists(),
-                    reason="mpiexec not found")
+@needs_mpiexec
 def test_inference_quick(tmp_path):
     _run("inference.py", tmp_path)
     res = _doc(tmp_path, "inference")["results"]
@@ -68,8 +70,7 @@ def test_inference_quick(tmp_path):
 
 
 @pytest.mark.mpi
-@pytest.mark.skipif(shutil.which("mpiexec") is None and not (Path(sys.executable).parent / "mpiexec").exists(),
-                    reason="mpiexec not found")
+@needs_mpiexec
 def test_data_parallel_quick(tmp_path):
     _run("data_parallel.py", tmp_path)
     res = _doc(tmp_path, "data_parallel")["results"]
@@ -81,8 +82,7 @@ def test_data_parallel_quick(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.mpi
-@pytest.mark.skipif(shutil.which("mpiexec") is None and not (Path(sys.executable).parent / "mpiexec").exists(),
-                    reason="mpiexec not found")
+@needs_mpiexec
 def test_scaling_quick(tmp_path):
     _run("scaling.py", tmp_path)
     doc = _doc(tmp_path, "scaling")

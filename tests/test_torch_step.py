@@ -10,9 +10,9 @@ torch = pytest.importorskip("torch")
 
 from gpubraid.backend import resolve_backend  # noqa: E402
 from gpubraid.model import Classifier, Network  # noqa: E402
-from gpubraid.serial import evaluate  # noqa: E402
 from gpubraid.steps import ConvStep, DenseStep  # noqa: E402
 from gpubraid.torch_step import TorchStep  # noqa: E402
+from test_network import fd_check  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "mpi"))
 from user_steps import two_layer_module  # noqa: E402
@@ -105,14 +105,7 @@ def test_network_gradient_with_torch_step_by_finite_differences():
     rng = np.random.default_rng(1)
     theta = net.init_params(layout, seed=1) + 0.1 * rng.standard_normal(layout.size)
     x, y = rng.standard_normal((6, 3)), rng.integers(0, 3, 6)
-    ev = evaluate(net, layout, theta, x, y)
-    for name, (lo, hi) in layout.offsets.items():
-        d = np.zeros_like(theta)
-        d[lo:hi] = rng.standard_normal(hi - lo)
-        eps = 1e-6
-        fd = (evaluate(net, layout, theta + eps * d, x, y, grad=False).objective
-              - evaluate(net, layout, theta - eps * d, x, y, grad=False).objective) / (2 * eps)
-        assert abs(fd - ev.grad @ d) <= 1e-6 * max(abs(fd), 1e-3), name
+    fd_check(net, theta, x, y)
 
 
 def test_gpubraid_imports_without_torch():
