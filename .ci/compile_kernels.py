@@ -2,7 +2,7 @@
 """Compile every CUDA kernel instance with nvcc for each target architecture and check ptxas.
 
 Builds one translation unit that includes kernels/*.cu and takes the address of every template
-instance listed in gpubraid.cuda.NAME_EXPRESSIONS (float and double), compiles it with
+instance listed in gpubraid.runtime.cuda.NAME_EXPRESSIONS (float and double), compiles it with
 ``nvcc -std=c++17 -arch=sm_XX -Xptxas -v -c`` for each architecture (in parallel), fails if ptxas
 reports any spill store or load, and writes the per-kernel register / shared-memory table to
 kernels/REGISTERS.md (``--table PATH`` to write elsewhere, ``--no-table`` to skip).
@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from gpubraid import cuda  # noqa: E402
+from gpubraid.runtime import cuda  # noqa: E402
 
 ENTRY = re.compile(r"Compiling entry function '(\w+)' for '(sm_\d+)'")
 SPILL = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")

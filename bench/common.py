@@ -47,7 +47,7 @@ def cpu_model() -> str:
 def gpu_name() -> str | None:
     """Name of CUDA device 0 when CuPy sees one, else None."""
     try:
-        from gpubraid.backend import gpu_available
+        from gpubraid.runtime.backend import gpu_available
         if not gpu_available():
             return None
         import cupy

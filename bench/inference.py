@@ -8,7 +8,7 @@ digits; ``--quick``: 4 layers, 400 digits), float64, NumPy, one BLAS thread per 
 count (``mpiexec -n P``), interleaved over repeats, the median wall time (slowest rank) of
 
     pipeline        Trainer.score("train"): loss and accuracy by layer-serial propagation of sample
-                    chunks pipelined over the ranks (gpubraid.inference.Pipeline) plus R(θ)
+                    chunks pipelined over the ranks (gpubraid.objective.inference.Pipeline) plus R(θ)
     serial_forward  (1 rank) the states alone: opening and N steps, one chunk at a time, no head
     mgrit_exact     (1 rank) the former scoring: a converged forward MGRIT solve (FCF, cfactor 2,
                     tol 1e-9) per chunk; slow, so timed once after the others
@@ -33,11 +33,11 @@ NAME = "inference"
 def worker(layers: int, n_train: int, repeats: int) -> None:
     from mpi4py import MPI
 
-    from gpubraid.config import TrainConfig
-    from gpubraid.layer_parallel import LayerParallel
-    from gpubraid.mgrit import MGRITOptions
-    from gpubraid.parallel import Comm
-    from gpubraid.train import Trainer
+    from gpubraid.objective.layer_parallel import LayerParallel
+    from gpubraid.runtime.comm import Comm
+    from gpubraid.solver.options import MGRITOptions
+    from gpubraid.training.config import TrainConfig
+    from gpubraid.training.trainer import Trainer
 
     comm = Comm.world()
     cfg = TrainConfig(example="mnist", layers=layers, n_train=n_train, n_val=100, iterations=1,

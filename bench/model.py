@@ -12,8 +12,8 @@ The layer-serial loop is N calls with L = 1 and its own per-call overhead α_s (
 not add g).
 
 Work counting.  Calls, not only steps, are counted from gpubraid's own hierarchy
-(gpubraid.grid.build_hierarchy, Distribution, gpubraid.mgrit.level_plan) and in the order of the
-solver's public cycle schedule (gpubraid.mgrit.MGRIT.schedule), exactly as gpubraid/mgrit.py
+(gpubraid.solver.grid.build_hierarchy, Distribution, gpubraid.solver.mgrit.level_plan) and in the order of the
+solver's public cycle schedule (gpubraid.solver.mgrit.MGRIT.schedule), exactly as gpubraid/solver/mgrit.py
 issues them: f_relax = one call per F-slice (m − 1 on a full interval set; fewer when a slice is
 empty) + one L = 1 call per leading F-point; c_relax and residual one call over the local C-points;
 restriction one call of (coarse rows − 1) on the coarse level; the coarsest solve N_L calls of L = 1
@@ -55,13 +55,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-
 import numpy as np  # noqa: E402
 
-from gpubraid.backend import resolve_backend  # noqa: E402
-from gpubraid.grid import Distribution, build_hierarchy  # noqa: E402
-from gpubraid.mgrit import MGRIT, MGRITOptions, level_plan  # noqa: E402
-from gpubraid.parallel import split_layers  # noqa: E402
+from gpubraid.runtime.backend import resolve_backend  # noqa: E402
+from gpubraid.runtime.comm import split_layers  # noqa: E402
+from gpubraid.solver.grid import Distribution, build_hierarchy  # noqa: E402
+from gpubraid.solver.mgrit import MGRIT, level_plan
+from gpubraid.solver.options import MGRITOptions  # noqa: E402
 
 NAME = "model"
 BE = resolve_backend("numpy", "float64")
@@ -107,7 +107,7 @@ def pingpong():
             "source": "2-rank ping-pong here (mpiexec, shared memory), this run"}
 
 
-# -- work accounting: the calls gpubraid/mgrit.py issues --------------------------------------------
+# -- work accounting: the calls gpubraid/solver/mgrit.py issues --------------------------------------------
 _HIER_CACHE = {}
 # one-shot projection: spectral scale ρ of the trained deep peaks network's step Jacobian and the
 # peaks horizon T.  Measured (SolveStats.rho): 1.2–1.5 at 64 layers (oneshot_study), ≤ 1.01 in 134
@@ -250,8 +250,8 @@ def predict_solve(N, P, it, fit, C, B, net, cores, m=4, nrelax=1, levels=None, w
 def oneshot_settings(N, rho=None, T=None):
     """The one-shot solve settings of TrainConfig's defaults for N layers, with the number of levels
     that the solver's automatic choice (MGRIT.choose_levels) makes for spectral scale ρ over [0, T]."""
-    from gpubraid.config import TrainConfig
-    from gpubraid.methods import make_method
+    from gpubraid.training.config import TrainConfig
+    from gpubraid.training.methods import make_method
     cfg = TrainConfig(example="peaks").resolved()
     o = make_method(cfg).forward
     rho = ONESHOT_RHO if rho is None else rho
@@ -483,7 +483,7 @@ def run(quick, solves_json, scaling_json, steps_gpu, measure_net=False):
               "scaling_json": str(scaling_json) if scaling_json else None,
               "steps_gpu_json": str(steps_gpu) if steps_gpu else None, "cores": cores,
               "calibration_subset": {"solves_N": list(CAL_SOLVES_N), "scaling": list(CAL_SCALING)},
-              "model": "t(L) = alpha + beta*L per call; calls counted from the hierarchy as gpubraid/mgrit.py issues "
+              "model": "t(L) = alpha + beta*L per call; calls counted from the hierarchy as gpubraid/solver/mgrit.py issues "
                        "them; MPI critical path: slowest rank per phase, F-sweep pipeline with neighbour waits, "
                        "ghost/gather/scatter messages, allreduce; compute stretched by P/cores when P > cores",
               "projection_assumes": "one core (CPU) or one GPU per rank, no oversubscription; "

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 import numpy as np  # noqa: E402
 
-from gpubraid.train import TrainConfig, Trainer  # noqa: E402
+from gpubraid.training.trainer import TrainConfig, Trainer  # noqa: E402
 
 NAME = "oneshot_study"
 

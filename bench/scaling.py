@@ -9,7 +9,7 @@ layers, weak scaling at N = 64·P.  Solver: FCF, cfactor 4, max_levels 10, tol 1
 i.e. the "exact" method).  Per P: median (over repeats, of the slowest rank) wall time of one
 LayerParallel.evaluate (forward MGRIT + loss + adjoint MGRIT + batched gradients), iterations,
 messages and bytes per rank, step applications per level per rank, phase seconds of rank 0;
-plus the layer-serial evaluate (gpubraid.serial) on one rank.  One BLAS thread per rank.
+plus the layer-serial evaluate (gpubraid.network.reference) on one rank.  One BLAS thread per rank.
 
 On this 2-core machine 4 ranks are oversubscribed (2 ranks per core), and the machine is shared
 with other work: compare the P = 1 and P = 2 rows, and read P = 4 as a correctness/traffic check.
@@ -24,19 +24,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-
 import numpy as np  # noqa: E402
 
 NAME = "scaling"
 
 
 def worker(N, C, B, repeats):
-    from gpubraid.backend import resolve_backend
-    from gpubraid.layer_parallel import LayerParallel
-    from gpubraid.mgrit import MGRITOptions
-    from gpubraid.model import ResNetODE
-    from gpubraid.parallel import Comm
-    from gpubraid.serial import evaluate
+    from gpubraid.network.network import ResNetODE
+    from gpubraid.network.reference import evaluate
+    from gpubraid.objective.layer_parallel import LayerParallel
+    from gpubraid.runtime.backend import resolve_backend
+    from gpubraid.runtime.comm import Comm
+    from gpubraid.solver.options import MGRITOptions
 
     comm = Comm.world()
     be = resolve_backend("numpy", "float64")

@@ -22,13 +22,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-
 import numpy as np  # noqa: E402
 
-from gpubraid.backend import resolve_backend  # noqa: E402
-from gpubraid.mgrit import MGRIT, MGRITOptions  # noqa: E402
-from gpubraid.model import ResNetODE  # noqa: E402
-from gpubraid.serial import backward_adjoints, forward_states  # noqa: E402
+from gpubraid.network.network import ResNetODE  # noqa: E402
+from gpubraid.network.reference import backward_adjoints, forward_states  # noqa: E402
+from gpubraid.runtime.backend import resolve_backend  # noqa: E402
+from gpubraid.solver.mgrit import MGRIT
+from gpubraid.solver.options import MGRITOptions  # noqa: E402
 
 NAME = "solves"
 C, B, T_FINAL = 8, 8, 5.0
@@ -136,7 +136,7 @@ def run(quick: bool) -> dict:
         med = {k: common.median(v) for k, v in times.items()}
         entry = {"N": N, "T": final_time(N), "times_s": times, "median_s": med, "stats": stats,
                  "max_rel_error_vs_serial": errors, "levels": None, "ratios": {}, "work": {}}
-        from gpubraid.grid import build_hierarchy
+        from gpubraid.solver.grid import build_hierarchy
         lv = build_hierarchy(s.model.h, 4, 10, 2)
         entry["levels"] = [g.N for g in lv]
         for v in opts:

@@ -22,11 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (sets BLAS threads before NumPy loads)
-
 import numpy as np  # noqa: E402
 
-from gpubraid.backend import gpu_available, resolve_backend  # noqa: E402
-from gpubraid.steps import ConvStep, DenseStep  # noqa: E402
+from gpubraid.network.steps import ConvStep, DenseStep  # noqa: E402
+from gpubraid.runtime.backend import gpu_available, resolve_backend  # noqa: E402
 
 NAME = "steps"
 HBM_PEAK_GBS = {"H100 SXM": 3350.0, "H100 PCIe": 2000.0, "H100 NVL": 3900.0, "H100": 3350.0,

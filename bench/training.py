@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 import numpy as np  # noqa: E402
 
-from gpubraid.train import TrainConfig, Trainer  # noqa: E402
+from gpubraid.training.trainer import TrainConfig, Trainer  # noqa: E402
 
 NAME = "training"
 
@@ -58,7 +58,9 @@ def torch_baseline(cfg_kwargs):
     except Exception:
         return None
     import time
-    from gpubraid.data import batches, load_dataset
+
+    from gpubraid.data.dataset import batches
+    from gpubraid.data.examples import load_dataset
     cfg = TrainConfig(**cfg_kwargs, progress=False).resolved()
     ds = load_dataset(cfg.example, seed=cfg.seed, n_train=cfg.n_train, n_val=cfg.n_val)
     torch.manual_seed(cfg.seed)

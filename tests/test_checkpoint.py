@@ -8,9 +8,10 @@ import sys
 
 import pytest
 
-from gpubraid import checkpoint, cli
-from gpubraid.config import TrainConfig
-from gpubraid.train import Trainer
+from gpubraid.cli import main as cli
+from gpubraid.io import checkpoint
+from gpubraid.training.config import TrainConfig
+from gpubraid.training.trainer import Trainer
 
 RUN = ["train", "peaks", "--iterations", "30", "--n-train", "400", "--n-val", "100", "--no-progress",
        "--checkpoint-every", "5"]

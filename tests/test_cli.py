@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpubraid import cli, info
+from gpubraid.cli import info
+from gpubraid.cli import main as cli
 
 TINY = ["--layers", "4", "--iterations", "3", "--n-train", "200", "--n-val", "100", "--no-progress"]
 METRIC_KEYS = {"method", "ranks", "backend", "dtype", "layers", "iterations", "objective",
@@ -58,7 +59,7 @@ def test_train_writes_metrics(tmp_path, method):
 
 
 def test_help_does_not_start_mpi():
-    code = ("import sys\nfrom gpubraid.cli import main\n"
+    code = ("import sys\nfrom gpubraid.cli.main import main\n"
             "assert main(['--help']) == 0 and main(['train', '--help']) == 0\n"
             "assert 'mpi4py' not in sys.modules, 'mpi4py imported by --help'\n")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -217,7 +218,7 @@ def test_mpi_info():
 
 
 def test_readme_option_table_is_generated_from_the_schema():
-    from gpubraid import config
+    from gpubraid.training import config
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert config.options_markdown() in readme
@@ -232,7 +233,7 @@ def test_per_level_lists_from_the_command_line(argv, expect):
 
 
 def test_per_level_lists_from_toml_reach_the_solver(tmp_path):
-    from gpubraid.methods import make_method
+    from gpubraid.training.methods import make_method
 
     f = tmp_path / "c.toml"
     f.write_text('example = "peaks"\ncfactor = [4, 2]\nnrelax = [0, 1]\nmin_coarse = 3\n')

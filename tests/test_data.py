@@ -1,12 +1,14 @@
-"""Tests of gpubraid.data: the three data sets, input validation, determinism, mini-batches."""
+"""Tests of gpubraid.data.dataset: the three data sets, input validation, determinism, mini-batches."""
 import gzip
 import struct
 
 import numpy as np
 import pytest
 
-from gpubraid.data import (DATASETS, PEAKS_THRESHOLDS, Dataset, batches, load_dataset, peaks,
-                           peaks_labels, read_idx)
+from gpubraid.data.dataset import DATASETS, Dataset, batches
+from gpubraid.data.examples import load_dataset
+from gpubraid.data.mnist import read_idx
+from gpubraid.data.peaks import PEAKS_THRESHOLDS, peaks, peaks_labels
 from gpubraid.errors import UserError
 
 
@@ -326,7 +328,7 @@ def test_indianpines_records_its_normalisation(tmp_path):
 
 
 def test_from_arrays_dense_classification_split():
-    from gpubraid.data import Dataset
+    from gpubraid.data.dataset import Dataset
     rng = np.random.default_rng(0)
     x = rng.standard_normal((50, 3))
     y = rng.integers(0, 4, 50)
@@ -344,7 +346,7 @@ def test_from_arrays_dense_classification_split():
 
 
 def test_from_arrays_images_regression_and_normalisation():
-    from gpubraid.data import dataset_from_arrays
+    from gpubraid.data.dataset import dataset_from_arrays
     rng = np.random.default_rng(0)
     x = rng.standard_normal((20, 6, 5)) * 3 + 1
     y = rng.standard_normal(20)
@@ -379,14 +381,14 @@ def test_from_arrays_images_regression_and_normalisation():
     ((np.ones((3, 2)), np.array([1.0, np.inf, 0])), {"task": "regression"}, "y_train contains non-finite"),
 ])
 def test_from_arrays_errors_name_the_array(args, kwargs, match):
-    from gpubraid.data import dataset_from_arrays
+    from gpubraid.data.dataset import dataset_from_arrays
     with pytest.raises(UserError, match=match) as err:
         dataset_from_arrays(*args, **kwargs)
     assert "\n" not in str(err.value)
 
 
 def test_load_npz(tmp_path):
-    from gpubraid.data import load_npz
+    from gpubraid.data.dataset import load_npz
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((30, 4)), rng.integers(0, 3, 30)
     np.savez(tmp_path / "mine.npz", x_train=x, y_train=y)

@@ -3,7 +3,6 @@ import json
 
 import numpy as np
 import pytest
-
 from test_mpi import mpirun
 
 pytestmark = pytest.mark.mpi

@@ -1,12 +1,12 @@
-"""The CuPy kernel path of gpubraid.cuda against the NumPy steps (needs CuPy and a CUDA GPU)."""
+"""The CuPy kernel path of gpubraid.runtime.cuda against the NumPy steps (needs CuPy and a CUDA GPU)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from gpubraid.activations import ACTIVATIONS
-from gpubraid.backend import Backend, gpu_available, resolve_backend
-from gpubraid.steps import ConvStep, DenseStep
+from gpubraid.network.activations import ACTIVATIONS
+from gpubraid.network.steps import ConvStep, DenseStep
+from gpubraid.runtime.backend import Backend, gpu_available, resolve_backend
 
 pytestmark = [
     pytest.mark.gpu,
@@ -81,8 +81,8 @@ def test_dense_gpu_matches_numpy(shape, act, dtype):
 def test_launcher_rejects_mixed_dtypes():
     import cupy
 
-    from gpubraid import cuda
     from gpubraid.errors import UserError
+    from gpubraid.runtime import cuda
 
     u = cupy.zeros((1, 1, 2, 3, 3), dtype=cupy.float32)
     K = cupy.zeros((1, 2, 2, 3, 3), dtype=cupy.float64)
@@ -94,7 +94,7 @@ def test_noncontiguous_inputs():
     """Strided inputs are copied to contiguous buffers before launch."""
     import cupy
 
-    from gpubraid import cuda
+    from gpubraid.runtime import cuda
 
     _, gpu = _backends(np.float64)
     u, lam, K, b, h = _problem((2, 3, 4, 6, 5), (2, 4, 4, 3, 3), np.float64, seed=2)
@@ -109,9 +109,9 @@ def test_full_mgrit_solve_on_gpu_equals_cpu(kind):
     """Forward and adjoint MGRIT with every step on the GPU equal the NumPy solve (float64)."""
     import cupy
 
-    from gpubraid.layer_parallel import LayerParallel
-    from gpubraid.mgrit import MGRITOptions
-    from gpubraid.model import ResNetODE
+    from gpubraid.network.network import ResNetODE
+    from gpubraid.objective.layer_parallel import LayerParallel
+    from gpubraid.solver.options import MGRITOptions
 
     in_shape = (3,) if kind == "dense" else (2, 9, 7)
     cpu, gpu = _backends(np.float64)

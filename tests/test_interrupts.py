@@ -6,7 +6,6 @@ import sys
 import time
 
 import pytest
-
 from test_mpi import MPIEXEC
 
 pytestmark = pytest.mark.mpi

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpubraid import cuda
-from gpubraid.activations import ACTIVATIONS
-from gpubraid.backend import Backend, resolve_backend
-from gpubraid.steps import ConvStep, DenseStep
+from gpubraid.network.activations import ACTIVATIONS
+from gpubraid.network.steps import ConvStep, DenseStep
+from gpubraid.runtime import cuda
+from gpubraid.runtime.backend import Backend, resolve_backend
 
 _spec = importlib.util.spec_from_file_location("gpubraid_emulation_harness",
                                                Path(__file__).parent / "emulation" / "harness.py")
@@ -165,7 +165,7 @@ def test_param_grad_deterministic(emu, dtype):
 
 
 def test_launch_geometry_matches_kernel_macros():
-    """The launch constants of gpubraid.cuda equal the GB_* macros the kernels are compiled with."""
+    """The launch constants of gpubraid.runtime.cuda equal the GB_* macros the kernels are compiled with."""
     src = "".join((KERNEL_DIR / f).read_text() for f in cuda.KERNEL_FILES)
     macros = dict(re.findall(r"#define (GB_\w+) (\d+)", src))
     assert int(macros["GB_CONV_TILE_W"]) == cuda.CONV_TILE_W
@@ -224,7 +224,7 @@ def test_planted_bug_is_caught(bug, tmp_path):
     assert failed == must_fail, f"planted bug {bug!r}: failed {sorted(failed)}, expected {sorted(must_fail)}"
 
 
-# -- the CuPy launchers of gpubraid.cuda, run on the emulator through a stand-in "cupy" ---------------
+# -- the CuPy launchers of gpubraid.runtime.cuda, run on the emulator through a stand-in "cupy" ---------------
 class _HostArray(np.ndarray):
     """A NumPy array that answers ``.device.id`` like a CuPy array on device 0."""
 
@@ -287,7 +287,7 @@ def fake_cupy(emu, monkeypatch):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 def test_launchers_and_step_dispatch(fake_cupy, dtype):
-    """ConvStep/DenseStep on a "cupy" backend go through gpubraid.cuda's launchers to the kernels."""
+    """ConvStep/DenseStep on a "cupy" backend go through gpubraid.runtime.cuda's launchers to the kernels."""
     gpu = Backend("cupy", fake_cupy, dtype, 0)
     cpu = resolve_backend("numpy", np.dtype(dtype).name)
     shape = (2, 3, 10, 11, 19)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gpubraid import cuda
+from gpubraid.runtime import cuda
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / ".ci" / "compile_kernels.py"

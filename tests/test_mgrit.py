@@ -7,12 +7,13 @@ import itertools
 import numpy as np
 import pytest
 
-from gpubraid.backend import resolve_backend
-from gpubraid.grid import build_hierarchy
-from gpubraid.layer_parallel import LayerParallel
-from gpubraid.mgrit import MGRIT, MGRITOptions
-from gpubraid.model import ResNetODE
-from gpubraid.serial import evaluate, forward_states
+from gpubraid.network.network import ResNetODE
+from gpubraid.network.reference import evaluate, forward_states
+from gpubraid.objective.layer_parallel import LayerParallel
+from gpubraid.runtime.backend import resolve_backend
+from gpubraid.solver.grid import build_hierarchy
+from gpubraid.solver.mgrit import MGRIT
+from gpubraid.solver.options import MGRITOptions
 
 BE = resolve_backend("numpy", "float64")
 
@@ -218,7 +219,7 @@ def test_single_level_is_sequential_solve():
 
 
 def test_nvtx_ranges_name_every_phase(monkeypatch):
-    import gpubraid.profiling as prof
+    import gpubraid.runtime.profiling as prof
 
     seen = []
 

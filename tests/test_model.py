@@ -2,12 +2,12 @@
 import numpy as np
 import pytest
 
-from gpubraid.activations import ACTIVATIONS
-from gpubraid.backend import resolve_backend
 from gpubraid.errors import UserError
-from gpubraid.model import ResNetODE
-from gpubraid.serial import evaluate
-from gpubraid.steps import ConvStep, DenseStep
+from gpubraid.network.activations import ACTIVATIONS
+from gpubraid.network.network import ResNetODE
+from gpubraid.network.reference import evaluate
+from gpubraid.network.steps import ConvStep, DenseStep
+from gpubraid.runtime.backend import resolve_backend
 
 BE = resolve_backend("numpy", "float64")
 KINDS = {"dense": (3,), "conv": (2, 5, 4)}

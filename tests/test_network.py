@@ -8,14 +8,15 @@ import sys
 import numpy as np
 import pytest
 
-from gpubraid.backend import resolve_backend
 from gpubraid.errors import UserError
-from gpubraid.layer_parallel import LayerParallel
-from gpubraid.mgrit import MGRITOptions
-from gpubraid.model import (Classifier, ConvOpening, DenseOpening, IdentityOpening, Network, Regression,
-                            ResNetODE, network_for_data)
-from gpubraid.serial import evaluate
-from gpubraid.steps import ConvStep, DenseStep
+from gpubraid.network.heads import Classifier, Regression
+from gpubraid.network.network import Network, ResNetODE, network_for_data
+from gpubraid.network.openings import ConvOpening, DenseOpening, IdentityOpening
+from gpubraid.network.reference import evaluate
+from gpubraid.network.steps import ConvStep, DenseStep
+from gpubraid.objective.layer_parallel import LayerParallel
+from gpubraid.runtime.backend import resolve_backend
+from gpubraid.solver.options import MGRITOptions
 
 HERE = os.path.dirname(__file__)
 sys.path.insert(0, os.path.join(HERE, "mpi"))
@@ -69,7 +70,7 @@ def test_three_group_step_gradient_by_finite_differences(head):
     ev = fd_check(net, theta, x, y)
     if head == "regression":
         P = net.layout().views(theta)
-        from gpubraid.serial import forward_states
+        from gpubraid.network.reference import forward_states
         pred = net.logits(forward_states(net, P, x)[-1], P)
         assert abs(ev.loss - np.mean((pred - y) ** 2)) <= 1e-14 and ev.n_correct == 0
 
@@ -152,7 +153,7 @@ def test_describe_is_json():
 
 
 def test_network_for_data_picks_the_head():
-    from gpubraid.data import dataset_from_arrays
+    from gpubraid.data.dataset import dataset_from_arrays
     ds = dataset_from_arrays(*toy_arrays(30, 3, 3))
     net = network_for_data(ds.meta(), TwoLayerStep(4, 5, BE), layers=4, final_time=1.0, backend=BE)
     assert isinstance(net.head, Classifier) and net.n_classes == 3
@@ -263,7 +264,7 @@ def test_readme_python_examples_run():
 
 @pytest.mark.parametrize("kind", ["dense", "conv"])
 def test_network_from_spec_rebuilds_resnetode_bitwise(kind):
-    from gpubraid.model import network_from_spec
+    from gpubraid.network.spec import network_from_spec
     in_shape = (3,) if kind == "dense" else (2, 5, 4)
     ref = ResNetODE(kind, in_shape, 3, 5, 4, 1.5, "relu", BE, 0.1, 0.2)
     meta = {"in_shape": in_shape, "n_classes": 4}
@@ -277,7 +278,7 @@ def test_network_from_spec_rebuilds_resnetode_bitwise(kind):
 
 
 def test_network_from_spec_user_and_torch_steps():
-    from gpubraid.model import network_from_spec
+    from gpubraid.network.spec import network_from_spec
     meta = {"in_shape": (3,), "task": "regression", "n_out": 2}
     spec = {"step": {"name": "two_layer", "factory": "user_steps:TwoLayerStep",
                      "kwargs": {"channels": 4, "hidden": 5}}, "layers": 4, "final_time": 1.0, "gamma_tik": 0.1}
@@ -289,8 +290,9 @@ def test_network_from_spec_user_and_torch_steps():
     with pytest.raises(UserError, match="give its 'factory'"):
         network_from_spec(meta, {"step": {"name": "x"}, "layers": 2, "final_time": 1.0}, BE)
     pytest.importorskip("torch")
-    from gpubraid.torch_step import TorchStep
     from user_steps import two_layer_module
+
+    from gpubraid.network.torch_step import TorchStep
     ts = TorchStep(two_layer_module, (4,), BE, kwargs={"channels": 4, "hidden": 3})
     net = Network(ts, (3,), 4, 1.0, BE, Regression(2))
     d = json.loads(json.dumps(net.describe()))

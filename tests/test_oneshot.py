@@ -4,16 +4,16 @@ import time
 
 import numpy as np
 import pytest
-
-from gpubraid.backend import resolve_backend
-from gpubraid.errors import UserError
-from gpubraid.grid import Distribution, build_hierarchy
-from gpubraid.layer_parallel import LayerParallel
-from gpubraid.mgrit import MGRIT, MGRITOptions
-from gpubraid.serial import forward_states
-from gpubraid.train import TrainConfig, Trainer
-
 from test_mgrit import make_problem, scalar_step
+
+from gpubraid.errors import UserError
+from gpubraid.network.reference import forward_states
+from gpubraid.objective.layer_parallel import LayerParallel
+from gpubraid.runtime.backend import resolve_backend
+from gpubraid.solver.grid import Distribution, build_hierarchy
+from gpubraid.solver.mgrit import MGRIT
+from gpubraid.solver.options import MGRITOptions
+from gpubraid.training.trainer import TrainConfig, Trainer
 
 BE = resolve_backend("numpy", "float64")
 

@@ -1,11 +1,19 @@
-"""Tests of gpubraid.optim: convergence to known minimisers, the dot hook, settings validation."""
+"""Tests of gpubraid.training.optim: convergence to known minimisers, the dot hook, settings validation."""
 import numpy as np
 import pytest
 
-from gpubraid.backend import resolve_backend
 from gpubraid.errors import UserError
-from gpubraid.optim import (LBFGS, OPTIMIZERS, SGD, Adam, StepInfo, local_dot, make_optimizer,
-                            optimizer_settings)
+from gpubraid.runtime.backend import resolve_backend
+from gpubraid.training.optim import (
+    LBFGS,
+    OPTIMIZERS,
+    SGD,
+    Adam,
+    StepInfo,
+    local_dot,
+    make_optimizer,
+    optimizer_settings,
+)
 
 be = resolve_backend("numpy", "float64")
 

@@ -6,9 +6,10 @@ import sys
 import numpy as np
 import pytest
 
-from gpubraid import cli, load
-from gpubraid.config import TrainConfig
-from gpubraid.train import Trainer
+from gpubraid import load
+from gpubraid.cli import main as cli
+from gpubraid.training.config import TrainConfig
+from gpubraid.training.trainer import Trainer
 
 HERE = os.path.dirname(__file__)
 sys.path.insert(0, os.path.join(HERE, "mpi"))
@@ -105,7 +106,7 @@ def test_user_step_and_torch_module_by_import_path(tmp_path):
 def test_trainer_takes_arrays_and_a_step_object():
     from user_steps import TwoLayerStep
 
-    from gpubraid.backend import resolve_backend
+    from gpubraid.runtime.backend import resolve_backend
 
     x, y = spiral(200, 4)
     step = TwoLayerStep(4, 6, resolve_backend("numpy", "float64"))

@@ -6,9 +6,9 @@ import sys
 import numpy as np
 import pytest
 
-from gpubraid.backend import resolve_backend
-from gpubraid.selftest import check_step, exit_code, run
-from gpubraid.steps import ConvStep, DenseStep
+from gpubraid.network.selftest import check_step, exit_code, run
+from gpubraid.network.steps import ConvStep, DenseStep
+from gpubraid.runtime.backend import resolve_backend
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "mpi"))
 from user_steps import TwoLayerStep, two_layer_module  # noqa: E402
@@ -32,7 +32,7 @@ def test_builtin_and_user_steps_pass(make):
 
 def test_torch_step_passes():
     pytest.importorskip("torch")
-    from gpubraid.torch_step import TorchStep
+    from gpubraid.network.torch_step import TorchStep
 
     report = check_step(TorchStep(lambda: two_layer_module(4, 6), (4,), BE))
     assert report.ok, str(report)

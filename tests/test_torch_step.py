@@ -8,11 +8,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from gpubraid.backend import resolve_backend  # noqa: E402
-from gpubraid.model import Classifier, Network  # noqa: E402
-from gpubraid.steps import ConvStep, DenseStep  # noqa: E402
-from gpubraid.torch_step import TorchStep  # noqa: E402
 from test_network import fd_check  # noqa: E402
+
+from gpubraid.network.heads import Classifier
+from gpubraid.network.network import Network  # noqa: E402
+from gpubraid.network.steps import ConvStep, DenseStep  # noqa: E402
+from gpubraid.network.torch_step import TorchStep  # noqa: E402
+from gpubraid.runtime.backend import resolve_backend  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "mpi"))
 from user_steps import two_layer_module  # noqa: E402
@@ -109,7 +111,7 @@ def test_network_gradient_with_torch_step_by_finite_differences():
 
 
 def test_gpubraid_imports_without_torch():
-    code = ("import sys; import gpubraid, gpubraid.model, gpubraid.serial, gpubraid.layer_parallel, "
-            "gpubraid.selftest, gpubraid.torch_step; assert 'torch' not in sys.modules")
+    code = ("import sys; import gpubraid, gpubraid.network.heads, gpubraid.network.reference, gpubraid.objective.layer_parallel, "
+            "gpubraid.network.selftest, gpubraid.network.torch_step; assert 'torch' not in sys.modules")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from gpubraid.errors import UserError
-from gpubraid.train import TrainConfig, Trainer
+from gpubraid.training.trainer import TrainConfig, Trainer
 
 
 def history(**kw):

@@ -2,7 +2,7 @@
 
 :func:`build` compiles ``wrappers.cpp`` (which includes ``conv.cu`` and ``dense.cu`` from a kernel
 directory) into a shared library; :class:`Emulator` wraps it with the same signatures as the
-launchers in :mod:`gpubraid.cuda`, using that module's launch-geometry functions, so the grids the
+launchers in :mod:`gpubraid.runtime.cuda`, using that module's launch-geometry functions, so the grids the
 GPU path launches are the grids the tests emulate.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpubraid import cuda
+from gpubraid.runtime import cuda
 
 HERE = Path(__file__).resolve().parent
 _CT = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
@@ -46,7 +46,7 @@ def _geom(grid, block):
 
 
 class Emulator:
-    """The kernels of a built library, called like gpubraid.cuda's launchers on NumPy arrays."""
+    """The kernels of a built library, called like gpubraid.runtime.cuda's launchers on NumPy arrays."""
 
     def __init__(self, lib_path: Path):
         self.lib = ctypes.CDLL(str(lib_path))

@@ -3,11 +3,11 @@ import sys
 
 from mpi4py import MPI
 
-from gpubraid.backend import resolve_backend
-from gpubraid.layer_parallel import LayerParallel
-from gpubraid.mgrit import MGRITOptions
-from gpubraid.model import ResNetODE
-from gpubraid.parallel import Comm, abort_all
+from gpubraid.network.network import ResNetODE
+from gpubraid.objective.layer_parallel import LayerParallel
+from gpubraid.runtime.backend import resolve_backend
+from gpubraid.runtime.comm import Comm, abort_all
+from gpubraid.solver.options import MGRITOptions
 
 
 def main():

@@ -9,12 +9,12 @@ import sys
 
 import numpy as np
 
-from gpubraid.backend import resolve_backend
-from gpubraid.layer_parallel import LayerParallel
-from gpubraid.mgrit import MGRITOptions
-from gpubraid.model import ResNetODE
-from gpubraid.parallel import Comm
-from gpubraid.serial import evaluate
+from gpubraid.network.network import ResNetODE
+from gpubraid.network.reference import evaluate
+from gpubraid.objective.layer_parallel import LayerParallel
+from gpubraid.runtime.backend import resolve_backend
+from gpubraid.runtime.comm import Comm
+from gpubraid.solver.options import MGRITOptions
 
 
 def main():
@@ -43,7 +43,7 @@ def main():
     U = comm.gather_obj(lp.U, 0)
     if comm.rank == 0:
         ref = evaluate(model, full, theta_full, x, y)
-        from gpubraid.serial import forward_states
+        from gpubraid.network.reference import forward_states
         Uref = forward_states(model, full.views(theta_full), x)
         states = np.concatenate([U[0]] + [u[1:] for u in U[1:]])
         out = {
@@ -62,6 +62,6 @@ if __name__ == "__main__":
     except BaseException as exc:
         from mpi4py import MPI
 
-        from gpubraid.parallel import abort_all
+        from gpubraid.runtime.comm import abort_all
 
         abort_all(MPI.COMM_WORLD, exc, 1)

@@ -15,10 +15,10 @@ sys.path.insert(0, os.path.dirname(__file__))
 def main():
     from user_steps import build, lbfgs_history
 
-    from gpubraid.backend import resolve_backend
-    from gpubraid.layer_parallel import LayerParallel
-    from gpubraid.mgrit import MGRITOptions
-    from gpubraid.parallel import Comm
+    from gpubraid.objective.layer_parallel import LayerParallel
+    from gpubraid.runtime.backend import resolve_backend
+    from gpubraid.runtime.comm import Comm
+    from gpubraid.solver.options import MGRITOptions
 
     which, method = sys.argv[1], sys.argv[2]
     iters = int(sys.argv[3]) if len(sys.argv) > 3 else 10
@@ -45,6 +45,6 @@ if __name__ == "__main__":
     except BaseException as exc:
         from mpi4py import MPI
 
-        from gpubraid.parallel import abort_all
+        from gpubraid.runtime.comm import abort_all
 
         abort_all(MPI.COMM_WORLD, exc, 1)

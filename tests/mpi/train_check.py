@@ -4,8 +4,8 @@ import sys
 
 from mpi4py import MPI
 
-from gpubraid.parallel import Comm, abort_all
-from gpubraid.train import TrainConfig, Trainer
+from gpubraid.runtime.comm import Comm, abort_all
+from gpubraid.training.trainer import TrainConfig, Trainer
 
 
 def main():

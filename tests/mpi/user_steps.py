@@ -5,7 +5,7 @@ by hand.  ``two_layer_module``: the same kind of block as a torch module, f(u) =
 """
 import numpy as np
 
-from gpubraid.activations import get_activation
+from gpubraid.network.activations import get_activation
 
 
 class TwoLayerStep:
@@ -77,7 +77,7 @@ def toy_arrays(n=60, d=3, classes=3, seed=0, regression=False):
 def lbfgs_history(lp, theta, x, y, batch, iterations=10):
     """Train with L-BFGS through ``lp`` (a LayerParallel) for ``iterations`` steps; the objective at
     the start of every step and after the last one (identical on every rank)."""
-    from gpubraid.optim import make_optimizer
+    from gpubraid.training.optim import make_optimizer
 
     opt = make_optimizer("lbfgs", dot=lp.dot, memory=10)
 
@@ -93,14 +93,14 @@ def lbfgs_history(lp, theta, x, y, batch, iterations=10):
 def build(which, backend, layers=12):
     """(network, dataset) of the MPI/serial training checks: ``three`` (TwoLayerStep, classification)
     or ``torch`` (the torch block, regression on two float targets)."""
-    from gpubraid.data import dataset_from_arrays
-    from gpubraid.model import network_for_data
+    from gpubraid.data.dataset import dataset_from_arrays
+    from gpubraid.network.network import network_for_data
 
     if which == "three":
         ds = dataset_from_arrays(*toy_arrays(60, 3, 3, seed=0), seed=0)
         step = TwoLayerStep(4, 6, backend)
     else:
-        from gpubraid.torch_step import TorchStep
+        from gpubraid.network.torch_step import TorchStep
 
         ds = dataset_from_arrays(*toy_arrays(60, 3, seed=0, regression=True), task="regression", seed=0)
         step = TorchStep(lambda: two_layer_module(4, 6), (4,), backend)

@@ -1,0 +1,1 @@
+"""The ``gpubraid`` command line: train, predict, info."""

@@ -1,0 +1,278 @@
+"""The ``gpubraid`` command line: ``train`` and ``info``.
+
+The ``train`` options are generated from :class:`gpubraid.training.config.TrainConfig` (one option per
+setting; ``final_time`` is ``--final-time``); ``--config FILE`` reads the same settings from TOML.
+Precedence: explicit options > the file > the built-in defaults; ``None`` stands for the example's
+own default.
+
+Exit status: 0 success; 2 bad input (one line ``gpubraid: error: <message>`` on rank 0, no
+traceback, every rank stops); 130 / 143 after SIGINT / SIGTERM (every rank, within seconds);
+3 training diverged; 1 any other failure (every MPI rank is stopped through
+:func:`gpubraid.runtime.comm.abort_all`, with one line naming the failing rank).
+
+Start-up stays light: ``gpubraid --help`` imports neither mpi4py nor the solver.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .. import __version__
+from ..errors import Diverged, UserError
+from ..training import config
+
+EXIT_USAGE = 2
+
+
+EXIT_DIVERGED = 3
+
+
+# Launcher variables that carry the MPI rank before MPI is initialised (used to print bad-input
+# messages on rank 0 only without starting MPI).
+_RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MV2_COMM_WORLD_RANK", "PALS_RANKID",
+              "SLURM_PROCID")
+
+
+def launcher_rank() -> int:
+    """This process's MPI rank as the launcher advertises it (0 when not launched by one)."""
+    for var in _RANK_VARS:
+        value = os.environ.get(var, "")
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
+def say(message: str, kind: str = "error") -> None:
+    """Print ``gpubraid: <kind>: <message>`` to stderr, on rank 0 of the launch only."""
+    if launcher_rank() == 0:
+        print(f"gpubraid: {kind}: {message}", file=sys.stderr, flush=True)
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are one line on rank 0 and exit status 2."""
+
+    def error(self, message: str):
+        say(f"{message} (see '{self.prog} --help')")
+        self.exit(EXIT_USAGE)
+
+
+def _parse(name: str):
+    def parse(text: str):
+        try:
+            return config.parse_value(name, text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = name  # argparse names the type in some messages
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``gpubraid`` parser; ``train`` options default to SUPPRESS (only explicit ones appear)."""
+    parser = _Parser(prog="gpubraid", description="Layer-parallel ResNet training by MGRIT "
+                     "(multigrid reduction in time) on GPUs and MPI clusters.")
+    parser.add_argument("--version", action="version", version=f"gpubraid {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    train = sub.add_parser(
+        "train", help="train a network on one of the examples",
+        description="Train a ResNet-ODE on EXAMPLE.  Run under 'mpiexec -n P' to distribute the "
+                    "layers over P ranks.  Options override --config; 'None' defaults take the "
+                    "example's value.",
+        argument_default=argparse.SUPPRESS)
+    train.add_argument("example", nargs="?", default=None, metavar="EXAMPLE", type=_parse("example"),
+                       help=f"one of {', '.join(config.EXAMPLES)} (may instead come from --config)")
+    train.add_argument("--config", metavar="FILE", help="TOML file of these settings (keys as the "
+                       "options, '_' or '-'); command-line options override it")
+    config.add_options(train, _parse)
+    predict = sub.add_parser("predict", help="apply a saved model to inputs in a .npz file",
+                             description="Apply a model written by 'gpubraid train --save' to inputs.")
+    predict.add_argument("model", metavar="MODEL", help="model file (safetensors) from --save")
+    predict.add_argument("--data", metavar="FILE", required=True, help="a .npz holding the inputs")
+    predict.add_argument("--array", metavar="NAME", help="which array holds the inputs (default: x, "
+                         "else x_val, else x_train)")
+    predict.add_argument("--out", metavar="FILE", required=True, help="write labels and proba "
+                         "(classification) or values (regression) to this .npz")
+    info = sub.add_parser("info", help="versions, backend, GPUs, MPI library and CUDA-awareness",
+                          description="Report the software stack and how MPI and the GPUs are set up.")
+    info.add_argument("--json", action="store_true", help="print the report as JSON")
+    return parser
+
+
+def train_config(args: argparse.Namespace) -> config.TrainConfig:
+    """The resolved settings of ``gpubraid train``: defaults < --config file < explicit options."""
+    values = config.from_toml(args.config) if getattr(args, "config", None) else {}
+    values.update({k: v for k, v in vars(args).items() if k not in ("command", "config") and v is not None})
+    return config.validate(values).resolved()
+
+
+def check_output_path(name: str, path: str | None) -> None:
+    """UserError unless ``path`` can be written: its directory exists and is writable."""
+    if path is None:
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise UserError(f"{name}: directory {directory!r} does not exist")
+    if os.path.isdir(path):
+        raise UserError(f"{name}: {path!r} is a directory; give a file name")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise UserError(f"{name}: directory {directory!r} is not writable")
+
+
+def check_directory(name: str, path: str | None) -> None:
+    """UserError unless ``path`` is (or, its parent existing, can be made) a writable directory."""
+    if path is None:
+        return
+    if not os.path.isdir(path):
+        parent = os.path.dirname(os.path.abspath(path))
+        if os.path.exists(path) or not os.path.isdir(parent):
+            raise UserError(f"{name}: {path!r} is not a directory and cannot be created here")
+        if launcher_rank() == 0:
+            try:
+                os.makedirs(path, exist_ok=True)
+            except OSError as exc:
+                raise UserError(f"{name}: cannot create {path!r}: {exc.strerror}") from None
+        return
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"{name}: directory {path!r} is not writable")
+
+
+# -- progress ---------------------------------------------------------------------------------------
+def _fmt(v, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def iteration_line(entry: dict, method: str) -> str:
+    """One readable log line for a history entry of :meth:`Trainer.run`."""
+    parts = [f"it {entry['iter'] + 1:5d}", f"J {entry['objective']:.6e}", f"|g| {entry['grad_norm']:.3e}"]
+    if "val_accuracy" in entry:
+        parts.append(f"val {entry['val_accuracy']:.4f}")
+    if method != "serial":
+        for d in ("fwd", "bwd"):
+            if f"{d}_iters" in entry:
+                parts.append(f"{d} {entry[f'{d}_iters']} it r {_fmt(entry.get(f'{d}_residual'), '.2e')}")
+    parts.append(f"{entry['time_s']:.2f} s")
+    return "  ".join(parts)
+
+
+class Progress:
+    """Rank 0's progress report: a tqdm bar on stderr plus one log line per iteration on stdout."""
+
+    def __init__(self, total: int, method: str, bar: bool):
+        import tqdm
+
+        tqdm.tqdm.monitor_interval = 0  # no monitor thread: nothing to trace back on interrupts
+        self.tqdm = tqdm.tqdm
+        self.interactive = sys.stderr.isatty()
+        # Off a terminal tqdm cannot redraw in place; refresh rarely so logs stay readable.
+        self.bar = self.tqdm(total=total, desc="train", unit="it", file=sys.stderr, disable=not bar,
+                             dynamic_ncols=self.interactive, mininterval=0.1 if self.interactive else 10.0,
+                             leave=False)
+        self.method = method
+
+    def write(self, line: str) -> None:
+        """A log line on stdout; on a terminal through tqdm so the bar is redrawn below it."""
+        if self.interactive:
+            self.tqdm.write(line, file=sys.stdout)
+        else:
+            print(line, flush=True)
+
+    def __call__(self, entry: dict) -> None:
+        self.write(iteration_line(entry, self.method))
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+# -- commands ---------------------------------------------------------------------------------------
+def cmd_train(args: argparse.Namespace) -> int:
+    """``gpubraid train``: settings checked before MPI starts, then set-up, run, report."""
+    cfg = train_config(args)  # every rank checks the same values: no MPI needed to agree
+    for name in ("metrics", "save"):
+        check_output_path(name, getattr(cfg, name))
+    check_directory("checkpoint_dir", cfg.checkpoint_dir)
+
+    from ..runtime.comm import Comm, abort_all, agree
+    from ..runtime.interrupts import Interrupted, Interrupts
+    from ..training.report import print_summary, write_json_atomic
+    from ..training.trainer import Trainer
+
+    comm = Comm.world()
+    trainer, setup_error = None, None
+    try:
+        trainer = Trainer(cfg, comm)
+    except UserError as exc:
+        setup_error = exc
+    message = agree(comm, setup_error, code=EXIT_USAGE)
+    if message is not None:
+        raise UserError(message)
+
+    progress = Progress(cfg.iterations, cfg.method, cfg.progress) if comm.rank == 0 else None
+    with Interrupts(lambda line: say(line, "stopped")) as interrupts:
+        try:
+            result = trainer.run(progress=progress, interrupts=interrupts)
+        except Interrupted as exc:
+            interrupts.report(exc.signum)
+            return exc.status
+        except UserError as exc:
+            if comm.size > 1:  # raised on some ranks only: the others must not wait for them
+                abort_all(comm, exc, EXIT_USAGE)
+            raise
+        finally:
+            if progress is not None:
+                progress.close()
+    if comm.rank == 0:
+        print_summary(result)
+        if cfg.metrics:
+            write_json_atomic(cfg.metrics, result.metrics())
+            print(f"  metrics         {cfg.metrics}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """``gpubraid predict``: one process applies the model to the inputs of a .npz file."""
+    from ..io.modelfile import predict_file
+
+    check_output_path("out", args.out)
+    n, name = predict_file(args.model, args.data, args.array, args.out)
+    print(f"gpubraid: {n} predictions of {name} written to {args.out}")
+    return 0
+
+
+def main(argv=None) -> int:
+    """Run the ``gpubraid`` command line; returns the exit status."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version and argparse errors
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    try:
+        if args.command == "train":
+            return cmd_train(args)
+        if args.command == "predict":
+            return cmd_predict(args)
+        from .info import print_info
+
+        print_info(args.json)
+        return 0
+    except UserError as exc:
+        say(str(exc))
+        return EXIT_USAGE
+    except Diverged as exc:
+        say(str(exc), "diverged")
+        return EXIT_DIVERGED
+    except KeyboardInterrupt:
+        say("interrupted", "stopped")
+        return 130
+    except Exception as exc:
+        from ..runtime.comm import abort_all
+
+        abort_all(_world_or_none(), exc, 1)
+        return 1
+
+
+def _world_or_none():
+    """COMM_WORLD when mpi4py is loaded, else None (for reporting a failure)."""
+    mpi = sys.modules.get("mpi4py.MPI")
+    return mpi.COMM_WORLD if mpi is not None else None

@@ -1,0 +1,1 @@
+"""Files: model files (safetensors + network spec) and checkpoints."""

@@ -1,0 +1,101 @@
+"""Heads u_N (B, *S), targets -> loss and ∂loss/∂u_N: softmax classifier and regression."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+
+from ..errors import UserError, check_positive_int
+from ..runtime.backend import Backend
+
+
+# -- heads ------------------------------------------------------------------------------------------
+class Head:
+    """Protocol of a head (output layer and loss) on u_N.
+
+    Members (after :meth:`bind`): ``param_names``, ``param_shapes``, ``param_init``, ``task``,
+    ``n_out``, and ``loss(uN, y, params, want_grad) -> (loss, n_correct, lamN, grads)``:
+    uN (B, *state_shape); y the targets; ``loss`` a float (the mean over samples), ``n_correct`` an
+    int (0 for regression), and when ``want_grad`` is true ``lamN`` = ∂loss/∂u_N (B, *state_shape)
+    and ``grads`` a tuple of ∂loss/∂θ_head, else both None.  ``predict(uN, params)`` gives the outputs.
+    """
+
+    param_names = ("W", "c")
+    param_init = ("normal", "zeros")
+
+    def bind(self, state_shape, backend: Backend) -> "Head":
+        h = copy.copy(self)
+        h.state_shape = tuple(state_shape)
+        h.state_size = int(np.prod(h.state_shape))
+        h.be, h.xp = backend, backend.xp
+        h.param_shapes = ((h.n_out, h.state_size), (h.n_out,))
+        return h
+
+    def predict(self, uN, params):
+        """W flatten(u_N) + c: (B, *state_shape) -> (B, n_out)."""
+        W, c = params
+        return uN.reshape(uN.shape[0], -1) @ W.T + c
+
+
+class Classifier(Head):
+    """Softmax cross-entropy on logits W flatten(u_N) + c; targets integer labels (B,) in 0..n_classes−1.
+    W (n_classes, prod(S)) ~ N(0, 1/prod(S)), c zeros."""
+
+    task = "classification"
+
+    def __init__(self, n_classes: int):
+        self.n_classes = self.n_out = check_positive_int("n_classes", n_classes, 2)
+
+    def loss(self, uN, y, params, want_grad=True):
+        xp = self.xp
+        W, _ = params
+        B = uN.shape[0]
+        if y.shape != (B,):
+            raise UserError(f"classification targets must be integer labels of shape ({B},); got {tuple(y.shape)}")
+        if B and (int(y.min()) < 0 or int(y.max()) >= self.n_classes):
+            raise UserError(f"labels must lie in 0..{self.n_classes - 1}; got {int(y.min())}..{int(y.max())}")
+        z = self.predict(uN, params)
+        z = z - z.max(axis=1, keepdims=True)
+        ez = xp.exp(z)
+        s = ez.sum(axis=1, keepdims=True)
+        rows = xp.arange(B)
+        loss = float(xp.mean(xp.log(s[:, 0]) - z[rows, y]))
+        correct = int((z.argmax(axis=1) == y).sum())
+        if not want_grad:
+            return loss, correct, None, None
+        p = ez / s
+        p[rows, y] -= 1
+        p /= B
+        flat = uN.reshape(B, -1)
+        return loss, correct, (p @ W).reshape(uN.shape), (p.T @ flat, p.sum(axis=0))
+
+    def describe(self):
+        return {"name": "classifier", "task": self.task, "n_classes": self.n_classes}
+
+
+class Regression(Head):
+    """Mean squared error of W flatten(u_N) + c against float targets y (B, n_out):
+    ℓ = mean over all B·n_out entries of (pred − y)².  W ~ N(0, 1/prod(S)), c zeros."""
+
+    task = "regression"
+
+    def __init__(self, n_out: int):
+        self.n_out = check_positive_int("n_out", n_out)
+
+    def loss(self, uN, y, params, want_grad=True):
+        xp = self.xp
+        W, _ = params
+        B = uN.shape[0]
+        if y.size != B * self.n_out:
+            raise UserError(f"regression targets must have shape ({B}, {self.n_out}); got {tuple(y.shape)}")
+        y = y.reshape(B, self.n_out)
+        r = self.predict(uN, params) - y
+        loss = float(xp.mean(r * r))
+        if not want_grad:
+            return loss, 0, None, None
+        p = r * (2.0 / r.size)
+        flat = uN.reshape(B, -1)
+        return loss, 0, (p @ W).reshape(uN.shape), (p.T @ flat, p.sum(axis=0))
+
+    def describe(self):
+        return {"name": "regression", "task": self.task, "n_out": self.n_out}

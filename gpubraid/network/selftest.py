@@ -1,0 +1,195 @@
+"""Self-test of a residual step against the protocol of :mod:`gpubraid.network.steps` (like XBraid's braid_Test*).
+
+Run it on your own step before training with it::
+
+    from gpubraid.network.selftest import check_step
+    report = check_step(my_step)
+    print(report)            # one line per check: PASS/FAIL, what was measured
+    assert report.ok
+
+Checks (all in float64 on random data; a step built for float32 is still called with float64
+arrays, so build the step on a float64 backend for the test):
+
+    shapes       forward, adjoint and param_grad return arrays of the right shapes and dtype
+    zero-step    forward(u, θ, h=0) == u and adjoint(u, λ, θ, h=0) == λ (the update is u + h f)
+    adjoint      dot-product test <J v, w> = <v, Jᵀ w>, J v by central finite differences of forward
+    param_grad   per group: <∂Φ/∂θ_i δθ_i, w> (finite differences) = <δθ_i, param_grad(u, w)_i>
+    batched      L layers in one call equal L one-layer calls (forward, adjoint, param_grad)
+    determinism  the same call twice gives bit-identical results
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass
+class StepReport:
+    """Result of :func:`check_step`: ``ok`` is True only when every check passed; ``str()`` is readable."""
+
+    step: str
+    checks: list = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.checks) and all(c.ok for c in self.checks)
+
+    def failed(self) -> list:
+        return [c for c in self.checks if not c.ok]
+
+    def add(self, name: str, ok: bool, detail: str) -> None:
+        self.checks.append(Check(name, bool(ok), detail))
+
+    def __str__(self) -> str:
+        lines = [f"step self-test of {self.step}:"]
+        w = max((len(c.name) for c in self.checks), default=0)
+        for c in self.checks:
+            lines.append(f"  {'PASS' if c.ok else 'FAIL'}  {c.name:<{w}}  {c.detail}")
+        n_bad = len(self.failed())
+        lines.append("  all checks passed" if self.ok else f"  {n_bad} check(s) failed")
+        return "\n".join(lines)
+
+
+def _host(be, a):
+    return np.asarray(be.to_host(a) if be is not None else a, dtype=np.float64)
+
+
+def _rel(a, b) -> float:
+    return float(abs(a - b) / max(abs(a), abs(b), 1e-300))
+
+
+def check_step(step, *, layers: int = 3, batch: int = 4, seed: int = 0, eps: float = 1e-6,
+               tol: float = 1e-6, exact_tol: float = 1e-12, param_scale: float = 0.5,
+               backend=None) -> StepReport:
+    """Run the protocol checks on ``step`` and return a :class:`StepReport`.
+
+    Args:
+        step: the step (state_shape, param_shapes, forward, adjoint, param_grad).
+        layers, batch: L and B of the random test problem (u (L, B, *S), θ_i (L, *P_i), h (L,)).
+        eps: finite-difference step; ``tol``: relative tolerance of the finite-difference checks;
+        exact_tol: relative tolerance of the batched-vs-single check.
+        param_scale: standard deviation of the random parameters.
+        backend: where the step's arrays live; default ``step.be`` when present, else NumPy.
+    """
+    be = backend if backend is not None else getattr(step, "be", None)
+    to_dev = be.asarray if be is not None else np.asarray
+    name = type(step).__name__
+    report = StepReport(name)
+    try:
+        S = tuple(int(s) for s in step.state_shape)
+        shapes = [tuple(int(d) for d in s) for s in step.param_shapes]
+    except Exception as exc:  # noqa: BLE001 - report, don't raise
+        report.add("protocol", False, f"state_shape/param_shapes unreadable: {exc!r}")
+        return report
+    L, B = layers, batch
+    rng = np.random.default_rng(seed)
+    u = rng.standard_normal((L, B, *S))
+    lam = rng.standard_normal((L, B, *S))
+    th = [param_scale * rng.standard_normal((L, *s)) for s in shapes]
+    h = rng.uniform(0.2, 0.6, L)
+    dev = lambda a: to_dev(np.ascontiguousarray(a, dtype=np.float64))  # noqa: E731
+    U, LAM, TH, Hd = dev(u), dev(lam), tuple(dev(t) for t in th), dev(h)
+
+    def fwd(uu, tt, hh):
+        return _host(be, step.forward(dev(uu), tuple(dev(t) for t in tt), dev(hh)))
+
+    try:
+        F = step.forward(U, TH, Hd)
+        A = step.adjoint(U, LAM, TH, Hd)
+        G = tuple(step.param_grad(U, LAM, TH, Hd))
+    except Exception as exc:  # noqa: BLE001
+        report.add("calls", False, f"a protocol call raised {type(exc).__name__}: {exc}")
+        return report
+
+    # shapes and dtypes
+    problems = []
+    for what, arr in (("forward", F), ("adjoint", A)):
+        if tuple(arr.shape) != (L, B, *S):
+            problems.append(f"{what} shape {tuple(arr.shape)} != {(L, B, *S)}")
+        if np.dtype(arr.dtype) != np.float64:
+            problems.append(f"{what} dtype {arr.dtype} != float64")
+    if len(G) != len(shapes):
+        problems.append(f"param_grad returned {len(G)} groups; param_shapes has {len(shapes)}")
+    for i, (g, s) in enumerate(zip(G, shapes)):
+        if tuple(g.shape) != (L, *s):
+            problems.append(f"param_grad group {i} shape {tuple(g.shape)} != {(L, *s)}")
+        if np.dtype(g.dtype) != np.float64:
+            problems.append(f"param_grad group {i} dtype {g.dtype} != float64")
+    report.add("shapes", not problems, "; ".join(problems) or
+               f"forward/adjoint (L, B, *S) = {(L, B, *S)}, {len(shapes)} parameter group(s), float64")
+    if problems:
+        return report
+    F, A, G = _host(be, F), _host(be, A), [_host(be, g) for g in G]
+
+    # zero step
+    Z = dev(np.zeros(L))
+    f0 = _host(be, step.forward(U, TH, Z))
+    a0 = _host(be, step.adjoint(U, LAM, TH, Z))
+    e0 = max(float(np.abs(f0 - u).max()), float(np.abs(a0 - lam).max()))
+    report.add("zero-step", e0 <= exact_tol * max(1.0, float(np.abs(u).max())),
+               f"max |forward(h=0) - u|, |adjoint(h=0) - lam| = {e0:.2e}")
+
+    # adjoint dot-product test with J v by central differences
+    v = rng.standard_normal(u.shape)
+    w = rng.standard_normal(u.shape)
+    Jv = (fwd(u + eps * v, th, h) - fwd(u - eps * v, th, h)) / (2 * eps)
+    JTw = _host(be, step.adjoint(U, dev(w), TH, Hd))
+    lhs, rhs = float(np.sum(Jv * w)), float(np.sum(v * JTw))
+    err = _rel(lhs, rhs)
+    report.add("adjoint", err <= tol, f"<J v, w> = {lhs:.12g}, <v, J^T w> = {rhs:.12g}, rel. diff {err:.1e}")
+
+    # parameter gradient per group by finite differences
+    Gw = [_host(be, g) for g in step.param_grad(U, dev(w), TH, Hd)]
+    for i, s in enumerate(shapes):
+        d = rng.standard_normal((L, *s))
+        tp = [t + eps * d if j == i else t for j, t in enumerate(th)]
+        tm = [t - eps * d if j == i else t for j, t in enumerate(th)]
+        fd = float(np.sum((fwd(u, tp, h) - fwd(u, tm, h)) / (2 * eps) * w))
+        an = float(np.sum(d * Gw[i]))
+        err = _rel(fd, an)
+        gname = (getattr(step, "param_names", None) or [f"p{j}" for j in range(len(shapes))])[i]
+        report.add(f"param_grad[{gname}]", err <= tol,
+                   f"finite differences {fd:.12g}, param_grad {an:.12g}, rel. diff {err:.1e}")
+
+    # batched over layers == one call per layer
+    worst = 0.0
+    for k in range(L):
+        one = slice(k, k + 1)
+        tk = tuple(t[one] for t in TH)
+        f1 = _host(be, step.forward(U[one], tk, Hd[one]))[0]
+        a1 = _host(be, step.adjoint(U[one], LAM[one], tk, Hd[one]))[0]
+        g1 = [_host(be, g)[0] for g in step.param_grad(U[one], LAM[one], tk, Hd[one])]
+        pairs = [(F[k], f1), (A[k], a1)] + [(G[i][k], g1[i]) for i in range(len(shapes))]
+        for big, small in pairs:
+            worst = max(worst, float(np.abs(big - small).max() / max(np.abs(small).max(), 1e-300)))
+    report.add("batched", worst <= exact_tol, f"max rel. diff of L={L} layers at once vs one at a time {worst:.1e}")
+
+    # determinism
+    F2 = _host(be, step.forward(U, TH, Hd))
+    A2 = _host(be, step.adjoint(U, LAM, TH, Hd))
+    G2 = [_host(be, g) for g in step.param_grad(U, LAM, TH, Hd)]
+    same = np.array_equal(F, F2) and np.array_equal(A, A2) and all(np.array_equal(a, b) for a, b in zip(G, G2))
+    report.add("determinism", same, "repeated calls give bit-identical results" if same
+               else "repeated calls give different results")
+    return report
+
+
+def exit_code(report: StepReport) -> int:
+    """0 when every check passed, 1 otherwise (for a command line)."""
+    return 0 if report.ok else 1
+
+
+def run(step, file=sys.stdout, **kwargs) -> int:
+    """Check ``step``, print the report to ``file`` and return the exit code (0 ok, 1 failed)."""
+    report = check_step(step, **kwargs)
+    print(report, file=file)
+    return exit_code(report)

@@ -1,0 +1,264 @@
+"""Residual steps, batched over layer intervals: the protocol every network plugs in through.
+
+A *step* advances L independent layer intervals at once, each with its own parameters and step
+size.  Shapes (S is the per-sample state shape, P_i the per-layer shape of parameter group i):
+
+    u, lam            (L, B, *S)   states / adjoints at the start of each interval
+    params            tuple of arrays (L, *P_i)
+    h                 (L,)         step sizes
+
+The protocol is five members, in the spirit of XBraid's callbacks:
+
+    state_shape                        S
+    param_shapes                       (P_0, P_1, ...)   any number of groups
+    forward(u, params, h)       -> u + h f(u; θ)                          (L, B, *S)
+    adjoint(u, lam, params, h)  -> lam + h (∂f/∂u)ᵀ lam, linearised at u  (L, B, *S)
+    param_grad(u, lam, params, h) -> h (∂f/∂θ)ᵀ lam summed over the batch, tuple of (L, *P_i)
+
+and two optional ones that a network uses when present:
+
+    param_names     names of the groups (default ``p0, p1, ...``); they name the layout's views
+    param_init      per group ``"normal"`` (N(0, scale²/fan_in), fan_in = prod(P_i[1:]) or 1),
+                    ``"zeros"``, or a callable ``(rng, shape) -> array`` (float64, ``shape``);
+                    default: "normal" for groups with two or more axes, "zeros" otherwise.
+                    A step may instead define ``init_layer(rng, scale) -> tuple of arrays``.
+    describe()      JSON-able dict naming the step and its settings
+
+All arrays are float64 or float32 arrays of the backend (NumPy or CuPy), all of one dtype, and the
+outputs have the dtype of ``u``.  :func:`gpubraid.network.selftest.check_step` tests a step against this
+protocol.
+
+Everything else (vectors, norms, sums, buffers) is plain arrays of the backend.  :class:`ResidualStep`
+implements the three methods for f(u; K, b) = σ(K u + b) given only the linear operator K and its
+transpose; :class:`DenseStep` and :class:`ConvStep` are the two built-in layers.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from ..errors import UserError
+from ..runtime import cuda
+from ..runtime.backend import Backend
+from .activations import get_activation
+
+
+def check_arrays(step, u, params, h) -> None:
+    """UserError unless u (L, B, *S), params (L, *P_i) and h (L,) fit ``step``'s shapes."""
+    L = u.shape[0]
+    if u.ndim != 2 + len(step.state_shape) or tuple(u.shape[2:]) != tuple(step.state_shape):
+        raise UserError(f"state must have shape (L, B, {', '.join(map(str, step.state_shape))}); "
+                        f"got {tuple(u.shape)}")
+    names = getattr(step, "param_names", None) or [f"p{i}" for i in range(len(step.param_shapes))]
+    for n, p, shp in zip(names, params, step.param_shapes):
+        if tuple(p.shape) != (L, *shp):
+            raise UserError(f"parameter {n} must have shape (L={L}, {', '.join(map(str, shp))}); "
+                            f"got {tuple(p.shape)}")
+    if tuple(h.shape) != (L,):
+        raise UserError(f"step sizes must have shape (L={L},); got {tuple(h.shape)}")
+
+
+class ResidualStep(ABC):
+    """Forward-Euler residual step u + h·σ(K u + b), batched over layers.
+
+    Subclasses define the linear operator through :meth:`linear`, :meth:`linear_t` and
+    :meth:`linear_grad`, and how a per-layer bias of shape (L, C) broadcasts against (L, B, *S).
+    """
+
+    state_shape: tuple[int, ...]
+    param_shapes: tuple[tuple[int, ...], ...]
+
+    def __init__(self, activation: str, backend: Backend):
+        self.activation = get_activation(activation)
+        self.be = backend
+        self.xp = backend.xp
+
+    # -- the linear part, supplied by subclasses -------------------------------------------------
+    @abstractmethod
+    def linear(self, u, K):
+        """K u for each layer: u (L, B, *S_in), K (L, ...) -> (L, B, *S_out)."""
+
+    @abstractmethod
+    def linear_t(self, a, K):
+        """Kᵀ a for each layer: a (L, B, *S_out) -> (L, B, *S_in)."""
+
+    @abstractmethod
+    def linear_grad(self, a, u):
+        """Σ_batch a ⋆ u, the gradient of <a, K u> with respect to K: -> (L, *K.shape[1:])."""
+
+    @abstractmethod
+    def bias(self, b):
+        """b (L, C) as a view broadcastable against (L, B, *S)."""
+
+    @abstractmethod
+    def bias_grad(self, a):
+        """Σ over batch and pixels of a (L, B, *S) -> (L, C)."""
+
+    # -- the protocol ----------------------------------------------------------------------------
+    def check(self, u, params, h) -> None:
+        """Raise UserError unless u, params and h have matching layer counts and shapes."""
+        check_arrays(self, u, params, h)
+
+    def _hb(self, h, ndim):
+        return h.reshape((h.shape[0],) + (1,) * (ndim - 1))
+
+    def describe(self) -> dict:
+        """JSON-able description: the step's name and settings."""
+        return {"name": type(self).__name__, "activation": self.activation.name}
+
+    def preactivation(self, u, params):
+        K, b = params
+        return self.linear(u, K) + self.bias(b)
+
+    def forward(self, u, params, h):
+        self.check(u, params, h)
+        z = self.preactivation(u, params)
+        return u + self._hb(h, u.ndim) * self.activation.sigma(self.xp, z)
+
+    def adjoint(self, u, lam, params, h):
+        self.check(u, params, h)
+        if lam.shape != u.shape:
+            raise UserError(f"adjoint must have the state's shape {tuple(u.shape)}; got {tuple(lam.shape)}")
+        a = self.activation.dsigma(self.xp, self.preactivation(u, params)) * lam
+        return lam + self._hb(h, lam.ndim) * self.linear_t(a, params[0])
+
+    def param_grad(self, u, lam, params, h):
+        self.check(u, params, h)
+        if lam.shape != u.shape:
+            raise UserError(f"adjoint must have the state's shape {tuple(u.shape)}; got {tuple(lam.shape)}")
+        a = self.activation.dsigma(self.xp, self.preactivation(u, params)) * lam
+        hb = h.reshape(-1, *(1,) * (params[0].ndim - 1))
+        return hb * self.linear_grad(a, u), h[:, None] * self.bias_grad(a)
+
+
+class _CudaDispatch:
+    """On a GPU backend, run forward/adjoint/param_grad as the fused kernels of :mod:`gpubraid.runtime.cuda`
+    (``<_cuda_prefix>_forward`` etc.); on NumPy, the :class:`ResidualStep` formulas."""
+
+    _cuda_prefix: str
+
+    def forward(self, u, params, h):
+        if self.be.is_gpu:
+            return getattr(cuda, f"{self._cuda_prefix}_forward")(u, *params, h, self.activation.code)
+        return super().forward(u, params, h)
+
+    def adjoint(self, u, lam, params, h):
+        if self.be.is_gpu:
+            return getattr(cuda, f"{self._cuda_prefix}_adjoint")(u, lam, *params, h, self.activation.code)
+        return super().adjoint(u, lam, params, h)
+
+    def param_grad(self, u, lam, params, h):
+        if self.be.is_gpu:
+            return getattr(cuda, f"{self._cuda_prefix}_param_grad")(u, lam, *params, h, self.activation.code)
+        return super().param_grad(u, lam, params, h)
+
+
+class DenseStep(_CudaDispatch, ResidualStep):
+    """Dense residual layer on C features: K (C, C), b (C,), states (L, B, C)."""
+
+    _cuda_prefix = "dense"
+
+    def __init__(self, channels: int, activation: str, backend: Backend):
+        super().__init__(activation, backend)
+        self.channels = channels
+        self.state_shape = (channels,)
+        self.param_shapes = ((channels, channels), (channels,))
+
+    param_names = ("K", "b")
+    param_init = ("normal", "zeros")
+
+    def describe(self) -> dict:
+        return {"name": "dense", "channels": self.channels, "activation": self.activation.name}
+
+    def linear(self, u, K):
+        return self.xp.matmul(u, K.transpose(0, 2, 1))
+
+    def linear_t(self, a, K):
+        return self.xp.matmul(a, K)
+
+    def linear_grad(self, a, u):
+        return self.xp.matmul(a.transpose(0, 2, 1), u)
+
+    def bias(self, b):
+        return b[:, None, :]
+
+    def bias_grad(self, a):
+        return a.sum(axis=1)
+
+
+class ConvStep(_CudaDispatch, ResidualStep):
+    """3×3 same-padding convolution on C channels of H×W images.
+
+    K (C_out, C_in, 3, 3), b (C_out,), states (L, B, C, H, W).  Correlation convention (as in
+    PyTorch's conv2d): (K u)_o(y, x) = Σ_i Σ_{dy,dx} K[o, i, dy, dx] u_i(y + dy − 1, x + dx − 1).
+    """
+
+    _cuda_prefix = "conv"
+
+    def __init__(self, channels: int, height: int, width: int, activation: str, backend: Backend):
+        super().__init__(activation, backend)
+        self.channels, self.height, self.width = channels, height, width
+        self.state_shape = (channels, height, width)
+        self.param_shapes = ((channels, channels, 3, 3), (channels,))
+
+    param_names = ("K", "b")
+    param_init = ("normal", "zeros")
+
+    def describe(self) -> dict:
+        return {"name": "conv", "channels": self.channels, "height": self.height, "width": self.width,
+                "activation": self.activation.name}
+
+    def im2col(self, u):
+        """u (L, B, C, H, W) -> columns (L, C·9, B·H·W), zero padding one pixel (:func:`im2col`)."""
+        return im2col(self.xp, u)
+
+    def linear(self, u, K):
+        return conv3x3(self.xp, u, K)
+
+    def linear_t(self, a, K):
+        # The transpose of a zero-padded correlation is the correlation with the kernel flipped in
+        # space and transposed in channels, also zero-padded.
+        Kt = self.xp.ascontiguousarray(K.transpose(0, 2, 1, 3, 4)[:, :, :, ::-1, ::-1])
+        return self.linear(a, Kt)
+
+    def linear_grad(self, a, u):
+        return conv3x3_grad(self.xp, a, u)
+
+    def bias(self, b):
+        return b[:, None, :, None, None]
+
+    def bias_grad(self, a):
+        return a.sum(axis=(1, 3, 4))
+
+
+# -- 3×3 same-padding correlation, shared by ConvStep and the convolutional opening layer ---------
+def im2col(xp, u):
+    """u (L, B, C, H, W) -> columns (L, C·9, B·H·W), zero padding one pixel.
+
+    Channel-and-tap major, so the convolution of all samples of a layer is one GEMM
+    (C_out × 9·C_in) @ (9·C_in × B·H·W).
+    """
+    L, B, C, H, W = u.shape
+    up = xp.zeros((L, C, B, H + 2, W + 2), dtype=u.dtype)
+    up[..., 1:-1, 1:-1] = u.transpose(0, 2, 1, 3, 4)
+    cols = xp.empty((L, C, 3, 3, B, H, W), dtype=u.dtype)
+    for dy in range(3):
+        for dx in range(3):
+            cols[:, :, dy, dx] = up[..., dy:dy + H, dx:dx + W]
+    return cols.reshape(L, C * 9, B * H * W)
+
+
+def conv3x3(xp, u, K):
+    """K u per layer: u (L, B, C_in, H, W), K (L, C_out, C_in, 3, 3) -> (L, B, C_out, H, W)."""
+    L, B, _, H, W = u.shape
+    Co = K.shape[1]
+    out = xp.matmul(K.reshape(L, Co, -1), im2col(xp, u))
+    return out.reshape(L, Co, B, H, W).transpose(0, 2, 1, 3, 4)
+
+
+def conv3x3_grad(xp, a, u):
+    """Σ_batch a ⋆ u: a (L, B, C_out, H, W), u (L, B, C_in, H, W) -> (L, C_out, C_in, 3, 3)."""
+    L, B, Co, H, W = a.shape
+    Ci = u.shape[2]
+    at = xp.ascontiguousarray(a.transpose(0, 2, 1, 3, 4)).reshape(L, Co, B * H * W)
+    g = xp.matmul(at, im2col(xp, u).transpose(0, 2, 1))  # one GEMM per layer
+    return g.reshape(L, Co, Ci, 3, 3)

@@ -1,0 +1,211 @@
+"""Layer-parallel objective and gradient: forward MGRIT for the states, adjoint MGRIT for λ.
+
+Rank r holds the layers of its block [a, b) (contiguous, as even as possible), the states
+u_a..u_b (u_a is its ghost, the left neighbour's last point) and the adjoints λ_a..λ_b (λ_b its
+ghost).  Rank 0 also holds the opening layer and the inputs x; the last rank holds the head (classifier)
+and the labels y.  The forward solve runs in layer order; the adjoint solve runs the same MGRIT
+code in reversed order (solver point k is λ_{N−k}), linearised at the forward states, with coarse
+adjoint steps using injected states and parameters.  All N layer gradients are then one batched
+:meth:`param_grad` call per rank.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..network.network import Evaluation, Network
+from ..runtime.comm import Comm, split_layers
+from ..solver.chain import SerialChain
+from ..solver.mgrit import MGRIT
+from ..solver.options import MGRITOptions, SolveStats
+
+TAG_PARAMS = 600
+
+
+def chain_solver(comm: Comm, ranks, bounds, h, options: MGRITOptions, backend):
+    """The solver of one chain: layer-serial propagation for one level, MGRIT otherwise."""
+    if options.max_levels == 1:
+        return SerialChain(comm, ranks, bounds, h, backend)
+    return MGRIT(comm, ranks, bounds, h, options, backend)
+
+
+class LayerParallel:
+    """Objective and gradient of a Network with layers distributed over the ranks of ``comm``.
+
+    Args:
+        model: the network.
+        comm: layer communicator (None: one process).
+        forward: MGRIT options of the state solve (``max_levels=1``: layer-serial propagation).
+        adjoint: MGRIT options of the adjoint solve (likewise).
+        data: communicator across data groups (ranks holding the same layer block for other
+            samples); objective and gradient are their sample-weighted sums, added in group order,
+            and the solvers' norms and estimates are reduced over it too (default: one group).
+    """
+
+    def __init__(self, model: Network, comm: Comm | None, forward: MGRITOptions, adjoint: MGRITOptions,
+                 data: Comm | None = None):
+        self.comm = comm = comm if comm is not None else Comm.single()
+        self.data = data if data is not None else Comm.single()
+        solver_comm = comm.reducing_also(self.data)
+        self.model = model
+        self.be, self.xp = model.be, model.xp
+        self.rank, self.P = comm.rank, comm.size
+        P = self.P
+        N = model.layers
+        self.bounds = split_layers(N, P)
+        self.a, self.b = int(self.bounds[self.rank]), int(self.bounds[self.rank + 1])
+        self.layout = model.layout(self.a, self.b)
+        self.is_first, self.is_last = self.rank == 0, self.rank == P - 1
+        self.fwd = chain_solver(solver_comm, list(range(P)), self.bounds, model.h, forward, model.be)
+        rev_bounds = N - self.bounds[::-1]
+        self.bwd = chain_solver(solver_comm, list(range(P - 1, -1, -1)), rev_bounds, model.h[::-1].copy(),
+                                adjoint, model.be)
+        self.h_local = model.step_sizes(self.a, self.b)
+        self.U = None     # forward rows u_a..u_b of the last solve (warm start)
+        self.Lam = None   # adjoint rows in solver order of the last solve (warm start)
+        self.last_stats: tuple[SolveStats, SolveStats | None] | None = None
+        self.fwd_tol = self.bwd_tol = None   # per-solve tolerance overrides (adaptive one-shot)
+
+    # -- reductions ---------------------------------------------------------------------------------
+    def dot(self, x, y) -> float:
+        """Global dot product of two distributed parameter vectors (allreduce)."""
+        return self.comm.allreduce_sum(float(self.be.scalar((x * y).sum())))
+
+    def allreduce(self, v: float) -> float:
+        return self.comm.allreduce_sum(v)
+
+    # -- pieces ---------------------------------------------------------------------------------------
+    def _neighbour_layers(self, P):
+        """(θ_{a−1}, θ_b) from the neighbouring ranks for the ddt regulariser (None at the ends)."""
+        if self.model.gamma_ddt == 0 or self.P == 1:
+            return None, None
+        comm, xp = self.comm, self.xp
+        reqs = []
+        if not self.is_first:
+            reqs += [comm.isend(p[0], self.rank - 1, TAG_PARAMS + j) for j, p in enumerate(P.layers())]
+        if not self.is_last:
+            reqs += [comm.isend(p[-1], self.rank + 1, TAG_PARAMS + 10 + j) for j, p in enumerate(P.layers())]
+        left = right = None
+        if not self.is_first:
+            left = [xp.empty(p.shape[1:], p.dtype) for p in P.layers()]
+            for j, buf in enumerate(left):
+                comm.recv_into(buf, self.rank - 1, TAG_PARAMS + 10 + j)
+        if not self.is_last:
+            right = [xp.empty(p.shape[1:], p.dtype) for p in P.layers()]
+            for j, buf in enumerate(right):
+                comm.recv_into(buf, self.rank + 1, TAG_PARAMS + j)
+        Comm.waitall(reqs)
+        return left, right
+
+    def regularizer(self, theta) -> float:
+        """R(θ) of the whole network (every rank takes part; the same value on every rank)."""
+        P = self.layout.views(theta)
+        left, right = self._neighbour_layers(P)
+        return self.allreduce(self.model.regularizer(self.layout, P, None, left, right))
+
+    def forward_states(self, P, x, batch: int, warm: bool = False):
+        """Forward MGRIT: this rank's states u_a..u_b, shape (b − a + 1, B, *S)."""
+        m = self.model
+        u0 = m.open_forward(x, P) if self.is_first else None
+        phi = m.step.forward
+        U, stats = self.fwd.solve(phi, P.layers(), u0, (batch, *m.state_shape),
+                                  warm=self.U if (warm and self.U is not None and self.U.shape[1] == batch) else None,
+                                  tol=self.fwd_tol)
+        return U, stats
+
+    def evaluate(self, theta, x, y, batch: int, grad: bool = True, warm: bool = False) -> Evaluation:
+        """J(θ) (and ∇J) with states and adjoints from MGRIT.
+
+        Args:
+            theta: this rank's flat parameter vector (layout.size,).
+            x: inputs (B, *in_shape) on rank 0 (None elsewhere).
+            y: targets (labels (B,) or values (B, n_out)) on the last rank (None elsewhere).
+            batch: B, known on every rank.
+            warm: start both solves from the previous solve's states and adjoints (one-shot).
+
+        Returns:
+            Evaluation with global objective, loss and correct count on every rank, and this
+            rank's gradient block; ``self.last_stats`` holds the two SolveStats.
+        """
+        m, xp = self.model, self.xp
+        P = self.layout.views(theta)
+        U, fstats = self.forward_states(P, x, batch, warm)
+        self.U = U
+        gvec = xp.zeros_like(theta) if grad else None
+        G = self.layout.views(gvec) if grad else None
+        loss_share, correct_share, lamN = 0.0, 0, None
+        if self.is_last:
+            loss_share, correct_share, lamN = m.loss(U[-1], y, P, G)
+        left, right = self._neighbour_layers(P)
+        R_share = m.regularizer(self.layout, P, G, left, right)
+        loss = self.allreduce(loss_share)
+        correct = int(round(self.allreduce(float(correct_share))))
+        objective = self.allreduce(loss_share + R_share)
+        if not grad:
+            self.last_stats = (fstats, None)
+            return self._across_groups(Evaluation(objective, loss, correct, batch))
+        data = tuple(xp.ascontiguousarray(p[::-1]) for p in P.layers()) + (xp.ascontiguousarray(U[:-1][::-1]),)
+
+        def psi(w, d, h):
+            return m.step.adjoint(d[-1], w, d[:-1], h)
+
+        warm_lam = self.Lam if (warm and self.Lam is not None and self.Lam.shape[1] == batch) else None
+        # the adjoint step's Jacobian is the transpose of the forward one: same spectral scale, so
+        # the adjoint solve uses the levels the forward solve chose (no second estimate)
+        levels = fstats.levels if (self.bwd.opts.stability > 0 or self.bwd.opts.conv_bound > 0) else None
+        Lam_s, bstats = self.bwd.solve(psi, data, lamN, (batch, *m.state_shape), warm=warm_lam,
+                                       levels=levels, tol=self.bwd_tol, max_iter=None)
+        self.Lam = Lam_s
+        Lam = Lam_s[::-1]  # λ_a..λ_b
+        grads = m.step.param_grad(U[:-1], Lam[1:], P.layers(), self.h_local)
+        for g, d in zip(G.layers(), grads):
+            g += d
+        if self.is_first:
+            m.open_grad(x, Lam[0], P, G)
+        self.last_stats = (fstats, bstats)
+        return self._across_groups(Evaluation(objective, loss, correct, batch, grad=gvec))
+
+    def _across_groups(self, ev: Evaluation) -> Evaluation:
+        """The evaluation of the whole batch from every data group's share: means weighted by the
+        groups' sample counts, added in group order (identical bits in every group)."""
+        d = self.data
+        if d.size == 1:
+            return ev
+        total = int(round(d.allreduce_sum(float(ev.n_samples))))
+        w = ev.n_samples / total
+        grad = None if ev.grad is None else d.sum_in_rank_order(w * ev.grad)
+        # R is the same in every group and the weights add up to 1, so J = Σ w_g (ℓ_g + R)
+        return Evaluation(d.sum_in_rank_order(w * ev.objective), d.sum_in_rank_order(w * ev.loss),
+                          int(round(d.allreduce_sum(float(ev.n_correct)))), total, grad)
+
+    def gather_params(self, theta):
+        """The full parameter vector (serial layout) on rank 0; None elsewhere."""
+        host = self.be.to_host(theta)
+        parts = self.comm.gather_obj(host, 0)
+        if self.rank != 0:
+            return None
+        full = self.model.layout()
+        vec = np.zeros(full.size)
+        F = full.views(vec)
+        for r, part in enumerate(parts):
+            a, b = int(self.bounds[r]), int(self.bounds[r + 1])
+            lay = self.model.layout(a, b)
+            Q = lay.views(part)
+            for name in self.model.layer_names:
+                F[name][a:b] = Q[name]
+            for name in Q.names():
+                if name not in self.model.layer_names:
+                    F[name][...] = Q[name]
+        return vec
+
+    def scatter_params(self, full_vec):
+        """This rank's block of a full (serial-layout) parameter vector given on every rank."""
+        full = self.model.layout()
+        F = full.views(self.be.asarray(full_vec))
+        vec = self.xp.zeros(self.layout.size, dtype=self.be.dtype)
+        Q = self.layout.views(vec)
+        for name in Q.names():
+            if name in self.model.layer_names:
+                Q[name][...] = F[name][self.a:self.b]
+            else:
+                Q[name][...] = F[name]
+        return vec

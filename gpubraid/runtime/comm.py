@@ -1,0 +1,331 @@
+"""MPI for gpubraid: layer blocks over ranks, neighbour messages, reductions, CUDA-awareness, abort.
+
+One process without ``mpiexec`` is simply one rank.  Arrays are sent as raw buffers: device buffers
+go straight to MPI when the loaded MPI library is CUDA-aware, and are staged through host memory
+otherwise (after synchronising the producing stream).  ``GPUBRAID_CUDA_AWARE=0|1`` overrides the
+run-time detection.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import UserError
+
+
+def _mpi():
+    from mpi4py import MPI
+
+    return MPI
+
+
+def node_local_rank() -> int:
+    """This process's rank among the processes on its node (0 without MPI launcher variables)."""
+    for var in ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "MV2_COMM_WORLD_LOCAL_RANK",
+                "SLURM_LOCALID", "PMI_LOCAL_RANK", "PALS_LOCAL_RANKID"):
+        if var in os.environ:
+            return int(os.environ[var])
+    MPI = _mpi()
+    if MPI.COMM_WORLD.Get_size() == 1:
+        return 0
+    return MPI.COMM_WORLD.Split_type(MPI.COMM_TYPE_SHARED).Get_rank()
+
+
+def mpi_library_path() -> str | None:
+    """Path of the libmpi that mpi4py loaded into this process (Linux), or None."""
+    _mpi()
+    try:
+        maps = open("/proc/self/maps").read()
+    except OSError:
+        return None
+    found = sorted(set(re.findall(r"(/\S*lib(?:mpi|msmpi|impi)\S*\.so[\d.]*)", maps)))
+    return found[0] if found else None
+
+
+def detect_cuda_aware() -> tuple[bool, str]:
+    """Whether the loaded MPI library accepts device pointers, and how that was decided.
+
+    Order: ``GPUBRAID_CUDA_AWARE`` (0/1) if set; Open MPI's ``MPIX_Query_cuda_support()``;
+    MPICH's ``MPIX_GPU_query_support(MPIX_GPU_SUPPORT_CUDA)``; otherwise not aware.
+    """
+    env = os.environ.get("GPUBRAID_CUDA_AWARE")
+    if env is not None and env != "":
+        if env not in ("0", "1"):
+            raise UserError(f"GPUBRAID_CUDA_AWARE must be 0 or 1; got {env!r}")
+        return env == "1", "GPUBRAID_CUDA_AWARE"
+    path = mpi_library_path()
+    if path is None:
+        return False, "libmpi not found in this process"
+    try:
+        lib = ctypes.CDLL(path)
+    except OSError as exc:
+        return False, f"cannot open {path}: {exc}"
+    if hasattr(lib, "MPIX_Query_cuda_support"):
+        lib.MPIX_Query_cuda_support.restype = ctypes.c_int
+        return bool(lib.MPIX_Query_cuda_support()), "MPIX_Query_cuda_support"
+    if hasattr(lib, "MPIX_GPU_query_support"):
+        flag = ctypes.c_int(0)
+        MPIX_GPU_SUPPORT_CUDA = 0
+        if lib.MPIX_GPU_query_support(MPIX_GPU_SUPPORT_CUDA, ctypes.byref(flag)) == 0:
+            return bool(flag.value), "MPIX_GPU_query_support"
+    return False, "no CUDA query in the MPI library"
+
+
+@dataclass
+class CommStats:
+    """Point-to-point and collective traffic of one rank."""
+
+    messages: int = 0
+    bytes: int = 0
+    collectives: int = 0
+
+    def as_dict(self) -> dict:
+        return {"messages": self.messages, "bytes": self.bytes, "collectives": self.collectives}
+
+
+@dataclass
+class PendingSend:
+    """An MPI send request together with the buffer it reads, kept alive until completion."""
+
+    request: object
+    buffer: object
+
+
+@dataclass
+class Comm:
+    """A communicator over the layer dimension plus the buffer policy for device arrays.
+
+    ``comm`` is an ``mpi4py.MPI.Comm``, or None for one process without MPI
+    (:meth:`single`): every method works on either, so callers never branch on the process count.
+    ``backend`` is the array backend whose device buffers are sent (host transfers are its job).
+    """
+
+    comm: object = None
+    cuda_aware: bool = False
+    backend: object = None
+    stats: CommStats = field(default_factory=CommStats)
+    #: An mpi4py communicator over which sums and maxima are reduced *as well* (the data groups,
+    #: for the solver's norms and estimates); None: only over ``comm``.
+    also: object = None
+
+    @classmethod
+    def world(cls) -> "Comm":
+        """COMM_WORLD, with CUDA-awareness detected from the loaded MPI library."""
+        MPI = _mpi()
+        aware, _ = detect_cuda_aware()
+        return cls(MPI.COMM_WORLD, aware)
+
+    @classmethod
+    def single(cls) -> "Comm":
+        """One process, no MPI."""
+        return cls(None)
+
+    def grid(self, data_parallel: int) -> tuple["Comm", "Comm"]:
+        """Split these P ranks into D = ``data_parallel`` data groups of P/D layer ranks.
+
+        Rank w is layer rank w mod (P/D) of data group w div (P/D).  Returns (layers, data): the
+        communicator of this rank's group along the layers, and the one across the groups that
+        links the ranks holding the same layer block.
+        """
+        P, D = self.size, data_parallel
+        if D < 1 or P % D:
+            raise UserError(f"data_parallel must divide the number of MPI ranks ({P}); got {D}")
+        L = P // D
+        if D == 1:
+            return self, Comm.single()
+        w = self.rank
+        layers = Comm(self.comm.Split(w // L, w % L), self.cuda_aware, self.backend)
+        data = Comm(self.comm.Split(w % L, w // L), self.cuda_aware, self.backend)
+        return layers, data
+
+    def reducing_also(self, other: "Comm") -> "Comm":
+        """This communicator, with sums and maxima reduced over ``other`` as well."""
+        if other.size == 1:
+            return self
+        return Comm(self.comm, self.cuda_aware, self.backend, self.stats, other.comm)
+
+    @property
+    def rank(self) -> int:
+        return 0 if self.comm is None else self.comm.Get_rank()
+
+    @property
+    def size(self) -> int:
+        return 1 if self.comm is None else self.comm.Get_size()
+
+    @property
+    def first_data_group(self) -> bool:
+        """Whether this rank belongs to the first of the data groups reduced over (``also``)."""
+        return self.also is None or self.also.Get_rank() == 0
+
+    # -- point to point -------------------------------------------------------------------------
+    def isend(self, a, dest: int, tag: int) -> "PendingSend":
+        """Non-blocking send of a copy of array ``a`` (the caller may overwrite ``a`` at once)."""
+        if isinstance(a, np.ndarray):
+            buf = a.copy()
+        else:
+            buf = a.copy() if self.cuda_aware else self.backend.pinned_host_copy(a)
+            self.backend.synchronize()
+        self.stats.messages += 1
+        self.stats.bytes += a.nbytes
+        return PendingSend(self.comm.Isend(buf, dest=dest, tag=tag), buf)
+
+    def recv_into(self, a, source: int, tag: int) -> None:
+        """Blocking receive into the contiguous array ``a`` (device arrays staged when needed)."""
+        if isinstance(a, np.ndarray):
+            self.comm.Recv(a, source=source, tag=tag)
+        elif self.cuda_aware:
+            self.backend.synchronize()
+            self.comm.Recv(a, source=source, tag=tag)
+        else:
+            host = np.empty(a.shape, a.dtype)
+            self.comm.Recv(host, source=source, tag=tag)
+            self.backend.copy_from_host(a, host)
+
+    @staticmethod
+    def waitall(pending) -> None:
+        """Complete a list of :class:`PendingSend` (their buffers are released afterwards)."""
+        if pending:
+            _mpi().Request.Waitall([p.request for p in pending])
+
+    # -- collectives ----------------------------------------------------------------------------
+    def allreduce_sum(self, x: float) -> float:
+        x = float(x)
+        if self.size > 1:
+            self.stats.collectives += 1
+            x = float(self.comm.allreduce(x))
+        return x if self.also is None else sum(self.also.allgather(x))
+
+    def allreduce_max(self, x: float) -> float:
+        x = float(x)
+        if self.size > 1:
+            self.stats.collectives += 1
+            x = float(self.comm.allreduce(x, op=_mpi().MAX))
+        return x if self.also is None else max(self.also.allgather(x))
+
+    def sum_in_rank_order(self, x):
+        """Σ_r x_r over the ranks, added in rank order (so every rank gets the same bits):
+        a float, or an array of the same shape on every rank (returned on its backend)."""
+        if self.size == 1:
+            return x
+        self.stats.collectives += 1
+        if isinstance(x, float):
+            return sum(self.comm.allgather(x))
+        host = np.ascontiguousarray(x if isinstance(x, np.ndarray) else self.backend.to_host(x))
+        parts = np.empty((self.size, *host.shape), host.dtype)
+        self.comm.Allgather(host, parts)
+        total = parts[0].copy()
+        for p in parts[1:]:
+            total += p
+        return total if isinstance(x, np.ndarray) else self.backend.asarray(total)
+
+    def bcast_array(self, a, root: int, shape, dtype, xp):
+        """Broadcast an array from ``root`` (others pass None); returns it on every rank."""
+        if self.size == 1:
+            return a
+        self.stats.collectives += 1
+        if self.rank == root:
+            host = np.ascontiguousarray(a if isinstance(a, np.ndarray) else a.get())
+        else:
+            host = np.empty(shape, dtype)
+        self.comm.Bcast(host, root=root)
+        return xp.asarray(host)
+
+    def bcast_obj(self, obj, root: int = 0):
+        if self.size == 1:
+            return obj
+        self.stats.collectives += 1
+        return self.comm.bcast(obj, root=root)
+
+    def gather_obj(self, obj, root: int = 0):
+        if self.size == 1:
+            return [obj]
+        self.stats.collectives += 1
+        return self.comm.gather(obj, root=root)
+
+    def send_obj(self, obj, dest: int, tag: int) -> None:
+        self.comm.send(obj, dest=dest, tag=tag)
+
+    def recv_obj(self, source: int, tag: int):
+        return self.comm.recv(source=source, tag=tag)
+
+    def barrier(self) -> None:
+        if self.size > 1:
+            self.comm.Barrier()
+
+
+def split_layers(n_layers: int, n_ranks: int) -> np.ndarray:
+    """Contiguous block boundaries (n_ranks + 1,) splitting layers 0..N-1 as evenly as possible.
+
+    Ranks get floor(N/P) or ceil(N/P) layers, the larger blocks first.  Needs 1 ≤ P ≤ N.
+    """
+    if n_ranks > n_layers:
+        raise UserError(f"number of MPI ranks ({n_ranks}) must not exceed the number of layers ({n_layers})")
+    q, r = divmod(n_layers, n_ranks)
+    sizes = np.full(n_ranks, q)
+    sizes[:r] += 1
+    return np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+
+
+_aborting = False
+
+
+def abort_all(comm, exc: BaseException, code: int = 1) -> None:
+    """Report ``exc`` as this rank's failure and stop every rank of ``comm`` with status ``code``.
+
+    The report (a traceback for unexpected errors, then one line naming the rank) is written in
+    one piece and flushed, and the launcher is given a moment to forward it before MPI_Abort;
+    a second failure while aborting exits at once without printing again.
+    """
+    global _aborting
+    if _aborting:
+        os._exit(code)
+    _aborting = True
+    mpi_comm = getattr(comm, "comm", comm)
+    rank = mpi_comm.Get_rank() if mpi_comm is not None else 0
+    text = f"gpubraid: rank {rank} failed: {type(exc).__name__}: {exc}\n"
+    if not isinstance(exc, UserError):
+        text = "".join(traceback.format_exception(exc)) + text
+    sys.stderr.write(text)
+    sys.stderr.flush()
+    if mpi_comm is not None and mpi_comm.Get_size() > 1:
+        time.sleep(0.2)
+        mpi_comm.Abort(code)
+    sys.exit(code)
+
+
+def agree(comm: Comm, err: BaseException | None, timeout_s: float = 30.0, code: int = 2) -> str | None:
+    """Whether some rank failed a collective step: None when none did, else the first failing
+    rank's message (on every rank).
+
+    A rank that failed waits at most ``timeout_s`` for the others (which may be stuck in a
+    collective it never joined) and then stops the whole job with status ``code``.
+    """
+    if comm.size == 1:
+        return None if err is None else str(err)
+    MPI = _mpi()
+    sub = comm.comm.Dup()
+    try:
+        flag = np.array([0 if err is None else 1], dtype=np.int32)
+        out = np.zeros(1, dtype=np.int32)
+        req = sub.Iallreduce(flag, out, op=MPI.MAX)
+        if err is None:
+            req.Wait()
+        else:
+            deadline = time.monotonic() + timeout_s
+            while not req.Test():
+                if time.monotonic() > deadline:
+                    abort_all(comm, err, code)
+                time.sleep(0.01)
+        if out[0] == 0:
+            return None
+        messages = sub.allgather(None if err is None else str(err))
+        return next(m for m in messages if m is not None)
+    finally:
+        sub.Free()

@@ -1,0 +1,99 @@
+"""The three training methods (docs/algorithm.md §6) as objects.
+
+A method owns everything that distinguishes it: the MGRIT options of its forward and adjoint
+solves during training, whether those solves start from the previous step's states and adjoints,
+and what happens when the L-BFGS line search fails.  (Validation and final scoring are forward
+passes without MGRIT iterations, the same for every method: see ``Trainer.score``.)  The training loop (:mod:`gpubraid.training.trainer`) asks; it never tests the method's name.
+
+    serial   layer-serial propagation and backprop (one level: the coarsest-grid solve is the
+             whole chain, propagated layer by layer)
+    exact    forward and adjoint MGRIT to a tight tolerance every step: serial's gradient
+    oneshot  a fixed small number of forward and adjoint MGRIT iterations per step, warm-started
+             from the previous step (full batch); the inexact gradient is what makes it cheap
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ..solver.options import MGRITOptions
+from .config import TrainConfig
+
+
+@dataclass(frozen=True)
+class Method:
+    """What one training method does per optimisation step.
+
+    Attributes:
+        forward: MGRIT options of the state solve during training.
+        adjoint: MGRIT options of the adjoint solve during training.
+    """
+
+    name: ClassVar[str]
+    forward: MGRITOptions
+    adjoint: MGRITOptions
+
+    def warm(self, full_batch: bool) -> bool:
+        """Whether each solve starts from the previous step's states and adjoints."""
+        return False
+
+    def go_on_after_failed_line_search(self, failures: int) -> bool:
+        """After ``failures`` consecutive failed line searches: reset the optimiser and go on
+        (True) or stop (False).  A converged gradient has reached its precision: stop."""
+        return False
+
+    def tolerance(self, grad_norm: float) -> float | None:
+        """The residual tolerance of the next step's solves (None: the options' own)."""
+        return None
+
+
+class Serial(Method):
+    name = "serial"
+
+
+class Exact(Method):
+    name = "exact"
+
+
+@dataclass(frozen=True)
+class OneShot(Method):
+    """Fixed iteration counts (the caps, with ``adaptive`` > 0: a solve also stops once its
+    residual is at most ``adaptive`` × the last gradient norm)."""
+
+    name = "oneshot"
+    minibatch_warm: bool = False
+    adaptive: float = 0.0
+
+    def tolerance(self, grad_norm: float) -> float | None:
+        """The residual tolerance of the next step's solves (None: run the fixed counts)."""
+        return self.adaptive * grad_norm if self.adaptive > 0 else None
+
+    def warm(self, full_batch: bool) -> bool:
+        # With mini-batches the previous states belong to other samples: the nested-iteration
+        # guess is better (bench/oneshot_study.py), unless asked for.
+        return full_batch or self.minibatch_warm
+
+    def go_on_after_failed_line_search(self, failures: int) -> bool:
+        # Inexact gradients can fail a line search on solver noise; forgetting the curvature pairs
+        # and going on from steepest descent recovers, unless it keeps happening.
+        return failures < 3
+
+
+def make_method(cfg: TrainConfig) -> Method:
+    """The method of a resolved configuration, with its solver options."""
+    common = dict(cfactor=cfg.cfactor, max_levels=cfg.max_levels, nrelax=cfg.nrelax,
+                  min_coarse=cfg.min_coarse, stability=cfg.stability, nested=cfg.nested)
+    if cfg.method == "serial":
+        return Serial(SERIAL, SERIAL)
+    if cfg.method == "exact":
+        # converged solves: every stable level helps (conv_bound is about one-shot's few iterations)
+        converged = MGRITOptions(tol=cfg.tol, max_iter=cfg.max_iter, **common).validate()
+        return Exact(converged, converged)
+    fwd = MGRITOptions(tol=0.0, max_iter=cfg.fwd_iters, conv_bound=cfg.conv_bound, final_residual=False,
+                       **common).validate()
+    return OneShot(fwd, dataclasses.replace(fwd, max_iter=cfg.bwd_iters), cfg.minibatch_warm, cfg.adaptive)
+
+
+#: One level: the chain propagated layer by layer (serial training, and every scoring pass).
+SERIAL = MGRITOptions(max_levels=1)

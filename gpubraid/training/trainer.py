@@ -1,0 +1,336 @@
+"""Training: one loop for the three methods of docs/algorithm.md §6 (:mod:`gpubraid.training.methods`).
+
+One training step: the optimiser asks the closure for J(θ) and ∇J(θ); the closure runs the
+method's forward solve (states), loss and regulariser, adjoint solve and the batched gradients;
+dot products inside the optimiser are MPI allreduces over the ranks' parameter blocks.  Data are
+read on rank 0; inputs stay there (the opening layer is rank 0's), labels go to the last rank
+(the head's).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..data.distribute import _Data, load_distributed
+from ..errors import Diverged, UserError
+from ..network.network import network_for_data
+from ..network.spec import layer_spec, network_from_spec
+from ..objective.inference import Pipeline
+from ..objective.layer_parallel import LayerParallel
+from ..runtime.backend import resolve_backend
+from ..runtime.comm import Comm
+from ..runtime.resources import check_memory
+from .config import EXAMPLE_DEFAULTS, TrainConfig  # noqa: F401  (re-exported for users)
+from .methods import SERIAL, make_method
+from .optim import make_optimizer
+from .report import TrainResult
+
+#: An objective this many times larger than the first one (and than 1) counts as divergence.
+EXPLOSION_FACTOR = 1e4
+
+
+class Trainer:
+    """One training run; build it on every rank of ``comm`` with the same settings.
+
+    Args:
+        cfg: the settings (the defaults of the example or of the data's network are filled in).
+        comm: all ranks of the run (default: one process); with ``cfg.data_parallel`` = D they
+            form D data groups of P/D layer ranks (:meth:`~gpubraid.runtime.comm.Comm.grid`).
+        data: your own data instead of ``cfg.example`` / ``cfg.data``: a
+            :class:`~gpubraid.data.dataset.Dataset` or arrays ``(x_train, y_train[, x_val, y_val])``
+            (integer labels: classification; float targets: regression), needed on rank 0 only.
+        step: your own residual step object (the protocol of :mod:`gpubraid.network.steps`) instead of
+            ``cfg.layer``; build the same one on every rank.
+    """
+
+    def __init__(self, cfg: TrainConfig, comm: Comm | None = None, *, data=None, step=None):
+        if data is not None and cfg.example is None and cfg.data is None:
+            cfg = cfg.model_copy(update={"data": "<arrays>"})
+        cfg.resolved()  # every setting checked before any work
+        self.world = world = comm if comm is not None else Comm.single()
+        self.comm, self.data_comm = comm, data_comm = world.grid(cfg.data_parallel)
+        ds, meta = load_distributed(cfg, world, data)
+        self.meta = meta
+        self.cfg = cfg = cfg.resolved(meta["kind"])
+        self.be = resolve_backend(cfg.backend, cfg.dtype)
+        for c in (world, comm, data_comm):
+            c.backend = self.be
+        self.model = self._network(meta, step)
+        if comm.size > cfg.layers:
+            raise UserError(f"layer ranks ({comm.size} = MPI ranks / --data-parallel) must not exceed "
+                            f"--layers ({cfg.layers})")
+        self.full_batch = cfg.batch_size == 0 or cfg.batch_size >= meta["n_train"]
+        batch = meta["n_train"] if self.full_batch else cfg.batch_size
+        if batch < data_comm.size:
+            raise UserError(f"data_parallel ({data_comm.size}) must not exceed the batch ({batch} samples)")
+        check_memory(cfg, self.model.state_shape, sum(math.prod(s) for s in self.model.step.param_shapes),
+                     -(-batch // data_comm.size), comm.size, self.be)
+        self.method = make_method(cfg)
+        self.lp = LayerParallel(self.model, comm, self.method.forward, self.method.adjoint, data_comm)
+        self.lp_serial = LayerParallel(self.model, comm, SERIAL, SERIAL)
+        self.pipeline = Pipeline(self.model, comm, self.lp.bounds)
+        self.data = _Data(world, comm, data_comm, self.be, meta, ds)
+        self.theta = self.lp.scatter_params(self._initial_parameters())
+        self.opt = make_optimizer(cfg.optimizer, dot=self.lp.dot, **cfg.optimizer_settings())
+
+    def _network(self, meta: dict, step):
+        """The network for the data: the given step, ``cfg.layer``, or dense/conv by the data."""
+        cfg = self.cfg
+        kw = dict(layers=cfg.layers, final_time=cfg.final_time, gamma_tik=cfg.gamma_tik,
+                  gamma_ddt=cfg.gamma_ddt)
+        if step is not None:
+            return network_for_data(meta, step, backend=self.be, **kw)
+        return network_from_spec(meta, {"step": layer_spec(cfg, meta), **kw}, self.be)
+
+    def _initial_parameters(self) -> np.ndarray:
+        """Random (seeded, rank-independent) initial parameters, or those of ``cfg.init``."""
+        if self.cfg.init is None:
+            return self.be.to_host(self.model.init_params(self.model.layout(), self.cfg.seed, self.cfg.init_scale))
+        from ..io import modelfile
+
+        tensors, meta = modelfile.read(self.cfg.init)
+        return modelfile.parameters(self.model, tensors, self.cfg.init)
+
+    def _solver_stats(self) -> dict:
+        """What the last evaluation's solves did: iterations, final residuals, levels (and the
+        estimated spectral scale), and every step application, forward and adjoint (serial: 2N)."""
+        f, b = self.lp.last_stats
+        out = {"fwd_iters": f.iterations, "fwd_residual": f.residuals[-1] if f.residuals else None,
+               "levels": f.levels}
+        if b is not None:
+            out.update(bwd_iters=b.iterations, bwd_residual=b.residuals[-1] if b.residuals else None)
+        if f.rho is not None:
+            out.update(rho=f.rho, h_rho=f.h_rho[-1] if f.h_rho else 0.0)
+        out["steps"] = self.data_comm.allreduce_sum(self.comm.allreduce_sum(
+            f.total_steps + (b.total_steps if b else 0.0))) / self.data_comm.size
+        return out
+
+    def score(self, split: str) -> dict:
+        """Objective, loss and (classification) accuracy on ``split`` ("train" or "val") by one
+        forward pass without MGRIT: layer-serial propagation of sample chunks, pipelined over the
+        ranks (:class:`~gpubraid.objective.inference.Pipeline`)."""
+        x, y, k = self.data.take(split, None, self.be.xp)
+        P = self.lp.layout.views(self.theta)
+        loss_sum, correct, _ = self.pipeline.run(P, x, k, y)
+        d = self.data_comm
+        n = self.data.n_train if split == "train" else self.data.n_val
+        loss = d.sum_in_rank_order(loss_sum) / n
+        correct = int(round(d.allreduce_sum(float(correct))))
+        accuracy = correct / n if self.model.task == "classification" else None
+        return {"objective": loss + self.lp.regularizer(self.theta), "loss": loss, "accuracy": accuracy}
+
+    def save(self, path: str) -> None:
+        """Write the trained model to ``path`` (rank 0 writes; every rank takes part)."""
+        from ..io import modelfile
+
+        full = self.lp.gather_params(self.theta)
+        if self.world.rank == 0:
+            modelfile.save(path, self.model, full, self.meta, self.cfg.model_dump())
+
+    def _batch(self, run: "RunState"):
+        """(x, y, B) of the next optimisation step, this data group's share: of the full batch,
+        or of the next mini-batch of a shuffled epoch (one permutation per epoch, as
+        :func:`gpubraid.data.dataset.batches` draws it; every rank draws the same)."""
+        n = self.data.n_train
+        if self.full_batch:
+            return self.data.take("train", None, self.be.xp)
+        if run.order is None or run.pos >= n:
+            run.order, run.pos = run.rng.permutation(n).astype(np.int64), 0
+        idx = run.order[run.pos:run.pos + self.cfg.batch_size]
+        run.pos += len(idx)
+        return self.data.take("train", idx, self.be.xp)
+
+    def _check_divergence(self, it: int, objective: float, first: float) -> None:
+        """Raise :class:`Diverged` on a non-finite or exploding objective, saying where."""
+        if math.isfinite(objective) and objective <= EXPLOSION_FACTOR * max(abs(first), 1.0):
+            return
+        what = ("not finite" if not math.isfinite(objective)
+                else f"{objective / max(abs(first), 1.0):.1e} times the first")
+        where = self._locate_blowup()
+        hints = "--init-scale, --final-time" if it == 0 else (
+            "--lr" if self.cfg.optimizer != "lbfgs" else "--final-time") + ", --gamma-tik, --gamma-ddt"
+        raise Diverged(f"objective {objective:.6g} at iteration {it + 1} is {what}; {where}; "
+                       f"options that matter: {hints}")
+
+    def _locate_blowup(self) -> str:
+        """Where the first non-finite or exploding value appears: parameters, forward states or
+        adjoints, and the layer (a layer-serial pass over up to 256 training samples)."""
+        comm, lp, xp = self.comm, self.lp_serial, self.be.xp
+        k = min(self.data.n_train, 256)
+        x = None if self.data.x_train is None else self.data.x_train[:k]
+        y = None if self.data.y_train is None else self.data.y_train[:k]
+
+        def first_bad(rows, first_layer: int) -> float:
+            """Global index of the first bad row (inf when none) over all ranks."""
+            flat = rows.reshape(rows.shape[0], -1)
+            bad = ~xp.isfinite(flat).all(axis=1) | (xp.abs(xp.nan_to_num(flat)).max(axis=1) > 1e30)
+            where = np.flatnonzero(self.be.to_host(bad))
+            local = first_layer + int(where[0]) if where.size else math.inf
+            return -comm.allreduce_max(-local)
+
+        if not math.isfinite(comm.allreduce_sum(float(self.be.scalar(xp.abs(self.theta).sum())))):
+            return "the parameters are not finite (the previous step overshot)"
+        with np.errstate(all="ignore"):
+            lp.evaluate(self.theta, x, y, k, grad=True)
+        layer = first_bad(lp.U[1:], lp.a + 1)
+        if math.isfinite(layer):
+            return f"first bad value: forward state after layer {int(layer)} of {self.model.layers}"
+        layer = first_bad(lp.Lam[::-1][:-1], lp.a)
+        if math.isfinite(layer):
+            return f"first bad value: adjoint at layer {int(layer)} of {self.model.layers}"
+        big = comm.allreduce_max(float(self.be.scalar(xp.abs(self.theta).max())))
+        return (f"states and adjoints are finite on a layer-serial pass, the largest parameter is "
+                f"{big:.1e}: the optimiser's steps grew the weights")
+
+    def run(self, progress=None, interrupts=None) -> TrainResult:
+        """Train up to ``cfg.iterations`` steps (fewer when the method stops early), continuing
+        from a checkpoint when ``cfg.resume`` names one.
+
+        Args:
+            progress: ``progress(entry)`` after every step (rank 0's log and bar).
+            interrupts: an :class:`~gpubraid.runtime.interrupts.Interrupts` polled at every step boundary;
+                on a signal a checkpoint is written (when ``cfg.checkpoint_dir`` is set) and
+                :class:`~gpubraid.runtime.interrupts.Interrupted` propagates.
+        """
+        cfg = self.cfg
+        run = self.restore(cfg.resume) if cfg.resume else RunState(np.random.default_rng([cfg.seed, 7]))
+        warm = self.method.warm(self.full_batch)
+        t0 = time.perf_counter() - run.elapsed
+        from ..runtime.interrupts import Interrupted
+
+        for it in range(len(run.history), cfg.iterations):
+            try:
+                if interrupts is not None:
+                    interrupts.poll(self.world)
+            except Interrupted:
+                if cfg.checkpoint_dir:
+                    self.save_checkpoint(run)
+                raise
+            x, y, B = self._batch(run)
+
+            def closure(theta):
+                ev = self.lp.evaluate(theta, x, y, B, grad=True, warm=warm)
+                return ev.objective, ev.grad, (ev.accuracy, self._solver_stats())
+
+            try:
+                with np.errstate(over="ignore", invalid="ignore"):
+                    info = self.opt.step(self.theta, closure)
+            except FloatingPointError:  # L-BFGS refuses a non-finite start point
+                self._check_divergence(it, math.nan, math.nan if run.first is None else run.first)
+            self.lp.fwd_tol = self.lp.bwd_tol = self.method.tolerance(info.grad_norm)
+            run.first = info.objective if run.first is None else run.first
+            self._check_divergence(it, info.objective, run.first)
+            accuracy, stats = info.start
+            entry = {"iter": it, "objective": info.objective, "grad_norm": info.grad_norm,
+                     "train_batch_accuracy": accuracy, "step_size": info.step_size,
+                     "n_evals": info.n_evals, **stats, "time_s": time.perf_counter() - t0}
+            if cfg.val_every and ((it + 1) % cfg.val_every == 0 or it + 1 == cfg.iterations):
+                val = self.score("val")
+                entry["val_loss"] = val["loss"]
+                if val["accuracy"] is not None:
+                    entry["val_accuracy"] = val["accuracy"]
+            run.history.append(entry)
+            run.elapsed = time.perf_counter() - t0
+            if progress is not None:
+                progress(entry)
+            run.failures = run.failures + 1 if info.step_size == 0.0 else 0
+            if run.failures:
+                if not self.method.go_on_after_failed_line_search(run.failures):
+                    run.stopped = "line search failed (no decrease along the L-BFGS direction)"
+                    break
+                self.opt.reset()
+            if cfg.checkpoint_dir and cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0:
+                self.save_checkpoint(run)
+        if cfg.checkpoint_dir:
+            self.save_checkpoint(run)
+        wall = time.perf_counter() - t0
+        train, val = self.score("train"), self.score("val")
+        if cfg.save:
+            self.save(cfg.save)
+        return TrainResult(cfg.model_dump(), self.world.size, self.be.name, self.be.dtype_name, train["objective"],
+                           train["loss"], val["loss"], train["accuracy"], val["accuracy"], wall, run.history,
+                           run.stopped)
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    #: Settings that may differ between a run and its resumption (output, length, where to save).
+    RESUMABLE_CHANGES = ("iterations", "val_every", "metrics", "progress", "checkpoint_dir",
+                         "checkpoint_every", "resume", "backend", "save", "init", "data_parallel")
+
+    def save_checkpoint(self, run: "RunState") -> None:
+        """Write the run's state to ``cfg.checkpoint_dir`` (rank 0 writes; every rank takes part)."""
+        world, be = self.world, self.be
+        vectors, scalars = self.opt.state()  # identical in every data group: group 0's are kept
+        arrays = {"theta": self.lp.gather_params(self.theta)}
+        for name, vec in sorted(vectors.items()):
+            arrays[f"opt.{name}"] = self.lp.gather_params(vec)
+        for name in ("U", "Lam"):  # warm-start rows differ per rank (and per data group)
+            rows = getattr(self.lp, name)
+            parts = world.gather_obj(None if rows is None else be.to_host(rows), 0)
+            if world.rank == 0 and all(p is not None for p in parts):
+                arrays.update({f"warm.{name}.{r}": p for r, p in enumerate(parts)})
+        if run.order is not None:
+            arrays["batch_order"] = run.order
+        if world.rank != 0:
+            return
+        from ..io import checkpoint
+
+        meta = {"config": self.cfg.model_dump(), "ranks": world.size, "history": run.history,
+                "optimizer": scalars, "rng": run.rng.bit_generator.state, "pos": run.pos,
+                "failures": run.failures, "first": run.first, "elapsed": run.elapsed,
+                "stopped": run.stopped}
+        checkpoint.save(self.cfg.checkpoint_dir, len(run.history), arrays, meta)
+
+    def restore(self, directory: str) -> "RunState":
+        """Load the newest checkpoint of ``directory`` into this trainer; returns the loop state.
+
+        On the rank count that wrote it the run continues bit for bit (warm-start rows included);
+        on another it continues from the parameters and the optimiser state.
+        """
+        from ..io import checkpoint
+
+        world, be = self.world, self.be
+        loaded, err = None, None
+        if world.rank == 0:
+            try:
+                arrays, meta, path = checkpoint.load_latest(directory)
+                mine = self.cfg.model_dump()
+                for key, value in meta["config"].items():
+                    if key not in self.RESUMABLE_CHANGES and mine.get(key) != value:
+                        raise UserError(f"resume: {key} is {mine.get(key)!r} here but {value!r} in {path!r}; "
+                                        "resume with the settings of the interrupted run")
+                loaded = (arrays, meta)
+            except UserError as exc:
+                err = str(exc)
+        loaded, err = world.bcast_obj((loaded, err), 0)
+        if err is not None:
+            raise UserError(err)
+        arrays, meta = loaded
+        self.theta[...] = self.lp.scatter_params(arrays["theta"])
+        vectors = {k[4:]: self.lp.scatter_params(v) for k, v in arrays.items() if k.startswith("opt.")}
+        self.opt.load_state(vectors, meta["optimizer"], self.theta)
+        same_split = meta["config"]["data_parallel"] == self.cfg.data_parallel
+        if meta["ranks"] == world.size and same_split:
+            for name in ("U", "Lam"):
+                rows = arrays.get(f"warm.{name}.{world.rank}")
+                setattr(self.lp, name, None if rows is None else be.asarray(rows))
+        rng = np.random.default_rng()
+        rng.bit_generator.state = meta["rng"]
+        return RunState(rng, arrays.get("batch_order"), meta["pos"], meta["history"], meta["failures"],
+                        meta["first"], meta["elapsed"], meta["stopped"])
+
+
+@dataclass
+class RunState:
+    """Where a training loop stands: everything a checkpoint must keep besides the arrays."""
+
+    rng: np.random.Generator
+    order: np.ndarray | None = None      # this epoch's sample permutation (mini-batches)
+    pos: int = 0                         # next position in ``order``
+    history: list = field(default_factory=list)
+    failures: int = 0                    # consecutive failed line searches
+    first: float | None = None           # the first step's objective (divergence guard)
+    elapsed: float = 0.0                 # training seconds before this process
+    stopped: str = "iterations"

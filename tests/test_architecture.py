@@ -1,0 +1,108 @@
+"""The package's structure, from its import graph: subpackages are layers, lower layers never
+import higher ones (not even inside a function), peers stay apart, and no import cycle exists.
+
+    runtime                      backend, MPI, interrupts, resources, profiling, CUDA launchers
+    solver | network | data      MGRIT and the serial chain | steps, networks | data sets
+    objective                    objective and gradient across the ranks, inference
+    io                           model files, checkpoints
+    training                     settings, methods, optimisers, the trainer
+    cli                          the command line
+"""
+from __future__ import annotations
+
+import ast
+import functools
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parents[1] / "gpubraid"
+
+LAYERS = {"errors": 0, "runtime": 1, "solver": 2, "network": 2, "data": 2, "objective": 3, "io": 4,
+          "training": 5, "cli": 6}
+FACADE = {"gpubraid", "gpubraid.__main__"}   # the package's own entry points may reach any layer
+
+
+@functools.lru_cache(maxsize=None)
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in PKG.rglob("*.py"):
+        parts = path.relative_to(PKG.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = path
+    return out
+
+
+def _imports(name: str, path: Path, modules) -> set[str]:
+    """gpubraid modules that ``name`` imports anywhere in its body (relative or absolute)."""
+    is_pkg = path.name == "__init__.py"
+    here = name.split(".") if is_pkg else name.split(".")[:-1]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        targets = []
+        if isinstance(node, ast.ImportFrom):
+            base = here[:len(here) - node.level + 1] if node.level else []
+            mod = ".".join(base + (node.module.split(".") if node.module else []))
+            targets = [f"{mod}.{a.name}" for a in node.names] + [mod]
+        elif isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        for t in targets:
+            while t and t not in modules:
+                t = t.rpartition(".")[0]
+            if t and t != name and t.startswith("gpubraid"):
+                found.add(t)
+                break
+    return found
+
+
+@functools.lru_cache(maxsize=None)
+def _graph():
+    modules = _modules()
+    return {name: _imports(name, path, modules) for name, path in modules.items()}
+
+
+def _layer(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else None
+
+
+def test_every_subpackage_has_a_layer():
+    subs = {p.name for p in PKG.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert subs - {"__pycache__"} <= set(LAYERS), subs - set(LAYERS)
+
+
+@pytest.mark.parametrize("module", sorted(m for m in _modules() if m not in FACADE))
+def test_lower_layers_never_import_higher_ones(module):
+    graph = _graph()
+    mine = LAYERS[_layer(module)]
+    for dep in graph[module]:
+        theirs = LAYERS.get(_layer(dep), -1)
+        if dep in ("gpubraid",):
+            continue
+        assert theirs < mine or _layer(dep) == _layer(module), f"{module} (layer {mine}) imports {dep} (layer {theirs})"
+
+
+def test_solver_never_imports_the_network():
+    for module, deps in _graph().items():
+        if _layer(module) == "solver":
+            assert not {d for d in deps if _layer(d) in ("network", "data")}, (module, deps)
+
+
+def test_no_import_cycle():
+    graph = _graph()
+    state: dict[str, int] = {}
+
+    def visit(m, stack):
+        state[m] = 1
+        for d in graph.get(m, ()):
+            if d in FACADE:
+                continue
+            if state.get(d) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(d):] + [d]))
+            if d not in state:
+                visit(d, stack + [d])
+        state[m] = 2
+
+    for m in graph:
+        if m not in state and m not in FACADE:
+            visit(m, [m])
