@@ -7,6 +7,12 @@ and the labels y.  The forward solve runs in layer order; the adjoint solve runs
 code in reversed order (solver point k is λ_{N−k}), linearised at the forward states, with coarse
 adjoint steps using injected states and parameters.  All N layer gradients are then one batched
 :meth:`param_grad` call per rank.
+
+Solves that keep one level are layer-serial propagation; given :class:`PipelineOptions`, those
+run as the micro-batch pipeline of :mod:`gpubraid.objective.pipeline` (forward and backward
+streamed through the ranks, GPipe or 1F1B) instead of passing the whole batch from rank to rank.
+When the level choice of an MGRIT forward solve keeps one level at run time, the forward states
+are already those of the whole batch and only the backward half is streamed.
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ from ..network.network import Evaluation, Network
 from ..runtime.comm import Comm, split_layers
 from ..solver.chain import SerialChain
 from ..solver.mgrit import MGRIT
+from .pipeline import PipelineOptions, TrainingPipeline
 from ..solver.options import MGRITOptions, SolveStats
 
 TAG_PARAMS = 600
@@ -39,10 +46,12 @@ class LayerParallel:
         data: communicator across data groups (ranks holding the same layer block for other
             samples); objective and gradient are their sample-weighted sums, added in group order,
             and the solvers' norms and estimates are reduced over it too (default: one group).
+        pipeline: micro-batches and schedule of one-level (layer-serial) solves; None: they pass the
+            whole batch from rank to rank (and keep ``U`` and ``Lam`` of the whole batch).
     """
 
     def __init__(self, model: Network, comm: Comm | None, forward: MGRITOptions, adjoint: MGRITOptions,
-                 data: Comm | None = None):
+                 data: Comm | None = None, pipeline: PipelineOptions | None = None):
         self.comm = comm = comm if comm is not None else Comm.single()
         self.data = data if data is not None else Comm.single()
         solver_comm = comm.reducing_also(self.data)
@@ -64,6 +73,17 @@ class LayerParallel:
         self.Lam = None   # adjoint rows in solver order of the last solve (warm start)
         self.last_stats: tuple[SolveStats, SolveStats | None] | None = None
         self.fwd_tol = self.bwd_tol = None   # per-solve tolerance overrides (adaptive one-shot)
+        self.pipe = None if pipeline is None else TrainingPipeline(model, comm, self.bounds, pipeline)
+
+    @staticmethod
+    def _one_level(solver) -> bool:
+        """Whether a chain solver can only propagate layer by layer (one level in its hierarchy)."""
+        return isinstance(solver, SerialChain) or solver.n_levels == 1
+
+    @property
+    def pipelined(self) -> bool:
+        """Whether both solves are the micro-batch pipeline (no MGRIT level above the finest)."""
+        return self.pipe is not None and self._one_level(self.fwd) and self._one_level(self.bwd)
 
     # -- reductions ---------------------------------------------------------------------------------
     def dot(self, x, y) -> float:
@@ -128,30 +148,44 @@ class LayerParallel:
         """
         m, xp = self.model, self.xp
         P = self.layout.views(theta)
-        U, fstats = self.forward_states(P, x, batch, warm)
-        self.U = U
         gvec = xp.zeros_like(theta) if grad else None
         G = self.layout.views(gvec) if grad else None
+        left, right = self._neighbour_layers(P)
+        R_share = m.regularizer(self.layout, P, G, left, right)
+        if self.pipelined:
+            loss_share, correct_share, fstats, bstats = self.pipe.run(P, G, x, y, batch)
+            self.U = self.Lam = None
+            self.last_stats = (fstats, bstats)
+            return self._totals(gvec, loss_share, correct_share, R_share, batch)
+        U, fstats = self.forward_states(P, x, batch, warm)
+        self.U = U
         loss_share, correct_share, lamN = 0.0, 0, None
         if self.is_last:
             loss_share, correct_share, lamN = m.loss(U[-1], y, P, G)
-        left, right = self._neighbour_layers(P)
-        R_share = m.regularizer(self.layout, P, G, left, right)
-        loss = self.allreduce(loss_share)
-        correct = int(round(self.allreduce(float(correct_share))))
-        objective = self.allreduce(loss_share + R_share)
+        self.last_stats = (fstats, None)
         if not grad:
-            self.last_stats = (fstats, None)
-            return self._across_groups(Evaluation(objective, loss, correct, batch))
+            return self._totals(gvec, loss_share, correct_share, R_share, batch)
+        # the adjoint step's Jacobian is the transpose of the forward one: same spectral scale, so
+        # the adjoint solve uses the levels the forward solve chose (no second estimate)
+        levels = fstats.levels if (self.bwd.opts.stability > 0 or self.bwd.opts.conv_bound > 0) else None
+        if self.pipe is not None and (levels == 1 or self._one_level(self.bwd)):
+            Lam, bstats = self.pipe.backward(U, lamN, P, G, x, batch)
+            self.Lam = xp.ascontiguousarray(Lam[::-1])   # solver order, for a warm start
+        else:
+            Lam, bstats = self._adjoint(P, G, U, lamN, x, batch, warm, levels)
+        self.last_stats = (fstats, bstats)
+        return self._totals(gvec, loss_share, correct_share, R_share, batch)
+
+    def _adjoint(self, P, G, U, lamN, x, batch: int, warm: bool, levels):
+        """Adjoint solve in reversed layer order, then the rank's gradient parts added into G.
+        Returns (λ_a..λ_b (n + 1, B, *S), SolveStats)."""
+        m, xp = self.model, self.xp
         data = tuple(xp.ascontiguousarray(p[::-1]) for p in P.layers()) + (xp.ascontiguousarray(U[:-1][::-1]),)
 
         def psi(w, d, h):
             return m.step.adjoint(d[-1], w, d[:-1], h)
 
         warm_lam = self.Lam if (warm and self.Lam is not None and self.Lam.shape[1] == batch) else None
-        # the adjoint step's Jacobian is the transpose of the forward one: same spectral scale, so
-        # the adjoint solve uses the levels the forward solve chose (no second estimate)
-        levels = fstats.levels if (self.bwd.opts.stability > 0 or self.bwd.opts.conv_bound > 0) else None
         Lam_s, bstats = self.bwd.solve(psi, data, lamN, (batch, *m.state_shape), warm=warm_lam,
                                        levels=levels, tol=self.bwd_tol, max_iter=None)
         self.Lam = Lam_s
@@ -161,7 +195,13 @@ class LayerParallel:
             g += d
         if self.is_first:
             m.open_grad(x, Lam[0], P, G)
-        self.last_stats = (fstats, bstats)
+        return Lam, bstats
+
+    def _totals(self, gvec, loss_share: float, correct_share: int, R_share: float, batch: int) -> Evaluation:
+        """The evaluation from this rank's shares: global objective, loss and count (allreduces)."""
+        loss = self.allreduce(loss_share)
+        correct = int(round(self.allreduce(float(correct_share))))
+        objective = self.allreduce(loss_share + R_share)
         return self._across_groups(Evaluation(objective, loss, correct, batch, grad=gvec))
 
     def _across_groups(self, ev: Evaluation) -> Evaluation:

@@ -3,7 +3,11 @@
 The estimate counts, per rank, the arrays that grow with the problem:
 
     states      the forward states and adjoints of the rank's layers and their MGRIT levels, plus
-                the step's temporaries: STATE_COPIES × (N/P + 1) × B × |state| numbers
+                the step's temporaries: STATE_COPIES × (N/P + 1) × B × |state| numbers; layer-serial
+                training (the pipeline of gpubraid.objective.pipeline) holds the states of the
+                micro-batches in flight (GPipe: all M; 1F1B: at most min(P, M)) plus PIPELINE_WORK
+                micro-batches' worth of adjoints and temporaries: (in flight + PIPELINE_WORK) ×
+                (N/P + 1) × ⌈B/M⌉ × |state|
     parameters  the rank's layer parameters with the optimiser's copies (L-BFGS: 2·memory + 4
                 vectors; Adam: 4; SGD: 3)
 
@@ -21,6 +25,34 @@ from ..errors import UserError
 #: Arrays of the states' size one training step keeps alive at once: forward states, adjoints,
 #: the adjoint solve's copy of the states, the coarse levels' u and g, and the step's temporaries.
 STATE_COPIES = 6
+
+
+#: Arrays of one micro-batch's states the pipeline's backward step needs besides the held states:
+#: its adjoints, the parameter gradient's temporaries, and the adjoint step's.
+PIPELINE_WORK = 3
+
+
+#: Automatic micro-batches: this many per layer rank (one on a single layer rank: the whole batch).
+MICRO_BATCHES_PER_RANK = 4
+
+
+def micro_batch_count(requested: int | None, ranks: int, batch: int) -> int:
+    """Micro-batches M of a pipelined batch: ``requested`` (None: 1 on one layer rank, else
+    MICRO_BATCHES_PER_RANK × ``ranks``), at most the ``batch`` size and at least 1."""
+    M = requested if requested is not None else (1 if ranks == 1 else MICRO_BATCHES_PER_RANK * ranks)
+    return max(1, min(int(M), int(batch)))
+
+
+def pipelined(cfg) -> bool:
+    """Whether a run's layer-serial solves are pipelined micro-batches (serial, pipeline, and the
+    one-level solves of exact and oneshot)."""
+    return cfg.method in ("serial", "pipeline") or cfg.max_levels == 1
+
+
+def in_flight(cfg, ranks: int, batch: int) -> tuple[int, int]:
+    """(micro-batches whose states one rank holds at most, samples per micro-batch) of a pipelined run."""
+    M = micro_batch_count(cfg.micro_batches, ranks, batch)
+    return (M if cfg.schedule == "gpipe" else min(ranks, M)), math.ceil(batch / M)
 
 
 def available_bytes(backend) -> int:
@@ -60,7 +92,14 @@ def check_memory(cfg, state_shape, params_per_layer: int, batch: int, ranks: int
     item = np.dtype(backend.dtype).itemsize
     rows = math.ceil(cfg.layers / ranks) + 1
     state = math.prod(state_shape)
-    states = STATE_COPIES * rows * batch * state * item
+    if pipelined(cfg):
+        held, size = in_flight(cfg, ranks, batch)
+        what = f"{held} micro-batch(es) in flight + {PIPELINE_WORK}"
+        states = (held + PIPELINE_WORK) * rows * size * state * item
+        shape = f"micro-batch {size}"
+    else:
+        what, shape = f"{STATE_COPIES}", f"batch {batch}"
+        states = STATE_COPIES * rows * batch * state * item
     vectors = {"lbfgs": 2 * cfg.memory + 4, "adam": 4, "sgd": 3}[cfg.optimizer]
     params = vectors * (rows - 1) * params_per_layer * item
     have = available_bytes(backend)
@@ -70,9 +109,10 @@ def check_memory(cfg, state_shape, params_per_layer: int, batch: int, ranks: int
     if states >= params:
         raise UserError(
             f"memory: the states need about {_size(states)} per rank (--layers {cfg.layers} over {ranks} "
-            f"rank(s) x batch {batch} x state {'x'.join(map(str, state_shape))} x {item} bytes x "
-            f"{STATE_COPIES} copies) but the {where} has {_size(have)} available; reduce --layers, "
-            "--batch-size or --channels, or use more ranks")
+            f"rank(s) x {shape} x state {'x'.join(map(str, state_shape))} x {item} bytes x "
+            f"{what} copies) but the {where} has {_size(have)} available; reduce --layers, "
+            "--batch-size or --channels, or use more ranks"
+            + (", more --micro-batches or --schedule 1f1b" if pipelined(cfg) else ""))
     raise UserError(
         f"memory: the parameters need about {_size(params)} per rank (--layers {cfg.layers} over {ranks} "
         f"rank(s) x {params_per_layer} numbers per layer (--channels {cfg.channels}) x {item} bytes x "

@@ -22,7 +22,10 @@ from ..errors import UserError
 INT_MAX = 2**31 - 1          # kernels index with 32-bit integers; no count may exceed it
 
 
-METHODS = ("serial", "exact", "oneshot")
+METHODS = ("serial", "exact", "oneshot", "pipeline")
+
+
+SCHEDULES = ("gpipe", "1f1b")
 
 
 EXAMPLES = ("peaks", "mnist", "indianpines")
@@ -109,7 +112,16 @@ class TrainConfig(BaseModel):
         1, "data groups D: the P MPI ranks form D groups of P/D layer ranks, each group taking a share "
         "of every batch (P must be a multiple of D)", "execution", ge=1, le=INT_MAX)
     method: Literal[METHODS] = _field(
-        "oneshot", "training method: serial backprop, exact MGRIT solves, or one-shot MGRIT", "execution")
+        "oneshot", "training method: serial backprop, exact MGRIT solves, one-shot MGRIT, or pipeline "
+        "(serial's gradient by micro-batches streamed through the layer ranks; serial on several layer "
+        "ranks is the same)", "execution")
+    micro_batches: Count | None = _field(
+        None, "layer-serial training (serial, pipeline, one-level exact/oneshot): micro-batches each batch "
+        "(each data group's share) is cut into and streamed through the layer ranks; None: 1 on one layer "
+        "rank, 4 per layer rank otherwise (at most the batch)", "execution")
+    schedule: Literal[SCHEDULES] = _field(
+        "1f1b", "pipeline schedule: gpipe (all forwards, then all backwards: states of all micro-batches "
+        "held) or 1f1b (one forward, one backward: at most P micro-batches held per rank)", "execution")
     # -- MGRIT ----------------------------------------------------------------------------------
     cfactor: Union[Factor, list[Factor]] = _field(
         2, "MGRIT coarsening factor, or one per level, comma-separated (the last repeats)", "MGRIT",

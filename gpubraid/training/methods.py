@@ -1,12 +1,14 @@
 """The three training methods (docs/algorithm.md §6) as objects.
 
 A method owns everything that distinguishes it: the MGRIT options of its forward and adjoint
-solves during training, whether those solves start from the previous step's states and adjoints,
+solves during training, how its one-level (layer-serial) solves are pipelined, whether those solves start from the previous step's states and adjoints,
 and what happens when the L-BFGS line search fails.  (Validation and final scoring are forward
 passes without MGRIT iterations, the same for every method: see ``Trainer.score``.)  The training loop (:mod:`gpubraid.training.trainer`) asks; it never tests the method's name.
 
     serial   layer-serial propagation and backprop (one level: the coarsest-grid solve is the
-             whole chain, propagated layer by layer)
+             whole chain, propagated layer by layer), micro-batches pipelined over the layer ranks
+    pipeline the same (serial's gradient by micro-batches, :mod:`gpubraid.objective.pipeline`),
+             under the name that says how it runs
     exact    forward and adjoint MGRIT to a tight tolerance every step: serial's gradient
     oneshot  a fixed small number of forward and adjoint MGRIT iterations per step, warm-started
              from the previous step (full batch); the inexact gradient is what makes it cheap
@@ -17,6 +19,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
+from ..objective.pipeline import PipelineOptions
 from ..solver.options import MGRITOptions
 from .config import TrainConfig
 
@@ -28,11 +31,13 @@ class Method:
     Attributes:
         forward: MGRIT options of the state solve during training.
         adjoint: MGRIT options of the adjoint solve during training.
+        pipeline: micro-batches and schedule of the solves that keep one level (layer-serial).
     """
 
     name: ClassVar[str]
     forward: MGRITOptions
     adjoint: MGRITOptions
+    pipeline: PipelineOptions = PipelineOptions()
 
     def warm(self, full_batch: bool) -> bool:
         """Whether each solve starts from the previous step's states and adjoints."""
@@ -50,6 +55,10 @@ class Method:
 
 class Serial(Method):
     name = "serial"
+
+
+class Pipelined(Method):
+    name = "pipeline"
 
 
 class Exact(Method):
@@ -84,15 +93,17 @@ def make_method(cfg: TrainConfig) -> Method:
     """The method of a resolved configuration, with its solver options."""
     common = dict(cfactor=cfg.cfactor, max_levels=cfg.max_levels, nrelax=cfg.nrelax,
                   min_coarse=cfg.min_coarse, stability=cfg.stability, nested=cfg.nested)
-    if cfg.method == "serial":
-        return Serial(SERIAL, SERIAL)
+    pipe = PipelineOptions(cfg.micro_batches, cfg.schedule)
+    if cfg.method in ("serial", "pipeline"):
+        return (Serial if cfg.method == "serial" else Pipelined)(SERIAL, SERIAL, pipe)
     if cfg.method == "exact":
         # converged solves: every stable level helps (conv_bound is about one-shot's few iterations)
         converged = MGRITOptions(tol=cfg.tol, max_iter=cfg.max_iter, **common).validate()
-        return Exact(converged, converged)
+        return Exact(converged, converged, pipe)
     fwd = MGRITOptions(tol=0.0, max_iter=cfg.fwd_iters, conv_bound=cfg.conv_bound, final_residual=False,
                        **common).validate()
-    return OneShot(fwd, dataclasses.replace(fwd, max_iter=cfg.bwd_iters), cfg.minibatch_warm, cfg.adaptive)
+    return OneShot(fwd, dataclasses.replace(fwd, max_iter=cfg.bwd_iters), pipe, cfg.minibatch_warm,
+                   cfg.adaptive)
 
 
 #: One level: the chain propagated layer by layer (serial training, and every scoring pass).

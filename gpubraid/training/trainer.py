@@ -69,7 +69,8 @@ class Trainer:
         check_memory(cfg, self.model.state_shape, sum(math.prod(s) for s in self.model.step.param_shapes),
                      -(-batch // data_comm.size), comm.size, self.be)
         self.method = make_method(cfg)
-        self.lp = LayerParallel(self.model, comm, self.method.forward, self.method.adjoint, data_comm)
+        self.lp = LayerParallel(self.model, comm, self.method.forward, self.method.adjoint, data_comm,
+                                self.method.pipeline)
         self.lp_serial = LayerParallel(self.model, comm, SERIAL, SERIAL)
         self.pipeline = Pipeline(self.model, comm, self.lp.bounds)
         self.data = _Data(world, comm, data_comm, self.be, meta, ds)

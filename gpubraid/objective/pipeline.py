@@ -1,0 +1,203 @@
+"""Pipeline-parallel exact gradients: micro-batches streamed through the layer ranks.
+
+A layer-serial pass over P ranks that hands the whole batch from rank to rank keeps one rank busy
+at a time.  Here the batch of B samples is cut into M micro-batches (contiguous, as even as
+possible).  Rank r, holding layers a..b−1, receives micro-batch k's state u_a from rank r − 1
+(rank 0: the opening layer of its inputs), propagates it through its layers keeping the states
+u_a..u_b, and sends u_b on; the last rank evaluates the head on it, weighted by the micro-batch's
+share m_k / B of the batch, which gives λ_b.  Backward, rank r receives λ_b from rank r + 1, runs
+the adjoint steps λ_i = λ_{i+1} + h_i (∂f/∂u)ᵀ λ_{i+1} down to λ_a, adds its layers' gradient
+parts (one batched ``param_grad`` over its layers) and sends λ_a back; rank 0 adds the opening
+layer's part.  Per-sample work is independent of the split, so objective and gradient are
+serial's up to the summation order of the micro-batch parts (round-off).
+
+Schedules (the order in which each rank runs its forward (F) and backward (B) micro-batch steps;
+sends are non-blocking, receives blocking, so a rank goes on as soon as its input is there):
+
+    gpipe   F_0 … F_{M−1}, then B_0 … B_{M−1}: every rank holds the states of all M micro-batches
+    1f1b    min(P − r − 1, M) forwards, then alternately one forward and one backward, then the
+            remaining backwards: rank r holds at most min(P − r, M) micro-batches of states
+
+A backward step frees its micro-batch's states, so with 1F1B the memory per rank grows with P,
+not with M.  The pipeline takes (M + P − 1) micro-batch block times per direction instead of M·P.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..runtime.comm import Comm
+from ..runtime.resources import micro_batch_count
+from ..solver.options import SolveStats
+
+#: MPI tags of the pipeline: micro-batch states forward, adjoints backward (distinct from the
+#: solvers' 100–900 and the objective's 600s).
+TAG_PIPE_FWD, TAG_PIPE_BWD = 1000, 1001
+
+SCHEDULES = ("gpipe", "1f1b")
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    """How layer-serial propagation runs: ``micro_batches`` per batch (None: automatic, see
+    :func:`gpubraid.runtime.resources.micro_batch_count`) in the order of ``schedule``."""
+
+    micro_batches: int | None = None
+    schedule: str = "1f1b"
+
+    def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}; got {self.schedule!r}")
+
+
+def micro_batch_bounds(batch: int, count: int) -> np.ndarray:
+    """(M + 1,) sample boundaries of ``count`` contiguous micro-batches of ``batch`` samples (the
+    larger ones first, as :func:`gpubraid.runtime.comm.split_layers` splits layers)."""
+    q, r = divmod(batch, count)
+    sizes = np.full(count, q)
+    sizes[:r] += 1
+    return np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+
+
+def schedule_order(schedule: str, M: int, P: int, r: int) -> list[tuple[str, int]]:
+    """The (kind, micro-batch) steps rank ``r`` of ``P`` runs, kind "F" (forward) or "B" (backward)."""
+    if schedule == "gpipe":
+        return [("F", k) for k in range(M)] + [("B", k) for k in range(M)]
+    warm = min(P - r - 1, M)
+    order = [("F", k) for k in range(warm)]
+    for k in range(M - warm):
+        order += [("F", warm + k), ("B", k)]
+    return order + [("B", k) for k in range(M - warm, M)]
+
+
+class TrainingPipeline:
+    """Objective and gradient parts of one rank's layer block by micro-batches streamed over ``comm``.
+
+    Args:
+        model: the network.
+        comm: the layer communicator (rank r holds layers bounds[r]..bounds[r + 1] − 1).
+        bounds: (P + 1,) layer block boundaries.
+        options: micro-batches and schedule.
+    """
+
+    def __init__(self, model, comm: Comm, bounds, options: PipelineOptions):
+        self.model, self.comm, self.options = model, comm, options
+        self.rank, self.P = comm.rank, comm.size
+        self.a, self.b = int(bounds[self.rank]), int(bounds[self.rank + 1])
+        self.h = model.step_sizes(self.a, self.b)
+        self.is_first, self.is_last = self.rank == 0, self.rank == self.P - 1
+        self.peak_held = 0   # most micro-batches whose states this rank held at once (last run)
+
+    def micro_batches(self, batch: int) -> int:
+        """M for a batch of ``batch`` samples."""
+        return micro_batch_count(self.options.micro_batches, self.P, batch)
+
+    def _forward(self, U, layers) -> None:
+        """U[1..n] from U[0] through this rank's layers: U (n + 1, m, *S), filled in place."""
+        step = self.model.step
+        for i in range(self.b - self.a):
+            U[i + 1] = step.forward(U[i:i + 1], tuple(p[i:i + 1] for p in layers), self.h[i:i + 1])[0]
+
+    def _backward(self, U, Lam, layers) -> None:
+        """Lam[0..n−1] from Lam[n] at the states U: both (n + 1, m, *S), Lam filled in place."""
+        step = self.model.step
+        for i in range(self.b - self.a - 1, -1, -1):
+            Lam[i] = step.adjoint(U[i:i + 1], Lam[i + 1:i + 2], tuple(p[i:i + 1] for p in layers),
+                                  self.h[i:i + 1])[0]
+
+    def run(self, P, G, x, y, batch: int):
+        """Stream the batch through the layer ranks: forward, head, and (with ``G``) backward.
+
+        Args:
+            P: this rank's parameter views.
+            G: this rank's gradient views (parts are added into them), or None for the objective only.
+            x: inputs (batch, *in_shape) on rank 0 (ignored elsewhere).
+            y: targets on the last rank (ignored elsewhere).
+            batch: B, the same on every rank.
+
+        Returns:
+            ``(loss_share, correct_share, forward_stats, backward_stats)``: the mean loss over
+            the batch and the number classified correctly on the last rank (0 elsewhere), and
+            what the forward and backward passes did (backward None without ``G``).
+        """
+        m, xp, comm = self.model, self.model.xp, self.comm
+        M = self.micro_batches(batch)
+        cut = micro_batch_bounds(batch, M)
+        n, layers = self.b - self.a, P.layers()
+        order = schedule_order(self.options.schedule, M, self.P, self.rank) if G is not None else \
+            [("F", k) for k in range(M)]
+        held, heads, pending = {}, {}, []
+        loss, correct = 0.0, 0
+        self.peak_held = 0
+        for kind, k in order:
+            lo, hi = int(cut[k]), int(cut[k + 1])
+            if kind == "F":
+                U = xp.empty((n + 1, hi - lo, *m.state_shape), dtype=m.be.dtype)
+                if self.is_first:
+                    U[0] = m.open_forward(x[lo:hi], P)
+                else:
+                    comm.recv_into(U[0], self.rank - 1, TAG_PIPE_FWD)
+                self._forward(U, layers)
+                if not self.is_last:
+                    pending.append(comm.isend(U[-1], self.rank + 1, TAG_PIPE_FWD))
+                else:
+                    w = (hi - lo) / batch
+                    loss_k, ok, lam, grads = m.head.loss(U[-1], y[lo:hi], P.head(), G is not None)
+                    loss += w * loss_k
+                    correct += ok
+                    if G is not None:
+                        for g, d in zip(G.head(), grads):
+                            g += w * d
+                        heads[k] = w * lam
+                if G is not None:
+                    held[k] = U
+                    self.peak_held = max(self.peak_held, len(held))
+                continue
+            self._backward_step(held.pop(k), heads.pop(k, None), P, G, x, lo, hi, pending)
+        Comm.waitall(pending)
+        fstats = SolveStats(converged=True, residuals=[0.0], steps_per_level=[n], levels=1)
+        bstats = None if G is None else SolveStats(converged=True, residuals=[0.0], steps_per_level=[n], levels=1)
+        return loss, correct, fstats, bstats
+
+    def _backward_step(self, U, lam_b, P, G, x, lo: int, hi: int, pending: list, Lam=None) -> None:
+        """One micro-batch backward: λ_b (``lam_b`` on the last rank, received elsewhere), the
+        adjoints down to λ_a (into ``Lam`` when given), the gradient parts added into G, λ_a sent."""
+        m, layers = self.model, P.layers()
+        Lam = self.model.xp.empty_like(U) if Lam is None else Lam
+        if self.is_last:
+            Lam[-1] = lam_b
+        else:
+            self.comm.recv_into(Lam[-1], self.rank + 1, TAG_PIPE_BWD)
+        self._backward(U, Lam, layers)
+        for g, d in zip(G.layers(), m.step.param_grad(U[:-1], Lam[1:], layers, self.h)):
+            g += d
+        if self.is_first:
+            m.open_grad(x[lo:hi], Lam[0], P, G)
+        else:
+            pending.append(self.comm.isend(Lam[0], self.rank - 1, TAG_PIPE_BWD))
+
+    def backward(self, U, lam_N, P, G, x, batch: int):
+        """The backward half alone, streamed by micro-batches, from forward states already computed
+        for the whole batch (a forward solve that kept one level).
+
+        Args:
+            U: this rank's states u_a..u_b of the whole batch, (n + 1, B, *S).
+            lam_N: ∂ℓ/∂u_N (B, *S) on the last rank (ignored elsewhere).
+            P, G, x, batch: as in :meth:`run` (G required).
+
+        Returns:
+            ``(Lam, stats)``: this rank's adjoints λ_a..λ_b of the whole batch, (n + 1, B, *S),
+            and the backward SolveStats.
+        """
+        M = self.micro_batches(batch)
+        cut = micro_batch_bounds(batch, M)
+        Lam = self.model.xp.empty_like(U)
+        pending = []
+        for k in range(M):
+            lo, hi = int(cut[k]), int(cut[k + 1])
+            lam_b = lam_N[lo:hi] if self.is_last else None
+            self._backward_step(U[:, lo:hi], lam_b, P, G, x, lo, hi, pending, Lam[:, lo:hi])
+        Comm.waitall(pending)
+        n = self.b - self.a
+        return Lam, SolveStats(converged=True, residuals=[0.0], steps_per_level=[n], levels=1)
