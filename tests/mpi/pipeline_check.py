@@ -1,8 +1,9 @@
 """Run under mpiexec: pipelined gradients against the serial reference; prints JSON on rank 0.
 
 Usage: python pipeline_check.py KIND N D
+       python pipeline_check.py train METHOD OPTIMIZER MICRO_BATCHES SCHEDULE D
 
-For every micro-batch count M in {1, 3, 8} and both schedules, the pipelined objective and gradient
+First form: for every micro-batch count M in {1, 3, 8} and both schedules, the pipelined objective and gradient
 (D data groups of P/D layer ranks, each with a contiguous share of the batch) and, per M, the
 backward-only pipeline after an MGRIT forward solve whose level choice keeps one level.  Reports
 the largest relative difference from :func:`gpubraid.network.reference.evaluate` of each.
@@ -29,7 +30,23 @@ def rel(a, b) -> float:
     return float(np.abs(np.asarray(a) - b).max() / max(np.abs(b).max(), 1e-300))
 
 
+def train():
+    from gpubraid.training.trainer import TrainConfig, Trainer
+
+    method, optimizer, M, schedule, D = sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5], int(sys.argv[6])
+    extra = dict(batch_size=50, lr=0.01) if optimizer != "lbfgs" else {}
+    cfg = TrainConfig(example="peaks", method=method, optimizer=optimizer, layers=16, iterations=6, n_train=200,
+                      n_val=100, val_every=3, progress=False, micro_batches=M, schedule=schedule,
+                      data_parallel=D, **extra)
+    world = Comm.world()
+    res = Trainer(cfg, world).run()
+    if world.rank == 0:
+        print(json.dumps(res.metrics()))
+
+
 def main():
+    if sys.argv[1] == "train":
+        return train()
     kind, N, D = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     be = resolve_backend("numpy")
     world = Comm.world()
