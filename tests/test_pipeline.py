@@ -167,3 +167,19 @@ def test_pipeline_training_on_ranks_follows_one_rank_serial(method, optimizer, r
         a, b = (np.array([h["objective"] for h in r["history"]]) for r in (ref, got))
         assert a.shape == b.shape and np.max(np.abs(a - b) / np.abs(a)) <= 1e-10, (schedule, a, b)
         assert got["val_accuracy"] == ref["val_accuracy"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["dense", "conv"])
+def test_pipeline_on_cupy_equals_serial(problem, kind):
+    from gpubraid.runtime.backend import gpu_available
+
+    if not gpu_available():
+        pytest.skip("needs CuPy and a CUDA GPU")
+    model, theta, x, y, ref = problem[kind]
+    gpu = resolve_backend("cupy")
+    net = ResNetODE(kind, model.in_shape, 4, 7, 3, 2.0, "tanh", gpu, gamma_tik=1e-2, gamma_ddt=1e-2)
+    for schedule in ("gpipe", "1f1b"):
+        lp = LayerParallel(net, None, ONE, ONE, pipeline=PipelineOptions(3, schedule))
+        ev = lp.evaluate(gpu.asarray(theta), gpu.asarray(x), gpu.asarray(y), 11)
+        assert np.abs(gpu.to_host(ev.grad) - ref.grad).max() <= 1e-12 * np.abs(ref.grad).max()
