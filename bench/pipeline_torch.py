@@ -107,7 +107,11 @@ def _worker(rank: int, variant: str, steps: int, M: int, port: int, queue) -> No
             loss_fn(net(x), y).backward()
             opt.step()
     else:
-        from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
+        from torch.distributed.pipelining import (
+            PipelineStage,
+            Schedule1F1B,
+            ScheduleGPipe,
+        )
 
         stage_mod = network(torch, "first" if rank == 0 else "second")
         stage = PipelineStage(stage_mod, rank, 2, torch.device("cpu"))

@@ -129,7 +129,7 @@ def test_pipeline_history_equals_serial_and_resumes_exactly(tmp_path, extra):
                                **common)).run()
     rest = Trainer(TrainConfig(method="pipeline", micro_batches=5, iterations=8, resume=str(tmp_path),
                                **common)).run()
-    strip = lambda h: [{k: v for k, v in e.items() if k != "time_s"} for e in h]  # noqa: E731
+    strip = lambda h: [{k: v for k, v in e.items() if k != "time_s"} for e in h]
     assert strip(part.history) == strip(full.history[:4]) and strip(rest.history) == strip(full.history)
 
 

@@ -22,8 +22,8 @@ from ..network.network import Evaluation, Network
 from ..runtime.comm import Comm, split_layers
 from ..solver.chain import SerialChain
 from ..solver.mgrit import MGRIT
-from .pipeline import PipelineOptions, TrainingPipeline
 from ..solver.options import MGRITOptions, SolveStats
+from .pipeline import PipelineOptions, TrainingPipeline
 
 TAG_PARAMS = 600
 
