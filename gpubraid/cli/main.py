@@ -134,7 +134,9 @@ def check_output_path(name: str, path: str | None) -> None:
     a directory, its directory existing and writable."""
     if path is None:
         return
-    if path.endswith(os.sep) or (os.altsep and path.endswith(os.altsep)) or os.path.isdir(path):
+    if path.endswith(os.sep) or (os.altsep and path.endswith(os.altsep)):
+        raise UserError(f"{name}: {path!r} ends in a path separator; give a file name")
+    if os.path.isdir(path):
         raise UserError(f"{name}: {path!r} is a directory; give a file name")
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):

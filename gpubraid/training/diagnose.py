@@ -30,11 +30,13 @@ EXPLOSION_FACTOR = 1e4
 HUGE = 1e30
 
 
-#: Iterations without a relative change of the objective above :data:`STALL_RTOL` that count as a stall.
+#: A stall: over the last :data:`STALL_ITERS` iterations the objective changed by at most
+#: :data:`STALL_RTOL` of itself, and since the first iteration by less than half (a run that has
+#: converged after real progress is no stall).
 STALL_ITERS = 10
 
 
-STALL_RTOL = 1e-10
+STALL_RTOL = 1e-3
 
 
 def _first_bad(trainer, rows, first_layer: int) -> float:
@@ -64,12 +66,6 @@ def cause(trainer, it: int) -> str:
     init = f"--init {cfg.init}" if cfg.init else f"--init-scale {cfg.init_scale:g}"
     if it == 0 and not big <= HUGE:
         return (f"the initial parameters are too large (largest |θ| {big:.1e}); option that matters: {init}")
-    with np.errstate(all="ignore"):
-        reg = trainer.lp.regularizer(trainer.theta)
-    if not (math.isfinite(reg) and abs(reg) <= HUGE):
-        return (f"the regulariser overflowed (R(θ) = {reg:.3g} with gamma_tik {model.gamma_tik:g}, "
-                f"gamma_ddt {model.gamma_ddt:g}, largest |θ| {big:.1e}); options that matter: --gamma-tik, "
-                f"--gamma-ddt")
     lr = ("--lr " + format(cfg.lr, "g")) if cfg.optimizer != "lbfgs" else "--final-time, --gamma-tik"
     if not big <= HUGE:
         return (f"the optimiser's step made the parameters blow up (largest |θ| {big:.1e}); options that "
@@ -87,6 +83,12 @@ def cause(trainer, it: int) -> str:
             return (f"{where} at the initial parameters (largest |θ| {big:.1e}): the step size h = T/N = "
                     f"{h:.3g} is too large for them; options that matter: --final-time, --layers, {init.split()[0]}")
         return f"{where} after the optimiser's steps (largest |θ| {big:.1e}); options that matter: {lr}"
+    with np.errstate(all="ignore"):
+        reg = trainer.lp.regularizer(trainer.theta)
+    if not (math.isfinite(reg) and abs(reg) <= HUGE):
+        return (f"the regulariser overflowed (R(θ) = {reg:.3g} with gamma_tik {model.gamma_tik:g}, "
+                f"gamma_ddt {model.gamma_ddt:g}, largest |θ| {big:.1e}); options that matter: --gamma-tik, "
+                f"--gamma-ddt")
     layer = _first_bad(trainer, lp.Lam[::-1][:-1], lp.a)
     if math.isfinite(layer):
         return (f"the adjoints blow up from layer {int(layer)} of {model.layers} (h = T/N = {h:.3g}); "
@@ -107,21 +109,22 @@ def check_divergence(trainer, it: int, objective: float, first: float) -> None:
 
 
 def stall(trainer, history: list) -> str | None:
-    """A warning line when the objective has not moved (relative change ≤ :data:`STALL_RTOL`) over
-    the last :data:`STALL_ITERS` iterations of ``history``, naming the likely cause; else None."""
+    """A warning line when the objective has not moved (see :data:`STALL_ITERS`) in ``history``,
+    naming the likely cause; else None."""
     if len(history) < STALL_ITERS + 1:
         return None
     js = [e["objective"] for e in history[-STALL_ITERS - 1:]]
-    if max(js) - min(js) > STALL_RTOL * max(abs(js[-1]), 1e-300):
+    first, now = history[0]["objective"], js[-1]
+    if max(js) - min(js) > STALL_RTOL * abs(now) or first - now > 0.5 * abs(first):
         return None
-    cfg, model, last = trainer.cfg, trainer.model, history[-1]
+    cfg, model = trainer.cfg, trainer.model
     h = model.final_time / model.layers
-    head = f"the objective has stayed at {js[-1]:.6g} for {STALL_ITERS} iterations"
-    g = last["grad_norm"]
-    if not g > 1e-8 * max(abs(js[-1]), 1.0):
-        return (f"{head}: its gradient vanishes (|g| {g:.1e}), likely saturated activations (step size "
-                f"h = T/N = {h:.3g}); options that matter: --final-time, --layers, --init-scale")
-    if cfg.optimizer == "lbfgs":
-        return (f"{head} with |g| {g:.1e}: the line search finds no decrease; options that matter: "
-                f"--final-time, --gamma-tik, --gamma-ddt")
-    return f"{head} with |g| {g:.1e}: the steps are too small; option that matters: --lr {cfg.lr:g}"
+    head = (f"the objective has stayed near {now:.6g} for {STALL_ITERS} iterations (first {first:.6g}, "
+            f"|g| {history[-1]['grad_norm']:.1e})")
+    if h > 1.0:
+        return (f"{head}: the step size h = T/N = {h:.3g} is large, likely saturated activations; options "
+                f"that matter: --final-time, --layers")
+    if cfg.optimizer != "lbfgs":
+        return f"{head}: the steps are too small or too large; option that matters: --lr {cfg.lr:g}"
+    return (f"{head}: the line search finds little decrease; options that matter: --init-scale, "
+            f"--gamma-tik, --gamma-ddt")
