@@ -65,10 +65,10 @@ def cause(trainer, it: int) -> str:
     big = _largest(trainer)
     init = f"--init {cfg.init}" if cfg.init else f"--init-scale {cfg.init_scale:g}"
     if it == 0 and not big <= HUGE:
-        return (f"the initial parameters are too large (largest |θ| {big:.1e}); option that matters: {init}")
+        return (f"the initial parameters are too large (largest parameter {big:.1e}); option that matters: {init}")
     lr = ("--lr " + format(cfg.lr, "g")) if cfg.optimizer != "lbfgs" else "--final-time, --gamma-tik"
     if not big <= HUGE:
-        return (f"the optimiser's step made the parameters blow up (largest |θ| {big:.1e}); options that "
+        return (f"the optimiser's step made the parameters blow up (largest parameter {big:.1e}); options that "
                 f"matter: {lr}")
     lp, data = trainer.lp_serial, trainer.data
     k = min(data.n_train, 256)
@@ -80,14 +80,14 @@ def cause(trainer, it: int) -> str:
     if math.isfinite(layer):
         where = f"the forward states blow up from layer {int(layer)} of {model.layers}"
         if it == 0:
-            return (f"{where} at the initial parameters (largest |θ| {big:.1e}): the step size h = T/N = "
+            return (f"{where} at the initial parameters (largest parameter {big:.1e}): the step size h = T/N = "
                     f"{h:.3g} is too large for them; options that matter: --final-time, --layers, {init.split()[0]}")
-        return f"{where} after the optimiser's steps (largest |θ| {big:.1e}); options that matter: {lr}"
+        return f"{where} after the optimiser's steps (largest parameter {big:.1e}); options that matter: {lr}"
     with np.errstate(all="ignore"):
         reg = trainer.lp.regularizer(trainer.theta)
     if not (math.isfinite(reg) and abs(reg) <= HUGE):
         return (f"the regulariser overflowed (R(θ) = {reg:.3g} with gamma_tik {model.gamma_tik:g}, "
-                f"gamma_ddt {model.gamma_ddt:g}, largest |θ| {big:.1e}); options that matter: --gamma-tik, "
+                f"gamma_ddt {model.gamma_ddt:g}, largest parameter {big:.1e}); options that matter: --gamma-tik, "
                 f"--gamma-ddt")
     layer = _first_bad(trainer, lp.Lam[::-1][:-1], lp.a)
     if math.isfinite(layer):
@@ -95,7 +95,7 @@ def cause(trainer, it: int) -> str:
                 f"options that matter: --final-time, --layers, {lr if it else init.split()[0]}")
     if it == 0:
         return f"the loss at the initial parameters is not finite; option that matters: {init}"
-    return (f"the optimiser's steps grew the weights (largest |θ| {big:.1e}, states finite); options "
+    return (f"the optimiser's steps grew the weights (largest parameter {big:.1e}, states finite); options "
             f"that matter: {lr}")
 
 
