@@ -42,7 +42,7 @@ def trial(ranks: int, delay: float, group: bool, from_launch: bool) -> dict:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         _, err = proc.communicate()
-        return {"status": None, "lines": err.count(LINE), "seconds": 30.0, "stderr": err[-500:]}
+        return {"delay": delay, "status": None, "lines": err.count(LINE), "seconds": 30.0, "stderr": err[-500:]}
     return {"delay": delay, "status": proc.returncode, "lines": err.count(LINE), "seconds": time.monotonic() - t0,
             "other_stderr_lines": [ln for ln in err.splitlines() if ln.strip() and LINE not in ln]}
 
