@@ -282,11 +282,11 @@ def test_network_from_spec_user_and_torch_steps():
     meta = {"in_shape": (3,), "task": "regression", "n_out": 2}
     spec = {"step": {"name": "two_layer", "factory": "user_steps:TwoLayerStep",
                      "kwargs": {"channels": 4, "hidden": 5}}, "layers": 4, "final_time": 1.0, "gamma_tik": 0.1}
-    net = network_from_spec(meta, spec, BE)
+    net = network_from_spec(meta, spec, BE, trust=True)
     assert isinstance(net.step, TwoLayerStep) and net.step.param_shapes[0] == (5, 4) and net.gamma_tik == 0.1
     assert net.describe()["step"]["factory"] == "user_steps:TwoLayerStep"
     with pytest.raises(UserError, match="cannot import"):
-        network_from_spec(meta, {"step": {"name": "x", "factory": "nowhere:Step"}, "layers": 2, "final_time": 1.0}, BE)
+        network_from_spec(meta, {"step": {"name": "x", "factory": "nowhere:Step"}, "layers": 2, "final_time": 1.0}, BE, trust=True)
     with pytest.raises(UserError, match="give its 'factory'"):
         network_from_spec(meta, {"step": {"name": "x"}, "layers": 2, "final_time": 1.0}, BE)
     pytest.importorskip("torch")
@@ -297,7 +297,7 @@ def test_network_from_spec_user_and_torch_steps():
     net = Network(ts, (3,), 4, 1.0, BE, Regression(2))
     d = json.loads(json.dumps(net.describe()))
     assert d["step"]["factory"] == "user_steps:two_layer_module" and d["step"]["kwargs"] == {"channels": 4, "hidden": 3}
-    again = network_from_spec(meta, d, BE)
+    again = network_from_spec(meta, d, BE, trust=True)
     t = net.init_params(net.layout(), 2)
     assert np.array_equal(t, again.init_params(again.layout(), 2))
     x, y = np.random.default_rng(0).standard_normal((5, 3)), np.zeros((5, 2))

@@ -100,7 +100,7 @@ def test_user_step_and_torch_module_by_import_path(tmp_path):
                        "--channels", "4", "--iterations", "4", "--no-progress", "--method", "exact",
                        "--save", str(tmp_path / "m.safetensors")])
         assert rc == 0, layer
-        assert load(str(tmp_path / "m.safetensors")).predict(x).shape == (150,)
+        assert load(str(tmp_path / "m.safetensors"), trust=True).predict(x).shape == (150,)
 
 
 def test_trainer_takes_arrays_and_a_step_object():

@@ -5,22 +5,25 @@ setting; ``final_time`` is ``--final-time``); ``--config FILE`` reads the same s
 Precedence: explicit options > the file > the built-in defaults; ``None`` stands for the example's
 own default.
 
-Exit status: 0 success; 2 bad input (one line ``gpubraid: error: <message>`` on rank 0, no
-traceback, every rank stops); 130 / 143 after SIGINT / SIGTERM (every rank, within seconds);
-3 training diverged; 1 any other failure (every MPI rank is stopped through
-:func:`gpubraid.runtime.comm.abort_all`, with one line naming the failing rank).
+Exit status (:data:`EXIT_STATUSES`): 0 success; 2 bad input (one line ``gpubraid: error:
+<message>`` on rank 0, no traceback, every rank stops); 3 training diverged; 4 a checkpoint could
+not be written (the previous one is left intact); 130 / 143 after SIGINT / SIGTERM (one line,
+every rank, within seconds, whenever the signal arrives); 1 any other failure (every MPI rank is
+stopped through :func:`gpubraid.runtime.comm.abort_all`, with one line naming the failing rank).
 
-Start-up stays light: ``gpubraid --help`` imports neither mpi4py nor the solver.
+Start-up stays light: the signal handlers are installed before the settings schema, mpi4py or
+the solver are imported, and ``gpubraid --help`` imports neither mpi4py nor the solver.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import tempfile
 
 from .. import __version__
 from ..errors import Diverged, UserError
-from ..training import config
+from ..runtime.interrupts import Interrupts, launcher_rank
 
 EXIT_USAGE = 2
 
@@ -28,19 +31,16 @@ EXIT_USAGE = 2
 EXIT_DIVERGED = 3
 
 
-# Launcher variables that carry the MPI rank before MPI is initialised (used to print bad-input
-# messages on rank 0 only without starting MPI).
-_RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MV2_COMM_WORLD_RANK", "PALS_RANKID",
-              "SLURM_PROCID")
+EXIT_CHECKPOINT = 4
 
 
-def launcher_rank() -> int:
-    """This process's MPI rank as the launcher advertises it (0 when not launched by one)."""
-    for var in _RANK_VARS:
-        value = os.environ.get(var, "")
-        if value.isdigit():
-            return int(value)
-    return 0
+#: Every exit status of the command line and what it means (the README's "Exit status").
+EXIT_STATUSES = {0: "success", 1: "an unexpected failure (one line naming the failing rank, after a traceback)",
+                 EXIT_USAGE: "bad input: a setting, file or path (one line naming it)",
+                 EXIT_DIVERGED: "training diverged (one line naming the cause)",
+                 EXIT_CHECKPOINT: "a checkpoint could not be written (no space, quota, permissions); "
+                                  "the last good one is kept and named",
+                 130: "interrupted by SIGINT (Ctrl-C)", 143: "interrupted by SIGTERM"}
 
 
 def say(message: str, kind: str = "error") -> None:
@@ -58,6 +58,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parse(name: str):
+    from ..training import config
+
     def parse(text: str):
         try:
             return config.parse_value(name, text)
@@ -70,6 +72,8 @@ def _parse(name: str):
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``gpubraid`` parser; ``train`` options default to SUPPRESS (only explicit ones appear)."""
+    from ..training import config
+
     parser = _Parser(prog="gpubraid", description="Layer-parallel ResNet training by MGRIT "
                      "(multigrid reduction in time) on GPUs and MPI clusters.")
     parser.add_argument("--version", action="version", version=f"gpubraid {__version__}")
@@ -94,48 +98,73 @@ def build_parser() -> argparse.ArgumentParser:
                          "else x_val, else x_train)")
     predict.add_argument("--out", metavar="FILE", required=True, help="write labels and proba "
                          "(classification) or values (regression) to this .npz")
+    predict.add_argument("--layer", metavar="MODULE:ATTR", help="the step of a model trained with "
+                         "'--layer MODULE:ATTR' (model files name import paths but are never made to import them)")
+    predict.add_argument("--trust", action="store_true", help="import the step the model file names "
+                         "(only for files you trust: importing runs code)")
     info = sub.add_parser("info", help="versions, backend, GPUs, MPI library and CUDA-awareness",
                           description="Report the software stack and how MPI and the GPUs are set up.")
     info.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
 
 
-def train_config(args: argparse.Namespace) -> config.TrainConfig:
-    """The resolved settings of ``gpubraid train``: defaults < --config file < explicit options."""
+def train_config(args: argparse.Namespace):
+    """The resolved settings of ``gpubraid train`` (a :class:`~gpubraid.training.config.TrainConfig`):
+    defaults < --config file < explicit options."""
+    from ..training import config
+
     values = config.from_toml(args.config) if getattr(args, "config", None) else {}
     values.update({k: v for k, v in vars(args).items() if k not in ("command", "config") and v is not None})
     return config.validate(values).resolved()
 
 
+def _probe(name: str, directory: str) -> None:
+    """UserError unless a file can be created in ``directory`` (tried: permissions, read-only
+    file systems, root's exemptions and ACLs are all what the file system says)."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".gpubraid-probe-")
+    except OSError as exc:
+        raise UserError(f"{name}: cannot write in directory {directory!r}: {exc.strerror}") from None
+    os.close(fd)
+    os.unlink(tmp)
+
+
 def check_output_path(name: str, path: str | None) -> None:
-    """UserError unless ``path`` can be written: its directory exists and is writable."""
+    """UserError unless ``path`` names a file that can be written: not ending in a separator, not
+    a directory, its directory existing and writable."""
     if path is None:
         return
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise UserError(f"{name}: directory {directory!r} does not exist")
+    if path.endswith(os.sep) or (os.altsep and path.endswith(os.altsep)):
+        raise UserError(f"{name}: {path!r} ends in a path separator; give a file name")
     if os.path.isdir(path):
         raise UserError(f"{name}: {path!r} is a directory; give a file name")
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise UserError(f"{name}: directory {directory!r} is not writable")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        what = "is not a directory" if os.path.exists(directory) else "does not exist"
+        raise UserError(f"{name}: directory {directory!r} {what}")
+    _probe(name, directory)
 
 
 def check_directory(name: str, path: str | None) -> None:
-    """UserError unless ``path`` is (or, its parent existing, can be made) a writable directory."""
+    """UserError unless ``path`` is (or, its parent existing, is made) a writable directory."""
     if path is None:
         return
     if not os.path.isdir(path):
         parent = os.path.dirname(os.path.abspath(path))
         if os.path.exists(path) or not os.path.isdir(parent):
             raise UserError(f"{name}: {path!r} is not a directory and cannot be created here")
-        if launcher_rank() == 0:
-            try:
-                os.makedirs(path, exist_ok=True)
-            except OSError as exc:
-                raise UserError(f"{name}: cannot create {path!r}: {exc.strerror}") from None
-        return
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise UserError(f"{name}: directory {path!r} is not writable")
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"{name}: cannot create {path!r}: {exc.strerror}") from None
+    _probe(name, path)
+
+
+def check_outputs(cfg) -> None:
+    """Every output of a run checked (and the checkpoint directory made) before any work."""
+    for name in ("metrics", "save"):
+        check_output_path(name, getattr(cfg, name))
+    check_directory("checkpoint_dir", cfg.checkpoint_dir)
 
 
 # -- progress ---------------------------------------------------------------------------------------
@@ -187,19 +216,27 @@ class Progress:
 
 
 # -- commands ---------------------------------------------------------------------------------------
-def cmd_train(args: argparse.Namespace) -> int:
-    """``gpubraid train``: settings checked before MPI starts, then set-up, run, report."""
+def cmd_train(args: argparse.Namespace, interrupts: Interrupts) -> int:
+    """``gpubraid train``: settings checked before MPI starts, outputs on the rank that writes
+    them (rank 0), then set-up, run, report."""
     cfg = train_config(args)  # every rank checks the same values: no MPI needed to agree
-    for name in ("metrics", "save"):
-        check_output_path(name, getattr(cfg, name))
-    check_directory("checkpoint_dir", cfg.checkpoint_dir)
 
+    from ..io.checkpoint import CheckpointWriteError
     from ..runtime.comm import Comm, abort_all, agree
-    from ..runtime.interrupts import Interrupted, Interrupts
+    from ..runtime.interrupts import Interrupted
     from ..training.report import print_summary, write_json_atomic
     from ..training.trainer import Trainer
 
     comm = Comm.world()
+    err = None
+    if comm.rank == 0:
+        try:
+            check_outputs(cfg)
+        except UserError as exc:
+            err = exc
+    message = agree(comm, err, code=EXIT_USAGE)
+    if message is not None:
+        raise UserError(message)
     trainer, setup_error = None, None
     try:
         trainer = Trainer(cfg, comm)
@@ -210,19 +247,24 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UserError(message)
 
     progress = Progress(cfg.iterations, cfg.method, cfg.progress) if comm.rank == 0 else None
-    with Interrupts(lambda line: say(line, "stopped")) as interrupts:
-        try:
-            result = trainer.run(progress=progress, interrupts=interrupts)
-        except Interrupted as exc:
-            interrupts.report(exc.signum)
-            return exc.status
-        except UserError as exc:
-            if comm.size > 1:  # raised on some ranks only: the others must not wait for them
-                abort_all(comm, exc, EXIT_USAGE)
-            raise
-        finally:
-            if progress is not None:
-                progress.close()
+    try:
+        result = trainer.run(progress=progress, interrupts=interrupts,
+                             warn=(lambda line: say(line, "warning")) if comm.rank == 0 else (lambda line: None))
+    except Interrupted as exc:
+        interrupts.report(exc.signum)
+        comm.barrier()  # no rank ends before rank 0 has printed the line
+        return exc.status
+    except CheckpointWriteError as exc:  # raised on every rank
+        say(str(exc))
+        comm.barrier()
+        return EXIT_CHECKPOINT
+    except UserError as exc:
+        if comm.size > 1:  # raised on some ranks only: the others must not wait for them
+            abort_all(comm, exc, EXIT_USAGE)
+        raise
+    finally:
+        if progress is not None:
+            progress.close()
     if comm.rank == 0:
         print_summary(result)
         if cfg.metrics:
@@ -234,22 +276,29 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     """``gpubraid predict``: one process applies the model to the inputs of a .npz file."""
     from ..io.modelfile import predict_file
+    from ..network.imports import _import
 
     check_output_path("out", args.out)
-    n, name = predict_file(args.model, args.data, args.array, args.out)
+    step = _import(args.layer, "layer") if args.layer else None  # named by the user: imported
+    n, name = predict_file(args.model, args.data, args.array, args.out, step=step, trust=args.trust)
     print(f"gpubraid: {n} predictions of {name} written to {args.out}")
     return 0
 
 
 def main(argv=None) -> int:
-    """Run the ``gpubraid`` command line; returns the exit status."""
+    """Run the ``gpubraid`` command line; returns the exit status (:data:`EXIT_STATUSES`)."""
+    with Interrupts(lambda line: say(line, "stopped")) as interrupts:
+        return _main(argv, interrupts)
+
+
+def _main(argv, interrupts: Interrupts) -> int:
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, --version and argparse errors
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
         if args.command == "train":
-            return cmd_train(args)
+            return cmd_train(args, interrupts)
         if args.command == "predict":
             return cmd_predict(args)
         from .info import print_info
@@ -262,9 +311,6 @@ def main(argv=None) -> int:
     except Diverged as exc:
         say(str(exc), "diverged")
         return EXIT_DIVERGED
-    except KeyboardInterrupt:
-        say("interrupted", "stopped")
-        return 130
     except Exception as exc:
         from ..runtime.comm import abort_all
 

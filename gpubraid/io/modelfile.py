@@ -7,6 +7,13 @@ rebuilds from), what the data looked like (input shape, task, classes) and the i
 preprocessing of training (standardisation), so :meth:`TrainedModel.predict` on inputs in the
 training data's own format gives what training saw.  Written atomically.
 
+Loading a model file never imports or calls anything the file names: the built-in steps are built
+by name; a user step or torch module (whose import path the file records) only from the step the
+caller passes (``load(path, step=...)``, ``gpubraid predict --layer``), or by importing the
+recorded path when the caller says ``trust=True`` (``--trust``); otherwise the file is refused
+with one line naming that path.  The metadata is validated (types, shapes, sizes bounded by the
+file's own arrays) before anything is built.
+
     model = gpubraid.load("peaks.safetensors")
     labels = model.predict(x)            # (n,) int64, or (n, n_out) values for regression
     proba = model.predict_proba(x)       # (n, n_classes)
@@ -14,17 +21,18 @@ training data's own format gives what training saw.  Written atomically.
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 
 from .. import __version__
 from ..errors import UserError
-from ..network.spec import network_from_spec
+from ..network.spec import check_spec, named_import, network_from_spec, refusal
 from ..objective.inference import Pipeline
 from ..runtime.atomic import write_atomic
 from ..runtime.backend import resolve_backend
 from ..runtime.comm import Comm
+from .safefile import Unreadable
+from .safefile import read as read_safetensors
 
 FORMAT = 1
 
@@ -52,20 +60,40 @@ def save(path: str, model, theta_full, data_meta: dict, config: dict | None = No
 
 
 def read(path: str) -> tuple[dict, dict]:
-    """(tensors, meta) of a model file, host arrays; UserError for a missing or foreign file."""
-    from safetensors import safe_open
-
-    if not os.path.isfile(path):
-        raise UserError(f"model file {path!r} does not exist")
+    """(tensors, meta) of a model file, host arrays, its metadata validated (:func:`check_meta`);
+    UserError for a missing, foreign, damaged or malformed file."""
     try:
-        with safe_open(path, framework="numpy") as f:
-            meta = json.loads((f.metadata() or {})[KEY])
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:  # not safetensors, not ours, damaged
-        raise UserError(f"{path!r} is not a gpubraid model file ({type(exc).__name__}: {exc})") from None
+        tensors, meta = read_safetensors(path, KEY, "model file")
+    except Unreadable as exc:
+        if "does not exist" in str(exc):
+            raise
+        raise UserError(f"{path!r} is not a gpubraid model file ({str(exc).split(': ', 1)[-1]})") from None
     if meta.get("format") != FORMAT:
-        raise UserError(f"{path!r} has model format {meta.get('format')}; this gpubraid reads {FORMAT}")
+        raise UserError(f"{path!r} has model format {meta.get('format')!r}; this gpubraid reads {FORMAT}")
+    try:
+        check_meta(meta, tensors)
+    except UserError as exc:
+        raise UserError(f"model file {path!r}: {exc}") from None
     return tensors, meta
+
+
+def check_meta(meta: dict, tensors: dict) -> None:
+    """UserError unless the metadata's network and data descriptions have the types and sizes a
+    network is built from; every size is bounded by the number of values the file's arrays hold."""
+    bound = max(1, sum(int(t.size) for t in tensors.values()))
+    data, network = meta.get("data"), meta.get("network")
+    check_spec(data, network, bound)
+    norm = data.get("normalization")
+    if norm is not None:
+        try:
+            mean, std = (np.asarray(norm[k], dtype=np.float64) for k in ("mean", "std"))
+            shape = np.broadcast_shapes(mean.shape, std.shape, tuple(data["in_shape"]))
+            ok = (shape == tuple(data["in_shape"]) and mean.size <= bound and np.isfinite(mean).all()
+                  and np.isfinite(std).all() and (std > 0).all())
+        except (TypeError, ValueError, KeyError):
+            ok = False
+        if not ok:
+            raise UserError("normalization must hold finite 'mean' and positive 'std' of the input shape")
 
 
 def parameters(model, tensors: dict, path: str) -> np.ndarray:
@@ -132,22 +160,47 @@ class TrainedModel:
         return z / z.sum(axis=1, keepdims=True)
 
 
-def load(path: str, backend=None) -> TrainedModel:
-    """Rebuild the model in ``path`` (on ``backend``; default: NumPy float64)."""
+def load(path: str, backend=None, step=None, trust: bool = False) -> TrainedModel:
+    """Rebuild the model in ``path`` (on ``backend``; default: NumPy float64).
+
+    Args:
+        step: for a model whose step is not built in (a user step or torch module): the step
+            object, its class or factory, or the ``torch.nn.Module`` class (called with the
+            keyword arguments the file records).  Without it such a file is refused, unless
+        trust: True: import the step's factory from the path the file names (importing runs code:
+            only for files you trust).
+    """
     tensors, meta = read(path)
     be = backend if backend is not None else resolve_backend("numpy", "float64")
-    network = network_from_spec(meta["data"], meta["network"], be)
+    network = network_from_spec(meta["data"], meta["network"], be, step=step, trust=trust,
+                                source=f"model file {path!r}")
     return TrainedModel(network, be.asarray(parameters(network, tensors, path)), meta)
 
 
-def predict_file(model_path: str, data_path: str, array: str | None, out_path: str) -> tuple[int, str]:
+def init_step_spec(path: str, run_spec: dict | None, supplied: bool, trust: bool) -> tuple[dict, dict | None]:
+    """(tensors, step spec) for ``--init path``: the run's own step spec ``run_spec`` when the
+    file's step is built in or the caller ``supplied`` the step (``--layer``, ``Trainer(step=)``);
+    the file's step spec when it names an import path and ``trust`` is set; else the one-line
+    refusal (:func:`gpubraid.network.spec.refusal`)."""
+    tensors, meta = read(path)
+    file_spec = meta["network"]["step"]
+    named = named_import(file_spec)
+    if named is None or supplied:
+        return tensors, run_spec
+    if trust:
+        return tensors, file_spec
+    raise refusal(f"init file {path!r}", named)
+
+
+def predict_file(model_path: str, data_path: str, array: str | None, out_path: str, step=None,
+                 trust: bool = False) -> tuple[int, str]:
     """Apply a model file to the inputs in a .npz and write ``labels`` + ``proba``
     (classification) or ``values`` (regression) to ``out_path`` atomically.
 
-    ``array`` names the inputs; default ``x``, else ``x_val``, else ``x_train``.  Returns (number
-    of samples, array used).
+    ``array`` names the inputs; default ``x``, else ``x_val``, else ``x_train``; ``step``,
+    ``trust``: see :func:`load`.  Returns (number of samples, array used).
     """
-    model = load(model_path)
+    model = load(model_path, step=step, trust=trust)
     try:
         with np.load(data_path, allow_pickle=False) as f:
             names = list(f.files)

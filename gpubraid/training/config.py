@@ -169,6 +169,9 @@ class TrainConfig(BaseModel):
     resume: str | None = _field(None, "continue from the newest checkpoint in DIR (same settings; "
                                 "--iterations may grow)", "output", "DIR", min_length=1)
     progress: bool = _field(True, "progress bar on stderr (--no-progress: off; log lines stay)", "output")
+    trust: bool = _field(False, "import the step ('module:attr') that an --init model file or a --resume "
+                         "checkpoint names, when --layer does not give it (importing runs code: only for "
+                         "files you trust)", "output")
 
     def __init__(self, **values):
         try:

@@ -42,7 +42,9 @@ def write_json_atomic(path: str, obj) -> None:
     write_atomic(path, lambda f: json.dump(obj, f, indent=1, default=float))
 
 
-def print_summary(res: TrainResult, file=sys.stdout) -> None:
+def print_summary(res: TrainResult, file=None) -> None:
+    """The run's summary lines (default: on the current ``sys.stdout``)."""
+    file = file if file is not None else sys.stdout
     c = res.config
     print(f"gpubraid {c['method']} training of {c['example'] or c['data']}: {c['layers']} layers x "
           f"{c['channels']} channels, {res.ranks} rank(s), {res.backend}/{res.dtype}", file=file)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,13 +25,10 @@ from ..runtime.backend import resolve_backend
 from ..runtime.comm import Comm
 from ..runtime.resources import check_memory
 from .config import EXAMPLE_DEFAULTS, TrainConfig  # noqa: F401  (re-exported for users)
+from .diagnose import EXPLOSION_FACTOR, check_divergence, stall  # noqa: F401  (EXPLOSION_FACTOR re-exported)
 from .methods import SERIAL, make_method
 from .optim import make_optimizer
 from .report import TrainResult
-
-#: An objective this many times larger than the first one (and than 1) counts as divergence.
-EXPLOSION_FACTOR = 1e4
-
 
 class Trainer:
     """One training run; build it on every rank of ``comm`` with the same settings.
@@ -44,6 +42,9 @@ class Trainer:
             (integer labels: classification; float targets: regression), needed on rank 0 only.
         step: your own residual step object (the protocol of :mod:`gpubraid.network.steps`) instead of
             ``cfg.layer``; build the same one on every rank.
+
+    Files never make it import anything: an ``cfg.init`` model file or ``cfg.resume`` checkpoint
+    whose step names an import path needs that step from ``step`` or ``cfg.layer``, or ``cfg.trust``.
     """
 
     def __init__(self, cfg: TrainConfig, comm: Comm | None = None, *, data=None, step=None):
@@ -58,6 +59,7 @@ class Trainer:
         self.be = resolve_backend(cfg.backend, cfg.dtype)
         for c in (world, comm, data_comm):
             c.backend = self.be
+        self.resumed = self._read_checkpoint() if cfg.resume else None  # may take cfg.layer (trust)
         self.model = self._network(meta, step)
         if comm.size > cfg.layers:
             raise UserError(f"layer ranks ({comm.size} = MPI ranks / --data-parallel) must not exceed "
@@ -74,17 +76,26 @@ class Trainer:
         self.lp_serial = LayerParallel(self.model, comm, SERIAL, SERIAL)
         self.pipeline = Pipeline(self.model, comm, self.lp.bounds)
         self.data = _Data(world, comm, data_comm, self.be, meta, ds)
-        self.theta = self.lp.scatter_params(self._initial_parameters())
+        with np.errstate(all="ignore"):  # huge --init-scale: the divergence line says so
+            self.theta = self.lp.scatter_params(self._initial_parameters())
         self.opt = make_optimizer(cfg.optimizer, dot=self.lp.dot, **cfg.optimizer_settings())
 
     def _network(self, meta: dict, step):
-        """The network for the data: the given step, ``cfg.layer``, or dense/conv by the data."""
+        """The network for the data: the given step, ``cfg.layer``, or dense/conv by the data; with
+        ``cfg.init`` and ``cfg.trust``, the step the model file names (:func:`modelfile.init_step_spec`)."""
         cfg = self.cfg
         kw = dict(layers=cfg.layers, final_time=cfg.final_time, gamma_tik=cfg.gamma_tik,
                   gamma_ddt=cfg.gamma_ddt)
-        if step is not None:
+        spec = None if step is not None else layer_spec(cfg, meta)
+        if cfg.init is not None:
+            from ..io import modelfile
+
+            supplied = step is not None or cfg.layer not in (None, "dense", "conv")
+            self._init_tensors, spec = modelfile.init_step_spec(cfg.init, spec, supplied, cfg.trust)
+        if spec is None:
             return network_for_data(meta, step, backend=self.be, **kw)
-        return network_from_spec(meta, {"step": layer_spec(cfg, meta), **kw}, self.be)
+        # named by the user (--layer) or, with --trust, by the --init file
+        return network_from_spec(meta, {"step": spec, **kw}, self.be, trust=True)
 
     def _initial_parameters(self) -> np.ndarray:
         """Random (seeded, rank-independent) initial parameters, or those of ``cfg.init``."""
@@ -92,8 +103,7 @@ class Trainer:
             return self.be.to_host(self.model.init_params(self.model.layout(), self.cfg.seed, self.cfg.init_scale))
         from ..io import modelfile
 
-        tensors, meta = modelfile.read(self.cfg.init)
-        return modelfile.parameters(self.model, tensors, self.cfg.init)
+        return modelfile.parameters(self.model, self._init_tensors, self.cfg.init)
 
     def _solver_stats(self) -> dict:
         """What the last evaluation's solves did: iterations, final residuals, levels (and the
@@ -144,49 +154,7 @@ class Trainer:
         run.pos += len(idx)
         return self.data.take("train", idx, self.be.xp)
 
-    def _check_divergence(self, it: int, objective: float, first: float) -> None:
-        """Raise :class:`Diverged` on a non-finite or exploding objective, saying where."""
-        if math.isfinite(objective) and objective <= EXPLOSION_FACTOR * max(abs(first), 1.0):
-            return
-        what = ("not finite" if not math.isfinite(objective)
-                else f"{objective / max(abs(first), 1.0):.1e} times the first")
-        where = self._locate_blowup()
-        hints = "--init-scale, --final-time" if it == 0 else (
-            "--lr" if self.cfg.optimizer != "lbfgs" else "--final-time") + ", --gamma-tik, --gamma-ddt"
-        raise Diverged(f"objective {objective:.6g} at iteration {it + 1} is {what}; {where}; "
-                       f"options that matter: {hints}")
-
-    def _locate_blowup(self) -> str:
-        """Where the first non-finite or exploding value appears: parameters, forward states or
-        adjoints, and the layer (a layer-serial pass over up to 256 training samples)."""
-        comm, lp, xp = self.comm, self.lp_serial, self.be.xp
-        k = min(self.data.n_train, 256)
-        x = None if self.data.x_train is None else self.data.x_train[:k]
-        y = None if self.data.y_train is None else self.data.y_train[:k]
-
-        def first_bad(rows, first_layer: int) -> float:
-            """Global index of the first bad row (inf when none) over all ranks."""
-            flat = rows.reshape(rows.shape[0], -1)
-            bad = ~xp.isfinite(flat).all(axis=1) | (xp.abs(xp.nan_to_num(flat)).max(axis=1) > 1e30)
-            where = np.flatnonzero(self.be.to_host(bad))
-            local = first_layer + int(where[0]) if where.size else math.inf
-            return -comm.allreduce_max(-local)
-
-        if not math.isfinite(comm.allreduce_sum(float(self.be.scalar(xp.abs(self.theta).sum())))):
-            return "the parameters are not finite (the previous step overshot)"
-        with np.errstate(all="ignore"):
-            lp.evaluate(self.theta, x, y, k, grad=True)
-        layer = first_bad(lp.U[1:], lp.a + 1)
-        if math.isfinite(layer):
-            return f"first bad value: forward state after layer {int(layer)} of {self.model.layers}"
-        layer = first_bad(lp.Lam[::-1][:-1], lp.a)
-        if math.isfinite(layer):
-            return f"first bad value: adjoint at layer {int(layer)} of {self.model.layers}"
-        big = comm.allreduce_max(float(self.be.scalar(xp.abs(self.theta).max())))
-        return (f"states and adjoints are finite on a layer-serial pass, the largest parameter is "
-                f"{big:.1e}: the optimiser's steps grew the weights")
-
-    def run(self, progress=None, interrupts=None) -> TrainResult:
+    def run(self, progress=None, interrupts=None, warn=None) -> TrainResult:
         """Train up to ``cfg.iterations`` steps (fewer when the method stops early), continuing
         from a checkpoint when ``cfg.resume`` names one.
 
@@ -195,9 +163,27 @@ class Trainer:
             interrupts: an :class:`~gpubraid.runtime.interrupts.Interrupts` polled at every step boundary;
                 on a signal a checkpoint is written (when ``cfg.checkpoint_dir`` is set) and
                 :class:`~gpubraid.runtime.interrupts.Interrupted` propagates.
+            warn: ``warn(line)`` for a warning (a stalled objective, a skipped checkpoint);
+                default :func:`warnings.warn`.
+
+        Raises:
+            Diverged: the objective blew up (the message names the cause); NumPy's own overflow
+                warnings are kept off stderr.
+            CheckpointWriteError: a checkpoint could not be written (on every rank).
         """
+        warn = warn or (lambda line: warnings.warn(line, RuntimeWarning, stacklevel=3))
+        if interrupts is not None:
+            interrupts.polling = True
+        try:
+            with np.errstate(all="ignore"):
+                return self._run(progress, interrupts, warn)
+        finally:
+            if interrupts is not None:
+                interrupts.polling = False
+
+    def _run(self, progress, interrupts, warn) -> TrainResult:
         cfg = self.cfg
-        run = self.restore(cfg.resume) if cfg.resume else RunState(np.random.default_rng([cfg.seed, 7]))
+        run = self.restore(warn) if self.resumed else RunState(np.random.default_rng([cfg.seed, 7]))
         warm = self.method.warm(self.full_batch)
         t0 = time.perf_counter() - run.elapsed
         from ..runtime.interrupts import Interrupted
@@ -217,13 +203,12 @@ class Trainer:
                 return ev.objective, ev.grad, (ev.accuracy, self._solver_stats())
 
             try:
-                with np.errstate(over="ignore", invalid="ignore"):
-                    info = self.opt.step(self.theta, closure)
+                info = self.opt.step(self.theta, closure)
             except FloatingPointError:  # L-BFGS refuses a non-finite start point
-                self._check_divergence(it, math.nan, math.nan if run.first is None else run.first)
+                check_divergence(self, it, math.nan, math.nan if run.first is None else run.first)
             self.lp.fwd_tol = self.lp.bwd_tol = self.method.tolerance(info.grad_norm)
             run.first = info.objective if run.first is None else run.first
-            self._check_divergence(it, info.objective, run.first)
+            check_divergence(self, it, info.objective, run.first)
             accuracy, stats = info.start
             entry = {"iter": it, "objective": info.objective, "grad_norm": info.grad_norm,
                      "train_batch_accuracy": accuracy, "step_size": info.step_size,
@@ -237,6 +222,10 @@ class Trainer:
             run.elapsed = time.perf_counter() - t0
             if progress is not None:
                 progress(entry)
+            line = None if run.warned else stall(self, run.history)
+            if line:
+                warn(line)
+                run.warned = True
             run.failures = run.failures + 1 if info.step_size == 0.0 else 0
             if run.failures:
                 if not self.method.go_on_after_failed_line_search(run.failures):
@@ -258,10 +247,13 @@ class Trainer:
     # -- checkpoints ----------------------------------------------------------------------------
     #: Settings that may differ between a run and its resumption (output, length, where to save).
     RESUMABLE_CHANGES = ("iterations", "val_every", "metrics", "progress", "checkpoint_dir",
-                         "checkpoint_every", "resume", "backend", "save", "init", "data_parallel")
+                         "checkpoint_every", "resume", "backend", "save", "init", "data_parallel", "trust")
 
     def save_checkpoint(self, run: "RunState") -> None:
-        """Write the run's state to ``cfg.checkpoint_dir`` (rank 0 writes; every rank takes part)."""
+        """Write the run's state to ``cfg.checkpoint_dir`` (rank 0 writes; every rank takes part and
+        raises :class:`~gpubraid.io.checkpoint.CheckpointWriteError` when it could not be written)."""
+        from ..io.checkpoint import CheckpointWriteError, save
+
         world, be = self.world, self.be
         vectors, scalars = self.opt.state()  # identical in every data group: group 0's are kept
         arrays = {"theta": self.lp.gather_params(self.theta)}
@@ -274,51 +266,62 @@ class Trainer:
                 arrays.update({f"warm.{name}.{r}": p for r, p in enumerate(parts)})
         if run.order is not None:
             arrays["batch_order"] = run.order
-        if world.rank != 0:
-            return
+        err = None
+        if world.rank == 0:
+            meta = {"config": self.cfg.model_dump(), "ranks": world.size, "history": run.history,
+                    "optimizer": scalars, "rng": run.rng.bit_generator.state, "pos": run.pos,
+                    "failures": run.failures, "first": run.first, "elapsed": run.elapsed,
+                    "stopped": run.stopped}
+            try:
+                save(self.cfg.checkpoint_dir, len(run.history), arrays, meta)
+            except CheckpointWriteError as exc:
+                err = str(exc)
+        err = world.bcast_obj(err, 0)
+        if err is not None:
+            raise CheckpointWriteError(err)
+
+    def _read_checkpoint(self) -> tuple:
+        """(arrays, meta, path, skipped) of the newest readable checkpoint in ``cfg.resume`` (read
+        on rank 0, given to every rank), its settings checked against this run's; a checkpoint
+        naming a layer import path needs ``--layer`` or ``--trust`` (then ``cfg.layer`` is set)."""
         from ..io import checkpoint
 
-        meta = {"config": self.cfg.model_dump(), "ranks": world.size, "history": run.history,
-                "optimizer": scalars, "rng": run.rng.bit_generator.state, "pos": run.pos,
-                "failures": run.failures, "first": run.first, "elapsed": run.elapsed,
-                "stopped": run.stopped}
-        checkpoint.save(self.cfg.checkpoint_dir, len(run.history), arrays, meta)
+        loaded, err = None, None
+        if self.world.rank == 0:
+            try:
+                loaded = checkpoint.load_for_resume(self.cfg.resume, self.cfg.model_dump(), self.RESUMABLE_CHANGES)
+            except UserError as exc:
+                err = str(exc)
+        loaded, err = self.world.bcast_obj((loaded, err), 0)
+        if err is not None:
+            raise UserError(err)
+        self.cfg = self.cfg.model_copy(update={"layer": loaded[4]})
+        return loaded[:4]
 
-    def restore(self, directory: str) -> "RunState":
-        """Load the newest checkpoint of ``directory`` into this trainer; returns the loop state.
+    def restore(self, warn) -> "RunState":
+        """Load the checkpoint :meth:`_read_checkpoint` found into this trainer (saying, through
+        ``warn``, which newer ones it skipped); returns the loop state.
 
         On the rank count that wrote it the run continues bit for bit (warm-start rows included);
         on another it continues from the parameters and the optimiser state.
         """
-        from ..io import checkpoint
+        from ..io.checkpoint import check_restorable
 
         world, be = self.world, self.be
-        loaded, err = None, None
-        if world.rank == 0:
-            try:
-                arrays, meta, path = checkpoint.load_latest(directory)
-                mine = self.cfg.model_dump()
-                for key, value in meta["config"].items():
-                    if key not in self.RESUMABLE_CHANGES and mine.get(key) != value:
-                        raise UserError(f"resume: {key} is {mine.get(key)!r} here but {value!r} in {path!r}; "
-                                        "resume with the settings of the interrupted run")
-                loaded = (arrays, meta)
-            except UserError as exc:
-                err = str(exc)
-        loaded, err = world.bcast_obj((loaded, err), 0)
-        if err is not None:
-            raise UserError(err)
-        arrays, meta = loaded
+        arrays, meta, path, skipped = self.resumed
+        if skipped and world.rank == 0:
+            warn(f"resume: {'; '.join(skipped)}; resuming from {path!r} (iteration {len(meta['history'])})")
+        same = meta["ranks"] == world.size and meta["config"]["data_parallel"] == self.cfg.data_parallel
+        rows = {name: (self.lp.b - self.lp.a + 1, self.model.state_shape) for name in ("U", "Lam")} if same else {}
+        rng = check_restorable(arrays, meta, path, self.model.layout().size, self.meta["n_train"],
+                               {f"warm.{k}.{world.rank}": v for k, v in rows.items()})
         self.theta[...] = self.lp.scatter_params(arrays["theta"])
         vectors = {k[4:]: self.lp.scatter_params(v) for k, v in arrays.items() if k.startswith("opt.")}
         self.opt.load_state(vectors, meta["optimizer"], self.theta)
-        same_split = meta["config"]["data_parallel"] == self.cfg.data_parallel
-        if meta["ranks"] == world.size and same_split:
+        if same:
             for name in ("U", "Lam"):
                 rows = arrays.get(f"warm.{name}.{world.rank}")
                 setattr(self.lp, name, None if rows is None else be.asarray(rows))
-        rng = np.random.default_rng()
-        rng.bit_generator.state = meta["rng"]
         return RunState(rng, arrays.get("batch_order"), meta["pos"], meta["history"], meta["failures"],
                         meta["first"], meta["elapsed"], meta["stopped"])
 
@@ -335,3 +338,4 @@ class RunState:
     first: float | None = None           # the first step's objective (divergence guard)
     elapsed: float = 0.0                 # training seconds before this process
     stopped: str = "iterations"
+    warned: bool = False                 # the stall warning was given
