@@ -1,8 +1,9 @@
 """Run under mpiexec: gpubraid.torch.LayerParallel inside a small PyTorch conv ResNet.
 
 Usage:
-    python torch_module_check.py grads METHOD     gradients of the opening, the layers and the head vs torch
-                                                  autograd of the unrolled network (rank 0 prints JSON)
+    python torch_module_check.py grads METHOD...  gradients of the opening, the layers and the head vs torch
+                                                  autograd of the unrolled network (rank 0 prints a JSON list,
+                                                  one entry per method)
     python torch_module_check.py save FILE        3 SGD steps, then the model's state dict to FILE and the
                                                   predicted labels to FILE.labels.npy
     python torch_module_check.py load FILE        the state dict of FILE on this rank count; prints JSON with
@@ -67,7 +68,13 @@ def rel(a, b):
     return float((a - b).abs().max() / max(float(b.abs().max()), 1e-300))
 
 
-def grads(method):
+def grads(*methods):
+    results = [grads_of(m) for m in methods]
+    if MPI.COMM_WORLD.rank == 0:
+        print(json.dumps(results))
+
+
+def grads_of(method):
     comm = MPI.COMM_WORLD
     model = Net(method, tol=1e-13, max_iter=100, cfactor=2, max_levels=3, stability=0.0)
     x, y = data()
@@ -87,8 +94,8 @@ def grads(method):
     torch.nn.functional.cross_entropy(logits, y).backward()
     errs = {k: rel(torch.from_numpy(got[k]), p[k].grad) for k in p}
     fwd = model.lp.last_stats[0]
-    print(json.dumps({"ranks": comm.size, "method": method, "errors": errs, "max_error": max(errs.values()),
-                      "fwd_levels": fwd.levels, "fwd_iterations": fwd.iterations}))
+    return {"ranks": comm.size, "method": method, "errors": errs, "max_error": max(errs.values()),
+            "fwd_levels": fwd.levels, "fwd_iterations": fwd.iterations}
 
 
 def predict(model, x):
