@@ -13,7 +13,7 @@ Each run reports the validation accuracy after ``--steps`` steps and the seconds
 over the steps after the first).  The runs are launched in interleaved rounds (``--rounds``);
 the JSON keeps every round and the medians.
 
-    python bench/torch_module.py [--steps 300] [--method exact] [--rounds 1] [--quick]
+    python bench/torch_module.py [--steps 200] [--method oneshot] [--rounds 1] [--quick]
 """
 from __future__ import annotations
 
@@ -25,9 +25,10 @@ import subprocess
 import sys
 import time
 
-from common import REPO, document, parser, result_path, write_json  # noqa: F401  (common sets BLAS threads)
+import common
+from common import REPO, document, parser, result_path, write_json
 
-C, LAYERS, T, BATCH, LR = 4, 8, 2.0, 50, 0.05
+C, LAYERS, T, BATCH, LR = 4, 8, 2.0, 50, 0.01
 
 
 def build(comm, method, **options):
@@ -119,7 +120,7 @@ def worker(kind: str, method: str, steps: int, n_val: int) -> dict:
             loss.backward()
             opt.step()
             times.append(time.perf_counter() - t0)
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             step += 1
             if step == steps:
                 break
@@ -146,10 +147,29 @@ def launch(kind: str, ranks: int, args) -> dict:
     return next(r for r in rows if r["last"])
 
 
+def plot(json_path, png_path=None):
+    """Validation accuracy and seconds per step of the three runs (medians over rounds)."""
+    import matplotlib.pyplot as plt
+
+    doc = common.load_json(json_path)
+    s = doc["summary"]
+    kinds = list(s)
+    fig, axes = plt.subplots(1, 2, figsize=(7, 3))
+    axes[0].bar(kinds, [s[k]["val_accuracy"] for k in kinds], color="tab:green")
+    axes[0].set_ylim(min(s[k]["val_accuracy"] for k in kinds) - 0.05, 1.0)
+    axes[0].set_ylabel("validation accuracy")
+    axes[1].bar(kinds, [s[k]["s_per_step"] for k in kinds], color="tab:blue")
+    axes[1].set_ylabel("s per SGD step (median)")
+    c = doc["config"]
+    fig.suptitle(f"MNIST subset, {c['layers']} layers, {c['steps']} SGD steps, method {c['method']}", fontsize=9)
+    fig.tight_layout()
+    return common.save_figure(fig, json_path, png_path)
+
+
 def main():
     p = parser(__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--method", default="exact")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--method", default="oneshot")
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--n-val", type=int, default=1000)
     p.add_argument("--worker", choices=["plain", "lp"], default=None)
@@ -175,6 +195,8 @@ def main():
     path = write_json(result_path("torch_module", args.out), document("torch_module", config, runs, summary=summary))
     print(json.dumps(summary, indent=1))
     print(path)
+    if not args.no_plot:
+        print(plot(path))
 
 
 if __name__ == "__main__":
