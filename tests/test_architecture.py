@@ -6,7 +6,7 @@ import higher ones (not even inside a function), peers stay apart, and no import
     objective                    objective and gradient across the ranks, inference
     io                           model files, checkpoints
     training                     settings, methods, optimisers, the trainer
-    cli                          the command line
+    cli | torch                  the command line | the PyTorch module (gpubraid.torch)
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import pytest
 PKG = Path(__file__).resolve().parents[1] / "gpubraid"
 
 LAYERS = {"errors": 0, "runtime": 1, "solver": 2, "network": 2, "data": 2, "objective": 3, "io": 4,
-          "training": 5, "cli": 6}
+          "training": 5, "cli": 6, "torch": 6}
 FACADE = {"gpubraid", "gpubraid.__main__"}   # the package's own entry points may reach any layer
 
 

@@ -1,0 +1,156 @@
+"""The chain solves behind :class:`gpubraid.torch.LayerParallel`, on one rank's layers.
+
+:class:`Solves` holds, for one array backend (NumPy or CuPy, float32 or float64), the
+:class:`~gpubraid.network.torch_step.TorchStep` of the block and the forward and adjoint chain
+solvers (MGRIT, or the layer-serial chain) of the training method and of evaluation, and runs
+
+    forward     u_a..u_b from u_0 (given on the first rank): rows (b − a + 1, B, *S)
+    backward    λ_a..λ_b from λ_N (given on the last rank), then h (∂f/∂θ)ᵀ λ of every layer
+                in one batched ``param_grad`` call
+    pipeline    u_N only, propagated layer by layer in sample chunks pipelined across the ranks
+
+exactly as :class:`gpubraid.objective.layer_parallel.LayerParallel` does for a gpubraid network
+(solver point k of the adjoint is λ_{N−k}, linearised at the forward states).  Tensors and arrays
+share memory: ``Tensor.numpy()`` / ``torch.from_numpy`` on the CPU, DLPack with CuPy on a GPU.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..errors import UserError
+from ..network.torch_step import TorchStep
+from ..objective.inference import CHUNK_BYTES, CHUNKS_PER_RANK
+from ..objective.layer_parallel import chain_solver
+from ..runtime.backend import Backend, resolve_backend
+from ..runtime.comm import Comm
+
+TAG_PIPE = 850
+DTYPES = {"torch.float64": "float64", "torch.float32": "float32"}
+
+
+def backend_of(t) -> Backend:
+    """The gpubraid backend of a tensor: NumPy on the CPU, CuPy on its CUDA device."""
+    dtype = DTYPES.get(str(t.dtype))
+    if dtype is None:
+        raise UserError(f"LayerParallel computes in float32 or float64; got {t.dtype} "
+                        "(call .float() or .double() on the module and its input)")
+    if t.device.type == "cpu":
+        return resolve_backend("numpy", dtype)
+    if t.device.type == "cuda":
+        return resolve_backend("cupy", dtype, t.device.index or 0)
+    raise UserError(f"LayerParallel runs on the CPU or a CUDA device; got {t.device}")
+
+
+def as_array(t, be: Backend):
+    """The array of a tensor, sharing its memory (contiguous)."""
+    t = t.detach().contiguous()
+    return be.xp.from_dlpack(t) if be.is_gpu else t.numpy()
+
+
+def as_tensor(a, be: Backend):
+    """The tensor of an array, sharing its memory."""
+    import torch
+
+    if be.is_gpu:
+        return torch.from_dlpack(a)
+    a = np.asarray(a)
+    return torch.from_numpy(a if a.flags.writeable and all(s >= 0 for s in a.strides) else np.ascontiguousarray(a))
+
+
+class Solves:
+    """Forward and adjoint solves of this rank's layers [a, b) of N on one backend.
+
+    Args:
+        factory: the block (a ``torch.nn.Module`` class or a no-argument factory of one layer's f).
+        comm: the layer communicator (its ``backend`` is set to ``be``).
+        bounds: (P + 1,) layer block boundaries.
+        h: (N,) step sizes (host floats).
+        settings: :class:`gpubraid.torch.settings.Settings`.
+        be: the backend of the parameters.
+    """
+
+    def __init__(self, factory, comm: Comm, bounds, h, settings, be: Backend):
+        self.be, self.xp, self.comm = be, be.xp, comm
+        comm.backend = be
+        self.step = TorchStep(factory, (1,), be)   # the state shape is set per solve
+        self.rank, self.P = comm.rank, comm.size
+        self.a, self.b = int(bounds[self.rank]), int(bounds[self.rank + 1])
+        self.is_first, self.is_last = self.rank == 0, self.rank == self.P - 1
+        self.h = be.asarray(h[self.a:self.b])
+        N = len(h)
+        order, rev = list(range(self.P)), list(range(self.P - 1, -1, -1))
+        rev_bounds = N - np.asarray(bounds)[::-1]
+
+        def pair(fwd, bwd):
+            return (chain_solver(comm, order, bounds, h, fwd, be),
+                    chain_solver(comm, rev, rev_bounds, np.asarray(h)[::-1].copy(), bwd, be))
+
+        m = settings.method
+        self.train = pair(m.forward, m.adjoint)
+        ev = settings.evaluation_options
+        self.eval = pair(ev, ev)
+        self.U = self.Lam = None          # warm-start rows of the last training solves
+        self.fwd_tol = self.bwd_tol = None
+
+    def _shape(self, shape):
+        self.step.state_shape = tuple(shape[1:])
+
+    def forward(self, solvers, params, u0, shape, warm: bool):
+        """States u_a..u_b, (b − a + 1, B, *S), and the SolveStats of the forward solve."""
+        self._shape(shape)
+        start = self.U.copy() if warm and self.U is not None and self.U.shape[1:] == shape else None
+        U, stats = solvers[0].solve(self.step.forward, params, u0, shape, warm=start, tol=self.fwd_tol)
+        if solvers is self.train:
+            self.U = U
+        return U, stats
+
+    def backward(self, solvers, params, U, lamN, shape, fstats, warm: bool):
+        """(λ_a (first rank; None elsewhere), parameter gradients (L, *P_i) per group, SolveStats)."""
+        self._shape(shape)
+        xp, step = self.xp, self.step
+        data = tuple(xp.ascontiguousarray(p[::-1]) for p in params) + (xp.ascontiguousarray(U[:-1][::-1]),)
+
+        def psi(w, d, h):
+            return step.adjoint(d[-1], w, d[:-1], h)
+
+        bwd = solvers[1]
+        start = self.Lam.copy() if warm and self.Lam is not None and self.Lam.shape[1:] == shape else None
+        levels = fstats.levels if (bwd.opts.stability > 0 or bwd.opts.conv_bound > 0) else None
+        Lam_s, bstats = bwd.solve(psi, data, lamN, shape, warm=start, levels=levels, tol=self.bwd_tol,
+                                  max_iter=None)
+        if solvers is self.train:
+            self.Lam = Lam_s
+        Lam = Lam_s[::-1]
+        grads = step.param_grad(U[:-1], Lam[1:], params, self.h)
+        return (Lam[0] if self.is_first else None), grads, bstats
+
+    def pipeline(self, params, u0, shape):
+        """u_N on the last rank (None elsewhere): the layers applied one by one to sample chunks,
+        chunk k + 1 entering rank r while rank r + 1 works on chunk k."""
+        self._shape(shape)
+        xp, comm, step = self.xp, self.comm, self.step
+        B = shape[0]
+        by_memory = max(1, CHUNK_BYTES // (math.prod(shape[1:]) * np.dtype(self.be.dtype).itemsize))
+        chunk = min(B, by_memory) if self.P == 1 else max(1, min(by_memory, math.ceil(B / (CHUNKS_PER_RANK * self.P))))
+        out = xp.empty(shape, dtype=self.be.dtype) if self.is_last else None
+        pending = []
+        for lo in range(0, B, chunk):
+            hi = min(B, lo + chunk)
+            if self.is_first:
+                u = u0[lo:hi]
+            else:
+                u = xp.empty((hi - lo, *shape[1:]), dtype=self.be.dtype)
+                comm.recv_into(u, self.rank - 1, TAG_PIPE)
+            for i in range(self.b - self.a):
+                u = step.forward(u[None], tuple(p[i:i + 1] for p in params), self.h[i:i + 1])[0]
+            if self.is_last:
+                out[lo:hi] = u
+                continue
+            pending.append(comm.isend(u, self.rank + 1, TAG_PIPE))
+            if len(pending) > 2:
+                Comm.waitall(pending[:1])
+                pending = pending[1:]
+        Comm.waitall(pending)
+        return out
