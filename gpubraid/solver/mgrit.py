@@ -38,7 +38,7 @@ from .cycle import Visit, phases
 from .grid import Distribution, build_hierarchy
 from .level import Level
 from .levels import choose_levels, estimate_rho, given_levels
-from .options import MGRITOptions, SolveStats
+from .options import MGRITOptions
 from .relax import c_relax, f_relax
 from .restrict import correct, residual, restrict
 from .state import SolveState
