@@ -22,16 +22,15 @@ from typing import Callable, Iterator, NamedTuple
 
 from .options import MGRITOptions
 
-PHASES = ("f_relax", "c_relax", "residual", "restrict", "correct", "coarse_solve", "serial",
-          "nested", "iterated")
-
 
 class Visit(NamedTuple):
     """One phase visit.
 
     Attributes:
-        phase: one of PHASES: a phase of the math, or a marker: ``nested`` (the nested-iteration
-            start follows), ``iterated`` (a coarse correction on level 0 is complete).
+        phase: a phase of the math (``f_relax``, ``c_relax``, ``residual``, ``restrict``,
+            ``correct``, ``coarse_solve``, ``serial``: layer-serial propagation when one level is
+            in use) or a marker: ``nested`` (the nested-iteration start follows), ``iterated`` (a
+            coarse correction on level 0 is complete).
         level: the level it works on (``restrict``: the coarse level it restricts to).
         consistent: ``restrict`` only: g = r without the coarse steps (see :func:`.restrict.restrict`).
     """
