@@ -7,19 +7,21 @@ measured solves.py / scaling.py configurations and validated on the others (held
 Cost of one call.  A batched step call advancing L intervals costs t(L) = α + β·L, per operation
 (forward, adjoint) and per problem size (C, B): α is the per-call overhead (Python, building the
 sliced step data, the g-add's call overhead, phase timers), β the per-interval cost in situ
-(arithmetic plus the strided gathers/scatters and the g-add traffic of MGRIT._step / f_relax).
+(arithmetic plus the strided gathers/scatters and the g-add traffic of SolveState.step / f_relax).
 The layer-serial loop is N calls with L = 1 and its own per-call overhead α_s (it slices but does
 not add g).
 
 Work counting.  Calls, not only steps, are counted from gpubraid's own hierarchy
-(gpubraid.solver.grid.build_hierarchy, Distribution, gpubraid.solver.mgrit.level_plan) and in the order of the
-solver's public cycle schedule (gpubraid.solver.mgrit.MGRIT.schedule), exactly as gpubraid/solver/mgrit.py
-issues them: f_relax = one call per F-slice (m − 1 on a full interval set; fewer when a slice is
-empty) + one L = 1 call per leading F-point; c_relax and residual one call over the local C-points;
-restriction one call of (coarse rows − 1) on the coarse level; the coarsest solve N_L calls of L = 1
-on the root; a solve with `it` corrections = it relax(0) (the first relaxation is skipped) +
-(it + 1) residual(0) + it × (restrict(0) + V-cycle from level 1).  The counted intervals are
-checked against SolveStats.steps_per_level / coarse_steps recorded by solves.py and scaling.py.
+(gpubraid.solver.grid.build_hierarchy, Distribution, gpubraid.solver.level.level_plan) and in the
+order of the solver's public cycle schedule (gpubraid.solver.mgrit.MGRIT.schedule, which walks the
+cycle of gpubraid/solver/cycle.py that MGRIT.solve executes), exactly as the solver issues them:
+f_relax = one call per F-slice (m − 1 on a full interval set; fewer when a slice is empty) + one
+L = 1 call per leading F-point; c_relax and residual one call over the local C-points; restriction
+one call of (coarse rows − 1) on the coarse level; the coarsest solve N_L calls of L = 1 on the
+root; one level in use: the layer-serial chain, N/P calls of L = 1 per rank, pipelined; a solve
+with `it` corrections = it relax(0) (the first relaxation is skipped) + (it + 1) residual(0) +
+it × (restrict(0) + V-cycle from level 1).  The counted intervals are checked against
+SolveStats.steps_per_level / coarse_steps recorded by solves.py and scaling.py.
 
 MPI critical path.  Per phase, the slowest rank.  An F-relaxation sweep is a pipeline: every rank
 steps its own F-slices, then waits for its left neighbour's last row (sent as soon as that is final:
@@ -60,7 +62,8 @@ import numpy as np  # noqa: E402
 from gpubraid.runtime.backend import resolve_backend  # noqa: E402
 from gpubraid.runtime.comm import split_layers  # noqa: E402
 from gpubraid.solver.grid import Distribution, build_hierarchy  # noqa: E402
-from gpubraid.solver.mgrit import MGRIT, level_plan
+from gpubraid.solver.level import level_plan  # noqa: E402
+from gpubraid.solver.mgrit import MGRIT  # noqa: E402
 from gpubraid.solver.options import MGRITOptions  # noqa: E402
 
 NAME = "model"
@@ -107,7 +110,7 @@ def pingpong():
             "source": "2-rank ping-pong here (mpiexec, shared memory), this run"}
 
 
-# -- work accounting: the calls gpubraid/solver/mgrit.py issues --------------------------------------------
+# -- work accounting: the calls gpubraid/solver/ issues --------------------------------------------------------
 _HIER_CACHE = {}
 # one-shot projection: spectral scale ρ of the trained deep peaks network's step Jacobian and the
 # peaks horizon T.  Measured (SolveStats.rho): 1.2–1.5 at 64 layers (oneshot_study), ≤ 1.01 in 134
@@ -167,6 +170,8 @@ def count_solve(N, P, it, nrelax, m=4, levels=None, warm=False, **kw):
             if phase == "f_relax":
                 r = info["per_level"][l][0]
                 calls[l] += sum(1 for k in r["slices"] if k > 0) + r["leading"]
+            elif phase == "serial":     # layer-serial propagation: one call per step
+                calls[l] += n
             else:
                 calls[l] += 1
     return {"steps_per_level": steps, "calls_per_level": calls, "coarse_steps": coarse,
@@ -237,6 +242,8 @@ def predict_solve(N, P, it, fit, C, B, net, cores, m=4, nrelax=1, levels=None, w
             rs = live(l - 1)
             path.add(work=max(t_call(r["restrict"], fit) for r in rs) * stretch,
                      comm=msg if any(r["restrict_prev"] for r in rs) else 0.0)
+        elif phase == "serial":   # the blocks one after another, a message between neighbours
+            path.add(work=N * t_call(1, fit) * stretch, comm=(P - 1) * msg)
         elif phase == "coarse_solve":
             Nc = info["levels"][l]
             others = [k for k in info["owned"][l][1:] if k > 0]
@@ -483,7 +490,7 @@ def run(quick, solves_json, scaling_json, steps_gpu, measure_net=False):
               "scaling_json": str(scaling_json) if scaling_json else None,
               "steps_gpu_json": str(steps_gpu) if steps_gpu else None, "cores": cores,
               "calibration_subset": {"solves_N": list(CAL_SOLVES_N), "scaling": list(CAL_SCALING)},
-              "model": "t(L) = alpha + beta*L per call; calls counted from the hierarchy as gpubraid/solver/mgrit.py issues "
+              "model": "t(L) = alpha + beta*L per call; calls counted from the hierarchy as gpubraid/solver/ issues "
                        "them; MPI critical path: slowest rank per phase, F-sweep pipeline with neighbour waits, "
                        "ghost/gather/scatter messages, allreduce; compute stretched by P/cores when P > cores",
               "projection_assumes": "one core (CPU) or one GPU per rank, no oversubscription; "

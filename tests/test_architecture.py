@@ -106,3 +106,71 @@ def test_no_import_cycle():
     for m in graph:
         if m not in state and m not in FACADE:
             visit(m, [m])
+
+
+MAX_MODULE_LINES, MAX_CLASS_LINES = 400, 300
+
+
+def test_no_module_over_400_lines():
+    over = {str(p.relative_to(PKG.parent)): n for p in sorted(PKG.rglob("*.py"))
+            if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES}
+    assert not over, f"modules over {MAX_MODULE_LINES} lines: {over}"
+
+
+def test_no_class_over_300_lines():
+    over = {}
+    for p in sorted(PKG.rglob("*.py")):
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.ClassDef) and (n := node.end_lineno - node.lineno + 1) > MAX_CLASS_LINES:
+                over[f"{p.relative_to(PKG.parent)}:{node.name}"] = n
+    assert not over, f"classes over {MAX_CLASS_LINES} lines: {over}"
+
+
+# -- MPI tags: one registry ------------------------------------------------------------------------
+SENDS = {"isend": 2, "recv_into": 2, "send_obj": 2, "recv_obj": 1}   # method -> index of the tag argument
+
+
+def _tag_uses():
+    """(module, line, tag expression) of every point-to-point call in the package outside runtime.comm."""
+    for name, path in sorted(_modules().items()):
+        if name == "gpubraid.runtime.comm":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in SENDS:
+                args = node.args + [k.value for k in node.keywords if k.arg == "tag"]
+                i = SENDS[node.func.attr]
+                yield name, node.lineno, args[i] if len(args) > i else None
+
+
+def _from_registry(expr) -> bool:
+    """``tags.NAME`` or ``tags.ghost(...)``."""
+    if isinstance(expr, ast.Call):
+        expr = expr.func
+    return isinstance(expr, ast.Attribute) and isinstance(expr.value, ast.Name) and expr.value.id == "tags"
+
+
+def test_every_mpi_tag_comes_from_the_registry():
+    uses = list(_tag_uses())
+    assert len(uses) >= 10, uses          # the scan finds the package's sends and receives
+    bad = [(m, line, ast.unparse(e) if e is not None else None) for m, line, e in uses if not _from_registry(e)]
+    assert not bad, f"MPI tags not from gpubraid.runtime.tags: {bad}"
+    for name, path in _modules().items():
+        if name == "gpubraid.runtime.tags":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                assert not node.id.startswith("TAG"), f"{name}:{node.lineno} defines a tag {node.id}"
+
+
+def test_registered_tags_never_collide():
+    from gpubraid.runtime import tags
+
+    singles = {k: v for k, v in vars(tags).items() if k.isupper() and k not in ("GHOST", "MAX_LEVELS")}
+    ghost = set(range(tags.GHOST, tags.GHOST + tags.MAX_LEVELS))
+    values = list(singles.values())
+    assert len(set(values)) == len(values), singles
+    assert not ghost & set(values), singles
+    assert all(0 <= v <= 32767 for v in values + sorted(ghost))
+    assert tags.ghost(tags.MAX_LEVELS - 1) == max(ghost)
+    with pytest.raises(ValueError):
+        tags.ghost(tags.MAX_LEVELS)

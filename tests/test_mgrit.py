@@ -11,6 +11,10 @@ from gpubraid.network.network import ResNetODE
 from gpubraid.network.reference import evaluate, forward_states
 from gpubraid.objective.layer_parallel import LayerParallel
 from gpubraid.runtime.backend import resolve_backend
+from gpubraid.runtime.comm import Comm
+from gpubraid.errors import UserError
+from gpubraid.solver.chain import SerialChain
+from gpubraid.solver.cycle import phases
 from gpubraid.solver.grid import build_hierarchy
 from gpubraid.solver.mgrit import MGRIT
 from gpubraid.solver.options import MGRITOptions
@@ -244,7 +248,91 @@ def test_nvtx_ranges_name_every_phase(monkeypatch):
 @pytest.mark.parametrize("bad", [dict(cfactor=1), dict(max_levels=0), dict(nrelax=-1), dict(tol=-1.0),
                                  dict(cfactor=[4, 1]), dict(max_iter=-2)])
 def test_bad_options_raise_user_error(bad):
-    from gpubraid.errors import UserError
-
     with pytest.raises(UserError):
         MGRITOptions(**bad).validate()
+
+
+@pytest.mark.parametrize("cfactor,max_levels,min_coarse", [(1, 10, 2), ([4, 1], 10, 2), ("4", 10, 2),
+                                                            (float("nan"), 10, 2), (2, 0, 2), (2, 10, 0)])
+def test_hierarchy_settings_are_checked_once(cfactor, max_levels, min_coarse):
+    """build_hierarchy and MGRITOptions.validate give the same one-line error (one check)."""
+    with pytest.raises(UserError) as by_grid:
+        build_hierarchy(np.full(16, 0.1), cfactor, max_levels, min_coarse)
+    with pytest.raises(UserError) as by_options:
+        MGRITOptions(cfactor=cfactor, max_levels=max_levels, min_coarse=min_coarse).validate()
+    assert str(by_grid.value) == str(by_options.value)
+
+
+def test_the_cycle_visits_the_phases_in_order():
+    """Three levels, F-relaxation, first relaxation skipped, one coarse correction, final residual."""
+    visits = phases(2, MGRITOptions(nrelax=0), max_iter=1, cold=True, final_residual=True,
+                    converged=lambda it: False)
+    assert [(v.phase, v.level) for v in visits] == [
+        ("residual", 0), ("restrict", 1),
+        ("f_relax", 1), ("residual", 1), ("restrict", 2), ("coarse_solve", 2), ("correct", 1), ("f_relax", 1),
+        ("correct", 0), ("iterated", 0),
+        ("f_relax", 0), ("residual", 0)]
+    assert [v.phase for v in phases(0, MGRITOptions(), max_iter=5, cold=True, final_residual=True,
+                                    converged=lambda it: False)] == ["serial"]
+
+
+@pytest.mark.parametrize("opts,levels", [(dict(max_levels=1), None), (dict(cfactor=2), 1),
+                                         (dict(cfactor=2, stability=0.5, nested=True), None),
+                                         (dict(cfactor=3, nrelax=[1, 0], fmg=True, tol=1e-3, max_iter=9), None)])
+def test_schedule_counts_what_solve_does_with_every_level_choice(opts, levels):
+    """One level (serial), a caller's level count, the stability choice, a tolerance stop."""
+    N = 45
+    data = (np.full((N, 1), -2.0),)
+    s = MGRIT(None, [0], [0, N], np.full(N, 0.1), MGRITOptions(**{"tol": 0.0, "max_iter": 3, **opts}), BE)
+    _, st = s.solve(scalar_step, data, np.ones((1, 2)), (1, 2), levels=levels)
+    per, coarse = [0] * s.n_levels, 0
+    for phase, l, n in s.schedule(st.iterations, levels=st.levels, warm=False,
+                                  converged_early=st.converged and st.iterations < s.opts.max_iter):
+        if phase == "coarse_solve":
+            coarse += n
+        else:
+            per[l] += n
+    assert per == st.steps_per_level and coarse == st.coarse_steps
+    assert sum(per) + coarse >= N
+
+
+def test_one_level_is_the_serial_chain_bit_for_bit():
+    model, layout, theta, x, y = make_problem("conv", 19)
+    P = layout.views(theta)
+    u0 = model.open_forward(x, P)
+    ref, _ = SerialChain(Comm.single(), [0], [0, 19], model.h, BE).solve(model.step.forward, P.layers(), u0,
+                                                                          u0.shape)
+    for opts, levels in ((MGRITOptions(max_levels=1), None), (MGRITOptions(cfactor=2), 1)):
+        u, st = MGRIT(None, [0], [0, 19], model.h, opts, BE).solve(model.step.forward, P.layers(), u0, u0.shape,
+                                                                   levels=levels)
+        assert np.array_equal(u, ref) and st.levels == 1 and st.iterations == 0 and st.converged
+        assert sum(st.steps_per_level) == 19 and st.coarse_steps == 0
+
+
+def test_a_failing_solve_leaves_the_solver_intact():
+    """Per-solve state lives in the solve: a step that raises mid-cycle changes nothing on the
+    solver, and the next solve is bit-identical to a fresh solver's."""
+    N = 48
+    h = np.full(N, 0.1)
+    opts = MGRITOptions(cfactor=2, max_levels=4, nrelax=1, tol=0.0, max_iter=3)
+    data = (np.linspace(-1.0, -2.0, N)[:, None],)
+    solver = MGRIT(None, [0], [0, N], h, opts, BE)
+    before = dict(vars(solver))
+    levels_before = [dict(vars(lv)) for lv in solver.lv]
+    calls = []
+
+    def failing(u, d, hh):
+        calls.append(u.shape[0])
+        if len(calls) == 5:       # inside the coarsest solve of the first cycle
+            raise RuntimeError("step failed")
+        return scalar_step(u, d, hh)
+
+    with pytest.raises(RuntimeError, match="step failed"):
+        solver.solve(failing, data, np.ones((1, 1)), (1, 1), levels=2)
+    assert vars(solver).keys() == before.keys() and all(vars(solver)[k] is v for k, v in before.items())
+    for lv, saved in zip(solver.lv, levels_before):
+        assert vars(lv).keys() == saved.keys() and all(vars(lv)[k] is v for k, v in saved.items())
+    u, st = solver.solve(scalar_step, data, np.ones((1, 1)), (1, 1))
+    u_ref, st_ref = MGRIT(None, [0], [0, N], h, opts, BE).solve(scalar_step, data, np.ones((1, 1)), (1, 1))
+    assert np.array_equal(u, u_ref) and st.levels == st_ref.levels == 4
+    assert st.steps_per_level == st_ref.steps_per_level and st.residuals == st_ref.residuals

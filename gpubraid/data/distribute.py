@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import UserError
+from ..runtime import tags
 from ..runtime.comm import Comm
 from .dataset import Dataset, infer_task, load_npz
 from .examples import load_dataset
@@ -12,8 +13,6 @@ from .examples import load_dataset
 class _Data:
     """The data a rank needs: inputs on the first rank of every data group, targets on the last,
     sizes everywhere; each group trains and scores on its share of every batch."""
-
-    TAG_INPUTS, TAG_TARGETS = 1, 2
 
     def __init__(self, world: Comm, layers: Comm, data: Comm, be, meta, ds):
         L, D = layers.size, data.size
@@ -25,14 +24,14 @@ class _Data:
         if world.rank == 0:  # world rank 0 read the data: it is the first rank of group 0
             for g in range(D):
                 if g:
-                    world.send_obj(inputs, g * L, self.TAG_INPUTS)
+                    world.send_obj(inputs, g * L, tags.DATA_INPUTS)
                 if g * L + L - 1:
-                    world.send_obj(targets, g * L + L - 1, self.TAG_TARGETS)
+                    world.send_obj(targets, g * L + L - 1, tags.DATA_TARGETS)
         else:
             if layers.rank == 0:
-                inputs = world.recv_obj(0, self.TAG_INPUTS)
+                inputs = world.recv_obj(0, tags.DATA_INPUTS)
             if layers.rank == L - 1:
-                targets = world.recv_obj(0, self.TAG_TARGETS)
+                targets = world.recv_obj(0, tags.DATA_TARGETS)
         if layers.rank == 0:
             self.x_train, self.x_val = be.asarray(inputs[0]), be.asarray(inputs[1])
         if layers.rank == L - 1:  # labels stay integers; regression targets take the backend's dtype

@@ -16,9 +16,8 @@ import math
 
 import numpy as np
 
+from ..runtime import tags
 from ..runtime.comm import Comm
-
-TAG_CHUNK = 800
 
 
 #: Bytes of state per chunk and rank on one process (and the upper bound under MPI).
@@ -84,10 +83,10 @@ class Pipeline:
                 u = model.open_forward(x[lo:hi], P)
             else:
                 u = xp.empty((hi - lo, *model.state_shape), dtype=model.be.dtype)
-                comm.recv_into(u, self.rank - 1, TAG_CHUNK)
+                comm.recv_into(u, self.rank - 1, tags.CHUNK_STATE)
             u = self._propagate(u, layers)
             if not last:
-                pending.append(comm.isend(u, self.rank + 1, TAG_CHUNK))
+                pending.append(comm.isend(u, self.rank + 1, tags.CHUNK_STATE))
                 if len(pending) > 2:  # at most two chunks in flight per rank
                     Comm.waitall(pending[:1])
                     pending = pending[1:]
@@ -105,9 +104,9 @@ class Pipeline:
         if outputs:
             out = np.concatenate(parts) if last else None
             if self.P > 1 and last:
-                comm.send_obj(out, 0, TAG_CHUNK + 1)
+                comm.send_obj(out, 0, tags.CHUNK_OUTPUTS)
             elif self.P > 1 and first:
-                out = comm.recv_obj(self.P - 1, TAG_CHUNK + 1)
+                out = comm.recv_obj(self.P - 1, tags.CHUNK_OUTPUTS)
             if not first:
                 out = None
         return loss_sum, correct, out

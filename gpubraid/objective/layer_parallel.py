@@ -19,13 +19,12 @@ from __future__ import annotations
 import numpy as np
 
 from ..network.network import Evaluation, Network
+from ..runtime import tags
 from ..runtime.comm import Comm, split_layers
 from ..solver.chain import SerialChain
 from ..solver.mgrit import MGRIT
 from ..solver.options import MGRITOptions, SolveStats
 from .pipeline import PipelineOptions, TrainingPipeline
-
-TAG_PARAMS = 600
 
 
 def chain_solver(comm: Comm, ranks, bounds, h, options: MGRITOptions, backend):
@@ -101,18 +100,18 @@ class LayerParallel:
         comm, xp = self.comm, self.xp
         reqs = []
         if not self.is_first:
-            reqs += [comm.isend(p[0], self.rank - 1, TAG_PARAMS + j) for j, p in enumerate(P.layers())]
+            reqs += [comm.isend(p[0], self.rank - 1, tags.PARAMS_LEFT) for p in P.layers()]
         if not self.is_last:
-            reqs += [comm.isend(p[-1], self.rank + 1, TAG_PARAMS + 10 + j) for j, p in enumerate(P.layers())]
+            reqs += [comm.isend(p[-1], self.rank + 1, tags.PARAMS_RIGHT) for p in P.layers()]
         left = right = None
         if not self.is_first:
             left = [xp.empty(p.shape[1:], p.dtype) for p in P.layers()]
-            for j, buf in enumerate(left):
-                comm.recv_into(buf, self.rank - 1, TAG_PARAMS + 10 + j)
+            for buf in left:
+                comm.recv_into(buf, self.rank - 1, tags.PARAMS_RIGHT)
         if not self.is_last:
             right = [xp.empty(p.shape[1:], p.dtype) for p in P.layers()]
-            for j, buf in enumerate(right):
-                comm.recv_into(buf, self.rank + 1, TAG_PARAMS + j)
+            for buf in right:
+                comm.recv_into(buf, self.rank + 1, tags.PARAMS_LEFT)
         Comm.waitall(reqs)
         return left, right
 

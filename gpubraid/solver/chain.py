@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..runtime import tags
 from ..runtime.comm import Comm
 from .options import MGRITOptions, SolveStats
-
-TAG_CHAIN = 900
 
 
 class SerialChain:
@@ -39,10 +38,10 @@ class SerialChain:
         if self.me == 0:
             U[0] = u0
         else:
-            self.comm.recv_into(U[0], self.ranks[self.me - 1], TAG_CHAIN)
+            self.comm.recv_into(U[0], self.ranks[self.me - 1], tags.CHAIN)
         for i in range(n):
             U[i + 1] = phi(U[i:i + 1], tuple(d[i:i + 1] for d in data), self.h[i:i + 1])[0]
         if self.me + 1 < len(self.ranks):
-            Comm.waitall([self.comm.isend(U[-1], self.ranks[self.me + 1], TAG_CHAIN)])
+            Comm.waitall([self.comm.isend(U[-1], self.ranks[self.me + 1], tags.CHAIN)])
         stats = SolveStats(converged=True, residuals=[0.0], steps_per_level=[n], levels=1)
         return U, stats

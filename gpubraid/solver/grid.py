@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import UserError
+from .options import check_hierarchy
 
 
 @dataclass
@@ -39,11 +39,6 @@ class LevelGrid:
     H: np.ndarray
     m: int | None
 
-    def is_c(self, i):
-        """Whether level-l points ``i`` are C-points (every m-th and the last)."""
-        i = np.asarray(i)
-        return (i % self.m == 0) | (i == self.N)
-
     def c_points(self) -> np.ndarray:
         idx = np.arange(0, self.N + 1, self.m)
         return idx if idx[-1] == self.N else np.append(idx, self.N)
@@ -57,22 +52,16 @@ def build_hierarchy(h: np.ndarray, cfactor, max_levels: int, min_coarse: int) ->
         max_levels: at most this many levels (≥ 1).
         min_coarse: a level with fewer than this many steps is not created (≥ 1).
     """
+    factors = check_hierarchy(cfactor, max_levels, min_coarse)
     h = np.asarray(h, dtype=np.float64)
     N = len(h)
-    factors = [cfactor] if np.isscalar(cfactor) else list(cfactor)
-    if not factors or any(int(m) != m or m < 2 for m in factors):
-        raise UserError(f"cfactor must be an integer >= 2 or a list of them; got {cfactor!r}")
-    if max_levels < 1:
-        raise UserError(f"max_levels must be >= 1; got {max_levels}")
-    if min_coarse < 1:
-        raise UserError(f"min_coarse must be >= 1; got {min_coarse}")
     t = np.concatenate([[0.0], np.cumsum(h)])
     fine = np.arange(N + 1)
     levels = []
     while True:
         lvl = len(levels)
         n = len(fine) - 1
-        m = int(factors[min(lvl, len(factors) - 1)])
+        m = factors[min(lvl, len(factors) - 1)]
         grid = LevelGrid(n, fine, np.diff(t[fine]) if lvl else h.copy(), m)
         coarse = fine[grid.c_points()] if n >= 1 else fine
         if lvl + 1 >= max_levels or len(coarse) - 1 < min_coarse or len(coarse) == len(fine):

@@ -1,9 +1,33 @@
 """MGRIT settings (:class:`MGRITOptions`) and the statistics of one solve (:class:`SolveStats`)."""
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field
 
 from ..errors import UserError, check_positive_int
+
+
+def per_level(name: str, value, minimum: int) -> list[int]:
+    """``value`` (an integer ≥ ``minimum``, or a non-empty list of them, one per level, the last
+    repeating) as a list of ints, or a UserError naming ``name``."""
+    vals = list(value) if isinstance(value, (list, tuple)) else [value]
+
+    def ok(x):
+        return (isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
+                and int(x) == x and x >= minimum)
+
+    if not vals or not all(ok(x) for x in vals):
+        raise UserError(f"{name} must be an integer >= {minimum} or a list of them; got {value!r}")
+    return [int(x) for x in vals]
+
+
+def check_hierarchy(cfactor, max_levels, min_coarse) -> list[int]:
+    """The one check of the hierarchy's settings (MGRITOptions.validate, build_hierarchy):
+    returns the coarsening factors, one per level (the last repeats)."""
+    check_positive_int("max_levels", max_levels)
+    check_positive_int("min_coarse", min_coarse)
+    return per_level("cfactor", cfactor, 2)
 
 
 @dataclass
@@ -56,15 +80,9 @@ class MGRITOptions:
     final_residual: bool = True
 
     def validate(self) -> "MGRITOptions":
-        check_positive_int("max_levels", self.max_levels)
-        check_positive_int("min_coarse", self.min_coarse)
+        check_hierarchy(self.cfactor, self.max_levels, self.min_coarse)
+        per_level("nrelax", self.nrelax, 0)
         check_positive_int("max_iter", self.max_iter, 0)
-        for name in ("cfactor", "nrelax"):
-            v = getattr(self, name)
-            vals = v if isinstance(v, (list, tuple)) else [v]
-            lo = 2 if name == "cfactor" else 0
-            if not vals or any(isinstance(x, bool) or int(x) != x or x < lo for x in vals):
-                raise UserError(f"{name} must be an integer >= {lo} or a list of them; got {v!r}")
         check_positive_int("stability_samples", self.stability_samples)
         check_positive_int("stability_iters", self.stability_iters)
         for name in ("tol", "rtol", "stability", "conv_bound"):

@@ -1,0 +1,59 @@
+"""Every MPI point-to-point tag of gpubraid, in one registry.
+
+A message is matched by (communicator, source, tag).  Each kind of message has its own tag here, so
+two kinds never match each other's receives, and tests/test_architecture.py checks that every send
+and receive in the package takes its tag from this module.
+
+Several arrays of one kind (one per parameter group or step-data array) share that kind's single
+tag: MPI delivers messages of one (communicator, source, tag) in the order they were sent
+(non-overtaking), and every sender sends them in the order the receiver receives them (group 0,
+1, ...).  So the scheme holds for any number of groups; no tag is offset by a group index.
+
+The only per-index range is the ghost exchange of the MGRIT levels, [GHOST, GHOST + MAX_LEVELS):
+level l uses GHOST + l.  A hierarchy of N < 2^63 steps with coarsening factors ≥ 2 has at most 64
+levels, so the range is never exceeded; it lies below every other tag above it.
+
+    tag     communicator   messages
+    1       world          data sets: inputs to each data group's first layer rank
+    2       world          data sets: targets to each data group's last layer rank
+    100+l   layers         MGRIT ghost row of level l (l < 64)
+    200     layers         MGRIT setup: level-0 step data for the coarse levels
+    300     layers         MGRIT coarsest solve: u_0 gathered to the root position
+    301     layers         MGRIT coarsest solve: g gathered to the root position
+    400     layers         MGRIT coarsest solve: u scattered from the root position
+    500     layers         MGRIT setup: coarsest level's step data gathered to the root position
+    600     layers         parameters θ_a of the first layer to the left neighbour (ddt regulariser)
+    601     layers         parameters θ_{b−1} of the last layer to the right neighbour
+    800     layers         inference: a chunk's state to the next rank
+    801     layers         inference: the predictions from the last rank to rank 0
+    900     layers         layer-serial chain: the last state to the next position
+
+All tags are far below 32767, the least upper bound (MPI_TAG_UB) that MPI guarantees.
+"""
+from __future__ import annotations
+
+DATA_INPUTS = 1
+DATA_TARGETS = 2
+
+GHOST = 100
+MAX_LEVELS = 64
+STEP_DATA = 200
+COARSE_U0 = 300
+COARSE_G = 301
+COARSE_U = 400
+COARSE_DATA = 500
+
+PARAMS_LEFT = 600
+PARAMS_RIGHT = 601
+
+CHUNK_STATE = 800
+CHUNK_OUTPUTS = 801
+
+CHAIN = 900
+
+
+def ghost(level: int) -> int:
+    """Tag of the ghost row of MGRIT level ``level`` (0 ≤ level < MAX_LEVELS)."""
+    if not 0 <= level < MAX_LEVELS:
+        raise ValueError(f"ghost tag for level {level}: levels are 0..{MAX_LEVELS - 1}")
+    return GHOST + level

@@ -1,0 +1,44 @@
+"""Relaxation on one level (docs/algorithm.md §3): F-relaxation and C-relaxation.
+
+F-relaxation on a level is m − 1 batched ``phi`` calls, each advancing every local interval at
+once with its own step data; the interval before a rank's first C-point is finished after the
+ghost value arrives from the left neighbour.  XBraid's ``nrelax`` CF sweeps after the first F
+(0 → F, 1 → FCF) are spelled out by the cycle (:mod:`.cycle`).
+"""
+from __future__ import annotations
+
+from ..runtime.comm import Comm
+from .state import SolveState
+
+
+def f_relax(s: SolveState, l: int) -> None:
+    """u_{c+j} = Φ(u_{c+j−1}) + g_{c+j} through every interval of level l; ends with fresh ghosts."""
+    lv = s.lv[l]
+    if lv.rows == 0:
+        return
+    with s.timer("relax"):
+        u, g = s.u[l], s.g[l]
+        for tgt in lv.f_slices:
+            src = slice(tgt.start - 1, tgt.stop - 1, tgt.step)
+            v = s.step(l, u[src], src)
+            u[tgt] = v if g is None else v + g[tgt]
+        reqs = []
+        s.exchange_ghost(l, lv.last_is_local, reqs)
+        for r in lv.leading:
+            v = s.step(l, u[r - 1:r], slice(r - 1, r))[0]
+            u[r] = v if g is None else v + g[r]
+        if not lv.last_is_local and lv.lay.next is not None:
+            s.send_last(l, reqs)
+        Comm.waitall(reqs)
+
+
+def c_relax(s: SolveState, l: int) -> None:
+    """u_c = Φ(u_{c−1}) + g_c at this rank's C-points of level l (ghosts are fresh after f_relax)."""
+    lv = s.lv[l]
+    if lv.c_rows is None or lv.c_rows.size == 0:
+        return
+    with s.timer("relax"):
+        c = lv.c_rows
+        u, g = s.u[l], s.g[l]
+        v = s.step(l, u[c - 1], c - 1)
+        u[c] = v if g is None else v + g[c]

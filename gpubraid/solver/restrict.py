@@ -1,0 +1,56 @@
+"""Residual, FAS restriction and correction between level l and level l + 1 (docs/algorithm.md §3).
+
+    residual   r_c = g_c + Φ_l(u_{c−1}) − u_c at the C-points of level l
+    restrict   injection v = u_c onto level l + 1, g_{l+1} = r + v − Φ_{l+1}(v_prev)
+    correct    u_c ← v_new at the C-points of level l (injection's ideal interpolation; the
+               F-relaxation that completes it is the cycle's next phase)
+"""
+from __future__ import annotations
+
+from ..runtime.comm import Comm
+from .state import SolveState
+
+
+def residual(s: SolveState, l: int):
+    """r_c = g_c + Φ(u_{c−1}) − u_c at this rank's C-points of level l, shape (n_c, B, *S)."""
+    lv = s.lv[l]
+    u, g = s.u[l], s.g[l]
+    with s.timer("residual"):
+        c = lv.c_rows
+        if c is None or c.size == 0:
+            return s.xp.empty((0, *s.shape), dtype=s.be.dtype)
+        r = s.step(l, u[c - 1], c - 1) - u[c]
+        return r if g is None else r + g[c]
+
+
+def restrict(s: SolveState, l: int, r, consistent: bool = False) -> None:
+    """FAS restriction of level l's residual ``r`` to level l + 1: v = u_c, g = r + v − Φ_{l+1}(v_prev).
+
+    ``consistent``: the C-point values already satisfy v = Φ_{l+1}(v_prev) + g_old with g_old = 0
+    (right after a nested-iteration guess whose coarse level is solved exactly), so g = r without
+    applying Φ_{l+1} (saves the coarse steps, identical result)."""
+    lv, co = s.lv[l], s.lv[l + 1]
+    if co.rows == 0:
+        return
+    u, cu, cg = s.u[l], s.u[l + 1], s.g[l + 1]
+    with s.timer("restrict"):
+        if co.lay.holds_origin:
+            cu[0] = u[0]
+        if co.rows > 1:
+            cu[1:] = u[lv.c_rows]
+        reqs = []
+        s.exchange_ghost(l + 1, True, reqs)
+        if co.rows > 1:
+            if consistent:
+                cg[1:] = r
+            else:
+                cg[1:] = r + cu[1:] - s.step(l + 1, cu[:-1], slice(0, co.rows - 1))
+        Comm.waitall(reqs)
+
+
+def correct(s: SolveState, l: int) -> None:
+    """u_c ← v_new at this rank's C-points of level l from level l + 1."""
+    lv, co = s.lv[l], s.lv[l + 1]
+    if co.rows > 1:
+        with s.timer("correct"):
+            s.u[l][lv.c_rows] = s.u[l + 1][1:]

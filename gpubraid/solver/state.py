@@ -1,0 +1,72 @@
+"""The state of one MGRIT solve, created by :meth:`~gpubraid.solver.mgrit.MGRIT.solve` and dropped
+after it: the levels in use, every level's arrays, the step counters and the phase timer.
+
+The solver object itself holds only what its construction fixed (grid, distribution, index sets,
+communication plan) and is never changed by a solve, so a solve that raises leaves it intact.
+"""
+from __future__ import annotations
+
+from ..runtime import tags
+from ..runtime.profiling import PhaseTimer
+from .options import SolveStats
+
+
+class SolveState:
+    """One solve on this rank.
+
+    Attributes:
+        phi: the batched step ``phi(u, data, h)``.
+        shape: sample shape (B, *S).
+        L: the coarsest level of this solve (levels 0..L are in use).
+        u, g: per level l, (rows_l, B, *S) state and FAS right-hand side (g[0] is None).
+        data, h: per level l, this rank's step data (tuple of (k_l, ...) arrays) and step sizes (k_l,).
+        coarse_data, coarse_h: level L's step data and step sizes of all its steps (root only).
+        r: the last residual (n_c, B, *S), handed from ``residual`` to ``restrict``.
+        steps: step applications per level; coarse_steps: those of the coarsest solve.
+        stats: the SolveStats being filled.
+    """
+
+    def __init__(self, solver, phi, shape: tuple, sync_timing: bool):
+        self.comm, self.ranks, self.me, self.root = solver.comm, solver.ranks, solver.me, solver.root
+        self.be, self.xp = solver.be, solver.xp
+        self.grids, self.layouts, self.lv = solver.levels, solver.layouts, solver.lv
+        self.phi, self.shape = phi, shape
+        n = len(self.lv)
+        self.L = n - 1
+        self.u = [None] * n
+        self.g = [None] * n
+        self.data = [None] * n
+        self.h = [None] * n
+        self.coarse_data = self.coarse_h = None
+        self.r = None
+        self.steps = [0] * n
+        self.coarse_steps = 0
+        self.timer = PhaseTimer(self.be.synchronize if sync_timing else None)
+        self.stats = SolveStats()
+
+    def step(self, l: int, u, idx):
+        """Φ on level l for the local data rows ``idx`` (slice or index array) applied to u."""
+        data = tuple(d[idx] for d in self.data[l])
+        self.steps[l] += u.shape[0]
+        return self.phi(u, data, self.h[l][idx])
+
+    def exchange_ghost(self, l: int, send_now: bool, reqs: list) -> None:
+        """Send the last row to the next position (if ``send_now``) and receive the ghost row."""
+        lv, u = self.lv[l], self.u[l]
+        lay = lv.lay
+        with self.timer("exchange"):
+            if send_now and lay.next is not None:
+                reqs.append(self.comm.isend(u[lv.rows - 1], self.ranks[lay.next], tags.ghost(l)))
+            if lay.prev is not None:
+                self.comm.recv_into(u[0], self.ranks[lay.prev], tags.ghost(l))
+
+    def send_last(self, l: int, reqs: list) -> None:
+        """Send the last row of level l to the next position (no receive)."""
+        lv = self.lv[l]
+        with self.timer("exchange"):
+            reqs.append(self.comm.isend(self.u[l][lv.rows - 1], self.ranks[lv.lay.next], tags.ghost(l)))
+
+    def norm(self, r) -> float:
+        """Global 2-norm of the distributed residual ``r``."""
+        local = float(self.be.scalar((r * r).sum())) if r.size else 0.0
+        return self.comm.allreduce_sum(local) ** 0.5
