@@ -218,10 +218,10 @@ def test_mpi_info():
 
 
 def test_readme_option_table_is_generated_from_the_schema():
-    from gpubraid.training import config
+    from gpubraid.cli import options
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert config.options_markdown() in readme
+    assert options.options_markdown() in readme
 
 
 @pytest.mark.parametrize("argv,expect", [(["--cfactor", "4,2", "--nrelax", "0,1"], ([4, 2], [0, 1])),

@@ -58,11 +58,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parse(name: str):
-    from ..training import config
 
     def parse(text: str):
+        from .options import parse_value
+
         try:
-            return config.parse_value(name, text)
+            return parse_value(name, text)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -73,6 +74,7 @@ def _parse(name: str):
 def build_parser() -> argparse.ArgumentParser:
     """The ``gpubraid`` parser; ``train`` options default to SUPPRESS (only explicit ones appear)."""
     from ..training import config
+    from . import options
 
     parser = _Parser(prog="gpubraid", description="Layer-parallel ResNet training by MGRIT "
                      "(multigrid reduction in time) on GPUs and MPI clusters.")
@@ -89,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"one of {', '.join(config.EXAMPLES)} (may instead come from --config)")
     train.add_argument("--config", metavar="FILE", help="TOML file of these settings (keys as the "
                        "options, '_' or '-'); command-line options override it")
-    config.add_options(train, _parse)
+    options.add_options(train, _parse)
     predict = sub.add_parser("predict", help="apply a saved model to inputs in a .npz file",
                              description="Apply a model written by 'gpubraid train --save' to inputs.")
     predict.add_argument("model", metavar="MODEL", help="model file (safetensors) from --save")

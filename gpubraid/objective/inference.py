@@ -19,7 +19,6 @@ import numpy as np
 from ..runtime import tags
 from ..runtime.comm import Comm
 
-
 #: Bytes of state per chunk and rank on one process (and the upper bound under MPI).
 CHUNK_BYTES = 2**25
 

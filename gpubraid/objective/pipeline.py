@@ -27,13 +27,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..runtime import tags
 from ..runtime.comm import Comm
 from ..runtime.resources import micro_batch_count
 from ..solver.options import SolveStats
-
-#: MPI tags of the pipeline: micro-batch states forward, adjoints backward (distinct from the
-#: solvers' 100–900 and the objective's 600s).
-TAG_PIPE_FWD, TAG_PIPE_BWD = 1000, 1001
 
 SCHEDULES = ("gpipe", "1f1b")
 
@@ -137,10 +134,10 @@ class TrainingPipeline:
                 if self.is_first:
                     U[0] = m.open_forward(x[lo:hi], P)
                 else:
-                    comm.recv_into(U[0], self.rank - 1, TAG_PIPE_FWD)
+                    comm.recv_into(U[0], self.rank - 1, tags.PIPE_STATE)
                 self._forward(U, layers)
                 if not self.is_last:
-                    pending.append(comm.isend(U[-1], self.rank + 1, TAG_PIPE_FWD))
+                    pending.append(comm.isend(U[-1], self.rank + 1, tags.PIPE_STATE))
                 else:
                     w = (hi - lo) / batch
                     loss_k, ok, lam, grads = m.head.loss(U[-1], y[lo:hi], P.head(), G is not None)
@@ -168,14 +165,14 @@ class TrainingPipeline:
         if self.is_last:
             Lam[-1] = lam_b
         else:
-            self.comm.recv_into(Lam[-1], self.rank + 1, TAG_PIPE_BWD)
+            self.comm.recv_into(Lam[-1], self.rank + 1, tags.PIPE_ADJOINT)
         self._backward(U, Lam, layers)
         for g, d in zip(G.layers(), m.step.param_grad(U[:-1], Lam[1:], layers, self.h)):
             g += d
         if self.is_first:
             m.open_grad(x[lo:hi], Lam[0], P, G)
         else:
-            pending.append(self.comm.isend(Lam[0], self.rank - 1, TAG_PIPE_BWD))
+            pending.append(self.comm.isend(Lam[0], self.rank - 1, tags.PIPE_ADJOINT))
 
     def backward(self, U, lam_N, P, G, x, batch: int):
         """The backward half alone, streamed by micro-batches, from forward states already computed

@@ -26,7 +26,10 @@ levels, so the range is never exceeded; it lies below every other tag above it.
     601     layers         parameters θ_{b−1} of the last layer to the right neighbour
     800     layers         inference: a chunk's state to the next rank
     801     layers         inference: the predictions from the last rank to rank 0
+    850     layers         gpubraid.torch evaluation: a chunk's state to the next rank
     900     layers         layer-serial chain: the last state to the next position
+    1000    layers         pipeline: a micro-batch's state u_b to the next rank
+    1001    layers         pipeline: a micro-batch's adjoint λ_a to the previous rank
 
 All tags are far below 32767, the least upper bound (MPI_TAG_UB) that MPI guarantees.
 """
@@ -49,7 +52,12 @@ PARAMS_RIGHT = 601
 CHUNK_STATE = 800
 CHUNK_OUTPUTS = 801
 
+TORCH_CHUNK = 850
+
 CHAIN = 900
+
+PIPE_STATE = 1000
+PIPE_ADJOINT = 1001
 
 
 def ghost(level: int) -> int:

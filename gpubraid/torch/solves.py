@@ -23,10 +23,10 @@ from ..errors import UserError
 from ..network.torch_step import TorchStep
 from ..objective.inference import CHUNK_BYTES, CHUNKS_PER_RANK
 from ..objective.layer_parallel import chain_solver
+from ..runtime import tags
 from ..runtime.backend import Backend, resolve_backend
 from ..runtime.comm import Comm
 
-TAG_PIPE = 850
 DTYPES = {"torch.float64": "float64", "torch.float32": "float32"}
 
 
@@ -142,13 +142,13 @@ class Solves:
                 u = u0[lo:hi]
             else:
                 u = xp.empty((hi - lo, *shape[1:]), dtype=self.be.dtype)
-                comm.recv_into(u, self.rank - 1, TAG_PIPE)
+                comm.recv_into(u, self.rank - 1, tags.TORCH_CHUNK)
             for i in range(self.b - self.a):
                 u = step.forward(u[None], tuple(p[i:i + 1] for p in params), self.h[i:i + 1])[0]
             if self.is_last:
                 out[lo:hi] = u
                 continue
-            pending.append(comm.isend(u, self.rank + 1, TAG_PIPE))
+            pending.append(comm.isend(u, self.rank + 1, tags.TORCH_CHUNK))
             if len(pending) > 2:
                 Comm.waitall(pending[:1])
                 pending = pending[1:]

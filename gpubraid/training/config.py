@@ -1,10 +1,10 @@
 """Every setting of a training run, declared once.
 
 :class:`TrainConfig` is the single schema: each field's type, constraint, default and help text
-live in its declaration.  From it come the ``gpubraid train`` options (:func:`add_options`), the
-TOML keys of ``--config`` (:func:`from_toml`), validation with one-line messages
-(:func:`validate`), and the option table of the README (:func:`options_markdown`).  Adding a
-setting means adding one field here.
+live in its declaration.  From it come the ``gpubraid train`` options and the README's option
+table (rendered by :mod:`gpubraid.cli.options`), the TOML keys of ``--config``
+(:func:`from_toml`) and validation with one-line messages (:func:`validate`).  Adding a setting
+means adding one field here.
 
 ``None`` in an example-dependent field means "the example's default" (:data:`EXAMPLE_DEFAULTS`);
 :meth:`TrainConfig.resolved` fills those in and checks the combination.
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 import types
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -350,80 +350,7 @@ def from_toml(path: str) -> dict:
     return values
 
 
-# -- command line and README -------------------------------------------------------------------------
-def choices(name: str) -> tuple:
-    """The allowed values of a Literal field (empty for other fields)."""
-    for tp in (FIELDS[name].annotation, *get_args(FIELDS[name].annotation)):
-        if get_origin(tp) is Literal:
-            return get_args(tp)
-    return ()
-
-
 #: The boolean settings that default to true: their option (--no-NAME) turns them off; the others
 #: (default false) are switched on by --NAME.
 SWITCHES_OFF = tuple(n for n, f in FIELDS.items() if f.annotation is bool and f.default)
-
-
 SWITCHES_ON = tuple(n for n, f in FIELDS.items() if f.annotation is bool and not f.default)
-
-
-def option_name(name: str) -> str:
-    return ("--no-" if name in SWITCHES_OFF else "--") + name.replace("_", "-")
-
-
-def metavar(name: str) -> str:
-    extra = FIELDS[name].json_schema_extra or {}
-    if name in extra.get("metavar", ""):
-        return extra["metavar"]
-    if choices(name):
-        return "{" + ",".join(choices(name)) + "}"
-    return extra.get("metavar", name.upper().replace("_", "-"))
-
-
-def default_text(name: str) -> str:
-    default = FIELDS[name].default
-    if default is not None:
-        return f"default: {default}"
-    per = [f"{ex} {d[name]}" for ex, d in EXAMPLE_DEFAULTS.items() if d.get(name) is not None]
-    return ("default None = per example: " + ", ".join(per)) if per else "default: None"
-
-
-def help_text(name: str) -> str:
-    text = FIELDS[name].description
-    if name in SWITCHES_OFF + SWITCHES_ON:
-        return text
-    return f"{text}; {default_text(name)}"
-
-
-def option_fields() -> list[str]:
-    """The fields that are ``train`` options (``example`` is the positional argument)."""
-    return [n for n in FIELDS if n != "example"]
-
-
-def add_options(parser, parse) -> None:
-    """Add one option per field to an argparse ``parser``; ``parse(name)`` makes its type function."""
-    for name in option_fields():
-        if name in SWITCHES_OFF + SWITCHES_ON:
-            action = "store_false" if name in SWITCHES_OFF else "store_true"
-            parser.add_argument(option_name(name), dest=name, action=action, help=help_text(name))
-            continue
-        parser.add_argument(option_name(name), dest=name, type=parse(name), metavar=metavar(name),
-                            help=help_text(name).replace("%", "%%"))
-
-
-def options_markdown() -> str:
-    """The README's option table of ``gpubraid train``, generated from the schema."""
-    rows = ["| option | meaning |", "|---|---|",
-            "| `--config FILE` | TOML file of these settings (keys as below, `_` or `-`); options override it |"]
-    for name in option_fields():
-        opt = option_name(name) if name in SWITCHES_OFF + SWITCHES_ON else f"{option_name(name)} {metavar(name)}"
-        rows.append(f"| `{opt}` | {help_text(name)} |")
-    return "\n".join(rows)
-
-
-def parse_value(name: str, text: str) -> Any:
-    """One command-line string for field ``name``, converted and checked (ValueError otherwise)."""
-    try:
-        return getattr(TrainConfig.model_validate({name: text}), name)
-    except ValidationError:
-        raise ValueError(f"must be {requirement(name)}; got {text!r}") from None

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..data.distribute import _Data, load_distributed
-from ..errors import Diverged, UserError
+from ..errors import UserError
 from ..network.network import network_for_data
 from ..network.spec import layer_spec, network_from_spec
 from ..objective.inference import Pipeline
@@ -29,6 +29,7 @@ from .diagnose import EXPLOSION_FACTOR, check_divergence, stall  # noqa: F401  (
 from .methods import SERIAL, make_method
 from .optim import make_optimizer
 from .report import TrainResult
+
 
 class Trainer:
     """One training run; build it on every rank of ``comm`` with the same settings.
