@@ -21,17 +21,19 @@ import numpy as np
 from ..network.network import Evaluation, Network
 from ..runtime import tags
 from ..runtime.comm import Comm, split_layers
+from ..runtime.resources import micro_batch_count
 from ..solver.chain import SerialChain
 from ..solver.mgrit import MGRIT
 from ..solver.options import MGRITOptions, SolveStats
 from .pipeline import PipelineOptions, TrainingPipeline
 
 
-def chain_solver(comm: Comm, ranks, bounds, h, options: MGRITOptions, backend):
-    """The solver of one chain: layer-serial propagation for one level, MGRIT otherwise."""
+def chain_solver(comm: Comm, ranks, bounds, h, options: MGRITOptions, backend, micro_batches: int = 1):
+    """The solver of one chain: layer-serial propagation (``micro_batches`` sample blocks streamed
+    through the ranks) for one level, MGRIT otherwise."""
     if options.max_levels == 1:
-        return SerialChain(comm, ranks, bounds, h, backend)
-    return MGRIT(comm, ranks, bounds, h, options, backend)
+        return SerialChain(comm, ranks, bounds, h, backend, micro_batches)
+    return MGRIT(comm, ranks, bounds, h, options, backend, micro_batches)
 
 
 class LayerParallel:
@@ -63,10 +65,12 @@ class LayerParallel:
         self.a, self.b = int(self.bounds[self.rank]), int(self.bounds[self.rank + 1])
         self.layout = model.layout(self.a, self.b)
         self.is_first, self.is_last = self.rank == 0, self.rank == P - 1
-        self.fwd = chain_solver(solver_comm, list(range(P)), self.bounds, model.h, forward, model.be)
+        # one-level solves, also those whose level choice is made per solve, stream micro-batches
+        M = 1 if pipeline is None else micro_batch_count(pipeline.micro_batches, P, 2 ** 62)
+        self.fwd = chain_solver(solver_comm, list(range(P)), self.bounds, model.h, forward, model.be, M)
         rev_bounds = N - self.bounds[::-1]
         self.bwd = chain_solver(solver_comm, list(range(P - 1, -1, -1)), rev_bounds, model.h[::-1].copy(),
-                                adjoint, model.be)
+                                adjoint, model.be, M)
         self.h_local = model.step_sizes(self.a, self.b)
         self.U = None     # forward rows u_a..u_b of the last solve (warm start)
         self.Lam = None   # adjoint rows in solver order of the last solve (warm start)
@@ -186,7 +190,8 @@ class LayerParallel:
 
         warm_lam = self.Lam if (warm and self.Lam is not None and self.Lam.shape[1] == batch) else None
         Lam_s, bstats = self.bwd.solve(psi, data, lamN, (batch, *m.state_shape), warm=warm_lam,
-                                       levels=levels, tol=self.bwd_tol, max_iter=None)
+                                       levels=levels, tol=self.bwd_tol, max_iter=None,
+                                       sample_data=(len(data) - 1,))
         self.Lam = Lam_s
         Lam = Lam_s[::-1]  # λ_a..λ_b
         grads = m.step.param_grad(U[:-1], Lam[1:], P.layers(), self.h_local)

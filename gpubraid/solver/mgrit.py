@@ -58,9 +58,11 @@ class MGRIT:
         h: (N,) step sizes in solver order (host floats).
         options: MGRITOptions.
         backend: array backend of the states.
+        micro_batches: sample blocks that a one-level solve streams through the positions.
     """
 
-    def __init__(self, comm: Comm | None, ranks, bounds, h, options: MGRITOptions, backend: Backend):
+    def __init__(self, comm: Comm | None, ranks, bounds, h, options: MGRITOptions, backend: Backend,
+                 micro_batches: int = 1):
         self.opts = options.validate()
         self.be, self.xp = backend, backend.xp
         self.comm = comm = comm if comm is not None else Comm.single()
@@ -77,7 +79,7 @@ class MGRIT:
                    for l, g in enumerate(self.levels)]
         self.a = int(self.dist.bounds[self.me])
         self.b = int(self.dist.bounds[self.me + 1])
-        self._serial = SerialChain(comm, self.ranks, bounds, h, backend)
+        self._serial = SerialChain(comm, self.ranks, bounds, h, backend, micro_batches)
         self.plan = StepDataPlan(self.levels, self.dist, self.layouts, self.me, self.a, self.b)
         self.T = float(np.sum(self.levels[0].H))
         self.H_max = [float(g.H.max()) if g.N else 0.0 for g in self.levels]
@@ -160,7 +162,7 @@ class MGRIT:
         return u
 
     def solve(self, phi, data, u0, sample_shape, warm=None, access=None, levels=None,
-              tol=None, max_iter=None):
+              tol=None, max_iter=None, sample_data=()):
         """Solve the chain; returns (u, SolveStats).
 
         Args:
@@ -178,6 +180,8 @@ class MGRIT:
                 the forward solve's choice for the adjoint solve.
             tol, max_iter: override the options' tolerance / iteration cap for this solve
                 (adaptive iteration control).
+            sample_data: indices of the ``data`` arrays with per-sample rows (b − a, B, ...), cut
+                into micro-batches when one level is in use (see :class:`SerialChain`).
 
         Returns:
             u: (rows, B, *S) this rank's level-0 rows: its ghost point a followed by its points
@@ -235,7 +239,7 @@ class MGRIT:
                 if access is not None:
                     access(stats.iterations, s.u[0])
             elif v.phase == "serial":  # one level: layer-serial propagation, pipelined over the ranks
-                s.u[0], _ = self._serial.solve(phi, data, u0, shape)
+                s.u[0], _ = self._serial.solve(phi, data, u0, shape, sample_data=sample_data)
                 s.steps[0] += self.b - self.a
                 stats.residuals = [0.0]
                 stats.converged = True

@@ -19,6 +19,9 @@ from ..training.methods import SERIAL, Method, make_method
 #: The ``gpubraid train`` settings a LayerParallel takes as keywords (besides ``method``).
 SOLVER_FIELDS = tuple(n for n, f in FIELDS.items() if (f.json_schema_extra or {}).get("group") == "MGRIT")
 INIT_FIELDS = ("seed", "init_scale")
+#: Micro-batches streamed through the ranks by one-level (layer-serial) solves: serial, pipeline,
+#: and exact/oneshot with ``max_levels=1`` (GPipe in each direction: the loss is the caller's).
+PIPELINE_FIELDS = ("micro_batches",)
 EVALUATIONS = ("pipeline", "converged")
 
 
@@ -51,7 +54,7 @@ class Settings:
 
 def make_settings(method: str, options: dict, full_batch: bool = False, evaluation: str = "pipeline") -> Settings:
     """Settings from keyword arguments; UserError (one line naming the setting) otherwise."""
-    allowed = SOLVER_FIELDS + INIT_FIELDS
+    allowed = SOLVER_FIELDS + PIPELINE_FIELDS + INIT_FIELDS
     for name in options:
         if name not in allowed:
             raise UserError(f"unknown LayerParallel setting {name!r}; allowed: method, full_batch, evaluation, "

@@ -26,6 +26,7 @@ from ..objective.layer_parallel import chain_solver
 from ..runtime import tags
 from ..runtime.backend import Backend, resolve_backend
 from ..runtime.comm import Comm
+from ..runtime.resources import micro_batch_count
 
 DTYPES = {"torch.float64": "float64", "torch.float32": "float32"}
 
@@ -83,9 +84,12 @@ class Solves:
         order, rev = list(range(self.P)), list(range(self.P - 1, -1, -1))
         rev_bounds = N - np.asarray(bounds)[::-1]
 
+        # One-level solves stream micro-batches through the ranks (clamped to the batch per solve).
+        M = micro_batch_count(settings.method.pipeline.micro_batches, self.P, 2 ** 62)
+
         def pair(fwd, bwd):
-            return (chain_solver(comm, order, bounds, h, fwd, be),
-                    chain_solver(comm, rev, rev_bounds, np.asarray(h)[::-1].copy(), bwd, be))
+            return (chain_solver(comm, order, bounds, h, fwd, be, M),
+                    chain_solver(comm, rev, rev_bounds, np.asarray(h)[::-1].copy(), bwd, be, M))
 
         m = settings.method
         self.train = pair(m.forward, m.adjoint)
@@ -119,7 +123,7 @@ class Solves:
         start = self.Lam.copy() if warm and self.Lam is not None and self.Lam.shape[1:] == shape else None
         levels = fstats.levels if (bwd.opts.stability > 0 or bwd.opts.conv_bound > 0) else None
         Lam_s, bstats = bwd.solve(psi, data, lamN, shape, warm=start, levels=levels, tol=self.bwd_tol,
-                                  max_iter=None)
+                                  max_iter=None, sample_data=(len(params),))
         if solvers is self.train:
             self.Lam = Lam_s
         Lam = Lam_s[::-1]

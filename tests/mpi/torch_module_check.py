@@ -76,7 +76,8 @@ def grads(*methods):
 
 def grads_of(method):
     comm = MPI.COMM_WORLD
-    model = Net(method, tol=1e-13, max_iter=100, cfactor=2, max_levels=3, stability=0.0)
+    streamed = {"micro_batches": 3} if method == "pipeline" else {}   # sample blocks through the ranks
+    model = Net(method, tol=1e-13, max_iter=100, cfactor=2, max_levels=3, stability=0.0, **streamed)
     x, y = data()
     out = model(x)
     loss = torch.nn.functional.cross_entropy(out, y) if model.lp.is_last else out
