@@ -4,7 +4,6 @@ Each script must write its JSON (machine, versions, date, config, results) and a
 """
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,9 +12,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
-needs_mpiexec = pytest.mark.skipif(
-    shutil.which("mpiexec") is None and not (Path(sys.executable).parent / "mpiexec").exists(),
-    reason="mpiexec not found")
 COMMON_KEYS = {"benchmark", "date", "machine", "versions", "config", "results"}
 
 
@@ -60,7 +56,7 @@ def test_solves_quick(tmp_path):
 
 
 @pytest.mark.mpi
-@needs_mpiexec
+@pytest.mark.usefixtures("mpiexec")
 def test_inference_quick(tmp_path):
     _run("inference.py", tmp_path)
     res = _doc(tmp_path, "inference")["results"]
@@ -70,7 +66,7 @@ def test_inference_quick(tmp_path):
 
 
 @pytest.mark.mpi
-@needs_mpiexec
+@pytest.mark.usefixtures("mpiexec")
 def test_data_parallel_quick(tmp_path):
     _run("data_parallel.py", tmp_path)
     res = _doc(tmp_path, "data_parallel")["results"]
@@ -82,7 +78,7 @@ def test_data_parallel_quick(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.mpi
-@needs_mpiexec
+@pytest.mark.usefixtures("mpiexec")
 def test_scaling_quick(tmp_path):
     _run("scaling.py", tmp_path)
     doc = _doc(tmp_path, "scaling")

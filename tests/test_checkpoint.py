@@ -22,23 +22,19 @@ def strip(history):
     return [{k: v for k, v in e.items() if k != "time_s"} for e in history]
 
 
-def gpubraid(ranks: int, *argv) -> list[str]:
-    from test_mpi import MPIEXEC
-
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    launch = [MPIEXEC, "-n", str(ranks)] if ranks > 1 else []
-    return [*launch, sys.executable, "-m", "gpubraid", *argv], env
+def gpubraid(mpirun, ranks: int, *argv) -> list[str]:
+    """``python -m gpubraid ARGV``, under ``mpiexec -n ranks`` when ranks > 1."""
+    return mpirun.gpubraid(ranks, *argv) if ranks > 1 else [sys.executable, "-m", "gpubraid", *argv]
 
 
-def run_to_end(ranks: int, *argv) -> int:
-    cmd, env = gpubraid(ranks, *argv)
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300).returncode
+def run_to_end(mpirun, ranks: int, *argv) -> int:
+    cmd = gpubraid(mpirun, ranks, *argv)
+    return subprocess.run(cmd, env=mpirun.env, capture_output=True, text=True, timeout=300).returncode
 
 
-def kill_at(ranks: int, iteration: int, *argv) -> None:
+def kill_at(mpirun, ranks: int, iteration: int, *argv) -> None:
     """Start a run and kill -9 every process of it once iteration ``iteration`` is logged."""
-    cmd, env = gpubraid(ranks, *argv)
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    proc = subprocess.Popen(gpubraid(mpirun, ranks, *argv), env=mpirun.env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                             start_new_session=True)
     for line in proc.stdout:
         if line.startswith(f"it {iteration:5d}"):
@@ -50,14 +46,14 @@ def kill_at(ranks: int, iteration: int, *argv) -> None:
 
 @pytest.mark.mpi
 @pytest.mark.parametrize("ranks", [1, 2])
-def test_resume_after_kill_9_equals_the_uninterrupted_run(tmp_path, ranks):
+def test_resume_after_kill_9_equals_the_uninterrupted_run(mpirun, tmp_path, ranks):
     ref, got = tmp_path / "ref.json", tmp_path / "got.json"
     ckpt = tmp_path / "ckpt"
-    assert run_to_end(ranks, *RUN, "--checkpoint-dir", str(tmp_path / "ref-ckpt"), "--metrics", str(ref)) == 0
+    assert run_to_end(mpirun, ranks, *RUN, "--checkpoint-dir", str(tmp_path / "ref-ckpt"), "--metrics", str(ref)) == 0
     k = random.Random(ranks).randint(6, 28)
-    kill_at(ranks, k, *RUN, "--checkpoint-dir", str(ckpt))
+    kill_at(mpirun, ranks, k, *RUN, "--checkpoint-dir", str(ckpt))
     assert not [f for f in os.listdir(ckpt) if not f.startswith("checkpoint-")]  # nothing half-written
-    assert run_to_end(ranks, *RUN, "--checkpoint-dir", str(ckpt), "--resume", str(ckpt),
+    assert run_to_end(mpirun, ranks, *RUN, "--checkpoint-dir", str(ckpt), "--resume", str(ckpt),
                       "--metrics", str(got)) == 0
     a, b = json.loads(ref.read_text()), json.loads(got.read_text())
     assert strip(b["history"]) == strip(a["history"]), k
@@ -98,13 +94,13 @@ def test_resume_refuses_other_settings_and_missing_checkpoints(tmp_path, capsys)
 
 
 @pytest.mark.mpi
-def test_resume_on_another_rank_count_continues_from_parameters(tmp_path):
+def test_resume_on_another_rank_count_continues_from_parameters(mpirun, tmp_path):
     ref, got = tmp_path / "ref.json", tmp_path / "got.json"
     argv = ["train", "peaks", "--iterations", "6", "--n-train", "300", "--n-val", "50", "--no-progress",
             "--method", "exact"]
-    assert run_to_end(1, *argv, "--metrics", str(ref)) == 0
-    assert run_to_end(2, *argv[:3], "3", *argv[4:], "--checkpoint-dir", str(tmp_path / "c")) == 0
-    assert run_to_end(1, *argv, "--resume", str(tmp_path / "c"), "--metrics", str(got)) == 0
+    assert run_to_end(mpirun, 1, *argv, "--metrics", str(ref)) == 0
+    assert run_to_end(mpirun, 2, *argv[:3], "3", *argv[4:], "--checkpoint-dir", str(tmp_path / "c")) == 0
+    assert run_to_end(mpirun, 1, *argv, "--resume", str(tmp_path / "c"), "--metrics", str(got)) == 0
     a, b = json.loads(ref.read_text())["history"], json.loads(got.read_text())["history"]
     assert len(b) == 6
     for x, y in zip(a, b):  # exact MGRIT on 2 ranks vs 1: equal to the solver tolerance

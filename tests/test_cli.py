@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +21,6 @@ from gpubraid.cli import main as cli
 TINY = ["--layers", "4", "--iterations", "3", "--n-train", "200", "--n-val", "100", "--no-progress"]
 METRIC_KEYS = {"method", "ranks", "backend", "dtype", "layers", "iterations", "objective",
                "train_accuracy", "val_accuracy", "wall_s", "history"}
-MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
 
 
 def run_cli(*args, timeout=120, launcher=()):
@@ -182,14 +180,10 @@ def test_mpiexec_warning():
     assert "no mpiexec" in info.mpiexec_warning(None, "/opt/mpich/lib/libmpi.so.12")
 
 
-needs_mpiexec = pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not found")
-
-
 @pytest.mark.mpi
-@needs_mpiexec
-def test_mpi_train_writes_metrics_once(tmp_path):
+def test_mpi_train_writes_metrics_once(mpiexec, tmp_path):
     out = tmp_path / "m.json"
-    res = run_cli("train", "peaks", *TINY, "--metrics", out, launcher=[MPIEXEC, "-n", "2"], timeout=60)
+    res = run_cli("train", "peaks", *TINY, "--metrics", out, launcher=[mpiexec, "-n", "2"], timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
     check_metrics(out, "oneshot", ranks=2)
     assert res.stdout.count("train accuracy") == 1  # one summary, from rank 0
@@ -197,20 +191,18 @@ def test_mpi_train_writes_metrics_once(tmp_path):
 
 
 @pytest.mark.mpi
-@needs_mpiexec
 @pytest.mark.parametrize("argv", [["--layers", "0"], ["--data-dir", "EMPTY"]], ids=["option", "data"])
-def test_mpi_bad_input_exits_2(tmp_path, argv):
+def test_mpi_bad_input_exits_2(mpiexec, tmp_path, argv):
     argv = [str(tmp_path) if a == "EMPTY" else a for a in argv]
-    res = run_cli("train", "indianpines", "--no-progress", *argv, launcher=[MPIEXEC, "-n", "2"], timeout=60)
+    res = run_cli("train", "indianpines", "--no-progress", *argv, launcher=[mpiexec, "-n", "2"], timeout=60)
     assert res.returncode == 2, res.stdout + res.stderr
     errors = [line for line in res.stderr.splitlines() if line.startswith("gpubraid: error:")]
     assert len(errors) == 1 and "Traceback" not in res.stderr, res.stderr
 
 
 @pytest.mark.mpi
-@needs_mpiexec
-def test_mpi_info():
-    res = run_cli("info", "--json", launcher=[MPIEXEC, "-n", "2"], timeout=60)
+def test_mpi_info(mpiexec):
+    res = run_cli("info", "--json", launcher=[mpiexec, "-n", "2"], timeout=60)
     assert res.returncode == 0, res.stderr
     info = json.loads(res.stdout)
     assert info["ranks"] == 2 and [p["rank"] for p in info["processes"]] == [0, 1]

@@ -2,23 +2,19 @@
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
-from test_mpi import MPIEXEC
 
 pytestmark = pytest.mark.mpi
 
 LONG_RUN = ["train", "peaks", "--iterations", "100000", "--no-progress", "--n-train", "500", "--n-val", "50"]
 
 
-def start(n: int, *extra: str) -> subprocess.Popen:
+def start(mpirun, n: int, *extra: str) -> subprocess.Popen:
     """``mpiexec -n n gpubraid train ...`` in its own process group, once it has logged an iteration."""
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [MPIEXEC, "-n", str(n), sys.executable, "-m", "gpubraid", *LONG_RUN, *extra]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)
+    proc = subprocess.Popen(mpirun.gpubraid(n, *LONG_RUN, *extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=mpirun.env, start_new_session=True)
     line = proc.stdout.readline()  # the first iteration line: every rank is inside the training loop
     assert line.startswith("it "), (line, proc.stderr.read() if proc.poll() is not None else "")
     return proc
@@ -40,30 +36,30 @@ def stop(proc: subprocess.Popen, sig: int, group: bool) -> tuple[int, float, str
 
 
 @pytest.mark.parametrize("n,trial", [(2, k) for k in range(5)] + [(3, k) for k in range(2)])
-def test_ctrl_c_ends_every_rank(n, trial):
+def test_ctrl_c_ends_every_rank(mpirun, n, trial):
     time.sleep(0.1 * trial)  # vary where in the iteration the signal lands
-    rc, seconds, err = stop(start(n), signal.SIGINT, group=True)
+    rc, seconds, err = stop(start(mpirun, n), signal.SIGINT, group=True)
     assert rc == 130, err
     assert seconds <= 5, seconds
     assert "Traceback" not in err, err
     assert err.count("gpubraid: stopped: interrupted by SIGINT") == 1, err
 
 
-def test_sigint_to_the_launcher_alone():
-    rc, seconds, err = stop(start(2), signal.SIGINT, group=False)
+def test_sigint_to_the_launcher_alone(mpirun):
+    rc, seconds, err = stop(start(mpirun, 2), signal.SIGINT, group=False)
     assert rc == 130 and seconds <= 5, (rc, seconds, err)
     assert "Traceback" not in err, err
 
 
-def test_sigterm_ends_every_rank():
-    proc = start(2)
+def test_sigterm_ends_every_rank(mpirun):
+    proc = start(mpirun, 2)
     rc, seconds, err = stop(proc, signal.SIGTERM, group=True)
     assert rc == 143 and seconds <= 5, (rc, seconds, err)
     assert "Traceback" not in err, err
 
 
-def test_ctrl_c_writes_a_checkpoint_first(tmp_path):
-    rc, seconds, err = stop(start(2, "--checkpoint-dir", str(tmp_path)), signal.SIGINT, group=True)
+def test_ctrl_c_writes_a_checkpoint_first(mpirun, tmp_path):
+    rc, seconds, err = stop(start(mpirun, 2, "--checkpoint-dir", str(tmp_path)), signal.SIGINT, group=True)
     assert rc == 130 and seconds <= 5, (rc, seconds, err)
     files = os.listdir(tmp_path)
     assert len(files) == 1 and files[0].startswith("checkpoint-"), files

@@ -1,33 +1,10 @@
 """Rank-count independence under mpiexec -n 1..4 (oversubscribed on small machines) and the abort path."""
-import json
-import os
-import shutil
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
 pytestmark = pytest.mark.mpi
-HERE = os.path.dirname(__file__)
-MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
-if MPIEXEC is None:
-    pytest.skip("mpiexec not found", allow_module_level=True)
-
-
-def mpirun(n, script, *args, timeout=180):
-    cmd = [MPIEXEC, "-n", str(n), sys.executable, os.path.join(HERE, "mpi", script), *map(str, args)]
-    # one BLAS thread per rank: ranks are oversubscribed on small machines
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-
-
-def run_json(n, *args):
-    out = mpirun(n, "lp_check.py", *args)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
 
 def rel(a, b):
     a, b = np.asarray(a, float), np.asarray(b, float)
@@ -46,12 +23,12 @@ CONFIGS = {
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_results_independent_of_rank_count(name):
-    ref = run_json(1, *CONFIGS[name])
+def test_results_independent_of_rank_count(mpirun, name):
+    ref = mpirun.json(1, "lp_check.py", *CONFIGS[name])
     if CONFIGS[name][5] > 0:
         assert ref["state_err"] <= 1e-10 and ref["grad_err"] <= 1e-8
     for n in (2, 3, 4):
-        got = run_json(n, *CONFIGS[name])
+        got = mpirun.json(n, "lp_check.py", *CONFIGS[name])
         for d in ("fwd", "bwd"):
             assert got[d]["iterations"] == ref[d]["iterations"], (n, d)
             assert got[d]["levels"] == ref[d]["levels"], (n, d)
@@ -64,7 +41,7 @@ def test_results_independent_of_rank_count(name):
 
 
 @pytest.mark.parametrize("trial", range(3))
-def test_one_failing_rank_stops_every_rank(trial):
+def test_one_failing_rank_stops_every_rank(mpirun, trial):
     t0 = time.monotonic()
     out = mpirun(3, "abort_check.py", timeout=60)
     elapsed = time.monotonic() - t0

@@ -1,9 +1,6 @@
 """Generic networks: any number of parameter groups, openings, heads; user steps train like built-ins."""
 import json
 import os
-import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -18,9 +15,7 @@ from gpubraid.objective.layer_parallel import LayerParallel
 from gpubraid.runtime.backend import resolve_backend
 from gpubraid.solver.options import MGRITOptions
 
-HERE = os.path.dirname(__file__)
-sys.path.insert(0, os.path.join(HERE, "mpi"))
-from user_steps import TwoLayerStep, build, lbfgs_history, toy_arrays  # noqa: E402
+from user_steps import TwoLayerStep, build, lbfgs_history, toy_arrays
 
 BE = resolve_backend("numpy", "float64")
 
@@ -211,24 +206,15 @@ def test_user_network_trains_serial_equals_exact(which):
     assert abs(evaluate(net, net.layout(), ts, ds.x_train, ds.y_train, grad=False).objective - hs[-1]) <= 1e-12
 
 
-MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
-
-
 @pytest.mark.mpi
 @pytest.mark.parametrize("which", ["three", "torch"])
-def test_user_network_rank_counts_agree(which):
+def test_user_network_rank_counts_agree(mpirun, which):
     """1, 2 and 3 ranks train the same user network to the same histories (1e-10); serial = exact (1e-6)."""
-    if MPIEXEC is None:
-        pytest.skip("mpiexec not found")
     if which == "torch":
         pytest.importorskip("torch")
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
 
     def run(n, method):
-        cmd = [MPIEXEC, "-n", str(n), sys.executable, os.path.join(HERE, "mpi", "network_check.py"), which, method]
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-        assert out.returncode == 0, out.stderr[-3000:]
-        return json.loads(out.stdout.strip().splitlines()[-1])
+        return mpirun.json(n, "network_check.py", which, method, timeout=300)
 
     ref = run(1, "exact")
     serial = run(1, "serial")
@@ -245,7 +231,7 @@ def test_readme_python_examples_run():
     "Your own network" examples pass the step self-test and make progress."""
     import re
     pytest.importorskip("torch")
-    path = os.path.join(HERE, os.pardir, "README.md")
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "README.md")
     with open(path) as f:
         text = f.read()
     own = text[text.index("## Your own network"):]

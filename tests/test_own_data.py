@@ -1,7 +1,6 @@
 """Your own data and layer from the CLI and the Trainer; model files, predict and --init."""
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -11,8 +10,6 @@ from gpubraid.cli import main as cli
 from gpubraid.training.config import TrainConfig
 from gpubraid.training.trainer import Trainer
 
-HERE = os.path.dirname(__file__)
-sys.path.insert(0, os.path.join(HERE, "mpi"))
 
 
 def spiral(n: int, seed: int, k: int = 3):
@@ -144,16 +141,12 @@ def test_bad_model_files_and_predict_inputs(tmp_path, capsys, spiral_run):
 
 
 @pytest.mark.mpi
-def test_a_model_saved_from_two_ranks_predicts_on_one(tmp_path, spiral_npz):
+def test_a_model_saved_from_two_ranks_predicts_on_one(mpirun, tmp_path, spiral_npz):
     import subprocess
 
-    from test_mpi import MPIEXEC
-
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
-    cmd = [MPIEXEC, "-n", "2", sys.executable, "-m", "gpubraid", "train", "--data", str(spiral_npz),
-           "--iterations", "20", "--no-progress", "--save", str(tmp_path / "m.safetensors"),
-           "--metrics", str(tmp_path / "m.json")]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    cmd = mpirun.gpubraid(2, "train", "--data", spiral_npz, "--iterations", "20", "--no-progress",
+                          "--save", tmp_path / "m.safetensors", "--metrics", tmp_path / "m.json")
+    out = subprocess.run(cmd, capture_output=True, text=True, env=mpirun.env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     metrics = json.loads((tmp_path / "m.json").read_text())
     data = np.load(spiral_npz)

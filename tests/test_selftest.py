@@ -1,17 +1,13 @@
 """The step self-test passes correct steps and names the check a planted bug breaks."""
 import io
-import os
-import sys
 
 import numpy as np
 import pytest
+from user_steps import TwoLayerStep, two_layer_module
 
 from gpubraid.network.selftest import check_step, exit_code, run
 from gpubraid.network.steps import ConvStep, DenseStep
 from gpubraid.runtime.backend import resolve_backend
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "mpi"))
-from user_steps import TwoLayerStep, two_layer_module  # noqa: E402
 
 BE = resolve_backend("numpy", "float64")
 

@@ -1,5 +1,4 @@
 """The PyTorch bridge: torch modules written to match DenseStep/ConvStep equal them to 1e-12 (float64)."""
-import os
 import subprocess
 import sys
 
@@ -9,15 +8,13 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from test_network import fd_check  # noqa: E402
+from user_steps import two_layer_module  # noqa: E402
 
 from gpubraid.network.heads import Classifier
 from gpubraid.network.network import Network  # noqa: E402
 from gpubraid.network.steps import ConvStep, DenseStep  # noqa: E402
 from gpubraid.network.torch_step import TorchStep  # noqa: E402
 from gpubraid.runtime.backend import resolve_backend  # noqa: E402
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "mpi"))
-from user_steps import two_layer_module  # noqa: E402
 
 BE = resolve_backend("numpy", "float64")
 ACT = {"tanh": torch.tanh, "relu": torch.relu, "identity": lambda z: z}

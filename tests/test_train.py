@@ -60,14 +60,8 @@ def test_bad_config_raises_user_error(bad):
 @pytest.mark.mpi
 @pytest.mark.parametrize("method,optimizer", [("serial", "lbfgs"), ("exact", "lbfgs"),
                                               ("oneshot", "lbfgs"), ("oneshot", "sgd")])
-def test_training_trajectory_independent_of_rank_count(method, optimizer):
-    from test_mpi import mpirun
-
-    runs = {}
-    for n in (1, 2, 4):
-        out = mpirun(n, "train_check.py", method, optimizer)
-        assert out.returncode == 0, out.stderr[-3000:]
-        runs[n] = json.loads(out.stdout.strip().splitlines()[-1])
+def test_training_trajectory_independent_of_rank_count(mpirun, method, optimizer):
+    runs = {n: mpirun.json(n, "train_check.py", method, optimizer) for n in (1, 2, 4)}
     ref = np.array([h["objective"] for h in runs[1]["history"]])
     for n in (2, 4):
         got = np.array([h["objective"] for h in runs[n]["history"]])
@@ -78,15 +72,9 @@ def test_training_trajectory_independent_of_rank_count(method, optimizer):
 
 
 @pytest.mark.mpi
-def test_as_many_ranks_as_layers():
+def test_as_many_ranks_as_layers(mpirun):
     """P up to the number of layers works: 4 ranks with one layer each, same objective as 1 rank."""
-    from test_mpi import mpirun
-
-    runs = []
-    for n in (1, 4):
-        out = mpirun(n, "train_check.py", "oneshot", "lbfgs", 4)
-        assert out.returncode == 0, out.stderr[-3000:]
-        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    runs = [mpirun.json(n, "train_check.py", "oneshot", "lbfgs", 4) for n in (1, 4)]
     a = np.array([h["objective"] for h in runs[0]["history"]])
     b = np.array([h["objective"] for h in runs[1]["history"]])
     assert np.max(np.abs(a - b) / np.abs(a)) <= 1e-10

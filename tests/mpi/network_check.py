@@ -4,12 +4,9 @@ through LayerParallel; rank 0 prints the objective history and the final paramet
 Usage: python network_check.py {three,torch} {serial,exact} [ITERATIONS]
 """
 import json
-import os
 import sys
 
 import numpy as np
-
-sys.path.insert(0, os.path.dirname(__file__))
 
 
 def main():

@@ -1,0 +1,69 @@
+"""Fixtures shared by every test directory: the float64 NumPy backend, ``mpiexec`` and launches of
+``python`` (the scripts of tests/mpi/, or ``-m gpubraid``) under it.
+
+tests/mpi/ is on ``sys.path`` (pyproject's ``pythonpath``): its ``user_steps`` module is the "your
+own layer" of the tests, importable by name like a user's module on PYTHONPATH.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gpubraid.runtime.backend import resolve_backend
+
+MPI_SCRIPTS = Path(__file__).resolve().parent / "mpi"
+MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+
+
+class MPIRun:
+    """Launches ``python`` under ``mpiexec -n n``; one BLAS thread per rank (ranks are
+    oversubscribed on small machines) and unbuffered output (tests read it line by line)."""
+
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+    def __init__(self, mpiexec: str):
+        self.mpiexec = mpiexec
+
+    def command(self, n: int, *argv) -> list[str]:
+        """``mpiexec -n n python ARGV``."""
+        return [self.mpiexec, "-n", str(n), sys.executable, *map(str, argv)]
+
+    def gpubraid(self, n: int, *argv) -> list[str]:
+        """``mpiexec -n n python -m gpubraid ARGV``."""
+        return self.command(n, "-m", "gpubraid", *argv)
+
+    def __call__(self, n: int, script: str, *args, timeout: float = 180) -> subprocess.CompletedProcess:
+        """Run tests/mpi/``script`` with ``args`` on ``n`` ranks; its status, stdout and stderr."""
+        return subprocess.run(self.command(n, MPI_SCRIPTS / script, *args), capture_output=True, text=True,
+                              timeout=timeout, env=self.env)
+
+    def json(self, n: int, script: str, *args, timeout: float = 180) -> dict:
+        """Run tests/mpi/``script`` (which must succeed) and parse the JSON of its last output line."""
+        out = self(n, script, *args, timeout=timeout)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def backend():
+    """The NumPy backend in float64 (finite-difference and dot-product checks need it)."""
+    return resolve_backend("numpy", "float64")
+
+
+@pytest.fixture(scope="session")
+def mpiexec() -> str:
+    """Path of ``mpiexec`` (next to this interpreter, else on PATH); the test is skipped without one."""
+    if MPIEXEC is None:
+        pytest.skip("mpiexec not found")
+    return MPIEXEC
+
+
+@pytest.fixture(scope="session")
+def mpirun(mpiexec) -> MPIRun:
+    return MPIRun(mpiexec)
