@@ -1,5 +1,6 @@
 """Fixtures shared by every test directory: the float64 NumPy backend, ``mpiexec`` and launches of
-``python`` (the scripts of tests/mpi/, or ``-m gpubraid``) under it.
+``python`` (the scripts of tests/mpi/, or ``-m gpubraid``) under it, and a spiral data set with a
+model trained on it (the model-file and trainer tests).
 
 tests/mpi/ is on ``sys.path`` (pyproject's ``pythonpath``): its ``user_steps`` module is the "your
 own layer" of the tests, importable by name like a user's module on PYTHONPATH.
@@ -13,8 +14,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from user_steps import spiral
 
+from gpubraid.cli import main as cli
 from gpubraid.runtime.backend import resolve_backend
 
 MPI_SCRIPTS = Path(__file__).resolve().parent / "mpi"
@@ -67,3 +71,21 @@ def mpiexec() -> str:
 @pytest.fixture(scope="session")
 def mpirun(mpiexec) -> MPIRun:
     return MPIRun(mpiexec)
+
+
+@pytest.fixture(scope="module")
+def spiral_npz(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "spiral.npz"
+    (xt, yt), (xv, yv) = spiral(600, 0), spiral(200, 1)
+    np.savez(path, x_train=xt, y_train=yt, x_val=xv, y_val=yv)
+    return path
+
+
+@pytest.fixture(scope="module")
+def spiral_run(spiral_npz, tmp_path_factory):
+    """The default method on the spiral (defaults for feature data), saved and with metrics."""
+    out = tmp_path_factory.mktemp("run")
+    rc = cli.main(["train", "--data", str(spiral_npz), "--no-progress", "--save", str(out / "m.safetensors"),
+                   "--metrics", str(out / "m.json")])
+    assert rc == 0
+    return out / "m.safetensors", json.loads((out / "m.json").read_text())

@@ -1,6 +1,6 @@
 """The CUDA kernels of kernels/*.cu, compiled for the CPU by g++ and run against the NumPy steps.
 
-The shim (tests/emulation/cuda_shim.h) runs each block's threads as fibers with a real barrier,
+The shim (tests/kernels/emulation/cuda_shim.h) runs each block's threads as fibers with a real barrier,
 so the shared-memory tiling and the block reductions are exercised as written; the planted-bug
 tests compile edited copies of the sources and check that the comparisons then fail.
 """

@@ -7,7 +7,6 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from test_network import fd_check  # noqa: E402
 from user_steps import two_layer_module  # noqa: E402
 
 from gpubraid.network.heads import Classifier
@@ -15,6 +14,7 @@ from gpubraid.network.network import Network  # noqa: E402
 from gpubraid.network.steps import ConvStep, DenseStep  # noqa: E402
 from gpubraid.network.torch_step import TorchStep  # noqa: E402
 from gpubraid.runtime.backend import resolve_backend  # noqa: E402
+from tests.network.gradcheck import fd_check  # noqa: E402
 
 BE = resolve_backend("numpy", "float64")
 ACT = {"tanh": torch.tanh, "relu": torch.relu, "identity": lambda z: z}

@@ -14,7 +14,7 @@ import pytest
 
 from gpubraid.runtime import cuda
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / ".ci" / "compile_kernels.py"
 
 

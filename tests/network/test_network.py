@@ -1,38 +1,22 @@
 """Generic networks: any number of parameter groups, openings, heads; user steps train like built-ins."""
 import json
-import os
 
 import numpy as np
 import pytest
+from user_steps import TwoLayerStep, toy_arrays
 
 from gpubraid.errors import UserError
+from gpubraid.network.activations import ACTIVATIONS
 from gpubraid.network.heads import Classifier, Regression
 from gpubraid.network.network import Network, ResNetODE, network_for_data
 from gpubraid.network.openings import ConvOpening, DenseOpening, IdentityOpening
 from gpubraid.network.reference import evaluate
 from gpubraid.network.steps import ConvStep, DenseStep
-from gpubraid.objective.layer_parallel import LayerParallel
 from gpubraid.runtime.backend import resolve_backend
-from gpubraid.solver.options import MGRITOptions
-
-from user_steps import TwoLayerStep, build, lbfgs_history, toy_arrays
+from tests.network.gradcheck import fd_check
 
 BE = resolve_backend("numpy", "float64")
-
-
-def fd_check(net, theta, x, y, seed=1, tol=1e-6):
-    layout = net.layout()
-    ev = evaluate(net, layout, theta, x, y)
-    rng = np.random.default_rng(seed)
-    for name, (lo, hi) in layout.offsets.items():
-        d = np.zeros_like(theta)
-        d[lo:hi] = rng.standard_normal(hi - lo)
-        eps = 1e-6
-        fd = (evaluate(net, layout, theta + eps * d, x, y, grad=False).objective
-              - evaluate(net, layout, theta - eps * d, x, y, grad=False).objective) / (2 * eps)
-        an = float(ev.grad @ d)
-        assert abs(fd - an) <= tol * max(abs(an), 1e-3), (name, fd, an)
-    return ev
+KINDS = {"dense": (3,), "conv": (2, 5, 4)}
 
 
 @pytest.mark.parametrize("kind", ["dense", "conv"])
@@ -182,109 +166,79 @@ def test_bad_networks_and_targets_raise_user_error():
         evaluate(reg, reg.layout(), reg.init_params(reg.layout()), np.zeros((2, 3)), np.zeros((2, 3)))
 
 
-def train(which, method, iterations=10):
-    net, ds = build(which, BE)
-    if method == "serial":
-        opts = MGRITOptions(max_levels=1, tol=1e-10, max_iter=100)
-    else:
-        opts = MGRITOptions(cfactor=2, max_levels=10, nrelax=1, tol=1e-10, max_iter=100)
-    lp = LayerParallel(net, None, opts, opts)
-    theta = lp.scatter_params(net.init_params(net.layout(), seed=0))
-    return np.array(lbfgs_history(lp, theta, ds.x_train, ds.y_train, ds.n_train, iterations)), theta
+def problem(kind, act, N=4, seed=0, gamma=(0.1, 0.3)):
+    model = ResNetODE(kind, KINDS[kind], 3, N, 3, 1.5, act, BE, gamma_tik=gamma[0], gamma_ddt=gamma[1])
+    layout = model.layout()
+    rng = np.random.default_rng(seed)
+    theta = model.init_params(layout, seed=seed) + 0.2 * rng.standard_normal(layout.size)
+    x = rng.standard_normal((5, *KINDS[kind]))
+    y = rng.integers(0, 3, 5)
+    return model, layout, theta, x, y
 
 
-@pytest.mark.parametrize("which", ["three", "torch"])
-def test_user_network_trains_serial_equals_exact(which):
-    if which == "torch":
-        pytest.importorskip("torch")
-    hs, ts = train(which, "serial")
-    he, te = train(which, "exact")
-    assert hs[-1] < 0.5 * hs[0]  # it trains
-    assert np.abs(hs - he).max() <= 1e-6 * np.abs(hs).max(), np.abs(hs - he).max()
-    # serial vs the serial evaluation at the final parameters
-    net, ds = build(which, BE)
-    assert abs(evaluate(net, net.layout(), ts, ds.x_train, ds.y_train, grad=False).objective - hs[-1]) <= 1e-12
+@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("act", list(ACTIVATIONS))
+def test_gradient_matches_finite_differences_per_group(kind, act):
+    model, layout, theta, x, y = problem(kind, act)
+    ev = evaluate(model, layout, theta, x, y)
+    rng = np.random.default_rng(1)
+    for group, (lo, hi) in layout.offsets.items():
+        d = np.zeros_like(theta)
+        d[lo:hi] = rng.standard_normal(hi - lo)
+        eps = 1e-6
+        fp = evaluate(model, layout, theta + eps * d, x, y, grad=False).objective
+        fm = evaluate(model, layout, theta - eps * d, x, y, grad=False).objective
+        fd = (fp - fm) / (2 * eps)
+        an = float(ev.grad @ d)
+        assert abs(fd - an) <= 1e-6 * max(abs(an), 1e-3), (group, fd, an)
 
 
-@pytest.mark.mpi
-@pytest.mark.parametrize("which", ["three", "torch"])
-def test_user_network_rank_counts_agree(mpirun, which):
-    """1, 2 and 3 ranks train the same user network to the same histories (1e-10); serial = exact (1e-6)."""
-    if which == "torch":
-        pytest.importorskip("torch")
-
-    def run(n, method):
-        return mpirun.json(n, "network_check.py", which, method, timeout=300)
-
-    ref = run(1, "exact")
-    serial = run(1, "serial")
-    h = np.array(ref["history"])
-    assert np.abs(np.array(serial["history"]) - h).max() <= 1e-6 * np.abs(h).max()
-    for n in (2, 3):
-        got = run(n, "exact")
-        assert np.abs(np.array(got["history"]) - h).max() <= 1e-10 * np.abs(h).max(), n
-        assert np.abs(np.array(got["theta"]) - np.array(ref["theta"])).max() <= 1e-8, n
-
-
-def test_readme_python_examples_run():
-    """Every python block of the README runs as written (each in a fresh namespace); the two
-    "Your own network" examples pass the step self-test and make progress."""
-    import re
-    pytest.importorskip("torch")
-    path = os.path.join(os.path.dirname(__file__), os.pardir, "README.md")
-    with open(path) as f:
-        text = f.read()
-    own = text[text.index("## Your own network"):]
-    own = own[:own.index("\n## ", 1)]
-    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
-    own_blocks = re.findall(r"```python\n(.*?)```", own, re.S)
-    assert len(own_blocks) >= 2 and all(b in blocks for b in own_blocks)
-    for code in blocks:
-        ns = {"__name__": "__readme_example__"}
-        exec(compile(code, path, "exec"), ns)
-        if code in own_blocks and "step" in ns:
-            assert ns["check_step"](ns["step"]).ok
-        if code in own_blocks and "result" in ns:
-            assert ns["result"].objective < 0.5 * ns["result"].history[0]["objective"]
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_regulariser_gradient_and_block_split(kind):
+    """R's gradient (Tikhonov + ddt) by finite differences; block shares add up to the whole."""
+    model, layout, theta, x, y = problem(kind, "tanh", N=7, gamma=(0.2, 0.7))
+    model.h[:] = np.linspace(0.1, 0.4, 7)  # non-uniform steps exercise h_n in both terms
+    g = np.zeros_like(theta)
+    R = model.regularizer(layout, layout.views(theta), layout.views(g))
+    rng = np.random.default_rng(6)
+    d = rng.standard_normal(theta.shape)
+    eps = 1e-6
+    Rp = model.regularizer(layout, layout.views(theta + eps * d))
+    Rm = model.regularizer(layout, layout.views(theta - eps * d))
+    assert abs((Rp - Rm) / (2 * eps) - g @ d) <= 1e-8 * abs(g @ d)
+    F = layout.views(theta)
+    total, parts = 0.0, []
+    for a, b in ((0, 3), (3, 4), (4, 7)):
+        lay = model.layout(a, b)
+        vec = np.zeros(lay.size)
+        Q = lay.views(vec)
+        Q.K[...], Q.b[...] = F.K[a:b], F.b[a:b]
+        if lay.has_open:
+            Q.open_K[...], Q.open_b[...] = F.open_K, F.open_b
+        if lay.has_class:
+            Q.W[...], Q.c[...] = F.W, F.c
+        left = (F.K[a - 1], F.b[a - 1]) if a > 0 else None
+        right = (F.K[b], F.b[b]) if b < 7 else None
+        gq = np.zeros_like(vec)
+        total += model.regularizer(lay, Q, lay.views(gq), left, right)
+        parts.append((a, b, lay.views(gq)))
+    assert abs(total - R) <= 1e-13 * R
+    G = layout.views(g)
+    for a, b, Gq in parts:
+        assert np.allclose(Gq.K, G.K[a:b], rtol=1e-13, atol=1e-15)
+        assert np.allclose(Gq.b, G.b[a:b], rtol=1e-13, atol=1e-15)
 
 
-@pytest.mark.parametrize("kind", ["dense", "conv"])
-def test_network_from_spec_rebuilds_resnetode_bitwise(kind):
-    from gpubraid.network.spec import network_from_spec
-    in_shape = (3,) if kind == "dense" else (2, 5, 4)
-    ref = ResNetODE(kind, in_shape, 3, 5, 4, 1.5, "relu", BE, 0.1, 0.2)
-    meta = {"in_shape": in_shape, "n_classes": 4}
-    net = network_from_spec(meta, json.loads(json.dumps(ref.describe())), BE)
-    t = ref.init_params(ref.layout(), 1)
-    assert np.array_equal(t, net.init_params(net.layout(), 1))
-    rng = np.random.default_rng(0)
-    x, y = rng.standard_normal((6, *in_shape)), rng.integers(0, 4, 6)
-    e1, e2 = evaluate(ref, ref.layout(), t, x, y), evaluate(net, net.layout(), t, x, y)
-    assert e1.objective == e2.objective and np.array_equal(e1.grad, e2.grad)
-
-
-def test_network_from_spec_user_and_torch_steps():
-    from gpubraid.network.spec import network_from_spec
-    meta = {"in_shape": (3,), "task": "regression", "n_out": 2}
-    spec = {"step": {"name": "two_layer", "factory": "user_steps:TwoLayerStep",
-                     "kwargs": {"channels": 4, "hidden": 5}}, "layers": 4, "final_time": 1.0, "gamma_tik": 0.1}
-    net = network_from_spec(meta, spec, BE)
-    assert isinstance(net.step, TwoLayerStep) and net.step.param_shapes[0] == (5, 4) and net.gamma_tik == 0.1
-    assert net.describe()["step"]["factory"] == "user_steps:TwoLayerStep"
-    with pytest.raises(UserError, match="cannot import"):
-        network_from_spec(meta, {"step": {"name": "x", "factory": "nowhere:Step"}, "layers": 2, "final_time": 1.0}, BE)
-    with pytest.raises(UserError, match="give its 'factory'"):
-        network_from_spec(meta, {"step": {"name": "x"}, "layers": 2, "final_time": 1.0}, BE)
-    pytest.importorskip("torch")
-    from user_steps import two_layer_module
-
-    from gpubraid.network.torch_step import TorchStep
-    ts = TorchStep(two_layer_module, (4,), BE, kwargs={"channels": 4, "hidden": 3})
-    net = Network(ts, (3,), 4, 1.0, BE, Regression(2))
-    d = json.loads(json.dumps(net.describe()))
-    assert d["step"]["factory"] == "user_steps:two_layer_module" and d["step"]["kwargs"] == {"channels": 4, "hidden": 3}
-    again = network_from_spec(meta, d, BE)
-    t = net.init_params(net.layout(), 2)
-    assert np.array_equal(t, again.init_params(again.layout(), 2))
-    x, y = np.random.default_rng(0).standard_normal((5, 3)), np.zeros((5, 2))
-    assert evaluate(net, net.layout(), t, x, y).objective == evaluate(again, again.layout(), t, x, y).objective
+def test_bad_resnet_settings_raise_user_error():
+    with pytest.raises(UserError, match="activation"):
+        ResNetODE("dense", (2,), 3, 4, 3, 1.0, "gelu", BE)
+    with pytest.raises(UserError, match="layers"):
+        ResNetODE("dense", (2,), 3, 0, 3, 1.0, "tanh", BE)
+    with pytest.raises(UserError, match="final_time"):
+        ResNetODE("dense", (2,), 3, 4, 3, 0.0, "tanh", BE)
+    with pytest.raises(UserError, match="final_time"):
+        ResNetODE("dense", (2,), 3, 4, 3, float("inf"), "tanh", BE)
+    with pytest.raises(UserError, match="kind"):
+        ResNetODE("rnn", (2,), 3, 4, 3, 1.0, "tanh", BE)
+    with pytest.raises(UserError, match="conv networks"):
+        ResNetODE("conv", (2,), 3, 4, 3, 1.0, "tanh", BE)

@@ -4,7 +4,6 @@ import time
 
 import numpy as np
 import pytest
-from test_mgrit import make_problem, scalar_step
 
 from gpubraid.errors import UserError
 from gpubraid.network.reference import forward_states
@@ -14,6 +13,7 @@ from gpubraid.solver.grid import Distribution, build_hierarchy
 from gpubraid.solver.mgrit import MGRIT
 from gpubraid.solver.options import MGRITOptions
 from gpubraid.training.trainer import TrainConfig, Trainer
+from tests.test_mgrit import make_problem, scalar_step
 
 BE = resolve_backend("numpy", "float64")
 

@@ -1,5 +1,5 @@
 """The ``gpubraid`` command line: training runs and their metrics, config files, every kind of bad
-input (status 2, one line, no traceback), MPI launches, and ``gpubraid info``.
+input (status 2, one line, no traceback), MPI launches.
 
 Training runs go through real subprocesses (``python -m gpubraid``); bad-input cases call
 :func:`gpubraid.cli.main` in-process, which is much cheaper.
@@ -7,7 +7,6 @@ Training runs go through real subprocesses (``python -m gpubraid``); bad-input c
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,19 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpubraid.cli import info
 from gpubraid.cli import main as cli
+from tests.cli.launch import run_cli
 
 TINY = ["--layers", "4", "--iterations", "3", "--n-train", "200", "--n-val", "100", "--no-progress"]
 METRIC_KEYS = {"method", "ranks", "backend", "dtype", "layers", "iterations", "objective",
                "train_accuracy", "val_accuracy", "wall_s", "history"}
-
-
-def run_cli(*args, timeout=120, launcher=()):
-    """Run ``python -m gpubraid ARGS`` (optionally under ``launcher``) from the tests' directory."""
-    cmd = [*launcher, sys.executable, "-m", "gpubraid", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "GPUBRAID_BACKEND": "numpy"})
 
 
 def check_metrics(path: Path, method: str, ranks: int = 1) -> dict:
@@ -161,25 +153,6 @@ def test_non_finite_data(tmp_path, capsys):
     assert "non-finite" in line
 
 
-def test_info_text_and_json():
-    res = run_cli("info")
-    assert res.returncode == 0, res.stderr
-    assert "CUDA-aware MPI" in res.stdout and "decided by" in res.stdout
-    assert "MPI library" in res.stdout and "backend" in res.stdout
-    res = run_cli("info", "--json")
-    assert res.returncode == 0, res.stderr
-    info = json.loads(res.stdout)
-    assert isinstance(info["cuda_aware"], bool) and info["cuda_aware_decided_by"]
-    assert info["ranks"] == 1 and info["backend"] == "numpy" and info["gpus"] == []
-    assert info["mpi_library"] and info["gpubraid"]
-
-
-def test_mpiexec_warning():
-    assert info.mpiexec_warning("/opt/mpich/bin/mpiexec", "/opt/mpich/lib/libmpi.so.12") is None
-    assert "different MPI" in info.mpiexec_warning("/usr/bin/mpiexec", "/opt/mpich/lib/libmpi.so.12")
-    assert "no mpiexec" in info.mpiexec_warning(None, "/opt/mpich/lib/libmpi.so.12")
-
-
 @pytest.mark.mpi
 def test_mpi_train_writes_metrics_once(mpiexec, tmp_path):
     out = tmp_path / "m.json"
@@ -198,22 +171,6 @@ def test_mpi_bad_input_exits_2(mpiexec, tmp_path, argv):
     assert res.returncode == 2, res.stdout + res.stderr
     errors = [line for line in res.stderr.splitlines() if line.startswith("gpubraid: error:")]
     assert len(errors) == 1 and "Traceback" not in res.stderr, res.stderr
-
-
-@pytest.mark.mpi
-def test_mpi_info(mpiexec):
-    res = run_cli("info", "--json", launcher=[mpiexec, "-n", "2"], timeout=60)
-    assert res.returncode == 0, res.stderr
-    info = json.loads(res.stdout)
-    assert info["ranks"] == 2 and [p["rank"] for p in info["processes"]] == [0, 1]
-    assert sorted(p["local_rank"] for p in info["processes"]) == [0, 1]
-
-
-def test_readme_option_table_is_generated_from_the_schema():
-    from gpubraid.training import config
-
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert config.options_markdown() in readme
 
 
 @pytest.mark.parametrize("argv,expect", [(["--cfactor", "4,2", "--nrelax", "0,1"], ([4, 2], [0, 1])),
