@@ -1,4 +1,4 @@
-"""Smoke tests of the benchmarks in bench/: each script's --quick mode into a temporary directory.
+"""Smoke tests of the benchmarks in bench/: each module's --quick mode into a temporary directory.
 
 Each script must write its JSON (machine, versions, date, config, results) and a PNG made from it.
 """
@@ -11,32 +11,31 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-BENCH = REPO / "bench"
 COMMON_KEYS = {"benchmark", "date", "machine", "versions", "config", "results"}
 
 
-def _run(script, out, *extra, timeout=240):
+def _run(name, out, *extra, timeout=240):
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
                GPUBRAID_BACKEND="numpy")
-    proc = subprocess.run([sys.executable, str(BENCH / script), "--quick", "--out", str(out), *extra],
+    proc = subprocess.run([sys.executable, "-m", f"bench.{name}", "--quick", "--out", str(out), *extra],
                           capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
 
 def _doc(out, name):
-    files = sorted(Path(out).glob(f"{name}-*.json"))
-    assert files, f"no {name} JSON in {out}"
-    doc = json.loads(files[-1].read_text())
+    path = Path(out) / f"{name}.json"
+    assert path.exists(), f"no {name} JSON in {out}"
+    doc = json.loads(path.read_text())
     assert COMMON_KEYS <= set(doc)
     assert {"hostname", "cpu_model", "cores", "device"} <= set(doc["machine"])
     assert {"gpubraid", "numpy", "mpi4py", "mpi_library"} <= set(doc["versions"])
-    assert files[-1].with_suffix(".png").exists()
+    assert path.with_suffix(".png").exists()
     return doc
 
 
 def test_steps_quick(tmp_path):
-    _run("steps.py", tmp_path)
+    _run("steps", tmp_path)
     doc = _doc(tmp_path, "steps")
     row = doc["results"][0]
     assert {"kind", "C", "B", "L", "op", "backend", "median_s", "bytes", "GBs"} <= set(row)
@@ -45,7 +44,7 @@ def test_steps_quick(tmp_path):
 
 @pytest.mark.slow
 def test_solves_quick(tmp_path):
-    _run("solves.py", tmp_path)
+    _run("solves", tmp_path)
     doc = _doc(tmp_path, "solves")
     r = doc["results"][0]
     assert {"N", "median_s", "ratios", "work", "stats"} <= set(r)
@@ -58,7 +57,7 @@ def test_solves_quick(tmp_path):
 @pytest.mark.mpi
 @pytest.mark.usefixtures("mpiexec")
 def test_inference_quick(tmp_path):
-    _run("inference.py", tmp_path)
+    _run("inference", tmp_path)
     res = _doc(tmp_path, "inference")["results"]
     assert [r["ranks"] for r in res["runs"]] == [1, 2]
     assert {"pipeline", "serial_forward", "mgrit_exact"} == set(res["runs"][0]["median_s"])
@@ -68,7 +67,7 @@ def test_inference_quick(tmp_path):
 @pytest.mark.mpi
 @pytest.mark.usefixtures("mpiexec")
 def test_data_parallel_quick(tmp_path):
-    _run("data_parallel.py", tmp_path)
+    _run("data_parallel", tmp_path)
     res = _doc(tmp_path, "data_parallel")["results"]
     assert {(r["ranks"], r["data_parallel"], r["method"]) for r in res} == {
         (p, d, m) for p, d in ((1, 1), (2, 1), (2, 2)) for m in ("exact", "oneshot")}
@@ -80,7 +79,7 @@ def test_data_parallel_quick(tmp_path):
 @pytest.mark.mpi
 @pytest.mark.usefixtures("mpiexec")
 def test_scaling_quick(tmp_path):
-    _run("scaling.py", tmp_path)
+    _run("scaling", tmp_path)
     doc = _doc(tmp_path, "scaling")
     res = doc["results"]
     assert [r["P"] for r in res["strong"]] == [1, 2, 4]
@@ -88,8 +87,8 @@ def test_scaling_quick(tmp_path):
     assert res["strong"][0]["grad_rel_error_vs_serial"] < 1e-6
     assert res["strong"][1]["messages_total"] > 0
     assert "strong_ratio_P1_over_P2" in res["summary"]
-    _run("model.py", tmp_path, "--scaling", str(sorted(tmp_path.glob("scaling-*.json"))[-1]))
-    m = _doc(tmp_path, "model")
+    _run("perf_model", tmp_path, "--scaling", tmp_path / "scaling.json")
+    m = _doc(tmp_path, "perf_model")
     assert {"validation", "projection", "network", "validation_summary"} <= set(m["results"])
     assert all("error" in v for v in m["results"]["validation"])
     assert {r["limiting"] for r in m["results"]["projection"]} <= {"per-rank work", "communication", "coarsest solve"}
@@ -97,7 +96,7 @@ def test_scaling_quick(tmp_path):
 
 @pytest.mark.slow
 def test_training_quick(tmp_path):
-    _run("training.py", tmp_path)
+    _run("training", tmp_path)
     doc = _doc(tmp_path, "training")
     res = doc["results"]
     assert {"summary", "ratios", "files"} <= set(res)
@@ -109,7 +108,7 @@ def test_training_quick(tmp_path):
 
 @pytest.mark.slow
 def test_oneshot_study_quick(tmp_path):
-    _run("oneshot_study.py", tmp_path)
+    _run("oneshot_study", tmp_path)
     doc = _doc(tmp_path, "oneshot_study")
     res = doc["results"]
     assert {"setup", "variant", "grad_rel_error", "steps_over_N", "levels", "max_h_rho"} <= set(res["grad"][0])
@@ -120,7 +119,7 @@ def test_oneshot_study_quick(tmp_path):
 
 @pytest.mark.slow
 def test_time_to_accuracy_quick(tmp_path):
-    _run("time_to_accuracy.py", tmp_path)
+    _run("time_to_accuracy", tmp_path)
     doc = _doc(tmp_path, "time_to_accuracy")
     res = doc["results"]
     assert {"target_val_accuracy", "runs", "projection"} <= set(res)

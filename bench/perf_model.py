@@ -1,7 +1,7 @@
 """Performance model of layer-parallel MGRIT: calls × (α + β·L), calibrated on a subset of the
 measured solves.py / scaling.py configurations and validated on the others (held out).
 
-    python bench/model.py [--quick] [--out DIR] [--solves JSON] [--scaling JSON] [--steps-gpu JSON]
+    python -m bench.perf_model [--quick] [--out DIR] [--solves JSON] [--scaling JSON] [--steps-gpu JSON]
                           [--pingpong]
 
 Cost of one call.  A batched step call advancing L intervals costs t(L) = α + β·L, per operation
@@ -51,10 +51,8 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+from bench import common
 import numpy as np  # noqa: E402
 
 from gpubraid.runtime.backend import resolve_backend  # noqa: E402
@@ -63,7 +61,7 @@ from gpubraid.solver.grid import Distribution, build_hierarchy  # noqa: E402
 from gpubraid.solver.mgrit import MGRIT, level_plan
 from gpubraid.solver.options import MGRITOptions  # noqa: E402
 
-NAME = "model"
+NAME = "perf_model"
 BE = resolve_backend("numpy", "float64")
 CAL_SOLVES_N = (256, 4096)      # solves.py configurations used for calibration; the rest is held out
 CAL_SCALING = ("strong", 1)     # scaling.py (kind, P) used for calibration; the rest is held out
@@ -507,12 +505,9 @@ def run(quick, solves_json, scaling_json, steps_gpu, measure_net=False):
 
 
 def plot(json_path, png_path=None):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     doc = common.load_json(json_path)
     R = doc["results"]
-    fig, axes = plt.subplots(1, 3, figsize=(18, 6))
+    fig, axes = common.subplots(1, 3, figsize=(18, 6))
     ax = axes[0]
     N = 4096
     for target, col in (("cpu", "C0"), ("gpu", "C3")):
@@ -569,8 +564,8 @@ def plot(json_path, png_path=None):
 
 def main(argv=None):
     p = common.parser(__doc__.splitlines()[0])
-    p.add_argument("--solves", default=None, help="solves.py JSON (default: newest in bench/results)")
-    p.add_argument("--scaling", default=None, help="scaling.py JSON (default: newest in bench/results)")
+    p.add_argument("--solves", default=None, help="solves JSON (default: the newest under bench/results)")
+    p.add_argument("--scaling", default=None, help="scaling JSON (default: the newest under bench/results)")
     p.add_argument("--steps-gpu", default=None, help="steps.py JSON from a GPU (default: newest with a GPU device)")
     p.add_argument("--pingpong", action="store_true", help="re-measure latency/bandwidth (mpiexec -n 2)")
     args = p.parse_args(argv)
@@ -578,7 +573,7 @@ def main(argv=None):
     scaling = args.scaling or common.latest("scaling")
     gpu = args.steps_gpu
     if gpu is None:
-        for f in sorted(common.RESULTS.glob("steps-*.json")):
+        for f in common.runs_of("steps"):
             if common.load_json(f)["machine"]["device"] != "cpu":
                 gpu = f
     doc = run(args.quick, solves, scaling, gpu, args.pingpong)
