@@ -14,13 +14,14 @@ REPO = Path(__file__).resolve().parents[2]
 COMMON_KEYS = {"benchmark", "date", "machine", "versions", "config", "results"}
 
 
-def _run(name, out, *extra, timeout=240):
+def _run(name, out, *extra, timeout=240) -> dict:
+    """Run ``python -m bench.<name> --quick --out out EXTRA``; its checked result document."""
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
                GPUBRAID_BACKEND="numpy")
     proc = subprocess.run([sys.executable, "-m", f"bench.{name}", "--quick", "--out", str(out), *extra],
                           capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
+    return _doc(out, name)
 
 
 def _doc(out, name):
@@ -35,8 +36,7 @@ def _doc(out, name):
 
 
 def test_steps_quick(tmp_path):
-    _run("steps", tmp_path)
-    doc = _doc(tmp_path, "steps")
+    doc = _run("steps", tmp_path)
     row = doc["results"][0]
     assert {"kind", "C", "B", "L", "op", "backend", "median_s", "bytes", "GBs"} <= set(row)
     assert {r["op"] for r in doc["results"]} == {"forward", "adjoint", "param_grad"}
@@ -44,8 +44,7 @@ def test_steps_quick(tmp_path):
 
 @pytest.mark.slow
 def test_solves_quick(tmp_path):
-    _run("solves", tmp_path)
-    doc = _doc(tmp_path, "solves")
+    doc = _run("solves", tmp_path)
     r = doc["results"][0]
     assert {"N", "median_s", "ratios", "work", "stats"} <= set(r)
     for key in ("FCF_forward", "FCF_adjoint", "F_forward", "F_adjoint"):
@@ -57,8 +56,7 @@ def test_solves_quick(tmp_path):
 @pytest.mark.mpi
 @pytest.mark.usefixtures("mpiexec")
 def test_inference_quick(tmp_path):
-    _run("inference", tmp_path)
-    res = _doc(tmp_path, "inference")["results"]
+    res = _run("inference", tmp_path)["results"]
     assert [r["ranks"] for r in res["runs"]] == [1, 2]
     assert {"pipeline", "serial_forward", "mgrit_exact"} == set(res["runs"][0]["median_s"])
     assert all(v > 0 for v in res["summary"].values())
@@ -67,8 +65,7 @@ def test_inference_quick(tmp_path):
 @pytest.mark.mpi
 @pytest.mark.usefixtures("mpiexec")
 def test_data_parallel_quick(tmp_path):
-    _run("data_parallel", tmp_path)
-    res = _doc(tmp_path, "data_parallel")["results"]
+    res = _run("data_parallel", tmp_path)["results"]
     assert {(r["ranks"], r["data_parallel"], r["method"]) for r in res} == {
         (p, d, m) for p, d in ((1, 1), (2, 1), (2, 2)) for m in ("exact", "oneshot")}
     assert all(r["objective_rel_diff_vs_1_rank"] <= (1e-8 if r["method"] == "exact" else 1e-10)  # exact: to its tol
@@ -79,16 +76,13 @@ def test_data_parallel_quick(tmp_path):
 @pytest.mark.mpi
 @pytest.mark.usefixtures("mpiexec")
 def test_scaling_quick(tmp_path):
-    _run("scaling", tmp_path)
-    doc = _doc(tmp_path, "scaling")
-    res = doc["results"]
+    res = _run("scaling", tmp_path)["results"]
     assert [r["P"] for r in res["strong"]] == [1, 2, 4]
     assert {"median_s", "fwd_iterations", "bwd_iterations", "messages_total", "bytes_total"} <= set(res["strong"][1])
     assert res["strong"][0]["grad_rel_error_vs_serial"] < 1e-6
     assert res["strong"][1]["messages_total"] > 0
     assert "strong_ratio_P1_over_P2" in res["summary"]
-    _run("perf_model", tmp_path, "--scaling", tmp_path / "scaling.json")
-    m = _doc(tmp_path, "perf_model")
+    m = _run("perf_model", tmp_path, "--scaling", tmp_path / "scaling.json")
     assert {"validation", "projection", "network", "validation_summary"} <= set(m["results"])
     assert all("error" in v for v in m["results"]["validation"])
     assert {r["limiting"] for r in m["results"]["projection"]} <= {"per-rank work", "communication", "coarsest solve"}
@@ -96,9 +90,7 @@ def test_scaling_quick(tmp_path):
 
 @pytest.mark.slow
 def test_training_quick(tmp_path):
-    _run("training", tmp_path)
-    doc = _doc(tmp_path, "training")
-    res = doc["results"]
+    res = _run("training", tmp_path)["results"]
     assert {"summary", "ratios", "files"} <= set(res)
     assert "oneshot_over_serial_per_iteration" in res["ratios"]["peaks"]
     for f in res["files"]:
@@ -108,9 +100,7 @@ def test_training_quick(tmp_path):
 
 @pytest.mark.slow
 def test_oneshot_study_quick(tmp_path):
-    _run("oneshot_study", tmp_path)
-    doc = _doc(tmp_path, "oneshot_study")
-    res = doc["results"]
+    res = _run("oneshot_study", tmp_path)["results"]
     assert {"setup", "variant", "grad_rel_error", "steps_over_N", "levels", "max_h_rho"} <= set(res["grad"][0])
     assert {"setup", "variant", "val_accuracy", "steps_per_eval_over_N"} <= set(res["train"][0])
     serial = [r for r in res["train"] if r["variant"] == "serial"]
@@ -119,8 +109,6 @@ def test_oneshot_study_quick(tmp_path):
 
 @pytest.mark.slow
 def test_time_to_accuracy_quick(tmp_path):
-    _run("time_to_accuracy", tmp_path)
-    doc = _doc(tmp_path, "time_to_accuracy")
-    res = doc["results"]
+    res = _run("time_to_accuracy", tmp_path)["results"]
     assert {"target_val_accuracy", "runs", "projection"} <= set(res)
     assert {"serial-1", "oneshot-1"} <= {r["run"] for r in res["runs"]}
