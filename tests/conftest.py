@@ -73,15 +73,16 @@ def mpirun(mpiexec) -> MPIRun:
     return MPIRun(mpiexec)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def spiral_npz(tmp_path_factory):
+    """An .npz of three spiral arms in 2-D: 600 training and 200 validation samples."""
     path = tmp_path_factory.mktemp("data") / "spiral.npz"
     (xt, yt), (xv, yv) = spiral(600, 0), spiral(200, 1)
     np.savez(path, x_train=xt, y_train=yt, x_val=xv, y_val=yv)
     return path
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def spiral_run(spiral_npz, tmp_path_factory):
     """The default method on the spiral (defaults for feature data), saved and with metrics."""
     out = tmp_path_factory.mktemp("run")

@@ -1,3 +1,4 @@
+"""The data set tests never see the machine's data directory."""
 import pytest
 
 
