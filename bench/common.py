@@ -1,8 +1,9 @@
 """Shared helpers of the gpubraid benchmarks: machine/version info, timing, JSON output, CLI.
 
 Every benchmark writes one JSON document ``{"benchmark", "machine", "versions", "date",
-"config", "results", ...}`` into ``bench/results/<name>-<host-or-device>-<date>.json`` (or the
-directory given by ``--out``); plots are made from those files only (``bench/plot.py``).
+"config", "results", ...}`` into its run's directory, ``bench/results/<date>-<host-or-device>/<name>.json``
+(or the directory given by ``--out``); plots are made from those files only (``python -m bench.plot``).
+Run the benchmarks from the repository root as modules: ``python -m bench.<name>``.
 """
 from __future__ import annotations
 
@@ -29,8 +30,6 @@ import numpy as np  # noqa: E402
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 RESULTS = HERE / "results"
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 
 # -- machine and versions --------------------------------------------------------------------------
@@ -150,10 +149,16 @@ def median(xs):
 
 
 # -- output ------------------------------------------------------------------------------------------
-def result_path(name: str, out_dir=None) -> Path:
-    d = Path(out_dir) if out_dir else RESULTS
+def run_dir(out_dir=None) -> Path:
+    """The directory of this run's results: ``out_dir``, else bench/results/<date>-<host-or-device>/."""
+    d = Path(out_dir) if out_dir else RESULTS / f"{today()}-{host_tag()}"
     d.mkdir(parents=True, exist_ok=True)
-    return d / f"{name}-{host_tag()}-{today()}.json"
+    return d
+
+
+def result_path(name: str, out_dir=None) -> Path:
+    """``<run directory>/<name>.json`` (see :func:`run_dir`)."""
+    return run_dir(out_dir) / f"{name}.json"
 
 
 def _default(o):
@@ -188,15 +193,20 @@ def load_json(path) -> dict:
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", help="smoke-test size (well under a minute)")
-    p.add_argument("--out", default=None, help="output directory (default bench/results)")
+    p.add_argument("--out", default=None, help="output directory (default bench/results/<date>-<host-or-device>)")
     p.add_argument("--no-plot", action="store_true", help="write the JSON only")
     return p
 
 
-def latest(name: str, directory=None) -> Path | None:
-    """The newest result file of benchmark ``name`` in ``directory`` (default bench/results)."""
-    d = Path(directory) if directory else RESULTS
-    files = sorted(d.glob(f"{name}-*.json"), key=lambda p: p.stat().st_mtime)
+def runs_of(name: str) -> list[Path]:
+    """Every result file of benchmark ``name`` under bench/results, oldest run first (run
+    directories start with their date)."""
+    return sorted(RESULTS.glob(f"*/{name}.json"), key=lambda p: (p.parent.name[:10], p.stat().st_mtime))
+
+
+def latest(name: str) -> Path | None:
+    """The newest result file of benchmark ``name`` under bench/results."""
+    files = runs_of(name)
     return files[-1] if files else None
 
 
@@ -227,6 +237,15 @@ def bench_env() -> dict:
         env.setdefault(k, "1")
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     return env
+
+
+def subplots(*grid, **kwargs):
+    """``matplotlib.pyplot.subplots(*grid, **kwargs)`` on the file-only Agg backend: (figure, axes)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(*grid, **kwargs)
 
 
 def save_figure(fig, json_path, png_path=None, dpi: int = 110) -> Path:

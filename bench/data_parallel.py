@@ -1,6 +1,6 @@
 """Data × layer parallelism: the same ranks split as data groups or as layer blocks, side by side.
 
-    python bench/data_parallel.py [--quick] [--out DIR] [--no-plot]
+    python -m bench.data_parallel [--quick] [--out DIR] [--no-plot]
 
 Runs ``gpubraid train`` (peaks data, dense network, full batch, L-BFGS) on 1 rank and on 2 ranks
 as 1×2 (one data group, two layer blocks: ``--data-parallel 1``) and as 2×1 (two data groups of
@@ -20,8 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+from bench import common
 
 NAME = "data_parallel"
 SPLITS = [(1, 1), (2, 1), (2, 2)]  # (ranks, data groups)
@@ -69,10 +68,8 @@ def run(quick: bool) -> dict:
 
 
 def plot(json_path, png_path=None):
-    import matplotlib.pyplot as plt
-
     doc = common.load_json(json_path)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = common.subplots(figsize=(6, 3.5))
     labels, values, colors = [], [], []
     for r in doc["results"]:
         labels.append(f"{r['method']}\n{r['data_parallel']}x{r['layer_ranks']}")

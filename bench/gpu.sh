@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One command for a GPU machine: the GPU tests and every benchmark on CuPy (and PyTorch where the
-# script compares with it and torch imports), JSON under bench/results/, in under 9 minutes on one
+# script compares with it and torch imports), JSON under bench/results/<date>-<GPU name>/, in under 9 minutes on one
 # H100.  Each step has its own time limit (`timeout`), so a hung step cannot eat the whole budget;
 # a failed step is reported and the others still run.  Exit status: number of failed steps.
 #
@@ -32,14 +32,14 @@ step() {  # step LIMIT_S NAME CMD...
 T0=$(date +%s)
 $PY -c "import cupy; print('CuPy', cupy.__version__, cupy.cuda.runtime.getDeviceCount(), 'device(s)')" \
     || { echo "no CuPy / GPU: nothing to do"; exit 1; }
-step 90 "pytest -m gpu"      $PY -m pytest -q -m gpu tests/test_gpu.py
-step 90 "steps (CuPy, torch)" $PY bench/steps.py
-step 60 "oneshot_study"       $PY bench/oneshot_study.py --quick
-step 90 "training"            $PY bench/training.py --quick
-step 90 "time_to_accuracy"    $PY bench/time_to_accuracy.py --quick
-GPUBRAID_BACKEND=numpy step 45 "solves (NumPy)"   $PY bench/solves.py --quick
-GPUBRAID_BACKEND=numpy step 45 "scaling (NumPy)"  $PY bench/scaling.py --quick
-STEPS_JSON=$(ls -t bench/results/steps-*.json 2>/dev/null | head -1)
-step 20 "model" $PY bench/model.py ${STEPS_JSON:+--steps-gpu "$STEPS_JSON"}
-echo "== total $(( $(date +%s) - T0 )) s, $fail failed step(s); results in bench/results/"
+step 90 "pytest -m gpu"      $PY -m pytest -q -m gpu tests/runtime/test_cuda.py
+step 90 "steps (CuPy, torch)" $PY -m bench.steps
+step 60 "oneshot_study"       $PY -m bench.oneshot_study --quick
+step 90 "training"            $PY -m bench.training --quick
+step 90 "time_to_accuracy"    $PY -m bench.time_to_accuracy --quick
+GPUBRAID_BACKEND=numpy step 45 "solves (NumPy)"   $PY -m bench.solves --quick
+GPUBRAID_BACKEND=numpy step 45 "scaling (NumPy)"  $PY -m bench.scaling --quick
+STEPS_JSON=$(ls -t bench/results/*/steps.json 2>/dev/null | head -1)
+step 20 "model" $PY -m bench.perf_model ${STEPS_JSON:+--steps-gpu "$STEPS_JSON"}
+echo "== total $(( $(date +%s) - T0 )) s, $fail failed step(s); results in bench/results/<date>-<GPU name>/"
 exit $fail

@@ -1,7 +1,7 @@
 """Scoring cost: the pipelined forward pass against a plain serial forward pass and against the
 converged-MGRIT scoring gpubraid used before, on 1 and 2 ranks.
 
-    python bench/inference.py [--quick] [--out DIR] [--no-plot]
+    python -m bench.inference [--quick] [--out DIR] [--no-plot]
 
 Network and data: the MNIST example (16 conv layers, 8 channels, the bundled 4000 training
 digits; ``--quick``: 4 layers, 400 digits), float64, NumPy, one BLAS thread per rank.  Per rank
@@ -22,10 +22,8 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+from bench import common
 
 NAME = "inference"
 
@@ -87,7 +85,7 @@ def run(quick: bool) -> dict:
     cfg = dict(layers=4 if quick else 16, n_train=400 if quick else 4000, repeats=2 if quick else 5)
     rows = []
     for P in (1, 2):
-        cmd = [mpiexec, "-n", str(P), *common.mpi_oversubscribe_args(mpiexec, P), sys.executable, __file__,
+        cmd = [mpiexec, "-n", str(P), *common.mpi_oversubscribe_args(mpiexec, P), sys.executable, "-m", "bench.inference",
                "--worker", str(cfg["layers"]), str(cfg["n_train"]), str(cfg["repeats"])]
         out = subprocess.run(cmd, capture_output=True, text=True, env=common.bench_env(), timeout=3600)
         if out.returncode:
@@ -102,8 +100,6 @@ def run(quick: bool) -> dict:
 
 
 def plot(json_path, png_path=None):
-    import matplotlib.pyplot as plt
-
     doc = common.load_json(json_path)
     runs = doc["results"]["runs"]
     labels, values = [], []
@@ -111,7 +107,7 @@ def plot(json_path, png_path=None):
         for k, v in r["median_s"].items():
             labels.append(f"{k}\n{r['ranks']} rank(s)")
             values.append(v)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = common.subplots(figsize=(6, 3.5))
     ax.bar(range(len(values)), values, color="tab:blue")
     ax.set_xticks(range(len(values)), labels, fontsize=8)
     ax.set_yscale("log")

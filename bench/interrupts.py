@@ -5,7 +5,7 @@ status 130 and exactly one ``gpubraid: stopped`` line and nothing else on stderr
 The signal lands at a seeded random time after the launch (``--from-launch``: anywhere in
 start-up, MPI set-up, data loading or training) or after the first iteration line (default).
 
-    python bench/interrupts.py [--trials 20] [--ranks 2] [--launcher] [--from-launch] [--out FILE.json]
+    python -m bench.interrupts [--trials 20] [--ranks 2] [--launcher] [--from-launch] [--out FILE.json]
 """
 from __future__ import annotations
 

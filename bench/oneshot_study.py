@@ -1,6 +1,6 @@
 """One-shot MGRIT training: what its accuracy and gradient error depend on.
 
-    python bench/oneshot_study.py [--quick] [--out DIR] [--no-plot] [--part grad|train|all]
+    python -m bench.oneshot_study [--quick] [--out DIR] [--no-plot] [--part grad|train|all]
 
 Two measurements, NumPy, one process, one BLAS thread:
 
@@ -20,14 +20,11 @@ point) — which also sets the coarse step size H = m^l·T/N the hierarchy reach
 """
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
 import numpy as np  # noqa: E402
 
+from bench import common
 from gpubraid.training.trainer import TrainConfig, Trainer  # noqa: E402
 
 NAME = "oneshot_study"
@@ -140,11 +137,8 @@ def train_study(quick: bool):
 
 def plot(json_path, png_path=None):
     doc = common.load_json(json_path)
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     res = doc["results"]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    fig, axes = common.subplots(1, 2, figsize=(13, 4.8))
     ax = axes[0]
     for r in res.get("grad", []):
         ax.semilogy(r["grad_rel_error"], label=f"{r['setup'][:10]} {r['variant']}",

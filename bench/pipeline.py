@@ -1,6 +1,6 @@
 """Pipeline-parallel training against serial and data groups, and against PyTorch's own.
 
-    python bench/pipeline.py [--quick] [--out DIR] [--no-plot] [--no-torch]
+    python -m bench.pipeline [--quick] [--out DIR] [--no-plot] [--no-torch]
 
 Speed (``gpubraid train`` under mpiexec, interleaved over repeats): per workload, seconds per
 optimisation step (median of the history's ``time_s`` differences, first step dropped, validation
@@ -14,7 +14,7 @@ off) of
 
 on peaks full batch (L-BFGS, 64 and 256 layers), the mini-batch Adam workload (dense, 64 layers,
 32 channels, batch 50, float32) and MNIST conv (the example's defaults).  With torch installed,
-``bench/pipeline_torch.py`` runs plain PyTorch, DDP and ``torch.distributed.pipelining`` (GPipe,
+``bench/pipeline_torch.py`` (``python -m bench.pipeline_torch``) runs plain PyTorch, DDP and ``torch.distributed.pipelining`` (GPipe,
 1F1B, gloo on CPU) on the mini-batch workload's network with the same micro-batch counts.
 
 Memory: the peak of traced allocations (tracemalloc) during one gradient evaluation, per rank,
@@ -29,8 +29,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+from bench import common  # first: sets BLAS threads before NumPy loads
 
 NAME = "pipeline"
 MINIBATCH = ["peaks", "--layers", "64", "--channels", "32", "--optimizer", "adam", "--lr", "1e-2",
@@ -105,10 +104,9 @@ def torch_rows(quick: bool, repeats: int) -> list:
     jobs = [("plain", 1), ("ddp", 1)] + [(s, m) for m in workloads(quick)["minibatch-64x32"]["M"]
                                          for s in ("gpipe", "1f1b")]
     got = {j: [] for j in jobs}
-    script = str(Path(__file__).resolve().parent / "pipeline_torch.py")
     for _ in range(repeats):
         for variant, m in jobs:
-            out = subprocess.run([sys.executable, script, variant, str(steps), str(m)], capture_output=True,
+            out = subprocess.run([sys.executable, "-m", "bench.pipeline_torch", variant, str(steps), str(m)], capture_output=True,
                                  text=True, env=common.bench_env(), timeout=3600)
             if out.returncode:
                 return [{"skipped": f"torch {variant} failed: {out.stderr[-500:]}"}]
@@ -161,7 +159,7 @@ def memory(quick: bool) -> list:
     rows = []
     for ranks in (1, 2) if quick else (1, 2, 4):
         cmd = [mpiexec, "-n", str(ranks), *common.mpi_oversubscribe_args(mpiexec, ranks), sys.executable,
-               str(Path(__file__).resolve()), "--memory-worker", "micro64" if quick else "micro64,batch1024"]
+               "-m", "bench.pipeline", "--memory-worker", "micro64" if quick else "micro64,batch1024"]
         out = subprocess.run(cmd, capture_output=True, text=True, env=common.bench_env(), timeout=3600)
         if out.returncode:
             raise RuntimeError(out.stderr[-2000:])

@@ -1,6 +1,6 @@
 """PyTorch on the mini-batch workload of bench/pipeline.py: plain, DDP and torch.distributed.pipelining.
 
-    python bench/pipeline_torch.py VARIANT STEPS [M]      (prints one JSON line)
+    python -m bench.pipeline_torch VARIANT STEPS [M]      (prints one JSON line)
 
 VARIANT: ``plain`` (one process), ``ddp`` (2 processes, gloo, 25 samples each) or ``gpipe`` /
 ``1f1b`` (2 processes, gloo: ``torch.distributed.pipelining`` with ``ScheduleGPipe`` /

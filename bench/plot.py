@@ -1,12 +1,13 @@
-"""Re-plot a benchmark result from its JSON: ``python bench/plot.py bench/results/<file>.json [out.png]``."""
+"""Re-plot a benchmark result from its JSON: ``python -m bench.plot bench/results/<run>/<name>.json [out.png]``."""
 from __future__ import annotations
 
 import importlib
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+from bench import common
+
+# Results written before bench/model.py was renamed name their benchmark by the old module name.
+RENAMED = {"model": "perf_model"}
 
 
 def main(argv=None):
@@ -16,7 +17,7 @@ def main(argv=None):
         return 2
     for path in argv[:1]:
         name = common.load_json(path)["benchmark"]
-        mod = importlib.import_module(name)
+        mod = importlib.import_module(f"bench.{RENAMED.get(name, name)}")
         print(mod.plot(path, argv[1] if len(argv) > 1 else None))
     return 0
 

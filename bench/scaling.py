@@ -1,8 +1,8 @@
 """MPI strong and weak scaling of the layer-parallel forward + adjoint MGRIT solve.
 
-    python bench/scaling.py [--quick] [--out DIR]
+    python -m bench.scaling [--quick] [--out DIR]
 
-The driver launches ``mpiexec -n P python bench/scaling.py --worker ...`` for P = 1, 2, 4 and
+The driver launches ``mpiexec -n P python -m bench.scaling --worker ...`` for P = 1, 2, 4 and
 collects one JSON line from rank 0 of each.  Network: dense, C = 64 channels, batch B = 256,
 tanh, T = 5, init_scale 1 (compute-heavy per step for a dense layer); strong scaling at N = 256
 layers, weak scaling at N = 64·P.  Solver: FCF, cfactor 4, max_levels 10, tol 1e-9 (both solves,
@@ -20,11 +20,10 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
 import numpy as np  # noqa: E402
+
+from bench import common
 
 NAME = "scaling"
 
@@ -84,7 +83,7 @@ def launch(P, N, C, B, repeats, timeout=600):
     mpx = common.mpiexec()
     if mpx is None:
         raise RuntimeError("mpiexec not found")
-    cmd = [mpx, "-n", str(P), *common.mpi_oversubscribe_args(mpx, P), sys.executable, str(Path(__file__).resolve()),
+    cmd = [mpx, "-n", str(P), *common.mpi_oversubscribe_args(mpx, P), sys.executable, "-m", "bench.scaling",
            "--worker", "--N", str(N), "--C", str(C), "--B", str(B), "--repeats", str(repeats)]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=common.bench_env())
@@ -120,12 +119,9 @@ def run(quick: bool) -> dict:
 
 
 def plot(json_path, png_path=None):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     doc = common.load_json(json_path)
     R = doc["results"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    fig, axes = common.subplots(1, 2, figsize=(11, 4.5))
     for ax, key in zip(axes, ("strong", "weak")):
         rows = R[key]
         Ps = [r["P"] for r in rows]

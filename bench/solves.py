@@ -1,6 +1,6 @@
 """Serial propagation vs MGRIT (one process, NumPy) for deep narrow dense networks.
 
-    python bench/solves.py [--quick] [--out DIR]
+    python -m bench.solves [--quick] [--out DIR]
 
 Network: dense, C = 8 channels, batch B = 8, tanh, weights N(0, 1/C) (init_scale 1), biases 0,
 final time T = 5 (the peaks default), h = T/N: deeper networks are finer in time.  (With a fixed
@@ -16,14 +16,11 @@ of one iteration: (steps after k+1 iterations − steps after k) / N, from two f
 """
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
 import numpy as np  # noqa: E402
 
+from bench import common
 from gpubraid.network.network import ResNetODE  # noqa: E402
 from gpubraid.network.reference import backward_adjoints, forward_states  # noqa: E402
 from gpubraid.runtime.backend import resolve_backend  # noqa: E402
@@ -165,13 +162,10 @@ def run(quick: bool) -> dict:
 
 
 def plot(json_path, png_path=None):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     doc = common.load_json(json_path)
     R = doc["results"]
     Ns = [r["N"] for r in R]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    fig, axes = common.subplots(1, 3, figsize=(15, 4.5))
     ax = axes[0]
     for key, st in (("serial_forward", "k-"), ("serial_adjoint", "k--"), ("mgrit_FCF_forward", "C0-o"),
                     ("mgrit_FCF_adjoint", "C0--s"), ("mgrit_F_forward", "C1-o"), ("mgrit_F_adjoint", "C1--s")):

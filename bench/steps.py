@@ -1,6 +1,6 @@
 """Step-kernel benchmark: forward / adjoint / param_grad of the dense and conv residual steps.
 
-    python bench/steps.py [--quick] [--out DIR]
+    python -m bench.steps [--quick] [--out DIR]
 
 Backends: NumPy always; CuPy (gpubraid's fused CUDA kernels) when a GPU is visible; PyTorch's
 conv2d + bias + activation + add (dense: bmm + bias + activation + add) for the same step when
@@ -17,13 +17,9 @@ adjoint twice that (K u for σ'(z), Kᵀ a), param_grad twice that (K u, a ⋆ u
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402  (sets BLAS threads before NumPy loads)
 import numpy as np  # noqa: E402
 
+from bench import common  # first: sets BLAS threads before NumPy loads
 from gpubraid.network.steps import ConvStep, DenseStep  # noqa: E402
 from gpubraid.runtime.backend import gpu_available, resolve_backend  # noqa: E402
 

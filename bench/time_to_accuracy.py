@@ -1,7 +1,7 @@
 """Time to accuracy: wall time for layer-serial and one-shot training to reach serial's final
 validation accuracy − 0.01, at 1 and 2 MPI ranks, projected to P = 1…1024 by the performance model.
 
-    python bench/time_to_accuracy.py [--quick] [--out DIR] [--no-plot] [--layers N] [--iterations K]
+    python -m bench.time_to_accuracy [--quick] [--out DIR] [--no-plot] [--layers N] [--iterations K]
 
 Runs ``gpubraid train peaks`` (TrainConfig defaults, so one-shot uses the default MGRIT settings;
 seed 11, validation every ``val_every`` iterations) as subprocesses: serial on 1 rank, oneshot on 1
@@ -9,7 +9,7 @@ rank and on 2 ranks (mpiexec; skipped without it).  Target = serial's final vali
 0.01.  Time to target = training wall time up to the first validation point at or above the target,
 without the validation passes themselves (their cost is estimated per run as the median extra time of
 iterations that ran one).  Projection: the measured one-rank time per iteration of each method
-times the performance model's (bench/model.py, newest model JSON calibration when present, else
+times the performance model's (bench/perf_model.py, newest perf_model JSON calibration when present, else
 per-iteration ratios only) predicted time ratio T(P)/T(1) for oneshot (serial does not scale with P),
 times the iterations to target measured at one rank.
 """
@@ -21,9 +21,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
 import numpy as np  # noqa: E402
+
+from bench import common
 
 NAME = "time_to_accuracy"
 
@@ -40,9 +40,7 @@ def train(method, ranks, layers, iterations, val_every, n_train, seed, tmp):
         if mpx is None:
             return None
         cmd = [mpx, *common.mpi_oversubscribe_args(mpx, ranks), "-n", str(ranks)] + cmd
-    env = common.bench_env()
-    env["PYTHONPATH"] = str(common.REPO) + (":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=common.REPO, timeout=3600)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=common.bench_env(), cwd=common.REPO, timeout=3600)
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-2000:])
     return json.loads(out.read_text())
@@ -89,8 +87,8 @@ def run(quick, layers, iterations):
     # projection with the performance model (oneshot settings of TrainConfig, warm start)
     proj = []
     try:
-        import model as pm
-        mj = common.latest("model")
+        from bench import perf_model as pm
+        mj = common.latest("perf_model")
         cal = None
         if mj is not None:
             cal = common.load_json(mj)["results"].get("calibration", {}).get("scaling")
@@ -114,12 +112,9 @@ def run(quick, layers, iterations):
 
 
 def plot(json_path, png_path=None):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     doc = common.load_json(json_path)
     res = doc["results"]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, axes = common.subplots(1, 2, figsize=(12, 4.5))
     ax = axes[0]
     for r in res["runs"]:
         its, acc = zip(*r["val_curve"]) if r["val_curve"] else ((), ())

@@ -13,7 +13,7 @@ Each run reports the validation accuracy after ``--steps`` steps and the seconds
 over the steps after the first).  The runs are launched in interleaved rounds (``--rounds``);
 the JSON keeps every round and the medians.
 
-    python bench/torch_module.py [--steps 200] [--method oneshot] [--rounds 1] [--quick]
+    python -m bench.torch_module [--steps 200] [--method oneshot] [--rounds 1] [--quick]
 """
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ import subprocess
 import sys
 import time
 
-import common
-from common import REPO, document, parser, result_path, write_json
+from bench import common
+from bench.common import REPO, document, parser, result_path, write_json
 
 C, LAYERS, T, BATCH, LR = 4, 8, 2.0, 50, 0.01
 
@@ -134,7 +134,7 @@ def worker(kind: str, method: str, steps: int, n_val: int) -> dict:
 
 
 def launch(kind: str, ranks: int, args) -> dict:
-    cmd = [sys.executable, __file__, "--worker", kind, "--method", args.method, "--steps", str(args.steps),
+    cmd = [sys.executable, "-m", "bench.torch_module", "--worker", kind, "--method", args.method, "--steps", str(args.steps),
            "--n-val", str(args.n_val)]
     if kind == "lp":
         mpiexec = shutil.which("mpiexec", path=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])

@@ -1,6 +1,6 @@
 """Training time-to-accuracy: layer-serial vs exact vs one-shot MGRIT training, one process.
 
-    python bench/training.py [--quick] [--out DIR]
+    python -m bench.training [--quick] [--out DIR]
 
 Runs (NumPy, float64, one process, one BLAS thread):
   peaks       TrainConfig(example="peaks") defaults (dense, 32 layers, 8 channels, T = 5, tanh,
@@ -19,13 +19,11 @@ An optional PyTorch baseline (same network, ordinary backprop, Adam) runs when t
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
 import numpy as np  # noqa: E402
 
+from bench import common
 from gpubraid.training.trainer import TrainConfig, Trainer  # noqa: E402
 
 NAME = "training"
@@ -35,7 +33,7 @@ def runs(quick: bool, full: bool = False):
     if full:
         # the accuracy comparison of the methods at full length (peaks: 200
         # L-BFGS iterations; MNIST: 200 Adam steps = 2.5 epochs of the 4000-sample subset).  Exact
-        # follows the serial trajectory (tests/test_train.py), so it is timed in the default run only.
+        # follows the serial trajectory (tests/training/test_methods.py), so it is timed in the default run only.
         return [("peaks-full", dict(example="peaks", iterations=200, val_every=20), ("serial", "oneshot")),
                 ("mnist-full", dict(example="mnist", iterations=200, val_every=50), ("serial", "oneshot"))]
     if quick:
@@ -182,13 +180,10 @@ def run(quick: bool, out_dir, full: bool = False) -> dict:
 
 
 def plot(json_path, png_path=None):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     doc = common.load_json(json_path)
     d = Path(json_path).parent
     tags = sorted({r["run"] for r in doc["results"]["summary"]})
-    fig, axes = plt.subplots(len(tags), 3, figsize=(15, 3.8 * len(tags)), squeeze=False)
+    fig, axes = common.subplots(len(tags), 3, figsize=(15, 3.8 * len(tags)), squeeze=False)
     for i, tag in enumerate(tags):
         for r in doc["results"]["summary"]:
             if r["run"] != tag or "file" not in r:  # torch rows carry no gpubraid run file

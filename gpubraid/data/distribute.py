@@ -10,14 +10,16 @@ from .dataset import Dataset, infer_task, load_npz
 from .examples import load_dataset
 
 
-class _Data:
+class RankData:
     """The data a rank needs: inputs on the first rank of every data group, targets on the last,
-    sizes everywhere; each group trains and scores on its share of every batch."""
+    sizes everywhere; each group trains and scores on its share of every batch.  ``world``: every
+    rank; ``layer_comm``: the ranks of this data group (one per layer block); ``group_comm``: the
+    ranks holding this rank's layer block in every data group."""
 
-    def __init__(self, world: Comm, layers: Comm, data: Comm, be, meta, ds):
-        L, D = layers.size, data.size
+    def __init__(self, world: Comm, layer_comm: Comm, group_comm: Comm, be, meta, ds):
+        L, D = layer_comm.size, group_comm.size
         self.n_train, self.n_val = meta["n_train"], meta["n_val"]
-        self.group, self.groups = data.rank, D
+        self.group, self.groups = group_comm.rank, D
         self.x_train = self.x_val = self.y_train = self.y_val = None
         inputs = (ds.x_train, ds.x_val) if world.rank == 0 else None
         targets = (ds.y_train, ds.y_val) if world.rank == 0 else None
@@ -28,13 +30,13 @@ class _Data:
                 if g * L + L - 1:
                     world.send_obj(targets, g * L + L - 1, tags.DATA_TARGETS)
         else:
-            if layers.rank == 0:
+            if layer_comm.rank == 0:
                 inputs = world.recv_obj(0, tags.DATA_INPUTS)
-            if layers.rank == L - 1:
+            if layer_comm.rank == L - 1:
                 targets = world.recv_obj(0, tags.DATA_TARGETS)
-        if layers.rank == 0:
+        if layer_comm.rank == 0:
             self.x_train, self.x_val = be.asarray(inputs[0]), be.asarray(inputs[1])
-        if layers.rank == L - 1:  # labels stay integers; regression targets take the backend's dtype
+        if layer_comm.rank == L - 1:  # labels stay integers; regression targets take the backend's dtype
             put = be.xp.asarray if meta["task"] == "classification" else be.asarray
             self.y_train, self.y_val = put(targets[0]), put(targets[1])
 
@@ -53,28 +55,30 @@ class _Data:
         return None if x is None else x[sel], None if y is None else y[sel], len(idx)
 
 
-def _read(cfg, data) -> Dataset:
-    """The training data: ``data`` (a Dataset, or arrays (x_train, y_train[, x_val, y_val])), the
-    .npz of ``cfg.data``, or the built-in example."""
-    if isinstance(data, Dataset):
-        return data
+def _read(cfg, user_data) -> Dataset:
+    """The training data set: ``user_data`` (a Dataset, or arrays (x_train, y_train[, x_val,
+    y_val])), the .npz of ``cfg.data``, or the built-in example."""
+    if isinstance(user_data, Dataset):
+        return user_data
     task = None if cfg.task == "auto" else cfg.task
-    if data is not None:
-        if not isinstance(data, (tuple, list)) or len(data) not in (2, 4):
+    if user_data is not None:
+        if not isinstance(user_data, (tuple, list)) or len(user_data) not in (2, 4):
             raise UserError("data must be a gpubraid.data.dataset.Dataset or arrays (x_train, y_train[, x_val, y_val])")
-        return Dataset.from_arrays(*data, task=task or infer_task(data[1]), seed=cfg.seed, normalize=cfg.normalize)
+        return Dataset.from_arrays(*user_data, task=task or infer_task(user_data[1]), seed=cfg.seed,
+                                   normalize=cfg.normalize)
     if cfg.data is not None:
         return load_npz(cfg.data, task=task, seed=cfg.seed, normalize=cfg.normalize)
     return load_dataset(cfg.example, seed=cfg.seed, data_dir=cfg.data_dir, n_train=cfg.n_train, n_val=cfg.n_val)
 
 
-def load_distributed(cfg, comm: Comm, data=None):
-    """Rank 0 reads the data set; every rank learns its description (:meth:`Dataset.meta`), or
-    the same UserError.  ``cfg``: the run's TrainConfig (data, task, seed, normalize, example, ...)."""
+def load_distributed(cfg, comm: Comm, user_data=None):
+    """Rank 0 reads the data set (``user_data``: a Dataset or arrays the caller gave, else what
+    ``cfg`` names); every rank learns its description (:meth:`Dataset.meta`), or the same
+    UserError.  ``cfg``: the run's TrainConfig (data, task, seed, normalize, example, ...)."""
     ds, meta, err = None, None, None
     if comm.rank == 0:
         try:
-            ds = _read(cfg, data)
+            ds = _read(cfg, user_data)
             meta = ds.meta()
         except UserError as exc:
             err = str(exc)

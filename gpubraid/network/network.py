@@ -297,7 +297,6 @@ class ResNetODE(Network):
             opening = ConvOpening(activation)
         super().__init__(step, in_shape, layers, final_time, backend, head, opening, gamma_tik, gamma_ddt)
         self.activation = self.step.activation
-        self.open_shape = self.opening.param_shapes[0]
 
 
 def network_for_data(meta: dict, step, *, layers: int, final_time: float, backend: Backend,

@@ -130,9 +130,9 @@ class Comm:
     def grid(self, data_parallel: int) -> tuple["Comm", "Comm"]:
         """Split these P ranks into D = ``data_parallel`` data groups of P/D layer ranks.
 
-        Rank w is layer rank w mod (P/D) of data group w div (P/D).  Returns (layers, data): the
-        communicator of this rank's group along the layers, and the one across the groups that
-        links the ranks holding the same layer block.
+        Rank w is layer rank w mod (P/D) of data group w div (P/D).  Returns (layer_comm,
+        group_comm): the communicator of this rank's group along the layers, and the one across
+        the groups that links the ranks holding the same layer block.
         """
         P, D = self.size, data_parallel
         if D < 1 or P % D:
@@ -141,9 +141,9 @@ class Comm:
         if D == 1:
             return self, Comm.single()
         w = self.rank
-        layers = Comm(self.comm.Split(w // L, w % L), self.cuda_aware, self.backend)
-        data = Comm(self.comm.Split(w % L, w // L), self.cuda_aware, self.backend)
-        return layers, data
+        layer_comm = Comm(self.comm.Split(w // L, w % L), self.cuda_aware, self.backend)
+        group_comm = Comm(self.comm.Split(w % L, w // L), self.cuda_aware, self.backend)
+        return layer_comm, group_comm
 
     def reducing_also(self, other: "Comm") -> "Comm":
         """This communicator, with sums and maxima reduced over ``other`` as well."""

@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import UserError
 
 # Launch geometry; must equal the GB_* macros of kernels/conv.cu and kernels/dense.cu (checked by
-# tests/test_kernels_nvcc.py).
+# tests/kernels/test_nvcc.py).
 CONV_TILE_W = 16
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..data.distribute import _Data, load_distributed
+from ..data.distribute import RankData, load_distributed
 from ..errors import UserError
 from ..network.network import network_for_data
 from ..network.spec import layer_spec, network_from_spec
@@ -76,7 +76,7 @@ class Trainer:
                                 self.method.pipeline)
         self.lp_serial = LayerParallel(self.model, comm, SERIAL, SERIAL)
         self.pipeline = Pipeline(self.model, comm, self.lp.bounds)
-        self.data = _Data(world, comm, data_comm, self.be, meta, ds)
+        self.data = RankData(world, comm, data_comm, self.be, meta, ds)
         with np.errstate(all="ignore"):  # huge --init-scale: the divergence line says so
             self.theta = self.lp.scatter_params(self._initial_parameters())
         self.opt = make_optimizer(cfg.optimizer, dot=self.lp.dot, **cfg.optimizer_settings())

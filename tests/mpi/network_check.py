@@ -4,35 +4,21 @@ through LayerParallel; rank 0 prints the objective history and the final paramet
 Usage: python network_check.py {three,torch} {serial,exact} [ITERATIONS]
 """
 import json
-import os
 import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(__file__))
-
 
 def main():
-    from user_steps import build, lbfgs_history
+    from user_steps import train_history
 
-    from gpubraid.objective.layer_parallel import LayerParallel
     from gpubraid.runtime.backend import resolve_backend
     from gpubraid.runtime.comm import Comm
-    from gpubraid.solver.options import MGRITOptions
 
     which, method = sys.argv[1], sys.argv[2]
     iters = int(sys.argv[3]) if len(sys.argv) > 3 else 10
-    be = resolve_backend("numpy", "float64")
     comm = Comm.world()
-    net, ds = build(which, be)
-    if method == "serial":
-        opts = MGRITOptions(max_levels=1, tol=1e-10, max_iter=100)
-    else:
-        opts = MGRITOptions(cfactor=2, max_levels=10, nrelax=1, tol=1e-10, max_iter=100)
-    lp = LayerParallel(net, comm, opts, opts)
-    theta = lp.scatter_params(net.init_params(net.layout(), seed=0))
-    hist = lbfgs_history(lp, theta, ds.x_train if lp.is_first else None, ds.y_train if lp.is_last else None,
-                         ds.n_train, iters)
+    hist, lp, theta = train_history(which, method, resolve_backend("numpy", "float64"), comm, iters)
     full = lp.gather_params(theta)
     if comm.rank == 0:
         print(json.dumps({"history": hist, "theta": np.asarray(full).tolist(),

@@ -74,6 +74,15 @@ def toy_arrays(n=60, d=3, classes=3, seed=0, regression=False):
     return x, (np.digitize(x[:, 0] + 0.5 * x[:, 1] ** 2, [-0.3, 0.8])).astype(np.int64) % classes
 
 
+def spiral(n: int, seed: int, k: int = 3):
+    """``k`` interleaved spiral arms in 2-D: features (n, 2) float64, labels (n,) int64."""
+    rng = np.random.default_rng(seed)
+    t = rng.uniform(0.25, 1.0, n)
+    c = rng.integers(0, k, n)
+    angle = 4 * t + 2 * np.pi * c / k + rng.normal(0, 0.2, n)
+    return np.stack([t * np.cos(angle), t * np.sin(angle)], axis=1), c.astype(np.int64)
+
+
 def lbfgs_history(lp, theta, x, y, batch, iterations=10):
     """Train with L-BFGS through ``lp`` (a LayerParallel) for ``iterations`` steps; the objective at
     the start of every step and after the last one (identical on every rank)."""
@@ -107,6 +116,25 @@ def build(which, backend, layers=12):
     net = network_for_data(ds.meta(), step, layers=layers, final_time=2.0, backend=backend,
                            gamma_tik=1e-3, gamma_ddt=1e-3)
     return net, ds
+
+
+def train_history(which, method, backend, comm=None, iterations=10):
+    """Train the ``build(which)`` network with L-BFGS through a LayerParallel on ``comm`` (None: one
+    process): ``method`` "serial" (one level) or "exact" (FCF MGRIT to 1e-10).  Returns (the
+    objective history of :func:`lbfgs_history`, the LayerParallel, this rank's final parameters)."""
+    from gpubraid.objective.layer_parallel import LayerParallel
+    from gpubraid.solver.options import MGRITOptions
+
+    net, ds = build(which, backend)
+    if method == "serial":
+        opts = MGRITOptions(max_levels=1, tol=1e-10, max_iter=100)
+    else:
+        opts = MGRITOptions(cfactor=2, max_levels=10, nrelax=1, tol=1e-10, max_iter=100)
+    lp = LayerParallel(net, comm, opts, opts)
+    theta = lp.scatter_params(net.init_params(net.layout(), seed=0))
+    hist = lbfgs_history(lp, theta, ds.x_train if lp.is_first else None, ds.y_train if lp.is_last else None,
+                         ds.n_train, iterations)
+    return hist, lp, theta
 
 
 class StateShapeStep(TwoLayerStep):

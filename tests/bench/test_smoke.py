@@ -1,0 +1,114 @@
+"""Smoke tests of the benchmarks in bench/: each module's --quick mode into a temporary directory.
+
+Each script must write its JSON (machine, versions, date, config, results) and a PNG made from it.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+COMMON_KEYS = {"benchmark", "date", "machine", "versions", "config", "results"}
+
+
+def _run(name, out, *extra, timeout=240) -> dict:
+    """Run ``python -m bench.<name> --quick --out out EXTRA``; its checked result document."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               GPUBRAID_BACKEND="numpy")
+    proc = subprocess.run([sys.executable, "-m", f"bench.{name}", "--quick", "--out", str(out), *extra],
+                          capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return _doc(out, name)
+
+
+def _doc(out, name):
+    path = Path(out) / f"{name}.json"
+    assert path.exists(), f"no {name} JSON in {out}"
+    doc = json.loads(path.read_text())
+    assert COMMON_KEYS <= set(doc)
+    assert {"hostname", "cpu_model", "cores", "device"} <= set(doc["machine"])
+    assert {"gpubraid", "numpy", "mpi4py", "mpi_library"} <= set(doc["versions"])
+    assert path.with_suffix(".png").exists()
+    return doc
+
+
+def test_steps_quick(tmp_path):
+    doc = _run("steps", tmp_path)
+    row = doc["results"][0]
+    assert {"kind", "C", "B", "L", "op", "backend", "median_s", "bytes", "GBs"} <= set(row)
+    assert {r["op"] for r in doc["results"]} == {"forward", "adjoint", "param_grad"}
+
+
+@pytest.mark.slow
+def test_solves_quick(tmp_path):
+    doc = _run("solves", tmp_path)
+    r = doc["results"][0]
+    assert {"N", "median_s", "ratios", "work", "stats"} <= set(r)
+    for key in ("FCF_forward", "FCF_adjoint", "F_forward", "F_adjoint"):
+        assert r["stats"][key]["converged"]
+        assert r["max_rel_error_vs_serial"][key] < 1e-6
+        assert {"iterations", "per_iteration_over_N", "total_steps_over_N"} <= set(r["work"][key])
+
+
+@pytest.mark.mpi
+@pytest.mark.usefixtures("mpiexec")
+def test_inference_quick(tmp_path):
+    res = _run("inference", tmp_path)["results"]
+    assert [r["ranks"] for r in res["runs"]] == [1, 2]
+    assert {"pipeline", "serial_forward", "mgrit_exact"} == set(res["runs"][0]["median_s"])
+    assert all(v > 0 for v in res["summary"].values())
+
+
+@pytest.mark.mpi
+@pytest.mark.usefixtures("mpiexec")
+def test_data_parallel_quick(tmp_path):
+    res = _run("data_parallel", tmp_path)["results"]
+    assert {(r["ranks"], r["data_parallel"], r["method"]) for r in res} == {
+        (p, d, m) for p, d in ((1, 1), (2, 1), (2, 2)) for m in ("exact", "oneshot")}
+    assert all(r["objective_rel_diff_vs_1_rank"] <= (1e-8 if r["method"] == "exact" else 1e-10)  # exact: to its tol
+               and r["s_per_iteration"] > 0 for r in res)
+
+
+@pytest.mark.slow
+@pytest.mark.mpi
+@pytest.mark.usefixtures("mpiexec")
+def test_scaling_quick(tmp_path):
+    res = _run("scaling", tmp_path)["results"]
+    assert [r["P"] for r in res["strong"]] == [1, 2, 4]
+    assert {"median_s", "fwd_iterations", "bwd_iterations", "messages_total", "bytes_total"} <= set(res["strong"][1])
+    assert res["strong"][0]["grad_rel_error_vs_serial"] < 1e-6
+    assert res["strong"][1]["messages_total"] > 0
+    assert "strong_ratio_P1_over_P2" in res["summary"]
+    m = _run("perf_model", tmp_path, "--scaling", tmp_path / "scaling.json")
+    assert {"validation", "projection", "network", "validation_summary"} <= set(m["results"])
+    assert all("error" in v for v in m["results"]["validation"])
+    assert {r["limiting"] for r in m["results"]["projection"]} <= {"per-rank work", "communication", "coarsest solve"}
+
+
+@pytest.mark.slow
+def test_training_quick(tmp_path):
+    res = _run("training", tmp_path)["results"]
+    assert {"summary", "ratios", "files"} <= set(res)
+    assert "oneshot_over_serial_per_iteration" in res["ratios"]["peaks"]
+    for f in res["files"]:
+        run = json.loads((tmp_path / f).read_text())
+        assert {"method", "objective", "val_accuracy", "wall_s", "history"} <= set(run["results"])
+
+
+@pytest.mark.slow
+def test_oneshot_study_quick(tmp_path):
+    res = _run("oneshot_study", tmp_path)["results"]
+    assert {"setup", "variant", "grad_rel_error", "steps_over_N", "levels", "max_h_rho"} <= set(res["grad"][0])
+    assert {"setup", "variant", "val_accuracy", "steps_per_eval_over_N"} <= set(res["train"][0])
+    serial = [r for r in res["train"] if r["variant"] == "serial"]
+    assert serial and all(abs(r["steps_per_eval_over_N"] - 2.0) < 1e-12 for r in serial)
+
+
+@pytest.mark.slow
+def test_time_to_accuracy_quick(tmp_path):
+    res = _run("time_to_accuracy", tmp_path)["results"]
+    assert {"target_val_accuracy", "runs", "projection"} <= set(res)
+    assert {"serial-1", "oneshot-1"} <= {r["run"] for r in res["runs"]}

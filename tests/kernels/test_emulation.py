@@ -1,0 +1,329 @@
+"""The CUDA kernels of kernels/*.cu, compiled for the CPU by g++ and run against the NumPy steps.
+
+The shim (tests/kernels/emulation/cuda_shim.h) runs each block's threads as fibers with a real barrier,
+so the shared-memory tiling and the block reductions are exercised as written; the planted-bug
+tests compile edited copies of the sources and check that the comparisons then fail.
+"""
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import re
+import shutil
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gpubraid.network.activations import ACTIVATIONS
+from gpubraid.network.steps import ConvStep, DenseStep
+from gpubraid.runtime import cuda
+from gpubraid.runtime.backend import Backend, resolve_backend
+
+_spec = importlib.util.spec_from_file_location("gpubraid_emulation_harness",
+                                               Path(__file__).parent / "emulation" / "harness.py")
+harness = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(harness)
+
+if harness.gxx() is None:
+    pytest.skip("g++ not found: CUDA kernel emulation needs it", allow_module_level=True)
+
+KERNEL_DIR = cuda.kernel_source_dir()
+DTYPES = (np.float64, np.float32)
+TOL = {np.float64: 1e-12, np.float32: 2e-5}
+ACTS = tuple(ACTIVATIONS)
+
+# (L, B, C, H, W): single pixel rows, partial tiles in x and y, exact tiles, channel counts below,
+# at and above the 8-channel blocking (remainder groups).
+CONV_SHAPES = [
+    (3, 2, 1, 5, 7),
+    (2, 3, 3, 9, 17),
+    (2, 2, 4, 8, 16),
+    (3, 2, 8, 11, 19),
+]
+CONV_EXTRA_SHAPES = [
+    (1, 1, 10, 1, 33),
+    (2, 1, 9, 20, 3),
+]
+DENSE_SHAPES = [(3, 5, 1), (2, 7, 3), (4, 67, 8), (2, 300, 4)]
+
+
+@pytest.fixture(scope="module")
+def emu(tmp_path_factory):
+    out = tmp_path_factory.mktemp("emu") / "kernels_emu.so"
+    return harness.Emulator(harness.build(KERNEL_DIR, out))
+
+
+def conv_problem(shape, dtype, seed=0):
+    """Random states, adjoints and per-interval parameters (different K, b, h per interval)."""
+    L, B, C, H, W = shape
+    rng = np.random.default_rng(seed)
+    u = rng.standard_normal(shape).astype(dtype)
+    lam = rng.standard_normal(shape).astype(dtype)
+    K = (rng.standard_normal((L, C, C, 3, 3)) / np.sqrt(9 * C)).astype(dtype)
+    b = (0.3 * rng.standard_normal((L, C))).astype(dtype)
+    h = rng.uniform(0.1, 1.0, L).astype(dtype)
+    return u, lam, K, b, h
+
+
+def dense_problem(shape, dtype, seed=0):
+    L, B, C = shape
+    rng = np.random.default_rng(seed)
+    u = rng.standard_normal(shape).astype(dtype)
+    lam = rng.standard_normal(shape).astype(dtype)
+    K = (rng.standard_normal((L, C, C)) / np.sqrt(C)).astype(dtype)
+    b = (0.3 * rng.standard_normal((L, C))).astype(dtype)
+    h = rng.uniform(0.1, 1.0, L).astype(dtype)
+    return u, lam, K, b, h
+
+
+def rel_err(got, ref):
+    scale = max(float(np.max(np.abs(ref))), np.finfo(ref.dtype).tiny)
+    return float(np.max(np.abs(got.astype(np.float64) - ref.astype(np.float64)))) / scale
+
+
+def assert_close(got, ref, dtype, what):
+    assert got.shape == ref.shape and got.dtype == ref.dtype, what
+    assert np.all(np.isfinite(got)), f"{what}: non-finite entries (unwritten output?)"
+    err = rel_err(got, ref)
+    assert err <= TOL[dtype], f"{what}: relative error {err:.3g} > {TOL[dtype]:.0e}"
+
+
+def conv_results(emu, step, u, lam, K, b, h):
+    """{name: (emulated, reference)} for every conv kernel."""
+    code = step.activation.code
+    gK, gb = emu.conv_param_grad(u, lam, K, b, h, code)
+    rK, rb = step.param_grad(u, lam, (K, b), h)
+    return {
+        "forward": (emu.conv_forward(u, K, b, h, code), step.forward(u, (K, b), h)),
+        "adjoint": (emu.conv_adjoint(u, lam, K, b, h, code), step.adjoint(u, lam, (K, b), h)),
+        "dK": (gK, rK),
+        "db": (gb, rb),
+    }
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("shape", CONV_SHAPES, ids=str)
+def test_conv_kernels_match_numpy(emu, shape, act, dtype):
+    L, B, C, H, W = shape
+    step = ConvStep(C, H, W, act, resolve_backend("numpy", np.dtype(dtype).name))
+    for name, (got, ref) in conv_results(emu, step, *conv_problem(shape, dtype)).items():
+        assert_close(got, ref, dtype, f"conv {name}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("shape", CONV_EXTRA_SHAPES, ids=str)
+def test_conv_kernels_odd_shapes(emu, shape, dtype):
+    L, B, C, H, W = shape
+    step = ConvStep(C, H, W, "smoothrelu", resolve_backend("numpy", np.dtype(dtype).name))
+    for name, (got, ref) in conv_results(emu, step, *conv_problem(shape, dtype, seed=1)).items():
+        assert_close(got, ref, dtype, f"conv {name}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("shape", DENSE_SHAPES, ids=str)
+def test_dense_kernels_match_numpy(emu, shape, act, dtype):
+    L, B, C = shape
+    step = DenseStep(C, act, resolve_backend("numpy", np.dtype(dtype).name))
+    u, lam, K, b, h = dense_problem(shape, dtype)
+    code = step.activation.code
+    assert_close(emu.dense_forward(u, K, b, h, code), step.forward(u, (K, b), h), dtype, "dense forward")
+    assert_close(emu.dense_adjoint(u, lam, K, b, h, code), step.adjoint(u, lam, (K, b), h), dtype,
+                 "dense adjoint")
+    for name, got, ref in zip(("dK", "db"), emu.dense_param_grad(u, lam, K, b, h, code),
+                              step.param_grad(u, lam, (K, b), h)):
+        assert_close(got, ref, dtype, f"dense {name}")
+
+
+def test_dense_grid_stride_loop(emu):
+    """dense_act_kernel is correct with fewer threads than elements (grid-stride loop)."""
+    u, lam, K, b, h = dense_problem((3, 50, 7), np.float64)
+    step = DenseStep(7, "tanh", resolve_backend("numpy", "float64"))
+    z = np.ascontiguousarray(u @ K.transpose(0, 2, 1))
+    out = np.full_like(u, np.nan)
+    emu.lib.emu_dense_act_double_0(harness._geom((2, 1, 1), (64, 1, 1)),
+                                   *map(harness._ptr, (z, b, h, u, out)),
+                                   *map(harness.ctypes.c_int, (3, 50, 7, 0)))
+    assert_close(out, step.forward(u, (K, b), h), np.float64, "dense forward, 2 blocks of 64")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_param_grad_deterministic(emu, dtype):
+    """Two runs of the gradient kernels give bitwise equal results."""
+    u, lam, K, b, h = conv_problem((2, 3, 4, 9, 17), dtype, seed=3)
+    first = emu.conv_param_grad(u, lam, K, b, h, 2)
+    second = emu.conv_param_grad(u, lam, K, b, h, 2)
+    for x, y in zip(first, second):
+        assert x.tobytes() == y.tobytes()
+    ud, ld, Kd, bd, hd = dense_problem((2, 37, 5), dtype, seed=3)
+    assert emu.dense_param_grad(ud, ld, Kd, bd, hd, 0)[1].tobytes() == \
+        emu.dense_param_grad(ud, ld, Kd, bd, hd, 0)[1].tobytes()
+
+
+def test_launch_geometry_matches_kernel_macros():
+    """The launch constants of gpubraid.runtime.cuda equal the GB_* macros the kernels are compiled with."""
+    src = "".join((KERNEL_DIR / f).read_text() for f in cuda.KERNEL_FILES)
+    macros = dict(re.findall(r"#define (GB_\w+) (\d+)", src))
+    assert int(macros["GB_CONV_TILE_W"]) == cuda.CONV_TILE_W
+    assert int(macros["GB_CONV_TILE_H"]) == cuda.CONV_TILE_H
+    assert int(macros["GB_CONV_OCB"]) == cuda.CONV_OCB
+    assert int(macros["GB_CONV_GRAD_THREADS"]) == cuda.CONV_GRAD_THREADS
+    assert int(macros["GB_DENSE_THREADS"]) == cuda.DENSE_THREADS
+    assert int(macros["GB_CONV_FORWARD"]) == cuda.CONV_FORWARD
+    assert int(macros["GB_CONV_ACT_GRAD"]) == cuda.CONV_ACT_GRAD
+    assert int(macros["GB_CONV_TRANSPOSE"]) == cuda.CONV_TRANSPOSE
+    assert int(macros["GB_DENSE_FORWARD"]) == cuda.DENSE_FORWARD
+    assert int(macros["GB_DENSE_ACT_GRAD"]) == cuda.DENSE_ACT_GRAD
+
+
+# -- planted bugs: the harness must see each of them -------------------------------------------------
+# name: (file, original text, planted text, the comparisons that must fail)
+PLANTED = {
+    # No barriers at all: threads read the shared tiles before the others have filled them.
+    "no_syncthreads": ("conv.cu", "__syncthreads();", ";", {"forward", "adjoint", "dK", "db"}),
+    # Only the barrier that protects the tiles from the next channel chunk is missing.
+    "no_sync_before_reload": ("conv.cu", "__syncthreads();  // the next chunk", ";  // the next chunk",
+                              {"forward", "adjoint", "dK", "db"}),
+    # Off-by-one in the halo: the input tile is shifted one pixel in x.
+    "halo_off_by_one": ("conv.cu", "gx = x0 + sx - 1", "gx = x0 + sx", {"forward", "adjoint", "dK", "db"}),
+    # The adjoint forgets to flip the kernel in space.
+    "adjoint_no_flip": ("conv.cu", "(8 - tap)", "(tap)", {"adjoint"}),
+    # The tree reduction starts at a quarter of the block and drops half of the partial sums.
+    "reduction_half": ("conv.cu", "for (int s = NT / 2;", "for (int s = NT / 4;", {"dK", "db"}),
+    # The activation derivative of smoothrelu uses 2ε = 0.4 instead of 0.2.
+    "dsmoothrelu_slope": ("activations.cuh", "return (z + eps) / T(0.2);", "return (z + eps) / T(0.4);",
+                          {"adjoint", "dK", "db"}),
+}
+
+
+@pytest.mark.parametrize("bug", PLANTED)
+def test_planted_bug_is_caught(bug, tmp_path):
+    """An edited copy of the kernels with one planted bug fails exactly the expected comparisons."""
+    fname, old, new, must_fail = PLANTED[bug]
+    planted = tmp_path / "kernels"
+    shutil.copytree(KERNEL_DIR, planted, ignore=shutil.ignore_patterns("*.md", "__pycache__"))
+    src = (planted / fname).read_text()
+    assert old in src, f"planted bug {bug!r} no longer applies to {fname}"
+    (planted / fname).write_text(src.replace(old, new))
+    emu_bad = harness.Emulator(harness.build(planted, tmp_path / "bad.so"))
+
+    # 10 channels: two output-channel groups and two input-channel chunks per block.
+    shape, dtype = (2, 3, 10, 11, 19), np.float64
+    L, B, C, H, W = shape
+    step = ConvStep(C, H, W, "smoothrelu", resolve_backend("numpy", "float64"))
+    failed = set()
+    for name, (got, ref) in conv_results(emu_bad, step, *conv_problem(shape, dtype)).items():
+        try:
+            assert_close(got, ref, dtype, name)
+        except AssertionError:
+            failed.add(name)
+    assert failed == must_fail, f"planted bug {bug!r}: failed {sorted(failed)}, expected {sorted(must_fail)}"
+
+
+# -- the CuPy launchers of gpubraid.runtime.cuda, run on the emulator through a stand-in "cupy" ---------------
+class _HostArray(np.ndarray):
+    """A NumPy array that answers ``.device.id`` like a CuPy array on device 0."""
+
+    @property
+    def device(self):
+        return types.SimpleNamespace(id=0)
+
+
+def _host(a):
+    return np.asarray(a).view(_HostArray)
+
+
+class _FakeKernel:
+    """Runs a RawModule function on the emulator; checks the argument C types like CuPy would need."""
+
+    def __init__(self, lib, name):
+        m = re.fullmatch(r"(\w+)_kernel<(float|double)(?:, (\d))?>", name)
+        assert m, name
+        base, ctype, mode = m.groups()
+        self.ctype = ctype
+        self.fn = getattr(lib, f"emu_{base}_{ctype}" + (f"_{mode}" if mode is not None else ""))
+
+    def __call__(self, grid, block, args):
+        cargs = []
+        for a in args:
+            if isinstance(a, np.ndarray):
+                assert a.flags.c_contiguous and a.dtype == harness._CT_INV[self.ctype]
+                cargs.append(harness._ptr(a))
+            else:
+                assert type(a) is np.int32, f"scalar {a!r} passed as {type(a).__name__}, not numpy.int32"
+                cargs.append(ctypes.c_int(int(a)))
+        self.fn(harness._geom(grid, block), *cargs)
+
+
+@pytest.fixture
+def fake_cupy(emu, monkeypatch):
+    """A module standing in for cupy whose RawModule launches the emulated kernels."""
+    fake = types.ModuleType("cupy")
+    fake.ndarray = _HostArray
+    fake.empty_like = lambda a: _host(np.empty_like(a))
+    fake.ascontiguousarray = lambda a: _host(np.ascontiguousarray(a))
+    fake.matmul = lambda a, b: _host(np.matmul(a, b))
+    fake.cuda = types.SimpleNamespace(Device=lambda: types.SimpleNamespace(id=0))
+
+    class RawModule:
+        def __init__(self, code, options, name_expressions):
+            assert any(o.startswith("-I") for o in options)
+            self.names = list(name_expressions)
+
+        def get_function(self, name):
+            assert name in self.names, name
+            return _FakeKernel(emu.lib, name)
+
+    fake.RawModule = RawModule
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    cuda._module.cache_clear()
+    yield fake
+    cuda._module.cache_clear()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_launchers_and_step_dispatch(fake_cupy, dtype):
+    """ConvStep/DenseStep on a "cupy" backend go through gpubraid.runtime.cuda's launchers to the kernels."""
+    gpu = Backend("cupy", fake_cupy, dtype, 0)
+    cpu = resolve_backend("numpy", np.dtype(dtype).name)
+    shape = (2, 3, 10, 11, 19)
+    u, lam, K, b, h = conv_problem(shape, dtype, seed=5)
+    # A strided state exercises the contiguous copy.
+    u_strided = np.asfortranarray(u)
+    dev = [_host(x) for x in (u_strided, lam, K, b, h)]
+    for act in ACTS:
+        g, c = ConvStep(10, 11, 19, act, gpu), ConvStep(10, 11, 19, act, cpu)
+        assert_close(np.asarray(g.forward(dev[0], (dev[2], dev[3]), dev[4])), c.forward(u, (K, b), h), dtype,
+                     "conv forward")
+        assert_close(np.asarray(g.adjoint(dev[0], dev[1], (dev[2], dev[3]), dev[4])),
+                     c.adjoint(u, lam, (K, b), h), dtype, "conv adjoint")
+        for name, got, ref in zip(("dK", "db"), g.param_grad(dev[0], dev[1], (dev[2], dev[3]), dev[4]),
+                                  c.param_grad(u, lam, (K, b), h)):
+            assert_close(np.asarray(got), ref, dtype, f"conv {name}")
+
+    u, lam, K, b, h = dense_problem((3, 37, 6), dtype, seed=5)
+    dev = [_host(x) for x in (u, lam, K, b, h)]
+    g, c = DenseStep(6, "tanh", gpu), DenseStep(6, "tanh", cpu)
+    assert_close(np.asarray(g.forward(dev[0], (dev[2], dev[3]), dev[4])), c.forward(u, (K, b), h), dtype,
+                 "dense forward")
+    assert_close(np.asarray(g.adjoint(dev[0], dev[1], (dev[2], dev[3]), dev[4])), c.adjoint(u, lam, (K, b), h),
+                 dtype, "dense adjoint")
+    for name, got, ref in zip(("dK", "db"), g.param_grad(dev[0], dev[1], (dev[2], dev[3]), dev[4]),
+                              c.param_grad(u, lam, (K, b), h)):
+        assert_close(np.asarray(got), ref, dtype, f"dense {name}")
+
+
+def test_launchers_check_arguments(fake_cupy):
+    from gpubraid.errors import UserError
+
+    u, lam, K, b, h = conv_problem((1, 2, 3, 4, 5), np.float64)
+    with pytest.raises(UserError, match="float32 or all float64"):
+        cuda.conv_forward(_host(u), _host(K.astype(np.float32)), _host(b), _host(h), 0)
+    with pytest.raises(UserError, match="shape"):
+        cuda.conv_forward(_host(u), _host(K[:, :2]), _host(b), _host(h), 0)
+    with pytest.raises(UserError, match="CuPy array"):
+        cuda.conv_forward(u, _host(K), _host(b), _host(h), 0)

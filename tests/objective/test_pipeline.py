@@ -1,0 +1,182 @@
+"""Pipeline-parallel training: micro-batches streamed through the layer ranks give serial's gradient."""
+
+import numpy as np
+import pytest
+
+from gpubraid.errors import UserError
+from gpubraid.network.network import ResNetODE
+from gpubraid.network.reference import evaluate
+from gpubraid.objective.layer_parallel import LayerParallel
+from gpubraid.objective.pipeline import PipelineOptions, micro_batch_bounds, schedule_order
+from gpubraid.runtime import resources
+from gpubraid.runtime.backend import resolve_backend
+from gpubraid.solver.options import MGRITOptions
+from gpubraid.training.config import TrainConfig
+from gpubraid.training.methods import make_method
+from gpubraid.training.trainer import Trainer
+
+ONE = MGRITOptions(max_levels=1)
+
+
+def held(order):
+    """Most micro-batches whose states a rank holds at once under ``order``."""
+    live, most = set(), 0
+    for kind, k in order:
+        (live.add if kind == "F" else live.remove)(k)
+        most = max(most, len(live))
+    return most
+
+
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+def test_every_micro_batch_goes_forward_then_backward_once(schedule):
+    for P in range(1, 6):
+        for r in range(P):
+            for M in (1, 2, 3, 8):
+                order = schedule_order(schedule, M, P, r)
+                assert sorted(order) == sorted([("F", k) for k in range(M)] + [("B", k) for k in range(M)])
+                assert [k for kind, k in order if kind == "B"] == list(range(M))
+                assert all(order.index(("F", k)) < order.index(("B", k)) for k in range(M))
+                assert held(order) == (M if schedule == "gpipe" else min(P - r, M))
+
+
+def test_micro_batches_cover_the_batch_and_the_automatic_count():
+    assert list(micro_batch_bounds(10, 3)) == [0, 4, 7, 10]
+    assert resources.micro_batch_count(None, 1, 100) == 1
+    assert resources.micro_batch_count(None, 2, 100) == 8
+    assert resources.micro_batch_count(16, 2, 5) == 5
+
+
+@pytest.fixture(scope="module")
+def problem():
+    be = resolve_backend("numpy")
+    out = {}
+    for kind, in_shape in (("dense", (3,)), ("conv", (2, 5, 4))):
+        model = ResNetODE(kind, in_shape, 4, 7, 3, 2.0, "tanh", be, gamma_tik=1e-2, gamma_ddt=1e-2)
+        theta = model.init_params(model.layout(), seed=3, scale=2.0)
+        rng = np.random.default_rng(0)
+        x, y = rng.standard_normal((11, *in_shape)), rng.integers(0, 3, 11)
+        out[kind] = model, theta, x, y, evaluate(model, model.layout(), theta, x, y)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["dense", "conv"])
+@pytest.mark.parametrize("M", [1, 3, 8, 11])
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+def test_one_process_pipeline_equals_serial(problem, kind, M, schedule):
+    model, theta, x, y, ref = problem[kind]
+    lp = LayerParallel(model, None, ONE, ONE, pipeline=PipelineOptions(M, schedule))
+    assert lp.pipelined
+    ev = lp.evaluate(theta, x, y, 11)
+    assert abs(ev.objective - ref.objective) <= 1e-12 * abs(ref.objective)
+    assert np.abs(ev.grad - ref.grad).max() <= 1e-12 * np.abs(ref.grad).max()
+    assert lp.pipe.peak_held == (M if schedule == "gpipe" else 1)
+    ev0 = lp.evaluate(theta, x, y, 11, grad=False)
+    assert ev0.grad is None and abs(ev0.objective - ref.objective) <= 1e-12 * abs(ref.objective)
+
+
+def test_mgrit_forward_keeping_one_level_streams_the_backward(problem):
+    model, theta, x, y, ref = problem["dense"]
+    opts = MGRITOptions(max_levels=3, cfactor=2, stability=1e-9, tol=1e-12)
+    plain = LayerParallel(model, None, opts, opts)
+    streamed = LayerParallel(model, None, opts, opts, pipeline=PipelineOptions(3))
+    a, b = plain.evaluate(theta, x, y, 11), streamed.evaluate(theta, x, y, 11)
+    assert not streamed.pipelined and streamed.last_stats[0].levels == 1
+    assert np.abs(b.grad - ref.grad).max() <= 1e-12 * np.abs(ref.grad).max()
+    assert np.abs(b.grad - a.grad).max() > 0  # the micro-batch sums: another summation order
+    assert np.abs(streamed.Lam - plain.Lam).max() <= 1e-14 * np.abs(plain.Lam).max()  # warm-start rows kept
+
+
+def test_methods_and_settings():
+    cfg = TrainConfig(example="peaks", method="pipeline", micro_batches=6, schedule="gpipe").resolved()
+    m = make_method(cfg)
+    assert m.name == "pipeline" and m.forward.max_levels == 1 and m.pipeline == PipelineOptions(6, "gpipe")
+    assert make_method(TrainConfig(example="peaks", method="serial").resolved()).pipeline == PipelineOptions()
+    for bad, words in ((dict(schedule="zigzag"), "schedule must be one of gpipe, 1f1b"),
+                       (dict(micro_batches=0), "micro_batches must be an integer >= 1")):
+        with pytest.raises(UserError, match=words):
+            TrainConfig(example="peaks", **bad)
+
+
+def test_memory_estimate_knows_the_micro_batches_in_flight(monkeypatch):
+    be = resolve_backend("numpy")
+    cfg = dict(example="peaks", method="pipeline", layers=64, micro_batches=16)
+    need = {}
+    for schedule in ("gpipe", "1f1b"):
+        c = TrainConfig(schedule=schedule, **cfg).resolved()
+        assert resources.in_flight(c, 2, 1600) == ((16 if schedule == "gpipe" else 2), 100)
+        monkeypatch.setattr(resources, "available_bytes", lambda backend: 0)
+        with pytest.raises(UserError, match=r"memory: the states need about ([\d.]+ \w+)") as err:
+            resources.check_memory(c, (8,), 72, 1600, 2, be)
+        need[schedule] = err.value
+    assert "2 micro-batch(es) in flight" in str(need["1f1b"]) and "16 micro-batch(es)" in str(need["gpipe"])
+    # (2 held + 3) x 33 rows x 100 samples x 8 numbers x 8 bytes, and 24 L-BFGS vectors of 32 layers
+    monkeypatch.setattr(resources, "available_bytes", lambda backend: 5 * 33 * 100 * 8 * 8 + 24 * 32 * 72 * 8)
+    resources.check_memory(TrainConfig(schedule="1f1b", **cfg).resolved(), (8,), 72, 1600, 2, be)
+    with pytest.raises(UserError, match="16 micro-batch"):
+        resources.check_memory(TrainConfig(schedule="gpipe", **cfg).resolved(), (8,), 72, 1600, 2, be)
+
+
+@pytest.mark.parametrize("extra", [dict(optimizer="lbfgs"), dict(optimizer="adam", lr=0.01, batch_size=64),
+                                   dict(optimizer="sgd", lr=0.05, batch_size=100)])
+def test_pipeline_history_equals_serial_and_resumes_exactly(tmp_path, extra, mpi_json):
+    common = dict(example="peaks", layers=12, n_train=300, n_val=50, val_every=4, progress=False, **extra)
+    serial = Trainer(TrainConfig(method="serial", iterations=8, **common)).run()
+    full = Trainer(TrainConfig(method="pipeline", micro_batches=5, iterations=8, **common)).run()
+    a, b = (np.array([h["objective"] for h in r.history]) for r in (serial, full))
+    assert np.max(np.abs(a - b) / np.abs(a)) <= 1e-10
+    part = Trainer(TrainConfig(method="pipeline", micro_batches=5, iterations=4, checkpoint_dir=str(tmp_path),
+                               **common)).run()
+    rest = Trainer(TrainConfig(method="pipeline", micro_batches=5, iterations=8, resume=str(tmp_path),
+                               **common)).run()
+    strip = lambda h: [{k: v for k, v in e.items() if k != "time_s"} for e in h]
+    assert strip(part.history) == strip(full.history[:4]) and strip(rest.history) == strip(full.history)
+
+
+# -- under mpiexec ----------------------------------------------------------------------------------
+@pytest.fixture
+def mpi_json(mpirun):
+    """``mpi_json(n, *args)``: the JSON that tests/mpi/pipeline_check.py prints on ``n`` ranks."""
+    return lambda n, *args: mpirun.json(n, "pipeline_check.py", *args, timeout=300)
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("ranks,groups,kind", [(1, 1, "dense"), (2, 1, "dense"), (3, 1, "conv"), (4, 1, "dense"),
+                                               (2, 2, "dense"), (4, 2, "conv")])
+def test_pipelined_gradients_equal_serial_on_every_split(ranks, groups, kind, mpi_json):
+    got = mpi_json(ranks, kind, 9, groups)
+    assert len(got["runs"]) == 9
+    L = ranks // groups
+    for name, run in got["runs"].items():
+        assert run["grad_err"] <= 1e-12 and run["objective_err"] <= 1e-12, (name, run)
+        assert run["levels"] == 1
+        if "mgrit" not in name:
+            M = int(name.split("-")[0][1:])
+            assert run["pipelined"] and run["peak_held"] == (min(M, 23 // groups) if "gpipe" in name else min(L, M))
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("method,optimizer,ranks,groups", [("pipeline", "lbfgs", 2, 1), ("pipeline", "adam", 4, 2),
+                                                           ("serial", "lbfgs", 3, 1)])
+def test_pipeline_training_on_ranks_follows_one_rank_serial(method, optimizer, ranks, groups, mpi_json):
+    ref = mpi_json(1, "train", "serial", optimizer, 1, "1f1b", 1)
+    for schedule in ("gpipe", "1f1b"):
+        got = mpi_json(ranks, "train", method, optimizer, 3, schedule, groups)
+        a, b = (np.array([h["objective"] for h in r["history"]]) for r in (ref, got))
+        assert a.shape == b.shape and np.max(np.abs(a - b) / np.abs(a)) <= 1e-10, (schedule, a, b)
+        assert got["val_accuracy"] == ref["val_accuracy"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["dense", "conv"])
+def test_pipeline_on_cupy_equals_serial(problem, kind):
+    from gpubraid.runtime.backend import gpu_available
+
+    if not gpu_available():
+        pytest.skip("needs CuPy and a CUDA GPU")
+    model, theta, x, y, ref = problem[kind]
+    gpu = resolve_backend("cupy")
+    net = ResNetODE(kind, model.in_shape, 4, 7, 3, 2.0, "tanh", gpu, gamma_tik=1e-2, gamma_ddt=1e-2)
+    for schedule in ("gpipe", "1f1b"):
+        lp = LayerParallel(net, None, ONE, ONE, pipeline=PipelineOptions(3, schedule))
+        ev = lp.evaluate(gpu.asarray(theta), gpu.asarray(x), gpu.asarray(y), 11)
+        assert np.abs(gpu.to_host(ev.grad) - ref.grad).max() <= 1e-12 * np.abs(ref.grad).max()
