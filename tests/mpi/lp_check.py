@@ -7,9 +7,10 @@ auto: automatic level choice (stability 1), nested-iteration guess, FCF below le
 import json
 import sys
 
+import entry
 import numpy as np
+from user_steps import resnet_problem
 
-from gpubraid.network.network import ResNetODE
 from gpubraid.network.reference import evaluate
 from gpubraid.objective.layer_parallel import LayerParallel
 from gpubraid.runtime.backend import resolve_backend
@@ -23,14 +24,9 @@ def main():
     max_iter = int(sys.argv[7]) if len(sys.argv) > 7 else 100
     be = resolve_backend("numpy")
     comm = Comm.world()
-    in_shape = (3,) if kind == "dense" else (2, 5, 4)
-    model = ResNetODE(kind, in_shape, 4, N, 3, 2.0, "tanh", be, gamma_tik=1e-2, gamma_ddt=1e-2)
-    full = model.layout()
-    theta_full = model.init_params(full, seed=3, scale=2.0)
-    rng = np.random.default_rng(0)
     B = 5
-    x = rng.standard_normal((B, *in_shape))
-    y = rng.integers(0, 3, B)
+    model, theta_full, x, y = resnet_problem(kind, N, B, be)
+    full = model.layout()
     auto = len(sys.argv) > 8 and sys.argv[8] == "auto"
     extra = dict(stability=1.0, nested=True, nrelax=[nrelax, 1], final_residual=False) if auto else {}
     opts = MGRITOptions(**{**dict(cfactor=m, nrelax=nrelax, max_levels=levels, tol=tol, max_iter=max_iter),
@@ -57,11 +53,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except BaseException as exc:
-        from mpi4py import MPI
-
-        from gpubraid.runtime.comm import abort_all
-
-        abort_all(MPI.COMM_WORLD, exc, 1)
+    entry.run(main)

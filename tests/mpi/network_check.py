@@ -6,6 +6,7 @@ Usage: python network_check.py {three,torch} {serial,exact} [ITERATIONS]
 import json
 import sys
 
+import entry
 import numpy as np
 
 
@@ -26,11 +27,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except BaseException as exc:
-        from mpi4py import MPI
-
-        from gpubraid.runtime.comm import abort_all
-
-        abort_all(MPI.COMM_WORLD, exc, 1)
+    entry.run(main)

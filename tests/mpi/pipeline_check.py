@@ -11,9 +11,10 @@ the largest relative difference from :func:`gpubraid.network.reference.evaluate`
 import json
 import sys
 
+import entry
 import numpy as np
+from user_steps import resnet_problem
 
-from gpubraid.network.network import ResNetODE
 from gpubraid.network.reference import evaluate
 from gpubraid.objective.layer_parallel import LayerParallel
 from gpubraid.objective.pipeline import PipelineOptions
@@ -51,14 +52,9 @@ def main():
     be = resolve_backend("numpy")
     world = Comm.world()
     comm, data = world.grid(D)
-    in_shape = (3,) if kind == "dense" else (2, 5, 4)
-    model = ResNetODE(kind, in_shape, 4, N, 3, 2.0, "tanh", be, gamma_tik=1e-2, gamma_ddt=1e-2)
-    full = model.layout()
-    theta_full = model.init_params(full, seed=3, scale=2.0)
-    rng = np.random.default_rng(0)
     B = 23
-    x = rng.standard_normal((B, *in_shape))
-    y = rng.integers(0, 3, B)
+    model, theta_full, x, y = resnet_problem(kind, N, B, be)
+    full = model.layout()
     share = split_layers(B, D)
     lo, hi = int(share[data.rank]), int(share[data.rank + 1])
     ref = evaluate(model, full, theta_full, x, y) if world.rank == 0 else None
@@ -82,11 +78,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except BaseException as exc:
-        from mpi4py import MPI
-
-        from gpubraid.runtime.comm import abort_all
-
-        abort_all(MPI.COMM_WORLD, exc, 1)
+    entry.run(main)

@@ -144,6 +144,18 @@ class StateShapeStep(TwoLayerStep):
         super().__init__(state_shape[0], hidden, backend)
 
 
+
+def resnet_problem(kind: str, N: int, B: int, backend):
+    """The ResNetODE of the MPI checks (4 channels, 3 classes, T = 2, tanh, regularised) with its
+    full-layout parameters (seed 3, scale 2) and B samples: (model, theta_full, x, y)."""
+    from gpubraid.network.network import ResNetODE
+
+    in_shape = (3,) if kind == "dense" else (2, 5, 4)
+    model = ResNetODE(kind, in_shape, 4, N, 3, 2.0, "tanh", backend, gamma_tik=1e-2, gamma_ddt=1e-2)
+    theta_full = model.init_params(model.layout(), seed=3, scale=2.0)
+    rng = np.random.default_rng(0)
+    return model, theta_full, rng.standard_normal((B, *in_shape)), rng.integers(0, 3, B)
+
 def __getattr__(name):
     """``TorchBlock``: a torch.nn.Module class for ``--layer user_steps:TorchBlock`` (4 channels),
     made on first use so that this module imports without torch."""

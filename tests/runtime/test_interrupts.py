@@ -1,5 +1,6 @@
 """Ctrl-C and SIGTERM under mpiexec: every rank ends within seconds, status 130 / 143, one line."""
 import os
+import random
 import signal
 import subprocess
 import time
@@ -63,3 +64,17 @@ def test_ctrl_c_writes_a_checkpoint_first(mpirun, tmp_path):
     assert rc == 130 and seconds <= 5, (rc, seconds, err)
     files = os.listdir(tmp_path)
     assert len(files) == 1 and files[0].startswith("checkpoint-"), files
+
+
+def test_ten_ctrl_c_trials_to_the_process_group_give_one_line_each(mpirun):
+    """A terminal's Ctrl-C (SIGINT to the job's process group) 0-0.5 s into training, 10 times:
+    status 130 and exactly the one line every time (bench/interrupts.py runs 20 and more)."""
+    line = "gpubraid: stopped: interrupted by SIGINT"
+    rng, results = random.Random(0), []
+    for delay in [rng.uniform(0.0, 0.5) for _ in range(10)]:
+        proc = start(mpirun, 2)
+        time.sleep(delay)
+        rc, _, err = stop(proc, signal.SIGINT, group=True)
+        results.append((delay, rc, err))
+    bad = [(d, rc, err) for d, rc, err in results if rc != 130 or err.strip() != line]
+    assert not bad, bad

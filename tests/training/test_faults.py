@@ -3,11 +3,7 @@ newest checkpoint (resume falls back), a full file system (status 4, the last ch
 divergence named by its cause (status 3, no library warnings), a stalled objective (a warning),
 and Ctrl-C to the job's process group under mpiexec (status 130, exactly one line)."""
 import os
-import random
-import signal
 import subprocess
-import sys
-import time
 
 import pytest
 
@@ -111,34 +107,3 @@ def test_a_stalled_objective_gives_a_warning_naming_the_cause(capsys):
     one_line(capsys, "gpubraid: warning: the objective has stayed near", "h = T/N", "--final-time")
     assert cli.main([*RUN, "--iterations", "14", "--val-every", "0"]) == 0
     assert capsys.readouterr().err == ""
-
-
-# -- Ctrl-C to the whole job ------------------------------------------------------------------------
-LINE = "gpubraid: stopped: interrupted by SIGINT"
-
-
-def ctrl_c(mpiexec: str, delay: float) -> tuple[int, str]:
-    """``mpiexec -n 2 gpubraid train`` in its own session, SIGINT to its process group ``delay``
-    seconds after its first iteration line: (status, stderr)."""
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [mpiexec, "-n", "2", sys.executable, "-m", "gpubraid", *RUN, "--iterations", "100000"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)
-    assert proc.stdout.readline().startswith("it ")
-    time.sleep(delay)
-    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
-    try:
-        _, err = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        pytest.fail(f"the job hung after SIGINT at {delay:.2f} s")
-    return proc.returncode, err
-
-
-@pytest.mark.mpi
-def test_ten_ctrl_c_trials_to_the_process_group_give_one_line_each(mpiexec):
-    rng = random.Random(0)
-    results = [(d, *ctrl_c(mpiexec, d)) for d in [rng.uniform(0.0, 0.5) for _ in range(10)]]
-    bad = [(d, rc, err) for d, rc, err in results if rc != 130 or err.count(LINE) != 1 or err.strip() != LINE]
-    assert not bad, bad
