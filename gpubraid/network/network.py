@@ -37,7 +37,6 @@ from .steps import ConvStep, DenseStep
 KINDS = ("dense", "conv")
 
 
-TASKS = ("classification", "regression")
 
 
 @dataclass
@@ -305,12 +304,10 @@ def network_for_data(meta: dict, step, *, layers: int, final_time: float, backen
     """The network for a data set: ``meta`` has ``in_shape``, ``task`` ("classification" default or
     "regression") and ``n_classes`` (classification) or ``n_out`` (regression), as in
     :meth:`gpubraid.data.dataset.Dataset.meta`; the head follows the task."""
+    heads = {"classification": lambda: Classifier(meta["n_classes"]), "regression": lambda: Regression(meta["n_out"])}
     task = meta.get("task", "classification")
-    if task == "classification":
-        head = Classifier(meta["n_classes"])
-    elif task == "regression":
-        head = Regression(meta["n_out"])
-    else:
-        raise UserError(f"task must be one of {', '.join(TASKS)}; got {task!r}")
+    if task not in heads:
+        raise UserError(f"task must be one of {', '.join(heads)}; got {task!r}")
+    head = heads[task]()
     return Network(step, meta["in_shape"], layers, final_time, backend, head, opening, gamma_tik, gamma_ddt,
                    open_activation)

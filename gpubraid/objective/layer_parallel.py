@@ -58,8 +58,8 @@ class LayerParallel:
         solver_comm = comm.reducing_also(self.data)
         self.model = model
         self.be, self.xp = model.be, model.xp
-        self.rank, self.P = comm.rank, comm.size
-        P = self.P
+        self.rank, self.n_ranks = comm.rank, comm.size
+        P = self.n_ranks
         N = model.layers
         self.bounds = split_layers(N, P)
         self.a, self.b = int(self.bounds[self.rank]), int(self.bounds[self.rank + 1])
@@ -99,7 +99,7 @@ class LayerParallel:
     # -- pieces ---------------------------------------------------------------------------------------
     def _neighbour_layers(self, P):
         """(θ_{a−1}, θ_b) from the neighbouring ranks for the ddt regulariser (None at the ends)."""
-        if self.model.gamma_ddt == 0 or self.P == 1:
+        if self.model.gamma_ddt == 0 or self.n_ranks == 1:
             return None, None
         comm, xp = self.comm, self.xp
         reqs = []

@@ -17,24 +17,20 @@ from typing import Annotated, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ..data.dataset import DATASETS, TASKS
 from ..errors import UserError
+from ..network.activations import ACTIVATIONS as ACTIVATION_FUNCTIONS
+from ..objective.pipeline import SCHEDULES
+from .optim import OPTIMIZERS
 
 INT_MAX = 2**31 - 1          # kernels index with 32-bit integers; no count may exceed it
 
 
+#: The training methods (:mod:`gpubraid.training.methods` builds them).  Every other list of
+#: allowed values comes from the module that implements the choice.
 METHODS = ("serial", "exact", "oneshot", "pipeline")
-
-
-SCHEDULES = ("gpipe", "1f1b")
-
-
-EXAMPLES = ("peaks", "mnist", "indianpines")
-
-
-OPTIMIZERS = ("lbfgs", "sgd", "adam")
-
-
-ACTIVATIONS = ("tanh", "relu", "smoothrelu", "identity")
+EXAMPLES = DATASETS
+ACTIVATIONS = tuple(ACTIVATION_FUNCTIONS)
 
 
 Count = Annotated[int, Field(ge=1, le=INT_MAX)]
@@ -66,7 +62,7 @@ class TrainConfig(BaseModel):
         None, "train on your own arrays: a .npz with x_train, y_train and optionally x_val, y_val "
         "(features (n, d) -> dense, images (n, [C,] H, W) -> conv); instead of EXAMPLE", "problem", "FILE",
         min_length=1)
-    task: Literal["auto", "classification", "regression"] = _field(
+    task: Literal[("auto", *TASKS)] = _field(
         "auto", "with --data: integer labels (classification) or float targets (regression); auto = "
         "from the dtype of y_train", "problem")
     normalize: bool = _field(True, "with --data: standardise the inputs by the training mean and std "
@@ -147,9 +143,9 @@ class TrainConfig(BaseModel):
                              ge=0, allow_inf_nan=False)
     fwd_iters: int = _field(1, "oneshot: forward MGRIT iterations per step", "MGRIT", ge=0, le=1000)
     bwd_iters: int = _field(1, "oneshot: adjoint MGRIT iterations per step", "MGRIT", ge=0, le=1000)
-    tol: float = _field(1e-9, "exact/validation: absolute MGRIT residual tolerance", "MGRIT",
+    tol: float = _field(1e-9, "exact: absolute MGRIT residual tolerance of every solve", "MGRIT",
                         ge=0, allow_inf_nan=False)
-    max_iter: int = _field(50, "exact/validation: MGRIT iterations per solve at most", "MGRIT",
+    max_iter: int = _field(50, "exact: MGRIT iterations per solve at most", "MGRIT",
                            ge=0, le=100000)
     # -- output ---------------------------------------------------------------------------------
     val_every: int = _field(10, "validation accuracy every this many steps; 0 = only at the end",

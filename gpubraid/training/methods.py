@@ -1,9 +1,11 @@
-"""The three training methods (docs/algorithm.md §6) as objects.
+"""The training methods (docs/algorithm.md §6) as objects.
 
 A method owns everything that distinguishes it: the MGRIT options of its forward and adjoint
-solves during training, how its one-level (layer-serial) solves are pipelined, whether those solves start from the previous step's states and adjoints,
-and what happens when the L-BFGS line search fails.  (Validation and final scoring are forward
-passes without MGRIT iterations, the same for every method: see ``Trainer.score``.)  The training loop (:mod:`gpubraid.training.trainer`) asks; it never tests the method's name.
+solves during training, how its one-level (layer-serial) solves are pipelined, whether those
+solves start from the previous step's states and adjoints, and what happens when the L-BFGS line
+search fails.  (Validation and final scoring are forward passes without MGRIT iterations, the
+same for every method: see ``Trainer.score``.)  The training loop
+(:mod:`gpubraid.training.trainer`) asks; it never tests the method's name.
 
     serial   layer-serial propagation and backprop (one level: the coarsest-grid solve is the
              whole chain, propagated layer by layer), micro-batches pipelined over the layer ranks
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import ClassVar
 
 from ..objective.pipeline import PipelineOptions
 from ..solver.options import MGRITOptions
@@ -34,7 +35,6 @@ class Method:
         pipeline: micro-batches and schedule of the solves that keep one level (layer-serial).
     """
 
-    name: ClassVar[str]
     forward: MGRITOptions
     adjoint: MGRITOptions
     pipeline: PipelineOptions = PipelineOptions()
@@ -54,15 +54,15 @@ class Method:
 
 
 class Serial(Method):
-    name = "serial"
+    """Layer-serial propagation and backprop (serial's gradient)."""
 
 
 class Pipelined(Method):
-    name = "pipeline"
+    """Serial's gradient by micro-batches streamed through the layer ranks."""
 
 
 class Exact(Method):
-    name = "exact"
+    """MGRIT to a tight tolerance every step (serial's gradient to that tolerance)."""
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,6 @@ class OneShot(Method):
     """Fixed iteration counts (the caps, with ``adaptive`` > 0: a solve also stops once its
     residual is at most ``adaptive`` × the last gradient norm)."""
 
-    name = "oneshot"
     minibatch_warm: bool = False
     adaptive: float = 0.0
 
@@ -106,5 +105,5 @@ def make_method(cfg: TrainConfig) -> Method:
                    cfg.adaptive)
 
 
-#: One level: the chain propagated layer by layer (serial training, and every scoring pass).
+#: One level: the chain propagated layer by layer (serial and pipeline training).
 SERIAL = MGRITOptions(max_levels=1)
