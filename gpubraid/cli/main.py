@@ -1,4 +1,4 @@
-"""The ``gpubraid`` command line: ``train`` and ``info``.
+"""The ``gpubraid`` command line: ``train``, ``predict`` and ``info``.
 
 The ``train`` options are generated from :class:`gpubraid.training.config.TrainConfig` (one option per
 setting; ``final_time`` is ``--final-time``); ``--config FILE`` reads the same settings from TOML.

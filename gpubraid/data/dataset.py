@@ -79,8 +79,20 @@ class Dataset:
         return int(self.x_val.shape[0])
 
 
+def next_batch(n: int, batch_size: int, rng: np.random.Generator, order, pos: int):
+    """The next shuffled mini-batch, resumable: ``(idx, order, pos)`` after the one drawn.
+
+    ``order`` (the epoch's permutation, int64 (n,), or None) and ``pos`` (samples of it used) are
+    the whole state; a new epoch draws ``rng.permutation(n)`` when the last one is used up.
+    """
+    if order is None or pos >= n:
+        order, pos = rng.permutation(n).astype(np.int64), 0
+    idx = order[pos:pos + batch_size]
+    return idx, order, pos + len(idx)
+
+
 def batches(n: int, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
-    """Index arrays of the shuffled mini-batches of one epoch.
+    """Index arrays of the shuffled mini-batches of one epoch (:func:`next_batch` in a loop).
 
     Args:
         n: number of samples.
@@ -96,9 +108,10 @@ def batches(n: int, batch_size: int, rng: np.random.Generator) -> Iterator[np.nd
     batch_size = check_positive_int("batch_size", batch_size)
     if not isinstance(rng, np.random.Generator):
         raise UserError(f"rng must be a numpy.random.Generator; got {type(rng).__name__}")
-    order = rng.permutation(n).astype(np.int64)
-    for start in range(0, n, batch_size):
-        yield order[start:start + batch_size]
+    order, pos = None, 0
+    while pos < n:
+        idx, order, pos = next_batch(n, batch_size, rng, order, pos)
+        yield idx
 
 
 # --------------------------------------------------------------------------------------------

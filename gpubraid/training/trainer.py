@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..data.dataset import next_batch
 from ..data.distribute import RankData, load_distributed
 from ..errors import UserError
 from ..network.network import network_for_data
@@ -144,15 +145,11 @@ class Trainer:
 
     def _batch(self, run: "RunState"):
         """(x, y, B) of the next optimisation step, this data group's share: of the full batch,
-        or of the next mini-batch of a shuffled epoch (one permutation per epoch, as
-        :func:`gpubraid.data.dataset.batches` draws it; every rank draws the same)."""
-        n = self.data.n_train
+        or of the next mini-batch of a shuffled epoch (:func:`gpubraid.data.dataset.next_batch`;
+        every rank draws the same)."""
         if self.full_batch:
             return self.data.take("train", None, self.be.xp)
-        if run.order is None or run.pos >= n:
-            run.order, run.pos = run.rng.permutation(n).astype(np.int64), 0
-        idx = run.order[run.pos:run.pos + self.cfg.batch_size]
-        run.pos += len(idx)
+        idx, run.order, run.pos = next_batch(self.data.n_train, self.cfg.batch_size, run.rng, run.order, run.pos)
         return self.data.take("train", idx, self.be.xp)
 
     def run(self, progress=None, interrupts=None, warn=None) -> TrainResult:
