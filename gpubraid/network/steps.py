@@ -15,7 +15,7 @@ The protocol is five members, in the spirit of XBraid's callbacks:
     adjoint(u, lam, params, h)  -> lam + h (∂f/∂u)ᵀ lam, linearised at u  (L, B, *S)
     param_grad(u, lam, params, h) -> h (∂f/∂θ)ᵀ lam summed over the batch, tuple of (L, *P_i)
 
-and two optional ones that a network uses when present:
+and optional ones that a network uses when present:
 
     param_names     names of the groups (default ``p0, p1, ...``); they name the layout's views
     param_init      per group ``"normal"`` (N(0, scale²/fan_in), fan_in = prod(P_i[1:]) or 1),
@@ -206,10 +206,6 @@ class ConvStep(_CudaDispatch, ResidualStep):
     def describe(self) -> dict:
         return {"name": "conv", "channels": self.channels, "height": self.height, "width": self.width,
                 "activation": self.activation.name}
-
-    def im2col(self, u):
-        """u (L, B, C, H, W) -> columns (L, C·9, B·H·W), zero padding one pixel (:func:`im2col`)."""
-        return im2col(self.xp, u)
 
     def linear(self, u, K):
         return conv3x3(self.xp, u, K)

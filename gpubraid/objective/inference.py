@@ -1,4 +1,4 @@
-"""Forward passes without MGRIT: scoring and prediction (docs/algorithm.md §4).
+"""Forward passes without MGRIT: scoring and prediction (docs/algorithm.md §2, §4.1).
 
 Inference needs no adjoint and no iteration: the states are propagated layer by layer.  The
 samples are cut into chunks and pipelined across the ranks that hold the layer blocks: rank r

@@ -142,6 +142,29 @@ def test_parameters_share_memory_with_the_solver_arrays():
     assert lp.group_names == ("lin1_weight", "lin1_bias", "lin2_weight")
 
 
+@pytest.mark.gpu
+def test_cuda_tensors_go_to_cupy_without_copies_and_match_the_cpu():
+    """On a GPU the solves run on CuPy views of the CUDA parameters (DLPack, same pointer), and
+    forward and gradients equal the CPU module's to round-off."""
+    pytest.importorskip("cupy")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    torch.manual_seed(0)
+    cpu = LayerParallel(BLOCK, 6, 1.0, method="exact", tol=1e-13, max_levels=2, cfactor=2)
+    gpu = LayerParallel(BLOCK, 6, 1.0, method="exact", tol=1e-13, max_levels=2, cfactor=2).cuda()
+    gpu.load_state_dict(cpu.state_dict())
+    p = gpu.stacked()[0]
+    a = as_array(p, backend_of(p))
+    assert int(a.data.ptr) == p.data_ptr() and a.shape == tuple(p.shape)
+    x = torch.randn(9, 4)
+    out_c, out_g = cpu(x), gpu(x.cuda())
+    out_c.pow(2).sum().backward()
+    out_g.pow(2).sum().backward()
+    assert torch.allclose(out_g.cpu(), out_c, rtol=1e-12, atol=1e-13)
+    for qc, qg in zip(cpu.stacked(), gpu.stacked()):
+        assert torch.allclose(qg.grad.cpu(), qc.grad, rtol=1e-10, atol=1e-12)
+
+
 def test_initial_layers_equal_gpubraid_train_layers_and_do_not_depend_on_ranks():
     lp = LayerParallel(BLOCK, 5, 1.0, seed=3)
     step = TorchStep(BLOCK, (4,), BE)
