@@ -191,8 +191,8 @@ def test_model_file_layers_load_and_predict_like_gpubraid(tmp_path):
     with torch.no_grad():
         uN = lp(torch.tanh(torch.from_numpy(x) @ t["open_K"].T + t["open_b"]))
         logits = uN @ t["W"].T + t["c"]
-    assert np.array_equal(logits.argmax(1).numpy(), modelfile.load(path).predict(x))
-    assert np.allclose(logits.numpy(), modelfile.load(path).outputs(x), rtol=0, atol=1e-12)
+    assert np.array_equal(logits.argmax(1).numpy(), modelfile.load(path, step=net.step).predict(x))
+    assert np.allclose(logits.numpy(), modelfile.load(path, step=net.step).outputs(x), rtol=0, atol=1e-12)
     # and back: the module's state dict holds the file's layer tensors, same names and shapes
     sd = lp.state_dict()
     assert all(np.array_equal(sd[k].numpy(), tensors[k]) for k in lp.group_names)
