@@ -74,12 +74,14 @@ def run_once(mpiexec, ranks: int, args: list, iterations: int) -> dict:
     return {"s_per_iteration": common.median(per_it), "history_objective": [h["objective"] for h in m["history"]]}
 
 
-def speed(quick: bool, repeats: int) -> list:
+def speed(quick: bool, repeats: int, only=None) -> list:
     mpiexec = common.mpiexec()
     if mpiexec is None:
         raise SystemExit("mpiexec not found (pip install mpich)")
     rows = []
     for name, w in workloads(quick).items():
+        if only and name not in only:
+            continue
         runs = {v: [] for v in variants(w)}
         for _ in range(repeats):  # interleaved: every variant sees the same machine load
             for v, (ranks, extra) in variants(w).items():
@@ -167,17 +169,18 @@ def memory(quick: bool) -> list:
     return rows
 
 
-def run(quick: bool, with_torch: bool) -> dict:
+def run(quick: bool, with_torch: bool, only=None, with_memory: bool = True) -> dict:
     repeats = 1 if quick else 3
     cfg = {"repeats": repeats, "workloads": {k: {**w, "variants": {v: a for v, a in variants(w).items()}}
-                                             for k, w in workloads(quick).items()}}
-    rows = speed(quick, repeats)
+                                             for k, w in workloads(quick).items() if not only or k in only}}
+    rows = speed(quick, repeats, only)
     rows += torch_rows(quick, repeats) if with_torch else [{"skipped": "--no-torch"}]
     summary = {}
     for r in rows:
         if r.get("workload") and r["variant"] in ("serial-2", "data-2", "oneshot-2") or "pipeline-2" in r.get("variant", ""):
             summary[f"{r['workload']}/{r['variant']}"] = round(r["speedup_vs_serial_1"], 3)
-    return common.document(NAME, cfg, rows, memory=memory(quick), speedups_vs_serial_1=summary)
+    return common.document(NAME, cfg, rows, memory=memory(quick) if with_memory else None,
+                           speedups_vs_serial_1=summary)
 
 
 def plot(json_path, png_path=None):
@@ -200,7 +203,7 @@ def plot(json_path, png_path=None):
     for mode, style in (("micro64", "-"), ("batch1024", ":")):
         for schedule, marker in (("gpipe", "s"), ("1f1b", "o")):
             for ranks in (1, 2, 4):
-                pts = [m for m in doc["memory"] if (m["mode"], m["schedule"], m["ranks"]) == (mode, schedule, ranks)]
+                pts = [m for m in doc.get("memory") or [] if (m["mode"], m["schedule"], m["ranks"]) == (mode, schedule, ranks)]
                 if pts:
                     ax.plot([p["micro_batches"] for p in pts], [max(p["peak_mib_per_rank"]) for p in pts], style,
                             marker=marker, label=f"{schedule} P={ranks} {mode}")
@@ -218,8 +221,11 @@ def main(argv=None):
         return memory_worker(argv[1])
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--no-torch", action="store_true", help="leave out the PyTorch comparison")
+    p.add_argument("--no-memory", action="store_true", help="leave out the memory measurement")
+    p.add_argument("--workloads", type=lambda s: s.split(","), default=None,
+                   help="comma-separated workload names (default: all): " + ", ".join(workloads(False)))
     args = p.parse_args(argv)
-    common.finish(NAME, run(args.quick, not args.no_torch), args, plot)
+    common.finish(NAME, run(args.quick, not args.no_torch, args.workloads, not args.no_memory), args, plot)
 
 
 if __name__ == "__main__":
