@@ -12,7 +12,7 @@ from gpubraid.runtime import resources
 from gpubraid.runtime.backend import resolve_backend
 from gpubraid.solver.options import MGRITOptions
 from gpubraid.training.config import TrainConfig
-from gpubraid.training.methods import make_method
+from gpubraid.training.methods import Pipelined, make_method
 from gpubraid.training.trainer import Trainer
 
 ONE = MGRITOptions(max_levels=1)
@@ -89,7 +89,7 @@ def test_mgrit_forward_keeping_one_level_streams_the_backward(problem):
 def test_methods_and_settings():
     cfg = TrainConfig(example="peaks", method="pipeline", micro_batches=6, schedule="gpipe").resolved()
     m = make_method(cfg)
-    assert m.name == "pipeline" and m.forward.max_levels == 1 and m.pipeline == PipelineOptions(6, "gpipe")
+    assert isinstance(m, Pipelined) and m.forward.max_levels == 1 and m.pipeline == PipelineOptions(6, "gpipe")
     assert make_method(TrainConfig(example="peaks", method="serial").resolved()).pipeline == PipelineOptions()
     for bad, words in ((dict(schedule="zigzag"), "schedule must be one of gpipe, 1f1b"),
                        (dict(micro_batches=0), "micro_batches must be an integer >= 1")):
