@@ -174,3 +174,14 @@ def test_registered_tags_never_collide():
     assert tags.ghost(tags.MAX_LEVELS - 1) == max(ghost)
     with pytest.raises(ValueError):
         tags.ghost(tags.MAX_LEVELS)
+
+
+def test_every_subpackage_is_installed():
+    """pyproject's explicit package list names every subpackage (a missing one installs without it)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    listed = set(tomllib.loads((PKG.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    subs = {f"gpubraid.{p.name}" for p in PKG.iterdir() if (p / "__init__.py").exists()}
+    assert subs | {"gpubraid"} <= listed, sorted(subs - listed)
