@@ -27,6 +27,50 @@ CHUNK_BYTES = 2**25
 CHUNKS_PER_RANK = 4
 
 
+def chunk_size(n: int, sample_bytes: int, ranks: int) -> int:
+    """Samples per chunk of a pass over ``n`` samples of ``sample_bytes`` each on ``ranks`` ranks."""
+    by_memory = max(1, CHUNK_BYTES // sample_bytes)
+    if ranks == 1:
+        return int(min(n, by_memory))
+    return int(max(1, min(by_memory, math.ceil(n / (CHUNKS_PER_RANK * ranks)))))
+
+
+def propagate(step, u, layers, h):
+    """u_b (B, *S) from u_a through the layers [a, b) held: one batched step call per layer.
+    ``layers``: the step data, a tuple of (b − a, ...) arrays; ``h``: (b − a,) step sizes."""
+    for i in range(len(h)):
+        u = step.forward(u[None], tuple(p[i:i + 1] for p in layers), h[i:i + 1])[0]
+    return u
+
+
+def stream(comm: Comm, n: int, chunk: int, state_shape, be, enter, through):
+    """Chunks [lo, hi) of ``n`` samples streamed through the ranks of ``comm`` in rank order.
+
+    Rank 0 starts chunk k from ``enter(lo, hi)`` (B_k, *state_shape); every rank applies
+    ``through(u)`` and sends the result on (non-blocking, at most two chunks in flight) while it
+    takes the next chunk.  Yields ``(lo, hi, u)`` on the last rank, nothing elsewhere; iterate to
+    the end (the last sends are completed after the loop).
+    """
+    first, last = comm.rank == 0, comm.rank == comm.size - 1
+    pending = []
+    for lo in range(0, n, chunk):
+        hi = min(n, lo + chunk)
+        if first:
+            u = enter(lo, hi)
+        else:
+            u = be.xp.empty((hi - lo, *state_shape), dtype=be.dtype)
+            comm.recv_into(u, comm.rank - 1, tags.CHUNK_STATE)
+        u = through(u)
+        if last:
+            yield lo, hi, u
+            continue
+        pending.append(comm.isend(u, comm.rank + 1, tags.CHUNK_STATE))
+        if len(pending) > 2:
+            Comm.waitall(pending[:1])
+            pending = pending[1:]
+    Comm.waitall(pending)
+
+
 class Pipeline:
     """Layer-serial forward passes of a :class:`~gpubraid.network.network.Network` split over ``comm``.
 
@@ -45,17 +89,11 @@ class Pipeline:
 
     def chunk_size(self, n: int) -> int:
         """Samples per chunk for a pass over ``n`` samples."""
-        by_memory = max(1, CHUNK_BYTES // self.sample_bytes)
-        if self.P == 1:
-            return int(min(n, by_memory))
-        return int(max(1, min(by_memory, math.ceil(n / (CHUNKS_PER_RANK * self.P)))))
+        return chunk_size(n, self.sample_bytes, self.P)
 
     def _propagate(self, u, layers):
         """u_b from u_a through this rank's layers (one batched step call per layer)."""
-        step = self.model.step
-        for i in range(self.b - self.a):
-            u = step.forward(u[None], tuple(p[i:i + 1] for p in layers), self.h[i:i + 1])[0]
-        return u
+        return propagate(self.model.step, u, layers, self.h)
 
     def run(self, P, x, n: int, y=None, outputs: bool = False):
         """One forward pass over ``n`` samples.
@@ -72,31 +110,19 @@ class Pipeline:
             number classified correctly (both 0 without ``y``), and the outputs (n, n_out) as a
             host array on rank 0 when ``outputs`` (None otherwise).
         """
-        model, comm, xp = self.model, self.comm, self.model.xp
+        model, comm = self.model, self.comm
         first, last = self.rank == 0, self.rank == self.P - 1
-        layers, chunk = P.layers(), self.chunk_size(n)
-        loss_sum, correct, parts, pending = 0.0, 0, [], []
-        for lo in range(0, n, chunk):
-            hi = min(n, lo + chunk)
-            if first:
-                u = model.open_forward(x[lo:hi], P)
-            else:
-                u = xp.empty((hi - lo, *model.state_shape), dtype=model.be.dtype)
-                comm.recv_into(u, self.rank - 1, tags.CHUNK_STATE)
-            u = self._propagate(u, layers)
-            if not last:
-                pending.append(comm.isend(u, self.rank + 1, tags.CHUNK_STATE))
-                if len(pending) > 2:  # at most two chunks in flight per rank
-                    Comm.waitall(pending[:1])
-                    pending = pending[1:]
-                continue
+        layers = P.layers()
+        loss_sum, correct, parts = 0.0, 0, []
+        for lo, hi, u in stream(comm, n, self.chunk_size(n), model.state_shape, model.be,
+                                lambda lo, hi: model.open_forward(x[lo:hi], P),
+                                lambda u: self._propagate(u, layers)):
             if y is not None:
                 loss, ok, _, _ = model.head.loss(u, y[lo:hi], P.head(), want_grad=False)
                 loss_sum += loss * (hi - lo)
                 correct += ok
             if outputs:
                 parts.append(model.be.to_host(model.head.predict(u, P.head())))
-        Comm.waitall(pending)
         loss_sum = comm.allreduce_sum(loss_sum if last else 0.0)
         correct = int(round(comm.allreduce_sum(float(correct) if last else 0.0)))
         out = None

@@ -24,9 +24,8 @@ levels, so the range is never exceeded; it lies below every other tag above it.
     500     layers         MGRIT setup: coarsest level's step data gathered to the root position
     600     layers         parameters θ_a of the first layer to the left neighbour (ddt regulariser)
     601     layers         parameters θ_{b−1} of the last layer to the right neighbour
-    800     layers         inference: a chunk's state to the next rank
+    800     layers         inference (scoring, prediction, gpubraid.torch evaluation): a chunk's state to the next rank
     801     layers         inference: the predictions from the last rank to rank 0
-    850     layers         gpubraid.torch evaluation: a chunk's state to the next rank
     900     layers         layer-serial chain: the last state to the next position
     1000    layers         pipeline: a micro-batch's state u_b to the next rank
     1001    layers         pipeline: a micro-batch's adjoint λ_a to the previous rank
@@ -51,8 +50,6 @@ PARAMS_RIGHT = 601
 
 CHUNK_STATE = 800
 CHUNK_OUTPUTS = 801
-
-TORCH_CHUNK = 850
 
 CHAIN = 900
 

@@ -21,9 +21,8 @@ import numpy as np
 
 from ..errors import UserError
 from ..network.torch_step import TorchStep
-from ..objective.inference import CHUNK_BYTES, CHUNKS_PER_RANK
+from ..objective.inference import chunk_size, propagate, stream
 from ..objective.layer_parallel import chain_solver
-from ..runtime import tags
 from ..runtime.backend import Backend, resolve_backend
 from ..runtime.comm import Comm
 from ..runtime.resources import micro_batch_count
@@ -132,29 +131,12 @@ class Solves:
 
     def pipeline(self, params, u0, shape):
         """u_N on the last rank (None elsewhere): the layers applied one by one to sample chunks,
-        chunk k + 1 entering rank r while rank r + 1 works on chunk k."""
+        chunk k + 1 entering rank r while rank r + 1 works on chunk k (as gpubraid's scoring)."""
         self._shape(shape)
-        xp, comm, step = self.xp, self.comm, self.step
-        B = shape[0]
-        by_memory = max(1, CHUNK_BYTES // (math.prod(shape[1:]) * np.dtype(self.be.dtype).itemsize))
-        chunk = min(B, by_memory) if self.P == 1 else max(1, min(by_memory, math.ceil(B / (CHUNKS_PER_RANK * self.P))))
-        out = xp.empty(shape, dtype=self.be.dtype) if self.is_last else None
-        pending = []
-        for lo in range(0, B, chunk):
-            hi = min(B, lo + chunk)
-            if self.is_first:
-                u = u0[lo:hi]
-            else:
-                u = xp.empty((hi - lo, *shape[1:]), dtype=self.be.dtype)
-                comm.recv_into(u, self.rank - 1, tags.TORCH_CHUNK)
-            for i in range(self.b - self.a):
-                u = step.forward(u[None], tuple(p[i:i + 1] for p in params), self.h[i:i + 1])[0]
-            if self.is_last:
-                out[lo:hi] = u
-                continue
-            pending.append(comm.isend(u, self.rank + 1, tags.TORCH_CHUNK))
-            if len(pending) > 2:
-                Comm.waitall(pending[:1])
-                pending = pending[1:]
-        Comm.waitall(pending)
+        B, be = shape[0], self.be
+        chunk = chunk_size(B, math.prod(shape[1:]) * np.dtype(be.dtype).itemsize, self.P)
+        out = self.xp.empty(shape, dtype=be.dtype) if self.is_last else None
+        for lo, hi, u in stream(self.comm, B, chunk, shape[1:], be, lambda lo, hi: u0[lo:hi],
+                                lambda u: propagate(self.step, u, params, self.h)):
+            out[lo:hi] = u
         return out
