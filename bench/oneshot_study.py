@@ -25,7 +25,8 @@ import time
 import numpy as np  # noqa: E402
 
 from bench import common
-from gpubraid.training.trainer import TrainConfig, Trainer  # noqa: E402
+from gpubraid.training.config import TrainConfig
+from gpubraid.training.trainer import Trainer  # noqa: E402
 
 NAME = "oneshot_study"
 

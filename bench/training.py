@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np  # noqa: E402
 
 from bench import common
-from gpubraid.training.trainer import TrainConfig, Trainer  # noqa: E402
+from gpubraid.training.config import TrainConfig
+from gpubraid.training.trainer import Trainer  # noqa: E402
 
 NAME = "training"
 

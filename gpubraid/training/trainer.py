@@ -25,8 +25,8 @@ from ..objective.layer_parallel import LayerParallel
 from ..runtime.backend import resolve_backend
 from ..runtime.comm import Comm
 from ..runtime.resources import check_memory
-from .config import EXAMPLE_DEFAULTS, TrainConfig  # noqa: F401  (re-exported for users)
-from .diagnose import EXPLOSION_FACTOR, check_divergence, stall  # noqa: F401  (EXPLOSION_FACTOR re-exported)
+from .config import TrainConfig
+from .diagnose import check_divergence, stall
 from .methods import SERIAL, make_method
 from .optim import make_optimizer
 from .report import TrainResult

@@ -32,7 +32,8 @@ def rel(a, b) -> float:
 
 
 def train():
-    from gpubraid.training.trainer import TrainConfig, Trainer
+    from gpubraid.training.config import TrainConfig
+    from gpubraid.training.trainer import Trainer
 
     method, optimizer, M, schedule, D = sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5], int(sys.argv[6])
     extra = dict(batch_size=50, lr=0.01) if optimizer != "lbfgs" else {}

@@ -5,7 +5,8 @@ import sys
 from mpi4py import MPI
 
 from gpubraid.runtime.comm import Comm, abort_all
-from gpubraid.training.trainer import TrainConfig, Trainer
+from gpubraid.training.config import TrainConfig
+from gpubraid.training.trainer import Trainer
 
 
 def main():

@@ -12,7 +12,8 @@ from gpubraid.runtime.backend import resolve_backend
 from gpubraid.solver.grid import Distribution, build_hierarchy
 from gpubraid.solver.mgrit import MGRIT
 from gpubraid.solver.options import MGRITOptions
-from gpubraid.training.trainer import TrainConfig, Trainer
+from gpubraid.training.config import TrainConfig
+from gpubraid.training.trainer import Trainer
 from tests.solver.test_mgrit import make_problem, scalar_step
 
 BE = resolve_backend("numpy", "float64")

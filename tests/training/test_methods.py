@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from gpubraid.errors import UserError
-from gpubraid.training.trainer import TrainConfig, Trainer
+from gpubraid.training.config import TrainConfig
+from gpubraid.training.trainer import Trainer
 
 
 def history(**kw):
