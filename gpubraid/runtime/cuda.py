@@ -74,7 +74,7 @@ def kernel_source_dir() -> Path:
     """The directory holding the ``*.cu``/``*.cuh`` sources.
 
     The installed package data ``gpubraid._kernels`` when present, else ``<repo>/kernels`` of a
-    source checkout.
+    source checkout (this file is ``<repo>/gpubraid/runtime/cuda.py``).
     """
     try:
         pkg = resources.files("gpubraid._kernels")
@@ -83,7 +83,7 @@ def kernel_source_dir() -> Path:
             return path
     except (ModuleNotFoundError, TypeError, NotImplementedError):
         pass
-    path = Path(__file__).resolve().parent.parent / "kernels"
+    path = Path(__file__).resolve().parents[2] / "kernels"
     if (path / KERNEL_FILES[0]).is_file():
         return path
     raise FileNotFoundError("gpubraid CUDA kernel sources not found (neither package gpubraid._kernels "

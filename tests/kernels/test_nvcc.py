@@ -37,3 +37,13 @@ def test_register_table_committed():
     for dt in ("float32", "float64"):
         for name in cuda.NAME_EXPRESSIONS[dt]:
             assert f"`void {name}`" in text, name
+
+
+def test_kernel_sources_found_without_package_data(monkeypatch):
+    """A source checkout imported without the installed ``gpubraid._kernels`` finds <repo>/kernels."""
+    def missing(name):
+        raise ModuleNotFoundError(name)
+
+    monkeypatch.setattr(cuda.resources, "files", missing)
+    assert cuda.kernel_source_dir() == REPO / "kernels"
+    assert (cuda.kernel_source_dir() / cuda.KERNEL_FILES[0]).is_file()
