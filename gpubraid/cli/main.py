@@ -6,10 +6,11 @@ Precedence: explicit options > the file > the built-in defaults; ``None`` stands
 own default.
 
 Exit status (:data:`EXIT_STATUSES`): 0 success; 2 bad input (one line ``gpubraid: error:
-<message>`` on rank 0, no traceback, every rank stops); 3 training diverged; 4 a checkpoint could
-not be written (the previous one is left intact); 130 / 143 after SIGINT / SIGTERM (one line,
-every rank, within seconds, whenever the signal arrives); 1 any other failure (every MPI rank is
-stopped through :func:`gpubraid.runtime.comm.abort_all`, with one line naming the failing rank).
+<message>`` on rank 0, no traceback, every rank stops); 3 training diverged; 4 an output (a
+checkpoint, the model or the metrics) could not be written (one line; what was written before is
+left intact, and a finished run's summary is still printed); 130 / 143 after SIGINT / SIGTERM (one
+line, every rank, within seconds, whenever the signal arrives); 1 any other failure (every MPI rank
+is stopped through :func:`gpubraid.runtime.comm.abort_all`, with one line naming the failing rank).
 
 Start-up stays light: the signal handlers are installed before the settings schema, mpi4py or
 the solver are imported, and ``gpubraid --help`` imports neither mpi4py nor the solver.
@@ -23,6 +24,7 @@ import tempfile
 
 from .. import __version__
 from ..errors import Diverged, UserError
+from ..runtime.atomic import WriteError
 from ..runtime.interrupts import Interrupts, launcher_rank
 
 EXIT_USAGE = 2
@@ -31,15 +33,15 @@ EXIT_USAGE = 2
 EXIT_DIVERGED = 3
 
 
-EXIT_CHECKPOINT = 4
+EXIT_WRITE = 4
 
 
 #: Every exit status of the command line and what it means (the README's "Exit status").
 EXIT_STATUSES = {0: "success", 1: "an unexpected failure (one line naming the failing rank, after a traceback)",
                  EXIT_USAGE: "bad input: a setting, file or path (one line naming it)",
                  EXIT_DIVERGED: "training diverged (one line naming the cause)",
-                 EXIT_CHECKPOINT: "a checkpoint could not be written (no space, quota, permissions); "
-                                  "the last good one is kept and named",
+                 EXIT_WRITE: "an output (a checkpoint, the model or the metrics) could not be written "
+                             "(no space, quota, permissions); what was written before is kept and named",
                  130: "interrupted by SIGINT (Ctrl-C)", 143: "interrupted by SIGTERM"}
 
 
@@ -223,10 +225,9 @@ def cmd_train(args: argparse.Namespace, interrupts: Interrupts) -> int:
     them (rank 0), then set-up, run, report."""
     cfg = train_config(args)  # every rank checks the same values: no MPI needed to agree
 
-    from ..io.checkpoint import CheckpointWriteError
     from ..runtime.comm import Comm, abort_all, agree
     from ..runtime.interrupts import Interrupted
-    from ..training.report import print_summary, write_json_atomic
+    from ..training.report import print_summary, write_metrics
     from ..training.trainer import Trainer
 
     comm = Comm.world()
@@ -249,17 +250,16 @@ def cmd_train(args: argparse.Namespace, interrupts: Interrupts) -> int:
         raise UserError(message)
 
     progress = Progress(cfg.iterations, cfg.method, cfg.progress) if comm.rank == 0 else None
+    unwritten = None  # the one line of an output that could not be written
     try:
-        result = trainer.run(progress=progress, interrupts=interrupts,
-                             warn=(lambda line: say(line, "warning")) if comm.rank == 0 else (lambda line: None))
+        trainer.run(progress=progress, interrupts=interrupts,
+                    warn=(lambda line: say(line, "warning")) if comm.rank == 0 else (lambda line: None))
     except Interrupted as exc:
         interrupts.report(exc.signum)
         comm.barrier()  # no rank ends before rank 0 has printed the line
         return exc.status
-    except CheckpointWriteError as exc:  # raised on every rank
-        say(str(exc))
-        comm.barrier()
-        return EXIT_CHECKPOINT
+    except WriteError as exc:  # a checkpoint or the model, raised on every rank
+        unwritten = str(exc)
     except UserError as exc:
         if comm.size > 1:  # raised on some ranks only: the others must not wait for them
             abort_all(comm, exc, EXIT_USAGE)
@@ -267,11 +267,19 @@ def cmd_train(args: argparse.Namespace, interrupts: Interrupts) -> int:
     finally:
         if progress is not None:
             progress.close()
-    if comm.rank == 0:
-        print_summary(result)
+    if comm.rank == 0 and trainer.result is not None:  # finished, even if the model was not saved
+        print_summary(trainer.result, saved=unwritten is None)
         if cfg.metrics:
-            write_json_atomic(cfg.metrics, result.metrics())
-            print(f"  metrics         {cfg.metrics}")
+            try:
+                write_metrics(cfg.metrics, trainer.result)
+                print(f"  metrics         {cfg.metrics}")
+            except WriteError as exc:
+                unwritten = unwritten or str(exc)
+    if unwritten is not None:
+        say(unwritten)
+        comm.barrier()
+        return EXIT_WRITE
+    comm.barrier()
     return 0
 
 
@@ -313,6 +321,9 @@ def _main(argv, interrupts: Interrupts) -> int:
     except Diverged as exc:
         say(str(exc), "diverged")
         return EXIT_DIVERGED
+    except WriteError as exc:  # gpubraid predict's output
+        say(str(exc))
+        return EXIT_WRITE
     except Exception as exc:
         from ..runtime.comm import abort_all
 

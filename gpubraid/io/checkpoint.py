@@ -8,8 +8,8 @@ crash (even ``kill -9``) never leaves a half-written checkpoint behind; older ch
 the newest :data:`KEEP` are removed only after the new one is in place.
 
 A checkpoint that cannot be written (no space, quota, permissions) raises
-:class:`CheckpointWriteError` naming the directory, the bytes needed and the last good checkpoint,
-which stays intact.  :func:`load_latest` takes the newest checkpoint that reads back completely
+:class:`~gpubraid.runtime.atomic.WriteError` naming the file, the bytes needed and the last good
+checkpoint, which stays intact.  :func:`load_latest` takes the newest checkpoint that reads back completely
 (a file truncated by a crash or a cut-short copy is skipped, and said so).
 """
 from __future__ import annotations
@@ -19,13 +19,12 @@ import math
 import numbers
 import os
 import re
-import shutil
 
 import numpy as np
 
 from ..errors import UserError
 from ..network.spec import BUILT_IN, refusal
-from ..runtime.atomic import write_atomic
+from ..runtime.atomic import WriteError, write_output
 from .safefile import Unreadable, read
 
 KEEP = 2
@@ -40,10 +39,6 @@ KEY = "gpubraid"
 _NAME = re.compile(r"^checkpoint-(\d+)\.safetensors$")
 
 
-class CheckpointWriteError(OSError):
-    """A checkpoint could not be written; the message is the one line the command line prints."""
-
-
 def _checkpoints(directory: str) -> list[tuple[int, str]]:
     """(iteration, path) of the checkpoints in ``directory``, oldest first."""
     found = []
@@ -52,14 +47,6 @@ def _checkpoints(directory: str) -> list[tuple[int, str]]:
         if m:
             found.append((int(m.group(1)), os.path.join(directory, name)))
     return sorted(found)
-
-
-def _bytes(n: float) -> str:
-    for unit in ("bytes", "kB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1000
-    return ""
 
 
 def save(directory: str, iteration: int, arrays: dict, meta: dict) -> str:
@@ -72,7 +59,7 @@ def save(directory: str, iteration: int, arrays: dict, meta: dict) -> str:
         meta: JSON-able document.
 
     Raises:
-        CheckpointWriteError: the file could not be written (the directory is left as it was).
+        WriteError: the file could not be written (the directory is left as it was).
     """
     from safetensors.numpy import save as to_bytes
 
@@ -80,18 +67,10 @@ def save(directory: str, iteration: int, arrays: dict, meta: dict) -> str:
                        metadata={KEY: json.dumps({"format": FORMAT, **meta})})
     path = os.path.join(directory, f"checkpoint-{iteration:08d}.safetensors")
     try:
-        write_atomic(path, lambda f: f.write(payload), binary=True)
-    except OSError as exc:
-        try:
-            free = f", {_bytes(shutil.disk_usage(directory).free)} free"
-        except OSError:
-            free = ""
+        write_output("checkpoint_dir", path, payload)
+    except WriteError as exc:
         done = _checkpoints(directory) if os.path.isdir(directory) else []
-        last = repr(done[-1][1]) if done else "none"
-        raise CheckpointWriteError(
-            f"checkpoint_dir: cannot write {os.path.basename(path)} to {directory!r}: "
-            f"{exc.strerror or exc} ({_bytes(len(payload))} needed{free}); the last good checkpoint "
-            f"is {last}") from None
+        raise WriteError(f"{exc}; the last good checkpoint is {repr(done[-1][1]) if done else 'none'}") from None
     for _, old in _checkpoints(directory)[:-KEEP]:
         os.unlink(old)
     return path

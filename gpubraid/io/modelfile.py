@@ -20,6 +20,7 @@ file's own arrays) before anything is built.
 """
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
@@ -28,7 +29,7 @@ from .. import __version__
 from ..errors import UserError
 from ..network.spec import check_spec, named_import, network_from_spec, refusal
 from ..objective.inference import Pipeline
-from ..runtime.atomic import write_atomic
+from ..runtime.atomic import write_output
 from ..runtime.backend import resolve_backend
 from ..runtime.comm import Comm
 from .safefile import Unreadable
@@ -47,6 +48,9 @@ def save(path: str, model, theta_full, data_meta: dict, config: dict | None = No
         data_meta: :meth:`gpubraid.data.dataset.Dataset.meta` of the training data (shape, task, classes,
             normalisation).
         config: the training settings, recorded for reference.
+
+    Raises:
+        WriteError: the file could not be written (whatever ``path`` held is left as it was).
     """
     from safetensors.numpy import save as to_bytes
 
@@ -56,7 +60,7 @@ def save(path: str, model, theta_full, data_meta: dict, config: dict | None = No
     meta = {"format": FORMAT, "version": __version__, "network": model.describe(), "data": data,
             "config": config}
     payload = to_bytes(tensors, metadata={KEY: json.dumps(meta, default=list)})
-    write_atomic(path, lambda f: f.write(payload), binary=True)
+    write_output("save", path, payload)
 
 
 def read(path: str) -> tuple[dict, dict]:
@@ -195,7 +199,8 @@ def init_step_spec(path: str, run_spec: dict | None, supplied: bool, trust: bool
 def predict_file(model_path: str, data_path: str, array: str | None, out_path: str, step=None,
                  trust: bool = False) -> tuple[int, str]:
     """Apply a model file to the inputs in a .npz and write ``labels`` + ``proba``
-    (classification) or ``values`` (regression) to ``out_path`` atomically.
+    (classification) or ``values`` (regression) to ``out_path`` atomically (WriteError when it
+    cannot be written).
 
     ``array`` names the inputs; default ``x``, else ``x_val``, else ``x_train``; ``step``,
     ``trust``: see :func:`load`.  Returns (number of samples, array used).
@@ -216,5 +221,7 @@ def predict_file(model_path: str, data_path: str, array: str | None, out_path: s
         result = {"labels": proba.argmax(axis=1).astype(np.int64), "proba": proba}
     else:
         result = {"values": model.predict(x)}
-    write_atomic(out_path, lambda f: np.savez(f, **result), binary=True)
+    buffer = io.BytesIO()
+    np.savez(buffer, **result)
+    write_output("out", out_path, buffer.getvalue())
     return len(x), name

@@ -6,7 +6,7 @@ import sys
 from dataclasses import dataclass, field
 
 from .. import __version__
-from ..runtime.atomic import write_atomic
+from ..runtime.atomic import write_output
 from .config import EXAMPLE_DEFAULTS, TrainConfig  # noqa: F401  (re-exported for users)
 
 
@@ -37,13 +37,14 @@ class TrainResult:
                 "version": __version__, "config": self.config, "history": self.history}
 
 
-def write_json_atomic(path: str, obj) -> None:
-    """Write ``obj`` as JSON to ``path``, never half-written."""
-    write_atomic(path, lambda f: json.dump(obj, f, indent=1, default=float))
+def write_metrics(path: str, result: TrainResult) -> None:
+    """The run's metrics as JSON in ``path``, never half-written (WriteError naming ``metrics``)."""
+    write_output("metrics", path, json.dumps(result.metrics(), indent=1, default=float))
 
 
-def print_summary(res: TrainResult, file=None) -> None:
-    """The run's summary lines (default: on the current ``sys.stdout``)."""
+def print_summary(res: TrainResult, file=None, saved: bool = True) -> None:
+    """The run's summary lines (default: on the current ``sys.stdout``); ``saved=False``: the
+    model file could not be written, so it is not named."""
     file = file if file is not None else sys.stdout
     c = res.config
     print(f"gpubraid {c['method']} training of {c['example'] or c['data']}: {c['layers']} layers x "
@@ -57,5 +58,5 @@ def print_summary(res: TrainResult, file=None) -> None:
         print(f"  train accuracy  {res.train_accuracy:.4f}", file=file)
         print(f"  val accuracy    {res.val_accuracy:.4f}", file=file)
     print(f"  wall time       {res.wall_s:.1f} s", file=file)
-    if c["save"]:
+    if c["save"] and saved:
         print(f"  model           {c['save']}", file=file)

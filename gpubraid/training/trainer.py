@@ -22,6 +22,7 @@ from ..network.network import network_for_data
 from ..network.spec import layer_spec, network_from_spec
 from ..objective.inference import Pipeline
 from ..objective.layer_parallel import LayerParallel
+from ..runtime.atomic import WriteError
 from ..runtime.backend import resolve_backend
 from ..runtime.comm import Comm
 from ..runtime.resources import check_memory
@@ -57,6 +58,7 @@ class Trainer:
         self.comm, self.data_comm = comm, data_comm = world.grid(cfg.data_parallel)
         ds, meta = load_distributed(cfg, world, data)
         self.meta = meta
+        self.result: TrainResult | None = None  # the last finished run's
         self.cfg = cfg = cfg.resolved(meta["kind"])
         self.be = resolve_backend(cfg.backend, cfg.dtype)
         for c in (world, comm, data_comm):
@@ -136,12 +138,12 @@ class Trainer:
         return {"objective": loss + self.lp.regularizer(self.theta), "loss": loss, "accuracy": accuracy}
 
     def save(self, path: str) -> None:
-        """Write the trained model to ``path`` (rank 0 writes; every rank takes part)."""
+        """Write the trained model to ``path`` (rank 0 writes; every rank takes part and raises
+        :class:`~gpubraid.runtime.atomic.WriteError` when it could not be written)."""
         from ..io import modelfile
 
         full = self.lp.gather_params(self.theta)
-        if self.world.rank == 0:
-            modelfile.save(path, self.model, full, self.meta, self.cfg.model_dump())
+        written_on_root(self.world, lambda: modelfile.save(path, self.model, full, self.meta, self.cfg.model_dump()))
 
     def _batch(self, run: "RunState"):
         """(x, y, B) of the next optimisation step, this data group's share: of the full batch,
@@ -167,7 +169,8 @@ class Trainer:
         Raises:
             Diverged: the objective blew up (the message names the cause); NumPy's own overflow
                 warnings are kept off stderr.
-            CheckpointWriteError: a checkpoint could not be written (on every rank).
+            WriteError: a checkpoint or the model (``cfg.save``) could not be written (on every
+                rank); the finished run's result is then :attr:`result`.
         """
         warn = warn or (lambda line: warnings.warn(line, RuntimeWarning, stacklevel=3))
         if interrupts is not None:
@@ -236,11 +239,12 @@ class Trainer:
             self.save_checkpoint(run)
         wall = time.perf_counter() - t0
         train, val = self.score("train"), self.score("val")
+        self.result = TrainResult(cfg.model_dump(), self.world.size, self.be.name, self.be.dtype_name,
+                                  train["objective"], train["loss"], val["loss"], train["accuracy"],
+                                  val["accuracy"], wall, run.history, run.stopped)
         if cfg.save:
             self.save(cfg.save)
-        return TrainResult(cfg.model_dump(), self.world.size, self.be.name, self.be.dtype_name, train["objective"],
-                           train["loss"], val["loss"], train["accuracy"], val["accuracy"], wall, run.history,
-                           run.stopped)
+        return self.result
 
     # -- checkpoints ----------------------------------------------------------------------------
     #: Settings that may differ between a run and its resumption (output, length, where to save).
@@ -249,8 +253,8 @@ class Trainer:
 
     def save_checkpoint(self, run: "RunState") -> None:
         """Write the run's state to ``cfg.checkpoint_dir`` (rank 0 writes; every rank takes part and
-        raises :class:`~gpubraid.io.checkpoint.CheckpointWriteError` when it could not be written)."""
-        from ..io.checkpoint import CheckpointWriteError, save
+        raises :class:`~gpubraid.runtime.atomic.WriteError` when it could not be written)."""
+        from ..io.checkpoint import save
 
         world, be = self.world, self.be
         vectors, scalars = self.opt.state()  # identical in every data group: group 0's are kept
@@ -264,19 +268,10 @@ class Trainer:
                 arrays.update({f"warm.{name}.{r}": p for r, p in enumerate(parts)})
         if run.order is not None:
             arrays["batch_order"] = run.order
-        err = None
-        if world.rank == 0:
-            meta = {"config": self.cfg.model_dump(), "ranks": world.size, "history": run.history,
-                    "optimizer": scalars, "rng": run.rng.bit_generator.state, "pos": run.pos,
-                    "failures": run.failures, "first": run.first, "elapsed": run.elapsed,
-                    "stopped": run.stopped}
-            try:
-                save(self.cfg.checkpoint_dir, len(run.history), arrays, meta)
-            except CheckpointWriteError as exc:
-                err = str(exc)
-        err = world.bcast_obj(err, 0)
-        if err is not None:
-            raise CheckpointWriteError(err)
+        meta = {"config": self.cfg.model_dump(), "ranks": world.size, "history": run.history,
+                "optimizer": scalars, "rng": run.rng.bit_generator.state, "pos": run.pos,
+                "failures": run.failures, "first": run.first, "elapsed": run.elapsed, "stopped": run.stopped}
+        written_on_root(world, lambda: save(self.cfg.checkpoint_dir, len(run.history), arrays, meta))
 
     def _read_checkpoint(self) -> tuple:
         """(arrays, meta, path, skipped) of the newest readable checkpoint in ``cfg.resume`` (read
@@ -322,6 +317,19 @@ class Trainer:
                 setattr(self.lp, name, None if rows is None else be.asarray(rows))
         return RunState(rng, arrays.get("batch_order"), meta["pos"], meta["history"], meta["failures"],
                         meta["first"], meta["elapsed"], meta["stopped"])
+
+
+def written_on_root(world: Comm, write) -> None:
+    """Rank 0 calls ``write()``; every rank raises its :class:`~gpubraid.runtime.atomic.WriteError`."""
+    err = None
+    if world.rank == 0:
+        try:
+            write()
+        except WriteError as exc:
+            err = str(exc)
+    err = world.bcast_obj(err, 0)
+    if err is not None:
+        raise WriteError(err)
 
 
 @dataclass

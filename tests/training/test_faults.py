@@ -56,19 +56,12 @@ def test_a_full_file_system_stops_with_status_4_and_keeps_the_last_checkpoint(sm
     assert cli.main([*RUN, "--iterations", "2", "--checkpoint-dir", str(ck)]) == 0
     (good,) = os.listdir(ck)
     before = (ck / good).read_bytes()
-    fd = os.open(small_fs / "filler", os.O_WRONLY | os.O_CREAT)  # fill the file system to the last byte
-    for block in (65536, 4096, 1):
-        try:
-            while True:
-                os.write(fd, b"\0" * block)
-        except OSError:
-            pass
-    os.close(fd)
+    _fill(small_fs)
     capsys.readouterr()
     rc = cli.main([*RUN, "--iterations", "4", "--resume", str(ck), "--checkpoint-dir", str(ck),
                    "--checkpoint-every", "1", "--metrics", str(small_fs / "m.json")])
     assert rc == 4
-    one_line(capsys, "gpubraid: error: checkpoint_dir: cannot write checkpoint-00000003", str(ck),
+    one_line(capsys, "gpubraid: error: checkpoint_dir: cannot write", str(ck / "checkpoint-00000003"),
              "No space left on device", "needed", good)
     assert os.listdir(ck) == [good] and (ck / good).read_bytes() == before
     assert not os.path.exists(small_fs / "m.json")
@@ -84,10 +77,41 @@ def test_checkpoint_write_errors_name_the_bytes_and_the_last_good_one(tmp_path, 
     def quota(path, write, binary=False):
         raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
 
-    monkeypatch.setattr(checkpoint, "write_atomic", quota)
-    with pytest.raises(checkpoint.CheckpointWriteError, match=r"quota.*\d+ bytes needed.*checkpoint-00000001"):
+    monkeypatch.setattr(atomic, "write_atomic", quota)
+    with pytest.raises(atomic.WriteError, match=r"quota.*\d+ bytes needed.*checkpoint-00000001"):
         checkpoint.save(str(tmp_path), 2, {"x": __import__("numpy").zeros(3)}, {"it": 2})
-    assert atomic.write_atomic is not quota
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint-00000001.safetensors"]
+
+
+def _fill(directory):
+    """Fill the file system of ``directory`` to the last byte."""
+    fd = os.open(directory / "filler", os.O_WRONLY | os.O_CREAT)
+    for block in (65536, 4096, 1):
+        try:
+            while True:
+                os.write(fd, b"\0" * block)
+        except OSError:
+            pass
+    os.close(fd)
+
+
+@pytest.mark.parametrize("full", ["save", "metrics"])
+def test_a_model_or_metrics_file_on_a_full_file_system_is_one_line_after_the_summary(small_fs, tmp_path, capsys,
+                                                                                     full):
+    """The end-of-run outputs: the summary is printed, the output with room is written, the other
+    is one line (status 4) and leaves nothing behind."""
+    paths = {"save": tmp_path / "model.safetensors", "metrics": tmp_path / "m.json"}
+    paths[full] = small_fs / paths[full].name
+    _fill(small_fs)
+    rc = cli.main([*RUN, "--iterations", "2", "--save", str(paths["save"]), "--metrics", str(paths["metrics"])])
+    assert rc == 4
+    out = capsys.readouterr()
+    assert "val accuracy" in out.out, out.out
+    assert out.err.count("\n") == 1 and out.err.startswith(f"gpubraid: error: {full}: cannot write"), out.err
+    assert str(paths[full]) in out.err and "No space left on device" in out.err
+    assert not paths[full].exists() and os.listdir(small_fs) == ["filler"]
+    other = paths["metrics" if full == "save" else "save"]
+    assert other.stat().st_size > 0
 
 
 @pytest.mark.parametrize("argv,cause", [
@@ -107,3 +131,17 @@ def test_a_stalled_objective_gives_a_warning_naming_the_cause(capsys):
     one_line(capsys, "gpubraid: warning: the objective has stayed near", "h = T/N", "--final-time")
     assert cli.main([*RUN, "--iterations", "14", "--val-every", "0"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_predict_to_a_full_file_system_is_one_line_with_status_4(small_fs, tmp_path, capsys):
+    model = tmp_path / "model.safetensors"
+    assert cli.main([*RUN, "--iterations", "1", "--save", str(model)]) == 0
+    import numpy as np
+
+    np.savez(tmp_path / "x.npz", x=np.zeros((4000, 2)))
+    _fill(small_fs)
+    capsys.readouterr()
+    out = small_fs / "pred.npz"
+    assert cli.main(["predict", str(model), "--data", str(tmp_path / "x.npz"), "--out", str(out)]) == 4
+    one_line(capsys, "gpubraid: error: out: cannot write", str(out), "No space left on device", "needed")
+    assert os.listdir(small_fs) == ["filler"]
