@@ -45,10 +45,11 @@ def test_bad_model_files_and_predict_inputs(tmp_path, capsys, spiral_run):
 
 
 @pytest.mark.mpi
-def test_a_model_saved_from_two_ranks_predicts_on_one(mpirun, tmp_path, spiral_npz):
+@pytest.mark.parametrize("method", [[], ["--method", "pipeline", "--micro-batches", "3"]], ids=["oneshot", "pipeline"])
+def test_a_model_saved_from_two_ranks_predicts_on_one(mpirun, tmp_path, spiral_npz, method):
     import subprocess
 
-    cmd = mpirun.gpubraid(2, "train", "--data", spiral_npz, "--iterations", "20", "--no-progress",
+    cmd = mpirun.gpubraid(2, "train", "--data", spiral_npz, "--iterations", "20", "--no-progress", *method,
                           "--save", tmp_path / "m.safetensors", "--metrics", tmp_path / "m.json")
     out = subprocess.run(cmd, capture_output=True, text=True, env=mpirun.env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -59,9 +59,11 @@ def test_sigterm_ends_every_rank(mpirun):
     assert "Traceback" not in err, err
 
 
-def test_ctrl_c_writes_a_checkpoint_first(mpirun, tmp_path):
-    rc, seconds, err = stop(start(mpirun, 2, "--checkpoint-dir", str(tmp_path)), signal.SIGINT, group=True)
+@pytest.mark.parametrize("method", [[], ["--method", "pipeline", "--micro-batches", "4"]], ids=["oneshot", "pipeline"])
+def test_ctrl_c_writes_a_checkpoint_first(mpirun, tmp_path, method):
+    rc, seconds, err = stop(start(mpirun, 2, "--checkpoint-dir", str(tmp_path), *method), signal.SIGINT, group=True)
     assert rc == 130 and seconds <= 5, (rc, seconds, err)
+    assert err.strip() == "gpubraid: stopped: interrupted by SIGINT", err
     files = os.listdir(tmp_path)
     assert len(files) == 1 and files[0].startswith("checkpoint-"), files
 
