@@ -179,6 +179,8 @@ def _fmt(v, spec: str) -> str:
 def iteration_line(entry: dict, method: str) -> str:
     """One readable log line for a history entry of :meth:`Trainer.run`."""
     parts = [f"it {entry['iter'] + 1:5d}", f"J {entry['objective']:.6e}", f"|g| {entry['grad_norm']:.3e}"]
+    if "layers" in entry:  # a coarser network of --depth-levels
+        parts.insert(0, f"[{entry['layers']} layers]")
     if "val_accuracy" in entry:
         parts.append(f"val {entry['val_accuracy']:.4f}")
     if method != "serial":
@@ -213,7 +215,8 @@ class Progress:
 
     def __call__(self, entry: dict) -> None:
         self.write(iteration_line(entry, self.method))
-        self.bar.update(1)
+        if "layers" not in entry:  # the bar counts the N-layer run's steps
+            self.bar.update(1)
 
     def close(self) -> None:
         self.bar.close()

@@ -99,6 +99,12 @@ class TrainConfig(BaseModel):
     iterations: Count | None = _field(None, "optimisation steps", "optimisation")
     seed: int = _field(0, "seed of data sampling, initialisation and batch order", "optimisation",
                        ge=0, le=2**63 - 1)
+    depth_levels: int = _field(
+        0, "multilevel initialisation in depth: first train N/2^k, then N/2^(k-1), ..., N/2 layers "
+        "(--depth-iterations steps each), each network started from the previous one's parameters "
+        "interpolated in depth, and the N layers from the last; 0: off", "optimisation", ge=0, le=20)
+    depth_iterations: Count = _field(20, "optimisation steps of each coarser network of --depth-levels",
+                                     "optimisation")
     # -- execution ------------------------------------------------------------------------------
     dtype: Literal["float64", "float32"] = _field("float64", "floating-point precision", "execution")
     backend: Literal["auto", "numpy", "cupy"] = _field(

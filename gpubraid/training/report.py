@@ -26,6 +26,7 @@ class TrainResult:
     wall_s: float
     history: list = field(default_factory=list)
     stopped: str = "iterations"
+    depth_history: list = field(default_factory=list)  # the coarse networks' steps (--depth-levels)
 
     def metrics(self) -> dict:
         return {"method": self.config["method"], "ranks": self.ranks, "backend": self.backend,
@@ -34,7 +35,8 @@ class TrainResult:
                 "train_accuracy": self.train_accuracy, "val_accuracy": self.val_accuracy,
                 "wall_s": self.wall_s, "stopped": self.stopped, "example": self.config["example"],
                 "data": self.config["data"], "optimizer": self.config["optimizer"],
-                "version": __version__, "config": self.config, "history": self.history}
+                "version": __version__, "config": self.config, "history": self.history,
+                "depth_history": self.depth_history}
 
 
 def write_metrics(path: str, result: TrainResult) -> None:

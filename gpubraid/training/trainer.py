@@ -26,6 +26,7 @@ from ..runtime.atomic import WriteError
 from ..runtime.backend import resolve_backend
 from ..runtime.comm import Comm
 from ..runtime.resources import check_memory
+from . import depth
 from .config import TrainConfig
 from .diagnose import check_divergence, stall
 from .methods import SERIAL, make_method
@@ -59,6 +60,7 @@ class Trainer:
         ds, meta = load_distributed(cfg, world, data)
         self.meta = meta
         self.result: TrainResult | None = None  # the last finished run's
+        self.depth_history: list = []  # the coarse networks' steps (cfg.depth_levels)
         self.cfg = cfg = cfg.resolved(meta["kind"])
         self.be = resolve_backend(cfg.backend, cfg.dtype)
         for c in (world, comm, data_comm):
@@ -68,6 +70,8 @@ class Trainer:
         if comm.size > cfg.layers:
             raise UserError(f"layer ranks ({comm.size} = MPI ranks / --data-parallel) must not exceed "
                             f"--layers ({cfg.layers})")
+        depth.check(cfg, comm.size)
+        self._source = (data, step)  # what the coarse networks of cfg.depth_levels train on
         self.full_batch = cfg.batch_size == 0 or cfg.batch_size >= meta["n_train"]
         batch = meta["n_train"] if self.full_batch else cfg.batch_size
         if batch < data_comm.size:
@@ -185,6 +189,9 @@ class Trainer:
     def _run(self, progress, interrupts, warn) -> TrainResult:
         cfg = self.cfg
         run = self.restore(warn) if self.resumed else RunState(np.random.default_rng([cfg.seed, 7]))
+        if cfg.depth_levels and not self.resumed:
+            theta, run.elapsed, self.depth_history = depth.coarse_start(self, *self._source, progress, interrupts, warn)
+            self.theta[...] = self.lp.scatter_params(theta)
         warm = self.method.warm(self.full_batch)
         t0 = time.perf_counter() - run.elapsed
         from ..runtime.interrupts import Interrupted
@@ -241,7 +248,7 @@ class Trainer:
         train, val = self.score("train"), self.score("val")
         self.result = TrainResult(cfg.model_dump(), self.world.size, self.be.name, self.be.dtype_name,
                                   train["objective"], train["loss"], val["loss"], train["accuracy"],
-                                  val["accuracy"], wall, run.history, run.stopped)
+                                  val["accuracy"], wall, run.history, run.stopped, self.depth_history)
         if cfg.save:
             self.save(cfg.save)
         return self.result
@@ -249,7 +256,8 @@ class Trainer:
     # -- checkpoints ----------------------------------------------------------------------------
     #: Settings that may differ between a run and its resumption (output, length, where to save).
     RESUMABLE_CHANGES = ("iterations", "val_every", "metrics", "progress", "checkpoint_dir",
-                         "checkpoint_every", "resume", "backend", "save", "init", "data_parallel", "trust")
+                         "checkpoint_every", "resume", "backend", "save", "init", "data_parallel", "trust",
+                         "depth_levels", "depth_iterations")
 
     def save_checkpoint(self, run: "RunState") -> None:
         """Write the run's state to ``cfg.checkpoint_dir`` (rank 0 writes; every rank takes part and
