@@ -7,7 +7,8 @@ Correlation convention (as in PyTorch's conv2d), zero padding one pixel:
 On NumPy the convolution is nine GEMMs (C_out × C_in) @ (C_in × B·(H+2)·(W+2)) on shifted views of
 one flat zero-padded copy of the images (:func:`pad_flat`): shifting the flat index by
 dy·(W+2) + dx moves every image by (dy, dx) at once, so no im2col copy of nine shifted images is
-made.  On other array modules (CuPy) it is one im2col GEMM per layer.
+made.  With fewer than 4 input channels (an opening layer on grey images), on other array modules
+(CuPy) and for the transpose there, the convolution is one im2col GEMM per layer.
 """
 from __future__ import annotations
 
@@ -67,9 +68,9 @@ def _conv_padded(up, Kt, H, W, B):
 def conv3x3(xp, u, K, bias=None):
     """K u per layer (+ ``bias`` (L, C_out) per output channel): u (L, B, C_in, H, W),
     K (L, C_out, C_in, 3, 3) -> (L, B, C_out, H, W), a new array."""
-    L, B, _, H, W = u.shape
+    L, B, Ci, H, W = u.shape
     Co = K.shape[1]
-    if xp is np:
+    if xp is np and Ci >= 4:  # (few input channels, e.g. an opening layer: im2col is faster)
         acc = _conv_padded(pad_flat(u), _taps(K), H, W, B)
         grid = acc.reshape(L, Co, B, H + 2, W + 2)[..., :H, :W].transpose(0, 2, 1, 3, 4)
         out = np.empty((L, B, Co, H, W), dtype=u.dtype)

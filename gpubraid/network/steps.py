@@ -56,6 +56,7 @@ from abc import ABC, abstractmethod
 from ..errors import UserError
 from ..runtime import cuda
 from ..runtime.backend import Backend
+from . import torch_conv
 from .activations import get_activation
 from .conv import conv3x3, conv3x3_grad, conv3x3_t, im2col  # noqa: F401  (conv3x3*: the opening's)
 
@@ -264,9 +265,12 @@ class ConvStep(_CudaDispatch, ResidualStep):
 
     _cuda_prefix = "conv"
 
-    def __init__(self, channels: int, height: int, width: int, activation: str, backend: Backend):
+    def __init__(self, channels: int, height: int, width: int, activation: str, backend: Backend,
+                 engine: str | None = None):
         super().__init__(activation, backend)
         self.channels, self.height, self.width = channels, height, width
+        # float32 convolutions on PyTorch's CPU kernels when torch is there (torch_conv.load)
+        self._torch = None if backend.is_gpu or backend.dtype_name != "float32" else torch_conv.load(engine)
         self.state_shape = (channels, height, width)
         self.param_shapes = ((channels, channels, 3, 3), (channels,))
 
@@ -277,18 +281,27 @@ class ConvStep(_CudaDispatch, ResidualStep):
         return {"name": "conv", "channels": self.channels, "height": self.height, "width": self.width,
                 "activation": self.activation.name}
 
+    def _fast(self, x) -> bool:
+        return self._torch is not None and x.dtype == self.xp.float32
+
     def linear(self, u, K):
-        return conv3x3(self.xp, u, K)
+        return self._torch.conv3x3(u, K) if self._fast(u) else conv3x3(self.xp, u, K)
 
     def preactivation(self, u, params):
         K, b = params
-        return conv3x3(self.xp, u, K, b)
+        return self._torch.conv3x3(u, K, b) if self._fast(u) else conv3x3(self.xp, u, K, b)
 
     def linear_t(self, a, K):
-        return conv3x3_t(self.xp, a, K)
+        return self._torch.conv3x3_t(a, K) if self._fast(a) else conv3x3_t(self.xp, a, K)
+
+    def linear_t_into(self, a, K, out):
+        if self._fast(a):
+            self._torch.conv3x3_t(a, K, out)
+        else:
+            out[...] = conv3x3_t(self.xp, a, K)
 
     def linear_grad(self, a, u):
-        return conv3x3_grad(self.xp, a, u)
+        return self._torch.conv3x3_grad(a, u) if self._fast(a) else conv3x3_grad(self.xp, a, u)
 
     def bias(self, b):
         return b[:, None, :, None, None]
