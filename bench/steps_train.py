@@ -148,3 +148,27 @@ def run_train(quick: bool, rounds: int, only=None):
               f"÷fused {row['ratio_vs_fused']:.2f}, ÷adam {row['ratio_vs_adam']:.2f}; "
               f"max rel Δ objective {rel:.1e}; load {min(load):.1f}-{max(load):.1f}", flush=True)
     return rows, f"torch {torch.__version__} on cpu, 1 thread"
+
+
+def plot(doc, json_path, png_path=None):
+    """Bars of ms per optimisation step: gpubraid, torch Adam, torch fused Adam, per case."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from bench import common
+    rows = doc.get("train") or []
+    fig, ax = plt.subplots(figsize=(11, 4.5))
+    names = [f"{r['kind']} B={r['B']}\n{r['dtype']}" for r in rows]
+    x = np.arange(len(rows))
+    for j, (k, label) in enumerate((("gpubraid", "gpubraid serial"), ("torch-adam", "torch Adam"),
+                                    ("torch-fused", "torch Adam fused"))):
+        ax.bar(x + (j - 1) * 0.27, [r[f"{k}_ms"] for r in rows], 0.27, label=label)
+    for i, r in enumerate(rows):
+        ax.text(i, r["gpubraid_ms"], f"{r['ratio_vs_fused']:.2f}×", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(x, names, fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("ms per optimisation step (median)")
+    ax.set_title("serial step, one thread: gpubraid vs plain PyTorch (label: gpubraid ÷ fused)")
+    ax.legend(fontsize=8)
+    ax.grid(True, axis="y", which="both", alpha=0.3)
+    return common.save_figure(fig, json_path, png_path, dpi=110)
