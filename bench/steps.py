@@ -1,6 +1,10 @@
 """Step-kernel benchmark: forward / adjoint / param_grad of the dense and conv residual steps.
 
-    python -m bench.steps [--quick] [--out DIR]
+    python -m bench.steps [--quick] [--out DIR] [--train-only | --kernels-only] [--rounds R]
+
+With torch importable it also times one serial optimisation step of gpubraid against the same
+network in plain PyTorch (both Adams, batch 50/500/5000 dense and the MNIST conv example, float32
+and float64; :mod:`bench.steps_train`); those rows are the document's ``train`` list.
 
 Backends: NumPy always; CuPy (gpubraid's fused CUDA kernels) when a GPU is visible; PyTorch's
 conv2d + bias + activation + add (dense: bmm + bias + activation + add) for the same step when
@@ -20,6 +24,7 @@ from __future__ import annotations
 import numpy as np  # noqa: E402
 
 from bench import common  # first: sets BLAS threads before NumPy loads
+from bench import steps_train  # noqa: E402
 from gpubraid.network.steps import ConvStep, DenseStep  # noqa: E402
 from gpubraid.runtime.backend import gpu_available, resolve_backend  # noqa: E402
 
@@ -131,7 +136,7 @@ def torch_funcs(case, dtype_name):
             "sync": sync, "device": dev, "version": torch.__version__}
 
 
-def run(quick: bool) -> dict:
+def run(quick: bool, kernels: bool = True, train: bool = True, rounds: int = 3) -> dict:
     dtype = "float64"
     backends = [("numpy", resolve_backend("numpy", dtype))]
     if gpu_available():
@@ -140,7 +145,7 @@ def run(quick: bool) -> dict:
     repeats = 3 if quick else 5
     min_time = 0.005 if quick else 0.02
     rows, torch_status = [], "not importable: skipped"
-    for case in cases(quick):
+    for case in (cases(quick) if kernels else []):
         mdl = model(case, 8)
         for bname, be in backends:
             step = make_step(case, be)
@@ -177,7 +182,9 @@ def run(quick: bool) -> dict:
               "torch": torch_status, "hbm_peak_GBs": peak,
               "byte_model": "forward s(2LBS+Lp); adjoint s(3LBS+Lp); param_grad s(2LBS+2Lp); s=8 (float64)",
               "blas_threads": 1}
-    return common.document(NAME, config, rows)
+    train_rows, train_status = steps_train.run_train(quick, rounds) if train else ([], "not run")
+    config["train"] = train_status
+    return common.document(NAME, config, rows, train=train_rows)
 
 
 def plot(json_path, png_path=None):
@@ -186,6 +193,8 @@ def plot(json_path, png_path=None):
     import matplotlib.pyplot as plt
     doc = common.load_json(json_path)
     rows = doc["results"]
+    if not rows:
+        return steps_train.plot(doc, json_path, png_path)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax, kind in zip(axes, ("dense", "conv")):
         sel = [r for r in rows if r["kind"] == kind]
@@ -204,8 +213,13 @@ def plot(json_path, png_path=None):
 
 
 def main(argv=None):
-    args = common.parser(__doc__.splitlines()[0]).parse_args(argv)
-    doc = run(args.quick)
+    p = common.parser(__doc__.splitlines()[0])
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--train-only", action="store_true", help="only the serial step against PyTorch")
+    g.add_argument("--kernels-only", action="store_true", help="only the step kernels")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the serial-step comparison")
+    args = p.parse_args(argv)
+    doc = run(args.quick, kernels=not args.train_only, train=not args.kernels_only, rounds=args.rounds)
     common.finish(NAME, doc, args, plot)
 
 

@@ -3,6 +3,10 @@
 Each activation is a pair ``(sigma, dsigma)`` of functions ``f(xp, z) -> array`` with the shape and
 dtype of ``z``.  The CUDA kernels implement the same formulas (``kernels/activations.cuh``) and use
 the integer code in :data:`CODES`.
+
+:meth:`Activation.both` gives σ(z) and σ'(z) together, as a forward step that keeps σ'(z) for its
+adjoint needs them: with the same bits as ``sigma`` and ``dsigma``, but overwriting ``z`` and
+computing tanh once where the activation has an in-place form (``both_``).
 """
 from __future__ import annotations
 
@@ -20,6 +24,14 @@ class Activation:
     code: int  # the kernels' switch value
     sigma: Callable
     dsigma: Callable
+    both_: Callable | None = None  # (xp, z) -> (σ(z), σ'(z)), z overwritten; None: sigma and dsigma
+
+    def both(self, xp, z):
+        """(σ(z), σ'(z)), each of z's shape and dtype, bit for bit ``sigma`` and ``dsigma``;
+        ``z`` may be overwritten (it holds σ(z) afterwards for tanh and ReLU)."""
+        if self.both_ is not None:
+            return self.both_(xp, z)
+        return self.sigma(xp, z), self.dsigma(xp, z)
 
 
 def _tanh(xp, z):
@@ -31,12 +43,24 @@ def _dtanh(xp, z):
     return 1 - t * t
 
 
+def _tanh_both(xp, z):
+    t = xp.tanh(z, out=z)
+    d = xp.multiply(t, t)
+    xp.subtract(1, d, out=d)  # 1 - t*t, as _dtanh
+    return t, d
+
+
 def _relu(xp, z):
     return xp.maximum(z, 0)
 
 
 def _drelu(xp, z):
     return (z > 0).astype(z.dtype)
+
+
+def _relu_both(xp, z):
+    d = _drelu(xp, z)
+    return xp.maximum(z, 0, out=z), d
 
 
 def _smoothrelu(xp, z):
@@ -60,8 +84,8 @@ def _didentity(xp, z):
 
 
 ACTIVATIONS = {
-    "tanh": Activation("tanh", 0, _tanh, _dtanh),
-    "relu": Activation("relu", 1, _relu, _drelu),
+    "tanh": Activation("tanh", 0, _tanh, _dtanh, _tanh_both),
+    "relu": Activation("relu", 1, _relu, _drelu, _relu_both),
     "smoothrelu": Activation("smoothrelu", 2, _smoothrelu, _dsmoothrelu),
     "identity": Activation("identity", 3, _identity, _didentity),
 }

@@ -15,6 +15,8 @@ arrays, so build the step on a float64 backend for the test):
     adjoint      dot-product test <J v, w> = <v, Jᵀ w>, J v by central finite differences of forward
     param_grad   per group: <∂Φ/∂θ_i δθ_i, w> (finite differences) = <δθ_i, param_grad(u, w)_i>
     batched      L layers in one call equal L one-layer calls (forward, adjoint, param_grad)
+    pair         (steps with forward_keep / adjoint_grad) they equal forward, adjoint and param_grad,
+                 with what forward_keep kept and with None
     determinism  the same call twice gives bit-identical results
 """
 from __future__ import annotations
@@ -173,6 +175,9 @@ def check_step(step, *, layers: int = 3, batch: int = 4, seed: int = 0, eps: flo
             worst = max(worst, float(np.abs(big - small).max() / max(np.abs(small).max(), 1e-300)))
     report.add("batched", worst <= exact_tol, f"max rel. diff of L={L} layers at once vs one at a time {worst:.1e}")
 
+    if callable(getattr(step, "forward_keep", None)) and callable(getattr(step, "adjoint_grad", None)):
+        report.add("pair", *_check_pair(step, be, dev, U, LAM, TH, Hd, (F, A, G), exact_tol))
+
     # determinism
     F2 = _host(be, step.forward(U, TH, Hd))
     A2 = _host(be, step.adjoint(U, LAM, TH, Hd))
@@ -181,6 +186,25 @@ def check_step(step, *, layers: int = 3, batch: int = 4, seed: int = 0, eps: flo
     report.add("determinism", same, "repeated calls give bit-identical results" if same
                else "repeated calls give different results")
     return report
+
+
+def _check_pair(step, be, dev, U, LAM, TH, Hd, ref, exact_tol):
+    """(ok, detail): forward_keep / adjoint_grad against forward / adjoint / param_grad (``ref``)."""
+    F, A, G = ref
+    try:
+        out_f, out_a = dev(np.zeros(U.shape)), dev(np.zeros(U.shape))
+        kept = step.forward_keep(U, TH, Hd, out_f)
+        got = [_host(be, out_f)]
+        for k in (kept, None):
+            grads = step.adjoint_grad(U, LAM, TH, Hd, k, out_a)
+            got += [_host(be, out_a)] + [_host(be, g) for g in grads]
+    except Exception as exc:  # noqa: BLE001
+        return False, f"forward_keep / adjoint_grad raised {type(exc).__name__}: {exc}"
+    want = [F] + 2 * ([A] + list(G))
+    if len(got) != len(want) or any(g.shape != w.shape for g, w in zip(got, want)):
+        return False, "forward_keep / adjoint_grad results have the wrong number or shapes"
+    worst = max(float(np.abs(g - w).max() / max(np.abs(w).max(), 1e-300)) for g, w in zip(got, want))
+    return worst <= exact_tol, f"max rel. diff from forward, adjoint and param_grad {worst:.1e}"
 
 
 def exit_code(report: StepReport) -> int:

@@ -24,13 +24,30 @@ and optional ones that a network uses when present:
                     A step may instead define ``init_layer(rng, scale) -> tuple of arrays``.
     describe()      JSON-able dict naming the step and its settings
 
+and an optional pair that layer-serial propagation (forward sweep, then backward sweep at the same
+states and parameters: :mod:`gpubraid.network.sweep`) uses instead of forward / adjoint / param_grad
+when a step has both, so what the forward step computed is not computed again:
+
+    forward_keep(u, params, h, out) -> kept
+        writes forward(u, params, h) into ``out`` (L, B, *S) and returns ``kept``, anything the
+        step wants back in the adjoint step at the same u and params (ResidualStep: σ'(z))
+    adjoint_grad(u, lam, params, h, kept, out) -> grads
+        writes adjoint(u, lam, params, h) into ``out`` and returns param_grad(u, lam, params, h);
+        ``kept`` is forward_keep's at the same u, params (the step may overwrite it) or None
+        (recompute)
+
+Both must agree with the three methods (:func:`gpubraid.network.selftest.check_step` checks it); the
+solver and the objective never look inside ``kept``.
+
 All arrays are float64 or float32 arrays of the backend (NumPy or CuPy), all of one dtype, and the
 outputs have the dtype of ``u``.  :func:`gpubraid.network.selftest.check_step` tests a step against this
 protocol.
 
 Everything else (vectors, norms, sums, buffers) is plain arrays of the backend.  :class:`ResidualStep`
-implements the three methods for f(u; K, b) = σ(K u + b) given only the linear operator K and its
-transpose; :class:`DenseStep` and :class:`ConvStep` are the two built-in layers.
+implements the three methods and the pair for f(u; K, b) = σ(K u + b) given only the linear
+operator K and its transpose; :class:`DenseStep` and :class:`ConvStep` are the two built-in layers
+(their products written into their own fresh arrays or ``out``, so no temporary is made for the
+bias, the activation or the residual update; the results are bit for bit those of the formulas).
 """
 from __future__ import annotations
 
@@ -39,7 +56,9 @@ from abc import ABC, abstractmethod
 from ..errors import UserError
 from ..runtime import cuda
 from ..runtime.backend import Backend
+from . import torch_conv
 from .activations import get_activation
+from .conv import conv3x3, conv3x3_grad, conv3x3_t, im2col  # noqa: F401  (conv3x3*: the opening's)
 
 
 def check_arrays(step, u, params, h) -> None:
@@ -126,8 +145,39 @@ class ResidualStep(ABC):
         if lam.shape != u.shape:
             raise UserError(f"adjoint must have the state's shape {tuple(u.shape)}; got {tuple(lam.shape)}")
         a = self.activation.dsigma(self.xp, self.preactivation(u, params)) * lam
-        hb = h.reshape(-1, *(1,) * (params[0].ndim - 1))
+        return self._grads(a, u, h, params[0].ndim)
+
+    def _grads(self, a, u, h, k_ndim):
+        """(h ⋆ Σ a ⋆ u, h Σ a): the gradients of both groups from a = σ'(z)·λ."""
+        hb = h.reshape(-1, *(1,) * (k_ndim - 1))
         return hb * self.linear_grad(a, u), h[:, None] * self.bias_grad(a)
+
+    # -- the layer-serial pair: σ'(z) kept from the forward step for the adjoint step --------------
+    def forward_keep(self, u, params, h, out):
+        """forward(u, params, h) written into ``out`` (L, B, *S); returns σ'(z) (L, B, *S)."""
+        self.check(u, params, h)
+        s, ds = self.activation.both(self.xp, self.preactivation(u, params))
+        self.xp.multiply(s, self._hb(h, u.ndim), out=out)
+        out += u  # u + h σ(z)
+        return ds
+
+    def adjoint_grad(self, u, lam, params, h, kept, out):
+        """adjoint(u, lam, params, h) written into ``out``; returns param_grad(u, lam, params, h).
+        ``kept``: σ'(z) from :meth:`forward_keep` at (u, params), overwritten; None: recomputed."""
+        if kept is None:
+            self.check(u, params, h)
+            kept = self.activation.dsigma(self.xp, self.preactivation(u, params))
+        if lam.shape != u.shape or kept.shape != u.shape:
+            raise UserError(f"adjoint must have the state's shape {tuple(u.shape)}; got {tuple(lam.shape)}")
+        a = self.xp.multiply(kept, lam, out=kept)  # σ'(z)·λ
+        self.linear_t_into(a, params[0], out)
+        out *= self._hb(h, lam.ndim)
+        out += lam  # lam + h Kᵀ(σ'(z) λ)
+        return self._grads(a, u, h, params[0].ndim)
+
+    def linear_t_into(self, a, K, out):
+        """Kᵀ a written into ``out`` (default: :meth:`linear_t` copied)."""
+        out[...] = self.linear_t(a, K)
 
 
 class _CudaDispatch:
@@ -151,6 +201,18 @@ class _CudaDispatch:
             return getattr(cuda, f"{self._cuda_prefix}_param_grad")(u, lam, *params, h, self.activation.code)
         return super().param_grad(u, lam, params, h)
 
+    def forward_keep(self, u, params, h, out):
+        if self.be.is_gpu:  # the fused kernels recompute z: nothing to keep
+            out[...] = self.forward(u, params, h)
+            return None
+        return super().forward_keep(u, params, h, out)
+
+    def adjoint_grad(self, u, lam, params, h, kept, out):
+        if self.be.is_gpu:
+            out[...] = self.adjoint(u, lam, params, h)
+            return self.param_grad(u, lam, params, h)
+        return super().adjoint_grad(u, lam, params, h, kept, out)
+
 
 class DenseStep(_CudaDispatch, ResidualStep):
     """Dense residual layer on C features: K (C, C), b (C,), states (L, B, C)."""
@@ -172,8 +234,17 @@ class DenseStep(_CudaDispatch, ResidualStep):
     def linear(self, u, K):
         return self.xp.matmul(u, K.transpose(0, 2, 1))
 
+    def preactivation(self, u, params):
+        K, b = params
+        z = self.linear(u, K)
+        z += self.bias(b)
+        return z
+
     def linear_t(self, a, K):
         return self.xp.matmul(a, K)
+
+    def linear_t_into(self, a, K, out):
+        self.xp.matmul(a, K, out=out)
 
     def linear_grad(self, a, u):
         return self.xp.matmul(a.transpose(0, 2, 1), u)
@@ -194,9 +265,12 @@ class ConvStep(_CudaDispatch, ResidualStep):
 
     _cuda_prefix = "conv"
 
-    def __init__(self, channels: int, height: int, width: int, activation: str, backend: Backend):
+    def __init__(self, channels: int, height: int, width: int, activation: str, backend: Backend,
+                 engine: str | None = None):
         super().__init__(activation, backend)
         self.channels, self.height, self.width = channels, height, width
+        # float32 convolutions on PyTorch's CPU kernels when torch is there (torch_conv.load)
+        self._torch = None if backend.is_gpu or backend.dtype_name != "float32" else torch_conv.load(engine)
         self.state_shape = (channels, height, width)
         self.param_shapes = ((channels, channels, 3, 3), (channels,))
 
@@ -207,54 +281,30 @@ class ConvStep(_CudaDispatch, ResidualStep):
         return {"name": "conv", "channels": self.channels, "height": self.height, "width": self.width,
                 "activation": self.activation.name}
 
+    def _fast(self, x) -> bool:
+        return self._torch is not None and x.dtype == self.xp.float32
+
     def linear(self, u, K):
-        return conv3x3(self.xp, u, K)
+        return self._torch.conv3x3(u, K) if self._fast(u) else conv3x3(self.xp, u, K)
+
+    def preactivation(self, u, params):
+        K, b = params
+        return self._torch.conv3x3(u, K, b) if self._fast(u) else conv3x3(self.xp, u, K, b)
 
     def linear_t(self, a, K):
-        # The transpose of a zero-padded correlation is the correlation with the kernel flipped in
-        # space and transposed in channels, also zero-padded.
-        Kt = self.xp.ascontiguousarray(K.transpose(0, 2, 1, 3, 4)[:, :, :, ::-1, ::-1])
-        return self.linear(a, Kt)
+        return self._torch.conv3x3_t(a, K) if self._fast(a) else conv3x3_t(self.xp, a, K)
+
+    def linear_t_into(self, a, K, out):
+        if self._fast(a):
+            self._torch.conv3x3_t(a, K, out)
+        else:
+            out[...] = conv3x3_t(self.xp, a, K)
 
     def linear_grad(self, a, u):
-        return conv3x3_grad(self.xp, a, u)
+        return self._torch.conv3x3_grad(a, u) if self._fast(a) else conv3x3_grad(self.xp, a, u)
 
     def bias(self, b):
         return b[:, None, :, None, None]
 
     def bias_grad(self, a):
         return a.sum(axis=(1, 3, 4))
-
-
-# -- 3×3 same-padding correlation, shared by ConvStep and the convolutional opening layer ---------
-def im2col(xp, u):
-    """u (L, B, C, H, W) -> columns (L, C·9, B·H·W), zero padding one pixel.
-
-    Channel-and-tap major, so the convolution of all samples of a layer is one GEMM
-    (C_out × 9·C_in) @ (9·C_in × B·H·W).
-    """
-    L, B, C, H, W = u.shape
-    up = xp.zeros((L, C, B, H + 2, W + 2), dtype=u.dtype)
-    up[..., 1:-1, 1:-1] = u.transpose(0, 2, 1, 3, 4)
-    cols = xp.empty((L, C, 3, 3, B, H, W), dtype=u.dtype)
-    for dy in range(3):
-        for dx in range(3):
-            cols[:, :, dy, dx] = up[..., dy:dy + H, dx:dx + W]
-    return cols.reshape(L, C * 9, B * H * W)
-
-
-def conv3x3(xp, u, K):
-    """K u per layer: u (L, B, C_in, H, W), K (L, C_out, C_in, 3, 3) -> (L, B, C_out, H, W)."""
-    L, B, _, H, W = u.shape
-    Co = K.shape[1]
-    out = xp.matmul(K.reshape(L, Co, -1), im2col(xp, u))
-    return out.reshape(L, Co, B, H, W).transpose(0, 2, 1, 3, 4)
-
-
-def conv3x3_grad(xp, a, u):
-    """Σ_batch a ⋆ u: a (L, B, C_out, H, W), u (L, B, C_in, H, W) -> (L, C_out, C_in, 3, 3)."""
-    L, B, Co, H, W = a.shape
-    Ci = u.shape[2]
-    at = xp.ascontiguousarray(a.transpose(0, 2, 1, 3, 4)).reshape(L, Co, B * H * W)
-    g = xp.matmul(at, im2col(xp, u).transpose(0, 2, 1))  # one GEMM per layer
-    return g.reshape(L, Co, Ci, 3, 3)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..network.sweep import backward_sweep, forward_sweep
 from ..runtime import tags
 from ..runtime.comm import Comm
 from ..runtime.resources import micro_batch_count
@@ -90,18 +91,10 @@ class TrainingPipeline:
         """M for a batch of ``batch`` samples."""
         return micro_batch_count(self.options.micro_batches, self.P, batch)
 
-    def _forward(self, U, layers) -> None:
-        """U[1..n] from U[0] through this rank's layers: U (n + 1, m, *S), filled in place."""
-        step = self.model.step
-        for i in range(self.b - self.a):
-            U[i + 1] = step.forward(U[i:i + 1], tuple(p[i:i + 1] for p in layers), self.h[i:i + 1])[0]
-
-    def _backward(self, U, Lam, layers) -> None:
-        """Lam[0..n−1] from Lam[n] at the states U: both (n + 1, m, *S), Lam filled in place."""
-        step = self.model.step
-        for i in range(self.b - self.a - 1, -1, -1):
-            Lam[i] = step.adjoint(U[i:i + 1], Lam[i + 1:i + 2], tuple(p[i:i + 1] for p in layers),
-                                  self.h[i:i + 1])[0]
+    def _forward(self, U, layers, keep: bool):
+        """U[1..n] from U[0] through this rank's layers: U (n + 1, m, *S), filled in place; returns
+        what the backward sweep reuses (:func:`~gpubraid.network.sweep.forward_sweep`)."""
+        return forward_sweep(self.model.step, U, layers, self.h, keep)
 
     def run(self, P, G, x, y, batch: int):
         """Stream the batch through the layer ranks: forward, head, and (with ``G``) backward.
@@ -135,7 +128,7 @@ class TrainingPipeline:
                     U[0] = m.open_forward(x[lo:hi], P)
                 else:
                     comm.recv_into(U[0], self.rank - 1, tags.PIPE_STATE)
-                self._forward(U, layers)
+                kept = self._forward(U, layers, G is not None)
                 if not self.is_last:
                     pending.append(comm.isend(U[-1], self.rank + 1, tags.PIPE_STATE))
                 else:
@@ -148,27 +141,26 @@ class TrainingPipeline:
                             g += w * d
                         heads[k] = w * lam
                 if G is not None:
-                    held[k] = U
+                    held[k] = (U, kept)
                     self.peak_held = max(self.peak_held, len(held))
                 continue
-            self._backward_step(held.pop(k), heads.pop(k, None), P, G, x, lo, hi, pending)
+            self._backward_step(*held.pop(k), heads.pop(k, None), P, G, x, lo, hi, pending)
         Comm.waitall(pending)
         fstats = SolveStats(converged=True, residuals=[0.0], steps_per_level=[n], levels=1)
         bstats = None if G is None else SolveStats(converged=True, residuals=[0.0], steps_per_level=[n], levels=1)
         return loss, correct, fstats, bstats
 
-    def _backward_step(self, U, lam_b, P, G, x, lo: int, hi: int, pending: list, Lam=None) -> None:
+    def _backward_step(self, U, kept, lam_b, P, G, x, lo: int, hi: int, pending: list, Lam=None) -> None:
         """One micro-batch backward: λ_b (``lam_b`` on the last rank, received elsewhere), the
-        adjoints down to λ_a (into ``Lam`` when given), the gradient parts added into G, λ_a sent."""
+        adjoints down to λ_a (into ``Lam`` when given), the gradient parts added into G, λ_a sent;
+        ``kept``: what the forward sweep kept for it (or None)."""
         m, layers = self.model, P.layers()
         Lam = self.model.xp.empty_like(U) if Lam is None else Lam
         if self.is_last:
             Lam[-1] = lam_b
         else:
             self.comm.recv_into(Lam[-1], self.rank + 1, tags.PIPE_ADJOINT)
-        self._backward(U, Lam, layers)
-        for g, d in zip(G.layers(), m.step.param_grad(U[:-1], Lam[1:], layers, self.h)):
-            g += d
+        backward_sweep(m.step, U, Lam, layers, self.h, G.layers(), kept)
         if self.is_first:
             m.open_grad(x[lo:hi], Lam[0], P, G)
         else:
@@ -194,7 +186,7 @@ class TrainingPipeline:
         for k in range(M):
             lo, hi = int(cut[k]), int(cut[k + 1])
             lam_b = lam_N[lo:hi] if self.is_last else None
-            self._backward_step(U[:, lo:hi], lam_b, P, G, x, lo, hi, pending, Lam[:, lo:hi])
+            self._backward_step(U[:, lo:hi], None, lam_b, P, G, x, lo, hi, pending, Lam[:, lo:hi])
         Comm.waitall(pending)
         n = self.b - self.a
         return Lam, SolveStats(converged=True, residuals=[0.0], steps_per_level=[n], levels=1)

@@ -324,12 +324,14 @@ class Adam(Optimizer):
         self._m = None
         self._v = None
         self._t = 0
+        self._work = None  # two scratch vectors like theta: no temporaries per step
 
     def state(self) -> tuple[dict, dict]:
         return ({} if self._m is None else {"m": self._m, "v": self._v}), {"t": self._t}
 
     def load_state(self, vectors: dict, scalars: dict, theta) -> None:
         self._m, self._v, self._t = vectors.get("m"), vectors.get("v"), scalars["t"]
+        self._work = None
 
     def step(self, theta, closure: Closure) -> StepInfo:
         f, g, info = _evaluate(closure, theta)
@@ -339,14 +341,28 @@ class Adam(Optimizer):
             self._m.fill(0)
             self._v = theta.copy()
             self._v.fill(0)
-        self._t += 1
+        if self._work is None or self._work[0].shape != theta.shape or self._work[0].dtype != theta.dtype:
+            self._work = (theta.copy(), theta.copy())
+        w1, w2 = self._work
+        self._t += 1  # below: the formulas' operations in their order (same bits), into scratch vectors
         self._m *= self.beta1
-        self._m += (1.0 - self.beta1) * g
+        w1[...] = g
+        w1 *= 1.0 - self.beta1
+        self._m += w1                    # m = beta1 m + (1 - beta1) g
         self._v *= self.beta2
-        self._v += (1.0 - self.beta2) * (g * g)
-        m_scale = 1.0 / (1.0 - self.beta1 ** self._t)
-        v_scale = 1.0 / (1.0 - self.beta2 ** self._t)
-        theta -= (self.lr * m_scale) * self._m / ((self._v * v_scale) ** 0.5 + self.eps)
+        w1[...] = g
+        w1 *= g
+        w1 *= 1.0 - self.beta2
+        self._v += w1                    # v = beta2 v + (1 - beta2) g²
+        m_scale, v_scale = 1.0 / (1.0 - self.beta1 ** self._t), 1.0 / (1.0 - self.beta2 ** self._t)
+        w2[...] = self._v
+        w2 *= v_scale
+        w2 **= 0.5
+        w2 += self.eps                   # sqrt(v v_scale) + eps
+        w1[...] = self._m
+        w1 *= self.lr * m_scale
+        w1 /= w2
+        theta -= w1                      # theta -= (lr m_scale) m / (sqrt(v v_scale) + eps)
         return StepInfo(f, gnorm, 1, self.lr, info)
 
 

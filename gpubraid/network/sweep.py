@@ -1,0 +1,57 @@
+"""Layer-serial sweeps of a step through a block of layers: the forward pass and the backward pass
+with the layer gradients, as the layer-serial training methods run them.
+
+A step with the optional pair ``forward_keep`` / ``adjoint_grad`` (:mod:`gpubraid.network.steps`)
+keeps from each forward step what its adjoint step needs (the built-in steps: σ'(z)), and computes
+each layer's adjoint and gradient in one call; other steps are called through forward / adjoint and
+one batched ``param_grad`` after the sweep.  Either way the results are the protocol's: the pair
+must agree with the three methods.
+
+Shapes: n layers, states and adjoints ``U``, ``Lam`` (n + 1, B, *S) (row i is u_i, λ_i), parameter
+groups ``layers`` (n, *P_j), step sizes ``h`` (n,), gradient groups ``grads`` (n, *P_j).
+"""
+from __future__ import annotations
+
+
+def _layer(layers, i):
+    return tuple(p[i:i + 1] for p in layers)
+
+
+def forward_sweep(step, U, layers, h, keep: bool = False):
+    """U[i + 1] = forward(U[i]) for i = 0..n − 1, written into ``U``.
+
+    Returns the ``kept`` of every layer (a list of n) when ``keep`` and the step has the pair, for
+    :func:`backward_sweep` at these states and parameters; None otherwise.
+    """
+    n = U.shape[0] - 1
+    if not (keep and _has_pair(step)):
+        for i in range(n):
+            U[i + 1] = step.forward(U[i:i + 1], _layer(layers, i), h[i:i + 1])[0]
+        return None
+    return [step.forward_keep(U[i:i + 1], _layer(layers, i), h[i:i + 1], U[i + 1:i + 2]) for i in range(n)]
+
+
+def backward_sweep(step, U, Lam, layers, h, grads, kept=None) -> None:
+    """Lam[i] = adjoint(U[i], Lam[i + 1]) for i = n − 1..0, written into ``Lam`` (Lam[n] given),
+    and every layer's param_grad(U[i], Lam[i + 1]) added into ``grads``.
+
+    ``kept``: :func:`forward_sweep`'s list for these U and ``layers`` (used up), or None.
+    """
+    n = U.shape[0] - 1
+    if not _has_pair(step):
+        for i in range(n - 1, -1, -1):
+            Lam[i] = step.adjoint(U[i:i + 1], Lam[i + 1:i + 2], _layer(layers, i), h[i:i + 1])[0]
+        for g, d in zip(grads, step.param_grad(U[:-1], Lam[1:], layers, h)):
+            g += d
+        return
+    for i in range(n - 1, -1, -1):
+        k = None if kept is None else kept[i]
+        d = step.adjoint_grad(U[i:i + 1], Lam[i + 1:i + 2], _layer(layers, i), h[i:i + 1], k, Lam[i:i + 1])
+        if kept is not None:
+            kept[i] = None  # free it as soon as it is used
+        for g, di in zip(grads, d):
+            g[i:i + 1] += di
+
+
+def _has_pair(step) -> bool:
+    return callable(getattr(step, "forward_keep", None)) and callable(getattr(step, "adjoint_grad", None))

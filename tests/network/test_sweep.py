@@ -1,0 +1,148 @@
+"""The layer-serial pair forward_keep / adjoint_grad, the sweeps that use it, the convolution kernels
+(nine shifted GEMMs, im2col, PyTorch's) and Adam's scratch vectors: the same numbers as the plain
+formulas (bit for bit where the operations are the same, round-off where torch sums otherwise)."""
+import numpy as np
+import pytest
+
+from gpubraid.network import conv, torch_conv
+from gpubraid.network.activations import ACTIVATIONS
+from gpubraid.network.selftest import check_step
+from gpubraid.network.steps import ConvStep, DenseStep
+from gpubraid.network.sweep import backward_sweep, forward_sweep
+from gpubraid.runtime.backend import resolve_backend
+from gpubraid.training.optim import Adam
+
+
+def _step(kind, act, dtype, engine="numpy"):
+    be = resolve_backend("numpy", dtype)
+    return DenseStep(5, act, be) if kind == "dense" else ConvStep(4, 5, 3, act, be, engine=engine)
+
+
+def _problem(step, n, B, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    S = step.state_shape
+    layers = tuple((0.5 * rng.standard_normal((n, *s))).astype(dtype) for s in step.param_shapes)
+    return rng.standard_normal((B, *S)).astype(dtype), layers, rng.uniform(0.1, 0.5, n).astype(dtype)
+
+
+class _Plain:
+    """The same step seen through the three protocol methods only."""
+
+    def __init__(self, step):
+        self.state_shape, self.param_shapes = step.state_shape, step.param_shapes
+        self.forward, self.adjoint, self.param_grad = step.forward, step.adjoint, step.param_grad
+
+
+@pytest.mark.parametrize("kind", ["dense", "conv"])
+@pytest.mark.parametrize("act", list(ACTIVATIONS))
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_sweeps_with_the_pair_equal_the_three_methods_bit_for_bit(kind, act, dtype):
+    step = _step(kind, act, dtype)
+    n, B = 4, 3
+    u0, layers, h = _problem(step, n, B, dtype)
+    lamN = np.random.default_rng(1).standard_normal(u0.shape).astype(dtype)
+    results = []
+    for s in (step, _Plain(step)):
+        U = np.empty((n + 1, *u0.shape), dtype)
+        U[0] = u0
+        kept = forward_sweep(s, U, layers, h, keep=True)
+        assert (kept is None) == (s is not step)
+        Lam = np.empty_like(U)
+        Lam[-1] = lamN
+        grads = tuple(np.full_like(p, 0.25) for p in layers)  # gradients are added to what is there
+        backward_sweep(s, U, Lam, layers, h, grads, kept)
+        results.append((U, Lam, grads))
+    (U1, L1, G1), (U2, L2, G2) = results
+    assert np.array_equal(U1, U2) and np.array_equal(L1, L2)
+    assert all(np.array_equal(a, b) for a, b in zip(G1, G2))
+
+
+@pytest.mark.parametrize("kind", ["dense", "conv"])
+def test_adjoint_grad_without_kept_recomputes(kind):
+    step = _step(kind, "tanh", "float64")
+    u0, layers, h = _problem(step, 2, 3, "float64")
+    u = np.stack([u0, 0.5 * u0])
+    lam = np.random.default_rng(2).standard_normal(u.shape)
+    out = np.empty_like(u)
+    grads = step.adjoint_grad(u, lam, layers, h, None, out)
+    assert np.array_equal(out, step.adjoint(u, lam, layers, h))
+    assert all(np.array_equal(a, b) for a, b in zip(grads, step.param_grad(u, lam, layers, h)))
+
+
+@pytest.mark.parametrize("kind", ["dense", "conv"])
+def test_selftest_checks_the_pair_and_catches_a_wrong_one(kind):
+    step = _step(kind, "tanh", "float64")
+    report = check_step(step)
+    assert report.ok and any(c.name == "pair" for c in report.checks)
+
+    class Wrong(type(step)):
+        def adjoint_grad(self, u, lam, params, h, kept, out):
+            grads = super().adjoint_grad(u, lam, params, h, kept, out)
+            return (2 * grads[0], grads[1])
+
+    wrong = Wrong(5, "tanh", step.be) if kind == "dense" else Wrong(4, 5, 3, "tanh", step.be, engine="numpy")
+    report = check_step(wrong)
+    assert [c.name for c in report.failed()] == ["pair"]
+
+
+def _reference_conv(u, K):
+    """The zero-padded 3×3 correlation by loops: u (L, B, Ci, H, W), K (L, Co, Ci, 3, 3)."""
+    L, B, Ci, H, W = u.shape
+    up = np.pad(u, ((0, 0), (0, 0), (0, 0), (1, 1), (1, 1)))
+    out = np.zeros((L, B, K.shape[1], H, W))
+    for dy in range(3):
+        for dx in range(3):
+            out += np.einsum("loi,lbiyx->lboyx", K[..., dy, dx], up[..., dy:dy + H, dx:dx + W])
+    return out
+
+
+@pytest.mark.parametrize("Ci", [1, 4, 6])
+def test_conv_kernels_against_loops(Ci):
+    rng = np.random.default_rng(3)
+    u = rng.standard_normal((2, 3, Ci, 5, 4))
+    K = rng.standard_normal((2, 4, Ci, 3, 3))
+    b = rng.standard_normal((2, 4))
+    a = rng.standard_normal((2, 3, 4, 5, 4))
+    ref = _reference_conv(u, K)
+    assert np.allclose(conv.conv3x3(np, u, K), ref, rtol=1e-13, atol=1e-13)
+    assert np.allclose(conv.conv3x3(np, u, K, b), ref + b[:, None, :, None, None], rtol=1e-13, atol=1e-13)
+    # <a, K u> = <Kᵀ a, u> = <∂/∂K, K>
+    lhs = np.sum(a * ref)
+    assert np.isclose(lhs, np.sum(conv.conv3x3_t(np, a, K) * u), rtol=1e-12)
+    assert np.isclose(lhs, np.sum(conv.conv3x3_grad(np, a, u) * K), rtol=1e-12)
+
+
+def test_torch_conv_equals_numpy_to_round_off():
+    pytest.importorskip("torch")
+    tk = torch_conv.load("torch")
+    rng = np.random.default_rng(4)
+    u = rng.standard_normal((2, 3, 4, 5, 6)).astype(np.float32)
+    a = rng.standard_normal((2, 3, 4, 5, 6)).astype(np.float32)
+    K = rng.standard_normal((2, 4, 4, 3, 3)).astype(np.float32)
+    b = rng.standard_normal((2, 4)).astype(np.float32)
+    for got, want in ((tk.conv3x3(u, K, b), conv.conv3x3(np, u, K, b)), (tk.conv3x3_t(a, K), conv.conv3x3_t(np, a, K)),
+                      (tk.conv3x3_grad(a, u), conv.conv3x3_grad(np, a, u))):
+        assert got.dtype == np.float32 and got.shape == want.shape
+        assert np.allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_step_engine_names_are_checked():
+    from gpubraid.errors import UserError
+    with pytest.raises(UserError, match="step engine must be one of"):
+        torch_conv.load("cuda")
+    assert torch_conv.load("numpy") is None
+
+
+def test_adam_scratch_vectors_give_the_formulas_bits():
+    rng = np.random.default_rng(5)
+    theta = rng.standard_normal(50)
+    ref = theta.copy()
+    opt = Adam(lr=0.01)
+    m = v = np.zeros(50)
+    for t in range(1, 6):
+        g = rng.standard_normal(50)
+        opt.step(theta, lambda th: (0.0, g))
+        m = 0.9 * m + (1.0 - 0.9) * g
+        v = 0.999 * v + (1.0 - 0.999) * (g * g)
+        ref -= (0.01 * (1.0 / (1.0 - 0.9 ** t))) * m / ((v * (1.0 / (1.0 - 0.999 ** t))) ** 0.5 + 1e-8)
+        assert np.array_equal(theta, ref)
