@@ -58,6 +58,12 @@ def gather_info() -> dict:
         backend = resolve_backend().name
     except UserError as exc:
         backend = f"unavailable: {exc}"
+    from ..network import torch_conv
+
+    try:
+        engine = "numpy" if torch_conv.load() is None else "torch (float32 convolutions on PyTorch's CPU kernels)"
+    except UserError as exc:
+        engine = f"unavailable: {exc}"
     try:
         aware, how = detect_cuda_aware()
     except UserError as exc:
@@ -80,6 +86,7 @@ def gather_info() -> dict:
         "mpi_library_path": libmpi,
         "cupy": cupy_version,
         "backend": backend,
+        "step_engine": engine,
         "gpus": gpus,
         "cuda_aware": aware,
         "cuda_aware_decided_by": how,
@@ -98,6 +105,7 @@ def format_info(info: dict) -> str:
         ("mpi4py", info["mpi4py"]), ("MPI library", info["mpi_library"]),
         ("libmpi", info["mpi_library_path"] or "not found"), ("mpiexec", info["mpiexec"] or "not found"),
         ("cupy", info["cupy"] or "not installed"), ("backend", info["backend"]),
+        ("CPU step engine", info["step_engine"]),
         ("GPUs", ", ".join(f"{i}: {n}" for i, n in enumerate(info["gpus"])) or "none"),
         ("CUDA-aware MPI", f"{'yes' if info['cuda_aware'] else 'no'} "
                            f"(decided by {info['cuda_aware_decided_by']})"),

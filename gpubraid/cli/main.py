@@ -36,13 +36,17 @@ EXIT_DIVERGED = 3
 EXIT_WRITE = 4
 
 
+EXIT_PIPE = 141
+
+
 #: Every exit status of the command line and what it means (the README's "Exit status").
 EXIT_STATUSES = {0: "success", 1: "an unexpected failure (one line naming the failing rank, after a traceback)",
                  EXIT_USAGE: "bad input: a setting, file or path (one line naming it)",
                  EXIT_DIVERGED: "training diverged (one line naming the cause)",
                  EXIT_WRITE: "an output (a checkpoint, the model or the metrics) could not be written "
                              "(no space, quota, permissions); what was written before is kept and named",
-                 130: "interrupted by SIGINT (Ctrl-C)", 143: "interrupted by SIGTERM"}
+                 130: "interrupted by SIGINT (Ctrl-C)", EXIT_PIPE: "standard output was closed by its reader "
+                 "(e.g. piped into head); nothing printed", 143: "interrupted by SIGTERM"}
 
 
 def say(message: str, kind: str = "error") -> None:
@@ -327,11 +331,22 @@ def _main(argv, interrupts: Interrupts) -> int:
     except WriteError as exc:  # gpubraid predict's output
         say(str(exc))
         return EXIT_WRITE
+    except BrokenPipeError:  # stdout's reader went away (``gpubraid info | head -1``): end quietly
+        return _reader_gone()
     except Exception as exc:
         from ..runtime.comm import abort_all
 
         abort_all(_world_or_none(), exc, 1)
         return 1
+
+
+def _reader_gone() -> int:
+    """Status 141 (as a SIGPIPE would end the process) without a word; every rank stops."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the interpreter's last flush goes nowhere
+    world = _world_or_none()
+    if world is not None and world.Get_size() > 1:
+        world.Abort(EXIT_PIPE)
+    return EXIT_PIPE
 
 
 def _world_or_none():

@@ -93,9 +93,9 @@ def check_memory(cfg, state_shape, params_per_layer: int, batch: int, ranks: int
     rows = math.ceil(cfg.layers / ranks) + 1
     state = math.prod(state_shape)
     if pipelined(cfg):
-        held, size = in_flight(cfg, ranks, batch)
-        what = f"{held} micro-batch(es) in flight + {PIPELINE_WORK}"
-        states = (held + PIPELINE_WORK) * rows * size * state * item
+        held, size = in_flight(cfg, ranks, batch)  # each held with its states and σ'(z) kept for the backward
+        what = f"2 x {held} micro-batch(es) in flight + {PIPELINE_WORK}"
+        states = (2 * held + PIPELINE_WORK) * rows * size * state * item
         shape = f"micro-batch {size}"
     else:
         what, shape = f"{STATE_COPIES}", f"batch {batch}"

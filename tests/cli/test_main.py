@@ -213,3 +213,20 @@ def test_divergence_stops_with_its_own_status_and_location(capsys):
     assert rc == cli.EXIT_DIVERGED, err
     assert len(lines) == 1 and lines[0].startswith("gpubraid: diverged: objective"), err
     assert "iteration 2" in lines[0] and "--lr" in lines[0] and "largest parameter" in lines[0], err
+
+
+@pytest.mark.parametrize("argv", [["info"], ["train", "peaks", "--layers", "4", "--iterations", "3", "--no-progress"]],
+                         ids=["info", "train"])
+def test_a_closed_stdout_ends_quietly_with_status_141(argv):
+    """``gpubraid ... | head -1``: once the reader is gone the command ends as SIGPIPE would, with
+    nothing on stderr (no BrokenPipeError traceback)."""
+    import os
+    import subprocess
+    import sys
+
+    r, w = os.pipe()
+    os.close(r)  # the reader is gone before the first line
+    proc = subprocess.run([sys.executable, "-m", "gpubraid", *argv], stdout=w, stderr=subprocess.PIPE, text=True,
+                          timeout=120)
+    os.close(w)
+    assert proc.returncode == 141 and proc.stderr == "", proc.stderr

@@ -108,9 +108,10 @@ def test_memory_estimate_knows_the_micro_batches_in_flight(monkeypatch):
         with pytest.raises(UserError, match=r"memory: the states need about ([\d.]+ \w+)") as err:
             resources.check_memory(c, (8,), 72, 1600, 2, be)
         need[schedule] = err.value
-    assert "2 micro-batch(es) in flight" in str(need["1f1b"]) and "16 micro-batch(es)" in str(need["gpipe"])
-    # (2 held + 3) x 33 rows x 100 samples x 8 numbers x 8 bytes, and 24 L-BFGS vectors of 32 layers
-    monkeypatch.setattr(resources, "available_bytes", lambda backend: 5 * 33 * 100 * 8 * 8 + 24 * 32 * 72 * 8)
+    assert "2 x 2 micro-batch(es) in flight" in str(need["1f1b"]) and "2 x 16 micro-batch(es)" in str(need["gpipe"])
+    # (2 x 2 held (states and kept σ') + 3) x 33 rows x 100 samples x 8 numbers x 8 bytes, and 24
+    # L-BFGS vectors of 32 layers
+    monkeypatch.setattr(resources, "available_bytes", lambda backend: 7 * 33 * 100 * 8 * 8 + 24 * 32 * 72 * 8)
     resources.check_memory(TrainConfig(schedule="1f1b", **cfg).resolved(), (8,), 72, 1600, 2, be)
     with pytest.raises(UserError, match="16 micro-batch"):
         resources.check_memory(TrainConfig(schedule="gpipe", **cfg).resolved(), (8,), 72, 1600, 2, be)
