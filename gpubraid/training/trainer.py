@@ -24,6 +24,7 @@ from ..objective.inference import Pipeline
 from ..objective.layer_parallel import LayerParallel
 from ..runtime.backend import resolve_backend
 from ..runtime.comm import Comm
+from ..runtime import trace as tracing
 from ..runtime.resources import check_memory
 from .config import TrainConfig
 from .diagnose import check_divergence, stall
@@ -178,12 +179,15 @@ class Trainer:
         finally:
             if interrupts is not None:
                 interrupts.polling = False
+            tracing.stop()  # a run that did not finish writes no trace
 
     def _run(self, progress, interrupts, warn) -> TrainResult:
         cfg = self.cfg
         run = self.restore(warn) if self.resumed else RunState(np.random.default_rng([cfg.seed, 7]))
         warm = self.method.warm(self.full_batch)
+        tracer = tracing.start(self.world, self.be.synchronize if self.be.is_gpu else None) if cfg.trace else None
         t0 = time.perf_counter() - run.elapsed
+        loop_start = time.perf_counter()
         from ..runtime.interrupts import Interrupted
 
         for it in range(len(run.history), cfg.iterations):
@@ -235,6 +239,10 @@ class Trainer:
         if cfg.checkpoint_dir:
             self.save_checkpoint(run)
         wall = time.perf_counter() - t0
+        if tracer is not None:
+            tracing.finish(tracer, self.world, cfg.trace, "wall" if self.be.is_gpu else "thread",
+                           {"config": cfg.model_dump(), "ranks": self.world.size, "backend": self.be.name,
+                            "steps": len(run.history), "loop_s": time.perf_counter() - loop_start})
         train, val = self.score("train"), self.score("val")
         if cfg.save:
             self.save(cfg.save)
@@ -245,7 +253,8 @@ class Trainer:
     # -- checkpoints ----------------------------------------------------------------------------
     #: Settings that may differ between a run and its resumption (output, length, where to save).
     RESUMABLE_CHANGES = ("iterations", "val_every", "metrics", "progress", "checkpoint_dir",
-                         "checkpoint_every", "resume", "backend", "save", "init", "data_parallel", "trust")
+                         "checkpoint_every", "resume", "backend", "save", "init", "data_parallel", "trust",
+                         "trace")
 
     def save_checkpoint(self, run: "RunState") -> None:
         """Write the run's state to ``cfg.checkpoint_dir`` (rank 0 writes; every rank takes part and
