@@ -79,12 +79,16 @@ class Tracer:
         return len(self.events) - 1
 
     def group(self, mpi_comm) -> tuple[int, tuple[int, ...]]:
-        """(index in this rank's table, world ranks) of an mpi4py communicator (None: this rank alone)."""
+        """(index in this rank's table, world ranks) of an mpi4py communicator (None: this rank alone).
+
+        Communicators of the same ranks share an entry: their messages and collectives are numbered
+        together, which matches across ranks because every rank makes its calls in program order."""
         key = id(mpi_comm)
         if key not in self._group_of:
             ranks = (self.world_rank,) if mpi_comm is None else _world_ranks(mpi_comm)
-            self.groups.append(ranks)
-            self._group_of[key] = (len(self.groups) - 1, mpi_comm)
+            if ranks not in self.groups:
+                self.groups.append(ranks)
+            self._group_of[key] = (self.groups.index(ranks), mpi_comm)
         g = self._group_of[key][0]
         return g, self.groups[g]
 

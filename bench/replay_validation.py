@@ -1,0 +1,116 @@
+"""Replayed against real wall time: every method at P = 1 and 2, and predictions for P = 4 and 8.
+
+    python -m bench.replay_validation [--quick] [--rounds R] [--network measured]
+
+Each round runs every configuration twice, interleaved: with ``--trace`` (the replay's input) and
+without (the real wall time, untouched by tracing).  Per configuration: the training loop's wall
+time without tracing (min and median over rounds; the min is the least disturbed by other load on
+the machine) and with tracing; the replayed wall time with compute spans as thread CPU time (the
+prediction for dedicated cores) and as wall time (which keeps this machine's contention in the
+spans: compared with the traced run's own wall time it checks the replay's dependencies and
+network model independently of the load); and the CPU share (thread / wall time of the compute
+spans: 1 on a quiet machine).  P = 4 and 8 run oversubscribed: their replay is a prediction for 4
+or 8 dedicated cores, their real wall time is not comparable.  Writes ``replay-validation.json``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from bench.common import REPO, document, parser, result_path, write_json
+from bench.replay import network_model
+from gpubraid.runtime.replay import replay
+from gpubraid.runtime.trace import load
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "GPUBRAID_BACKEND": "numpy",
+       "PYTHONPATH": str(REPO)}
+
+#: (name, ranks, arguments after the example); P > 2 are predictions only.
+CONFIGS = [(m, p, a) for p in (1, 2) for m, a in (
+    ("serial", ["--method", "serial"]), ("pipeline", ["--method", "pipeline", "--micro-batches", "4"]),
+    ("exact", ["--method", "exact", "--tol", "1e-6", "--iterations", "3"]), ("oneshot", ["--method", "oneshot"]))] + [
+    ("serial D=2", 2, ["--method", "serial", "--data-parallel", "2"]),
+    ("oneshot D=2", 2, ["--method", "oneshot", "--data-parallel", "2"]),
+    ("pipeline", 4, ["--method", "pipeline", "--micro-batches", "4"]), ("oneshot", 4, ["--method", "oneshot"]),
+    ("pipeline", 8, ["--method", "pipeline", "--micro-batches", "4"]), ("oneshot", 8, ["--method", "oneshot"])]
+
+
+def run(ranks: int, args: list[str], workdir: str, trace: bool) -> dict:
+    """One ``gpubraid train`` run; its loop wall time, and the trace's path when traced."""
+    metrics = os.path.join(workdir, "m.json")
+    cmd = [sys.executable, "-m", "gpubraid", "train", *args, "--no-progress", "--val-every", "0",
+           "--metrics", metrics]
+    if trace:
+        cmd += ["--trace", os.path.join(workdir, "t.json")]
+    if ranks > 1:
+        cmd = ["mpiexec", "-n", str(ranks), *cmd]
+    load_before = os.getloadavg()[0]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=1200)
+    if out.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr[-2000:]}")
+    m = json.loads(Path(metrics).read_text())
+    return {"wall_s": m["wall_s"], "load": load_before, "objective": m["objective"]}
+
+
+def main(argv=None) -> int:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--iterations", type=int, default=10, help="optimisation steps (exact: 3)")
+    p.add_argument("--network", default="measured")
+    args = p.parse_args(argv)
+    net = network_model(args.network)
+    rounds, iters = (1, 3) if args.quick else (args.rounds, args.iterations)
+    base = ["peaks", "--n-train", "1000", "--iterations", str(iters)]
+    samples = {i: {"plain": [], "traced": [], "replay": [], "replay_wall": [], "traced_wall": [], "load": [],
+                   "cpu_share": []}
+               for i in range(len(CONFIGS))}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(rounds):
+            for i, (name, ranks, extra) in enumerate(CONFIGS):
+                s = samples[i]
+                plain = run(ranks, base + extra, tmp, False)
+                traced = run(ranks, base + extra, tmp, True)
+                doc = load(os.path.join(tmp, "t.json"))
+                rp, rw = replay(doc, net, "thread"), replay(doc, net, "wall")
+                s["plain"].append(plain["wall_s"])
+                s["traced"].append(traced["wall_s"])
+                s["replay"].append(rp.wall_s)
+                s["replay_wall"].append(rw.wall_s)
+                s["traced_wall"].append(rp.traced_wall_s)
+                s["load"].append(plain["load"])
+                s["cpu_share"].append(sum(t.compute_s for t in rp.ranks) / sum(t.compute_s for t in rw.ranks))
+                s["same_objective"] = plain["objective"] == traced["objective"]
+                s["breakdown"] = rp.as_dict()["ranks"]
+                s["critical"] = rp.as_dict()["critical"]
+                print(f"round {r} {name:12s} P={ranks}: wall {plain['wall_s']:.3f} s, traced {traced['wall_s']:.3f} s, "
+                      f"replay {rp.wall_s:.3f} s (wall clock {rw.wall_s:.3f} s), load {plain['load']:.1f}", flush=True)
+    results = []
+    for i, (name, ranks, extra) in enumerate(CONFIGS):
+        s = samples[i]
+        real_min, real_med, rep = min(s["plain"]), statistics.median(s["plain"]), statistics.median(s["replay"])
+        results.append({"method": name, "ranks": ranks, "args": base + extra, "prediction_only": ranks > 2,
+                        "real_wall_min_s": real_min, "real_wall_median_s": real_med,
+                        "traced_wall_median_s": statistics.median(s["traced"]),
+                        "replay_s": rep, "replay_wall_clock_s": statistics.median(s["replay_wall"]),
+                        "ratio_replay_to_real_min": rep / real_min, "ratio_replay_to_real_median": rep / real_med,
+                        "ratio_traced_to_plain": statistics.median(s["traced"]) / real_med,
+                        "ratio_wall_clock_replay_to_traced": statistics.median(
+                            [a / b for a, b in zip(s["replay_wall"], s["traced_wall"])]),
+                        "cpu_share": statistics.median(s["cpu_share"]),
+                        "tracing_changes_result": not s["same_objective"], "load_avg": s["load"],
+                        "samples": {k: s[k] for k in ("plain", "traced", "replay", "replay_wall", "traced_wall", "cpu_share")},
+                        "breakdown": s["breakdown"], "critical_path": s["critical"]})
+    path = result_path("replay-validation", args.out)
+    write_json(path, document("replay-validation", {"rounds": rounds, "iterations": iters, "network": net.__dict__},
+                              results))
+    print(f"-> {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
