@@ -7,7 +7,8 @@ the one-way time of messages of 8 B .. 8 MiB (half the median round trip); the c
 send call and the cost o of a receive whose message had already arrived; latency α = one-way time
 of 8 B minus those two (a trace records the send call, the replay adds o); bandwidth β (slope
 between the two largest sizes); the time of a one-float allreduce; and the eager limit (the largest
-message whose send completes before its receive is posted).  Writes ``pingpong.json``; its ``"network"`` entry is a
+message whose send completes before its receive is posted) and whether larger messages move while
+their sender computes (asynchronous progress).  Writes ``pingpong.json``; its ``"network"`` entry is a
 :class:`gpubraid.runtime.replay.NetworkModel` (``python -m bench.replay --network FILE``).
 """
 from __future__ import annotations
@@ -82,6 +83,25 @@ def eager_limit(comm: Comm, sizes) -> int:
     return limit
 
 
+def async_progress(comm: Comm, nbytes: int = 1 << 22, busy_s: float = 0.05) -> bool:
+    """Whether a rendezvous message moves while its sender computes: rank 0 sends ``nbytes`` and
+    computes for ``busy_s`` outside MPI; rank 1's receive returns well before that only if so."""
+    a = np.zeros(nbytes, np.uint8)
+    comm.barrier()
+    took = 0.0
+    if comm.rank == 0:
+        pending = comm.isend(a, 1, TAG)
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < busy_s:
+            pass
+        Comm.waitall([pending])
+    else:
+        t0 = time.perf_counter()
+        comm.recv_into(a, 0, TAG)
+        took = time.perf_counter() - t0
+    return comm.bcast_obj(took < busy_s / 2, 1)
+
+
 def main(argv=None) -> int:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=200)
@@ -105,6 +125,7 @@ def main(argv=None) -> int:
         comm.allreduce_sum(1.0)
         allreduce.append(time.perf_counter() - t0)
     limit = eager_limit(comm, [1 << k for k in range(8, 24)])
+    progress = async_progress(comm)
     if comm.rank != 0:
         return 0
     big, bigger = sizes[-2], sizes[-1]
@@ -112,7 +133,7 @@ def main(argv=None) -> int:
     # a traced run records the send call's cost; the receive costs o: the rest of the one-way time is α
     latency = max(one_way[8] - send_s - recv_s, 0.0)
     network = {"name": "measured (mpiexec -n 2, this machine)", "latency_s": latency,
-               "bandwidth_Bps": bandwidth, "overhead_s": recv_s, "eager_limit": limit}
+               "bandwidth_Bps": bandwidth, "overhead_s": recv_s, "eager_limit": limit, "async_progress": progress}
     results = {"one_way_s": {str(n): t for n, t in one_way.items()}, "send_call_s": send_s, "arrived_receive_s": recv_s,
                "allreduce_float_s": statistics.median(allreduce), "network": network}
     path = result_path("pingpong", args.out)
@@ -120,7 +141,7 @@ def main(argv=None) -> int:
     print(f"one-way {one_way[8] * 1e6:.1f} us = send call {send_s * 1e6:.1f} us + latency {latency * 1e6:.1f} us "
           f"+ receive call {recv_s * 1e6:.1f} us;  bandwidth {bandwidth / 1e9:.2f} GB/s  "
           f"allreduce {results['allreduce_float_s'] * 1e6:.1f} us  "
-          f"eager limit {limit} B  -> {path}")
+          f"eager limit {limit} B  async progress {progress}  -> {path}")
     return 0
 
 

@@ -7,7 +7,9 @@ barrier), and advances it event by event:
 * compute span: its recorded length (thread CPU time, or wall time for GPU traces);
 * send: the call's own recorded cost; the message departs when the call returns;
 * receive: completes at max(posted, departed + α + n/β) + o (eager, n ≤ ``eager_limit``); a larger
-  message starts moving only once both sides are there: max(posted, departed) + α + n/β + o;
+  message starts moving only once both sides are there: max(posted, departed) + α + n/β + o; and
+  without asynchronous progress (``async_progress`` False, e.g. MPICH over shared memory) only
+  once the sender is inside an MPI call again at or after the receive was posted;
 * wait for sends: eager sends are complete; a rendezvous send completes when its message arrived;
 * collective over P ranks: every member leaves at (last arrival) + cost + o, with cost
   ⌈log2 P⌉·(α + n/β) for allreduce and bcast, ⌈log2 P⌉·α + (P − 1)·n/β for allgather and gather,
@@ -31,7 +33,9 @@ class NetworkModel:
 
     latency_s: α, one-way time of an empty message (s); bandwidth_Bps: β (bytes/s);
     overhead_s: o, time a receive, wait or collective call keeps its rank busy (s);
-    eager_limit: messages of more bytes wait for their receive to be posted (rendezvous).
+    eager_limit: messages of more bytes wait for their receive to be posted (rendezvous);
+    async_progress: whether such a message moves while its sender computes (RDMA) or only while
+    the sender is inside an MPI call.
     """
 
     name: str
@@ -39,6 +43,7 @@ class NetworkModel:
     bandwidth_Bps: float
     overhead_s: float = 0.0
     eager_limit: int = 1 << 62
+    async_progress: bool = True
 
     def transfer(self, nbytes: int) -> float:
         """α + n/β: seconds from departure to arrival of an ``nbytes`` message."""
@@ -170,6 +175,7 @@ class _Sim:
         self.net, self.wall = net, clock == "wall"
         P = len(self.events)
         self.pos = [0] * P
+        self.blocked = [False] * P    # whether rank r's last step found its next event waiting
         self.t = [0.0] * P
         self.end = [[0.0] * len(e) for e in self.events]
         self.dep = [[None] * len(e) for e in self.events]   # (rank, index) the event's time hangs on
@@ -178,6 +184,22 @@ class _Sim:
     def _end_of(self, r: int, i: int) -> float:
         return self.end[r][i] if i >= 0 else 0.0
 
+    def _rendezvous(self, s: int, k: int, post: float):
+        """(start, event) of the rendezvous message of send event k of rank s, its receive posted
+        at ``post``: when it starts moving, and the sender's event whose end that is (None: the
+        post); None while rank s has not got far enough to tell."""
+        depart = self.end[s][k]
+        if self.net.async_progress or depart >= post:
+            return (depart, (s, k)) if depart >= post else (post, None)
+        for j in range(k + 1, self.pos[s]):   # the sender's next MPI call around or after post
+            if self.events[s][j][0] != "c" and self.end[s][j] >= post:
+                start = self.end[s][j - 1]
+                return (start, (s, j - 1)) if start > post else (post, None)
+        if self.pos[s] < len(self.events[s]) and not self.blocked[s]:
+            return None
+        # finished, or blocked in a call since t[s]
+        return (self.t[s], (s, self.pos[s] - 1)) if self.t[s] > post else (post, None)
+
     def step(self, r: int) -> bool:
         """Replay rank r's next event; False while it waits for an event of another rank."""
         i, t, net = self.pos[r], self.t[r], self.net
@@ -185,22 +207,21 @@ class _Sim:
         ready, dep = t, (r, i - 1)
         if ev[0] == "c":
             busy = ev[2 if self.wall else 1] * 1e-9
-            acc.compute_s += busy
         elif ev[0] == "s":
             busy = ev[7 if self.wall else 6] * 1e-9
-            acc.comm_s += busy
         else:
             busy = net.overhead_s
-            acc.comm_s += busy
             if ev[0] == "r":
                 s, k = self.partner[(r, i)]
                 if self.pos[s] <= k:
                     return False
                 depart = self.end[s][k]
                 nbytes = self.events[s][k][4]
-                start = depart if nbytes <= net.eager_limit else max(depart, t)
+                start, by = (depart, (s, k)) if nbytes <= net.eager_limit else self._rendezvous(s, k, t) or (None, None)
+                if start is None:
+                    return False
                 ready = max(t, start + net.transfer(nbytes))
-                dep = (s, k) if depart > t else dep
+                dep = by if by is not None and start > t else dep
             elif ev[0] == "w":
                 for k in ev[1]:
                     q, j = self.partner[(r, k)]
@@ -209,10 +230,9 @@ class _Sim:
                         continue
                     if self.pos[q] < j:
                         return False
-                    post = self._end_of(q, j - 1)
-                    arrive = max(self.end[r][k], post) + net.transfer(nbytes)
-                    if arrive > ready:
-                        ready, dep = arrive, ((q, j - 1) if post > self.end[r][k] else (r, k))
+                    start, by = self._rendezvous(r, k, self._end_of(q, j - 1))
+                    if start + net.transfer(nbytes) > ready:
+                        ready, dep = start + net.transfer(nbytes), by or (q, j - 1)
             else:
                 members = self.partner[(r, i)]
                 if any(self.pos[q] < j for q, j in members):
@@ -222,6 +242,10 @@ class _Sim:
                 ready = last + net.collective(ev[1], max(self.events[q][j][3] for q, j in members), len(members))
                 dep = (q, j - 1)
             acc.wait_s += ready - t
+        if ev[0] == "c":
+            acc.compute_s += busy
+        else:
+            acc.comm_s += busy
         self.end[r][i] = self.t[r] = ready + busy
         self.dep[r][i] = dep
         self.pos[r] += 1
@@ -232,7 +256,10 @@ class _Sim:
         while moved:
             moved = False
             for r, evs in enumerate(self.events):
-                while self.pos[r] < len(evs) and self.step(r):
+                while self.pos[r] < len(evs):
+                    self.blocked[r] = not self.step(r)
+                    if self.blocked[r]:
+                        break
                     moved = True
         stuck = [r for r, evs in enumerate(self.events) if self.pos[r] < len(evs)]
         if stuck:

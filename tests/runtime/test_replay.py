@@ -99,6 +99,17 @@ def test_wall_clock_spans_and_the_breakdown_adds_up():
     assert res.critical.compute_s + res.critical.comm_s == pytest.approx(res.wall_s)
 
 
+def test_without_async_progress_a_large_message_moves_when_its_sender_calls_mpi():
+    """Rank 0 sends 2000 B at 1 s, computes until 4 s, waits; rank 1 posts at 2 s.  With
+    asynchronous progress it arrives at 2 + 0.1 + 2 = 4.1 s; without, from the wait at 4 s: 6.1 s."""
+    t = trace([c(1.0), send(1, 2000), c(3.0), ["w", [1], 0]], [c(2.0), recv(0, 2000)])
+    fast = replay(t, NetworkModel("a", 0.1, 1000.0, eager_limit=1000))
+    assert [r.end_s for r in fast.ranks] == pytest.approx([4.1, 4.1])
+    slow = replay(t, NetworkModel("p", 0.1, 1000.0, eager_limit=1000, async_progress=False))
+    assert [r.end_s for r in slow.ranks] == pytest.approx([6.1, 6.1])
+    assert slow.critical.compute_by_rank == pytest.approx({0: 4.0})
+
+
 @pytest.mark.parametrize("ranks, message", [
     (([send(1, 8)], [c(1.0)]), "unmatched message"),
     (([recv(1, 8), send(1, 8)], [recv(0, 8), send(0, 8)]), "deadlocks"),
