@@ -25,7 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.common import REPO, document, parser, result_path, write_json
+from bench.common import REPO, document, load_json, parser, result_path, save_figure, write_json
 from bench.replay import network_model
 from gpubraid.runtime.replay import replay
 from gpubraid.runtime.trace import load
@@ -58,6 +58,28 @@ def run(ranks: int, args: list[str], workdir: str, trace: bool) -> dict:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr[-2000:]}")
     m = json.loads(Path(metrics).read_text())
     return {"wall_s": m["wall_s"], "load": load_before, "objective": m["objective"]}
+
+
+def plot(json_path, png_path=None):
+    """Per configuration: the untraced runs' wall time (min, median), the quietest traced run's
+    own wall time and its replay on dedicated cores; P = 4, 8: the replay is a prediction."""
+    import matplotlib.pyplot as plt
+
+    rows = load_json(json_path)["results"]
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    y = range(len(rows))
+    q = [r["quietest_round"] for r in rows]
+    ax.barh([k - 0.3 for k in y], [r["real_wall_median_s"] for r in rows], 0.2, color="tab:gray", label="real, median")
+    ax.barh([k - 0.1 for k in y], [r["real_wall_min_s"] for r in rows], 0.2, color="silver", label="real, min")
+    ax.barh([k + 0.1 for k in y], [x["traced_wall_s"] for x in q], 0.2, color="tab:orange", label="quietest traced run")
+    ax.barh([k + 0.3 for k in y], [x["replay_s"] for x in q], 0.2, color="tab:blue", label="its replay (dedicated cores)")
+    ax.set_yticks(list(y), [f"{r['method']} P={r['ranks']}" + (" (prediction)" if r["prediction_only"] else "")
+                            for r in rows], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("training loop wall time (s)")
+    ax.legend(fontsize=7)
+    ax.set_title("replay of traced runs vs real runs (peaks, 2-core vm)", fontsize=9)
+    return save_figure(fig, json_path, png_path)
 
 
 SAMPLES = ("plain", "traced", "replay", "replay_wall", "traced_wall", "cpu_share")
@@ -94,8 +116,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.resummarize:
         doc = json.loads(Path(args.resummarize).read_text())
+        doc["benchmark"] = "replay_validation"   # the module that plots it
         doc["results"] = [summarize(e) for e in doc["results"]]
         write_json(args.resummarize, doc)
+        print(plot(args.resummarize))
         return 0
     net = network_model(args.network)
     rounds, iters = (1, 3) if args.quick else (args.rounds, args.iterations)
@@ -129,10 +153,12 @@ def main(argv=None) -> int:
                           "breakdown": samples[i]["breakdown"], "critical_path": samples[i]["critical"]})
                for i, (name, ranks, extra) in enumerate(CONFIGS)]
     path = result_path("replay-validation", args.out)
-    write_json(path, document("replay-validation", {"rounds": rounds, "iterations": iters, "network": net.__dict__,
+    write_json(path, document("replay_validation", {"rounds": rounds, "iterations": iters, "network": net.__dict__,
                                                    "niceness": os.nice(0)},
                               results))
     print(f"-> {path}")
+    if not args.no_plot:
+        print(plot(path))
     return 0
 
 
