@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import numpy as np  # noqa: E402
 
-from bench import common  # first: sets BLAS threads before NumPy loads
-from bench import steps_train  # noqa: E402
+from bench import (
+    common,  # first: sets BLAS threads before NumPy loads
+    steps_train,  # noqa: E402
+)
 from gpubraid.network.steps import ConvStep, DenseStep  # noqa: E402
 from gpubraid.runtime.backend import gpu_available, resolve_backend  # noqa: E402
 

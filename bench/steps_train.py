@@ -52,6 +52,7 @@ def contenders(case):
     """{name: one optimisation step -> objective} for gpubraid serial and the two PyTorch Adams."""
     import torch
     import torch.nn.functional as F
+
     from gpubraid.training.trainer import RunState
 
     tr = _trainer(case)
@@ -155,6 +156,7 @@ def plot(doc, json_path, png_path=None):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     from bench import common
     rows = doc.get("train") or []
     fig, ax = plt.subplots(figsize=(11, 4.5))

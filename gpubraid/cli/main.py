@@ -170,7 +170,7 @@ def check_directory(name: str, path: str | None) -> None:
 
 def check_outputs(cfg) -> None:
     """Every output of a run checked (and the checkpoint directory made) before any work."""
-    for name in ("metrics", "save"):
+    for name in ("metrics", "save", "trace"):
         check_output_path(name, getattr(cfg, name))
     check_directory("checkpoint_dir", cfg.checkpoint_dir)
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import UserError
+from . import trace as _trace
 
 
 def _mpi():
@@ -78,6 +79,15 @@ def detect_cuda_aware() -> tuple[bool, str]:
     return False, "no CUDA query in the MPI library"
 
 
+def _traced():
+    """The active tracer (:mod:`gpubraid.runtime.trace`), its compute span ended because a
+    communication call begins; None while not tracing."""
+    t = _trace.ACTIVE
+    if t is not None:
+        t.begin()
+    return t
+
+
 @dataclass
 class CommStats:
     """Point-to-point and collective traffic of one rank."""
@@ -96,6 +106,7 @@ class PendingSend:
 
     request: object
     buffer: object
+    event: int = -1        #: the send's event index in this rank's trace (while tracing)
 
 
 @dataclass
@@ -167,6 +178,7 @@ class Comm:
     # -- point to point -------------------------------------------------------------------------
     def isend(self, a, dest: int, tag: int) -> "PendingSend":
         """Non-blocking send of a copy of array ``a`` (the caller may overwrite ``a`` at once)."""
+        t = _traced()
         if isinstance(a, np.ndarray):
             buf = a.copy()
         else:
@@ -174,10 +186,14 @@ class Comm:
             self.backend.synchronize()
         self.stats.messages += 1
         self.stats.bytes += a.nbytes
-        return PendingSend(self.comm.Isend(buf, dest=dest, tag=tag), buf)
+        pending = PendingSend(self.comm.Isend(buf, dest=dest, tag=tag), buf)
+        if t is not None:
+            pending.event = t.send(self.comm, dest, tag, a.nbytes)
+        return pending
 
     def recv_into(self, a, source: int, tag: int) -> None:
         """Blocking receive into the contiguous array ``a`` (device arrays staged when needed)."""
+        t = _traced()
         if isinstance(a, np.ndarray):
             self.comm.Recv(a, source=source, tag=tag)
         elif self.cuda_aware:
@@ -187,27 +203,45 @@ class Comm:
             host = np.empty(a.shape, a.dtype)
             self.comm.Recv(host, source=source, tag=tag)
             self.backend.copy_from_host(a, host)
+        if t is not None:
+            t.recv(self.comm, source, tag, a.nbytes)
 
     @staticmethod
     def waitall(pending) -> None:
         """Complete a list of :class:`PendingSend` (their buffers are released afterwards)."""
         if pending:
+            t = _traced()
             _mpi().Request.Waitall([p.request for p in pending])
+            if t is not None:
+                t.wait([p.event for p in pending])
 
     # -- collectives ----------------------------------------------------------------------------
     def allreduce_sum(self, x: float) -> float:
         x = float(x)
         if self.size > 1:
             self.stats.collectives += 1
+            t = _traced()
             x = float(self.comm.allreduce(x))
-        return x if self.also is None else sum(self.also.allgather(x))
+            if t is not None:
+                t.collective("allreduce", self.comm, 8)
+        return x if self.also is None else sum(self._also_allgather(x))
 
     def allreduce_max(self, x: float) -> float:
         x = float(x)
         if self.size > 1:
             self.stats.collectives += 1
+            t = _traced()
             x = float(self.comm.allreduce(x, op=_mpi().MAX))
-        return x if self.also is None else max(self.also.allgather(x))
+            if t is not None:
+                t.collective("allreduce", self.comm, 8)
+        return x if self.also is None else max(self._also_allgather(x))
+
+    def _also_allgather(self, x: float) -> list:
+        t = _traced()
+        parts = self.also.allgather(x)
+        if t is not None:
+            t.collective("allgather", self.also, 8)
+        return parts
 
     def sum_in_rank_order(self, x):
         """Σ_r x_r over the ranks, added in rank order (so every rank gets the same bits):
@@ -215,11 +249,17 @@ class Comm:
         if self.size == 1:
             return x
         self.stats.collectives += 1
+        t = _traced()
         if isinstance(x, float):
-            return sum(self.comm.allgather(x))
+            parts = self.comm.allgather(x)
+            if t is not None:
+                t.collective("allgather", self.comm, 8)
+            return sum(parts)
         host = np.ascontiguousarray(x if isinstance(x, np.ndarray) else self.backend.to_host(x))
         parts = np.empty((self.size, *host.shape), host.dtype)
         self.comm.Allgather(host, parts)
+        if t is not None:
+            t.collective("allgather", self.comm, host.nbytes)
         total = parts[0].copy()
         for p in parts[1:]:
             total += p
@@ -230,34 +270,55 @@ class Comm:
         if self.size == 1:
             return a
         self.stats.collectives += 1
+        t = _traced()
         if self.rank == root:
             host = np.ascontiguousarray(a if isinstance(a, np.ndarray) else a.get())
         else:
             host = np.empty(shape, dtype)
         self.comm.Bcast(host, root=root)
+        if t is not None:
+            t.collective("bcast", self.comm, host.nbytes)
         return xp.asarray(host)
 
     def bcast_obj(self, obj, root: int = 0):
         if self.size == 1:
             return obj
         self.stats.collectives += 1
-        return self.comm.bcast(obj, root=root)
+        t = _traced()
+        out = self.comm.bcast(obj, root=root)
+        if t is not None:
+            t.collective("bcast", self.comm, _trace.pickled_size(out))
+        return out
 
     def gather_obj(self, obj, root: int = 0):
         if self.size == 1:
             return [obj]
         self.stats.collectives += 1
-        return self.comm.gather(obj, root=root)
+        t = _traced()
+        out = self.comm.gather(obj, root=root)
+        if t is not None:
+            t.collective("gather", self.comm, _trace.pickled_size(obj))
+        return out
 
     def send_obj(self, obj, dest: int, tag: int) -> None:
+        t = _traced()
         self.comm.send(obj, dest=dest, tag=tag)
+        if t is not None:
+            t.send(self.comm, dest, tag, _trace.pickled_size(obj))
 
     def recv_obj(self, source: int, tag: int):
-        return self.comm.recv(source=source, tag=tag)
+        t = _traced()
+        obj = self.comm.recv(source=source, tag=tag)
+        if t is not None:
+            t.recv(self.comm, source, tag, 0)
+        return obj
 
     def barrier(self) -> None:
         if self.size > 1:
+            t = _traced()
             self.comm.Barrier()
+            if t is not None:
+                t.collective("barrier", self.comm, 0)
 
 
 def split_layers(n_layers: int, n_ranks: int) -> np.ndarray:

@@ -158,6 +158,10 @@ class TrainConfig(BaseModel):
                             "output", ge=0, le=INT_MAX)
     metrics: str | None = _field(None, "write the metrics JSON to FILE (rank 0; the directory must exist)",
                                  "output", "FILE", min_length=1)
+    trace: str | None = _field(
+        None, "record every rank's compute spans (thread CPU time) and messages of the training loop to FILE "
+        "(JSON, rank 0 writes; the directory must exist); python -m bench.replay FILE predicts the wall time "
+        "with one core or GPU per rank", "output", "FILE", min_length=1)
     save: str | None = _field(None, "write the trained model to FILE (safetensors: parameters, network, "
                               "input preprocessing; for gpubraid predict / gpubraid.load)", "output", "FILE",
                               min_length=1)

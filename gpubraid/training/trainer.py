@@ -22,6 +22,7 @@ from ..network.network import network_for_data
 from ..network.spec import layer_spec, network_from_spec
 from ..objective.inference import Pipeline
 from ..objective.layer_parallel import LayerParallel
+from ..runtime import trace as tracing
 from ..runtime.atomic import WriteError
 from ..runtime.backend import resolve_backend
 from ..runtime.comm import Comm
@@ -185,6 +186,7 @@ class Trainer:
         finally:
             if interrupts is not None:
                 interrupts.polling = False
+            tracing.stop()  # a run that did not finish writes no trace
 
     def _run(self, progress, interrupts, warn) -> TrainResult:
         cfg = self.cfg
@@ -193,7 +195,9 @@ class Trainer:
             theta, run.elapsed, self.depth_history = depth.coarse_start(self, *self._source, progress, interrupts, warn)
             self.theta[...] = self.lp.scatter_params(theta)
         warm = self.method.warm(self.full_batch)
+        tracer = tracing.start(self.world, self.be.synchronize if self.be.is_gpu else None) if cfg.trace else None
         t0 = time.perf_counter() - run.elapsed
+        loop_start = time.perf_counter()
         from ..runtime.interrupts import Interrupted
 
         for it in range(len(run.history), cfg.iterations):
@@ -245,6 +249,10 @@ class Trainer:
         if cfg.checkpoint_dir:
             self.save_checkpoint(run)
         wall = time.perf_counter() - t0
+        if tracer is not None:
+            tracing.finish(tracer, self.world, cfg.trace, "wall" if self.be.is_gpu else "thread",
+                           {"config": cfg.model_dump(), "ranks": self.world.size, "backend": self.be.name,
+                            "steps": len(run.history), "loop_s": time.perf_counter() - loop_start})
         train, val = self.score("train"), self.score("val")
         self.result = TrainResult(cfg.model_dump(), self.world.size, self.be.name, self.be.dtype_name,
                                   train["objective"], train["loss"], val["loss"], train["accuracy"],
@@ -257,7 +265,7 @@ class Trainer:
     #: Settings that may differ between a run and its resumption (output, length, where to save).
     RESUMABLE_CHANGES = ("iterations", "val_every", "metrics", "progress", "checkpoint_dir",
                          "checkpoint_every", "resume", "backend", "save", "init", "data_parallel", "trust",
-                         "depth_levels", "depth_iterations")
+                         "depth_levels", "depth_iterations", "trace")
 
     def save_checkpoint(self, run: "RunState") -> None:
         """Write the run's state to ``cfg.checkpoint_dir`` (rank 0 writes; every rank takes part and

@@ -1,0 +1,164 @@
+"""Recording of one run's compute spans and messages per rank, for :mod:`gpubraid.runtime.replay`.
+
+When a :class:`Tracer` is active (:func:`start`), every call of :class:`~gpubraid.runtime.comm.Comm`
+ends the rank's current *compute span* and appends the call as an event; the next span starts
+when the call returns.  A span's length is the thread's CPU time (``time.thread_time_ns``, nearly
+independent of how many processes share a core) and, for reference, its wall time
+(``time.perf_counter_ns``).  On a GPU the tracer synchronises the device before reading the clocks
+and the replay uses the wall time (the device, not the thread, does the work).
+
+Events of a rank, in order (times in ns; ``g`` indexes the rank's table of communicators, each
+given by its world ranks, so sub-communicators match across ranks):
+
+    ["c", cpu, wall]                              compute span
+    ["s", g, dest, tag, nbytes, seq, cpu, wall]   send (non-blocking) to world rank ``dest``; cpu/wall of the call
+    ["r", g, source, tag, nbytes, seq, wall]      blocking receive from world rank ``source``
+    ["w", [i, ...], wall]                         wait for the sends that are events i of this rank
+    ["k", kind, g, nbytes, seq, wall]             collective over communicator g (nbytes: this rank's part)
+
+``seq`` numbers the messages of one (communicator, source, dest, tag) in order (MPI delivers them
+in that order), and the collectives of one communicator; the replay matches events by them.
+While no tracer is active (:data:`ACTIVE` is None) the hooks cost one global lookup per call.
+"""
+from __future__ import annotations
+
+import json
+import pickle
+import time
+from collections import defaultdict
+
+from .atomic import write_atomic
+
+FORMAT = "gpubraid-trace"
+VERSION = 1
+
+#: The tracer of this process while tracing, else None (read by :mod:`gpubraid.runtime.comm`).
+ACTIVE: "Tracer | None" = None
+
+
+def _world_ranks(mpi_comm) -> tuple[int, ...]:
+    """The COMM_WORLD ranks of an mpi4py communicator's members, in its rank order."""
+    from mpi4py import MPI
+
+    return tuple(mpi_comm.Get_group().Translate_ranks(list(range(mpi_comm.Get_size())), MPI.COMM_WORLD.Get_group()))
+
+
+def pickled_size(obj) -> int:
+    """Bytes of ``obj`` as mpi4py sends a Python object (pickled, highest protocol)."""
+    return len(pickle.dumps(obj, pickle.HIGHEST_PROTOCOL))
+
+
+class Tracer:
+    """One rank's event list; ``sync`` (a callable) synchronises the device before each clock read."""
+
+    def __init__(self, world_rank: int, sync=None):
+        self.world_rank = world_rank
+        self.sync = sync
+        self.events: list = []
+        self.groups: list[tuple[int, ...]] = []
+        self._group_of: dict[int, tuple[int, object]] = {}   # id(mpi comm) -> (index, comm kept alive)
+        self._p2p = defaultdict(int)
+        self._coll = defaultdict(int)
+        self._cpu = time.thread_time_ns()
+        self._wall = time.perf_counter_ns()
+
+    # -- the hooks of comm.py ---------------------------------------------------------------------
+    def begin(self) -> int:
+        """End the current compute span (a communication call starts); returns the call's start (wall)."""
+        if self.sync is not None:
+            self.sync()
+        cpu, wall = time.thread_time_ns(), time.perf_counter_ns()
+        self.events.append(["c", cpu - self._cpu, wall - self._wall])
+        self._cpu, self._wall = cpu, wall
+        return wall
+
+    def _end(self, event: list) -> int:
+        """Append ``event`` (the call that began at the last span's end) and start the next span."""
+        self.events.append(event)
+        self._cpu, self._wall = time.thread_time_ns(), time.perf_counter_ns()
+        return len(self.events) - 1
+
+    def group(self, mpi_comm) -> tuple[int, tuple[int, ...]]:
+        """(index in this rank's table, world ranks) of an mpi4py communicator (None: this rank alone).
+
+        Communicators of the same ranks share an entry: their messages and collectives are numbered
+        together, which matches across ranks because every rank makes its calls in program order."""
+        key = id(mpi_comm)
+        if key not in self._group_of:
+            ranks = (self.world_rank,) if mpi_comm is None else _world_ranks(mpi_comm)
+            if ranks not in self.groups:
+                self.groups.append(ranks)
+            self._group_of[key] = (self.groups.index(ranks), mpi_comm)
+        g = self._group_of[key][0]
+        return g, self.groups[g]
+
+    def send(self, mpi_comm, dest: int, tag: int, nbytes: int) -> int:
+        """Record a send begun by :meth:`begin`; returns its event index (for :meth:`wait`)."""
+        g, ranks = self.group(mpi_comm)
+        key = (g, self.world_rank, ranks[dest], tag)
+        seq = self._p2p[key]
+        self._p2p[key] += 1
+        cpu, wall = time.thread_time_ns() - self._cpu, time.perf_counter_ns() - self._wall
+        return self._end(["s", g, ranks[dest], tag, int(nbytes), seq, cpu, wall])
+
+    def recv(self, mpi_comm, source: int, tag: int, nbytes: int) -> None:
+        g, ranks = self.group(mpi_comm)
+        key = (g, ranks[source], self.world_rank, tag)
+        seq = self._p2p[key]
+        self._p2p[key] += 1
+        self._end(["r", g, ranks[source], tag, int(nbytes), seq, time.perf_counter_ns() - self._wall])
+
+    def wait(self, sends: list[int]) -> None:
+        self._end(["w", [int(i) for i in sends], time.perf_counter_ns() - self._wall])
+
+    def collective(self, kind: str, mpi_comm, nbytes: int) -> None:
+        g, _ = self.group(mpi_comm)
+        seq = self._coll[g]
+        self._coll[g] += 1
+        self._end(["k", kind, g, int(nbytes), seq, time.perf_counter_ns() - self._wall])
+
+    def close(self) -> dict:
+        """This rank's record: the last compute span closed; the tracer stops recording."""
+        self.begin()
+        return {"rank": self.world_rank, "groups": [list(g) for g in self.groups], "events": self.events}
+
+
+def start(world_comm, sync=None) -> Tracer:
+    """Begin tracing this process (every rank of ``world_comm``, a :class:`Comm`, calls it together:
+    a barrier first, so the ranks' timelines start at one instant)."""
+    global ACTIVE
+    world_comm.barrier()
+    ACTIVE = Tracer(world_comm.rank, sync)
+    return ACTIVE
+
+
+def stop() -> None:
+    """Stop recording without writing (a run that did not finish leaves no trace file)."""
+    global ACTIVE
+    ACTIVE = None
+
+
+def finish(tracer: Tracer, world_comm, path: str, clock: str = "thread", meta: dict | None = None) -> None:
+    """Stop tracing and write every rank's events to ``path`` (rank 0 writes, atomically).
+
+    ``clock``: which span length the replay should use, "thread" (CPU backends) or "wall" (GPUs).
+    ``meta``: what else the file should say (settings, the measured wall time of the traced region).
+    """
+    global ACTIVE
+    ACTIVE = None
+    mine = tracer.close()
+    ranks = [mine] if world_comm.size == 1 else world_comm.comm.gather(mine, root=0)
+    if world_comm.rank == 0:
+        doc = {"format": FORMAT, "version": VERSION, "clock": clock, "meta": meta or {}, "ranks": ranks}
+        write_atomic(path, lambda f: json.dump(doc, f, separators=(",", ":")))
+
+
+def load(path: str) -> dict:
+    """A trace file written by :func:`finish` (ValueError when it is not one)."""
+    with open(path) as f:
+        doc = json.load(f)
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise ValueError(f"{path!r} is not a gpubraid trace")
+    if doc.get("version") != VERSION:
+        raise ValueError(f"{path!r}: trace version {doc.get('version')!r}; this gpubraid reads version {VERSION}")
+    return doc

@@ -1,0 +1,120 @@
+"""The replay (gpubraid.runtime.replay) of hand-made traces against hand-computed wall times."""
+import math
+
+import pytest
+
+from gpubraid.runtime.replay import PRESETS, NetworkModel, replay
+
+S = 1_000_000_000  # ns per second
+
+
+def c(seconds, wall=None):
+    """A compute span of ``seconds`` thread time (and ``wall`` wall time, default the same)."""
+    return ["c", int(seconds * S), int((seconds if wall is None else wall) * S)]
+
+
+def send(dest, nbytes, seq=0, tag=5):
+    return ["s", 0, dest, tag, nbytes, seq, 0, 0]
+
+
+def recv(source, nbytes, seq=0, tag=5):
+    return ["r", 0, source, tag, nbytes, seq, 0]
+
+
+def trace(*ranks, groups=((0, 1),), clock="thread"):
+    return {"format": "gpubraid-trace", "version": 1, "clock": clock, "meta": {},
+            "ranks": [{"rank": r, "groups": [list(g) for g in groups], "events": ev} for r, ev in enumerate(ranks)]}
+
+
+NET = NetworkModel("test", latency_s=0.1, bandwidth_Bps=1000.0)
+
+
+def test_two_ranks_exchange_hand_computed():
+    """Rank 0: 1 s, send 1000 B, 2 s, receive; rank 1: 0.5 s, receive, 1 s, send 500 B back.
+
+    Rank 1 receives at 1 + 0.1 + 1 = 2.1 (waited 1.6), sends at 3.1; rank 0's reply arrives at
+    3.1 + 0.1 + 0.5 = 3.7 (it waited from 3.0).  Critical path: r0's 1 s, message, r1's 1 s, message."""
+    t = trace([c(1.0), send(1, 1000), c(2.0), recv(1, 500)],
+              [c(0.5), recv(0, 1000), c(1.0), send(0, 500)])
+    res = replay(t, NET)
+    assert res.wall_s == pytest.approx(3.7)
+    r0, r1 = res.ranks
+    assert (r0.compute_s, r0.wait_s, r0.end_s) == pytest.approx((3.0, 0.7, 3.7))
+    assert (r1.compute_s, r1.wait_s, r1.end_s) == pytest.approx((1.5, 1.6, 3.1))
+    cp = res.critical
+    assert (cp.compute_s, cp.comm_s, cp.hops) == pytest.approx((2.0, 1.7, 2))
+    assert cp.compute_by_rank == pytest.approx({0: 1.0, 1: 1.0})
+    assert res.traced_wall_s == pytest.approx(3.0)
+
+
+def test_overheads_and_send_costs_count_as_comm():
+    """o = 0.05 per receive; the send call's recorded 0.2 s delays the departure."""
+    net = NetworkModel("o", 0.1, 1000.0, overhead_s=0.05)
+    t = trace([c(1.0), ["s", 0, 1, 5, 100, 0, int(0.2 * S), int(0.2 * S)]], [recv(0, 100), c(1.0)])
+    res = replay(t, net)
+    # departs 1.2, arrives 1.2 + 0.1 + 0.1 = 1.4, receive done 1.45, then 1 s
+    assert res.ranks[1].end_s == pytest.approx(2.45)
+    assert res.ranks[1].comm_s == pytest.approx(0.05) and res.ranks[1].wait_s == pytest.approx(1.4)
+    assert res.ranks[0].comm_s == pytest.approx(0.2)
+
+
+def test_collective_waits_for_the_last_member():
+    """Three ranks arrive at 1, 2, 3 s; an allreduce of 8 B over 3 ranks costs ⌈log2 3⌉·α = 1 s."""
+    net = NetworkModel("c", 0.5, math.inf, overhead_s=0.1)
+    t = trace(*[[c(s), ["k", "allreduce", 0, 8, 0, 0], c(1.0)] for s in (1.0, 2.0, 3.0)], groups=((0, 1, 2),))
+    res = replay(t, net)
+    assert res.wall_s == pytest.approx(3.0 + 1.0 + 0.1 + 1.0)
+    assert [r.wait_s for r in res.ranks] == pytest.approx([3.0, 2.0, 1.0])
+    assert res.critical.compute_by_rank == pytest.approx({0: 1.0, 2: 3.0})  # ends tie: rank 0; then rank 2 arrived last
+
+
+def test_rendezvous_message_waits_for_the_receive():
+    """A message above the eager limit moves only once the receive is posted (at 5 s); the sender's
+    wait ends when it has arrived, 5 + 0.1 + 2 = 7.1 s."""
+    net = NetworkModel("r", 0.1, 1000.0, eager_limit=1000)
+    t = trace([c(1.0), send(1, 2000), ["w", [1], 0]], [c(5.0), recv(0, 2000)])
+    res = replay(t, net)
+    assert res.ranks[0].end_s == pytest.approx(7.1) and res.ranks[1].end_s == pytest.approx(7.1)
+    eager = replay(t, NetworkModel("e", 0.1, 1000.0))
+    assert eager.ranks[0].end_s == pytest.approx(1.0) and eager.ranks[1].end_s == pytest.approx(5.0)
+
+
+def test_messages_match_by_sequence_and_world_ranks_of_sub_communicators():
+    """Two messages with one tag arrive in order; a communicator listed in another order per rank
+    (index 1 on rank 0, index 0 on rank 1) still matches."""
+    groups0, groups1 = [[0], [0, 1]], [[0, 1]]
+    t = {"format": "gpubraid-trace", "version": 1, "clock": "thread", "meta": {}, "ranks": [
+        {"rank": 0, "groups": groups0, "events": [["s", 1, 1, 5, 0, 0, 0, 0], c(1.0), ["s", 1, 1, 5, 0, 1, 0, 0]]},
+        {"rank": 1, "groups": groups1, "events": [recv(0, 0, 0), recv(0, 0, 1)]}]}
+    res = replay(t, PRESETS["ideal"])
+    assert res.ranks[1].end_s == pytest.approx(1.0)
+
+
+def test_wall_clock_spans_and_the_breakdown_adds_up():
+    t = trace([c(1.0, 2.0), send(1, 10), c(0.5, 1.0)], [c(0.2, 0.3), recv(0, 10), c(1.0, 1.5)])
+    res = replay(t, NET, clock="wall")
+    assert res.ranks[1].end_s == pytest.approx(2.0 + 0.1 + 0.01 + 1.5)
+    for r in res.ranks:
+        assert r.compute_s + r.comm_s + r.wait_s == pytest.approx(r.end_s)
+    assert res.critical.compute_s + res.critical.comm_s == pytest.approx(res.wall_s)
+
+
+def test_without_async_progress_a_large_message_moves_when_its_sender_calls_mpi():
+    """Rank 0 sends 2000 B at 1 s, computes until 4 s, waits; rank 1 posts at 2 s.  With
+    asynchronous progress it arrives at 2 + 0.1 + 2 = 4.1 s; without, from the wait at 4 s: 6.1 s."""
+    t = trace([c(1.0), send(1, 2000), c(3.0), ["w", [1], 0]], [c(2.0), recv(0, 2000)])
+    fast = replay(t, NetworkModel("a", 0.1, 1000.0, eager_limit=1000))
+    assert [r.end_s for r in fast.ranks] == pytest.approx([4.1, 4.1])
+    slow = replay(t, NetworkModel("p", 0.1, 1000.0, eager_limit=1000, async_progress=False))
+    assert [r.end_s for r in slow.ranks] == pytest.approx([6.1, 6.1])
+    assert slow.critical.compute_by_rank == pytest.approx({0: 4.0})
+
+
+@pytest.mark.parametrize("ranks, message", [
+    (([send(1, 8)], [c(1.0)]), "unmatched message"),
+    (([recv(1, 8), send(1, 8)], [recv(0, 8), send(0, 8)]), "deadlocks"),
+    (([["k", "allreduce", 0, 8, 0, 0]], [c(1.0)]), "not recorded on all"),
+])
+def test_inconsistent_traces_are_refused(ranks, message):
+    with pytest.raises(ValueError, match=message):
+        replay(trace(*ranks), NET)

@@ -1,0 +1,100 @@
+"""``--trace``: what the tracer records (gpubraid.runtime.trace), on one process and under mpiexec."""
+import json
+import subprocess
+
+import pytest
+
+from gpubraid.cli import main as cli
+from gpubraid.runtime import trace
+from gpubraid.runtime.comm import Comm
+from gpubraid.runtime.replay import PRESETS, replay
+
+RUN = ["peaks", "--n-train", "200", "--n-val", "50", "--layers", "8", "--iterations", "3", "--val-every", "2",
+       "--no-progress"]
+
+
+def test_one_process_records_compute_only_and_replays_to_its_cpu_time(tmp_path):
+    path = tmp_path / "t.json"
+    assert cli.main(["train", *RUN, "--trace", str(path)]) == 0
+    doc = trace.load(str(path))
+    assert trace.ACTIVE is None
+    (rank,) = doc["ranks"]
+    assert {e[0] for e in rank["events"]} == {"c"} and doc["clock"] == "thread"
+    assert doc["meta"]["steps"] == 3 and doc["meta"]["config"]["trace"] == str(path)
+    res = replay(doc, PRESETS["ib"])
+    assert res.wall_s == pytest.approx(sum(e[1] for e in rank["events"]) * 1e-9)
+    assert 0 < res.wall_s <= res.traced_wall_s * 1.05 + 0.01
+
+
+def test_tracer_numbers_messages_and_waits_on_its_sends():
+    """Without MPI: the events a send, a receive, a wait and a collective leave (world ranks of
+    the one-process communicator)."""
+    t = trace.Tracer(0)
+    t.begin()
+    i = t.send(None, 0, 9, 16)
+    t.begin()
+    t.send(None, 0, 9, 16)
+    t.begin()
+    t.recv(None, 0, 9, 16)
+    t.begin()
+    t.wait([i])
+    t.begin()
+    t.collective("allreduce", None, 8)
+    rec = t.close()
+    kinds = [e[0] for e in rec["events"]]
+    assert kinds == ["c", "s", "c", "s", "c", "r", "c", "w", "c", "k", "c"]
+    s0, s1 = rec["events"][1], rec["events"][3]
+    assert (s0[2], s0[3], s0[4], s0[5], s1[5]) == (0, 9, 16, 0, 1)
+    assert rec["events"][7][1] == [1] and rec["groups"] == [[0]]
+
+
+def test_stopped_trace_writes_nothing(tmp_path):
+    tracer = trace.start(Comm.single())
+    assert trace.ACTIVE is tracer
+    trace.stop()
+    assert trace.ACTIVE is None and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("method", [["--method", "oneshot"], ["--method", "pipeline", "--micro-batches", "2"],
+                                    ["--method", "serial", "--data-parallel", "2"]])
+def test_two_ranks_match_and_tracing_does_not_change_the_run(mpirun, tmp_path, method):
+    """Under mpiexec -n 2: every send has its receive and every collective all its members (the
+    replay refuses anything else), and the history is the same bits with and without --trace."""
+    histories = []
+    for traced in (False, True):
+        out = tmp_path / f"m{traced}.json"
+        args = [*RUN, *method, "--metrics", out] + (["--trace", tmp_path / "t.json"] if traced else [])
+        p = subprocess.run(mpirun.gpubraid(2, "train", *args), capture_output=True, text=True, timeout=300,
+                           env=mpirun.env)
+        assert p.returncode == 0, p.stderr[-3000:]
+        histories.append([{k: v for k, v in e.items() if k != "time_s"} for e in json.loads(out.read_text())["history"]])
+    assert histories[0] == histories[1]
+    doc = trace.load(str(tmp_path / "t.json"))
+    assert [r["rank"] for r in doc["ranks"]] == [0, 1] and doc["meta"]["ranks"] == 2
+    sends = [(r["rank"], e[2], e[3]) for r in doc["ranks"] for e in r["events"] if e[0] == "s"]
+    recvs = [(e[2], r["rank"], e[3]) for r in doc["ranks"] for e in r["events"] if e[0] == "r"]
+    assert sorted(sends) == sorted(recvs)
+    collectives = [[e[1] for e in r["events"] if e[0] == "k"] for r in doc["ranks"]]
+    assert collectives[0] == collectives[1] and collectives[0]
+    if "--data-parallel" not in method:
+        assert sends
+    res = replay(doc, PRESETS["ib"])
+    assert 0 < res.wall_s and res.critical.compute_s + res.critical.comm_s == pytest.approx(res.wall_s)
+
+
+@pytest.mark.parametrize("path, says", [("{tmp}/no/such/dir/t.json", "does not exist"),
+                                        ("{tmp}", "is a directory")])
+def test_bad_trace_path_is_one_line_exit_2(tmp_path, capsys, path, says):
+    rc = cli.main(["train", *RUN, "--trace", path.format(tmp=tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1
+    assert err[0].startswith("gpubraid: error: trace: ") and says in err[0]
+
+
+def test_trace_option_is_in_the_schema():
+    from gpubraid.errors import UserError
+    from gpubraid.training.config import TrainConfig
+
+    assert TrainConfig(trace="x.json").trace == "x.json"
+    with pytest.raises(UserError, match="^trace must be a non-empty string"):
+        TrainConfig(trace="")
