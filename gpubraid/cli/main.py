@@ -187,7 +187,11 @@ def iteration_line(entry: dict, method: str) -> str:
         parts.insert(0, f"[{entry['layers']} layers]")
     if "val_accuracy" in entry:
         parts.append(f"val {entry['val_accuracy']:.4f}")
-    if method != "serial":
+    if entry.get("levels") == 1 and method in ("exact", "oneshot"):  # the level choice kept no coarse level
+        parts.append("1 level: layer-serial sweep")
+    elif method in ("exact", "oneshot"):
+        if "levels" in entry:
+            parts.append(f"{entry['levels']} levels")
         for d in ("fwd", "bwd"):
             if f"{d}_iters" in entry:
                 parts.append(f"{d} {entry[f'{d}_iters']} it r {_fmt(entry.get(f'{d}_residual'), '.2e')}")

@@ -230,3 +230,13 @@ def test_a_closed_stdout_ends_quietly_with_status_141(argv):
                           timeout=120)
     os.close(w)
     assert proc.returncode == 141 and proc.stderr == "", proc.stderr
+
+
+def test_iteration_lines_say_whether_a_solve_was_layer_parallel():
+    base = {"iter": 0, "objective": 1.5, "grad_norm": 0.5, "time_s": 0.25, "fwd_iters": 1, "fwd_residual": 0.1,
+            "bwd_iters": 1, "bwd_residual": 0.01}
+    assert "1 level: layer-serial sweep" in cli.iteration_line({**base, "levels": 1}, "oneshot")
+    line = cli.iteration_line({**base, "levels": 3}, "oneshot")
+    assert "3 levels  fwd 1 it r 1.00e-01  bwd 1 it r 1.00e-02" in line and "layer-serial" not in line
+    assert "level" not in cli.iteration_line({**base, "levels": 1}, "pipeline")
+    assert cli.iteration_line({**base, "layers": 8}, "serial").startswith("[8 layers]  it     1")
