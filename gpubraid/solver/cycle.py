@@ -14,6 +14,10 @@ One iteration on level 0, with the names of the math:
                    coarsest level, where coarse_solve runs
     correct        u_c ← v_new on level 0 (its F-relaxation is the next iteration's first phase)
 
+A solve that stops at ``max_iter`` without a final residual ends with the relaxation of the last
+iteration, or, with ``final_relax`` off, with ``interpolate`` on level 0 (each F-point moved by its
+interval's C-point correction, no steps).
+
 With one level in use there is no cycle: the solve is layer-serial propagation (``serial``).
 """
 from __future__ import annotations
@@ -28,16 +32,19 @@ class Visit(NamedTuple):
 
     Attributes:
         phase: a phase of the math (``f_relax``, ``c_relax``, ``residual``, ``restrict``,
-            ``correct``, ``coarse_solve``, ``serial``: layer-serial propagation when one level is
-            in use) or a marker: ``nested`` (the nested-iteration start follows), ``iterated`` (a
+            ``correct``, ``interpolate``, ``coarse_solve``, ``serial``: layer-serial propagation when
+            one level is in use) or a marker: ``nested`` (the nested-iteration start follows), ``iterated`` (a
             coarse correction on level 0 is complete).
         level: the level it works on (``restrict``: the coarse level it restricts to).
         consistent: ``restrict`` only: g = r without the coarse steps (see :func:`.restrict.restrict`).
+        values: ``correct`` only: the coarse level holds values, not corrections (the nested start;
+            matters for the correction scheme of ``linear`` solves).
     """
 
     phase: str
     level: int
     consistent: bool = False
+    values: bool = False
 
 
 def relax(l: int, opts: MGRITOptions, first_f: bool = True) -> Iterator[Visit]:
@@ -87,17 +94,21 @@ def phases(L: int, opts: MGRITOptions, *, max_iter: int, cold: bool, final_resid
         yield Visit("nested", L)
         yield Visit("coarse_solve", L)
         for l in range(L - 1, -1, -1):
-            yield Visit("correct", l)
+            yield Visit("correct", l, values=True)
             yield Visit("f_relax", l)
     kind = "F" if opts.fmg else "V"
     it = 0
     while True:
+        last = it == max_iter and not final_residual
+        if last and it > 0 and not opts.final_relax:
+            yield Visit("interpolate", 0)
+            return
         if it == 0 and (nested or (opts.skip and cold)):
             if nested:
                 yield from relax(0, opts, first_f=False)
         else:
             yield from relax(0, opts)
-        if it == max_iter and not final_residual:
+        if last:
             return
         yield Visit("residual", 0)
         if converged(it) or it == max_iter:

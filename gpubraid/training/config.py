@@ -136,6 +136,9 @@ class TrainConfig(BaseModel):
         "ignores it); 0: off", "MGRIT", ge=0, allow_inf_nan=False)
     nested: bool = _field(True, "solves without a warm start begin from nested iteration (coarsest solve "
                           "interpolated up) instead of u_0 everywhere (--no-nested)", "MGRIT")
+    coarse_params: Literal["inject", "average"] = _field(
+        "inject", "MGRIT coarse steps use the parameters of the first layer they span (inject) or the "
+        "step-size-weighted mean over the layers they span (average)", "MGRIT")
     minibatch_warm: bool = _field(False, "oneshot with mini-batches: warm-start from the previous batch's "
                                   "solves (measured worse than the nested guess)", "MGRIT")
     adaptive: float = _field(0.0, "oneshot: stop a solve once its residual is <= this times the last "
