@@ -39,35 +39,39 @@ class Visit(NamedTuple):
         consistent: ``restrict`` only: g = r without the coarse steps (see :func:`.restrict.restrict`).
         values: ``correct`` only: the coarse level holds values, not corrections (the nested start;
             matters for the correction scheme of ``linear`` solves).
+        zero: ``f_relax`` only: the level's C-points hold zero corrections (first sweep after a
+            correction-scheme restriction), so the steps from them, Φ(0) = 0, are skipped.
     """
 
     phase: str
     level: int
     consistent: bool = False
     values: bool = False
+    zero: bool = False
 
 
-def relax(l: int, opts: MGRITOptions, first_f: bool = True) -> Iterator[Visit]:
-    """F, then ``nrelax`` CF sweeps (XBraid's nrelax: 0 → F, 1 → FCF); ``first_f`` False: no first F."""
+def relax(l: int, opts: MGRITOptions, first_f: bool = True, zero: bool = False) -> Iterator[Visit]:
+    """F, then ``nrelax`` CF sweeps (XBraid's nrelax: 0 → F, 1 → FCF); ``first_f`` False: no first F;
+    ``zero``: the first F starts from zero C-points."""
     if first_f:
-        yield Visit("f_relax", l)
+        yield Visit("f_relax", l, zero=zero)
     for _ in range(opts.nrelax_at(l)):
         yield Visit("c_relax", l)
         yield Visit("f_relax", l)
 
 
-def visit(l: int, kind: str, L: int, opts: MGRITOptions) -> Iterator[Visit]:
+def visit(l: int, kind: str, L: int, opts: MGRITOptions, restricted: bool = True) -> Iterator[Visit]:
     """Cycle from level l ≥ 1 down to the coarsest level L and back up (V, or F with an extra V at
-    the next level)."""
+    the next level); ``restricted``: level l was just restricted to (not an F-cycle's second V)."""
     if l == L:
         yield Visit("coarse_solve", L)
         return
-    yield from relax(l, opts)
+    yield from relax(l, opts, zero=opts.linear and restricted)
     yield Visit("residual", l)
     yield Visit("restrict", l + 1)
     yield from visit(l + 1, kind, L, opts)
     if kind == "F" and l + 1 < L:
-        yield from visit(l + 1, "V", L, opts)
+        yield from visit(l + 1, "V", L, opts, restricted=False)
     yield Visit("correct", l)
     yield Visit("f_relax", l)
 
@@ -116,7 +120,7 @@ def phases(L: int, opts: MGRITOptions, *, max_iter: int, cold: bool, final_resid
         yield Visit("restrict", 1, consistent=nested and it == 0 and L == 1)
         yield from visit(1, kind, L, opts)
         if kind == "F" and 1 < L:
-            yield from visit(1, "V", L, opts)
+            yield from visit(1, "V", L, opts, restricted=False)
         yield Visit("correct", 0)
         it += 1
         yield Visit("iterated", 0)

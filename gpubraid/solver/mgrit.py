@@ -118,7 +118,7 @@ class MGRIT:
         """Step applications of visit ``v`` on this rank in a solve with coarsest level L."""
         lv = self.lv[v.level]
         if v.phase == "f_relax":
-            return lv.f_relax_steps()
+            return lv.f_relax_steps(v.zero)
         if v.phase in ("c_relax", "residual"):
             return lv.c_steps()
         if v.phase == "restrict":
@@ -222,7 +222,7 @@ class MGRIT:
                         converged=lambda it: stats.converged):
             l = v.level
             if v.phase == "f_relax":
-                f_relax(s, l)
+                f_relax(s, l, v.zero)
             elif v.phase == "c_relax":
                 c_relax(s, l)
             elif v.phase == "residual":
