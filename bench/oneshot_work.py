@@ -1,7 +1,7 @@
 """Where one-shot training's step applications go, before and after issue 19 (docs/algorithm.md §5).
 
     python -m bench.oneshot_work [--quick] [--layers 32 64] [--iterations 130] [--variants ...]
-                                 [--out DIR] [--no-plot]
+                                 [--part train|grad] [--out DIR] [--no-plot]
 
 The paper's peaks settings (T = 1, smoothrelu, width 8, 5000 samples, full-batch L-BFGS, cfactor 2,
 seed 0), NumPy, one process, one BLAS thread.  Every evaluation (line-search trials included) is
@@ -14,6 +14,10 @@ what ``solve`` executes; checked against the solve's own ``SolveStats``) into
     serial     layer-serial propagation (one level)
 
 Reported per evaluation and per optimisation iteration (all its evaluations), over serial's 2N.
+
+``--part grad``: the relative gradient error of one-shot evaluations (levels 2..5 fixed or
+automatic, coarse params injected or averaged) along 20 snapshots of a serial L-BFGS trajectory,
+each warm-started from the variant's previous snapshot (as in training), against serial's gradient.
 
 Variants: ``before`` is the landed cycle (FAS adjoint, final F-relaxation); the others are the
 current code with TrainConfig overrides.
@@ -117,8 +121,53 @@ def run_variant(layers: int, iterations: int, name: str) -> dict:
     return row
 
 
+#: gradient-error variants: name -> TrainConfig overrides (one-shot, the current cycle)
+GRAD_VARIANTS = {f"{lv} levels, {cp}": dict(max_levels=lv, conv_bound=0.0, coarse_params=cp)
+                 for lv in (2, 3, 4, 5) for cp in ("inject", "average")}
+GRAD_VARIANTS["auto levels (default), inject"] = dict()
+GRAD_VARIANTS["auto levels, average"] = dict(coarse_params="average")
+
+
+def grad_study(layers: int, snapshots: int) -> list:
+    """Relative gradient error ‖g − g*‖/‖g*‖ of each variant's one-shot gradient along a serial
+    L-BFGS trajectory (warm-started from its own previous snapshot, as in training)."""
+    ser = Trainer(TrainConfig(**PAPER, layers=layers, iterations=snapshots, method="serial"))
+    snaps = []
+    orig_step = ser.opt.step
+
+    def rec(theta, closure):
+        snaps.append(ser.be.to_host(theta).copy())
+        return orig_step(theta, closure)
+
+    ser.opt.step = rec
+    ser.run()
+    d = ser.data
+    x, y, B = d.x_train, d.y_train, d.n_train
+    refs = [ser.be.to_host(ser.lp.evaluate(ser.be.asarray(th), x, y, B).grad) for th in snaps]
+    rows = []
+    for name, over in GRAD_VARIANTS.items():
+        tr = Trainer(TrainConfig(**PAPER, layers=layers, iterations=1, method="oneshot", **over))
+        errs, levels, steps = [], [], []
+        for th, gs in zip(snaps, refs):
+            ev = tr.lp.evaluate(tr.be.asarray(th), x, y, B, warm=True)
+            g = tr.be.to_host(ev.grad)
+            errs.append(float(np.linalg.norm(g - gs) / np.linalg.norm(gs)))
+            f, b = tr.lp.last_stats
+            levels.append(f.levels)
+            steps.append((f.total_steps + b.total_steps) / (2.0 * layers))
+        row = {"layers": layers, "variant": name, "overrides": over, "grad_rel_error": errs,
+               "median_grad_rel_error": float(np.median(errs[1:])), "levels": levels,
+               "per_eval_over_serial": float(np.mean(steps[1:]))}
+        print(f"N={layers:4d} {name:30s} grad err median {row['median_grad_rel_error']:.3e} levels {levels[-1]} "
+              f"per eval {row['per_eval_over_serial']:.2f}x", flush=True)
+        rows.append(row)
+    return rows
+
+
 def plot(json_path, png_path=None):
     doc = common.load_json(json_path)
+    if doc["config"].get("part") == "grad":
+        return plot_grad(doc, json_path, png_path)
     rows = doc["results"]
     fig, ax = common.subplots(1, 1, figsize=(11, 0.45 * len(rows) + 1.5))
     colors = dict(zip(CATS, ("C0", "C1", "C2", "C3", "C4", "C5", "0.5")))
@@ -142,17 +191,36 @@ def plot(json_path, png_path=None):
     return common.save_figure(fig, json_path, png_path)
 
 
+def plot_grad(doc, json_path, png_path=None):
+    rows = doc["results"]
+    fig, ax = common.subplots(1, 1, figsize=(8, 4.5))
+    for r in rows:
+        ax.semilogy(r["grad_rel_error"][1:], label=f"N={r['layers']} {r['variant']}",
+                    ls="--" if "average" in r["variant"] else "-")
+    ax.set_xlabel("snapshot of the serial L-BFGS trajectory")
+    ax.set_ylabel("‖g_oneshot − g_serial‖ / ‖g_serial‖")
+    ax.legend(fontsize=6)
+    return common.save_figure(fig, json_path, png_path)
+
+
 def main(argv=None):
     ap = common.parser(__doc__)
     ap.add_argument("--layers", type=int, nargs="+", default=[32])
     ap.add_argument("--iterations", type=int, default=130)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--part", choices=("train", "grad"), default="train",
+                    help="train: training runs counted; grad: gradient error along a serial trajectory")
     args = ap.parse_args(argv)
     its = 10 if args.quick else args.iterations
-    rows = [run_variant(N, its, v) for N in args.layers for v in args.variants]
-    doc = common.document(NAME, {"paper": PAPER, "iterations": its, "layers": args.layers,
-                                 "variants": {v: VARIANTS[v] for v in args.variants}}, rows)
-    common.finish(NAME, doc, args, plot)
+    if args.part == "grad":
+        rows = [r for N in args.layers for r in grad_study(N, 4 if args.quick else 20)]
+        name, variants = NAME + "_grad", GRAD_VARIANTS
+    else:
+        rows = [run_variant(N, its, v) for N in args.layers for v in args.variants]
+        name, variants = NAME, {v: VARIANTS[v] for v in args.variants}
+    doc = common.document(name, {"paper": PAPER, "iterations": its, "layers": args.layers, "part": args.part,
+                                 "variants": variants}, rows)
+    common.finish(name, doc, args, plot)
 
 
 if __name__ == "__main__":
