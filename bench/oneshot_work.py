@@ -40,11 +40,11 @@ PAPER = dict(example="peaks", final_time=1.0, activation="smoothrelu", channels=
 #: name -> (TrainConfig overrides, landed cycle?)
 VARIANTS = {
     "serial": (dict(method="serial"), False),
-    "before": (dict(method="oneshot"), True),
+    "before": (dict(method="oneshot", nrelax=[0, 1]), True),
     "after (default)": (dict(method="oneshot"), False),
     "after, average": (dict(method="oneshot", coarse_params="average"), False),
     "after, max_levels 2": (dict(method="oneshot", max_levels=2), False),
-    "after, F on every level": (dict(method="oneshot", nrelax=0), False),
+    "after, FCF below level 0": (dict(method="oneshot", nrelax=[0, 1]), False),
 }
 CATS = ("relax0", "residual0", "restrict", "coarse", "solve_top", "estimate", "serial")
 
@@ -122,13 +122,16 @@ def run_variant(layers: int, iterations: int, name: str) -> dict:
 
 
 #: gradient-error variants: name -> TrainConfig overrides (one-shot, the current cycle)
-GRAD_VARIANTS = {f"{lv} levels, {cp}": dict(max_levels=lv, conv_bound=0.0, coarse_params=cp)
+GRAD_VARIANTS = {f"{lv} levels, FCF below, {cp}": dict(max_levels=lv, conv_bound=0.0, coarse_params=cp,
+                                                      nrelax=[0, 1])
                  for lv in (2, 3, 4, 5) for cp in ("inject", "average")}
-GRAD_VARIANTS["auto levels (default), inject"] = dict()
-GRAD_VARIANTS["auto levels, average"] = dict(coarse_params="average")
+GRAD_VARIANTS["auto levels, FCF below, inject"] = dict(nrelax=[0, 1])
+GRAD_VARIANTS["auto levels, FCF below, average"] = dict(coarse_params="average", nrelax=[0, 1])
+GRAD_VARIANTS.update({f"{lv} levels, F everywhere": dict(max_levels=lv, conv_bound=0.0, nrelax=0) for lv in (3, 4, 5)})
+GRAD_VARIANTS["auto levels (default: F everywhere)"] = dict()
 
 
-def grad_study(layers: int, snapshots: int) -> list:
+def grad_study(layers: int, snapshots: int, names=None) -> list:
     """Relative gradient error ‖g − g*‖/‖g*‖ of each variant's one-shot gradient along a serial
     L-BFGS trajectory (warm-started from its own previous snapshot, as in training)."""
     ser = Trainer(TrainConfig(**PAPER, layers=layers, iterations=snapshots, method="serial"))
@@ -146,6 +149,8 @@ def grad_study(layers: int, snapshots: int) -> list:
     refs = [ser.be.to_host(ser.lp.evaluate(ser.be.asarray(th), x, y, B).grad) for th in snaps]
     rows = []
     for name, over in GRAD_VARIANTS.items():
+        if names and name not in names:
+            continue
         tr = Trainer(TrainConfig(**PAPER, layers=layers, iterations=1, method="oneshot", **over))
         errs, levels, steps = [], [], []
         for th, gs in zip(snaps, refs):
@@ -210,10 +215,12 @@ def main(argv=None):
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--part", choices=("train", "grad"), default="train",
                     help="train: training runs counted; grad: gradient error along a serial trajectory")
+    ap.add_argument("--grad-variants", nargs="+", default=None, choices=list(GRAD_VARIANTS),
+                    help="--part grad: only these variants")
     args = ap.parse_args(argv)
     its = 10 if args.quick else args.iterations
     if args.part == "grad":
-        rows = [r for N in args.layers for r in grad_study(N, 4 if args.quick else 20)]
+        rows = [r for N in args.layers for r in grad_study(N, 4 if args.quick else 20, args.grad_variants)]
         name, variants = NAME + "_grad", GRAD_VARIANTS
     else:
         rows = [run_variant(N, its, v) for N in args.layers for v in args.variants]

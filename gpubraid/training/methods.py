@@ -90,7 +90,8 @@ class OneShot(Method):
 
 def make_method(cfg: TrainConfig) -> Method:
     """The method of a resolved configuration, with its solver options."""
-    common = dict(cfactor=cfg.cfactor, max_levels=cfg.max_levels, nrelax=cfg.nrelax,
+    nrelax = cfg.nrelax if cfg.nrelax is not None else (0 if cfg.method == "oneshot" else [0, 1])
+    common = dict(cfactor=cfg.cfactor, max_levels=cfg.max_levels, nrelax=nrelax,
                   min_coarse=cfg.min_coarse, stability=cfg.stability, nested=cfg.nested,
                   coarse_params=cfg.coarse_params)
     pipe = PipelineOptions(cfg.micro_batches, cfg.schedule)

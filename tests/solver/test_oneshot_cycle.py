@@ -116,7 +116,7 @@ def test_solve_without_final_relaxation_moves_f_points_by_their_c_point_correcti
     assert np.array_equal(seen[False][0][f], pre[f] + e[(f - 1) // 2])
 
 
-@pytest.mark.parametrize("N,levels,fwd,bwd", [(32, 2, 64, 48), (32, 3, 104, 72), (256, 2, 512, 384)])
+@pytest.mark.parametrize("N,levels,fwd,bwd", [(32, 2, 64, 48), (32, 3, 88, 56), (256, 2, 512, 384)])
 def test_oneshot_default_step_counts(N, levels, fwd, bwd):
     """The default one-shot cycle, warm, per evaluation (schedule = what solve executes): 2 levels
     at m = 2 cost 2N forward + 1.5N adjoint = 1.75× serial (was 2.5N + 2.5N)."""
