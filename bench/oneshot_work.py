@@ -176,6 +176,7 @@ def plot(json_path, png_path=None):
     rows = doc["results"]
     fig, ax = common.subplots(1, 1, figsize=(11, 0.45 * len(rows) + 1.5))
     colors = dict(zip(CATS, ("C0", "C1", "C2", "C3", "C4", "C5", "0.5")))
+    labelled = set()
     for i, r in enumerate(rows):
         left = 0.0
         for s, hatch in (("forward", ""), ("adjoint", "//")):
@@ -183,7 +184,8 @@ def plot(json_path, png_path=None):
                 w = r["breakdown_per_eval_over_serial"][s][c]
                 if w > 0:
                     ax.barh(i, w, left=left, color=colors[c], hatch=hatch, edgecolor="w",
-                            label=c if (i == 0 or c == "serial") and s == "forward" else None)
+                            label=None if c in labelled else c)
+                    labelled.add(c)
                     left += w
         ax.text(left + 0.03, i, f"val {r['val_accuracy']:.3f}, {r['per_iteration_over_serial']:.2f}× per iteration",
                 va="center", fontsize=7)
