@@ -174,7 +174,7 @@ def test_mpi_bad_input_exits_2(mpiexec, tmp_path, argv):
 
 
 @pytest.mark.parametrize("argv,expect", [(["--cfactor", "4,2", "--nrelax", "0,1"], ([4, 2], [0, 1])),
-                                         (["--cfactor", "3"], (3, [0, 1]))])
+                                         (["--cfactor", "3"], (3, None))])  # None: per method
 def test_per_level_lists_from_the_command_line(argv, expect):
     args = cli.build_parser().parse_args(["train", "peaks", *argv])
     cfg = cli.train_config(args)
