@@ -90,6 +90,7 @@ class OneShot(Method):
 
 def make_method(cfg: TrainConfig) -> Method:
     """The method of a resolved configuration, with its solver options."""
+    assert cfg.method != "auto", "method auto is resolved by gpubraid.training.plan.resolve_auto first"
     common = dict(cfactor=cfg.cfactor, max_levels=cfg.max_levels, nrelax=cfg.nrelax,
                   min_coarse=cfg.min_coarse, stability=cfg.stability, nested=cfg.nested)
     pipe = PipelineOptions(cfg.micro_batches, cfg.schedule)

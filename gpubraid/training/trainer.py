@@ -57,6 +57,11 @@ class Trainer:
             cfg = cfg.model_copy(update={"data": "<arrays>"})
         cfg.resolved()  # every setting checked before any work
         self.world = world = comm if comm is not None else Comm.single()
+        self.plan = None  # --method auto: the planner's record (gpubraid.training.plan)
+        if cfg.method == "auto":
+            from .plan import resolve_auto
+
+            cfg, self.plan = resolve_auto(cfg, world, lambda c: Trainer(c, Comm.single(), data=data, step=step))
         self.comm, self.data_comm = comm, data_comm = world.grid(cfg.data_parallel)
         ds, meta = load_distributed(cfg, world, data)
         self.meta = meta
@@ -256,7 +261,8 @@ class Trainer:
         train, val = self.score("train"), self.score("val")
         self.result = TrainResult(cfg.model_dump(), self.world.size, self.be.name, self.be.dtype_name,
                                   train["objective"], train["loss"], val["loss"], train["accuracy"],
-                                  val["accuracy"], wall, run.history, run.stopped, self.depth_history)
+                                  val["accuracy"], wall, run.history, run.stopped, self.depth_history,
+                                  self.plan)
         if cfg.save:
             self.save(cfg.save)
         return self.result

@@ -1,0 +1,192 @@
+"""The planner's probe: what one run's step calls cost on this machine and backend, and what the
+one-shot solver would do on its network (:mod:`gpubraid.training.plan` turns it into times).
+
+The probe runs on one process, on a single-rank trainer of the run's settings (method serial), for
+the run's batch (the full training set or one mini-batch of ``batch_size``) at the initial
+parameters.  Every cost is a fit ``a + b·m`` (seconds; m: samples in the call) or ``α + β·L·m``
+(L layers in one batched call), timed as the process's CPU time on a CPU (robust to other jobs on
+a shared machine, as the trace's spans are) and as synchronised wall time on a GPU:
+
+    sweep_fwd, sweep_bwd   one layer of the layer-serial sweeps (serial and pipeline training:
+                           forward keeping σ'(z), adjoint + gradient) per micro-batch of m samples
+    ends                   the rest of a layer-serial evaluation: opening, head, regulariser
+    forward, adjoint       one batched step call over L layers (MGRIT's relaxation and restriction)
+    param_grad             one batched gradient call over L layers
+    solve_call             each MGRIT call's own overhead in situ (slicing, the g-add, timers): the
+                           one-shot solves' measured time less their calls' step costs, per call
+
+and the one-shot solver's level choice on the initial parameters (levels, ρ), the relative error
+of the one-shot gradient of the first step (nested start) against the exact one, and the exact
+method's iteration counts to its tolerance (on EXACT_SAMPLES samples, the tolerance scaled to them).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from ..network.sweep import backward_sweep, forward_sweep
+from ..objective.layer_parallel import LayerParallel
+from ..runtime.comm import Comm
+from .costmodel import mgrit_calls
+
+#: Samples of the exact method's probe solve (its iteration count barely depends on them).
+EXACT_SAMPLES = 64
+
+
+@dataclass
+class Probe:
+    """What a run's network costs here (seconds) and what its solvers do; see the module docstring.
+
+    ``sweep_fwd``, ``sweep_bwd``, ``ends``: (a, b) of a + b·m; ``calls``: per operation (α, β) of
+    α + β·L·m; ``solve_call``: seconds per MGRIT call beyond its step.  ``oneshot`` / ``exact``:
+    levels (the solver's choice on the initial parameters), ρ, iterations per solve (forward,
+    adjoint), and for one-shot the relative gradient error of the first step.
+    """
+
+    batch: int
+    layers: int
+    state_bytes: int
+    param_bytes: int
+    warm: bool
+    clock: str
+    sweep_fwd: tuple
+    sweep_bwd: tuple
+    ends: tuple
+    calls: dict
+    solve_call: float
+    oneshot: dict
+    exact: dict
+    probe_s: float = 0.0
+    evaluate_s: float = 0.0
+    notes: list = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class _Clock:
+    """Seconds of CPU time of this process (CPU backends) or synchronised wall time (GPU)."""
+
+    def __init__(self, be):
+        self.be = be
+        self.name = "wall" if be.is_gpu else "cpu"
+
+    def now(self) -> float:
+        if self.be.is_gpu:
+            self.be.synchronize()
+            return time.perf_counter()
+        return time.process_time()
+
+    def best(self, fn, repeats: int = 3) -> float:
+        """The shortest of ``repeats`` timed calls of ``fn()`` after one untimed warm-up call."""
+        fn()
+        out = math.inf
+        for _ in range(repeats):
+            t0 = self.now()
+            fn()
+            out = min(out, self.now() - t0)
+        return out
+
+
+def _fit(xs, ts) -> tuple:
+    """(a, b) of a + b·x fitted to the timings ``ts`` at ``xs`` (least squares on relative error,
+    so small and large calls count alike), both ≥ 0."""
+    A = np.array([[1.0 / t, x / t] for x, t in zip(xs, ts)])
+    (a, b), *_ = np.linalg.lstsq(A, np.ones(len(ts)), rcond=None)
+    if a < 0 or b < 0:  # one of the two terms is lost in the noise: fit the other alone
+        a, b = (0.0, float(np.mean([t / x for x, t in zip(xs, ts)]))) if a < 0 else (float(np.mean(ts)), 0.0)
+    return float(a), float(b)
+
+
+def run_probe(trainer, oneshot, exact, repeats: int = 2) -> Probe:
+    """Probe ``trainer`` (a single-rank :class:`~gpubraid.training.trainer.Trainer` of the run's
+    settings) for the one-shot and exact methods ``oneshot``, ``exact``
+    (:class:`~gpubraid.training.methods.Method`)."""
+    t_start = time.perf_counter()
+    model, be, xp = trainer.model, trainer.be, trainer.be.xp
+    clock = _Clock(be)
+    data = trainer.data
+    n_train = data.n_train
+    B = n_train if trainer.full_batch else trainer.cfg.batch_size
+    x, y, B = data.take("train", None if trainer.full_batch else np.arange(B), xp)
+    theta = trainer.theta
+    lp = trainer.lp
+    P = lp.layout.views(theta)
+    layers = P.layers()
+    N, S = model.layers, model.state_shape
+    itemsize = np.dtype(be.dtype).itemsize
+    h = model.step_sizes(0, N)
+    sizes = sorted({B, max(1, B // 8), min(B, 16)})
+
+    # layer-serial sweeps: a + b·m per layer, forward and backward, at three micro-batch sizes m
+    def sweeps(m):
+        U = xp.empty((N + 1, m, *S), dtype=be.dtype)
+        U[0] = model.open_forward(x[:m], P)
+        Lam = xp.empty_like(U)
+        G = [xp.zeros_like(p) for p in layers]
+        t0 = clock.now()
+        kept = forward_sweep(model.step, U, layers, h, True)
+        t1 = clock.now()
+        Lam[-1] = U[-1]
+        backward_sweep(model.step, U, Lam, layers, h, G, kept)
+        return t1 - t0, clock.now() - t1
+
+    timed = {m: [sweeps(m) for _ in range(repeats + 1)][1:] for m in sizes}
+    fwd = {m: min(t[0] for t in ts) / N for m, ts in timed.items()}
+    bwd = {m: min(t[1] for t in ts) / N for m, ts in timed.items()}
+    sweep_fwd = _fit(sizes, [fwd[m] for m in sizes])
+    sweep_bwd = _fit(sizes, [bwd[m] for m in sizes])
+    evaluate_s = clock.best(lambda: lp.evaluate(theta, x, y, B, grad=True), repeats)
+    rest = max(evaluate_s - N * (fwd[B] + bwd[B]), 0.0)
+    ends = (0.0, rest / B)
+
+    # batched step calls: α + β·L·m from (L, m) = (1, small), (1, B), (N, B)
+    U = xp.ascontiguousarray(xp.broadcast_to(model.open_forward(x, P), (N, B, *S)))
+    calls = {}
+    ops = {"forward": lambda L, m: model.step.forward(U[:L, :m], tuple(p[:L] for p in layers), h[:L]),
+           "adjoint": lambda L, m: model.step.adjoint(U[:L, :m], U[:L, :m], tuple(p[:L] for p in layers), h[:L]),
+           "param_grad": lambda L, m: model.step.param_grad(U[:L, :m], U[:L, :m], tuple(p[:L] for p in layers),
+                                                            h[:L])}
+    points = sorted({(1, min(B, 16)), (1, B), (N, B)})
+    for name, op in ops.items():
+        calls[name] = _fit([L * m for L, m in points], [clock.best(lambda: op(L, m), repeats) for L, m in points])
+
+    # one-shot: the level choice, the first step's gradient error, and the solver's own per-call cost
+    ref = lp.evaluate(theta, x, y, B, grad=True)
+    g_ref = be.to_host(ref.grad)
+    single = Comm.single()
+    os_lp = LayerParallel(model, single, oneshot.forward, oneshot.adjoint, None, oneshot.pipeline)
+    ev = os_lp.evaluate(theta, x, y, B, grad=True, warm=False)
+    f, b = os_lp.last_stats
+    err = float(np.linalg.norm(be.to_host(ev.grad) - g_ref) / max(np.linalg.norm(g_ref), 1e-300))
+    warm = oneshot.warm(trainer.full_batch)
+    os_info = {"levels": f.levels, "rho": f.rho, "grad_error": err, "iterations": [f.iterations, b.iterations]}
+    solve_call = 0.0
+    if f.levels > 1:
+        wall = clock.best(lambda: os_lp.evaluate(theta, x, y, B, grad=True, warm=warm), repeats)
+        wall -= calls["param_grad"][0] + calls["param_grad"][1] * N * B + rest
+        counted = mgrit_calls(oneshot.forward, h, 1, f.levels, warm, f.iterations, b.iterations,
+                              min(oneshot.forward.stability_samples, B))
+        step_cost = sum(counted[op][0] * calls[op][0] + counted[op][1] * B * calls[op][1]
+                        for op in ("forward", "adjoint"))
+        step_cost += counted["estimate"][0] * calls["forward"][0] + counted["estimate"][1] * calls["forward"][1]
+        n_calls = counted["forward"][0] + counted["adjoint"][0]
+        solve_call = max(wall - step_cost, 0.0) / max(n_calls, 1)
+    # exact: iterations to the tolerance on a few samples (the tolerance scaled to their share of
+    # the batch, the residual being a 2-norm over the samples)
+    s = min(B, EXACT_SAMPLES)
+    scaled = {d: dataclasses.replace(o, tol=o.tol * math.sqrt(s / B)) for d, o in (("f", exact.forward),
+                                                                                   ("b", exact.adjoint))}
+    ex_lp = LayerParallel(model, single, scaled["f"], scaled["b"], None, exact.pipeline)
+    x_s = x[:s]
+    y_s = y[:s]
+    ex_lp.evaluate(theta, x_s, y_s, s, grad=True)
+    f, b = ex_lp.last_stats
+    ex_info = {"levels": f.levels, "rho": f.rho, "iterations": [f.iterations, b.iterations]}
+    param_bytes = sum(int(np.prod(s)) for s in model.step.param_shapes) * itemsize
+    return Probe(B, N, int(np.prod(S)) * itemsize, param_bytes, warm, clock.name, sweep_fwd, sweep_bwd, ends,
+                 calls, solve_call, os_info, ex_info, time.perf_counter() - t_start, evaluate_s)
