@@ -23,6 +23,7 @@ and a network model (:class:`~gpubraid.runtime.replay.NetworkModel`), counted th
 from __future__ import annotations
 
 import math
+from collections import deque
 
 import numpy as np
 
@@ -117,36 +118,42 @@ def mgrit_solve_s(opts: MGRITOptions, h, L: int, levels: int, warm: bool, iters:
 def pipeline_s(schedule: str, L: int, M: int, m_total: int, N: int, fwd: tuple, bwd: tuple, ends: tuple,
                row_bytes: int, net: NetworkModel) -> float:
     """Seconds of one pipelined evaluation (forward and backward of M micro-batches over L layer
-    ranks): every rank's :func:`schedule_order` simulated, messages α + n/β + o."""
+    ranks): every rank's :func:`schedule_order` simulated, messages α + n/β + o, the opening and
+    the head (``ends``) on the last rank's forward steps."""
     bounds = split_layers(N, L)
     cut = micro_batch_bounds(m_total, M)
     sizes = [int(cut[k + 1] - cut[k]) for k in range(M)]
+    msg = [net.transfer(m * row_bytes) + net.overhead_s if L > 1 else 0.0 for m in sizes]
     orders = [schedule_order(schedule, M, L, r) for r in range(L)]
-    done = {}   # (kind, k, r) -> time it finished on rank r
+    done = {"F": [[None] * M for _ in range(L)], "B": [[None] * M for _ in range(L)]}
     clock, pos = [0.0] * L, [0] * L
-
-    def msg(k):
-        return net.transfer(sizes[k] * row_bytes) + net.overhead_s if L > 1 else 0.0
-
-    moved = True
-    while moved:
+    queue, queued = deque(range(L)), [True] * L
+    while queue:
+        r = queue.popleft()
+        queued[r] = False
+        n = int(bounds[r + 1] - bounds[r])
         moved = False
-        for r in range(L):
-            while pos[r] < len(orders[r]):
-                kind, k = orders[r][pos[r]]
-                src = (kind, k, r - 1 if kind == "F" else r + 1)
-                needs_msg = (kind == "F" and r > 0) or (kind == "B" and r < L - 1)
-                if needs_msg and src not in done:
+        while pos[r] < len(orders[r]):
+            kind, k = orders[r][pos[r]]
+            q = r - 1 if kind == "F" else r + 1
+            if 0 <= q < L:
+                sent = done[kind][q][k]
+                if sent is None:
                     break
-                ready = max(clock[r], done[src] + msg(k)) if needs_msg else clock[r]
-                n = int(bounds[r + 1] - bounds[r])
-                a, b = fwd if kind == "F" else bwd
-                work = n * (a + b * sizes[k])
-                if kind == "F" and r == L - 1:
-                    work += ends[0] / M + ends[1] * sizes[k]
-                clock[r] = done[(kind, k, r)] = ready + work
-                pos[r] += 1
-                moved = True
+                start = max(clock[r], sent + msg[k])
+            else:
+                start = clock[r]
+            a, b = fwd if kind == "F" else bwd
+            work = n * (a + b * sizes[k])
+            if kind == "F" and r == L - 1:
+                work += ends[0] + ends[1] * sizes[k]
+            clock[r] = done[kind][r][k] = start + work
+            pos[r] += 1
+            moved = True
+        for q in (r - 1, r + 1) if moved else ():
+            if 0 <= q < L and not queued[q] and pos[q] < len(orders[q]):
+                queue.append(q)
+                queued[q] = True
     return max(clock)
 
 

@@ -2,8 +2,9 @@
 
 A candidate is D data groups × L layer ranks (P = D·L) with a method: the layer-serial pipeline
 (``serial`` on one layer rank, ``pipeline`` with M micro-batches, 1F1B, on several), ``oneshot``
-or ``exact`` MGRIT (listed when the solver's own level choice on the initial parameters keeps a
-coarse level; otherwise they are the layer-serial sweep).  Its seconds per training step come from
+or ``exact`` MGRIT with the levels the solver's own choice keeps on the initial parameters
+(exact is left out when that is one level: it is then serial; one-shot on one level is the
+layer-serial sweep it then runs: all micro-batches forward, then all backward).  Its seconds per training step come from
 the probe (:mod:`.probe`, the run's step calls timed here) and the counting of
 :mod:`.costmodel`; its time to accuracy is the run's ``iterations`` steps, divided for one-shot by
 1 − e, e the probe's relative error of the one-shot gradient (a gradient with relative error e < 1
@@ -21,6 +22,7 @@ from dataclasses import asdict, dataclass
 from ..errors import UserError
 from ..runtime.comm import Comm
 from ..runtime.replay import PRESETS, NetworkModel
+from ..runtime.resources import micro_batch_count
 from . import costmodel as cm
 from .config import TrainConfig
 from .methods import make_method
@@ -112,6 +114,11 @@ def candidates(probe, cfg: TrainConfig, P: int, net: NetworkModel, h) -> list[Ca
                 ("oneshot", probe.oneshot, cfg_method(cfg, "oneshot").forward, probe.warm),
                 ("exact", probe.exact, cfg_method(cfg, "exact").forward, False)):
             if info["levels"] < 2:
+                if name == "oneshot":  # the layer-serial sweep: forward streamed, then the backward
+                    Mo = micro_batch_count(None, L, m)
+                    t = cm.pipeline_s("gpipe", L, Mo, m, N, probe.sweep_fwd, probe.sweep_bwd, probe.ends,
+                                      probe.state_bytes, net) + fixed
+                    out.append(Candidate(D, L, name, 1, Mo, t, its * t))
                 continue
             t = _mgrit_step(probe, opts, info["levels"], info["iterations"], warm, D, L, net, h) + fixed
             e = info.get("grad_error", 0.0)
@@ -134,7 +141,8 @@ def probe_config(cfg: TrainConfig) -> TrainConfig:
 
 @dataclass
 class Plan:
-    """The probe, the candidates on ``ranks``, and the best ones on more ranks (``more``: P -> best)."""
+    """The probe, the candidates on ``ranks``, the best ones on more ranks (``more``: P -> best),
+    and the network's step sizes ``h``."""
 
     config: dict
     ranks: int
@@ -142,6 +150,7 @@ class Plan:
     probe: object
     candidates: list
     more: dict
+    h: tuple
 
     @property
     def best(self) -> Candidate:
@@ -157,8 +166,9 @@ class Plan:
         """Why the best candidate: its time against the runner-up's and the level choice."""
         best = self.best
         why = [f"predicted {best.step_s:.3g} s/step, {best.accuracy_s:.3g} s for {self.config['iterations']} steps"]
-        if len(self.candidates) > 1:
-            nxt = self.candidates[1]
+        others = [c for c in self.candidates[1:] if (c.D, c.L, c.step_s) != (best.D, best.L, best.step_s)]
+        if others:
+            nxt = others[0]
             why.append(f"next {nxt.label()} {nxt.step_s:.3g} s/step")
         os_ = self.probe.oneshot
         if os_["levels"] < 2:
@@ -193,7 +203,7 @@ class Plan:
         return "\n".join(head + rows)
 
 
-def make_plan(cfg: TrainConfig, ranks: int, net: NetworkModel, build_trainer, more=(2, 4, 8)) -> Plan:
+def make_plan(cfg: TrainConfig, ranks: int, net: NetworkModel, build_trainer, more=()) -> Plan:
     """Probe the run ``cfg`` (``build_trainer(cfg)``: a single-rank trainer) and rank every
     candidate on ``ranks``; ``more``: factors of ``ranks`` whose best candidates are also given."""
     from .probe import run_probe
@@ -212,7 +222,7 @@ def make_plan(cfg: TrainConfig, ranks: int, net: NetworkModel, build_trainer, mo
         options = candidates(probe, cfg, ranks * k, net, h)
         if options and ranks * k <= probe.layers * probe.batch:
             bigger[ranks * k] = options[0]
-    return Plan(cfg.model_dump(), ranks, net, probe, ranked, bigger)
+    return Plan(cfg.model_dump(), ranks, net, probe, ranked, bigger, h)
 
 
 def resolve_auto(cfg: TrainConfig, world: Comm, build_trainer, net: NetworkModel = SHARED_MEMORY):
@@ -222,7 +232,7 @@ def resolve_auto(cfg: TrainConfig, world: Comm, build_trainer, net: NetworkModel
     plan, err = None, None
     if world.rank == 0:
         try:
-            made = make_plan(cfg, world.size, net, build_trainer)
+            made = make_plan(cfg, world.size, net, build_trainer, more=(2, 4, 8))
             plan = {**made.as_dict(top=8), "line": made.line()}
         except UserError as exc:
             err = str(exc)

@@ -17,7 +17,7 @@ a shared machine, as the trace's spans are) and as synchronised wall time on a G
 
 and the one-shot solver's level choice on the initial parameters (levels, ρ), the relative error
 of the one-shot gradient of the first step (nested start) against the exact one, and the exact
-method's iteration counts to its tolerance (on EXACT_SAMPLES samples, the tolerance scaled to them).
+method's iteration counts to its tolerance (on MGRIT_SAMPLES samples).
 """
 from __future__ import annotations
 
@@ -33,8 +33,17 @@ from ..objective.layer_parallel import LayerParallel
 from ..runtime.comm import Comm
 from .costmodel import mgrit_calls
 
-#: Samples of the exact method's probe solve (its iteration count barely depends on them).
+#: Samples of the probe's MGRIT solves (the level choice uses ``stability_samples`` of them;
+#: iteration counts and the gradient error barely depend on how many).
+MGRIT_SAMPLES = 256
+
+
+#: Samples of the exact method's probe solve.
 EXACT_SAMPLES = 64
+
+
+#: Layers of the probe's layer-serial sweeps (a cost per layer).
+SWEEP_LAYERS = 16
 
 
 @dataclass
@@ -109,84 +118,87 @@ def run_probe(trainer, oneshot, exact, repeats: int = 2) -> Probe:
     t_start = time.perf_counter()
     model, be, xp = trainer.model, trainer.be, trainer.be.xp
     clock = _Clock(be)
-    data = trainer.data
-    n_train = data.n_train
-    B = n_train if trainer.full_batch else trainer.cfg.batch_size
-    x, y, B = data.take("train", None if trainer.full_batch else np.arange(B), xp)
+    B = trainer.data.n_train if trainer.full_batch else trainer.cfg.batch_size
+    x, y, B = trainer.data.take("train", None if trainer.full_batch else np.arange(B), xp)
     theta = trainer.theta
-    lp = trainer.lp
-    P = lp.layout.views(theta)
+    P = trainer.lp.layout.views(theta)
     layers = P.layers()
     N, S = model.layers, model.state_shape
-    itemsize = np.dtype(be.dtype).itemsize
     h = model.step_sizes(0, N)
+    n = min(N, SWEEP_LAYERS)
+    first = tuple(p[:n] for p in layers)
     sizes = sorted({B, max(1, B // 8), min(B, 16)})
 
     # layer-serial sweeps: a + b·m per layer, forward and backward, at three micro-batch sizes m
     def sweeps(m):
-        U = xp.empty((N + 1, m, *S), dtype=be.dtype)
+        U = xp.empty((n + 1, m, *S), dtype=be.dtype)
         U[0] = model.open_forward(x[:m], P)
         Lam = xp.empty_like(U)
-        G = [xp.zeros_like(p) for p in layers]
+        G = [xp.zeros_like(p) for p in first]
         t0 = clock.now()
-        kept = forward_sweep(model.step, U, layers, h, True)
+        kept = forward_sweep(model.step, U, first, h[:n], True)
         t1 = clock.now()
         Lam[-1] = U[-1]
-        backward_sweep(model.step, U, Lam, layers, h, G, kept)
+        backward_sweep(model.step, U, Lam, first, h[:n], G, kept)
         return t1 - t0, clock.now() - t1
 
     timed = {m: [sweeps(m) for _ in range(repeats + 1)][1:] for m in sizes}
-    fwd = {m: min(t[0] for t in ts) / N for m, ts in timed.items()}
-    bwd = {m: min(t[1] for t in ts) / N for m, ts in timed.items()}
-    sweep_fwd = _fit(sizes, [fwd[m] for m in sizes])
-    sweep_bwd = _fit(sizes, [bwd[m] for m in sizes])
-    evaluate_s = clock.best(lambda: lp.evaluate(theta, x, y, B, grad=True), repeats)
-    rest = max(evaluate_s - N * (fwd[B] + bwd[B]), 0.0)
-    ends = (0.0, rest / B)
+    sweep_fwd = _fit(sizes, [min(t[0] for t in timed[m]) / n for m in sizes])
+    sweep_bwd = _fit(sizes, [min(t[1] for t in timed[m]) / n for m in sizes])
 
-    # batched step calls: α + β·L·m from (L, m) = (1, small), (1, B), (N, B)
-    U = xp.ascontiguousarray(xp.broadcast_to(model.open_forward(x, P), (N, B, *S)))
-    calls = {}
+    # the rest of an evaluation: opening forward and gradient, head, regulariser
+    G = trainer.lp.layout.views(xp.zeros_like(theta))
+
+    def ends(m):
+        u0 = model.open_forward(x[:m], P)
+        lam = model.loss(u0, y[:m], P, G)[2]  # the head on a state of the right shape
+        model.open_grad(x[:m], lam, P, G)
+        model.regularizer(trainer.lp.layout, P, G)
+
+    ends_fit = _fit(sizes, [clock.best(lambda m=m: ends(m), repeats) for m in sizes])
+    evaluate_s = N * (sum(sweep_fwd) + sum(sweep_bwd)) + ends_fit[0]
+    evaluate_s += (N * (sweep_fwd[1] + sweep_bwd[1]) + ends_fit[1]) * (B - 1)
+
+    # batched step calls: α + β·L·m from (L, m) = (1, small), (1, B), (L_max, B)
+    U = xp.ascontiguousarray(xp.broadcast_to(model.open_forward(x, P), (n, B, *S)))
     ops = {"forward": lambda L, m: model.step.forward(U[:L, :m], tuple(p[:L] for p in layers), h[:L]),
            "adjoint": lambda L, m: model.step.adjoint(U[:L, :m], U[:L, :m], tuple(p[:L] for p in layers), h[:L]),
            "param_grad": lambda L, m: model.step.param_grad(U[:L, :m], U[:L, :m], tuple(p[:L] for p in layers),
                                                             h[:L])}
-    points = sorted({(1, min(B, 16)), (1, B), (N, B)})
-    for name, op in ops.items():
-        calls[name] = _fit([L * m for L, m in points], [clock.best(lambda: op(L, m), repeats) for L, m in points])
+    points = sorted({(1, min(B, 16)), (1, B), (min(n, 8), B)})
+    calls = {name: _fit([L * m for L, m in points], [clock.best(lambda L=L, m=m: op(L, m), repeats) for L, m in points])
+             for name, op in ops.items()}
 
-    # one-shot: the level choice, the first step's gradient error, and the solver's own per-call cost
-    ref = lp.evaluate(theta, x, y, B, grad=True)
-    g_ref = be.to_host(ref.grad)
+    # the solvers on s samples: one-shot's level choice, its first step's gradient error and its
+    # calls' own overhead; exact's iterations to its tolerance (scaled to the samples' share: the
+    # residual is a 2-norm over the samples)
+    s = min(B, MGRIT_SAMPLES)
+    xs, ys = x[:s], y[:s]
+    g_ref = be.to_host(trainer.lp.evaluate(theta, xs, ys, s, grad=True).grad)
     single = Comm.single()
     os_lp = LayerParallel(model, single, oneshot.forward, oneshot.adjoint, None, oneshot.pipeline)
-    ev = os_lp.evaluate(theta, x, y, B, grad=True, warm=False)
+    ev = os_lp.evaluate(theta, xs, ys, s, grad=True, warm=False)
     f, b = os_lp.last_stats
     err = float(np.linalg.norm(be.to_host(ev.grad) - g_ref) / max(np.linalg.norm(g_ref), 1e-300))
     warm = oneshot.warm(trainer.full_batch)
     os_info = {"levels": f.levels, "rho": f.rho, "grad_error": err, "iterations": [f.iterations, b.iterations]}
     solve_call = 0.0
     if f.levels > 1:
-        wall = clock.best(lambda: os_lp.evaluate(theta, x, y, B, grad=True, warm=warm), repeats)
-        wall -= calls["param_grad"][0] + calls["param_grad"][1] * N * B + rest
+        wall = clock.best(lambda: os_lp.evaluate(theta, xs, ys, s, grad=True, warm=warm), repeats)
+        wall -= sum(calls["param_grad"]) + calls["param_grad"][1] * (N * s - 1) + ends_fit[0] + ends_fit[1] * s
         counted = mgrit_calls(oneshot.forward, h, 1, f.levels, warm, f.iterations, b.iterations,
-                              min(oneshot.forward.stability_samples, B))
-        step_cost = sum(counted[op][0] * calls[op][0] + counted[op][1] * B * calls[op][1]
+                              min(oneshot.forward.stability_samples, s))
+        step_cost = sum(counted[op][0] * calls[op][0] + counted[op][1] * s * calls[op][1]
                         for op in ("forward", "adjoint"))
         step_cost += counted["estimate"][0] * calls["forward"][0] + counted["estimate"][1] * calls["forward"][1]
-        n_calls = counted["forward"][0] + counted["adjoint"][0]
-        solve_call = max(wall - step_cost, 0.0) / max(n_calls, 1)
-    # exact: iterations to the tolerance on a few samples (the tolerance scaled to their share of
-    # the batch, the residual being a 2-norm over the samples)
-    s = min(B, EXACT_SAMPLES)
-    scaled = {d: dataclasses.replace(o, tol=o.tol * math.sqrt(s / B)) for d, o in (("f", exact.forward),
-                                                                                   ("b", exact.adjoint))}
-    ex_lp = LayerParallel(model, single, scaled["f"], scaled["b"], None, exact.pipeline)
-    x_s = x[:s]
-    y_s = y[:s]
-    ex_lp.evaluate(theta, x_s, y_s, s, grad=True)
+        solve_call = max(wall - step_cost, 0.0) / max(counted["forward"][0] + counted["adjoint"][0], 1)
+    k = min(s, EXACT_SAMPLES)
+    fo, bo = (dataclasses.replace(o, tol=o.tol * math.sqrt(k / B)) for o in (exact.forward, exact.adjoint))
+    ex_lp = LayerParallel(model, single, fo, bo, None, exact.pipeline)
+    ex_lp.evaluate(theta, xs[:k], ys[:k], k, grad=True)
     f, b = ex_lp.last_stats
     ex_info = {"levels": f.levels, "rho": f.rho, "iterations": [f.iterations, b.iterations]}
-    param_bytes = sum(int(np.prod(s)) for s in model.step.param_shapes) * itemsize
-    return Probe(B, N, int(np.prod(S)) * itemsize, param_bytes, warm, clock.name, sweep_fwd, sweep_bwd, ends,
+    itemsize = np.dtype(be.dtype).itemsize
+    param_bytes = sum(int(np.prod(p)) for p in model.step.param_shapes) * itemsize
+    return Probe(B, N, int(np.prod(S)) * itemsize, param_bytes, warm, clock.name, sweep_fwd, sweep_bwd, ends_fit,
                  calls, solve_call, os_info, ex_info, time.perf_counter() - t_start, evaluate_s)
