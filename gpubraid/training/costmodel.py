@@ -116,10 +116,12 @@ def mgrit_solve_s(opts: MGRITOptions, h, L: int, levels: int, warm: bool, iters:
 
 
 def pipeline_s(schedule: str, L: int, M: int, m_total: int, N: int, fwd: tuple, bwd: tuple, ends: tuple,
-               row_bytes: int, net: NetworkModel) -> float:
+               row_bytes: int, net: NetworkModel, scale=None) -> float:
     """Seconds of one pipelined evaluation (forward and backward of M micro-batches over L layer
     ranks): every rank's :func:`schedule_order` simulated, messages α + n/β + o, the opening and
-    the head (``ends``) on the last rank's forward steps."""
+    the head (``ends``) on the last rank's forward steps.  ``scale(cells, backward)``: factor on
+    the per-sample costs when a rank holds ``cells`` = layers × samples of states (the micro-batches
+    in flight: all M with GPipe, at most L with 1F1B); None: 1."""
     bounds = split_layers(N, L)
     cut = micro_batch_bounds(m_total, M)
     sizes = [int(cut[k + 1] - cut[k]) for k in range(M)]
@@ -128,6 +130,7 @@ def pipeline_s(schedule: str, L: int, M: int, m_total: int, N: int, fwd: tuple, 
     done = {"F": [[None] * M for _ in range(L)], "B": [[None] * M for _ in range(L)]}
     clock, pos = [0.0] * L, [0] * L
     queue, queued = deque(range(L)), [True] * L
+    held = M if schedule == "gpipe" else min(L, M)
     while queue:
         r = queue.popleft()
         queued[r] = False
@@ -144,6 +147,8 @@ def pipeline_s(schedule: str, L: int, M: int, m_total: int, N: int, fwd: tuple, 
             else:
                 start = clock[r]
             a, b = fwd if kind == "F" else bwd
+            if scale is not None:
+                b *= scale(n * sizes[k] * held, kind == "B")
             work = n * (a + b * sizes[k])
             if kind == "F" and r == L - 1:
                 work += ends[0] + ends[1] * sizes[k]

@@ -82,6 +82,7 @@ def _mgrit_step(probe, opts, levels, its, warm, D, L, net, h) -> float:
     total = 0.0
     for op, it in (("forward", its[0]), ("adjoint", its[1])):
         alpha, beta = probe.calls[op]
+        beta *= probe.per_sample_scale(n * m, op == "adjoint")
         total += cm.mgrit_solve_s(opts, h, L, levels, warm, it, alpha + probe.solve_call, beta, m, msg, red,
                                   net, row)
     if opts.stability > 0 or opts.conv_bound > 0:
@@ -89,6 +90,7 @@ def _mgrit_step(probe, opts, levels, its, warm, D, L, net, h) -> float:
         s = min(opts.stability_samples, m)
         total += (opts.stability_iters + 1) * (alpha + beta * n * s) + red
     a, b = probe.calls["param_grad"]
+    b *= probe.per_sample_scale(n * m, True)
     return total + a + b * n * m + probe.ends[0] + probe.ends[1] * m
 
 
@@ -105,10 +107,11 @@ def candidates(probe, cfg: TrainConfig, P: int, net: NetworkModel, h) -> list[Ca
         if L > N or B < D:
             continue
         fixed = reductions * cm.reduce_s(net, L, D) + cm.group_sum_s(net, D, cm.layer_block(N, L) * probe.param_bytes)
+        fixed += probe.step_overhead
         Ms = [1] if L == 1 else sorted({min(k * L, m) for k in (1, 2, 4, 8)})
         for M in Ms:
             t = cm.pipeline_s("1f1b", L, M, m, N, probe.sweep_fwd, probe.sweep_bwd, probe.ends,
-                              probe.state_bytes, net) + fixed
+                              probe.state_bytes, net, probe.per_sample_scale) + fixed
             out.append(Candidate(D, L, "serial" if L == 1 else "pipeline", 1, M, t, its * t))
         for name, info, opts, warm in (
                 ("oneshot", probe.oneshot, cfg_method(cfg, "oneshot").forward, probe.warm),
@@ -117,7 +120,7 @@ def candidates(probe, cfg: TrainConfig, P: int, net: NetworkModel, h) -> list[Ca
                 if name == "oneshot":  # the layer-serial sweep: forward streamed, then the backward
                     Mo = micro_batch_count(None, L, m)
                     t = cm.pipeline_s("gpipe", L, Mo, m, N, probe.sweep_fwd, probe.sweep_bwd, probe.ends,
-                                      probe.state_bytes, net) + fixed
+                                      probe.state_bytes, net, probe.per_sample_scale) + fixed
                     out.append(Candidate(D, L, name, 1, Mo, t, its * t))
                 continue
             t = _mgrit_step(probe, opts, info["levels"], info["iterations"], warm, D, L, net, h) + fixed

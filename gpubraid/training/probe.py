@@ -14,6 +14,9 @@ a shared machine, as the trace's spans are) and as synchronised wall time on a G
     param_grad             one batched gradient call over L layers
     solve_call             each MGRIT call's own overhead in situ (slicing, the g-add, timers): the
                            one-shot solves' measured time less their calls' step costs, per call
+    footprint              the per-sample costs of the whole network's sweep at the full batch
+                           against the small sweep's (states beyond the caches)
+    step_overhead          a training step beyond its evaluation (optimiser, batch, statistics)
 
 and the one-shot solver's level choice on the initial parameters (levels, ρ), the relative error
 of the one-shot gradient of the first step (nested start) against the exact one, and the exact
@@ -24,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -42,6 +45,10 @@ MGRIT_SAMPLES = 256
 EXACT_SAMPLES = 64
 
 
+#: Real training steps the probe times (their median beyond the evaluation is the step overhead).
+PROBE_STEPS = 4
+
+
 #: Layers of the probe's layer-serial sweeps (a cost per layer).
 SWEEP_LAYERS = 16
 
@@ -51,7 +58,12 @@ class Probe:
     """What a run's network costs here (seconds) and what its solvers do; see the module docstring.
 
     ``sweep_fwd``, ``sweep_bwd``, ``ends``: (a, b) of a + b·m; ``calls``: per operation (α, β) of
-    α + β·L·m; ``solve_call``: seconds per MGRIT call beyond its step.  ``oneshot`` / ``exact``:
+    α + β·L·m (both measured on at most SWEEP_LAYERS layers); ``footprint``: (layers × samples of
+    that sweep, of the whole network's full batch, the ratios of the per-sample costs of the full
+    sweep to the small one, forward and backward: memory traffic beyond the caches, see
+    :meth:`per_sample_scale`); ``solve_call``: seconds per MGRIT call beyond its step;
+    ``step_overhead``: seconds per training step beyond the evaluation (optimiser, batch, statistics:
+    a few real steps' median less the predicted evaluation).  ``oneshot`` / ``exact``:
     levels (the solver's choice on the initial parameters), ρ, iterations per solve (forward,
     adjoint), and for one-shot the relative gradient error of the first step.
     """
@@ -69,12 +81,25 @@ class Probe:
     solve_call: float
     oneshot: dict
     exact: dict
+    footprint: tuple = (1, 1, 1.0, 1.0)
+    step_overhead: float = 0.0
     probe_s: float = 0.0
     evaluate_s: float = 0.0
-    notes: list = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def per_sample_scale(self, cells: float, backward: bool) -> float:
+        """Factor on the per-sample costs of a sweep or call whose rank holds ``cells`` = layers ×
+        samples of states: 1 up to the probe's small sweep (cache-resident), the measured ratio of
+        the whole network's full-batch sweep at and beyond its size, log-linear in between."""
+        small, full, fwd, bwd = self.footprint
+        ratio = bwd if backward else fwd
+        if cells <= small or full <= small:
+            return 1.0
+        if cells >= full:
+            return ratio
+        return 1.0 + (ratio - 1.0) * math.log(cells / small) / math.log(full / small)
 
 
 class _Clock:
@@ -126,25 +151,31 @@ def run_probe(trainer, oneshot, exact, repeats: int = 2) -> Probe:
     N, S = model.layers, model.state_shape
     h = model.step_sizes(0, N)
     n = min(N, SWEEP_LAYERS)
-    first = tuple(p[:n] for p in layers)
     sizes = sorted({B, max(1, B // 8), min(B, 16)})
 
     # layer-serial sweeps: a + b·m per layer, forward and backward, at three micro-batch sizes m
-    def sweeps(m):
-        U = xp.empty((n + 1, m, *S), dtype=be.dtype)
-        U[0] = model.open_forward(x[:m], P)
-        Lam = xp.empty_like(U)
-        G = [xp.zeros_like(p) for p in first]
+    def sweeps(m, k):
+        block = tuple(p[:k] for p in layers)
         t0 = clock.now()
-        kept = forward_sweep(model.step, U, first, h[:n], True)
+        U = xp.empty((k + 1, m, *S), dtype=be.dtype)
+        U[0] = model.open_forward(x[:m], P)
+        kept = forward_sweep(model.step, U, block, h[:k], True)
         t1 = clock.now()
+        Lam = xp.empty_like(U)
+        G = [xp.zeros_like(p) for p in block]
         Lam[-1] = U[-1]
-        backward_sweep(model.step, U, Lam, first, h[:n], G, kept)
+        backward_sweep(model.step, U, Lam, block, h[:k], G, kept)
         return t1 - t0, clock.now() - t1
 
-    timed = {m: [sweeps(m) for _ in range(repeats + 1)][1:] for m in sizes}
+    timed = {m: [sweeps(m, n) for _ in range(repeats + 1)][1:] for m in sizes}
     sweep_fwd = _fit(sizes, [min(t[0] for t in timed[m]) / n for m in sizes])
     sweep_bwd = _fit(sizes, [min(t[1] for t in timed[m]) / n for m in sizes])
+    ratios = (1.0, 1.0)
+    if N > n:  # the whole network at the full batch: per-sample cost out of cache
+        whole = [sweeps(B, N) for _ in range(repeats)]
+        ratios = tuple(max((min(t[d] for t in whole) / N - fit[0]) / B / fit[1], 1.0) if fit[1] > 0 else 1.0
+                       for d, fit in ((0, sweep_fwd), (1, sweep_bwd)))
+    footprint = (n * B, N * B, *ratios)
 
     # the rest of an evaluation: opening forward and gradient, head, regulariser
     G = trainer.lp.layout.views(xp.zeros_like(theta))
@@ -156,8 +187,8 @@ def run_probe(trainer, oneshot, exact, repeats: int = 2) -> Probe:
         model.regularizer(trainer.lp.layout, P, G)
 
     ends_fit = _fit(sizes, [clock.best(lambda m=m: ends(m), repeats) for m in sizes])
-    evaluate_s = N * (sum(sweep_fwd) + sum(sweep_bwd)) + ends_fit[0]
-    evaluate_s += (N * (sweep_fwd[1] + sweep_bwd[1]) + ends_fit[1]) * (B - 1)
+    evaluate_s = N * (sweep_fwd[0] + sweep_bwd[0] + B * (sweep_fwd[1] * ratios[0] + sweep_bwd[1] * ratios[1]))
+    evaluate_s += ends_fit[0] + ends_fit[1] * B
 
     # batched step calls: α + β·L·m from (L, m) = (1, small), (1, B), (L_max, B)
     U = xp.ascontiguousarray(xp.broadcast_to(model.open_forward(x, P), (n, B, *S)))
@@ -198,7 +229,15 @@ def run_probe(trainer, oneshot, exact, repeats: int = 2) -> Probe:
     ex_lp.evaluate(theta, xs[:k], ys[:k], k, grad=True)
     f, b = ex_lp.last_stats
     ex_info = {"levels": f.levels, "rho": f.rho, "iterations": [f.iterations, b.iterations]}
+    # a few real training steps (the last probe: it trains the probe's parameters): what a step
+    # costs beyond its evaluation, from the steps with one evaluation after the first
+    marks = [(clock.now(), 0)]
+    trainer.cfg = trainer.cfg.model_copy(update={"iterations": PROBE_STEPS, "val_every": 0})
+    trainer.run(progress=lambda e: marks.append((clock.now(), e["n_evals"])))
+    steps = [t1 - t0 for (t0, _), (t1, k) in zip(marks[1:], marks[2:]) if k == 1]
+    step_overhead = max(float(np.median(steps)) - evaluate_s, 0.0) if steps else 0.0
     itemsize = np.dtype(be.dtype).itemsize
     param_bytes = sum(int(np.prod(p)) for p in model.step.param_shapes) * itemsize
     return Probe(B, N, int(np.prod(S)) * itemsize, param_bytes, warm, clock.name, sweep_fwd, sweep_bwd, ends_fit,
-                 calls, solve_call, os_info, ex_info, time.perf_counter() - t_start, evaluate_s)
+                 calls, solve_call, os_info, ex_info, footprint, step_overhead, time.perf_counter() - t_start,
+                 evaluate_s)
