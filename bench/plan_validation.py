@@ -177,11 +177,11 @@ def main(argv=None) -> int:
             # the replay's mean counts every evaluation (L-BFGS: two in the first step and a few others):
             # the prediction of one step times the mean evaluations per step, the step overhead once
             evals = common.median([sum(r["n_evals"]) / len(r["n_evals"]) for r in runs[v]])
-            pred = cand["step_s"] if cand else None
-            pred_mean = pred + (evals - 1) * (pred - pred_probe["step_overhead"]) if cand else None
+            ps = cand["step_s"] if cand else None
+            pred_mean = ps + (evals - 1) * (ps - pred_probe["step_overhead"]) if cand else None
             entry["compare"].append({"variant": v, "ranks": ranks, "measured_s": measured, "replayed_s": replayed,
-                                     "predicted_s": pred, "evals_per_step": evals, "predicted_mean_s": pred_mean,
-                                     "ratio_measured": pred / measured if cand else None,
+                                     "predicted_s": ps, "evals_per_step": evals, "predicted_mean_s": pred_mean,
+                                     "ratio_measured": ps / measured if cand else None,
                                      "ratio_replayed": pred_mean / replayed if cand else None})
         for P in (1, 2):
             real = [c for c in entry["compare"] if c["ranks"] == P and not c["variant"].startswith("auto")]
