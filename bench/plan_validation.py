@@ -121,7 +121,7 @@ def replayed_ranks(name: str, P: int, iterations: int) -> dict:
     cfg = train_config(build_parser().parse_args(["train", *args]))
     made = plan.make_plan(cfg, P, plan.SHARED_MEMORY, lambda c: Trainer(c, Comm.single()))
     picks, seen = [], set()
-    for c in made.candidates:
+    for c in (c for c in made.candidates if c.method != "exact"):
         key = (c.method, c.D == P, c.L == P)
         if key not in seen:
             seen.add(key)
@@ -140,13 +140,74 @@ def replayed_ranks(name: str, P: int, iterations: int) -> dict:
     return {"workload": name, "ranks": P, "iterations": iterations, "probe": made.probe.as_dict(), "rows": rows}
 
 
+def runs_choice(opts: list, P: int) -> tuple:
+    """(method, D, M) that the train options ``opts`` run on P ranks (serial on one layer rank: M 1)."""
+    def get(name, default):
+        return opts[opts.index(name) + 1] if name in opts else default
+    method, D = get("--method", "oneshot"), int(get("--data-parallel", 1))
+    if method == "serial" and P // D > 1:
+        method = "pipeline"
+    M = int(get("--micro-batches", 4 * (P // D) if P // D > 1 else 1))
+    return method, D, M if method != "oneshot" else 1
+
+
+def judge(entry: dict, vs: dict) -> dict:
+    """Per rank count: auto's choice, the variant that runs it, and how its time (wall median and
+    replay) compares with the best variant's; also the auto run's own wall time."""
+    for P in (1, 2):
+        real = [c for c in entry["compare"] if c["ranks"] == P and not c["variant"].startswith("auto")]
+        auto = next(c for c in entry["compare"] if c["variant"] == f"auto-{P}")
+        choice = entry["runs"][f"auto-{P}"][0]["choice"]
+        same = next((c for c in real if runs_choice(vs[c["variant"]][1], P) == (choice["method"], choice["D"],
+                                                                                 choice["M"])), None)
+        out = {"choice": choice, "variant": same["variant"] if same else None, "auto_run_measured_s": auto["measured_s"]}
+        for key in ("measured_s", "replayed_s"):
+            best = min(real, key=lambda c: c[key])
+            out[f"best_by_{key}"] = best["variant"]
+            out[f"choice_over_best_{key}"] = same[key] / best[key] if same else None
+        entry[f"auto_{P}"] = out
+    return entry
+
+
+def plot(json_path, png_path=None):
+    """Per workload: predicted against replayed and measured seconds per step of every variant."""
+    doc = common.load_json(json_path)
+    rows = doc["results"]
+    fig, axes = common.subplots(1, len(rows), figsize=(5 * len(rows), 4.5), squeeze=False)
+    for ax, e in zip(axes[0], rows):
+        cs = e["compare"]
+        xs = range(len(cs))
+        ax.bar([x - 0.27 for x in xs], [c["predicted_mean_s"] or 0 for c in cs], 0.27, label="predicted (mean step)")
+        ax.bar(list(xs), [c["replayed_s"] for c in cs], 0.27, label="replayed trace (CPU time)")
+        ax.bar([x + 0.27 for x in xs], [c["measured_s"] for c in cs], 0.27, label="measured wall (median step)")
+        ax.set_xticks(list(xs))
+        ax.set_xticklabels([c["variant"] for c in cs], rotation=35, fontsize=7, ha="right")
+        ax.set_ylabel("s per training step")
+        ax.set_title(f"{e['workload']}: auto picks {e['auto_1']['variant']} (P=1), {e['auto_2']['variant']} "
+                     f"(P=2)", fontsize=8)
+        ax.legend(fontsize=6)
+    fig.suptitle(f"planner validation, {doc['machine']['cpu_model']} x{doc['machine']['cores']} (shared), "
+                 f"{doc['date'][:10]}", fontsize=9)
+    return common.save_figure(fig, json_path, png_path)
+
+
 def main(argv=None) -> int:
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--workloads", type=lambda s: s.split(","), default=["peaks-64", "peaks-256", "minibatch"])
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--replay-ranks", type=int, default=0, help="instead: traced runs on this many ranks "
                    "(oversubscribed), the plan against their replay")
+    p.add_argument("--from", dest="from_json", default=None, help="judge and plot an existing result JSON")
     args = p.parse_args(argv)
+    if args.from_json:
+        doc = common.load_json(args.from_json)
+        for e in doc["results"]:
+            judge(e, variants(e["predicted"]))
+        common.write_json(args.from_json, doc)
+        print(plot(args.from_json))
+        for e in doc["results"]:
+            print(e["workload"], e["auto_1"], e["auto_2"])
+        return 0
     if args.replay_ranks:
         rows = [replayed_ranks(w, args.replay_ranks, max(2, WORKLOADS[w]["iterations"] // 3)) for w in args.workloads]
         doc = common.document(NAME + "_replay", {"workloads": args.workloads, "ranks": args.replay_ranks}, rows)
@@ -183,19 +244,13 @@ def main(argv=None) -> int:
                                      "predicted_s": ps, "evals_per_step": evals, "predicted_mean_s": pred_mean,
                                      "ratio_measured": ps / measured if cand else None,
                                      "ratio_replayed": pred_mean / replayed if cand else None})
-        for P in (1, 2):
-            real = [c for c in entry["compare"] if c["ranks"] == P and not c["variant"].startswith("auto")]
-            best = min(real, key=lambda c: c["measured_s"])
-            auto = next(c for c in entry["compare"] if c["variant"] == f"auto-{P}")
-            choice = runs[f"auto-{P}"][0]["choice"]
-            entry[f"auto_{P}"] = {"choice": choice, "auto_measured_s": auto["measured_s"],
-                                  "best_variant": best["variant"], "best_measured_s": best["measured_s"],
-                                  "auto_over_best": auto["measured_s"] / best["measured_s"]}
-        rows.append(entry)
+        rows.append(judge(entry, vs))
     doc = common.document(NAME, {"workloads": args.workloads, "repeats": args.repeats,
-                                 "uptime_start": os.getloadavg()}, rows)
+                                 "loadavg_at_end": os.getloadavg()}, rows)
     path = common.write_json(common.result_path(NAME, args.out), doc)
     print(path)
+    if not args.no_plot:
+        print(plot(path))
     for e in rows:
         for c in e["compare"]:
             rm = f"{c['ratio_measured']:.2f}" if c["ratio_measured"] else "-"
@@ -205,8 +260,8 @@ def main(argv=None) -> int:
                   f"{c['replayed_s']:.4f} predicted {ps}  pred/meas {rm}  pred/replay {rr}")
         for P in (1, 2):
             a = e[f"auto_{P}"]
-            print(f"{e['workload']:10s} auto P={P}: {a['choice']} {a['auto_measured_s']:.4f} s/step; best "
-                  f"{a['best_variant']} {a['best_measured_s']:.4f}: {a['auto_over_best']:.2f}")
+            print(f"{e['workload']:10s} auto P={P}: {a['variant']}; over the best: wall {a['choice_over_best_measured_s']} "
+                  f"({a['best_by_measured_s']}), replay {a['choice_over_best_replayed_s']} ({a['best_by_replayed_s']})")
     return 0
 
 

@@ -117,10 +117,12 @@ def candidates(probe, cfg: TrainConfig, P: int, net: NetworkModel, h) -> list[Ca
                 ("oneshot", probe.oneshot, cfg_method(cfg, "oneshot").forward, probe.warm),
                 ("exact", probe.exact, cfg_method(cfg, "exact").forward, False)):
             if info["levels"] < 2:
-                if name == "oneshot":  # the layer-serial sweep: forward streamed, then the backward
-                    Mo = micro_batch_count(None, L, m)
-                    t = cm.pipeline_s("gpipe", L, Mo, m, N, probe.sweep_fwd, probe.sweep_bwd, probe.ends,
-                                      probe.state_bytes, net, probe.per_sample_scale) + fixed
+                if name == "oneshot":  # the layer-serial sweep: forward streamed, then the backward,
+                    Mo = micro_batch_count(None, L, m)  # at the probe's cost ratio to serial's sweeps
+                    r = info.get("serial_ratio", 1.0)
+                    fwd, bwd = ((r * a, r * b) for a, b in (probe.sweep_fwd, probe.sweep_bwd))
+                    t = cm.pipeline_s("gpipe", L, Mo, m, N, fwd, bwd, probe.ends, probe.state_bytes, net,
+                                      probe.per_sample_scale) + fixed
                     out.append(Candidate(D, L, name, 1, Mo, t, its * t))
                 continue
             t = _mgrit_step(probe, opts, info["levels"], info["iterations"], warm, D, L, net, h) + fixed

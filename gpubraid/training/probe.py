@@ -19,7 +19,8 @@ a shared machine, as the trace's spans are) and as synchronised wall time on a G
     step_overhead          a training step beyond its evaluation (optimiser, batch, statistics)
 
 and the one-shot solver's level choice on the initial parameters (levels, ρ), the relative error
-of the one-shot gradient of the first step (nested start) against the exact one, and the exact
+of the one-shot gradient of the first step (nested start) against the exact one (on one level: its
+evaluation's time over serial's, ``serial_ratio``), and the exact
 method's iteration counts to its tolerance (on MGRIT_SAMPLES samples).
 """
 from __future__ import annotations
@@ -213,6 +214,9 @@ def run_probe(trainer, oneshot, exact, repeats: int = 2) -> Probe:
     err = float(np.linalg.norm(be.to_host(ev.grad) - g_ref) / max(np.linalg.norm(g_ref), 1e-300))
     warm = oneshot.warm(trainer.full_batch)
     os_info = {"levels": f.levels, "rho": f.rho, "grad_error": err, "iterations": [f.iterations, b.iterations]}
+    if f.levels == 1:  # its layer-serial sweep: plain forward steps, σ' recomputed backward, the ρ estimate
+        os_info["serial_ratio"] = clock.best(lambda: os_lp.evaluate(theta, xs, ys, s, grad=True, warm=warm), repeats) \
+            / clock.best(lambda: trainer.lp.evaluate(theta, xs, ys, s, grad=True), repeats)
     solve_call = 0.0
     if f.levels > 1:
         wall = clock.best(lambda: os_lp.evaluate(theta, xs, ys, s, grad=True, warm=warm), repeats)

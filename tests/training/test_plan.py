@@ -147,3 +147,11 @@ def test_mgrit_options_are_read_not_changed():
     before = repr(opts)
     cm.mgrit_calls(opts, [0.1] * 16, 2, 3, True, 1, 1, 2)
     assert repr(opts) == before
+
+
+def test_per_sample_scale_between_the_two_sweeps():
+    p = fake_probe()
+    p.footprint = (100, 10000, 2.0, 3.0)
+    assert p.per_sample_scale(50, False) == 1.0 and p.per_sample_scale(10 ** 6, True) == 3.0
+    assert p.per_sample_scale(1000, False) == pytest.approx(1.5)
+    assert p.per_sample_scale(1000, True) == pytest.approx(2.0)
