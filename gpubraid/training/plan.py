@@ -60,7 +60,7 @@ class Candidate:
 
     def label(self) -> str:
         what = {"serial": "serial", "pipeline": f"pipeline M={self.M}"}.get(
-            self.method, f"{self.method} {self.levels} levels")
+            self.method, f"{self.method} {self.levels} level{'s' if self.levels > 1 else ''}")
         return f"{what} on {self.D}x{self.L} (data x layer)"
 
     def settings(self) -> dict:
