@@ -83,8 +83,8 @@ def _mgrit_step(probe, opts, levels, its, warm, D, L, net, h) -> float:
     for op, it in (("forward", its[0]), ("adjoint", its[1])):
         alpha, beta = probe.calls[op]
         beta *= probe.per_sample_scale(n * m, op == "adjoint")
-        total += cm.mgrit_solve_s(opts, h, L, levels, warm, it, alpha + probe.solve_call, beta, m, msg, red,
-                                  net, row)
+        total += cm.mgrit_solve_s(opts, h, L, levels, warm, it, alpha + probe.solve_call[0],
+                                  beta + probe.solve_call[1], m, msg, red, net, row)
     if opts.stability > 0 or opts.conv_bound > 0:
         alpha, beta = probe.calls["forward"]
         s = min(opts.stability_samples, m)

@@ -12,8 +12,9 @@ a shared machine, as the trace's spans are) and as synchronised wall time on a G
     ends                   the rest of a layer-serial evaluation: opening, head, regulariser
     forward, adjoint       one batched step call over L layers (MGRIT's relaxation and restriction)
     param_grad             one batched gradient call over L layers
-    solve_call             each MGRIT call's own overhead in situ (slicing, the g-add, timers): the
-                           one-shot solves' measured time less their calls' step costs, per call
+    solve_call             each MGRIT call's own cost in situ (slicing, gathers and scatters, the
+                           g-add, timers), (per call, per interval·sample): the one-shot evaluation's
+                           measured time less its calls' step costs, at SOLVE_SAMPLES and the batch
     footprint              the per-sample costs of the whole network's sweep at the full batch
                            against the small sweep's (states beyond the caches)
     step_overhead          a training step beyond its evaluation (optimiser, batch, statistics)
@@ -42,6 +43,11 @@ from .costmodel import mgrit_calls
 MGRIT_SAMPLES = 256
 
 
+#: Samples of the smaller of the two timed one-shot evaluations (the other: the run's batch), from
+#: which the solver's own cost per call and per interval·sample come.
+SOLVE_SAMPLES = 128
+
+
 #: Samples of the exact method's probe solve.
 EXACT_SAMPLES = 64
 
@@ -59,10 +65,10 @@ class Probe:
     """What a run's network costs here (seconds) and what its solvers do; see the module docstring.
 
     ``sweep_fwd``, ``sweep_bwd``, ``ends``: (a, b) of a + b·m; ``calls``: per operation (α, β) of
-    α + β·L·m (both measured on at most SWEEP_LAYERS layers); ``footprint``: (layers × samples of
-    that sweep, of the whole network's full batch, the ratios of the per-sample costs of the full
+    α + β·L·m (both measured on at most SWEEP_LAYERS layers); ``solve_call``: (α, β) the solver
+    adds to each MGRIT call; ``footprint``: (layers × samples of that sweep, of the whole network's full batch, the ratios of the per-sample costs of the full
     sweep to the small one, forward and backward: memory traffic beyond the caches, see
-    :meth:`per_sample_scale`); ``solve_call``: seconds per MGRIT call beyond its step;
+    :meth:`per_sample_scale`);
     ``step_overhead``: seconds per training step beyond the evaluation (optimiser, batch, statistics:
     a few real steps' median less the predicted evaluation).  ``oneshot`` / ``exact``:
     levels (the solver's choice on the initial parameters), ρ, iterations per solve (forward,
@@ -79,7 +85,7 @@ class Probe:
     sweep_bwd: tuple
     ends: tuple
     calls: dict
-    solve_call: float
+    solve_call: tuple
     oneshot: dict
     exact: dict
     footprint: tuple = (1, 1, 1.0, 1.0)
@@ -217,16 +223,26 @@ def run_probe(trainer, oneshot, exact, repeats: int = 2) -> Probe:
     if f.levels == 1:  # its layer-serial sweep: plain forward steps, σ' recomputed backward, the ρ estimate
         os_info["serial_ratio"] = clock.best(lambda: os_lp.evaluate(theta, xs, ys, s, grad=True, warm=warm), repeats) \
             / clock.best(lambda: trainer.lp.evaluate(theta, xs, ys, s, grad=True), repeats)
-    solve_call = 0.0
-    if f.levels > 1:
-        wall = clock.best(lambda: os_lp.evaluate(theta, xs, ys, s, grad=True, warm=warm), repeats)
-        wall -= sum(calls["param_grad"]) + calls["param_grad"][1] * (N * s - 1) + ends_fit[0] + ends_fit[1] * s
-        counted = mgrit_calls(oneshot.forward, h, 1, f.levels, warm, f.iterations, b.iterations,
-                              min(oneshot.forward.stability_samples, s))
-        step_cost = sum(counted[op][0] * calls[op][0] + counted[op][1] * s * calls[op][1]
-                        for op in ("forward", "adjoint"))
-        step_cost += counted["estimate"][0] * calls["forward"][0] + counted["estimate"][1] * calls["forward"][1]
-        solve_call = max(wall - step_cost, 0.0) / max(counted["forward"][0] + counted["adjoint"][0], 1)
+    solve_call = (0.0, 0.0)
+    if f.levels > 1:  # the solver's own cost per call and per interval·sample, at two batch sizes
+        def extra(mm):
+            xm, ym = x[:mm], y[:mm]
+            os_lp.evaluate(theta, xm, ym, mm, grad=True, warm=False)  # the warm start of this size
+            wall = clock.best(lambda: os_lp.evaluate(theta, xm, ym, mm, grad=True, warm=warm), repeats)
+            wall -= sum(calls["param_grad"]) + calls["param_grad"][1] * (N * mm - 1) + ends_fit[0] + ends_fit[1] * mm
+            fs, bs = os_lp.last_stats
+            counted = mgrit_calls(oneshot.forward, h, 1, fs.levels, warm, fs.iterations, bs.iterations,
+                                  min(oneshot.forward.stability_samples, mm))
+            step_cost = sum(counted[op][0] * calls[op][0] + counted[op][1] * mm * calls[op][1]
+                            for op in ("forward", "adjoint"))
+            step_cost += counted["estimate"][0] * calls["forward"][0] + counted["estimate"][1] * calls["forward"][1]
+            n_calls = counted["forward"][0] + counted["adjoint"][0]
+            return wall - step_cost, n_calls, counted["forward"][1] + counted["adjoint"][1]
+
+        m1, m2 = min(B, SOLVE_SAMPLES), B
+        (e1, n_calls, steps), (e2, _, _) = extra(m1), extra(m2)
+        beta_x = max((e2 - e1) / (steps * (m2 - m1)), 0.0) if m2 > m1 else 0.0
+        solve_call = (max(e1 - steps * m1 * beta_x, 0.0) / max(n_calls, 1), beta_x)
     k = min(s, EXACT_SAMPLES)
     fo, bo = (dataclasses.replace(o, tol=o.tol * math.sqrt(k / B)) for o in (exact.forward, exact.adjoint))
     ex_lp = LayerParallel(model, single, fo, bo, None, exact.pipeline)

@@ -58,7 +58,7 @@ def fake_probe(levels=1, grad_error=0.0, per_sample=1e-6, per_call=1e-5) -> Prob
     one = (per_call, per_sample)
     return Probe(batch=1000, layers=16, state_bytes=64, param_bytes=576, warm=True, clock="cpu",
                  sweep_fwd=one, sweep_bwd=one, ends=(0.0, per_sample),
-                 calls={k: one for k in ("forward", "adjoint", "param_grad")}, solve_call=0.0,
+                 calls={k: one for k in ("forward", "adjoint", "param_grad")}, solve_call=(0.0, 0.0),
                  oneshot={"levels": levels, "rho": 1.0, "grad_error": grad_error, "iterations": [1, 1]},
                  exact={"levels": 3, "rho": 1.0, "iterations": [5, 5]})
 
