@@ -66,10 +66,10 @@ class Probe:
 
     ``sweep_fwd``, ``sweep_bwd``, ``ends``: (a, b) of a + b·m; ``calls``: per operation (α, β) of
     α + β·L·m (both measured on at most SWEEP_LAYERS layers); ``solve_call``: (α, β) the solver
-    adds to each MGRIT call; ``footprint``: (layers × samples of that sweep, of the whole network's full batch, the ratios of the per-sample costs of the full
-    sweep to the small one, forward and backward: memory traffic beyond the caches, see
-    :meth:`per_sample_scale`);
-    ``step_overhead``: seconds per training step beyond the evaluation (optimiser, batch, statistics:
+    adds to each MGRIT call; ``footprint``: (layers × samples of that sweep, of the whole network's
+    full batch, the ratios of the per-sample costs of the full sweep to the small one, forward and
+    backward: memory traffic beyond the caches, see :meth:`per_sample_scale`); ``step_overhead``:
+    seconds per training step beyond the evaluation (optimiser, batch, statistics:
     a few real steps' median less the predicted evaluation).  ``oneshot`` / ``exact``:
     levels (the solver's choice on the initial parameters), ρ, iterations per solve (forward,
     adjoint), and for one-shot the relative gradient error of the first step.
