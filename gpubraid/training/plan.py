@@ -203,7 +203,8 @@ class Plan:
                 f"evaluation {p.evaluate_s:.4g} s on 1 rank; oneshot: {p.oneshot['levels']} level(s)"
                 + (f", rho {p.oneshot['rho']:.3g}" if p.oneshot["rho"] is not None else "")
                 + f", first-step gradient error {100 * p.oneshot['grad_error']:.2g} %; exact: "
-                f"{p.exact['levels']} level(s), {p.exact['iterations'][0]}/{p.exact['iterations'][1]} iterations",
+                + (f"{p.exact['levels']} level(s), {p.exact['iterations'][0]}/{p.exact['iterations'][1]} iterations"
+                   if p.exact["levels"] else "not probed (an evaluation is expensive; its solves take tens)"),
                 f"candidates on {self.ranks} rank(s), network {self.network.name}, best first:"]
         return "\n".join(head + rows)
 

@@ -52,8 +52,15 @@ SOLVE_SAMPLES = 128
 EXACT_SAMPLES = 64
 
 
-#: Real training steps the probe times (their median beyond the evaluation is the step overhead).
+#: Real training steps the probe times (their median beyond the evaluation is the step overhead),
+#: when they and the final scoring of the run are predicted to take at most PROBE_BUDGET_S seconds.
 PROBE_STEPS = 4
+PROBE_BUDGET_S = 2.0
+
+
+#: Seconds of one layer-serial evaluation beyond which the probe times each thing once, not best of
+#: ``repeats``, and leaves exact out (its solves to the tolerance cost tens of evaluations).
+EXPENSIVE_S = 0.1
 
 
 #: Layers of the probe's layer-serial sweeps (a cost per layer).
@@ -72,7 +79,8 @@ class Probe:
     seconds per training step beyond the evaluation (optimiser, batch, statistics:
     a few real steps' median less the predicted evaluation).  ``oneshot`` / ``exact``:
     levels (the solver's choice on the initial parameters), ρ, iterations per solve (forward,
-    adjoint), and for one-shot the relative gradient error of the first step.
+    adjoint), and for one-shot the relative gradient error of the first step (exact: levels 0 when
+    not probed, see EXPENSIVE_S).
     """
 
     batch: int
@@ -174,7 +182,11 @@ def run_probe(trainer, oneshot, exact, repeats: int = 2) -> Probe:
         backward_sweep(model.step, U, Lam, block, h[:k], G, kept)
         return t1 - t0, clock.now() - t1
 
-    timed = {m: [sweeps(m, n) for _ in range(repeats + 1)][1:] for m in sizes}
+    timed = {}
+    for m in sorted(sizes, reverse=True):
+        timed[m] = [sweeps(m, n) for _ in range(repeats + 1)][1:]
+        if m == B and N / n * sum(timed[m][0]) > EXPENSIVE_S:  # an expensive network: time everything once
+            repeats = 1
     sweep_fwd = _fit(sizes, [min(t[0] for t in timed[m]) / n for m in sizes])
     sweep_bwd = _fit(sizes, [min(t[1] for t in timed[m]) / n for m in sizes])
     ratios = (1.0, 1.0)
@@ -221,8 +233,8 @@ def run_probe(trainer, oneshot, exact, repeats: int = 2) -> Probe:
     warm = oneshot.warm(trainer.full_batch)
     os_info = {"levels": f.levels, "rho": f.rho, "grad_error": err, "iterations": [f.iterations, b.iterations]}
     if f.levels == 1:  # its layer-serial sweep: plain forward steps, σ' recomputed backward, the ρ estimate
-        os_info["serial_ratio"] = clock.best(lambda: os_lp.evaluate(theta, xs, ys, s, grad=True, warm=warm), repeats) \
-            / clock.best(lambda: trainer.lp.evaluate(theta, xs, ys, s, grad=True), repeats)
+        os_info["serial_ratio"] = clock.best(lambda: os_lp.evaluate(theta, xs, ys, s, grad=True, warm=warm), 1) \
+            / clock.best(lambda: trainer.lp.evaluate(theta, xs, ys, s, grad=True), 1)
     solve_call = (0.0, 0.0)
     if f.levels > 1:  # the solver's own cost per call and per interval·sample, at two batch sizes
         def extra(mm):
@@ -243,19 +255,26 @@ def run_probe(trainer, oneshot, exact, repeats: int = 2) -> Probe:
         (e1, n_calls, steps), (e2, _, _) = extra(m1), extra(m2)
         beta_x = max((e2 - e1) / (steps * (m2 - m1)), 0.0) if m2 > m1 else 0.0
         solve_call = (max(e1 - steps * m1 * beta_x, 0.0) / max(n_calls, 1), beta_x)
-    k = min(s, EXACT_SAMPLES)
-    fo, bo = (dataclasses.replace(o, tol=o.tol * math.sqrt(k / B)) for o in (exact.forward, exact.adjoint))
-    ex_lp = LayerParallel(model, single, fo, bo, None, exact.pipeline)
-    ex_lp.evaluate(theta, xs[:k], ys[:k], k, grad=True)
-    f, b = ex_lp.last_stats
-    ex_info = {"levels": f.levels, "rho": f.rho, "iterations": [f.iterations, b.iterations]}
+    ex_info = {"levels": 0, "rho": None, "iterations": [0, 0]}   # not probed: an expensive network
+    if repeats > 1:
+        k = min(s, EXACT_SAMPLES)
+        fo, bo = (dataclasses.replace(o, tol=o.tol * math.sqrt(k / B)) for o in (exact.forward, exact.adjoint))
+        ex_lp = LayerParallel(model, single, fo, bo, None, exact.pipeline)
+        ex_lp.evaluate(theta, xs[:k], ys[:k], k, grad=True)
+        f, b = ex_lp.last_stats
+        ex_info = {"levels": f.levels, "rho": f.rho, "iterations": [f.iterations, b.iterations]}
     # a few real training steps (the last probe: it trains the probe's parameters): what a step
     # costs beyond its evaluation, from the steps with one evaluation after the first
-    marks = [(clock.now(), 0)]
-    trainer.cfg = trainer.cfg.model_copy(update={"iterations": PROBE_STEPS, "val_every": 0})
-    trainer.run(progress=lambda e: marks.append((clock.now(), e["n_evals"])))
-    steps = [t1 - t0 for (t0, _), (t1, k) in zip(marks[1:], marks[2:]) if k == 1]
-    step_overhead = max(float(np.median(steps)) - evaluate_s, 0.0) if steps else 0.0
+    # (left out when they and the run's final scoring would take over PROBE_BUDGET_S: the
+    # evaluation then dwarfs the rest)
+    step_overhead = 0.0
+    scoring = N * (2 * sweep_fwd[0] + sweep_fwd[1] * (trainer.data.n_train + trainer.data.n_val))
+    if PROBE_STEPS * evaluate_s + scoring <= PROBE_BUDGET_S:
+        marks = [(clock.now(), 0)]
+        trainer.cfg = trainer.cfg.model_copy(update={"iterations": PROBE_STEPS, "val_every": 0})
+        trainer.run(progress=lambda e: marks.append((clock.now(), e["n_evals"])))
+        steps = [t1 - t0 for (t0, _), (t1, k) in zip(marks[1:], marks[2:]) if k == 1]
+        step_overhead = max(float(np.median(steps)) - evaluate_s, 0.0) if steps else 0.0
     itemsize = np.dtype(be.dtype).itemsize
     param_bytes = sum(int(np.prod(p)) for p in model.step.param_shapes) * itemsize
     return Probe(B, N, int(np.prod(S)) * itemsize, param_bytes, warm, clock.name, sweep_fwd, sweep_bwd, ends_fit,
