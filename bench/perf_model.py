@@ -167,7 +167,8 @@ def count_solve(N, P, it, nrelax, m=4, levels=None, warm=False, **kw):
             steps[l] += n
             if phase == "f_relax":
                 r = info["per_level"][l][0]
-                calls[l] += sum(1 for k in r["slices"] if k > 0) + r["leading"]
+                sl = _sweep_slices(r, n)
+                calls[l] += sum(1 for k in sl if k > 0) + r["leading"]
             elif phase == "serial":     # layer-serial propagation: one call per step
                 calls[l] += n
             else:
@@ -197,13 +198,21 @@ class CriticalPath:
         return self.work + self.comm + self.coarse
 
 
-def sweep_f(ranks, fit, msg, stretch):
-    """(busy of slowest rank, critical-path time) of one F-relaxation pipeline over the ranks."""
+def _sweep_slices(r, n):
+    """The F-slice calls of a sweep of n steps on rank 0's level plan r: all of them, or without the
+    first (a correction-scheme sweep from zero C-points skips Φ(0) = 0)."""
+    full = sum(r["slices"]) + r["leading"]
+    return r["slices"][1:] if n < full and r["slices"] else r["slices"]
+
+
+def sweep_f(ranks, fit, msg, stretch, zero=False):
+    """(busy of slowest rank, critical-path time) of one F-relaxation pipeline over the ranks
+    (``zero``: the first offset's calls skipped)."""
     send_prev, done, busy = None, [], []
     for r in ranks:
         if r is None:
             continue
-        own = sum(t_call(k, fit) for k in r["slices"]) * stretch
+        own = sum(t_call(k, fit) for k in (r["slices"][1:] if zero else r["slices"])) * stretch
         lead = r["leading"] * t_call(1, fit) * stretch
         start = own
         if r["has_prev"] and send_prev is not None:
@@ -230,8 +239,12 @@ def predict_solve(N, P, it, fit, C, B, net, cores, m=4, nrelax=1, levels=None, w
     path = CriticalPath()
     for phase, l, n in solver.schedule(it, levels=levels, warm=warm):
         if phase == "f_relax":
-            b, d = sweep_f(info["per_level"][l], fit, msg, stretch)
+            r0 = info["per_level"][l][0]
+            zero = r0 is not None and n < sum(r0["slices"]) + r0["leading"]
+            b, d = sweep_f(info["per_level"][l], fit, msg, stretch, zero)
             path.add(work=b, comm=d - b)
+        elif phase == "interpolate":   # no steps; the corrections pass along the ranks
+            path.add(comm=msg)
         elif phase in ("c_relax", "residual"):   # one call over the local C-points
             path.add(work=max(t_call(r["nc"], fit) for r in live(l)) * stretch)
             if phase == "residual" and l == 0:
@@ -264,13 +277,16 @@ def oneshot_settings(N, rho=None, T=None):
     probe = MGRIT(None, [0], [0, N], np.full(N, T / N), o, BE)
     levels = probe.choose_levels(rho)[0] if (o.stability > 0 or o.conv_bound > 0) else None
     kw = dict(m=o.cfactor, nrelax=o.nrelax, levels=levels, warm=True, final_residual=o.final_residual,
-              max_levels=o.max_levels, min_coarse=o.min_coarse)
+              final_relax=o.final_relax, max_levels=o.max_levels, min_coarse=o.min_coarse,
+              adjoint=dict(linear=make_method(cfg).adjoint.linear))
     return (cfg.fwd_iters, cfg.bwd_iters), kw
 
 
-def predict_evaluate(N, P, it_f, it_b, cal, net, cores, **solve_kw):
+def predict_evaluate(N, P, it_f, it_b, cal, net, cores, adjoint=None, **solve_kw):
+    """``adjoint``: options of the adjoint solve on top of ``solve_kw`` (e.g. linear=True)."""
     f = predict_solve(N, P, it_f, cal["fits"]["forward"], cal["C"], cal["B"], net, cores, **solve_kw)
-    b = predict_solve(N, P, it_b, cal["fits"]["adjoint"], cal["C"], cal["B"], net, cores, **solve_kw)
+    b = predict_solve(N, P, it_b, cal["fits"]["adjoint"], cal["C"], cal["B"], net, cores,
+                      **{**solve_kw, **(adjoint or {})})
     stretch = max(1.0, P / cores) if cores else 1.0
     grad = (cal.get("grad_alpha_s", 0.0) + cal["grad_per_layer_s"] * math.ceil(N / P)) * stretch
     terms = {k: f["terms"][k] + b["terms"][k] for k in f["terms"]}

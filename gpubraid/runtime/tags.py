@@ -21,6 +21,7 @@ levels, so the range is never exceeded; it lies below every other tag above it.
     300     layers         MGRIT coarsest solve: u_0 gathered to the root position
     301     layers         MGRIT coarsest solve: g gathered to the root position
     400     layers         MGRIT coarsest solve: u scattered from the root position
+    410     layers         MGRIT interpolation (final_relax off): the last row and its correction
     500     layers         MGRIT setup: coarsest level's step data gathered to the root position
     600     layers         parameters θ_a of the first layer to the left neighbour (ddt regulariser)
     601     layers         parameters θ_{b−1} of the last layer to the right neighbour
@@ -43,6 +44,7 @@ STEP_DATA = 200
 COARSE_U0 = 300
 COARSE_G = 301
 COARSE_U = 400
+INTERP = 410
 COARSE_DATA = 500
 
 PARAMS_LEFT = 600

@@ -61,8 +61,10 @@ class Level:
         self.last_is_local = f_start is not None
 
     # step applications of each phase on this rank (the cycle's schedule counts with these)
-    def f_relax_steps(self) -> int:
-        return sum(len(range(*s.indices(self.rows))) for s in self.f_slices) + len(self.leading)
+    def f_relax_steps(self, zero: bool = False) -> int:
+        """Steps of an F-sweep (``zero``: from zero C-points, the first offset's steps skipped)."""
+        slices = self.f_slices[1:] if zero else self.f_slices
+        return sum(len(range(*s.indices(self.rows))) for s in slices) + len(self.leading)
 
     def c_steps(self) -> int:
         return int(self.c_rows_host.size)

@@ -12,6 +12,7 @@ Level l solves u_i = Φ_{l,i−1}(u_{i−1}) + g_{l,i}.  The solver is split by 
     stepdata.py            step data of the coarse levels (planned once, moved per solve)
     relax.py               f_relax, c_relax
     restrict.py            residual, restrict, correct
+    interpolate.py         interpolate (the cheap end of a solve without final relaxation)
     coarse.py              coarse_solve (gathered to rank 0)
     cycle.py               the cycle: the order of the phases, defined once
     levels.py              the level choice (estimate_rho, choose_levels)
@@ -36,6 +37,7 @@ from .chain import SerialChain
 from .coarse import coarse_solve
 from .cycle import Visit, phases
 from .grid import Distribution, build_hierarchy
+from .interpolate import interpolate
 from .level import Level
 from .levels import choose_levels, estimate_rho, given_levels
 from .options import MGRITOptions
@@ -80,7 +82,8 @@ class MGRIT:
         self.a = int(self.dist.bounds[self.me])
         self.b = int(self.dist.bounds[self.me + 1])
         self._serial = SerialChain(comm, self.ranks, bounds, h, backend, micro_batches)
-        self.plan = StepDataPlan(self.levels, self.dist, self.layouts, self.me, self.a, self.b)
+        self.plan = StepDataPlan(self.levels, self.dist, self.layouts, self.me, self.a, self.b,
+                                 average=self.opts.coarse_params == "average")
         self.T = float(np.sum(self.levels[0].H))
         self.H_max = [float(g.H.max()) if g.N else 0.0 for g in self.levels]
 
@@ -115,11 +118,11 @@ class MGRIT:
         """Step applications of visit ``v`` on this rank in a solve with coarsest level L."""
         lv = self.lv[v.level]
         if v.phase == "f_relax":
-            return lv.f_relax_steps()
+            return lv.f_relax_steps(v.zero)
         if v.phase in ("c_relax", "residual"):
             return lv.c_steps()
         if v.phase == "restrict":
-            return 0 if v.consistent else lv.restrict_steps()
+            return 0 if (v.consistent or self.opts.linear) else lv.restrict_steps()
         if v.phase == "coarse_solve":
             return self.levels[L].N if self.me == self.root else 0
         if v.phase == "serial":
@@ -197,7 +200,7 @@ class MGRIT:
         comm_before = (self.comm.stats.messages, self.comm.stats.bytes)
         n_lv = given_levels(levels, opts, self.n_levels)
         if n_lv != 1:
-            self.plan.distribute(s, data)
+            self.plan.distribute(s, data, sample_data)
             s.u[0] = self._initial_guess(s, u0, warm)
         if n_lv is None:
             rho, calls, samples = estimate_rho(self.comm, self.be, opts, phi, s.u[0], s.data[0], s.h[0],
@@ -219,7 +222,7 @@ class MGRIT:
                         converged=lambda it: stats.converged):
             l = v.level
             if v.phase == "f_relax":
-                f_relax(s, l)
+                f_relax(s, l, v.zero)
             elif v.phase == "c_relax":
                 c_relax(s, l)
             elif v.phase == "residual":
@@ -231,7 +234,9 @@ class MGRIT:
             elif v.phase == "restrict":
                 restrict(s, l - 1, s.r, consistent=v.consistent)
             elif v.phase == "correct":
-                correct(s, l)
+                correct(s, l, values=v.values)
+            elif v.phase == "interpolate":
+                interpolate(s, l)
             elif v.phase == "coarse_solve":
                 coarse_solve(s)
             elif v.phase == "iterated":

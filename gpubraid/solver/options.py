@@ -30,6 +30,10 @@ def check_hierarchy(cfactor, max_levels, min_coarse) -> list[int]:
     return per_level("cfactor", cfactor, 2)
 
 
+#: How a coarse step's data are made from the level-0 rows it spans (MGRITOptions.coarse_params).
+COARSE_PARAMS = ("inject", "average")
+
+
 @dataclass
 class MGRITOptions:
     """Solver options, named as in XBraid.
@@ -60,6 +64,18 @@ class MGRITOptions:
             u_0, interpolate down with F-relaxation) instead of u_0 at every point.
         final_residual: compute the level-0 residual of the returned iterate when the solve stops at
             ``max_iter`` (costs N/m steps that change nothing; off for fixed-iteration one-shot).
+        final_relax: after the last coarse correction of a solve that stops at ``max_iter`` without
+            a final residual, F-relax level 0 (True), or move every level-0 F-point by the
+            correction of the C-point that starts its interval (False: no steps, N(1 − 1/m) fewer;
+            the returned F-points are then off by (∂Φ^j/∂u − I)·e, O(j·h·ρ) times the correction e.
+            For one-shot: its next warm solve F-relaxes from the C-points anyway).
+        linear: the step is linear in u (phi(u + v) = phi(u) + phi(v), e.g. an adjoint): coarse
+            levels solve for the correction (correction scheme) instead of FAS, so the restriction
+            applies no coarse steps (N_l fewer per level); identical iterates in exact arithmetic.
+        coarse_params: step data of a coarse step: ``"inject"`` the level-0 rows at the step's start,
+            or ``"average"`` the level-0 rows over the coarse step weighted by their step sizes
+            (Σ h_s d_s / H), for every data array except per-sample ones (``sample_data`` of
+            :meth:`~gpubraid.solver.mgrit.MGRIT.solve`, e.g. an adjoint's states, still injected).
     """
 
     max_levels: int = 10
@@ -78,6 +94,9 @@ class MGRITOptions:
     stability_iters: int = 4
     nested: bool = False
     final_residual: bool = True
+    final_relax: bool = True
+    linear: bool = False
+    coarse_params: str = "inject"
 
     def validate(self) -> "MGRITOptions":
         check_hierarchy(self.cfactor, self.max_levels, self.min_coarse)
@@ -85,6 +104,8 @@ class MGRITOptions:
         check_positive_int("max_iter", self.max_iter, 0)
         check_positive_int("stability_samples", self.stability_samples)
         check_positive_int("stability_iters", self.stability_iters)
+        if self.coarse_params not in COARSE_PARAMS:
+            raise UserError(f"coarse_params must be one of {', '.join(COARSE_PARAMS)}; got {self.coarse_params!r}")
         for name in ("tol", "rtol", "stability", "conv_bound"):
             if not float(getattr(self, name)) >= 0:
                 raise UserError(f"{name} must be >= 0; got {getattr(self, name)!r}")

@@ -11,14 +11,20 @@ from ..runtime.comm import Comm
 from .state import SolveState
 
 
-def f_relax(s: SolveState, l: int) -> None:
-    """u_{c+j} = Φ(u_{c+j−1}) + g_{c+j} through every interval of level l; ends with fresh ghosts."""
+def f_relax(s: SolveState, l: int, zero: bool = False) -> None:
+    """u_{c+j} = Φ(u_{c+j−1}) + g_{c+j} through every interval of level l; ends with fresh ghosts.
+
+    ``zero``: the C-points hold zero corrections of a linear step, so the first F-points are
+    u_{c+1} = g_{c+1} (Φ(0) = 0, not applied)."""
     lv = s.lv[l]
     if lv.rows == 0:
         return
     with s.timer("relax"):
         u, g = s.u[l], s.g[l]
-        for tgt in lv.f_slices:
+        for j, tgt in enumerate(lv.f_slices):
+            if zero and j == 0:
+                u[tgt] = g[tgt]
+                continue
             src = slice(tgt.start - 1, tgt.stop - 1, tgt.step)
             v = s.step(l, u[src], src)
             u[tgt] = v if g is None else v + g[tgt]

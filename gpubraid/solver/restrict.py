@@ -4,6 +4,10 @@
     restrict   injection v = u_c onto level l + 1, g_{l+1} = r + v − Φ_{l+1}(v_prev)
     correct    u_c ← v_new at the C-points of level l (injection's ideal interpolation; the
                F-relaxation that completes it is the cycle's next phase)
+
+For a linear step (``MGRITOptions.linear``) the coarse levels carry corrections instead (the
+correction scheme, the same iterates): restrict sets v = 0, g_{l+1} = r (no coarse steps) and
+correct adds, u_c ← u_c + v_new.
 """
 from __future__ import annotations
 
@@ -34,6 +38,11 @@ def restrict(s: SolveState, l: int, r, consistent: bool = False) -> None:
         return
     u, cu, cg = s.u[l], s.u[l + 1], s.g[l + 1]
     with s.timer("restrict"):
+        if s.linear:   # correction scheme: the coarse unknown is the correction, starting at 0
+            cu[...] = 0
+            if co.rows > 1:
+                cg[1:] = r
+            return
         if co.lay.holds_origin:
             cu[0] = u[0]
         if co.rows > 1:
@@ -48,9 +57,19 @@ def restrict(s: SolveState, l: int, r, consistent: bool = False) -> None:
         Comm.waitall(reqs)
 
 
-def correct(s: SolveState, l: int) -> None:
-    """u_c ← v_new at this rank's C-points of level l from level l + 1."""
+def correct(s: SolveState, l: int, values: bool = False) -> None:
+    """u_c ← v_new (correction scheme: u_c + v_new) at this rank's C-points of level l from level
+    l + 1; ``values``: the coarse level holds values even in the correction scheme (nested start).
+    On level 0, when the solve ends by :func:`.interpolate.interpolate`, the change of each C-point
+    is kept in ``s.e``."""
     lv, co = s.lv[l], s.lv[l + 1]
     if co.rows > 1:
         with s.timer("correct"):
-            s.u[l][lv.c_rows] = s.u[l + 1][1:]
+            u, v, c = s.u[l], s.u[l + 1][1:], lv.c_rows
+            add = s.linear and not values
+            if l == 0 and s.keep_correction:
+                s.e = v.copy() if add else v - u[c]
+            if add:
+                u[c] += v
+            else:
+                u[c] = v

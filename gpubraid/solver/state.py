@@ -22,6 +22,9 @@ class SolveState:
         data, h: per level l, this rank's step data (tuple of (k_l, ...) arrays) and step sizes (k_l,).
         coarse_data, coarse_h: level L's step data and step sizes of all its steps (root only).
         r: the last residual (n_c, B, *S), handed from ``residual`` to ``restrict``.
+        linear: the correction scheme is in use (``MGRITOptions.linear``).
+        keep_correction, e: level 0's last C-point correction (n_c, B, *S) is kept in ``e`` (for
+            :func:`.interpolate.interpolate`).
         steps: step applications per level; coarse_steps: those of the coarsest solve.
         stats: the SolveStats being filled.
     """
@@ -39,6 +42,9 @@ class SolveState:
         self.h = [None] * n
         self.coarse_data = self.coarse_h = None
         self.r = None
+        self.linear = solver.opts.linear
+        self.keep_correction = not solver.opts.final_relax
+        self.e = None
         self.steps = [0] * n
         self.coarse_steps = 0
         self.timer = PhaseTimer(self.be.synchronize if sync_timing else None)

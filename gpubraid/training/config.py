@@ -129,9 +129,10 @@ class TrainConfig(BaseModel):
     cfactor: Union[Factor, list[Factor]] = _field(
         2, "MGRIT coarsening factor, or one per level, comma-separated (the last repeats)", "MGRIT",
         "M[,M...]")
-    nrelax: Union[Sweeps, list[Sweeps]] = _field(
-        [0, 1], "MGRIT CF sweeps after the first F-relaxation (0: F, 1: FCF), or one per level; the default "
-        "F on the finest level and FCF below is the paper's", "MGRIT", "K[,K...]")
+    nrelax: Union[Sweeps, list[Sweeps], None] = _field(
+        None, "MGRIT CF sweeps after the first F-relaxation (0: F, 1: FCF), or one per level; None: per "
+        "method, exact 0,1 (F on the finest level, FCF below: the paper's), oneshot 0 (F on every level: "
+        "as accurate for one iteration at less work)", "MGRIT", "K[,K...]")
     max_levels: int = _field(10, "MGRIT levels at most", "MGRIT", ge=1, le=64)
     min_coarse: int = _field(2, "MGRIT: no level with fewer steps than this", "MGRIT", ge=1, le=INT_MAX)
     stability: float = _field(
@@ -143,6 +144,9 @@ class TrainConfig(BaseModel):
         "ignores it); 0: off", "MGRIT", ge=0, allow_inf_nan=False)
     nested: bool = _field(True, "solves without a warm start begin from nested iteration (coarsest solve "
                           "interpolated up) instead of u_0 everywhere (--no-nested)", "MGRIT")
+    coarse_params: Literal["inject", "average"] = _field(
+        "inject", "MGRIT coarse steps use the parameters of the first layer they span (inject) or the "
+        "step-size-weighted mean over the layers they span (average)", "MGRIT")
     minibatch_warm: bool = _field(False, "oneshot with mini-batches: warm-start from the previous batch's "
                                   "solves (measured worse than the nested guess)", "MGRIT")
     adaptive: float = _field(0.0, "oneshot: stop a solve once its residual is <= this times the last "

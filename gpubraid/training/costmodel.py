@@ -56,13 +56,14 @@ def _view(opts: MGRITOptions, h: tuple, L: int):
     return solver, plans
 
 
-def mgrit_calls(opts: MGRITOptions, h, L: int, levels: int, warm: bool, it_f: int, it_b: int,
-                samples: int) -> dict:
-    """Calls and intervals rank 0 of L issues in one forward and one adjoint solve: ``{"forward":
-    (calls, intervals), "adjoint": (...), "estimate": (calls, intervals × samples)}``."""
-    solver, plans = _view(opts, tuple(float(v) for v in h), L)
+def mgrit_calls(opts: MGRITOptions, adjoint: MGRITOptions, h, L: int, levels: int, warm: bool, it_f: int,
+                it_b: int, samples: int) -> dict:
+    """Calls and intervals rank 0 of L issues in one forward solve (options ``opts``) and one
+    adjoint solve (``adjoint``): ``{"forward": (calls, intervals), "adjoint": (...), "estimate":
+    (calls, intervals × samples)}``."""
     out = {}
-    for name, it in (("forward", it_f), ("adjoint", it_b)):
+    for name, it, o in (("forward", it_f, opts), ("adjoint", it_b, adjoint)):
+        solver, plans = _view(o, tuple(float(v) for v in h), L)
         calls = steps = 0
         for phase, l, n in solver.schedule(it, levels=levels, warm=warm):
             steps += n
@@ -74,7 +75,7 @@ def mgrit_calls(opts: MGRITOptions, h, L: int, levels: int, warm: bool, it_f: in
             elif n:
                 calls += 1
         out[name] = (calls, steps)
-    n0 = solver.b - solver.a
+    n0 = int(split_layers(len(h), L)[1])
     estimating = opts.stability > 0 or opts.conv_bound > 0
     k = opts.stability_iters + 1 if estimating else 0
     out["estimate"] = (k, k * n0 * samples)

@@ -91,19 +91,24 @@ class OneShot(Method):
 def make_method(cfg: TrainConfig) -> Method:
     """The method of a resolved configuration, with its solver options."""
     assert cfg.method != "auto", "method auto is resolved by gpubraid.training.plan.resolve_auto first"
-    common = dict(cfactor=cfg.cfactor, max_levels=cfg.max_levels, nrelax=cfg.nrelax,
-                  min_coarse=cfg.min_coarse, stability=cfg.stability, nested=cfg.nested)
+    nrelax = cfg.nrelax if cfg.nrelax is not None else (0 if cfg.method == "oneshot" else [0, 1])
+    common = dict(cfactor=cfg.cfactor, max_levels=cfg.max_levels, nrelax=nrelax,
+                  min_coarse=cfg.min_coarse, stability=cfg.stability, nested=cfg.nested,
+                  coarse_params=cfg.coarse_params)
     pipe = PipelineOptions(cfg.micro_batches, cfg.schedule)
     if cfg.method in ("serial", "pipeline"):
         return (Serial if cfg.method == "serial" else Pipelined)(SERIAL, SERIAL, pipe)
     if cfg.method == "exact":
         # converged solves: every stable level helps (conv_bound is about one-shot's few iterations)
         converged = MGRITOptions(tol=cfg.tol, max_iter=cfg.max_iter, **common).validate()
-        return Exact(converged, converged, pipe)
+        # the adjoint step is linear in λ: correction scheme, no coarse steps in the restriction
+        return Exact(converged, dataclasses.replace(converged, linear=True), pipe)
+    # one-shot: a fixed-count solve ends by moving the F-points with their C-point's correction
+    # instead of a last F-relaxation (the next warm solve F-relaxes from the C-points anyway)
     fwd = MGRITOptions(tol=0.0, max_iter=cfg.fwd_iters, conv_bound=cfg.conv_bound, final_residual=False,
-                       **common).validate()
-    return OneShot(fwd, dataclasses.replace(fwd, max_iter=cfg.bwd_iters), pipe, cfg.minibatch_warm,
-                   cfg.adaptive)
+                       final_relax=False, **common).validate()
+    return OneShot(fwd, dataclasses.replace(fwd, max_iter=cfg.bwd_iters, linear=True), pipe,
+                   cfg.minibatch_warm, cfg.adaptive)
 
 
 #: One level: the chain propagated layer by layer (serial and pipeline training).

@@ -71,7 +71,7 @@ class Candidate:
         return out
 
 
-def _mgrit_step(probe, opts, levels, its, warm, D, L, net, h) -> float:
+def _mgrit_step(probe, method, levels, its, warm, D, L, net, h) -> float:
     """Seconds of one MGRIT evaluation (forward solve with its ρ estimate, adjoint solve, gradient,
     the rest) on one data group's ⌈B/D⌉ samples over L layer ranks."""
     m = cm.ceil_div(probe.batch, D)
@@ -80,10 +80,11 @@ def _mgrit_step(probe, opts, levels, its, warm, D, L, net, h) -> float:
     msg = net.transfer(row) + net.overhead_s if L > 1 else 0.0
     red = cm.reduce_s(net, L, D)
     total = 0.0
-    for op, it in (("forward", its[0]), ("adjoint", its[1])):
+    opts = method.forward
+    for op, it, o in (("forward", its[0], method.forward), ("adjoint", its[1], method.adjoint)):
         alpha, beta = probe.calls[op]
         beta *= probe.per_sample_scale(n * m, op == "adjoint")
-        total += cm.mgrit_solve_s(opts, h, L, levels, warm, it, alpha + probe.solve_call[0],
+        total += cm.mgrit_solve_s(o, h, L, levels, warm, it, alpha + probe.solve_call[0],
                                   beta + probe.solve_call[1], m, msg, red, net, row)
     if opts.stability > 0 or opts.conv_bound > 0:
         alpha, beta = probe.calls["forward"]
@@ -113,9 +114,8 @@ def candidates(probe, cfg: TrainConfig, P: int, net: NetworkModel, h) -> list[Ca
             t = cm.pipeline_s("1f1b", L, M, m, N, probe.sweep_fwd, probe.sweep_bwd, probe.ends,
                               probe.state_bytes, net, probe.per_sample_scale) + fixed
             out.append(Candidate(D, L, "serial" if L == 1 else "pipeline", 1, M, t, its * t))
-        for name, info, opts, warm in (
-                ("oneshot", probe.oneshot, cfg_method(cfg, "oneshot").forward, probe.warm),
-                ("exact", probe.exact, cfg_method(cfg, "exact").forward, False)):
+        for name, info, method, warm in (("oneshot", probe.oneshot, cfg_method(cfg, "oneshot"), probe.warm),
+                                         ("exact", probe.exact, cfg_method(cfg, "exact"), False)):
             if info["levels"] < 2:
                 if name == "oneshot":  # the layer-serial sweep: forward streamed, then the backward,
                     Mo = micro_batch_count(None, L, m)  # at the probe's cost ratio to serial's sweeps
@@ -125,7 +125,7 @@ def candidates(probe, cfg: TrainConfig, P: int, net: NetworkModel, h) -> list[Ca
                                       probe.per_sample_scale) + fixed
                     out.append(Candidate(D, L, name, 1, Mo, t, its * t))
                 continue
-            t = _mgrit_step(probe, opts, info["levels"], info["iterations"], warm, D, L, net, h) + fixed
+            t = _mgrit_step(probe, method, info["levels"], info["iterations"], warm, D, L, net, h) + fixed
             e = info.get("grad_error", 0.0)
             acc = its * t / (1.0 - e) if e < 1.0 else math.inf
             out.append(Candidate(D, L, name, info["levels"], 1, t, acc, e))

@@ -243,8 +243,8 @@ def run_probe(trainer, oneshot, exact, repeats: int = 2) -> Probe:
             wall = clock.best(lambda: os_lp.evaluate(theta, xm, ym, mm, grad=True, warm=warm), repeats)
             wall -= sum(calls["param_grad"]) + calls["param_grad"][1] * (N * mm - 1) + ends_fit[0] + ends_fit[1] * mm
             fs, bs = os_lp.last_stats
-            counted = mgrit_calls(oneshot.forward, h, 1, fs.levels, warm, fs.iterations, bs.iterations,
-                                  min(oneshot.forward.stability_samples, mm))
+            counted = mgrit_calls(oneshot.forward, oneshot.adjoint, h, 1, fs.levels, warm, fs.iterations,
+                                  bs.iterations, min(oneshot.forward.stability_samples, mm))
             step_cost = sum(counted[op][0] * calls[op][0] + counted[op][1] * mm * calls[op][1]
                             for op in ("forward", "adjoint"))
             step_cost += counted["estimate"][0] * calls["forward"][0] + counted["estimate"][1] * calls["forward"][1]

@@ -23,6 +23,7 @@ from ..network.spec import layer_spec, network_from_spec
 from ..objective.inference import Pipeline
 from ..objective.layer_parallel import LayerParallel
 from ..runtime import trace as tracing
+from ..runtime.allocator import keep_freed_memory
 from ..runtime.atomic import WriteError
 from ..runtime.backend import resolve_backend
 from ..runtime.comm import Comm
@@ -56,6 +57,7 @@ class Trainer:
         if data is not None and cfg.example is None and cfg.data is None:
             cfg = cfg.model_copy(update={"data": "<arrays>"})
         cfg.resolved()  # every setting checked before any work
+        keep_freed_memory()  # the same large arrays every step: reuse, not fresh page faults
         self.world = world = comm if comm is not None else Comm.single()
         cfg, self.plan = resolve_method(cfg, world, data, step)  # --method auto: the planner's choice
         self.comm, self.data_comm = comm, data_comm = world.grid(cfg.data_parallel)

@@ -80,3 +80,23 @@ def test_ten_ctrl_c_trials_to_the_process_group_give_one_line_each(mpirun):
         results.append((delay, rc, err))
     bad = [(d, rc, err) for d, rc, err in results if rc != 130 or err.strip() != line]
     assert not bad, bad
+
+
+@pytest.mark.parametrize("initialized", [False, True])
+def test_ranks_other_than_0_wait_for_rank_0_only_once_mpi_is_initialised(monkeypatch, initialized):
+    """Before MPI_Init every rank ends at once (a waiting rank entering MPI initialisation after
+    rank 0 ended blocks Hydra); afterwards the others wait DEFER_S so that rank 0 prints first."""
+    import sys
+    import types
+
+    from gpubraid.runtime import interrupts
+
+    fake = types.SimpleNamespace(Is_initialized=lambda: initialized)
+    monkeypatch.setitem(sys.modules, "mpi4py.MPI", fake)
+    monkeypatch.setenv("PMI_RANK", "1")
+    slept, ended = [], []
+    monkeypatch.setattr(interrupts.time, "sleep", slept.append)
+    monkeypatch.setattr(interrupts.os, "_exit", ended.append)
+    assert interrupts.mpi_initialized() is initialized
+    interrupts.Interrupts().exit_now(signal.SIGINT)
+    assert ended == [130] and slept == ([interrupts.DEFER_S] if initialized else [])

@@ -32,7 +32,7 @@ def test_mgrit_calls_count_the_steps_the_solver_takes(levels, warm):
     if warm:
         lp.evaluate(tr.theta, x, y, B, grad=True, warm=True)
     f, b = lp.last_stats
-    counted = cm.mgrit_calls(m.forward, tr.model.h, 1, f.levels, warm, f.iterations, b.iterations, 2)
+    counted = cm.mgrit_calls(m.forward, m.adjoint, tr.model.h, 1, f.levels, warm, f.iterations, b.iterations, 2)
     assert f.levels == levels
     assert counted["forward"][1] == sum(f.steps_per_level) + f.coarse_steps
     assert counted["adjoint"][1] == sum(b.steps_per_level) + b.coarse_steps
@@ -145,7 +145,7 @@ def test_bad_network_and_ranks_are_one_line_errors():
 def test_mgrit_options_are_read_not_changed():
     opts = MGRITOptions(cfactor=2, max_levels=3, nrelax=[0, 1], tol=0.0, max_iter=1)
     before = repr(opts)
-    cm.mgrit_calls(opts, [0.1] * 16, 2, 3, True, 1, 1, 2)
+    cm.mgrit_calls(opts, opts, [0.1] * 16, 2, 3, True, 1, 1, 2)
     assert repr(opts) == before
 
 

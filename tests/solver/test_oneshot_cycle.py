@@ -1,0 +1,143 @@
+"""Issue 19: the cheaper one-shot cycle (correction scheme for linear steps, no final relaxation)
+and coarse steps from averaged step data."""
+import dataclasses
+
+import numpy as np
+import pytest
+
+from gpubraid.errors import UserError
+from gpubraid.network.reference import forward_states
+from gpubraid.objective.layer_parallel import LayerParallel
+from gpubraid.runtime.backend import resolve_backend
+from gpubraid.solver.mgrit import MGRIT
+from gpubraid.solver.options import MGRITOptions
+from gpubraid.solver.state import SolveState
+from gpubraid.training.config import TrainConfig
+from gpubraid.training.methods import make_method
+from tests.solver.test_mgrit import make_problem
+
+BE = resolve_backend("numpy", "float64")
+
+
+def test_averaged_coarse_params_equal_the_hand_computed_average():
+    """Every coarse step's parameter rows are Σ h_s θ_s / Σ h_s over the level-0 steps it spans (the
+    last one shorter), per-sample arrays are injected, on every level."""
+    N = 11
+    h = np.linspace(0.5, 1.5, N)
+    solver = MGRIT(None, [0], [0, N], h, MGRITOptions(cfactor=2, max_levels=4, coarse_params="average"), BE)
+    rng = np.random.default_rng(0)
+    data = (rng.standard_normal((N, 3, 2)), rng.standard_normal(N), rng.standard_normal((N, 4, 2)))
+    s = SolveState(solver, None, (4, 2), False)
+    solver.plan.distribute(s, data, sample_data=(2,))
+    assert solver.n_levels == 4
+    for l in range(1, solver.n_levels):
+        fine = solver.levels[l].fine
+        for k in range(solver.levels[l].N):
+            span = np.arange(fine[k], fine[k + 1])
+            w = h[span] / h[span].sum()
+            for j in (0, 1):
+                want = np.tensordot(w, data[j][span], axes=1)
+                assert np.allclose(s.data[l][j][k], want, rtol=1e-14, atol=1e-14), (l, k, j)
+            assert np.array_equal(s.data[l][2][k], data[2][fine[k]])      # injected
+        assert np.allclose(s.h[l], solver.levels[l].H)
+    # injection (the default) is unchanged
+    inj = MGRIT(None, [0], [0, N], h, MGRITOptions(cfactor=2, max_levels=4), BE)
+    s2 = SolveState(inj, None, (4, 2), False)
+    inj.plan.distribute(s2, data)
+    for l in range(1, inj.n_levels):
+        for j in range(3):
+            assert np.array_equal(s2.data[l][j], data[j][inj.levels[l].fine[:-1]])
+
+
+def test_bad_coarse_params_raise_user_error():
+    with pytest.raises(UserError, match="coarse_params"):
+        MGRITOptions(coarse_params="mean").validate()
+    with pytest.raises(UserError):
+        TrainConfig(example="peaks", coarse_params="mean")
+
+
+@pytest.mark.parametrize("levels,nrelax", [(2, 0), (3, [0, 1]), (5, 1)])
+def test_correction_scheme_gives_the_same_iterates_without_restriction_steps(levels, nrelax):
+    """A linear chain (the adjoint) solved with ``linear``: the FAS iterates to round-off, converged
+    the serial adjoint, and no coarse steps in the restriction (schedule counts what solve does)."""
+    model, layout, theta, x, y = make_problem("dense", 40, B=3)
+    ser = LayerParallel(model, None, MGRITOptions(max_levels=1), MGRITOptions(max_levels=1))
+    ref = ser.evaluate(theta, x, y, 3)
+    for it in (1, 2, 40):
+        o = MGRITOptions(cfactor=2, max_levels=levels, nrelax=nrelax, tol=1e-13 if it == 40 else 0.0,
+                         max_iter=it)
+        fas = LayerParallel(model, None, o, o)
+        cs = LayerParallel(model, None, o, dataclasses.replace(o, linear=True))
+        a, b = fas.evaluate(theta, x, y, 3), cs.evaluate(theta, x, y, 3)
+        assert np.abs(a.grad - b.grad).max() <= 1e-11 * np.abs(a.grad).max()
+        assert np.abs(fas.Lam - cs.Lam).max() <= 1e-11 * np.abs(fas.Lam).max()
+        fb, cb = fas.last_stats[1], cs.last_stats[1]
+        assert fb.iterations == cb.iterations
+        restrict = sum(n for p, _, n in fas.bwd.schedule(fb.iterations, fb.levels, warm=False) if p == "restrict")
+        cs_sched = list(cs.bwd.schedule(cb.iterations, cb.levels, warm=False))
+        assert cb.total_steps == sum(n for *_, n in cs_sched)
+        assert all(n == 0 for p, _, n in cs_sched if p == "restrict")
+        # and the first F-sweep after a restriction skips Φ(0) = 0 (m = 2: half of it, levels ≥ 1)
+        zero = sum(fas.bwd.lv[lv].f_relax_steps() - n for p, lv, n in cs_sched if p == "f_relax" and lv > 0
+                   and n < fas.bwd.lv[lv].f_relax_steps())
+        assert restrict > 0 and cb.total_steps == fb.total_steps - restrict - zero
+        if it == 40:
+            assert np.abs(b.grad - ref.grad).max() <= 1e-9 * np.abs(ref.grad).max()
+
+
+def test_solve_without_final_relaxation_moves_f_points_by_their_c_point_correction():
+    """final_relax off: C-points as with it; each F-point = its value before the correction + the
+    correction of the C-point starting its interval; no steps for it; the schedule says so."""
+    model, layout, theta, x, y = make_problem("dense", 21, B=3)
+    P = layout.views(theta)
+    u0 = model.open_forward(x, P)
+    U = forward_states(model, P, x)
+    warm = U + 0.01 * np.cos(np.arange(U.size)).reshape(U.shape)
+    seen = {}
+    base = MGRITOptions(cfactor=2, max_levels=3, nrelax=[0, 1], tol=0.0, max_iter=1, final_residual=False)
+    for fr in (True, False):
+        s = MGRIT(None, [0], [0, 21], model.h, dataclasses.replace(base, final_relax=fr), BE)
+        keep = {}
+        u, st = s.solve(model.step.forward, P.layers(), u0, u0.shape, warm=warm.copy(),
+                        access=lambda k, rows: keep.setdefault("c", rows.copy()))
+        sched = list(s.schedule(1, warm=True))
+        assert sum(n for *_, n in sched) == st.total_steps
+        assert (sched[-1][:2] == ("interpolate", 0)) != fr
+        seen[fr] = (u, keep["c"], st.total_steps)
+    c = np.r_[0:21:2, 21]
+    f = np.setdiff1d(np.arange(22), c)
+    assert np.array_equal(seen[False][0][c], seen[True][0][c])
+    assert seen[True][2] - seen[False][2] == f.size                     # N(1 − 1/m) fewer steps
+    # access sees the F-points before the correction (the warm start F-relaxed)
+    pre = seen[False][1]
+    start = warm.copy()
+    start[0] = u0
+    e = seen[False][0][c] - start[c]
+    assert np.array_equal(seen[False][0][f], pre[f] + e[(f - 1) // 2])
+
+
+@pytest.mark.parametrize("N,levels,fwd,bwd", [(32, 2, 64, 48), (32, 3, 88, 56), (256, 2, 512, 384)])
+def test_oneshot_default_step_counts(N, levels, fwd, bwd):
+    """The default one-shot cycle, warm, per evaluation (schedule = what solve executes): 2 levels
+    at m = 2 cost 2N forward + 1.5N adjoint = 1.75× serial (was 2.5N + 2.5N)."""
+    m = make_method(TrainConfig(example="peaks", layers=N).resolved("dense"))
+    h = np.full(N, 1.0 / N)
+    f = MGRIT(None, [0], [0, N], h, m.forward, BE)
+    b = MGRIT(None, [0], [0, N], h, m.adjoint, BE)
+    assert sum(n for *_, n in f.schedule(1, levels, warm=True)) == fwd
+    assert sum(n for *_, n in b.schedule(1, levels, warm=True)) == bwd
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("coarse", ["inject", "average"])
+def test_cheap_cycle_independent_of_rank_count(mpirun, coarse):
+    """Three warm one-shot evaluations (uneven blocks, one layer per rank at the end of 4): the same
+    states, adjoints, gradients and objectives on 1..4 ranks."""
+    ref = mpirun.json(1, "oneshot_cycle_check.py", 13, 3, coarse)
+    for n in (2, 3, 4):
+        got = mpirun.json(n, "oneshot_cycle_check.py", 13, 3, coarse)
+        for key in ("states", "adjoints"):
+            assert np.array_equal(np.array(got[key]), np.array(ref[key])), (n, key)
+        g, r = np.array(got["grad"]), np.array(ref["grad"])
+        assert np.abs(g - r).max() <= 1e-12 * np.abs(r).max(), n
+        assert np.allclose(got["objective"], ref["objective"], rtol=1e-12, atol=0), n
