@@ -1,4 +1,4 @@
-"""The ``gpubraid`` command line: ``train``, ``predict`` and ``info``.
+"""The ``gpubraid`` command line: ``train``, ``plan``, ``predict`` and ``info``.
 
 The ``train`` options are generated from :class:`gpubraid.training.config.TrainConfig` (one option per
 setting; ``final_time`` is ``--final-time``); ``--config FILE`` reads the same settings from TOML.
@@ -93,11 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "layers over P ranks.  Options override --config; 'None' defaults take the "
                     "example's value.",
         argument_default=argparse.SUPPRESS)
-    train.add_argument("example", nargs="?", default=None, metavar="EXAMPLE", type=_parse("example"),
-                       help=f"one of {', '.join(config.EXAMPLES)} (may instead come from --config)")
-    train.add_argument("--config", metavar="FILE", help="TOML file of these settings (keys as the "
-                       "options, '_' or '-'); command-line options override it")
-    options.add_options(train, _parse)
+    _train_options(train, config, options)
     predict = sub.add_parser("predict", help="apply a saved model to inputs in a .npz file",
                              description="Apply a model written by 'gpubraid train --save' to inputs.")
     predict.add_argument("model", metavar="MODEL", help="model file (safetensors) from --save")
@@ -110,10 +106,22 @@ def build_parser() -> argparse.ArgumentParser:
                          "'--layer MODULE:ATTR' (model files name import paths but are never made to import them)")
     predict.add_argument("--trust", action="store_true", help="import the step the model file names "
                          "(only for files you trust: importing runs code)")
+    from .plan import add_parser as add_plan
+
+    add_plan(sub, _parse, lambda p: _train_options(p, config, options))
     info = sub.add_parser("info", help="versions, backend, GPUs, MPI library and CUDA-awareness",
                           description="Report the software stack and how MPI and the GPUs are set up.")
     info.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
+
+
+def _train_options(parser, config, options) -> None:
+    """EXAMPLE, --config and one option per setting (``train`` and ``plan``)."""
+    parser.add_argument("example", nargs="?", default=None, metavar="EXAMPLE", type=_parse("example"),
+                        help=f"one of {', '.join(config.EXAMPLES)} (may instead come from --config)")
+    parser.add_argument("--config", metavar="FILE", help="TOML file of these settings (keys as the "
+                        "options, '_' or '-'); command-line options override it")
+    options.add_options(parser, _parse)
 
 
 def train_config(args: argparse.Namespace):
@@ -260,7 +268,9 @@ def cmd_train(args: argparse.Namespace, interrupts: Interrupts) -> int:
     if message is not None:
         raise UserError(message)
 
-    progress = Progress(cfg.iterations, cfg.method, cfg.progress) if comm.rank == 0 else None
+    progress = Progress(cfg.iterations, trainer.cfg.method, cfg.progress) if comm.rank == 0 else None
+    if progress is not None and trainer.plan is not None:
+        progress.write(trainer.plan["line"])
     unwritten = None  # the one line of an output that could not be written
     try:
         trainer.run(progress=progress, interrupts=interrupts,
@@ -322,6 +332,10 @@ def _main(argv, interrupts: Interrupts) -> int:
             return cmd_train(args, interrupts)
         if args.command == "predict":
             return cmd_predict(args)
+        if args.command == "plan":
+            from .plan import cmd_plan
+
+            return cmd_plan(args, train_config, check_output_path)
         from .info import print_info
 
         print_info(args.json)

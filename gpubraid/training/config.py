@@ -28,7 +28,7 @@ INT_MAX = 2**31 - 1          # kernels index with 32-bit integers; no count may 
 
 #: The training methods (:mod:`gpubraid.training.methods` builds them).  Every other list of
 #: allowed values comes from the module that implements the choice.
-METHODS = ("serial", "exact", "oneshot", "pipeline")
+METHODS = ("serial", "exact", "oneshot", "pipeline", "auto")
 EXAMPLES = DATASETS
 ACTIVATIONS = tuple(ACTIVATION_FUNCTIONS)
 
@@ -114,9 +114,10 @@ class TrainConfig(BaseModel):
         1, "data groups D: the P MPI ranks form D groups of P/D layer ranks, each group taking a share "
         "of every batch (P must be a multiple of D)", "execution", ge=1, le=INT_MAX)
     method: Literal[METHODS] = _field(
-        "oneshot", "training method: serial backprop, exact MGRIT solves, one-shot MGRIT, or pipeline "
+        "oneshot", "training method: serial backprop, exact MGRIT solves, one-shot MGRIT, pipeline "
         "(serial's gradient by micro-batches streamed through the layer ranks; serial on several layer "
-        "ranks is the same)", "execution")
+        "ranks is the same), or auto (the fastest for the run's ranks by gpubraid plan's prediction: "
+        "method, data groups and micro-batches; the choice and why are logged)", "execution")
     micro_batches: Count | None = _field(
         None, "layer-serial training (serial, pipeline, one-level exact/oneshot): micro-batches each batch "
         "(each data group's share) is cut into and streamed through the layer ranks; None: 1 on one layer "

@@ -90,6 +90,7 @@ class OneShot(Method):
 
 def make_method(cfg: TrainConfig) -> Method:
     """The method of a resolved configuration, with its solver options."""
+    assert cfg.method != "auto", "method auto is resolved by gpubraid.training.plan.resolve_auto first"
     nrelax = cfg.nrelax if cfg.nrelax is not None else (0 if cfg.method == "oneshot" else [0, 1])
     common = dict(cfactor=cfg.cfactor, max_levels=cfg.max_levels, nrelax=nrelax,
                   min_coarse=cfg.min_coarse, stability=cfg.stability, nested=cfg.nested,

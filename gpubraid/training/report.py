@@ -27,6 +27,7 @@ class TrainResult:
     history: list = field(default_factory=list)
     stopped: str = "iterations"
     depth_history: list = field(default_factory=list)  # the coarse networks' steps (--depth-levels)
+    plan: dict | None = None  # --method auto: the planner's choice, why, and the candidates
 
     def metrics(self) -> dict:
         return {"method": self.config["method"], "ranks": self.ranks, "backend": self.backend,
@@ -36,7 +37,7 @@ class TrainResult:
                 "wall_s": self.wall_s, "stopped": self.stopped, "example": self.config["example"],
                 "data": self.config["data"], "optimizer": self.config["optimizer"],
                 "version": __version__, "config": self.config, "history": self.history,
-                "depth_history": self.depth_history}
+                "depth_history": self.depth_history, "plan": self.plan}
 
 
 def write_metrics(path: str, result: TrainResult) -> None:

@@ -59,6 +59,7 @@ class Trainer:
         cfg.resolved()  # every setting checked before any work
         keep_freed_memory()  # the same large arrays every step: reuse, not fresh page faults
         self.world = world = comm if comm is not None else Comm.single()
+        cfg, self.plan = resolve_method(cfg, world, data, step)  # --method auto: the planner's choice
         self.comm, self.data_comm = comm, data_comm = world.grid(cfg.data_parallel)
         ds, meta = load_distributed(cfg, world, data)
         self.meta = meta
@@ -257,8 +258,8 @@ class Trainer:
                             "steps": len(run.history), "loop_s": time.perf_counter() - loop_start})
         train, val = self.score("train"), self.score("val")
         self.result = TrainResult(cfg.model_dump(), self.world.size, self.be.name, self.be.dtype_name,
-                                  train["objective"], train["loss"], val["loss"], train["accuracy"],
-                                  val["accuracy"], wall, run.history, run.stopped, self.depth_history)
+                                  train["objective"], train["loss"], val["loss"], train["accuracy"], val["accuracy"],
+                                  wall, run.history, run.stopped, self.depth_history, self.plan)
         if cfg.save:
             self.save(cfg.save)
         return self.result
@@ -335,6 +336,16 @@ class Trainer:
                 setattr(self.lp, name, None if rows is None else be.asarray(rows))
         return RunState(rng, arrays.get("batch_order"), meta["pos"], meta["history"], meta["failures"],
                         meta["first"], meta["elapsed"], meta["stopped"])
+
+
+def resolve_method(cfg: TrainConfig, world: Comm, data, step) -> tuple[TrainConfig, dict | None]:
+    """``cfg`` and None, or for ``method`` "auto" the planner's choice for ``world``'s ranks and its
+    record (:func:`gpubraid.training.plan.resolve_auto`; rank 0 probes a single-rank trainer)."""
+    if cfg.method != "auto":
+        return cfg, None
+    from .plan import resolve_auto
+
+    return resolve_auto(cfg, world, lambda c: Trainer(c, Comm.single(), data=data, step=step))
 
 
 def written_on_root(world: Comm, write) -> None:

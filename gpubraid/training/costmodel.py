@@ -1,0 +1,189 @@
+"""Seconds per training step of each way to spend P ranks, from the probe's costs (:mod:`.probe`)
+and a network model (:class:`~gpubraid.runtime.replay.NetworkModel`), counted the way the code runs.
+
+* **MGRIT** (one-shot, exact): the phases of one solve are :meth:`MGRIT.schedule
+  <gpubraid.solver.mgrit.MGRIT.schedule>` (the cycle :meth:`~gpubraid.solver.mgrit.MGRIT.solve`
+  executes); what each position does in a phase is :func:`~gpubraid.solver.level.level_plan`
+  (F-relaxation: one batched call per F-slice plus one per leading point; C-relaxation and residual
+  one call over the C-points; restriction one call).  A phase costs its slowest position; an
+  F-relaxation is a pipeline (each position waits for its left neighbour's last row, one message);
+  the coarsest level is gathered to rank 0, stepped there one step per call and scattered back;
+  every level-0 residual norm is an allreduce; a solve that chooses its levels first estimates ρ
+  (``stability_iters`` + 1 calls over the position's steps on ``stability_samples`` samples).
+  A call over L intervals of m samples costs α + β·L·m plus the solver's own per-call overhead.
+* **Layer-serial pipeline** (serial, pipeline): each layer rank runs
+  :func:`~gpubraid.objective.pipeline.schedule_order` (1F1B or GPipe), a forward (backward) step of
+  a micro-batch of m samples costing n·(a + b·m) on a rank of n layers; a micro-batch's state
+  (adjoint) moves to the next (previous) rank in one message; the ranks are simulated in order,
+  so the bubble (M + L − 1 block times per direction) comes out of the simulation.
+* **Data groups**: each of the D groups holds ⌈B/D⌉ samples; the gradient blocks are summed across
+  the groups (an allgather of the block), and every scalar reduction (objective, solver norms, the
+  optimiser's dot products) also runs across them.
+"""
+from __future__ import annotations
+
+import math
+from collections import deque
+
+import numpy as np
+
+from ..objective.pipeline import micro_batch_bounds, schedule_order
+from ..runtime.backend import resolve_backend
+from ..runtime.comm import split_layers
+from ..runtime.replay import NetworkModel
+from ..solver.level import level_plan
+from ..solver.mgrit import MGRIT
+from ..solver.options import MGRITOptions
+
+_HOST = resolve_backend("numpy", "float64")
+
+
+_VIEWS: dict = {}
+
+
+def _view(opts: MGRITOptions, h: tuple, L: int):
+    """(rank 0's solver view of N steps on L positions, per level and position the level_plan)."""
+    key = (repr(opts), h, L)
+    if key in _VIEWS:
+        return _VIEWS[key]
+    N = len(h)
+    solver = MGRIT(None, list(range(L)), split_layers(N, L), np.array(h), opts, _HOST)
+    plans = [[level_plan(solver.levels[l], solver.layouts[l][p], solver.layouts[l + 1][p], _HOST)
+              for p in range(L)] for l in range(solver.n_levels - 1)]
+    if len(_VIEWS) > 64:
+        _VIEWS.clear()
+    _VIEWS[key] = solver, plans
+    return solver, plans
+
+
+def mgrit_calls(opts: MGRITOptions, adjoint: MGRITOptions, h, L: int, levels: int, warm: bool, it_f: int,
+                it_b: int, samples: int) -> dict:
+    """Calls and intervals rank 0 of L issues in one forward solve (options ``opts``) and one
+    adjoint solve (``adjoint``): ``{"forward": (calls, intervals), "adjoint": (...), "estimate":
+    (calls, intervals × samples)}``."""
+    out = {}
+    for name, it, o in (("forward", it_f, opts), ("adjoint", it_b, adjoint)):
+        solver, plans = _view(o, tuple(float(v) for v in h), L)
+        calls = steps = 0
+        for phase, l, n in solver.schedule(it, levels=levels, warm=warm):
+            steps += n
+            if phase == "f_relax" and n:
+                r = plans[l][0]
+                calls += sum(1 for k in r["slices"] if k > 0) + r["leading"]
+            elif phase in ("serial", "coarse_solve"):
+                calls += n
+            elif n:
+                calls += 1
+        out[name] = (calls, steps)
+    n0 = int(split_layers(len(h), L)[1])
+    estimating = opts.stability > 0 or opts.conv_bound > 0
+    k = opts.stability_iters + 1 if estimating else 0
+    out["estimate"] = (k, k * n0 * samples)
+    return out
+
+
+def mgrit_solve_s(opts: MGRITOptions, h, L: int, levels: int, warm: bool, iters: int, alpha: float,
+                  beta: float, m: int, msg_s: float, reduce_s: float, net: NetworkModel, row_bytes: int) -> float:
+    """Critical-path seconds of one MGRIT solve on L positions (see the module docstring)."""
+    solver, plans = _view(opts, tuple(float(v) for v in h), L)
+
+    def call(k):
+        return alpha + beta * k * m if k > 0 else 0.0
+
+    total = 0.0
+    for phase, l, n in solver.schedule(iters, levels=levels, warm=warm):
+        if phase == "f_relax":
+            prev_sent, done = None, []
+            for r in plans[l]:
+                if r is None:
+                    continue
+                own = sum(call(k) for k in r["slices"])
+                start = max(own, prev_sent + msg_s) if (r["has_prev"] and prev_sent is not None) else own
+                end = start + r["leading"] * call(1)
+                prev_sent = own if r["last_local"] else end
+                done.append(end)
+            total += max(done)
+        elif phase in ("c_relax", "residual"):
+            total += max(call(r["nc"]) for r in plans[l] if r is not None)
+            total += reduce_s if (phase == "residual" and l == 0) else 0.0
+        elif phase == "restrict" and n:
+            rs = [r for r in plans[l - 1] if r is not None]
+            total += max(call(r["restrict"]) for r in rs) + (msg_s if any(r["restrict_prev"] for r in rs) else 0.0)
+        elif phase == "coarse_solve":
+            owned = [lay.n_owned for lay in solver.layouts[l][1:] if lay.n_owned > 0]
+            total += solver.levels[l].N * call(1)
+            total += sum(2 * (net.transfer(k * row_bytes) + net.overhead_s) for k in owned)
+    return total
+
+
+def pipeline_s(schedule: str, L: int, M: int, m_total: int, N: int, fwd: tuple, bwd: tuple, ends: tuple,
+               row_bytes: int, net: NetworkModel, scale=None) -> float:
+    """Seconds of one pipelined evaluation (forward and backward of M micro-batches over L layer
+    ranks): every rank's :func:`schedule_order` simulated, messages α + n/β + o, the opening and
+    the head (``ends``) on the last rank's forward steps.  ``scale(cells, backward)``: factor on
+    the per-sample costs when a rank holds ``cells`` = layers × samples of states (the micro-batches
+    in flight: all M with GPipe, at most L with 1F1B); None: 1."""
+    bounds = split_layers(N, L)
+    cut = micro_batch_bounds(m_total, M)
+    sizes = [int(cut[k + 1] - cut[k]) for k in range(M)]
+    msg = [net.transfer(m * row_bytes) + net.overhead_s if L > 1 else 0.0 for m in sizes]
+    orders = [schedule_order(schedule, M, L, r) for r in range(L)]
+    done = {"F": [[None] * M for _ in range(L)], "B": [[None] * M for _ in range(L)]}
+    clock, pos = [0.0] * L, [0] * L
+    queue, queued = deque(range(L)), [True] * L
+    held = M if schedule == "gpipe" else min(L, M)
+    while queue:
+        r = queue.popleft()
+        queued[r] = False
+        n = int(bounds[r + 1] - bounds[r])
+        moved = False
+        while pos[r] < len(orders[r]):
+            kind, k = orders[r][pos[r]]
+            q = r - 1 if kind == "F" else r + 1
+            if 0 <= q < L:
+                sent = done[kind][q][k]
+                if sent is None:
+                    break
+                start = max(clock[r], sent + msg[k])
+            else:
+                start = clock[r]
+            a, b = fwd if kind == "F" else bwd
+            if scale is not None:
+                b *= scale(n * sizes[k] * held, kind == "B")
+            work = n * (a + b * sizes[k])
+            if kind == "F" and r == L - 1:
+                work += ends[0] + ends[1] * sizes[k]
+            clock[r] = done[kind][r][k] = start + work
+            pos[r] += 1
+            moved = True
+        for q in (r - 1, r + 1) if moved else ():
+            if 0 <= q < L and not queued[q] and pos[q] < len(orders[q]):
+                queue.append(q)
+                queued[q] = True
+    return max(clock)
+
+
+def reductions_per_step(optimizer: str, memory: int) -> int:
+    """Scalar reductions of one training step: the evaluation's (objective, loss, count, solver
+    statistics) and the optimiser's dot products (L-BFGS two-loop recursion and line search)."""
+    return 6 + (2 * memory + 4 if optimizer == "lbfgs" else 2)
+
+
+def reduce_s(net: NetworkModel, L: int, D: int) -> float:
+    """One scalar reduction over the L layer ranks and (allgathered) across the D data groups."""
+    t = net.collective("allreduce", 8, L) + net.overhead_s if L > 1 else 0.0
+    return t + (net.collective("allgather", 8, D) + net.overhead_s if D > 1 else 0.0)
+
+
+def group_sum_s(net: NetworkModel, D: int, nbytes: int) -> float:
+    """Summing a gradient block of ``nbytes`` across D data groups (an allgather, added in order)."""
+    return net.collective("allgather", nbytes, D) + net.overhead_s if D > 1 else 0.0
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def layer_block(N: int, L: int) -> int:
+    """Layers of the largest block of N layers over L ranks."""
+    return math.ceil(N / L)

@@ -1,0 +1,249 @@
+"""The planner: every way to spend P ranks on a run, its predicted time, and the fastest.
+
+A candidate is D data groups × L layer ranks (P = D·L) with a method: the layer-serial pipeline
+(``serial`` on one layer rank, ``pipeline`` with M micro-batches, 1F1B, on several), ``oneshot``
+or ``exact`` MGRIT with the levels the solver's own choice keeps on the initial parameters
+(exact is left out when that is one level: it is then serial; one-shot on one level is the
+layer-serial sweep it then runs: all micro-batches forward, then all backward).  Its seconds per training step come from
+the probe (:mod:`.probe`, the run's step calls timed here) and the counting of
+:mod:`.costmodel`; its time to accuracy is the run's ``iterations`` steps, divided for one-shot by
+1 − e, e the probe's relative error of the one-shot gradient (a gradient with relative error e < 1
+is still a descent direction; steepest descent's rate shrinks by about 1 − e): an estimate of the
+price of the inexact gradient, not a measurement.
+
+``--method auto`` (:func:`resolve_auto`) trains with the best candidate for the run's own ranks:
+rank 0 probes, every rank gets its choice.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from ..errors import UserError
+from ..runtime.comm import Comm
+from ..runtime.replay import PRESETS, NetworkModel
+from ..runtime.resources import micro_batch_count
+from . import costmodel as cm
+from .config import TrainConfig
+from .methods import make_method
+
+#: Shared-memory MPI on one host as measured on the development VM (python -m bench.pingpong,
+#: bench/results/2026-12-02-vm/pingpong.json: α ≈ 1.4 µs, 1.36 GB/s, o ≈ 1.5 µs, eager 4 KiB):
+#: the default network of the planner (ranks of one machine).
+SHARED_MEMORY = NetworkModel("shared memory (one host)", 1.36e-6, 1.36e9, 1.5e-6, 4096, True)
+NETWORKS = {"shm": SHARED_MEMORY, **PRESETS}
+
+
+def network(name: str) -> NetworkModel:
+    """A network model by name (``shm``, ``ib``, ``nvlink``, ``ideal``) or from a ping-pong JSON file."""
+    if name in NETWORKS:
+        return NETWORKS[name]
+    try:
+        return NetworkModel.from_json(name)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"network: {name!r} is neither one of {', '.join(NETWORKS)} nor a readable "
+                        f"ping-pong JSON file ({exc})") from None
+
+
+@dataclass
+class Candidate:
+    """One way to run on P = D × L ranks, with its predicted seconds per step and to accuracy."""
+
+    D: int
+    L: int
+    method: str
+    levels: int
+    M: int
+    step_s: float
+    accuracy_s: float
+    grad_error: float = 0.0
+
+    def label(self) -> str:
+        what = {"serial": "serial", "pipeline": f"pipeline M={self.M}"}.get(
+            self.method, f"{self.method} {self.levels} level{'s' if self.levels > 1 else ''}")
+        return f"{what} on {self.D}x{self.L} (data x layer)"
+
+    def settings(self) -> dict:
+        """The TrainConfig values that run this candidate."""
+        out = {"method": self.method, "data_parallel": self.D}
+        if self.method == "pipeline":
+            out.update(micro_batches=self.M, schedule="1f1b")
+        return out
+
+
+def _mgrit_step(probe, method, levels, its, warm, D, L, net, h) -> float:
+    """Seconds of one MGRIT evaluation (forward solve with its ρ estimate, adjoint solve, gradient,
+    the rest) on one data group's ⌈B/D⌉ samples over L layer ranks."""
+    m = cm.ceil_div(probe.batch, D)
+    n = cm.layer_block(probe.layers, L)
+    row = m * probe.state_bytes
+    msg = net.transfer(row) + net.overhead_s if L > 1 else 0.0
+    red = cm.reduce_s(net, L, D)
+    total = 0.0
+    opts = method.forward
+    for op, it, o in (("forward", its[0], method.forward), ("adjoint", its[1], method.adjoint)):
+        alpha, beta = probe.calls[op]
+        beta *= probe.per_sample_scale(n * m, op == "adjoint")
+        total += cm.mgrit_solve_s(o, h, L, levels, warm, it, alpha + probe.solve_call[0],
+                                  beta + probe.solve_call[1], m, msg, red, net, row)
+    if opts.stability > 0 or opts.conv_bound > 0:
+        alpha, beta = probe.calls["forward"]
+        s = min(opts.stability_samples, m)
+        total += (opts.stability_iters + 1) * (alpha + beta * n * s) + red
+    a, b = probe.calls["param_grad"]
+    b *= probe.per_sample_scale(n * m, True)
+    return total + a + b * n * m + probe.ends[0] + probe.ends[1] * m
+
+
+def candidates(probe, cfg: TrainConfig, P: int, net: NetworkModel, h) -> list[Candidate]:
+    """Every candidate on P ranks, best (least time to accuracy) first.  ``cfg``: the run's
+    resolved settings; ``h``: the step sizes."""
+    out = []
+    N, B = probe.layers, probe.batch
+    its = cfg.iterations
+    reductions = cm.reductions_per_step(cfg.optimizer, cfg.memory)
+    for D in (d for d in range(1, P + 1) if P % d == 0):
+        L = P // D
+        m = cm.ceil_div(B, D)
+        if L > N or B < D:
+            continue
+        fixed = reductions * cm.reduce_s(net, L, D) + cm.group_sum_s(net, D, cm.layer_block(N, L) * probe.param_bytes)
+        fixed += probe.step_overhead
+        Ms = [1] if L == 1 else sorted({min(k * L, m) for k in (1, 2, 4, 8)})
+        for M in Ms:
+            t = cm.pipeline_s("1f1b", L, M, m, N, probe.sweep_fwd, probe.sweep_bwd, probe.ends,
+                              probe.state_bytes, net, probe.per_sample_scale) + fixed
+            out.append(Candidate(D, L, "serial" if L == 1 else "pipeline", 1, M, t, its * t))
+        for name, info, method, warm in (("oneshot", probe.oneshot, cfg_method(cfg, "oneshot"), probe.warm),
+                                         ("exact", probe.exact, cfg_method(cfg, "exact"), False)):
+            if info["levels"] < 2:
+                if name == "oneshot":  # the layer-serial sweep: forward streamed, then the backward,
+                    Mo = micro_batch_count(None, L, m)  # at the probe's cost ratio to serial's sweeps
+                    r = info.get("serial_ratio", 1.0)
+                    fwd, bwd = ((r * a, r * b) for a, b in (probe.sweep_fwd, probe.sweep_bwd))
+                    t = cm.pipeline_s("gpipe", L, Mo, m, N, fwd, bwd, probe.ends, probe.state_bytes, net,
+                                      probe.per_sample_scale) + fixed
+                    out.append(Candidate(D, L, name, 1, Mo, t, its * t))
+                continue
+            t = _mgrit_step(probe, method, info["levels"], info["iterations"], warm, D, L, net, h) + fixed
+            e = info.get("grad_error", 0.0)
+            acc = its * t / (1.0 - e) if e < 1.0 else math.inf
+            out.append(Candidate(D, L, name, info["levels"], 1, t, acc, e))
+    return sorted(out, key=lambda c: (c.accuracy_s, c.step_s))
+
+
+def cfg_method(cfg: TrainConfig, method: str):
+    """The :class:`~gpubraid.training.methods.Method` of ``cfg`` run as ``method``."""
+    return make_method(cfg.model_copy(update={"method": method}))
+
+
+def probe_config(cfg: TrainConfig) -> TrainConfig:
+    """The single-rank, output-free settings the probe's trainer is built with."""
+    return cfg.model_copy(update=dict(method="serial", data_parallel=1, micro_batches=None, trace=None,
+                                      metrics=None, save=None, checkpoint_dir=None, resume=None,
+                                      depth_levels=0, progress=False))
+
+
+@dataclass
+class Plan:
+    """The probe, the candidates on ``ranks``, the best ones on more ranks (``more``: P -> best),
+    and the network's step sizes ``h``."""
+
+    config: dict
+    ranks: int
+    network: NetworkModel
+    probe: object
+    candidates: list
+    more: dict
+    h: tuple
+
+    @property
+    def best(self) -> Candidate:
+        return self.candidates[0]
+
+    def as_dict(self, top: int | None = None) -> dict:
+        return {"ranks": self.ranks, "network": asdict(self.network), "probe": self.probe.as_dict(),
+                "choice": asdict(self.best), "why": self.reason(),
+                "candidates": [asdict(c) for c in self.candidates[:top]],
+                "more_ranks": {str(p): asdict(c) for p, c in self.more.items()}}
+
+    def reason(self) -> str:
+        """Why the best candidate: its time against the runner-up's and the level choice."""
+        best = self.best
+        why = [f"predicted {best.step_s:.3g} s/step, {best.accuracy_s:.3g} s for {self.config['iterations']} steps"]
+        others = [c for c in self.candidates[1:] if (c.D, c.L, c.step_s) != (best.D, best.L, best.step_s)]
+        if others:
+            nxt = others[0]
+            why.append(f"next {nxt.label()} {nxt.step_s:.3g} s/step")
+        os_ = self.probe.oneshot
+        if os_["levels"] < 2:
+            why.append(f"oneshot keeps 1 level here (rho {os_['rho']:.3g}): the layer-serial sweep"
+                       if os_["rho"] is not None else "oneshot keeps 1 level here")
+        else:
+            why.append(f"oneshot {os_['levels']} levels, gradient error {100 * os_['grad_error']:.2g} %")
+        return "; ".join(why)
+
+    def line(self) -> str:
+        """One line for the log: the choice, why, and the best use of more ranks."""
+        more = ", ".join(f"{p}: {c.label().replace(' (data x layer)', '')} {c.step_s:.3g} s/step"
+                         for p, c in self.more.items())
+        text = f"plan: {self.best.label()}, {self.ranks} rank(s): {self.reason()}"
+        return text + (f"; more ranks (predicted, one core each): {more}" if more else "")
+
+    def table(self) -> str:
+        """Every candidate, best first."""
+        p = self.probe
+        rows = [f"{'D x L':>9}  {'method':<9} {'levels':>6} {'M':>4}  {'s/step':>10}  {'s to accuracy':>13}"
+                f"  {'grad err':>8}"]
+        for c in self.candidates:
+            acc = f"{c.accuracy_s:13.4g}" if math.isfinite(c.accuracy_s) else f"{'inf':>13}"
+            rows.append(f"{c.D:>4} x {c.L:<3}  {c.method:<9} {c.levels:>6} {c.M:>4}  {c.step_s:10.4g}  {acc}"
+                        f"  {100 * c.grad_error:7.2g}%")
+        head = [f"probe ({p.clock} time, {p.probe_s:.1f} s): batch {p.batch}, {p.layers} layers; layer-serial "
+                f"evaluation {p.evaluate_s:.4g} s on 1 rank; oneshot: {p.oneshot['levels']} level(s)"
+                + (f", rho {p.oneshot['rho']:.3g}" if p.oneshot["rho"] is not None else "")
+                + f", first-step gradient error {100 * p.oneshot['grad_error']:.2g} %; exact: "
+                + (f"{p.exact['levels']} level(s), {p.exact['iterations'][0]}/{p.exact['iterations'][1]} iterations"
+                   if p.exact["levels"] else "not probed (an evaluation is expensive; its solves take tens)"),
+                f"candidates on {self.ranks} rank(s), network {self.network.name}, best first:"]
+        return "\n".join(head + rows)
+
+
+def make_plan(cfg: TrainConfig, ranks: int, net: NetworkModel, build_trainer, more=()) -> Plan:
+    """Probe the run ``cfg`` (``build_trainer(cfg)``: a single-rank trainer) and rank every
+    candidate on ``ranks``; ``more``: factors of ``ranks`` whose best candidates are also given."""
+    from .probe import run_probe
+
+    if ranks < 1:
+        raise UserError(f"ranks must be an integer >= 1; got {ranks}")
+    trainer = build_trainer(probe_config(cfg))
+    cfg = trainer.cfg.model_copy(update={"method": cfg.method})
+    probe = run_probe(trainer, cfg_method(cfg, "oneshot"), cfg_method(cfg, "exact"))
+    h = tuple(float(v) for v in trainer.model.h)
+    ranked = candidates(probe, cfg, ranks, net, h)
+    if not ranked:
+        raise UserError(f"ranks: no way to run {probe.layers} layers on a batch of {probe.batch} over {ranks} ranks")
+    bigger = {}
+    for k in more:
+        options = candidates(probe, cfg, ranks * k, net, h)
+        if options and ranks * k <= probe.layers * probe.batch:
+            bigger[ranks * k] = options[0]
+    return Plan(cfg.model_dump(), ranks, net, probe, ranked, bigger, h)
+
+
+def resolve_auto(cfg: TrainConfig, world: Comm, build_trainer, net: NetworkModel = SHARED_MEMORY):
+    """``cfg`` with ``method`` "auto" replaced by the planner's choice for ``world``'s ranks, and
+    the plan's record (a dict, the same on every rank).  Rank 0 probes; a UserError there is
+    raised on every rank."""
+    plan, err = None, None
+    if world.rank == 0:
+        try:
+            made = make_plan(cfg, world.size, net, build_trainer, more=(2, 4, 8))
+            plan = {**made.as_dict(top=8), "line": made.line()}
+        except UserError as exc:
+            err = str(exc)
+    plan, err = world.bcast_obj((plan, err), 0)
+    if err is not None:
+        raise UserError(err)
+    choice = Candidate(**plan["choice"])
+    return cfg.model_copy(update=choice.settings()), plan

@@ -1,0 +1,282 @@
+"""The planner's probe: what one run's step calls cost on this machine and backend, and what the
+one-shot solver would do on its network (:mod:`gpubraid.training.plan` turns it into times).
+
+The probe runs on one process, on a single-rank trainer of the run's settings (method serial), for
+the run's batch (the full training set or one mini-batch of ``batch_size``) at the initial
+parameters.  Every cost is a fit ``a + b·m`` (seconds; m: samples in the call) or ``α + β·L·m``
+(L layers in one batched call), timed as the process's CPU time on a CPU (robust to other jobs on
+a shared machine, as the trace's spans are) and as synchronised wall time on a GPU:
+
+    sweep_fwd, sweep_bwd   one layer of the layer-serial sweeps (serial and pipeline training:
+                           forward keeping σ'(z), adjoint + gradient) per micro-batch of m samples
+    ends                   the rest of a layer-serial evaluation: opening, head, regulariser
+    forward, adjoint       one batched step call over L layers (MGRIT's relaxation and restriction)
+    param_grad             one batched gradient call over L layers
+    solve_call             each MGRIT call's own cost in situ (slicing, gathers and scatters, the
+                           g-add, timers), (per call, per interval·sample): the one-shot evaluation's
+                           measured time less its calls' step costs, at SOLVE_SAMPLES and the batch
+    footprint              the per-sample costs of the whole network's sweep at the full batch
+                           against the small sweep's (states beyond the caches)
+    step_overhead          a training step beyond its evaluation (optimiser, batch, statistics)
+
+and the one-shot solver's level choice on the initial parameters (levels, ρ), the relative error
+of the one-shot gradient of the first step (nested start) against the exact one (on one level: its
+evaluation's time over serial's, ``serial_ratio``), and the exact
+method's iteration counts to its tolerance (on MGRIT_SAMPLES samples).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ..network.sweep import backward_sweep, forward_sweep
+from ..objective.layer_parallel import LayerParallel
+from ..runtime.comm import Comm
+from .costmodel import mgrit_calls
+
+#: Samples of the probe's MGRIT solves (the level choice uses ``stability_samples`` of them;
+#: iteration counts and the gradient error barely depend on how many).
+MGRIT_SAMPLES = 256
+
+
+#: Samples of the smaller of the two timed one-shot evaluations (the other: the run's batch), from
+#: which the solver's own cost per call and per interval·sample come.
+SOLVE_SAMPLES = 128
+
+
+#: Samples of the exact method's probe solve.
+EXACT_SAMPLES = 64
+
+
+#: Real training steps the probe times (their median beyond the evaluation is the step overhead),
+#: when they and the final scoring of the run are predicted to take at most PROBE_BUDGET_S seconds.
+PROBE_STEPS = 4
+PROBE_BUDGET_S = 2.0
+
+
+#: Seconds of one layer-serial evaluation beyond which the probe times each thing once, not best of
+#: ``repeats``, and leaves exact out (its solves to the tolerance cost tens of evaluations).
+EXPENSIVE_S = 0.1
+
+
+#: Layers of the probe's layer-serial sweeps (a cost per layer).
+SWEEP_LAYERS = 16
+
+
+@dataclass
+class Probe:
+    """What a run's network costs here (seconds) and what its solvers do; see the module docstring.
+
+    ``sweep_fwd``, ``sweep_bwd``, ``ends``: (a, b) of a + b·m; ``calls``: per operation (α, β) of
+    α + β·L·m (both measured on at most SWEEP_LAYERS layers); ``solve_call``: (α, β) the solver
+    adds to each MGRIT call; ``footprint``: (layers × samples of that sweep, of the whole network's
+    full batch, the ratios of the per-sample costs of the full sweep to the small one, forward and
+    backward: memory traffic beyond the caches, see :meth:`per_sample_scale`); ``step_overhead``:
+    seconds per training step beyond the evaluation (optimiser, batch, statistics:
+    a few real steps' median less the predicted evaluation).  ``oneshot`` / ``exact``:
+    levels (the solver's choice on the initial parameters), ρ, iterations per solve (forward,
+    adjoint), and for one-shot the relative gradient error of the first step (exact: levels 0 when
+    not probed, see EXPENSIVE_S).
+    """
+
+    batch: int
+    layers: int
+    state_bytes: int
+    param_bytes: int
+    warm: bool
+    clock: str
+    sweep_fwd: tuple
+    sweep_bwd: tuple
+    ends: tuple
+    calls: dict
+    solve_call: tuple
+    oneshot: dict
+    exact: dict
+    footprint: tuple = (1, 1, 1.0, 1.0)
+    step_overhead: float = 0.0
+    probe_s: float = 0.0
+    evaluate_s: float = 0.0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def per_sample_scale(self, cells: float, backward: bool) -> float:
+        """Factor on the per-sample costs of a sweep or call whose rank holds ``cells`` = layers ×
+        samples of states: 1 up to the probe's small sweep (cache-resident), the measured ratio of
+        the whole network's full-batch sweep at and beyond its size, log-linear in between."""
+        small, full, fwd, bwd = self.footprint
+        ratio = bwd if backward else fwd
+        if cells <= small or full <= small:
+            return 1.0
+        if cells >= full:
+            return ratio
+        return 1.0 + (ratio - 1.0) * math.log(cells / small) / math.log(full / small)
+
+
+class _Clock:
+    """Seconds of CPU time of this process (CPU backends) or synchronised wall time (GPU)."""
+
+    def __init__(self, be):
+        self.be = be
+        self.name = "wall" if be.is_gpu else "cpu"
+
+    def now(self) -> float:
+        if self.be.is_gpu:
+            self.be.synchronize()
+            return time.perf_counter()
+        return time.process_time()
+
+    def best(self, fn, repeats: int = 3) -> float:
+        """The shortest of ``repeats`` timed calls of ``fn()`` after one untimed warm-up call."""
+        fn()
+        out = math.inf
+        for _ in range(repeats):
+            t0 = self.now()
+            fn()
+            out = min(out, self.now() - t0)
+        return out
+
+
+def _fit(xs, ts) -> tuple:
+    """(a, b) of a + b·x fitted to the timings ``ts`` at ``xs`` (least squares on relative error,
+    so small and large calls count alike), both ≥ 0."""
+    A = np.array([[1.0 / t, x / t] for x, t in zip(xs, ts)])
+    (a, b), *_ = np.linalg.lstsq(A, np.ones(len(ts)), rcond=None)
+    if a < 0 or b < 0:  # one of the two terms is lost in the noise: fit the other alone
+        a, b = (0.0, float(np.mean([t / x for x, t in zip(xs, ts)]))) if a < 0 else (float(np.mean(ts)), 0.0)
+    return float(a), float(b)
+
+
+def run_probe(trainer, oneshot, exact, repeats: int = 2) -> Probe:
+    """Probe ``trainer`` (a single-rank :class:`~gpubraid.training.trainer.Trainer` of the run's
+    settings) for the one-shot and exact methods ``oneshot``, ``exact``
+    (:class:`~gpubraid.training.methods.Method`)."""
+    t_start = time.perf_counter()
+    model, be, xp = trainer.model, trainer.be, trainer.be.xp
+    clock = _Clock(be)
+    B = trainer.data.n_train if trainer.full_batch else trainer.cfg.batch_size
+    x, y, B = trainer.data.take("train", None if trainer.full_batch else np.arange(B), xp)
+    theta = trainer.theta
+    P = trainer.lp.layout.views(theta)
+    layers = P.layers()
+    N, S = model.layers, model.state_shape
+    h = model.step_sizes(0, N)
+    n = min(N, SWEEP_LAYERS)
+    sizes = sorted({B, max(1, B // 8), min(B, 16)})
+
+    # layer-serial sweeps: a + b·m per layer, forward and backward, at three micro-batch sizes m
+    def sweeps(m, k):
+        block = tuple(p[:k] for p in layers)
+        t0 = clock.now()
+        U = xp.empty((k + 1, m, *S), dtype=be.dtype)
+        U[0] = model.open_forward(x[:m], P)
+        kept = forward_sweep(model.step, U, block, h[:k], True)
+        t1 = clock.now()
+        Lam = xp.empty_like(U)
+        G = [xp.zeros_like(p) for p in block]
+        Lam[-1] = U[-1]
+        backward_sweep(model.step, U, Lam, block, h[:k], G, kept)
+        return t1 - t0, clock.now() - t1
+
+    timed = {}
+    for m in sorted(sizes, reverse=True):
+        timed[m] = [sweeps(m, n) for _ in range(repeats + 1)][1:]
+        if m == B and N / n * sum(timed[m][0]) > EXPENSIVE_S:  # an expensive network: time everything once
+            repeats = 1
+    sweep_fwd = _fit(sizes, [min(t[0] for t in timed[m]) / n for m in sizes])
+    sweep_bwd = _fit(sizes, [min(t[1] for t in timed[m]) / n for m in sizes])
+    ratios = (1.0, 1.0)
+    if N > n:  # the whole network at the full batch: per-sample cost out of cache
+        whole = [sweeps(B, N) for _ in range(repeats)]
+        ratios = tuple(max((min(t[d] for t in whole) / N - fit[0]) / B / fit[1], 1.0) if fit[1] > 0 else 1.0
+                       for d, fit in ((0, sweep_fwd), (1, sweep_bwd)))
+    footprint = (n * B, N * B, *ratios)
+
+    # the rest of an evaluation: opening forward and gradient, head, regulariser
+    G = trainer.lp.layout.views(xp.zeros_like(theta))
+
+    def ends(m):
+        u0 = model.open_forward(x[:m], P)
+        lam = model.loss(u0, y[:m], P, G)[2]  # the head on a state of the right shape
+        model.open_grad(x[:m], lam, P, G)
+        model.regularizer(trainer.lp.layout, P, G)
+
+    ends_fit = _fit(sizes, [clock.best(lambda m=m: ends(m), repeats) for m in sizes])
+    evaluate_s = N * (sweep_fwd[0] + sweep_bwd[0] + B * (sweep_fwd[1] * ratios[0] + sweep_bwd[1] * ratios[1]))
+    evaluate_s += ends_fit[0] + ends_fit[1] * B
+
+    # batched step calls: α + β·L·m from (L, m) = (1, small), (1, B), (L_max, B)
+    U = xp.ascontiguousarray(xp.broadcast_to(model.open_forward(x, P), (n, B, *S)))
+    ops = {"forward": lambda L, m: model.step.forward(U[:L, :m], tuple(p[:L] for p in layers), h[:L]),
+           "adjoint": lambda L, m: model.step.adjoint(U[:L, :m], U[:L, :m], tuple(p[:L] for p in layers), h[:L]),
+           "param_grad": lambda L, m: model.step.param_grad(U[:L, :m], U[:L, :m], tuple(p[:L] for p in layers),
+                                                            h[:L])}
+    points = sorted({(1, min(B, 16)), (1, B), (min(n, 8), B)})
+    calls = {name: _fit([L * m for L, m in points], [clock.best(lambda L=L, m=m: op(L, m), repeats) for L, m in points])
+             for name, op in ops.items()}
+
+    # the solvers on s samples: one-shot's level choice, its first step's gradient error and its
+    # calls' own overhead; exact's iterations to its tolerance (scaled to the samples' share: the
+    # residual is a 2-norm over the samples)
+    s = min(B, MGRIT_SAMPLES)
+    xs, ys = x[:s], y[:s]
+    g_ref = be.to_host(trainer.lp.evaluate(theta, xs, ys, s, grad=True).grad)
+    single = Comm.single()
+    os_lp = LayerParallel(model, single, oneshot.forward, oneshot.adjoint, None, oneshot.pipeline)
+    ev = os_lp.evaluate(theta, xs, ys, s, grad=True, warm=False)
+    f, b = os_lp.last_stats
+    err = float(np.linalg.norm(be.to_host(ev.grad) - g_ref) / max(np.linalg.norm(g_ref), 1e-300))
+    warm = oneshot.warm(trainer.full_batch)
+    os_info = {"levels": f.levels, "rho": f.rho, "grad_error": err, "iterations": [f.iterations, b.iterations]}
+    if f.levels == 1:  # its layer-serial sweep: plain forward steps, σ' recomputed backward, the ρ estimate
+        os_info["serial_ratio"] = clock.best(lambda: os_lp.evaluate(theta, xs, ys, s, grad=True, warm=warm), 1) \
+            / clock.best(lambda: trainer.lp.evaluate(theta, xs, ys, s, grad=True), 1)
+    solve_call = (0.0, 0.0)
+    if f.levels > 1:  # the solver's own cost per call and per interval·sample, at two batch sizes
+        def extra(mm):
+            xm, ym = x[:mm], y[:mm]
+            os_lp.evaluate(theta, xm, ym, mm, grad=True, warm=False)  # the warm start of this size
+            wall = clock.best(lambda: os_lp.evaluate(theta, xm, ym, mm, grad=True, warm=warm), repeats)
+            wall -= sum(calls["param_grad"]) + calls["param_grad"][1] * (N * mm - 1) + ends_fit[0] + ends_fit[1] * mm
+            fs, bs = os_lp.last_stats
+            counted = mgrit_calls(oneshot.forward, oneshot.adjoint, h, 1, fs.levels, warm, fs.iterations,
+                                  bs.iterations, min(oneshot.forward.stability_samples, mm))
+            step_cost = sum(counted[op][0] * calls[op][0] + counted[op][1] * mm * calls[op][1]
+                            for op in ("forward", "adjoint"))
+            step_cost += counted["estimate"][0] * calls["forward"][0] + counted["estimate"][1] * calls["forward"][1]
+            n_calls = counted["forward"][0] + counted["adjoint"][0]
+            return wall - step_cost, n_calls, counted["forward"][1] + counted["adjoint"][1]
+
+        m1, m2 = min(B, SOLVE_SAMPLES), B
+        (e1, n_calls, steps), (e2, _, _) = extra(m1), extra(m2)
+        beta_x = max((e2 - e1) / (steps * (m2 - m1)), 0.0) if m2 > m1 else 0.0
+        solve_call = (max(e1 - steps * m1 * beta_x, 0.0) / max(n_calls, 1), beta_x)
+    ex_info = {"levels": 0, "rho": None, "iterations": [0, 0]}   # not probed: an expensive network
+    if repeats > 1:
+        k = min(s, EXACT_SAMPLES)
+        fo, bo = (dataclasses.replace(o, tol=o.tol * math.sqrt(k / B)) for o in (exact.forward, exact.adjoint))
+        ex_lp = LayerParallel(model, single, fo, bo, None, exact.pipeline)
+        ex_lp.evaluate(theta, xs[:k], ys[:k], k, grad=True)
+        f, b = ex_lp.last_stats
+        ex_info = {"levels": f.levels, "rho": f.rho, "iterations": [f.iterations, b.iterations]}
+    # a few real training steps (the last probe: it trains the probe's parameters): what a step
+    # costs beyond its evaluation, from the steps with one evaluation after the first
+    # (left out when they and the run's final scoring would take over PROBE_BUDGET_S: the
+    # evaluation then dwarfs the rest)
+    step_overhead = 0.0
+    scoring = N * (2 * sweep_fwd[0] + sweep_fwd[1] * (trainer.data.n_train + trainer.data.n_val))
+    if PROBE_STEPS * evaluate_s + scoring <= PROBE_BUDGET_S:
+        marks = [(clock.now(), 0)]
+        trainer.cfg = trainer.cfg.model_copy(update={"iterations": PROBE_STEPS, "val_every": 0})
+        trainer.run(progress=lambda e: marks.append((clock.now(), e["n_evals"])))
+        steps = [t1 - t0 for (t0, _), (t1, k) in zip(marks[1:], marks[2:]) if k == 1]
+        step_overhead = max(float(np.median(steps)) - evaluate_s, 0.0) if steps else 0.0
+    itemsize = np.dtype(be.dtype).itemsize
+    param_bytes = sum(int(np.prod(p)) for p in model.step.param_shapes) * itemsize
+    return Probe(B, N, int(np.prod(S)) * itemsize, param_bytes, warm, clock.name, sweep_fwd, sweep_bwd, ends_fit,
+                 calls, solve_call, os_info, ex_info, footprint, step_overhead, time.perf_counter() - t_start,
+                 evaluate_s)

@@ -1,0 +1,157 @@
+"""The planner: step counts as the solver runs them, the pipeline simulation by hand, the candidate
+list, the probe, and --method auto (resolved before the method is made, recorded in the metrics)."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+from gpubraid.objective.layer_parallel import LayerParallel
+from gpubraid.runtime.comm import Comm
+from gpubraid.runtime.replay import PRESETS, NetworkModel
+from gpubraid.solver.options import MGRITOptions
+from gpubraid.training import costmodel as cm
+from gpubraid.training import plan
+from gpubraid.training.config import TrainConfig
+from gpubraid.training.methods import make_method
+from gpubraid.training.probe import Probe
+from gpubraid.training.trainer import Trainer
+
+IDEAL = PRESETS["ideal"]
+SMALL = dict(example="peaks", layers=16, n_train=200, n_val=50, iterations=3, progress=False, val_every=0)
+
+
+@pytest.mark.parametrize("levels,warm", [(2, True), (3, False), (4, True)])
+def test_mgrit_calls_count_the_steps_the_solver_takes(levels, warm):
+    cfg = TrainConfig(**SMALL, method="oneshot", stability=0, conv_bound=0, max_levels=levels).resolved()
+    tr = Trainer(plan.probe_config(cfg))
+    m = make_method(cfg)
+    lp = LayerParallel(tr.model, Comm.single(), m.forward, m.adjoint, None, m.pipeline)
+    x, y, B = tr.data.take("train", None, np)
+    lp.evaluate(tr.theta, x, y, B, grad=True)
+    if warm:
+        lp.evaluate(tr.theta, x, y, B, grad=True, warm=True)
+    f, b = lp.last_stats
+    counted = cm.mgrit_calls(m.forward, m.adjoint, tr.model.h, 1, f.levels, warm, f.iterations, b.iterations, 2)
+    assert f.levels == levels
+    assert counted["forward"][1] == sum(f.steps_per_level) + f.coarse_steps
+    assert counted["adjoint"][1] == sum(b.steps_per_level) + b.coarse_steps
+    assert counted["forward"][0] < counted["forward"][1]   # batched calls: fewer calls than steps
+    assert counted["estimate"] == (0, 0)                   # levels fixed: no ρ estimate
+
+
+def test_pipeline_simulation_by_hand():
+    # one layer per rank, unit costs, free messages: 1F1B over 2 ranks and 2 micro-batches takes
+    # (M + L - 1) block times per direction: 6
+    assert cm.pipeline_s("1f1b", 2, 2, 2, 2, (1.0, 0.0), (1.0, 0.0), (0.0, 0.0), 8, IDEAL) == 6.0
+    assert cm.pipeline_s("gpipe", 2, 2, 2, 2, (1.0, 0.0), (1.0, 0.0), (0.0, 0.0), 8, IDEAL) == 6.0
+    # one rank, one micro-batch: N layers forward and backward plus the ends, per sample
+    assert cm.pipeline_s("1f1b", 1, 1, 10, 4, (0.5, 0.1), (0.25, 0.2), (1.0, 0.01), 8, IDEAL) == \
+        pytest.approx(4 * (0.5 + 1.0) + 4 * (0.25 + 2.0) + 1.0 + 0.1)
+    # a message of n bytes between the two ranks adds α + n/β + o per hop on the critical path
+    net = NetworkModel("t", 1.0, 8.0, 0.5)
+    t = cm.pipeline_s("gpipe", 2, 1, 1, 2, (1.0, 0.0), (1.0, 0.0), (0.0, 0.0), 8, net)
+    assert t == pytest.approx(4.0 + 2 * (1.0 + 1.0 + 0.5))
+
+
+def fake_probe(levels=1, grad_error=0.0, per_sample=1e-6, per_call=1e-5) -> Probe:
+    one = (per_call, per_sample)
+    return Probe(batch=1000, layers=16, state_bytes=64, param_bytes=576, warm=True, clock="cpu",
+                 sweep_fwd=one, sweep_bwd=one, ends=(0.0, per_sample),
+                 calls={k: one for k in ("forward", "adjoint", "param_grad")}, solve_call=(0.0, 0.0),
+                 oneshot={"levels": levels, "rho": 1.0, "grad_error": grad_error, "iterations": [1, 1]},
+                 exact={"levels": 3, "rho": 1.0, "iterations": [5, 5]})
+
+
+def test_candidates_cover_every_split_best_first():
+    cfg = TrainConfig(**SMALL).resolved()
+    h = (1.0 / 16,) * 16
+    cands = plan.candidates(fake_probe(), cfg, 8, IDEAL, h)
+    assert {(c.D, c.L) for c in cands} == {(1, 8), (2, 4), (4, 2), (8, 1)}
+    assert [c.accuracy_s for c in cands] == sorted(c.accuracy_s for c in cands)
+    assert {c.method for c in cands} == {"serial", "pipeline", "oneshot", "exact"}
+    assert all(c.M == 1 for c in cands if c.method == "serial")
+    # per-sample work and a free network: data groups divide it best
+    assert (cands[0].D, cands[0].L) == (8, 1)
+    assert cands[0].settings() == {"method": "serial", "data_parallel": 8}
+    pipe = next(c for c in cands if c.method == "pipeline")
+    assert pipe.settings() == {"method": "pipeline", "data_parallel": pipe.D, "micro_batches": pipe.M,
+                               "schedule": "1f1b"}
+
+
+def test_time_to_accuracy_prices_the_one_shot_gradient_error():
+    cfg = TrainConfig(**SMALL).resolved()
+    h = (1.0 / 16,) * 16
+    for e in (0.0, 0.5):
+        os_ = [c for c in plan.candidates(fake_probe(levels=3, grad_error=e), cfg, 2, IDEAL, h) if c.method == "oneshot"]
+        assert os_ and all(c.accuracy_s == pytest.approx(cfg.iterations * c.step_s / (1 - e)) for c in os_)
+    bad = plan.candidates(fake_probe(levels=3, grad_error=1.5), cfg, 2, IDEAL, h)
+    assert all(math.isinf(c.accuracy_s) for c in bad if c.method == "oneshot")
+    assert bad[0].method != "oneshot"
+
+
+def test_probe_of_a_small_network():
+    cfg = TrainConfig(**SMALL).resolved()
+    made = plan.make_plan(cfg, 4, plan.SHARED_MEMORY, lambda c: Trainer(c, Comm.single()))
+    p = made.probe
+    assert p.batch == 200 and p.layers == 16 and p.state_bytes == 8 * 8
+    assert all(a >= 0 and b >= 0 for a, b in (p.sweep_fwd, p.sweep_bwd, p.ends, *p.calls.values()))
+    assert sum(p.sweep_fwd) > 0 and sum(p.sweep_bwd) > 0 and p.evaluate_s > 0
+    if p.oneshot["levels"] == 1:   # the layer-serial sweep: serial's gradient
+        assert p.oneshot["grad_error"] < 1e-12
+    assert {(c.D, c.L) for c in made.candidates} == {(1, 4), (2, 2), (4, 1)}
+    assert made.best is made.candidates[0]
+    assert "plan: " in made.line() and made.table().count("\n") >= len(made.candidates) + 2
+
+
+def test_probe_gradient_error_of_a_multilevel_one_shot():
+    cfg = TrainConfig(**SMALL, stability=0, conv_bound=0, max_levels=3).resolved()
+    made = plan.make_plan(cfg, 2, IDEAL, lambda c: Trainer(c, Comm.single()))
+    os_ = made.probe.oneshot
+    assert os_["levels"] == 3 and 0 < os_["grad_error"] < 1
+    assert any(c.method == "oneshot" and c.levels == 3 for c in made.candidates)
+
+
+def test_auto_trains_with_the_plans_choice_and_records_it(tmp_path):
+    from gpubraid.training.report import write_metrics
+
+    tr = Trainer(TrainConfig(**SMALL, method="auto"))
+    assert tr.cfg.method in ("serial", "oneshot") and tr.cfg.data_parallel == 1
+    assert tr.plan["choice"]["method"] == tr.cfg.method and tr.plan["line"].startswith("plan: ")
+    res = tr.run()
+    write_metrics(str(tmp_path / "m.json"), res)
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["method"] == tr.cfg.method and m["plan"]["why"] and m["plan"]["candidates"]
+    # the same bits as the chosen method run directly
+    direct = Trainer(TrainConfig(**{**SMALL, **plan.Candidate(**tr.plan["choice"]).settings()})).run()
+    assert [h["objective"] for h in direct.history] == [h["objective"] for h in res.history]
+
+
+def test_make_method_refuses_an_unresolved_auto():
+    with pytest.raises(AssertionError):
+        make_method(TrainConfig(**SMALL, method="auto").resolved())
+
+
+def test_bad_network_and_ranks_are_one_line_errors():
+    from gpubraid.errors import UserError
+
+    with pytest.raises(UserError, match="network"):
+        plan.network("no-such-network")
+    assert plan.network("ib") is PRESETS["ib"]
+    with pytest.raises(UserError, match="ranks"):
+        plan.make_plan(TrainConfig(**SMALL).resolved(), 0, IDEAL, lambda c: Trainer(c, Comm.single()))
+
+
+def test_mgrit_options_are_read_not_changed():
+    opts = MGRITOptions(cfactor=2, max_levels=3, nrelax=[0, 1], tol=0.0, max_iter=1)
+    before = repr(opts)
+    cm.mgrit_calls(opts, opts, [0.1] * 16, 2, 3, True, 1, 1, 2)
+    assert repr(opts) == before
+
+
+def test_per_sample_scale_between_the_two_sweeps():
+    p = fake_probe()
+    p.footprint = (100, 10000, 2.0, 3.0)
+    assert p.per_sample_scale(50, False) == 1.0 and p.per_sample_scale(10 ** 6, True) == 3.0
+    assert p.per_sample_scale(1000, False) == pytest.approx(1.5)
+    assert p.per_sample_scale(1000, True) == pytest.approx(2.0)
