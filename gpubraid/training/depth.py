@@ -74,7 +74,8 @@ def coarse_start(trainer, data, step, progress, interrupts, warn) -> tuple[np.nd
     theta, previous, entries = None, None, []
     for k in range(cfg.depth_levels, 0, -1):
         sub = cfg.model_copy(update=dict(layers=cfg.layers >> k, iterations=cfg.depth_iterations, depth_levels=0,
-                                         save=None, metrics=None, checkpoint_dir=None, resume=None, val_every=0))
+                                         save=None, metrics=None, checkpoint_dir=None, resume=None, val_every=0,
+                                         trace=None))
         coarse = type(trainer)(sub, trainer.world, data=data, step=step)
         if previous is not None:
             coarse.theta[...] = coarse.lp.scatter_params(prolong(previous, coarse.model, theta))
