@@ -66,10 +66,12 @@ def write_output(setting: str, path: str, payload: bytes | str, after: str = "")
                          f"({format_bytes(size)} needed{free}){after}") from None
 
 
-def format_bytes(n: float) -> str:
-    """``n`` bytes for a message: ``"812 bytes"``, ``"12.3 kB"``, ``"4.1 GB"`` (powers of 1000)."""
-    for unit in ("bytes", "kB", "MB", "GB"):
-        if n < 1000:
+def format_bytes(n: float, binary: bool = False) -> str:
+    """``n`` bytes for a message: ``"812 bytes"``, ``"12.3 kB"``, ``"4.1 GB"`` (powers of 1000), or
+    with ``binary`` ``"12.0 KiB"``, ``"4.1 GiB"`` (powers of 1024, as memory is counted)."""
+    step, units = (1024, ("bytes", "KiB", "MiB", "GiB", "TiB")) if binary else (1000, ("bytes", "kB", "MB", "GB", "TB"))
+    for unit in units[:-1]:
+        if n < step:
             return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
+        n /= step
+    return f"{n:.1f} {units[-1]}"

@@ -21,6 +21,13 @@ import os
 import numpy as np
 
 from ..errors import UserError
+from .atomic import format_bytes
+
+
+def _size(n: float) -> str:
+    """Memory in powers of 1024 (``"3.0 GiB"``)."""
+    return format_bytes(n, binary=True)
+
 
 #: Arrays of the states' size one training step keeps alive at once: forward states, adjoints,
 #: the adjoint solve's copy of the states, the coarse levels' u and g, and the step's temporaries.
@@ -68,14 +75,6 @@ def available_bytes(backend) -> int:
     except OSError:
         pass
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if n < 1024 or unit == "PiB":
-            return f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} EiB"
 
 
 def check_memory(cfg, state_shape, params_per_layer: int, batch: int, ranks: int, backend) -> None:

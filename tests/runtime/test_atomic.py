@@ -46,7 +46,9 @@ def test_write_output_names_the_setting_the_file_and_the_bytes(tmp_path, monkeyp
     assert line.endswith(" free); nothing else") and "\n" not in line
 
 
-@pytest.mark.parametrize("n,text", [(0, "0 bytes"), (999, "999 bytes"), (1000, "1.0 kB"), (12_345_678, "12.3 MB"),
-                                    (4.1e9, "4.1 GB"), (7e15, "7000.0 TB")])
-def test_format_bytes(n, text):
-    assert atomic.format_bytes(n) == text
+@pytest.mark.parametrize("n,binary,text", [(0, False, "0 bytes"), (999, False, "999 bytes"), (1000, False, "1.0 kB"),
+                                           (12_345_678, False, "12.3 MB"), (4.1e9, False, "4.1 GB"),
+                                           (7e15, False, "7000.0 TB"), (1000, True, "1000 bytes"),
+                                           (1536, True, "1.5 KiB"), (3 * 2**30, True, "3.0 GiB")])
+def test_format_bytes(n, binary, text):
+    assert atomic.format_bytes(n, binary) == text
