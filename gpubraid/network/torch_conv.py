@@ -66,24 +66,71 @@ def conv3x3(u: np.ndarray, K: np.ndarray, bias: np.ndarray | None = None) -> np.
     return out
 
 
-def conv3x3_t(a: np.ndarray, K: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+def conv3x3_t(a: np.ndarray, K: np.ndarray) -> np.ndarray:
     """Kᵀ a per layer (the transpose of :func:`conv3x3`): a (L, B, C_out, H, W) -> (L, B, C_in, H, W)."""
     import torch.nn.functional as F
-    if out is None:
-        out = np.empty((a.shape[0], a.shape[1], K.shape[2], *a.shape[3:]), dtype=a.dtype)
+    out = np.empty((a.shape[0], a.shape[1], K.shape[2], *a.shape[3:]), dtype=a.dtype)
     for l in range(a.shape[0]):
         out[l] = F.conv_transpose2d(_t(a[l]), _t(K[l]), padding=1).numpy()
     return out
 
 
+def conv3x3_t_residual(a: np.ndarray, K: np.ndarray, h: np.ndarray, lam: np.ndarray, out: np.ndarray) -> None:
+    """lam + h Kᵀ a per layer written into ``out``: a, lam, out (L, B, C, H, W), K (L, C, C, 3, 3),
+    h (L,); Kᵀ a is ``convolution_backward``'s input gradient, as in :func:`adjoint_and_grads`, and the
+    residual update one pass (``torch.add`` with ``alpha``)."""
+    _backward(a, lam, K, h, lam, out, grads=False)
+
+
+def adjoint_and_grads(a, u, K, h, lam, out) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`conv3x3_t_residual` and :func:`conv3x3_grads` from one ``convolution_backward`` per layer
+    (oneDNN reorders ``a`` once for the three results); the same bits as the two calls."""
+    return _backward(a, u, K, h, lam, out, grads=True)
+
+
+def _backward(a, u, K, h, lam, out, grads: bool):
+    import torch
+    L, _, Co = a.shape[:3]
+    gK = np.empty((L, *K.shape[1:]), dtype=a.dtype) if grads else None
+    gb = np.empty((L, Co), dtype=a.dtype) if grads else None
+    for l in range(L):
+        dx, dK, db = torch.ops.aten.convolution_backward(_t(a[l]), _t(u[l]), _t(K[l]), [Co] if grads else None,
+                                                         [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [True, grads, grads])
+        torch.add(_t(lam[l]), dx, alpha=float(h[l]), out=_t(out[l]))
+        if grads:
+            gK[l], gb[l] = dK.numpy(), db.numpy()
+    return gK, gb
+
+
+def axpy(x: np.ndarray, h: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
+    """y + h x per layer written into ``out`` in one pass: x, y, out (L, ...), h (L,)."""
+    import torch
+    for l in range(x.shape[0]):
+        torch.add(_t(y[l]), _t(x[l]), alpha=float(h[l]), out=_t(out[l]))
+
+
 def conv3x3_grad(a: np.ndarray, u: np.ndarray) -> np.ndarray:
     """Σ_batch a ⋆ u per layer: a (L, B, C_out, H, W), u (L, B, C_in, H, W) -> (L, C_out, C_in, 3, 3)."""
+    return _grads(a, u, bias=False)[0]
+
+
+def conv3x3_grads(a: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(:func:`conv3x3_grad`, Σ over batch and pixels of a (L, C_out)): both from one
+    ``convolution_backward`` per layer."""
+    return _grads(a, u, bias=True)
+
+
+def _grads(a, u, bias: bool):
     import torch
     L, _, Co = a.shape[:3]
     Ci = u.shape[2]
-    out = np.empty((L, Co, Ci, 3, 3), dtype=a.dtype)
+    gK = np.empty((L, Co, Ci, 3, 3), dtype=a.dtype)
+    gb = np.empty((L, Co), dtype=a.dtype) if bias else None
     w = torch.empty((Co, Ci, 3, 3), dtype=_t(a[:1]).dtype)
     for l in range(L):
-        out[l] = torch.ops.aten.convolution_backward(_t(a[l]), _t(u[l]), w, None, [1, 1], [1, 1], [1, 1], False,
-                                                     [0, 0], 1, [False, True, False])[1].numpy()
-    return out
+        _, dK, db = torch.ops.aten.convolution_backward(_t(a[l]), _t(u[l]), w, [Co] if bias else None, [1, 1], [1, 1],
+                                                        [1, 1], False, [0, 0], 1, [False, True, bias])
+        gK[l] = dK.numpy()
+        if bias:
+            gb[l] = db.numpy()
+    return gK, gb

@@ -29,6 +29,7 @@ import numpy as np
 
 from ..network.sweep import backward_sweep, forward_sweep
 from ..runtime import tags
+from ..runtime.allocator import empty_aligned, empty_aligned_like
 from ..runtime.comm import Comm
 from ..runtime.resources import micro_batch_count
 from ..solver.options import SolveStats
@@ -111,7 +112,7 @@ class TrainingPipeline:
             the batch and the number classified correctly on the last rank (0 elsewhere), and
             what the forward and backward passes did (backward None without ``G``).
         """
-        m, xp, comm = self.model, self.model.xp, self.comm
+        m, comm = self.model, self.comm
         M = self.micro_batches(batch)
         cut = micro_batch_bounds(batch, M)
         n, layers = self.b - self.a, P.layers()
@@ -123,7 +124,7 @@ class TrainingPipeline:
         for kind, k in order:
             lo, hi = int(cut[k]), int(cut[k + 1])
             if kind == "F":
-                U = xp.empty((n + 1, hi - lo, *m.state_shape), dtype=m.be.dtype)
+                U = self._empty((n + 1, hi - lo, *m.state_shape), m.be.dtype)
                 if self.is_first:
                     U[0] = m.open_forward(x[lo:hi], P)
                 else:
@@ -150,12 +151,17 @@ class TrainingPipeline:
         bstats = None if G is None else SolveStats(converged=True, residuals=[0.0], steps_per_level=[n], levels=1)
         return loss, correct, fstats, bstats
 
+    def _empty(self, shape, dtype):
+        """States (n + 1, B, *S): the step's ``empty_states`` when it has one (adjoints: like them)."""
+        alloc = getattr(self.model.step, "empty_states", None)
+        return alloc(shape, dtype) if callable(alloc) else empty_aligned(self.model.xp, shape, dtype)
+
     def _backward_step(self, U, kept, lam_b, P, G, x, lo: int, hi: int, pending: list, Lam=None) -> None:
         """One micro-batch backward: λ_b (``lam_b`` on the last rank, received elsewhere), the
         adjoints down to λ_a (into ``Lam`` when given), the gradient parts added into G, λ_a sent;
         ``kept``: what the forward sweep kept for it (or None)."""
         m, layers = self.model, P.layers()
-        Lam = self.model.xp.empty_like(U) if Lam is None else Lam
+        Lam = empty_aligned_like(self.model.xp, U) if Lam is None else Lam
         if self.is_last:
             Lam[-1] = lam_b
         else:
@@ -181,7 +187,7 @@ class TrainingPipeline:
         """
         M = self.micro_batches(batch)
         cut = micro_batch_bounds(batch, M)
-        Lam = self.model.xp.empty_like(U)
+        Lam = empty_aligned_like(self.model.xp, U)
         pending = []
         for k in range(M):
             lo, hi = int(cut[k]), int(cut[k + 1])

@@ -11,13 +11,21 @@ memory the process has used is then kept until it exits, as a caching allocator 
 
 Nothing is changed when the user set glibc's own tunables (``MALLOC_MMAP_THRESHOLD_``,
 ``MALLOC_TRIM_THRESHOLD_``, ``GLIBC_TUNABLES``) or when the C library is not glibc.
+
+:func:`empty_aligned` gives NumPy arrays that start on a cache line (64 bytes).  glibc's blocks start
+16 bytes into one, at any of the four 16-byte offsets; oneDNN's backward convolution (the float32
+conv step on PyTorch's kernels) ran 1.9 ms on an aligned (50, 8, 28, 28) array and 3.4–3.8 ms at a
+32-byte offset on this project's VM.
 """
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import functools
+import math
 import os
+
+import numpy as np
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
@@ -40,3 +48,36 @@ def keep_freed_memory() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
+CACHE_LINE = 64
+
+
+SMALL = 1 << 16  # arrays below 64 KiB: the alignment is not worth the bookkeeping (microseconds a call)
+
+
+def empty_aligned(xp, shape, dtype, axes=None):
+    """``xp.empty(shape, dtype)``, starting on a 64-byte boundary when ``xp`` is NumPy (CuPy's
+    allocations already are) and the array has 64 KiB or more.  ``axes``: the axes from slowest to
+    fastest in memory (default 0, 1, ..., C order), e.g. (0, 1, 3, 4, 2) for (L, B, C, H, W) stored
+    channels-last."""
+    dtype = np.dtype(dtype)
+    nbytes = math.prod(shape) * dtype.itemsize
+    if xp is not np or nbytes < SMALL:
+        if axes is None:
+            return xp.empty(shape, dtype=dtype)
+        return xp.empty([shape[a] for a in axes], dtype=dtype).transpose(np.argsort(axes))
+    buf = np.empty(nbytes + CACHE_LINE, dtype=np.uint8)
+    start = -buf.ctypes.data % CACHE_LINE
+    flat = buf[start:start + nbytes].view(dtype)
+    if axes is None:
+        return flat.reshape(shape)
+    return flat.reshape([shape[a] for a in axes]).transpose(np.argsort(axes))
+
+
+def empty_aligned_like(xp, a):
+    """:func:`empty_aligned` of ``a``'s shape and dtype, its axes in the order of ``a``'s strides."""
+    if xp is not np or a.nbytes < SMALL:
+        return xp.empty_like(a)
+    axes = tuple(int(i) for i in np.argsort([-abs(s) for s in a.strides], kind="stable"))
+    return empty_aligned(np, a.shape, a.dtype, None if axes == tuple(range(a.ndim)) else axes)

@@ -100,3 +100,4 @@ def test_bad_inputs_raise_user_error():
         step.forward(u, (np.zeros((2, 3, 3)), np.zeros((2, 3))), np.ones(3))
     with pytest.raises(UserError, match="adjoint"):
         step.adjoint(u, np.zeros((2, 4, 2)), (np.zeros((2, 3, 3)), np.zeros((2, 3))), np.ones(2))
+

@@ -33,11 +33,26 @@ class _Plain:
         self.forward, self.adjoint, self.param_grad = step.forward, step.adjoint, step.param_grad
 
 
-@pytest.mark.parametrize("kind", ["dense", "conv"])
+def _sweeps(step, u0, lamN, layers, h, empty=None):
+    """(U, Lam, grads) of a forward and a backward sweep; ``empty``: how U is allocated."""
+    n, dtype = len(h), u0.dtype
+    U = (empty or (lambda shape, dt: np.empty(shape, dt)))((n + 1, *u0.shape), dtype)
+    U[0] = u0
+    kept = forward_sweep(step, U, layers, h, keep=True)
+    Lam = np.empty_like(U)
+    Lam[-1] = lamN
+    grads = tuple(np.full_like(p, 0.25) for p in layers)
+    backward_sweep(step, U, Lam, layers, h, grads, kept)
+    return U, Lam, grads
+
+
+@pytest.mark.parametrize("kind, dtype", [("dense", "float64"), ("dense", "float32"), ("conv", "float64"),
+                                         ("conv", "float32"), ("conv-torch", "float32")])  # torch: float32 only
 @pytest.mark.parametrize("act", list(ACTIVATIONS))
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_sweeps_with_the_pair_equal_the_three_methods_bit_for_bit(kind, act, dtype):
-    step = _step(kind, act, dtype)
+    if kind == "conv-torch":
+        pytest.importorskip("torch")
+    step = _step(kind.split("-")[0], act, dtype, engine="torch" if kind == "conv-torch" else "numpy")
     n, B = 4, 3
     u0, layers, h = _problem(step, n, B, dtype)
     lamN = np.random.default_rng(1).standard_normal(u0.shape).astype(dtype)
@@ -124,6 +139,41 @@ def test_torch_conv_equals_numpy_to_round_off():
                       (tk.conv3x3_grad(a, u), conv.conv3x3_grad(np, a, u))):
         assert got.dtype == np.float32 and got.shape == want.shape
         assert np.allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_torch_conv_fused_backward_and_residual_equal_the_plain_calls():
+    pytest.importorskip("torch")
+    tk = torch_conv.load("torch")
+    rng = np.random.default_rng(6)
+    u, a, lam = (rng.standard_normal((2, 3, 4, 5, 6)).astype(np.float32) for _ in range(3))
+    K = rng.standard_normal((2, 4, 4, 3, 3)).astype(np.float32)
+    h = np.array([0.25, 0.5], np.float32)
+    out, out2, out3 = (np.empty_like(u) for _ in range(3))
+    gK, gb = tk.adjoint_and_grads(a, u, K, h, lam, out)
+    tk.conv3x3_t_residual(a, K, h, lam, out2)
+    assert np.array_equal(out, out2)
+    gK2, gb2 = tk.conv3x3_grads(a, u)
+    assert np.array_equal(gK, gK2) and np.array_equal(gb, gb2) and np.array_equal(gK, tk.conv3x3_grad(a, u))
+    assert np.allclose(out, lam + h[:, None, None, None, None] * conv.conv3x3_t(np, a, K), rtol=1e-5, atol=1e-5)
+    assert np.allclose(gb, a.sum(axis=(1, 3, 4)), rtol=1e-5, atol=1e-5)
+    tk.axpy(a, h, u, out3)
+    assert np.allclose(out3, u + h[:, None, None, None, None] * a, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("act", ["relu", "tanh"])
+def test_channels_last_states_of_the_torch_engine_give_the_same_sweeps(act):
+    pytest.importorskip("torch")
+    step = _step("conv", act, "float32", engine="torch")
+    n, B = 3, 4
+    u0, layers, h = _problem(step, n, B, "float32")
+    lamN = np.random.default_rng(7).standard_normal(u0.shape).astype(np.float32)
+    U = step.empty_states((n + 1, *u0.shape), np.float32)
+    assert U.strides[2] == U.itemsize  # channels fastest in memory
+    got = _sweeps(step, u0, lamN, layers, h, step.empty_states)
+    want = _sweeps(step, u0, lamN, layers, h)
+    for g, w in zip([got[0], got[1], *got[2]], [want[0], want[1], *want[2]]):
+        assert np.allclose(g, w, rtol=1e-5, atol=1e-5)
+    assert _step("conv", act, "float32", engine="numpy").empty_states((2, 3, 4, 5, 3), np.float32).flags.c_contiguous
 
 
 def test_step_engine_names_are_checked():

@@ -1,12 +1,15 @@
 """The host allocator setting: applied once on glibc, never over the user's own tunables, and the
-same numbers either way."""
+same numbers either way; arrays on a cache line in the layout asked for."""
 import json
 import os
 import platform
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+
+from gpubraid.runtime.allocator import SMALL, empty_aligned, empty_aligned_like
 
 PROBE = ("import json; from gpubraid.runtime.allocator import keep_freed_memory as k; "
          "print(json.dumps([k(), k()]))")
@@ -40,3 +43,19 @@ def test_training_numbers_do_not_depend_on_the_allocator(tmp_path):
                        env={**os.environ, **env})
         runs.append([e["objective"] for e in json.loads(out.read_text())["history"]])
     assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize("shape, axes", [((70, 30, 50), None), ((2, 3, 40, 50, 60), (0, 1, 3, 4, 2)),
+                                         ((100001,), None), ((7, 3, 5), None), ((2, 3, 4, 5, 6), (0, 1, 3, 4, 2))])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_empty_aligned_gives_the_asked_layout_on_a_cache_line_from_64_KiB(shape, axes, dtype):
+    for _ in range(8):  # glibc's blocks start at varying 16-byte offsets: try several
+        a = empty_aligned(np, shape, dtype, axes)
+        assert a.shape == shape and a.dtype == dtype
+        assert a.ctypes.data % 64 == 0 or a.nbytes < SMALL
+        order = np.argsort([-s for s in a.strides], kind="stable")
+        assert tuple(order) == (axes or tuple(range(len(shape))))
+        a[...] = 1.5  # writable, and the memory is its own
+        like = empty_aligned_like(np, a)
+        assert like.shape == a.shape and like.strides == a.strides
+        assert like.ctypes.data % 64 == 0 or a.nbytes < SMALL
