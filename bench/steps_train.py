@@ -6,8 +6,9 @@ gpubraid's serial training step (``Trainer`` with method serial: forward sweep, 
 the layer gradients, Adam) on the dense peaks network (64 layers, 32 channels, T = 5, tanh, batch
 50 / 500 / 5000) and the MNIST conv example (16 layers, 8 channels, ReLU, T = 2, batch 50), float32
 and float64, no regulariser, against the same network in plain PyTorch (autograd,
-``torch.optim.Adam`` default and ``fused=True``) with the same initial weights, data and batch
-order.  One thread everywhere (``torch.set_num_threads(1)``; BLAS threads by :mod:`bench.common`).
+``torch.optim.Adam`` default and ``fused=True``; for the conv network also fused Adam on channels-last
+tensors, the layout gpubraid's torch engine keeps its states in) with the same initial weights, data
+and batch order.  One thread everywhere (``torch.set_num_threads(1)``; BLAS threads by :mod:`bench.common`).
 Rounds are interleaved (gpubraid, torch-adam, torch-fused, gpubraid, ...), each timing a few
 optimisation steps of each; per contender the median over rounds, the ratio gpubraid / torch, and
 the largest relative difference of the objectives the two computed along the way (the same
@@ -76,9 +77,14 @@ def contenders(case):
     act = {"tanh": torch.tanh, "relu": torch.relu}[tr.cfg.activation]
     conv = len(m.state_shape) == 3
 
-    def torch_step_fn(fused: bool):
+    def torch_step_fn(fused: bool, channels_last: bool = False):
         P = m.layout().views(theta0)
-        par = lambda a: torch.nn.Parameter(torch.tensor(np.array(a), dtype=tdt))  # noqa: E731
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+
+        def par(a):
+            t = torch.tensor(np.array(a), dtype=tdt)
+            return torch.nn.Parameter(t.contiguous(memory_format=fmt) if t.ndim == 4 else t)
+
         oK, ob = (par(p) for p in P.opening())
         K = [par(P.K[i]) for i in range(m.layers)]
         b = [par(P.b[i]) for i in range(m.layers)]
@@ -101,14 +107,18 @@ def contenders(case):
             idx = torch.from_numpy(rs.order[rs.pos:rs.pos + B])
             rs.pos += len(idx)
             opt.zero_grad()
-            loss = F.cross_entropy(net(X[idx]), Y[idx])
+            xb = X[idx]
+            loss = F.cross_entropy(net(xb.contiguous(memory_format=fmt) if channels_last else xb), Y[idx])
             loss.backward()
             opt.step()
             return float(loss.detach())
 
         return step
 
-    return {"gpubraid": gpubraid_step, "torch-adam": torch_step_fn(False), "torch-fused": torch_step_fn(True)}
+    out = {"gpubraid": gpubraid_step, "torch-adam": torch_step_fn(False), "torch-fused": torch_step_fn(True)}
+    if conv:  # what a PyTorch user who knows channels-last would run (gpubraid's torch engine stores states so)
+        out["torch-fused-cl"] = torch_step_fn(True, channels_last=True)
+    return out
 
 
 def run_train(quick: bool, rounds: int, only=None):
@@ -142,17 +152,21 @@ def run_train(quick: bool, rounds: int, only=None):
                **{f"{k}_samples_ms": [1e3 * x for x in v] for k, v in samples.items()},
                "ratio_vs_fused": med["gpubraid"] / med["torch-fused"],
                "ratio_vs_adam": med["gpubraid"] / med["torch-adam"],
+               **({"ratio_vs_fused_channels_last": med["gpubraid"] / med["torch-fused-cl"]}
+                  if "torch-fused-cl" in med else {}),
                "faster": fastest, "max_rel_objective_diff": rel, "loadavg_1min": load}
         rows.append(row)
         print(f"{case['kind']:5s} B={case['B']:5d} {case['dtype']}: gpubraid {row['gpubraid_ms']:.2f} ms, "
               f"torch adam {row['torch-adam_ms']:.2f}, fused {row['torch-fused_ms']:.2f}; "
-              f"÷fused {row['ratio_vs_fused']:.2f}, ÷adam {row['ratio_vs_adam']:.2f}; "
+              f"÷fused {row['ratio_vs_fused']:.2f}, ÷adam {row['ratio_vs_adam']:.2f}"
+              + (f", ÷fused channels-last {row['ratio_vs_fused_channels_last']:.2f}"
+                 if "ratio_vs_fused_channels_last" in row else "") + "; "
               f"max rel Δ objective {rel:.1e}; load {min(load):.1f}-{max(load):.1f}", flush=True)
     return rows, f"torch {torch.__version__} on cpu, 1 thread"
 
 
 def plot(doc, json_path, png_path=None):
-    """Bars of ms per optimisation step: gpubraid, torch Adam, torch fused Adam, per case."""
+    """Bars of ms per optimisation step: gpubraid, torch Adam, torch fused Adam (and channels-last), per case."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -163,8 +177,9 @@ def plot(doc, json_path, png_path=None):
     names = [f"{r['kind']} B={r['B']}\n{r['dtype']}" for r in rows]
     x = np.arange(len(rows))
     for j, (k, label) in enumerate((("gpubraid", "gpubraid serial"), ("torch-adam", "torch Adam"),
-                                    ("torch-fused", "torch Adam fused"))):
-        ax.bar(x + (j - 1) * 0.27, [r[f"{k}_ms"] for r in rows], 0.27, label=label)
+                                    ("torch-fused", "torch Adam fused"),
+                                    ("torch-fused-cl", "torch Adam fused, channels-last (conv)"))):
+        ax.bar(x + (j - 1.5) * 0.2, [r.get(f"{k}_ms", 0.0) for r in rows], 0.2, label=label)
     for i, r in enumerate(rows):
         ax.text(i, r["gpubraid_ms"], f"{r['ratio_vs_fused']:.2f}×", ha="center", va="bottom", fontsize=7)
     ax.set_xticks(x, names, fontsize=7)
