@@ -1,0 +1,300 @@
+"""Which strategy when: every way to spend P ranks on a workload, head to head, by time to accuracy.
+
+    python -m bench.strategies [--quick] [--workloads NAME,...] [--ranks 1,2,4,8,16] [--out DIR]
+
+Per workload (:data:`WORKLOADS`):
+
+1. **Evaluations to accuracy** (one process).  Serial and oneshot train the workload's iterations,
+   validating every ``val_every``; target = serial's final validation accuracy − 0.01; each method's
+   objective evaluations up to its first validation at or above it (L-BFGS's line search evaluates
+   more than once in some iterations).  Data groups and the pipeline follow
+   serial's trajectory (the same gradient to round-off, tested), so they share its count; oneshot's
+   results are identical on every rank count (tested), so its one-process count holds at every P.
+2. **Seconds on P ranks** (replay).  Every candidate (D data groups × L layer ranks, method,
+   micro-batches M; :func:`candidates`) trains 1 and 1 + ``probe_iterations`` iterations traced
+   (``--trace``; P > 2 oversubscribes this machine's cores) and :mod:`gpubraid.runtime.replay`
+   predicts their wall time with one core per rank and the measured network (``bench.pingpong``):
+   the first iteration's time, and the seconds per objective evaluation after it (the difference,
+   so that first touches and start-up do not count as steady-state cost).  Time to target = first
+   iteration + the further evaluations to target (from step 1) × seconds per evaluation.
+3. **Real runs at P = 1 and 2**: the same candidates untraced; their loop wall time against the
+   replay of the traced run (``replay / real``).
+4. **The planner** (``gpubraid plan --ranks P --json``, P = 1, 2, 8): its first candidate, found
+   among the measured ones, against the fastest measured (``auto / best``).
+5. **Beyond the measurements**: the planner's predicted time to accuracy of its best data-parallel,
+   pipeline and oneshot candidates at P = 16 … 1024.
+
+Writes ``strategies.json`` (and ``.png``: time to target against P per workload).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from bench.common import REPO, document, load_json, parser, result_path, save_figure, write_json
+from bench.replay import network_model
+from gpubraid.runtime.replay import replay
+from gpubraid.runtime.trace import load
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "GPUBRAID_BACKEND": "numpy",
+       "PYTHONPATH": str(REPO)}
+
+#: name -> (train arguments, iterations, validate every, iterations per traced probe)
+WORKLOADS = {
+    "peaks-64": (["peaks", "--layers", "64"], 100, 5, 3),
+    "peaks-256": (["peaks", "--layers", "256"], 100, 5, 2),
+    "paper-32": (["peaks", "--layers", "32", "--final-time", "1", "--activation", "smoothrelu"], 130, 5, 3),
+    "paper-256": (["peaks", "--layers", "256", "--final-time", "1", "--activation", "smoothrelu"], 130, 5, 2),
+    "adam-dense": (["peaks", "--layers", "64", "--channels", "32", "--optimizer", "adam", "--lr", "1e-3",
+                    "--batch-size", "50", "--dtype", "float32"], 600, 50, 20),
+    "mnist-conv": (["mnist", "--n-train", "5000", "--n-val", "1000"], 300, 50, 6),
+}
+QUICK = {"peaks-64": (["peaks", "--layers", "16", "--n-train", "500"], 10, 5, 2)}
+
+
+def candidates(P: int, N: int, batch: int) -> list[tuple[str, list[str], int]]:
+    """(label, train arguments, ranks) of every strategy measured on P ranks for N layers and
+    ``batch`` samples per step: data groups alone, the layer pipeline (M = 2L and 4L), oneshot on
+    the layer ranks, and D = 2 (P ≥ 4) and D = P/2 (P ≥ 8) groups of each."""
+    if P == 1:
+        return [("serial", ["--method", "serial"], 1), ("oneshot", ["--method", "oneshot"], 1)]
+    out = [(f"data {P}", ["--method", "serial", "--data-parallel", str(P)], P)] if batch >= P else []
+    for D in sorted({1, 2, P // 2} if P >= 8 else ({1, 2} if P >= 4 else {1})):
+        L = P // D
+        if L < 2 or L > N or batch < D:
+            continue
+        grp = ["--data-parallel", str(D)] if D > 1 else []
+        per_group = -(-batch // D)
+        for M in sorted({min(k * L, per_group) for k in (2, 4)}):
+            out.append((f"{D}x{L} pipeline M={M}", ["--method", "pipeline", "--micro-batches", str(M), *grp], P))
+        out.append((f"{D}x{L} oneshot", ["--method", "oneshot", *grp], P))
+    return out
+
+
+def train(ranks: int, args: list[str], workdir: str, trace: bool) -> dict:
+    """One ``gpubraid train`` run; its metrics, and the trace's replay input path when traced."""
+    metrics = os.path.join(workdir, "m.json")
+    cmd = [sys.executable, "-m", "gpubraid", "train", *args, "--no-progress", "--metrics", metrics]
+    if trace:
+        cmd += ["--trace", os.path.join(workdir, "t.json")]
+    if ranks > 1:
+        cmd = ["mpiexec", "-n", str(ranks), *cmd]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=3600)
+    if out.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr[-2000:]}")
+    return json.loads(Path(metrics).read_text())
+
+
+def to_target(history: list, target: float):
+    """(iterations, objective evaluations, seconds) up to the first validation at or above
+    ``target``; Nones if none reached it."""
+    evals = 0
+    for h in history:
+        evals += h.get("n_evals") or 1
+        if h.get("val_accuracy") is not None and h["val_accuracy"] >= target:
+            return h["iter"] + 1, evals, h["time_s"]
+    return None, None, None
+
+
+def accuracy_phase(base: list, iterations: int, val_every: int, tmp: str) -> dict:
+    """Serial and oneshot on one process: final accuracies, the target and evaluations to it."""
+    out = {}
+    for method in ("serial", "oneshot"):
+        m = train(1, base + ["--method", method, "--iterations", str(iterations), "--val-every", str(val_every)],
+                  tmp, False)
+        out[method] = {"val_accuracy": m["val_accuracy"], "wall_s": m["wall_s"], "history": [
+            {k: h.get(k) for k in ("iter", "objective", "val_accuracy", "time_s", "levels", "n_evals")}
+            for h in m["history"]]}
+        print(f"  {method}: val {m['val_accuracy']:.3f} after {iterations} iterations, {m['wall_s']:.1f} s", flush=True)
+    target = out["serial"]["val_accuracy"] - 0.01
+    for method in ("serial", "oneshot"):
+        its, evals, secs = to_target(out[method]["history"], target)
+        out[method].update(iterations_to_target=its, evals_to_target=evals, one_process_s_to_target=secs)
+    out["target"] = target
+    return out
+
+
+def _evals(metrics: dict) -> int:
+    return sum(h.get("n_evals") or 1 for h in metrics["history"])
+
+
+def time_phase(base: list, P: int, N: int, batch: int, probe_its: int, net, tmp: str) -> list:
+    """Every candidate on P ranks, replayed: the first iteration (startup: first touches, the
+    optimiser's first line search) and the seconds per objective evaluation after it, as the
+    difference of a 1-iteration and a (1 + ``probe_its``)-iteration traced run.  At P ≤ 2 also the
+    longer run untraced: its real loop wall time against its replay."""
+    rows = []
+    for label, extra, ranks in candidates(P, N, batch):
+        runs = {}
+        for k in (1, 1 + probe_its):
+            args = base + extra + ["--iterations", str(k), "--val-every", "0"]
+            m = train(ranks, args, tmp, True)
+            runs[k] = (replay(load(os.path.join(tmp, "t.json")), net, "thread"), _evals(m), m)
+        (r1, e1, _), (r2, e2, m2) = runs[1], runs[1 + probe_its]
+        per_eval = max(r2.wall_s - r1.wall_s, 0.0) / max(e2 - e1, 1)
+        row = {"P": P, "label": label, "method": extra[1], "args": extra, "first_iteration_s": r1.wall_s,
+               "first_iteration_evals": e1, "s_per_eval": per_eval, "probe_evals": e2,
+               "replay_s": r2.wall_s, "traced_wall_s": r2.traced_wall_s, "levels": m2["history"][-1].get("levels")}
+        if P <= 2:
+            real = train(ranks, base + extra + ["--iterations", str(1 + probe_its), "--val-every", "0"], tmp, False)
+            row.update(real_wall_s=real["wall_s"], replay_over_real=r2.wall_s / real["wall_s"])
+        rows.append(row)
+        print(f"  P={P} {label:26s} first it {r1.wall_s:.3f} s, {per_eval:.4f} s/eval"
+              + (f"; {1 + probe_its} its replay {r2.wall_s:.3f} s, real {row['real_wall_s']:.3f} s "
+                 f"({row['replay_over_real']:.2f})" if P <= 2 else "")
+              + f", levels {row['levels']}", flush=True)
+    return rows
+
+
+def planner_phase(base: list, P: int, tmp: str) -> dict:
+    """``gpubraid plan --ranks P``: its candidates, best first."""
+    path = os.path.join(tmp, "plan.json")
+    cmd = [sys.executable, "-m", "gpubraid", "plan", *base, "--ranks", str(P), "--json", path]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=1200)
+    if out.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr[-2000:]}")
+    return json.loads(Path(path).read_text())
+
+
+def matches(plan_cand: dict, row: dict) -> bool:
+    """Whether a planner candidate is the measured strategy ``row`` (same D, L and method)."""
+    D, L, method = plan_cand["D"], plan_cand["L"], plan_cand["method"]
+    label = row["label"]
+    if row["P"] == 1:
+        return (method == "serial" and label == "serial") or (method == label == "oneshot")
+    if method == "serial":  # data groups only (L = 1)
+        return L == 1 and label == f"data {D}"
+    return label.startswith(f"{D}x{L} {method}")
+
+
+def summarize(w: dict) -> dict:
+    """Per P: time to target of every candidate, the best, its speedup over serial on one rank."""
+    acc = w["accuracy"]
+    evals = {"serial": acc["serial"]["evals_to_target"], "oneshot": acc["oneshot"]["evals_to_target"]}
+    serial_1 = None
+    by_P = {}
+    for row in w["timing"]:
+        k = evals["oneshot" if row["method"] == "oneshot" else "serial"]
+        row["s_to_target"] = None if k is None else \
+            row["first_iteration_s"] + max(k - row["first_iteration_evals"], 0) * row["s_per_eval"]
+        if row["P"] == 1 and row["label"] == "serial":
+            serial_1 = row["s_to_target"]
+        by_P.setdefault(row["P"], []).append(row)
+    best = {}
+    for P, rows in sorted(by_P.items()):
+        done = [r for r in rows if r["s_to_target"] is not None]
+        if not done:
+            continue
+        b = min(done, key=lambda r: r["s_to_target"])
+        best[P] = {"label": b["label"], "s_to_target": b["s_to_target"],
+                   "speedup_over_serial_1": serial_1 / b["s_to_target"] if serial_1 else None}
+    w["best"] = best
+    for P, plan in w.get("plans", {}).items():
+        rows = [r for r in by_P.get(int(P), []) if r["s_to_target"] is not None]
+        first = plan["candidates"][0]
+        hit = next((r for r in rows if matches(first, r)), None)
+        plan["choice"] = {"D": first["D"], "L": first["L"], "method": first["method"], "M": first.get("M"),
+                          "measured_as": hit["label"] if hit else None,
+                          "auto_over_best": (hit["s_to_target"] / best[int(P)]["s_to_target"])
+                          if hit and int(P) in best else None}
+    return w
+
+
+def model_phase(base: list, tmp: str, ranks=(16, 64, 256, 1024)) -> list:
+    """The planner's best data, pipeline and oneshot candidates at large P (seconds to accuracy)."""
+    out = []
+    for P in ranks:
+        plan = planner_phase(base, P, tmp)
+        row = {"P": P}
+        for fam in ("serial", "pipeline", "oneshot"):
+            cs = [c for c in plan["candidates"] if c["method"] == fam]
+            if cs:
+                c = min(cs, key=lambda c: c["accuracy_s"])
+                row[fam] = {"D": c["D"], "L": c["L"], "M": c.get("M"), "levels": c.get("levels"),
+                            "step_s": c["step_s"], "accuracy_s": c["accuracy_s"]}
+        out.append(row)
+    return out
+
+
+def plot(json_path, png_path=None):
+    """Per workload: the fastest replayed time to target against P, per family (data, pipeline,
+    oneshot), and serial on one rank."""
+    import matplotlib.pyplot as plt
+
+    doc = load_json(json_path)
+    ws = doc["results"]
+    fig, axes = plt.subplots(1, len(ws), figsize=(4 * len(ws), 3.6), squeeze=False)
+    for ax, w in zip(axes[0], ws):
+        fams = {"data": lambda r: r["label"].startswith("data") or r["label"] == "serial",
+                "pipeline": lambda r: "pipeline" in r["label"],
+                "oneshot": lambda r: "oneshot" in r["label"]}
+        for fam, pick in fams.items():
+            pts = {}
+            for r in w["timing"]:
+                if pick(r) and r.get("s_to_target") is not None:
+                    pts[r["P"]] = min(pts.get(r["P"], float("inf")), r["s_to_target"])
+            if pts:
+                Ps = sorted(pts)
+                ax.plot(Ps, [pts[p] for p in Ps], "o-", label=fam)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("ranks P (replayed, one core each)")
+        ax.set_title(w["name"], fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].set_ylabel("seconds to serial's val − 0.01")
+    axes[0][0].legend(fontsize=7)
+    return save_figure(fig, json_path, png_path)
+
+
+def main(argv=None) -> int:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--workloads", default=None, help=f"comma-separated subset of {', '.join(WORKLOADS)}")
+    p.add_argument("--ranks", default="1,2,4,8,16", help="rank counts to measure (default 1,2,4,8,16)")
+    p.add_argument("--plan-ranks", default="1,2,8", help="rank counts to ask the planner about (default 1,2,8)")
+    p.add_argument("--network", default="measured")
+    p.add_argument("--no-model", action="store_true", help="skip the planner's predictions to P = 1024")
+    args = p.parse_args(argv)
+    table = QUICK if args.quick else WORKLOADS
+    names = args.workloads.split(",") if args.workloads else list(table)
+    ranks = [1, 2] if args.quick else [int(x) for x in args.ranks.split(",")]
+    plan_ranks = [1, 2] if args.quick else [int(x) for x in args.plan_ranks.split(",")]
+    net = network_model(args.network)
+    path = result_path("strategies", args.out)
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            base, iterations, val_every, probe_its = table[name]
+            print(f"{name}: {' '.join(base)}", flush=True)
+            w = {"name": name, "args": base, "iterations": iterations, "val_every": val_every,
+                 "probe_iterations": probe_its}
+            w["accuracy"] = accuracy_phase(base, iterations, val_every, tmp)
+            meta = train(1, base + ["--iterations", "1", "--val-every", "0"], tmp, False)
+            N = meta["layers"]
+            batch = meta["config"]["batch_size"] or meta["config"]["n_train"] or 5000
+            w["layers"], w["batch"] = N, batch
+            w["timing"] = [row for P in ranks for row in time_phase(base, P, N, batch, probe_its, net, tmp)]
+            w["plans"] = {str(P): planner_phase(base + ["--iterations", str(iterations)], P, tmp) for P in plan_ranks}
+            if not args.no_model and not args.quick:
+                w["model"] = model_phase(base + ["--iterations", str(iterations)], tmp)
+            results.append(summarize(w))
+            for P, b in w["best"].items():
+                print(f"  best at P={P}: {b['label']}, {b['s_to_target']:.2f} s to target"
+                      + (f", {b['speedup_over_serial_1']:.2f}x serial on 1 rank" if b["speedup_over_serial_1"] else ""),
+                      flush=True)
+            for P, plan in w["plans"].items():
+                c = plan["choice"]
+                print(f"  plan P={P}: {c['method']} {c['D']}x{c['L']} M={c['M']} -> measured as {c['measured_as']}, "
+                      f"auto / best {c['auto_over_best']}", flush=True)
+            write_json(path, document("strategies", {"network": net.__dict__, "ranks": ranks}, results))
+    print(f"-> {path}")
+    if not args.no_plot:
+        print(plot(path))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
