@@ -9,7 +9,7 @@ import numpy as np
 
 def ones(xp, n: int, dtype):
     """A read-only vector of n ones (cached per module, length and dtype)."""
-    key = (xp.__name__, n, xp.dtype(dtype).str)
+    key = (id(xp), n, dtype)
     v = _ONES.get(key)
     if v is None:
         v = _ONES[key] = xp.ones(n, dtype=dtype)

@@ -167,8 +167,9 @@ class ResidualStep(ABC):
 
     # -- the layer-serial pair: σ'(z) kept from the forward step for the adjoint step --------------
     def forward_keep(self, u, params, h, out):
-        """forward(u, params, h) written into ``out`` (L, B, *S); returns σ'(z) (L, B, *S)."""
-        self.check(u, params, h)
+        """forward(u, params, h) written into ``out`` (L, B, *S); returns σ'(z) (L, B, *S).  Unchecked:
+        the layer-serial sweeps call it per layer on the objective's own arrays (microseconds a call
+        count at small batches); :meth:`forward` checks."""
         z = self.preactivation(u, params)
         s, ds = self.activation.both(self.xp, z, empty_aligned_like(self.xp, z))
         self.residual_into(u, s, h, out)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 
 def _layer(layers, i):
-    return tuple(p[i:i + 1] for p in layers)
+    return tuple([p[i:i + 1] for p in layers])
 
 
 def forward_sweep(step, U, layers, h, keep: bool = False):
