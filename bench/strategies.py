@@ -156,12 +156,13 @@ def time_phase(base: list, P: int, N: int, batch: int, probe_its: int, net, tmp:
 
 
 def planner_phase(base: list, P: int, tmp: str) -> dict:
-    """``gpubraid plan --ranks P``: its candidates, best first."""
+    """``gpubraid plan --ranks P``: its candidates, best first; ``{"error": ...}`` when the job
+    cannot use P ranks (e.g. more ranks than samples × layers)."""
     path = os.path.join(tmp, "plan.json")
     cmd = [sys.executable, "-m", "gpubraid", "plan", *base, "--ranks", str(P), "--json", path]
     out = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=1200)
     if out.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr[-2000:]}")
+        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"}
     return json.loads(Path(path).read_text())
 
 
@@ -199,6 +200,8 @@ def summarize(w: dict) -> dict:
                    "speedup_over_serial_1": serial_1 / b["s_to_target"] if serial_1 else None}
     w["best"] = best
     for P, plan in w.get("plans", {}).items():
+        if "error" in plan:
+            continue
         rows = [r for r in by_P.get(int(P), []) if r["s_to_target"] is not None]
         first = plan["candidates"][0]
         hit = next((r for r in rows if matches(first, r)), None)
@@ -215,6 +218,9 @@ def model_phase(base: list, tmp: str, ranks=(16, 64, 256, 1024)) -> list:
     for P in ranks:
         plan = planner_phase(base, P, tmp)
         row = {"P": P}
+        if "error" in plan:
+            out.append({**row, "error": plan["error"]})
+            continue
         for fam in ("serial", "pipeline", "oneshot"):
             cs = [c for c in plan["candidates"] if c["method"] == fam]
             if cs:
@@ -284,14 +290,19 @@ def main(argv=None) -> int:
             w["layers"], w["batch"] = N, batch
             w["timing"] = [row for P in ranks for row in time_phase(base, P, N, batch, probe_its, net, tmp, args.repeats)]
             w["plans"] = {str(P): planner_phase(base + ["--iterations", str(iterations)], P, tmp) for P in plan_ranks}
+            results.append(summarize(w))
+            write_json(path, document("strategies", {"network": net.__dict__, "ranks": ranks, "repeats": args.repeats},
+                                      results))
             if not args.no_model and not args.quick:
                 w["model"] = model_phase(base + ["--iterations", str(iterations)], tmp)
-            results.append(summarize(w))
             for P, b in w["best"].items():
                 print(f"  best at P={P}: {b['label']}, {b['s_to_target']:.2f} s to target"
                       + (f", {b['speedup_over_serial_1']:.2f}x serial on 1 rank" if b["speedup_over_serial_1"] else ""),
                       flush=True)
             for P, plan in w["plans"].items():
+                if "error" in plan:
+                    print(f"  plan P={P}: {plan['error']}", flush=True)
+                    continue
                 c = plan["choice"]
                 print(f"  plan P={P}: {c['method']} {c['D']}x{c['L']} M={c['M']} -> measured as {c['measured_as']}, "
                       f"auto / best {c['auto_over_best']}", flush=True)
