@@ -277,6 +277,10 @@ def main(argv=None) -> int:
     net = network_model(args.network)
     path = result_path("strategies", args.out)
     results = []
+
+    def save():  # after every workload, so that a later failure keeps what was measured
+        write_json(path, document("strategies", {"network": net.__dict__, "ranks": ranks, "repeats": args.repeats},
+                                  results))
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             base, iterations, val_every, probe_its = table[name]
@@ -291,8 +295,7 @@ def main(argv=None) -> int:
             w["timing"] = [row for P in ranks for row in time_phase(base, P, N, batch, probe_its, net, tmp, args.repeats)]
             w["plans"] = {str(P): planner_phase(base + ["--iterations", str(iterations)], P, tmp) for P in plan_ranks}
             results.append(summarize(w))
-            write_json(path, document("strategies", {"network": net.__dict__, "ranks": ranks, "repeats": args.repeats},
-                                      results))
+            save()
             if not args.no_model and not args.quick:
                 w["model"] = model_phase(base + ["--iterations", str(iterations)], tmp)
             for P, b in w["best"].items():
@@ -306,8 +309,7 @@ def main(argv=None) -> int:
                 c = plan["choice"]
                 print(f"  plan P={P}: {c['method']} {c['D']}x{c['L']} M={c['M']} -> measured as {c['measured_as']}, "
                       f"auto / best {c['auto_over_best']}", flush=True)
-            write_json(path, document("strategies", {"network": net.__dict__, "ranks": ranks, "repeats": args.repeats},
-                                      results))
+            save()
     print(f"-> {path}")
     if not args.no_plot:
         print(plot(path))
