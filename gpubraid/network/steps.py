@@ -310,7 +310,11 @@ class ConvStep(_CudaDispatch, ResidualStep):
                 "activation": self.activation.name}
 
     def _fast(self, x) -> bool:
-        return self._torch is not None and x.dtype == self.xp.float32
+        return self._fast_dtype(x.dtype)
+
+    def _fast_dtype(self, dtype) -> bool:
+        """Whether arrays of ``dtype`` run on the torch engine (float32 only)."""
+        return self._torch is not None and np.dtype(dtype) == np.float32
 
     def linear(self, u, K):
         return self._torch.conv3x3(u, K) if self._fast(u) else conv3x3(self.xp, u, K)
@@ -325,8 +329,7 @@ class ConvStep(_CudaDispatch, ResidualStep):
     def empty_states(self, shape, dtype):
         """States for the layer-serial sweeps: channels-last in memory on the torch engine (its
         convolutions run 1.3–1.6× faster on them than on channel-major arrays: ``bench/README.md``)."""
-        fast = self._torch is not None and self.xp.dtype(dtype) == self.xp.float32
-        return empty_aligned(self.xp, shape, dtype, (0, 1, 3, 4, 2) if fast else None)
+        return empty_aligned(self.xp, shape, dtype, (0, 1, 3, 4, 2) if self._fast_dtype(dtype) else None)
 
     def residual_into(self, u, s, h, out):
         if self._fast(u):

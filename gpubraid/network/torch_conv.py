@@ -79,26 +79,46 @@ def conv3x3_t_residual(a: np.ndarray, K: np.ndarray, h: np.ndarray, lam: np.ndar
     """lam + h Kᵀ a per layer written into ``out``: a, lam, out (L, B, C, H, W), K (L, C, C, 3, 3),
     h (L,); Kᵀ a is ``convolution_backward``'s input gradient, as in :func:`adjoint_and_grads`, and the
     residual update one pass (``torch.add`` with ``alpha``)."""
-    _backward(a, lam, K, h, lam, out, grads=False)
+    _backward(a, lam, K, (True, False, False), h, lam, out)  # no weight gradient: lam stands in for u's shape
 
 
 def adjoint_and_grads(a, u, K, h, lam, out) -> tuple[np.ndarray, np.ndarray]:
     """:func:`conv3x3_t_residual` and :func:`conv3x3_grads` from one ``convolution_backward`` per layer
     (oneDNN reorders ``a`` once for the three results); the same bits as the two calls."""
-    return _backward(a, u, K, h, lam, out, grads=True)
+    return _backward(a, u, K, (True, True, True), h, lam, out)
 
 
-def _backward(a, u, K, h, lam, out, grads: bool):
+def conv3x3_grad(a: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Σ_batch a ⋆ u per layer: a (L, B, C_out, H, W), u (L, B, C_in, H, W) -> (L, C_out, C_in, 3, 3)."""
+    return _backward(a, u, None, (False, True, False))[0]
+
+
+def conv3x3_grads(a: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(:func:`conv3x3_grad`, Σ over batch and pixels of a (L, C_out)): both from one
+    ``convolution_backward`` per layer."""
+    return _backward(a, u, None, (False, True, True))
+
+
+def _backward(a, u, K, mask, h=None, lam=None, out=None):
+    """One ``convolution_backward`` per layer for the results in ``mask`` = (Kᵀ a, weight gradient,
+    bias gradient): Kᵀ a goes into ``out`` as lam + h Kᵀ a, the gradients are returned (None where
+    not asked).  K (L, C_out, C_in, 3, 3) is needed only for Kᵀ a (its shape otherwise)."""
     import torch
     L, _, Co = a.shape[:3]
-    gK = np.empty((L, *K.shape[1:]), dtype=a.dtype) if grads else None
-    gb = np.empty((L, Co), dtype=a.dtype) if grads else None
+    Ci = u.shape[2]
+    gK = np.empty((L, Co, Ci, 3, 3), dtype=a.dtype) if mask[1] else None
+    gb = np.empty((L, Co), dtype=a.dtype) if mask[2] else None
+    shape_only = torch.empty((Co, Ci, 3, 3), dtype=_t(a[:1]).dtype) if K is None else None
     for l in range(L):
-        dx, dK, db = torch.ops.aten.convolution_backward(_t(a[l]), _t(u[l]), _t(K[l]), [Co] if grads else None,
-                                                         [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [True, grads, grads])
-        torch.add(_t(lam[l]), dx, alpha=float(h[l]), out=_t(out[l]))
-        if grads:
-            gK[l], gb[l] = dK.numpy(), db.numpy()
+        dx, dK, db = torch.ops.aten.convolution_backward(
+            _t(a[l]), _t(u[l]), shape_only if K is None else _t(K[l]), [Co] if mask[2] else None,
+            [1, 1], [1, 1], [1, 1], False, [0, 0], 1, list(mask))
+        if mask[0]:
+            torch.add(_t(lam[l]), dx, alpha=float(h[l]), out=_t(out[l]))
+        if mask[1]:
+            gK[l] = dK.numpy()
+        if mask[2]:
+            gb[l] = db.numpy()
     return gK, gb
 
 
@@ -107,30 +127,3 @@ def axpy(x: np.ndarray, h: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
     import torch
     for l in range(x.shape[0]):
         torch.add(_t(y[l]), _t(x[l]), alpha=float(h[l]), out=_t(out[l]))
-
-
-def conv3x3_grad(a: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """Σ_batch a ⋆ u per layer: a (L, B, C_out, H, W), u (L, B, C_in, H, W) -> (L, C_out, C_in, 3, 3)."""
-    return _grads(a, u, bias=False)[0]
-
-
-def conv3x3_grads(a: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(:func:`conv3x3_grad`, Σ over batch and pixels of a (L, C_out)): both from one
-    ``convolution_backward`` per layer."""
-    return _grads(a, u, bias=True)
-
-
-def _grads(a, u, bias: bool):
-    import torch
-    L, _, Co = a.shape[:3]
-    Ci = u.shape[2]
-    gK = np.empty((L, Co, Ci, 3, 3), dtype=a.dtype)
-    gb = np.empty((L, Co), dtype=a.dtype) if bias else None
-    w = torch.empty((Co, Ci, 3, 3), dtype=_t(a[:1]).dtype)
-    for l in range(L):
-        _, dK, db = torch.ops.aten.convolution_backward(_t(a[l]), _t(u[l]), w, [Co] if bias else None, [1, 1], [1, 1],
-                                                        [1, 1], False, [0, 0], 1, [False, True, bias])
-        gK[l] = dK.numpy()
-        if bias:
-            gb[l] = db.numpy()
-    return gK, gb
