@@ -190,6 +190,28 @@ def load_json(path) -> dict:
     return json.loads(Path(path).read_text())
 
 
+#: Environment of the ``gpubraid`` subprocesses the benchmarks start: one BLAS thread, NumPy backend,
+#: this checkout first on the path.
+CLI_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "GPUBRAID_BACKEND": "numpy",
+           "PYTHONPATH": str(REPO)}
+
+
+def train_cli(ranks: int, args: list, workdir: str, trace: bool = False, timeout: float = 3600) -> dict:
+    """Run ``gpubraid train ARGS --no-progress`` (under ``mpiexec -n ranks`` when ranks > 1) and return
+    its metrics JSON; with ``trace`` also ``--trace <workdir>/t.json``.  SystemExit with the stderr
+    tail when the run fails."""
+    metrics = os.path.join(workdir, "m.json")
+    cmd = [sys.executable, "-m", "gpubraid", "train", *args, "--no-progress", "--metrics", metrics]
+    if trace:
+        cmd += ["--trace", os.path.join(workdir, "t.json")]
+    if ranks > 1:
+        cmd = ["mpiexec", "-n", str(ranks), *cmd]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=CLI_ENV, timeout=timeout)
+    if out.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr[-2000:]}")
+    return json.loads(Path(metrics).read_text())
+
+
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", help="smoke-test size (well under a minute)")

@@ -20,18 +20,14 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from bench.common import REPO, document, load_json, parser, result_path, save_figure, write_json
+from bench.common import document, load_json, parser, result_path, save_figure, train_cli, write_json
 from bench.replay import network_model
 from gpubraid.runtime.replay import replay
 from gpubraid.runtime.trace import load
-
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "GPUBRAID_BACKEND": "numpy",
-       "PYTHONPATH": str(REPO)}
 
 #: (name, ranks, arguments after the example); P > 2 are predictions only.
 CONFIGS = [(m, p, a) for p in (1, 2) for m, a in (
@@ -44,19 +40,10 @@ CONFIGS = [(m, p, a) for p in (1, 2) for m, a in (
 
 
 def run(ranks: int, args: list[str], workdir: str, trace: bool) -> dict:
-    """One ``gpubraid train`` run; its loop wall time, and the trace's path when traced."""
-    metrics = os.path.join(workdir, "m.json")
-    cmd = [sys.executable, "-m", "gpubraid", "train", *args, "--no-progress", "--val-every", "0",
-           "--metrics", metrics]
-    if trace:
-        cmd += ["--trace", os.path.join(workdir, "t.json")]
-    if ranks > 1:
-        cmd = ["mpiexec", "-n", str(ranks), *cmd]
+    """One ``gpubraid train`` run (:func:`bench.common.train_cli`, no validation passes): its loop
+    wall time, the load average before it and its objective; the trace is ``<workdir>/t.json``."""
     load_before = os.getloadavg()[0]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=1200)
-    if out.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr[-2000:]}")
-    m = json.loads(Path(metrics).read_text())
+    m = train_cli(ranks, [*args, "--val-every", "0"], workdir, trace, timeout=1200)
     return {"wall_s": m["wall_s"], "load": load_before, "objective": m["objective"]}
 
 

@@ -35,13 +35,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.common import REPO, document, load_json, parser, result_path, save_figure, write_json
+from bench.common import CLI_ENV, document, load_json, parser, result_path, save_figure, train_cli, write_json
 from bench.replay import network_model
 from gpubraid.runtime.replay import replay
 from gpubraid.runtime.trace import load
-
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "GPUBRAID_BACKEND": "numpy",
-       "PYTHONPATH": str(REPO)}
 
 #: name -> (train arguments, iterations, validate every, iterations per traced probe)
 WORKLOADS = {
@@ -75,20 +72,6 @@ def candidates(P: int, N: int, batch: int) -> list[tuple[str, list[str], int]]:
     return out
 
 
-def train(ranks: int, args: list[str], workdir: str, trace: bool) -> dict:
-    """One ``gpubraid train`` run; its metrics, and the trace's replay input path when traced."""
-    metrics = os.path.join(workdir, "m.json")
-    cmd = [sys.executable, "-m", "gpubraid", "train", *args, "--no-progress", "--metrics", metrics]
-    if trace:
-        cmd += ["--trace", os.path.join(workdir, "t.json")]
-    if ranks > 1:
-        cmd = ["mpiexec", "-n", str(ranks), *cmd]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=3600)
-    if out.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr[-2000:]}")
-    return json.loads(Path(metrics).read_text())
-
-
 def to_target(history: list, target: float):
     """(iterations, objective evaluations, seconds) up to the first validation at or above
     ``target``; Nones if none reached it."""
@@ -104,7 +87,7 @@ def accuracy_phase(base: list, iterations: int, val_every: int, tmp: str) -> dic
     """Serial and oneshot on one process: final accuracies, the target and evaluations to it."""
     out = {}
     for method in ("serial", "oneshot"):
-        m = train(1, base + ["--method", method, "--iterations", str(iterations), "--val-every", str(val_every)],
+        m = train_cli(1, base + ["--method", method, "--iterations", str(iterations), "--val-every", str(val_every)],
                   tmp, False)
         out[method] = {"val_accuracy": m["val_accuracy"], "wall_s": m["wall_s"], "history": [
             {k: h.get(k) for k in ("iter", "objective", "val_accuracy", "time_s", "levels", "n_evals")}
@@ -135,7 +118,7 @@ def time_phase(base: list, P: int, N: int, batch: int, probe_its: int, net, tmp:
             args = base + extra + ["--iterations", str(k), "--val-every", "0"]
             tries = []
             for _ in range(repeats):
-                m = train(ranks, args, tmp, True)
+                m = train_cli(ranks, args, tmp, True)
                 tries.append((replay(load(os.path.join(tmp, "t.json")), net, "thread"), _evals(m), m))
             runs[k] = min(tries, key=lambda t: t[0].wall_s)
         (r1, e1, _), (r2, e2, m2) = runs[1], runs[1 + probe_its]
@@ -145,7 +128,7 @@ def time_phase(base: list, P: int, N: int, batch: int, probe_its: int, net, tmp:
                "replay_s": r2.wall_s, "traced_wall_s": r2.traced_wall_s, "levels": m2["history"][-1].get("levels")}
         if P <= 2:
             long_args = base + extra + ["--iterations", str(1 + probe_its), "--val-every", "0"]
-            real = min(train(ranks, long_args, tmp, False)["wall_s"] for _ in range(repeats))
+            real = min(train_cli(ranks, long_args, tmp, False)["wall_s"] for _ in range(repeats))
             row.update(real_wall_s=real, replay_over_real=r2.wall_s / real)
         rows.append(row)
         print(f"  P={P} {label:26s} first it {r1.wall_s:.3f} s, {per_eval:.4f} s/eval"
@@ -160,7 +143,7 @@ def planner_phase(base: list, P: int, tmp: str) -> dict:
     cannot use P ranks (e.g. more ranks than samples × layers)."""
     path = os.path.join(tmp, "plan.json")
     cmd = [sys.executable, "-m", "gpubraid", "plan", *base, "--ranks", str(P), "--json", path]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=1200)
+    out = subprocess.run(cmd, capture_output=True, text=True, env=CLI_ENV, timeout=1200)
     if out.returncode:
         return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"}
     return json.loads(Path(path).read_text())
@@ -288,7 +271,7 @@ def main(argv=None) -> int:
             w = {"name": name, "args": base, "iterations": iterations, "val_every": val_every,
                  "probe_iterations": probe_its}
             w["accuracy"] = accuracy_phase(base, iterations, val_every, tmp)
-            meta = train(1, base + ["--iterations", "1", "--val-every", "0"], tmp, False)
+            meta = train_cli(1, base + ["--iterations", "1", "--val-every", "0"], tmp, False)
             N = meta["layers"]
             batch = meta["config"]["batch_size"] or meta["config"]["n_train"] or 5000
             w["layers"], w["batch"] = N, batch
