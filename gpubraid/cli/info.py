@@ -59,6 +59,7 @@ def gather_info() -> dict:
     except UserError as exc:
         backend = f"unavailable: {exc}"
     from ..network import torch_conv
+    from ..runtime import host
 
     try:
         engine = "numpy" if torch_conv.load() is None else "torch (float32 convolutions on PyTorch's CPU kernels)"
@@ -87,6 +88,7 @@ def gather_info() -> dict:
         "cupy": cupy_version,
         "backend": backend,
         "step_engine": engine,
+        "host_kernels": host.status(),
         "gpus": gpus,
         "cuda_aware": aware,
         "cuda_aware_decided_by": how,
@@ -106,6 +108,7 @@ def format_info(info: dict) -> str:
         ("libmpi", info["mpi_library_path"] or "not found"), ("mpiexec", info["mpiexec"] or "not found"),
         ("cupy", info["cupy"] or "not installed"), ("backend", info["backend"]),
         ("CPU step engine", info["step_engine"]),
+        ("host kernels", info["host_kernels"]),
         ("GPUs", ", ".join(f"{i}: {n}" for i, n in enumerate(info["gpus"])) or "none"),
         ("CUDA-aware MPI", f"{'yes' if info['cuda_aware'] else 'no'} "
                            f"(decided by {info['cuda_aware_decided_by']})"),

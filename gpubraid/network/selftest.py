@@ -17,6 +17,8 @@ arrays, so build the step on a float64 backend for the test):
     batched      L layers in one call equal L one-layer calls (forward, adjoint, param_grad)
     pair         (steps with forward_keep / adjoint_grad) they equal forward, adjoint and param_grad,
                  with what forward_keep kept and with None
+    block        (steps with forward_block / backward_block) a sweep of the L layers as one chain, with
+                 and without what forward_block kept, equals one forward / adjoint / param_grad per layer
     determinism  the same call twice gives bit-identical results
 """
 from __future__ import annotations
@@ -177,6 +179,8 @@ def check_step(step, *, layers: int = 3, batch: int = 4, seed: int = 0, eps: flo
 
     if callable(getattr(step, "forward_keep", None)) and callable(getattr(step, "adjoint_grad", None)):
         report.add("pair", *_check_pair(step, be, dev, U, LAM, TH, Hd, (F, A, G), exact_tol))
+    if callable(getattr(step, "forward_block", None)) and callable(getattr(step, "backward_block", None)):
+        report.add("block", *_check_block(step, be, dev, U, LAM, TH, Hd, exact_tol))
 
     # determinism
     F2 = _host(be, step.forward(U, TH, Hd))
@@ -205,6 +209,40 @@ def _check_pair(step, be, dev, U, LAM, TH, Hd, ref, exact_tol):
         return False, "forward_keep / adjoint_grad results have the wrong number or shapes"
     worst = max(float(np.abs(g - w).max() / max(np.abs(w).max(), 1e-300)) for g, w in zip(got, want))
     return worst <= exact_tol, f"max rel. diff from forward, adjoint and param_grad {worst:.1e}"
+
+
+def _check_block(step, be, dev, U, LAM, TH, Hd, exact_tol):
+    """(ok, detail): forward_block / backward_block over the L layers as one chain from U[0], with
+    λ_L = LAM[0], against one forward, adjoint and param_grad call per layer (to round-off)."""
+    L = U.shape[0]
+    layer = lambda k: tuple(t[k:k + 1] for t in TH)  # noqa: E731
+    us, lams, grads = [U[0:1]], [LAM[0:1]], []
+    for k in range(L):
+        us.append(step.forward(us[k], layer(k), Hd[k:k + 1]))
+    for k in reversed(range(L)):
+        grads.insert(0, step.param_grad(us[k], lams[0], layer(k), Hd[k:k + 1]))
+        lams.insert(0, step.adjoint(us[k], lams[0], layer(k), Hd[k:k + 1]))
+    want = [_host(be, x[0]) for x in us + lams] + [_host(be, g[j][0]) for j in range(len(TH)) for g in grads]
+    worst, used = 0.0, []
+    for keep in (True, False):
+        try:
+            Ub, Lb = dev(np.zeros((L + 1, *U.shape[1:]))), dev(np.zeros((L + 1, *U.shape[1:])))
+            Ub[0], Lb[L] = U[0], LAM[0]
+            kept = step.forward_block(Ub, TH, Hd, keep)
+            if kept is NotImplemented:
+                continue
+            gb = tuple(dev(np.zeros(t.shape)) for t in TH)
+            if not step.backward_block(Ub, Lb, TH, Hd, gb, kept):
+                continue
+        except Exception as exc:  # noqa: BLE001
+            return False, f"forward_block / backward_block raised {type(exc).__name__}: {exc}"
+        got = [_host(be, Ub[k]) for k in range(L + 1)] + [_host(be, Lb[k]) for k in range(L + 1)] + \
+              [_host(be, g[k]) for g in gb for k in range(L)]
+        worst = max([worst] + [float(np.abs(g - w).max() / max(np.abs(w).max(), 1e-300)) for g, w in zip(got, want)])
+        used.append("kept" if keep else "recomputed")
+    if not used:
+        return True, "the block form declined these arrays (the sweeps then call the step per layer)"
+    return worst <= exact_tol, f"max rel. diff from per-layer calls {worst:.1e} ({' and '.join(used)} σ')"
 
 
 def exit_code(report: StepReport) -> int:

@@ -41,7 +41,17 @@ when a step has both, so what the forward step computed is not computed again:
         (recompute)
 
 Both must agree with the three methods (:func:`gpubraid.network.selftest.check_step` checks it); the
-solver and the objective never look inside ``kept``.
+solver and the objective never look inside ``kept``.  A step may go further and sweep a whole block
+of n layers in one call (DenseStep on NumPy: the compiled C loops of :mod:`gpubraid.runtime.host`):
+
+    forward_block(U, params, h, keep) -> kept, or NotImplemented
+        U (n + 1, B, *S): writes U[1..n] from U[0]; ``kept`` is an (n, B, *S) array (``keep``) or None
+    backward_block(U, Lam, params, h, grads, kept) -> bool
+        writes Lam[n − 1..0] from Lam[n] and adds the layers' param_grad into ``grads`` (n, *P_j);
+        ``kept``: forward_block's or None
+
+NotImplemented / False means nothing was done (these arrays do not suit the block form): the sweeps
+then run the per-layer calls, with ``kept[i:i + 1]`` as layer i's.
 
 All arrays are float64 or float32 arrays of the backend (NumPy or CuPy), all of one dtype, and the
 outputs have the dtype of ``u``.  :func:`gpubraid.network.selftest.check_step` tests a step against this
@@ -62,7 +72,7 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 from ..errors import UserError
-from ..runtime import cuda
+from ..runtime import cuda, host
 from ..runtime.allocator import empty_aligned, empty_aligned_like
 from ..runtime.backend import Backend
 from . import torch_conv
@@ -269,6 +279,14 @@ class DenseStep(_CudaDispatch, ResidualStep):
 
     def linear_t(self, a, K):
         return self.xp.matmul(a, K)
+
+    def forward_block(self, U, params, h, keep):
+        if self.be.is_gpu:
+            return NotImplemented
+        return host.dense_forward(U, *params, h, self.activation.code, keep)
+
+    def backward_block(self, U, Lam, params, h, grads, kept) -> bool:
+        return not self.be.is_gpu and host.dense_backward(U, Lam, *params, h, self.activation.code, kept, *grads)
 
     def adjoint_into(self, a, K, h, lam, out):
         # h folded into the C×C matrix (one pass less); the product added to λ while it is in cache

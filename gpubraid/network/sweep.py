@@ -1,11 +1,12 @@
 """Layer-serial sweeps of a step through a block of layers: the forward pass and the backward pass
 with the layer gradients, as the layer-serial training methods run them.
 
-A step with the optional pair ``forward_keep`` / ``adjoint_grad`` (:mod:`gpubraid.network.steps`)
-keeps from each forward step what its adjoint step needs (the built-in steps: σ'(z)), and computes
-each layer's adjoint and gradient in one call; other steps are called through forward / adjoint and
-one batched ``param_grad`` after the sweep.  Either way the results are the protocol's: the pair
-must agree with the three methods.
+A step with the optional ``forward_block`` / ``backward_block`` (:mod:`gpubraid.network.steps`) runs
+the whole block in one call each, when it can for these arrays.  Otherwise a step with the optional
+pair ``forward_keep`` / ``adjoint_grad`` keeps from each forward step what its adjoint step needs
+(the built-in steps: σ'(z)), and computes each layer's adjoint and gradient in one call; other steps
+are called through forward / adjoint and one batched ``param_grad`` after the sweep.  Either way
+the results are the protocol's: the block form and the pair must agree with the three methods.
 
 Shapes: n layers, states and adjoints ``U``, ``Lam`` (n + 1, B, *S) (row i is u_i, λ_i), parameter
 groups ``layers`` (n, *P_j), step sizes ``h`` (n,), gradient groups ``grads`` (n, *P_j).
@@ -20,9 +21,14 @@ def _layer(layers, i):
 def forward_sweep(step, U, layers, h, keep: bool = False):
     """U[i + 1] = forward(U[i]) for i = 0..n − 1, written into ``U``.
 
-    Returns the ``kept`` of every layer (a list of n) when ``keep`` and the step has the pair, for
-    :func:`backward_sweep` at these states and parameters; None otherwise.
+    Returns what the step kept for :func:`backward_sweep` at these states and parameters when
+    ``keep`` (a list of n per-layer ``kept``, or the block form's (n, B, *S) array); None otherwise.
     """
+    block = getattr(step, "forward_block", None)
+    if callable(block):
+        kept = block(U, layers, h, keep)
+        if kept is not NotImplemented:
+            return kept
     n = U.shape[0] - 1
     if not (keep and _has_pair(step)):
         for i in range(n):
@@ -35,9 +41,14 @@ def backward_sweep(step, U, Lam, layers, h, grads, kept=None) -> None:
     """Lam[i] = adjoint(U[i], Lam[i + 1]) for i = n − 1..0, written into ``Lam`` (Lam[n] given),
     and every layer's param_grad(U[i], Lam[i + 1]) added into ``grads``.
 
-    ``kept``: :func:`forward_sweep`'s list for these U and ``layers`` (used up), or None.
+    ``kept``: :func:`forward_sweep`'s for these U and ``layers`` (used up), or None.
     """
+    block = getattr(step, "backward_block", None)
+    if callable(block) and block(U, Lam, layers, h, grads, kept):
+        return
     n = U.shape[0] - 1
+    if kept is not None and not isinstance(kept, list):  # a block forward's (n, B, *S) array
+        kept = [kept[i:i + 1] for i in range(n)]
     if not _has_pair(step):
         for i in range(n - 1, -1, -1):
             Lam[i] = step.adjoint(U[i:i + 1], Lam[i + 1:i + 2], _layer(layers, i), h[i:i + 1])[0]

@@ -9,6 +9,7 @@ from gpubraid.network.activations import ACTIVATIONS
 from gpubraid.network.selftest import check_step
 from gpubraid.network.steps import ConvStep, DenseStep
 from gpubraid.network.sweep import backward_sweep, forward_sweep
+from gpubraid.runtime import host
 from gpubraid.runtime.backend import resolve_backend
 from gpubraid.training.optim import Adam
 
@@ -49,7 +50,8 @@ def _sweeps(step, u0, lamN, layers, h, empty=None):
 @pytest.mark.parametrize("kind, dtype", [("dense", "float64"), ("dense", "float32"), ("conv", "float64"),
                                          ("conv", "float32"), ("conv-torch", "float32")])  # torch: float32 only
 @pytest.mark.parametrize("act", list(ACTIVATIONS))
-def test_sweeps_with_the_pair_equal_the_three_methods_bit_for_bit(kind, act, dtype):
+def test_sweeps_with_the_pair_equal_the_three_methods_bit_for_bit(kind, act, dtype, monkeypatch):
+    monkeypatch.setattr(host, "library", lambda: None)  # the per-layer pair (tests/runtime/test_host.py: the block)
     if kind == "conv-torch":
         pytest.importorskip("torch")
     step = _step(kind.split("-")[0], act, dtype, engine="torch" if kind == "conv-torch" else "numpy")

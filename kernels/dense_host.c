@@ -1,0 +1,114 @@
+// Layer-serial sweeps of the dense residual step u_{i+1} = u_i + h_i σ(K_i u_i + b_i) on the CPU.
+//
+// One call runs a whole block of n layers for one batch of B samples of C features, so the cost per
+// layer is arithmetic only: NumPy pays some 40 µs of calls per layer forward and backward, which
+// dominates small batches and the micro-batches of the pipeline.  Compiled on first use by the
+// system C compiler and called through ctypes (gpubraid/runtime/host.py).
+//
+// Arrays are addressed by a layer stride (in elements); within a layer the B rows of C numbers are
+// contiguous (row stride C), and so are K_i (C × C, row-major: K_i[o][j]) and b_i (C):
+//
+//   gb_dense_forward_<t>   U (n + 1 layers): U_0 given, U_1..U_n written; D (n layers): σ'(z_i)
+//                          written, or NULL
+//   gb_dense_backward_<t>  Lam (n + 1 layers): Λ_n given, Λ_{n−1}..Λ_0 written; gK, gb (n layers):
+//                          h_i Σ_rows a uᵀ and h_i Σ_rows a added, a = σ'(z_i) ⊙ λ_{i+1}; σ'(z_i)
+//                          from D (the forward's) or, with NULL, recomputed
+//
+// <t> is f64 or f32.  Activations take the codes of gpubraid.network.activations.CODES; tanh is
+// 2 / (1 + exp(−2z)) − 1, the NumPy path's formula, with an exp written out so that it vectorises
+// (libm's does not): 2^k exp(r), r = x − k ln 2, |r| ≤ ln 2 / 2, exp(r) by its Taylor polynomial
+// (degree 13 for double, 7 for float: truncation below half an ulp), the argument clamped to where
+// 2^k stays a normal number, which only moves tanh's ±1 saturation by nothing representable.
+#include <stdint.h>
+#include <string.h>
+
+#define ACT_TANH 0
+#define ACT_RELU 1
+#define ACT_SMOOTHRELU 2
+#define SMOOTH_EPS 0.1
+
+#define MAX_C 64  // the widest layer run here (checked by the caller, and here); wider ones are
+                  // BLAS-bound, where NumPy's matrix products do better
+
+#define INLINE __attribute__((always_inline))
+#define CHUNK 256  // numbers per chunk of rows (elementwise loops); the largest C is one row
+
+static inline double gb_exp_f64(double x) {
+    const double shift = 0x1.8p52, log2e = 0x1.71547652b82fep0;
+    const double ln2_hi = 0x1.62e42fefa3800p-1, ln2_lo = 0x1.ef35793c76730p-45;
+    x = x < -708.0 ? -708.0 : (x > 708.0 ? 708.0 : x);  // NaN passes through
+    const double t = x * log2e + shift, k = t - shift;  // k = round(x / ln 2)
+    const double r = (x - k * ln2_hi) - k * ln2_lo;
+    double p = 1.0 / 6227020800.0;  // 1/13!
+    p = p * r + 1.0 / 479001600.0;
+    p = p * r + 1.0 / 39916800.0;
+    p = p * r + 1.0 / 3628800.0;
+    p = p * r + 1.0 / 362880.0;
+    p = p * r + 1.0 / 40320.0;
+    p = p * r + 1.0 / 5040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    p = p * r + 1.0;
+    p = p * r + 1.0;
+    int64_t bits, sbits;
+    memcpy(&bits, &t, 8);
+    memcpy(&sbits, &shift, 8);
+    const int64_t scale_bits = (bits - sbits + 1023) << 52;  // 2^k
+    double scale;
+    memcpy(&scale, &scale_bits, 8);
+    return p * scale;
+}
+
+static inline float gb_exp_f32(float x) {
+    const float shift = 0x1.8p23f, log2e = 0x1.715476p0f;
+    const float ln2_hi = 0x1.62e4p-1f, ln2_lo = 0x1.7f7d1cp-20f;
+    x = x < -87.0f ? -87.0f : (x > 87.0f ? 87.0f : x);
+    const float t = x * log2e + shift, k = t - shift;
+    const float r = (x - k * ln2_hi) - k * ln2_lo;
+    float p = 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    int32_t bits, sbits;
+    memcpy(&bits, &t, 4);
+    memcpy(&sbits, &shift, 4);
+    const int32_t scale_bits = (bits - sbits + 127) << 23;
+    float scale;
+    memcpy(&scale, &scale_bits, 4);
+    return p * scale;
+}
+
+#define DISPATCH(CALL)                   \
+    if (C < 1 || C > MAX_C) return 1;    \
+    switch (C) {                         \
+        case 4: CALL(4); break;          \
+        case 8: CALL(8); break;          \
+        case 16: CALL(16); break;        \
+        case 32: CALL(32); break;        \
+        case 64: CALL(64); break;        \
+        default: CALL(C); break;         \
+    }                                    \
+    return 0;
+
+#define T double
+#define NAME(x) x##_f64
+#define EXP gb_exp_f64
+#include "dense_host.h"
+#undef T
+#undef NAME
+#undef EXP
+
+#define T float
+#define NAME(x) x##_f32
+#define EXP gb_exp_f32
+#include "dense_host.h"
+#undef T
+#undef NAME
+#undef EXP

@@ -1,0 +1,192 @@
+// The body of kernels/dense_host.c for one floating-point type, included once per type with
+//   T        the element type (double, float)
+//   NAME(x)  x with the type's suffix (x_f64, x_f32)
+//   EXP      an exp for T that the compiler can vectorise (gb_exp_f64, gb_exp_f32)
+// defined by the includer (C has no templates).  Rows are handled CHUNK / C at a time, so the
+// elementwise loops (activation, residual update) run over chunks of CHUNK numbers.
+
+/* σ(z) into z and σ'(z) into d, for m numbers; one loop per activation so that each vectorises. */
+static inline INLINE void NAME(act)(int act, int64_t m, T *restrict z, T *restrict d) {
+    const T eps = (T)SMOOTH_EPS;
+    if (act == ACT_TANH) {
+        for (int64_t k = 0; k < m; ++k) {
+            const T v = (T)2 / ((T)1 + EXP((T)-2 * z[k])) - (T)1;
+            z[k] = v;
+            d[k] = (T)1 - v * v;
+        }
+    } else if (act == ACT_RELU) {
+        for (int64_t k = 0; k < m; ++k) {
+            const T x = z[k];
+            d[k] = x > 0 ? (T)1 : (T)0;
+            z[k] = x > 0 ? x : (T)0;
+        }
+    } else if (act == ACT_SMOOTHRELU) {
+        for (int64_t k = 0; k < m; ++k) {
+            const T x = z[k], q = (x + eps) * (x + eps) / ((T)4 * eps), dq = (x + eps) / ((T)2 * eps);
+            z[k] = x <= -eps ? (T)0 : (x >= eps ? x : q);
+            d[k] = x <= -eps ? (T)0 : (x >= eps ? (T)1 : dq);
+        }
+    } else {
+        for (int64_t k = 0; k < m; ++k) d[k] = 1;
+    }
+}
+
+/* Z = U Kᵀ + b for `rows` rows of C (Kt = Kᵀ: the inner loop runs over contiguous outputs).  Four
+   rows at a time: four independent chains of C multiply-adds, so the adds' latency is hidden. */
+static inline INLINE void NAME(pre)(int64_t rows, int64_t C, const T *restrict Kt, const T *restrict b,
+                                    const T *restrict u, T *restrict Z) {
+    int64_t r = 0;
+    for (; r + 4 <= rows; r += 4) {
+        T *restrict z0 = Z + r * C, *restrict z1 = z0 + C, *restrict z2 = z1 + C, *restrict z3 = z2 + C;
+        const T *restrict u0 = u + r * C;
+        for (int64_t o = 0; o < C; ++o) z0[o] = z1[o] = z2[o] = z3[o] = b[o];
+        for (int64_t j = 0; j < C; ++j) {
+            const T a0 = u0[j], a1 = u0[C + j], a2 = u0[2 * C + j], a3 = u0[3 * C + j];
+            const T *restrict kj = Kt + j * C;
+            for (int64_t o = 0; o < C; ++o) {
+                z0[o] += kj[o] * a0;
+                z1[o] += kj[o] * a1;
+                z2[o] += kj[o] * a2;
+                z3[o] += kj[o] * a3;
+            }
+        }
+    }
+    for (; r < rows; ++r) {
+        T *restrict z = Z + r * C;
+        const T *restrict ur = u + r * C;
+        for (int64_t o = 0; o < C; ++o) z[o] = b[o];
+        for (int64_t j = 0; j < C; ++j) {
+            const T *restrict kj = Kt + j * C;
+            for (int64_t o = 0; o < C; ++o) z[o] += kj[o] * ur[j];
+        }
+    }
+}
+
+/* Lout = Lin + h A K for `rows` rows of C, four rows at a time as in pre. */
+static inline INLINE void NAME(adjoint)(int64_t rows, int64_t C, const T *restrict K, T h, const T *restrict A,
+                                        const T *restrict lin, T *restrict lout) {
+    int64_t r = 0;
+    T w0[MAX_C], w1[MAX_C], w2[MAX_C], w3[MAX_C];
+    for (; r + 4 <= rows; r += 4) {
+        const T *restrict a = A + r * C;
+        for (int64_t j = 0; j < C; ++j) w0[j] = w1[j] = w2[j] = w3[j] = 0;
+        for (int64_t o = 0; o < C; ++o) {
+            const T a0 = a[o], a1 = a[C + o], a2 = a[2 * C + o], a3 = a[3 * C + o];
+            const T *restrict ko = K + o * C;
+            for (int64_t j = 0; j < C; ++j) {
+                w0[j] += a0 * ko[j];
+                w1[j] += a1 * ko[j];
+                w2[j] += a2 * ko[j];
+                w3[j] += a3 * ko[j];
+            }
+        }
+        const T *restrict l = lin + r * C;
+        T *restrict out = lout + r * C;
+        for (int64_t j = 0; j < C; ++j) {
+            out[j] = l[j] + h * w0[j];
+            out[C + j] = l[C + j] + h * w1[j];
+            out[2 * C + j] = l[2 * C + j] + h * w2[j];
+            out[3 * C + j] = l[3 * C + j] + h * w3[j];
+        }
+    }
+    for (; r < rows; ++r) {
+        for (int64_t j = 0; j < C; ++j) w0[j] = 0;
+        for (int64_t o = 0; o < C; ++o) {
+            const T *restrict ko = K + o * C;
+            for (int64_t j = 0; j < C; ++j) w0[j] += A[r * C + o] * ko[j];
+        }
+        for (int64_t j = 0; j < C; ++j) lout[r * C + j] = lin[r * C + j] + h * w0[j];
+    }
+}
+
+static inline void NAME(transpose)(int64_t C, const T *restrict K, T *restrict Kt) {
+    for (int64_t o = 0; o < C; ++o)
+        for (int64_t j = 0; j < C; ++j) Kt[j * C + o] = K[o * C + j];
+}
+
+/* U_{i+1} = U_i + h_i σ(K_i U_i + b_i) for i = 0..n−1; σ'(z_i) into D_i when D is not NULL. */
+static inline INLINE void NAME(forward)(int64_t n, int64_t B, int64_t C, int act, T *U, int64_t su,
+                                        const T *K, int64_t sk, const T *b, int64_t sb, const T *h,
+                                        T *D, int64_t sd) {
+    T Kt[MAX_C * MAX_C], Z[CHUNK + MAX_C], dd[CHUNK + MAX_C];
+    const int64_t R = C >= CHUNK ? 1 : CHUNK / C;
+    for (int64_t i = 0; i < n; ++i) {
+        NAME(transpose)(C, K + i * sk, Kt);
+        const T hi = h[i];
+        for (int64_t r0 = 0; r0 < B; r0 += R) {
+            const int64_t rows = B - r0 < R ? B - r0 : R, m = rows * C;
+            const T *restrict u = U + i * su + r0 * C;
+            T *restrict v = U + (i + 1) * su + r0 * C;
+            T *restrict d = D ? D + i * sd + r0 * C : dd;
+            NAME(pre)(rows, C, Kt, b + i * sb, u, Z);
+            NAME(act)(act, m, Z, d);
+            for (int64_t k = 0; k < m; ++k) v[k] = u[k] + hi * Z[k];
+        }
+    }
+}
+
+/* Λ_i = Λ_{i+1} + h_i K_iᵀ a and the gradient sums, a = σ'(z_i) ⊙ Λ_{i+1}, for i = n−1..0;
+   σ'(z_i) from D_i, or recomputed from U_i when D is NULL.  Sums over the rows of a chunk in T,
+   over the chunks in double. */
+static inline INLINE void NAME(backward)(int64_t n, int64_t B, int64_t C, int act, const T *U, int64_t su,
+                                         T *Lam, int64_t sl, const T *K, int64_t sk, const T *b, int64_t sb,
+                                         const T *h, const T *D, int64_t sd, T *gK, int64_t sgk, T *gb,
+                                         int64_t sgb) {
+    T Kt[MAX_C * MAX_C], Z[CHUNK + MAX_C], dd[CHUNK + MAX_C], A[CHUNK + MAX_C], S[MAX_C * MAX_C], Sv[MAX_C];
+    double SK[MAX_C * MAX_C], Sb[MAX_C];
+    const int64_t R = C >= CHUNK ? 1 : CHUNK / C;
+    for (int64_t i = n - 1; i >= 0; --i) {
+        const T *restrict Ki = K + i * sk;
+        const T hi = h[i];
+        if (!D) NAME(transpose)(C, Ki, Kt);
+        for (int64_t k = 0; k < C * C; ++k) SK[k] = 0;
+        for (int64_t o = 0; o < C; ++o) Sb[o] = 0;
+        for (int64_t r0 = 0; r0 < B; r0 += R) {
+            const int64_t rows = B - r0 < R ? B - r0 : R, m = rows * C;
+            const T *restrict u = U + i * su + r0 * C, *restrict lin = Lam + (i + 1) * sl + r0 * C;
+            T *restrict lout = Lam + i * sl + r0 * C;
+            const T *restrict d = dd;
+            if (D) {
+                d = D + i * sd + r0 * C;
+            } else {
+                NAME(pre)(rows, C, Kt, b + i * sb, u, Z);
+                NAME(act)(act, m, Z, dd);
+            }
+            for (int64_t k = 0; k < m; ++k) A[k] = d[k] * lin[k];
+            NAME(adjoint)(rows, C, Ki, hi, A, lin, lout);
+            for (int64_t k = 0; k < C * C; ++k) S[k] = 0;  // S = aᵀ u and Sv = Σ a over the chunk's rows:
+            for (int64_t o = 0; o < C; ++o) Sv[o] = 0;       // row by row, so S_o's updates are C apart
+            for (int64_t r = 0; r < rows; ++r) {
+                const T *restrict ar = A + r * C, *restrict ur = u + r * C;
+                for (int64_t o = 0; o < C; ++o) {
+                    const T ao = ar[o];
+                    T *restrict so = S + o * C;
+                    for (int64_t j = 0; j < C; ++j) so[j] += ao * ur[j];
+                    Sv[o] += ao;
+                }
+            }
+            for (int64_t k = 0; k < C * C; ++k) SK[k] += S[k];
+            for (int64_t o = 0; o < C; ++o) Sb[o] += Sv[o];
+        }
+        T *gKi = gK + i * sgk, *gbi = gb + i * sgb;
+        for (int64_t k = 0; k < C * C; ++k) gKi[k] += (T)(hi * SK[k]);
+        for (int64_t o = 0; o < C; ++o) gbi[o] += (T)(hi * Sb[o]);
+    }
+}
+
+/* The exported entry points: C dispatched to compile-time widths for the common sizes (the inner
+   loops unrolled and vectorised there); any other C ≤ MAX_C runs the generic loops.  0: done. */
+int NAME(gb_dense_forward)(int64_t n, int64_t B, int64_t C, int act, T *U, int64_t su, const T *K, int64_t sk,
+                           const T *b, int64_t sb, const T *h, T *D, int64_t sd) {
+#define CALL(CC) NAME(forward)(n, B, CC, act, U, su, K, sk, b, sb, h, D, sd)
+    DISPATCH(CALL)
+#undef CALL
+}
+
+int NAME(gb_dense_backward)(int64_t n, int64_t B, int64_t C, int act, const T *U, int64_t su, T *Lam, int64_t sl,
+                            const T *K, int64_t sk, const T *b, int64_t sb, const T *h, const T *D, int64_t sd,
+                            T *gK, int64_t sgk, T *gb, int64_t sgb) {
+#define CALL(CC) NAME(backward)(n, B, CC, act, U, su, Lam, sl, K, sk, b, sb, h, D, sd, gK, sgk, gb, sgb)
+    DISPATCH(CALL)
+#undef CALL
+}

@@ -1,0 +1,163 @@
+"""The host kernels (kernels/dense_host.c through gpubraid.runtime.host): the dense step's block sweeps
+against the per-layer NumPy pair to round-off for every activation, both precisions, widths with and
+without a compiled specialisation, chunk edges and strided layer views; the arrays they decline;
+and the build: cached per source, compiler and CPU, racing ranks, no compiler, switched off."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from gpubraid.network.activations import ACTIVATIONS
+from gpubraid.network.steps import DenseStep
+from gpubraid.network.sweep import backward_sweep, forward_sweep
+from gpubraid.runtime import host
+from gpubraid.runtime.backend import resolve_backend
+
+pytestmark = pytest.mark.skipif(host.library() is None, reason=f"host kernels not built: {host.status()}")
+
+TOL = {"float64": 1e-13, "float32": 2e-5}
+
+
+def _problem(C, n, B, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    K = (rng.standard_normal((n, C, C)) / np.sqrt(C)).astype(dtype)
+    b = (0.3 * rng.standard_normal((n, C))).astype(dtype)
+    h = rng.uniform(0.1, 0.5, n).astype(dtype)
+    return rng.standard_normal((B, C)).astype(dtype), rng.standard_normal((B, C)).astype(dtype), (K, b), h
+
+
+def _sweeps(step, u0, lamN, layers, h, block: bool, monkeypatch, keep=True):
+    """(U, Lam, grads, kept) of a forward and a backward sweep, with the host kernels or without."""
+    with monkeypatch.context() as m:
+        if not block:
+            m.setattr(host, "library", lambda: None)
+        n = len(h)
+        U = np.empty((n + 1, *u0.shape), u0.dtype)
+        U[0] = u0
+        kept = forward_sweep(step, U, layers, h, keep=keep)
+        Lam = np.empty_like(U)
+        Lam[-1] = lamN
+        grads = tuple(np.full_like(p, 0.25) for p in layers)
+        backward_sweep(step, U, Lam, layers, h, grads, kept)
+    return U, Lam, grads, kept
+
+
+def _rel(a, b):
+    return float(np.abs(a.astype(np.float64) - b).max() / max(np.abs(b).max(), 1e-300))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("act", list(ACTIVATIONS))
+@pytest.mark.parametrize("C, B", [(8, 300), (5, 103), (1, 7), (32, 40), (64, 3), (48, 2)])
+def test_block_sweeps_equal_the_numpy_pair(act, dtype, C, B, monkeypatch):
+    step = DenseStep(C, act, resolve_backend("numpy", dtype))
+    u0, lamN, layers, h = _problem(C, 6, B, dtype)
+    for keep in (True, False):
+        U1, L1, G1, kept = _sweeps(step, u0, lamN, layers, h, True, monkeypatch, keep)
+        assert isinstance(kept, np.ndarray) if keep else kept is None  # the block form ran
+        U0, L0, G0, _ = _sweeps(step, u0, lamN, layers, h, False, monkeypatch, keep)
+        for got, want in [(U1, U0), (L1, L0), *zip(G1, G0)]:
+            assert got.dtype == want.dtype and _rel(got, want) <= TOL[dtype]
+
+
+def test_strided_layer_views_and_parameter_views(monkeypatch):
+    """A block of the micro-batch rows lo:hi of whole-batch states (the pipeline's backward from a
+    forward solve), and parameters that are views of one flat vector."""
+    C, n, B = 8, 5, 50
+    step = DenseStep(C, "tanh", resolve_backend("numpy", "float64"))
+    u0, lamN, (K, b), h = _problem(C, n, B, "float64")
+    flat = np.concatenate([K.ravel(), b.ravel()])
+    layers = (flat[:K.size].reshape(K.shape), flat[K.size:].reshape(b.shape))
+    U = np.empty((n + 1, B, C))
+    U[0] = u0
+    forward_sweep(step, U, layers, h)
+    Lam = np.empty_like(U)
+    Lam[-1] = lamN
+    gflat = np.zeros_like(flat)
+    grads = (gflat[:K.size].reshape(K.shape), gflat[K.size:].reshape(b.shape))
+    for lo, hi in ((0, 17), (17, 50)):
+        assert step.backward_block(U[:, lo:hi], Lam[:, lo:hi], layers, h, grads, None)
+    _, L0, G0, _ = _sweeps(step, u0, lamN, (K, b), h, False, monkeypatch)
+    assert _rel(Lam, L0) <= 1e-13
+    assert all(_rel(g, w - 0.25) <= 1e-13 for g, w in zip(grads, G0))  # _sweeps starts its grads at 0.25
+
+
+def test_declined_arrays_run_the_per_layer_calls(monkeypatch):
+    C, n, B = 4, 3, 6
+    step = DenseStep(C, "tanh", resolve_backend("numpy", "float64"))
+    _, _, layers, h = _problem(C, n, B, "float64")
+    wide = np.zeros((n + 1, B, 2 * C))
+    assert step.forward_block(wide[:, :, ::2], layers, h, True) is NotImplemented  # rows not contiguous
+    assert step.forward_block(np.zeros((n + 1, B, C), np.float32), layers, h, True) is NotImplemented  # dtypes
+    assert step.forward_block(np.zeros((n, B, C)), layers, h, True) is NotImplemented  # layer counts
+    wide_step = DenseStep(host.MAX_C + 1, "tanh", step.be)  # wider layers: NumPy's matrix products
+    _, _, wide_layers, wide_h = _problem(host.MAX_C + 1, n, B, "float64")
+    assert wide_step.forward_block(np.zeros((n + 1, B, host.MAX_C + 1)), wide_layers, wide_h, True) is NotImplemented
+    U = np.zeros((n + 1, B, C))
+    kept = step.forward_block(U, layers, h, True)
+    Lam = np.zeros_like(U)
+    bad = (np.zeros((n, C, C), np.float32), layers[1])
+    assert not step.backward_block(U, Lam, layers, h, bad, kept)
+    # a declined backward after a block forward: the sweep takes the kept array layer by layer
+    u0, lamN, layers, h = _problem(C, n, B, "float64")
+    U1, L1, G1, _ = _sweeps(step, u0, lamN, layers, h, True, monkeypatch)
+    U[0] = u0
+    kept = forward_sweep(step, U, layers, h, keep=True)
+    Lam[-1] = lamN
+    grads = tuple(np.full_like(p, 0.25) for p in layers)
+    monkeypatch.setattr(step, "backward_block", lambda *a: False)
+    backward_sweep(step, U, Lam, layers, h, grads, kept)
+    assert _rel(Lam, L1) <= 1e-13 and all(_rel(g, w) <= 1e-13 for g, w in zip(grads, G1))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_tanh_saturates_and_keeps_nan_like_numpy(dtype, monkeypatch):
+    step = DenseStep(1, "tanh", resolve_backend("numpy", dtype))
+    K, b, h = np.ones((1, 1, 1), dtype), np.zeros((1, 1), dtype), np.ones(1, dtype)
+    z = np.array([[1e30], [-1e30], [400.0], [-400.0], [np.nan], [0.0]], dtype)
+    U = np.stack([z, np.empty_like(z)])
+    D = step.forward_block(U, (K, b), h, True)
+    with np.errstate(over="ignore", invalid="ignore"):
+        want = z + np.tanh(z)
+    assert np.array_equal(U[1], want, equal_nan=True)
+    assert np.array_equal(D[0], np.where(np.isnan(z), np.nan, 1 - np.tanh(z) ** 2), equal_nan=True)
+
+
+def _status(env, tmp_path):
+    code = "from gpubraid.runtime import host; print(host.status())"
+    run = subprocess.run([sys.executable, "-c", code], env={**os.environ, "GPUBRAID_CACHE_DIR": str(tmp_path), **env},
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    return run.stdout.strip()
+
+
+def test_build_is_cached_and_survives_ranks_compiling_at_once(tmp_path):
+    code = "from gpubraid.runtime import host; print(host.status())"
+    env = {**os.environ, "GPUBRAID_CACHE_DIR": str(tmp_path)}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    outs = [p.communicate(timeout=300)[0].strip() for p in procs]
+    assert all(p.returncode == 0 for p in procs) and all(o.startswith("compiled by") for o in outs), outs
+    files = sorted(os.listdir(tmp_path / "host-kernels"))
+    assert len(files) == 1 and files[0].endswith(".so")  # no temporary left behind
+    mtime = (tmp_path / "host-kernels" / files[0]).stat().st_mtime_ns
+    assert _status({}, tmp_path) == outs[0]
+    assert (tmp_path / "host-kernels" / files[0]).stat().st_mtime_ns == mtime  # loaded, not rebuilt
+
+
+def test_without_a_compiler_or_switched_off_numpy_runs(tmp_path):
+    assert _status({"GPUBRAID_HOST_KERNELS": "0"}, tmp_path).startswith("off")
+    assert _status({"PATH": str(tmp_path), "CC": ""}, tmp_path).startswith("no C compiler")
+    broken = _status({"CC": sys.executable}, tmp_path)  # $CC is the user's choice: used, and its failure said
+    assert broken.startswith("not built") and "NumPy layer sweeps" in broken
+    assert os.listdir(tmp_path / "host-kernels") == []  # nothing half-written
+
+
+def test_the_source_compiles_without_warnings(tmp_path):
+    cc = host._compiler()
+    src = host.cuda.kernel_source_dir() / host.SOURCE
+    run = subprocess.run([cc, *host.FLAGS, "-Wall", "-Wextra", "-Werror", "-o", str(tmp_path / "k.so"), str(src)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
