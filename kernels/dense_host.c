@@ -1,4 +1,5 @@
-// Layer-serial sweeps of the dense residual step u_{i+1} = u_i + h_i σ(K_i u_i + b_i) on the CPU.
+// The dense residual step u_{i+1} = u_i + h_i σ(K_i u_i + b_i) on the CPU: layer-serial sweeps and
+// batches of independent layers.
 //
 // One call runs a whole block of n layers for one batch of B samples of C features, so the cost per
 // layer is arithmetic only: NumPy pays some 40 µs of calls per layer forward and backward, which
@@ -6,13 +7,14 @@
 // system C compiler and called through ctypes (gpubraid/runtime/host.py).
 //
 // Arrays are addressed by a layer stride (in elements); within a layer the B rows of C numbers are
-// contiguous (row stride C), and so are K_i (C × C, row-major: K_i[o][j]) and b_i (C):
+// contiguous (row stride C), and so are K_i (C × C, row-major: K_i[o][j]) and b_i (C).  Each layer
+// reads its input and writes its output through its own pointer, so one function serves the sweep
+// through a chain (output i is input i + 1) and a batch of independent layers (MGRIT's relaxation):
 //
-//   gb_dense_forward_<t>   U (n + 1 layers): U_0 given, U_1..U_n written; D (n layers): σ'(z_i)
-//                          written, or NULL
-//   gb_dense_backward_<t>  Lam (n + 1 layers): Λ_n given, Λ_{n−1}..Λ_0 written; gK, gb (n layers):
-//                          h_i Σ_rows a uᵀ and h_i Σ_rows a added, a = σ'(z_i) ⊙ λ_{i+1}; σ'(z_i)
-//                          from D (the forward's) or, with NULL, recomputed
+//   gb_dense_forward_<t>   V_i = U_i + h_i σ(K_i U_i + b_i), i = 0..n−1 in order; D_i = σ'(z_i) or NULL
+//   gb_dense_backward_<t>  for i = n−1..0, a = σ'(z_i) ⊙ Lin_i (σ'(z_i) from D, or recomputed):
+//                          Lout_i = Lin_i + h_i K_iᵀ a (unless Lout is NULL), and
+//                          gK_i += h_i Σ_rows a U_iᵀ, gb_i += h_i Σ_rows a (unless gK is NULL)
 //
 // <t> is f64 or f32.  Activations take the codes of gpubraid.network.activations.CODES; tanh is
 // 2 / (1 + exp(−2z)) − 1, the NumPy path's formula, with an exp written out so that it vectorises
@@ -26,6 +28,10 @@
 #define ACT_RELU 1
 #define ACT_SMOOTHRELU 2
 #define SMOOTH_EPS 0.1
+
+// The calling convention's version: gpubraid/runtime/host.py refuses a library of another one.
+#define GB_HOST_ABI 2
+int gb_host_abi(void) { return GB_HOST_ABI; }
 
 #define MAX_C 64  // the widest layer run here (checked by the caller, and here); wider ones are
                   // BLAS-bound, where NumPy's matrix products do better

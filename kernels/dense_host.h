@@ -104,10 +104,11 @@ static inline void NAME(transpose)(int64_t C, const T *restrict K, T *restrict K
         for (int64_t j = 0; j < C; ++j) Kt[j * C + o] = K[o * C + j];
 }
 
-/* U_{i+1} = U_i + h_i σ(K_i U_i + b_i) for i = 0..n−1; σ'(z_i) into D_i when D is not NULL. */
-static inline INLINE void NAME(forward)(int64_t n, int64_t B, int64_t C, int act, T *U, int64_t su,
-                                        const T *K, int64_t sk, const T *b, int64_t sb, const T *h,
-                                        T *D, int64_t sd) {
+/* V_i = U_i + h_i σ(K_i U_i + b_i) for i = 0..n−1, in that order (a chain when V_i is U_{i+1});
+   σ'(z_i) into D_i when D is not NULL. */
+static inline INLINE void NAME(forward)(int64_t n, int64_t B, int64_t C, int act, const T *U, int64_t su,
+                                        T *V, int64_t sv, const T *K, int64_t sk, const T *b, int64_t sb,
+                                        const T *h, T *D, int64_t sd) {
     T Kt[MAX_C * MAX_C], Z[CHUNK + MAX_C], dd[CHUNK + MAX_C];
     const int64_t R = C >= CHUNK ? 1 : CHUNK / C;
     for (int64_t i = 0; i < n; ++i) {
@@ -116,7 +117,7 @@ static inline INLINE void NAME(forward)(int64_t n, int64_t B, int64_t C, int act
         for (int64_t r0 = 0; r0 < B; r0 += R) {
             const int64_t rows = B - r0 < R ? B - r0 : R, m = rows * C;
             const T *restrict u = U + i * su + r0 * C;
-            T *restrict v = U + (i + 1) * su + r0 * C;
+            T *restrict v = V + i * sv + r0 * C;
             T *restrict d = D ? D + i * sd + r0 * C : dd;
             NAME(pre)(rows, C, Kt, b + i * sb, u, Z);
             NAME(act)(act, m, Z, d);
@@ -125,13 +126,15 @@ static inline INLINE void NAME(forward)(int64_t n, int64_t B, int64_t C, int act
     }
 }
 
-/* Λ_i = Λ_{i+1} + h_i K_iᵀ a and the gradient sums, a = σ'(z_i) ⊙ Λ_{i+1}, for i = n−1..0;
+/* For i = n−1..0 (a chain when Lin_i is Lout_{i+1}), with a = σ'(z_i) ⊙ Lin_i:
+     Lout_i = Lin_i + h_i K_iᵀ a               (skipped when Lout is NULL)
+     gK_i += h_i Σ_rows a U_iᵀ, gb_i += h_i Σ_rows a   (skipped when gK is NULL)
    σ'(z_i) from D_i, or recomputed from U_i when D is NULL.  Sums over the rows of a chunk in T,
    over the chunks in double. */
 static inline INLINE void NAME(backward)(int64_t n, int64_t B, int64_t C, int act, const T *U, int64_t su,
-                                         T *Lam, int64_t sl, const T *K, int64_t sk, const T *b, int64_t sb,
-                                         const T *h, const T *D, int64_t sd, T *gK, int64_t sgk, T *gb,
-                                         int64_t sgb) {
+                                         const T *Lin, int64_t sli, T *Lout, int64_t slo, const T *K, int64_t sk,
+                                         const T *b, int64_t sb, const T *h, const T *D, int64_t sd, T *gK,
+                                         int64_t sgk, T *gb, int64_t sgb) {
     T Kt[MAX_C * MAX_C], Z[CHUNK + MAX_C], dd[CHUNK + MAX_C], A[CHUNK + MAX_C], S[MAX_C * MAX_C], Sv[MAX_C];
     double SK[MAX_C * MAX_C], Sb[MAX_C];
     const int64_t R = C >= CHUNK ? 1 : CHUNK / C;
@@ -143,8 +146,7 @@ static inline INLINE void NAME(backward)(int64_t n, int64_t B, int64_t C, int ac
         for (int64_t o = 0; o < C; ++o) Sb[o] = 0;
         for (int64_t r0 = 0; r0 < B; r0 += R) {
             const int64_t rows = B - r0 < R ? B - r0 : R, m = rows * C;
-            const T *restrict u = U + i * su + r0 * C, *restrict lin = Lam + (i + 1) * sl + r0 * C;
-            T *restrict lout = Lam + i * sl + r0 * C;
+            const T *restrict u = U + i * su + r0 * C, *restrict lin = Lin + i * sli + r0 * C;
             const T *restrict d = dd;
             if (D) {
                 d = D + i * sd + r0 * C;
@@ -153,7 +155,8 @@ static inline INLINE void NAME(backward)(int64_t n, int64_t B, int64_t C, int ac
                 NAME(act)(act, m, Z, dd);
             }
             for (int64_t k = 0; k < m; ++k) A[k] = d[k] * lin[k];
-            NAME(adjoint)(rows, C, Ki, hi, A, lin, lout);
+            if (Lout) NAME(adjoint)(rows, C, Ki, hi, A, lin, Lout + i * slo + r0 * C);
+            if (!gK) continue;
             for (int64_t k = 0; k < C * C; ++k) S[k] = 0;  // S = aᵀ u and Sv = Σ a over the chunk's rows:
             for (int64_t o = 0; o < C; ++o) Sv[o] = 0;       // row by row, so S_o's updates are C apart
             for (int64_t r = 0; r < rows; ++r) {
@@ -168,6 +171,7 @@ static inline INLINE void NAME(backward)(int64_t n, int64_t B, int64_t C, int ac
             for (int64_t k = 0; k < C * C; ++k) SK[k] += S[k];
             for (int64_t o = 0; o < C; ++o) Sb[o] += Sv[o];
         }
+        if (!gK) continue;
         T *gKi = gK + i * sgk, *gbi = gb + i * sgb;
         for (int64_t k = 0; k < C * C; ++k) gKi[k] += (T)(hi * SK[k]);
         for (int64_t o = 0; o < C; ++o) gbi[o] += (T)(hi * Sb[o]);
@@ -176,17 +180,17 @@ static inline INLINE void NAME(backward)(int64_t n, int64_t B, int64_t C, int ac
 
 /* The exported entry points: C dispatched to compile-time widths for the common sizes (the inner
    loops unrolled and vectorised there); any other C ≤ MAX_C runs the generic loops.  0: done. */
-int NAME(gb_dense_forward)(int64_t n, int64_t B, int64_t C, int act, T *U, int64_t su, const T *K, int64_t sk,
-                           const T *b, int64_t sb, const T *h, T *D, int64_t sd) {
-#define CALL(CC) NAME(forward)(n, B, CC, act, U, su, K, sk, b, sb, h, D, sd)
+int NAME(gb_dense_forward)(int64_t n, int64_t B, int64_t C, int act, const T *U, int64_t su, T *V, int64_t sv,
+                           const T *K, int64_t sk, const T *b, int64_t sb, const T *h, T *D, int64_t sd) {
+#define CALL(CC) NAME(forward)(n, B, CC, act, U, su, V, sv, K, sk, b, sb, h, D, sd)
     DISPATCH(CALL)
 #undef CALL
 }
 
-int NAME(gb_dense_backward)(int64_t n, int64_t B, int64_t C, int act, const T *U, int64_t su, T *Lam, int64_t sl,
-                            const T *K, int64_t sk, const T *b, int64_t sb, const T *h, const T *D, int64_t sd,
-                            T *gK, int64_t sgk, T *gb, int64_t sgb) {
-#define CALL(CC) NAME(backward)(n, B, CC, act, U, su, Lam, sl, K, sk, b, sb, h, D, sd, gK, sgk, gb, sgb)
+int NAME(gb_dense_backward)(int64_t n, int64_t B, int64_t C, int act, const T *U, int64_t su, const T *Lin,
+                            int64_t sli, T *Lout, int64_t slo, const T *K, int64_t sk, const T *b, int64_t sb,
+                            const T *h, const T *D, int64_t sd, T *gK, int64_t sgk, T *gb, int64_t sgb) {
+#define CALL(CC) NAME(backward)(n, B, CC, act, U, su, Lin, sli, Lout, slo, K, sk, b, sb, h, D, sd, gK, sgk, gb, sgb)
     DISPATCH(CALL)
 #undef CALL
 }

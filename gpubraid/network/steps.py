@@ -72,12 +72,12 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 from ..errors import UserError
-from ..runtime import cuda, host
 from ..runtime.allocator import empty_aligned, empty_aligned_like
 from ..runtime.backend import Backend
 from . import torch_conv
 from .activations import get_activation
 from .conv import conv3x3, conv3x3_grad, conv3x3_t, im2col  # noqa: F401  (conv3x3*: the opening's)
+from .dispatch import CudaDispatch, HostDispatch
 from .rows import add_rows, batch_sum, ones
 
 
@@ -214,41 +214,7 @@ class ResidualStep(ABC):
         out += lam
 
 
-class _CudaDispatch:
-    """On a GPU backend, run forward/adjoint/param_grad as the fused kernels of :mod:`gpubraid.runtime.cuda`
-    (``<_cuda_prefix>_forward`` etc.); on NumPy, the :class:`ResidualStep` formulas."""
-
-    _cuda_prefix: str
-
-    def forward(self, u, params, h):
-        if self.be.is_gpu:
-            return getattr(cuda, f"{self._cuda_prefix}_forward")(u, *params, h, self.activation.code)
-        return super().forward(u, params, h)
-
-    def adjoint(self, u, lam, params, h):
-        if self.be.is_gpu:
-            return getattr(cuda, f"{self._cuda_prefix}_adjoint")(u, lam, *params, h, self.activation.code)
-        return super().adjoint(u, lam, params, h)
-
-    def param_grad(self, u, lam, params, h):
-        if self.be.is_gpu:
-            return getattr(cuda, f"{self._cuda_prefix}_param_grad")(u, lam, *params, h, self.activation.code)
-        return super().param_grad(u, lam, params, h)
-
-    def forward_keep(self, u, params, h, out):
-        if self.be.is_gpu:  # the fused kernels recompute z: nothing to keep
-            out[...] = self.forward(u, params, h)
-            return None
-        return super().forward_keep(u, params, h, out)
-
-    def adjoint_grad(self, u, lam, params, h, kept, out):
-        if self.be.is_gpu:
-            out[...] = self.adjoint(u, lam, params, h)
-            return self.param_grad(u, lam, params, h)
-        return super().adjoint_grad(u, lam, params, h, kept, out)
-
-
-class DenseStep(_CudaDispatch, ResidualStep):
+class DenseStep(CudaDispatch, HostDispatch, ResidualStep):
     """Dense residual layer on C features: K (C, C), b (C,), states (L, B, C)."""
 
     _cuda_prefix = "dense"
@@ -280,14 +246,6 @@ class DenseStep(_CudaDispatch, ResidualStep):
     def linear_t(self, a, K):
         return self.xp.matmul(a, K)
 
-    def forward_block(self, U, params, h, keep):
-        if self.be.is_gpu:
-            return NotImplemented
-        return host.dense_forward(U, *params, h, self.activation.code, keep)
-
-    def backward_block(self, U, Lam, params, h, grads, kept) -> bool:
-        return not self.be.is_gpu and host.dense_backward(U, Lam, *params, h, self.activation.code, kept, *grads)
-
     def adjoint_into(self, a, K, h, lam, out):
         # h folded into the C×C matrix (one pass less); the product added to λ while it is in cache
         self.xp.add(self.xp.matmul(a, K * h[:, None, None]), lam, out=out)
@@ -302,7 +260,7 @@ class DenseStep(_CudaDispatch, ResidualStep):
         return batch_sum(self.xp, a)
 
 
-class ConvStep(_CudaDispatch, ResidualStep):
+class ConvStep(CudaDispatch, ResidualStep):
     """3×3 same-padding convolution on C channels of H×W images.
 
     K (C_out, C_in, 3, 3), b (C_out,), states (L, B, C, H, W).  Correlation convention (as in

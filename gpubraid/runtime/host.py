@@ -32,6 +32,7 @@ from . import cuda
 SOURCE, HEADER = "dense_host.c", "dense_host.h"
 FLAGS = ("-O2", "-funroll-loops", "-march=native", "-std=gnu11", "-fPIC", "-shared")
 MAX_C = 64  # kernels/dense_host.c MAX_C
+ABI = 2  # kernels/dense_host.c GB_HOST_ABI: the argument lists below
 ENV_SWITCH, ENV_CACHE = "GPUBRAID_HOST_KERNELS", "GPUBRAID_CACHE_DIR"
 
 _I64 = ctypes.c_int64
@@ -61,9 +62,15 @@ def _cache_dir() -> Path:
     return Path(root) / "host-kernels"
 
 
+def _source_dir() -> Path:
+    """The sources next to this code (a source checkout) or else the installed package data."""
+    here = Path(__file__).resolve().parents[2] / "kernels"
+    return here if (here / SOURCE).is_file() else cuda.kernel_source_dir()
+
+
 def _build(cc: str) -> Path:
     """The shared library for compiler ``cc``: the cached one, or compiled now (RuntimeError on failure)."""
-    src_dir = cuda.kernel_source_dir()
+    src_dir = _source_dir()
     code = (src_dir / SOURCE).read_bytes() + (src_dir / HEADER).read_bytes()
     st = os.stat(cc)
     key = hashlib.sha256(b"\0".join([code, cc.encode(), str((st.st_size, st.st_mtime_ns)).encode(),
@@ -89,9 +96,8 @@ def _build(cc: str) -> Path:
 def _declare(lib) -> None:
     for t in ("f64", "f32"):
         fwd, bwd = getattr(lib, f"gb_dense_forward_{t}"), getattr(lib, f"gb_dense_backward_{t}")
-        fwd.argtypes = [_I64, _I64, _I64, ctypes.c_int, _P, _I64, _P, _I64, _P, _I64, _P, _P, _I64]
-        bwd.argtypes = [_I64, _I64, _I64, ctypes.c_int, _P, _I64, _P, _I64, _P, _I64, _P, _I64, _P, _P, _I64,
-                        _P, _I64, _P, _I64]
+        fwd.argtypes = [_I64, _I64, _I64, ctypes.c_int] + [_P, _I64] * 4 + [_P, _P, _I64]
+        bwd.argtypes = [_I64, _I64, _I64, ctypes.c_int] + [_P, _I64] * 5 + [_P] + [_P, _I64] * 3
         fwd.restype = bwd.restype = ctypes.c_int
 
 
@@ -106,6 +112,9 @@ def _load() -> tuple[object | None, str]:
     try:
         path = _build(cc)
         lib = ctypes.CDLL(str(path))
+        lib.gb_host_abi.restype = ctypes.c_int
+        if lib.gb_host_abi() != ABI:
+            raise RuntimeError(f"{path.name} has calling convention {lib.gb_host_abi()}, this code {ABI}")
         _declare(lib)
     except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as exc:
         return None, f"not built ({exc}): NumPy layer sweeps"
@@ -136,52 +145,94 @@ def _layered(x, dtype, n: int, shape) -> int | None:
     return step // item
 
 
-def _sizes(U) -> tuple[int, int, int]:
-    """(n, B, C) of states U (n + 1, B, C); (0, 0, 0) for any other rank."""
-    return (U.shape[0] - 1, U.shape[1], U.shape[2]) if U.ndim == 3 else (0, 0, 0)
+def _ptr(x) -> int | None:
+    return None if x is None else x.__array_interface__["data"][0]
 
 
-def _ptr(x) -> int:
-    return x.__array_interface__["data"][0]
+def _strides(dt, n: int, B: int, C: int, states, params, grads=(), D=None) -> list | None:
+    """Layer strides of ``states`` (n, B, C) (None entries skipped), ``params`` and ``grads`` ((n, C, C),
+    (n, C)) and D (n, B, C); None when one does not fit the kernels."""
+    if not 0 < C <= MAX_C or B < 1:
+        return None
+    out = [_layered(x, dt, n, (B, C)) if x is not None else 0 for x in states]
+    for K, b in (params, *((grads,) if grads else ())):
+        out += [_layered(K, dt, n, (C, C)), _layered(b, dt, n, (C,))]
+    out.append(B * C if D is None else _layered(D, dt, n, (B, C)))
+    return None if None in out else out
 
 
-def dense_forward(U, K, b, h, act: int, keep: bool):
-    """U[i + 1] = U[i] + h_i σ(K_i U[i] + b_i), i = 0..n − 1, in place; U (n + 1, B, C), K (n, C, C),
-    b (n, C), h (n,), one float dtype.  Returns σ'(z) (n, B, C) when ``keep``, else None; or
-    NotImplemented (nothing done) when the kernels are not there or the arrays do not fit them."""
-    lib = library()
-    dt = U.dtype
-    if lib is None or dt not in _SUFFIX:
+def _forward(U, V, K, b, h, act: int, keep: bool):
+    """V[i] = U[i] + h_i σ(K_i U[i] + b_i), i = 0..n − 1 in order; U, V (n, B, C) (V[i] may be U[i + 1]).
+    σ'(z) (n, B, C) when ``keep``, else None; NotImplemented (nothing done) when the arrays do not fit."""
+    lib, dt = library(), U.dtype
+    if lib is None or dt not in _SUFFIX or U.ndim != 3:
         return NotImplemented
-    n, B, C = _sizes(U)
+    n, B, C = U.shape
     h = np.ascontiguousarray(h, dtype=dt)
-    su, sk, sb = _layered(U, dt, n + 1, (B, C)), _layered(K, dt, n, (C, C)), _layered(b, dt, n, (C,))
-    if None in (su, sk, sb) or not 0 < C <= MAX_C or B < 1 or h.shape != (n,):
+    s = _strides(dt, n, B, C, (U, V), (K, b))
+    if s is None or h.shape != (n,):
         return NotImplemented
     D = np.empty((n, B, C), dt) if keep else None
-    fn = getattr(lib, f"gb_dense_forward_{_SUFFIX[dt]}")
-    fn(n, B, C, act, _ptr(U), su, _ptr(K), sk, _ptr(b), sb, _ptr(h), None if D is None else _ptr(D), B * C)
+    getattr(lib, f"gb_dense_forward_{_SUFFIX[dt]}")(
+        n, B, C, act, _ptr(U), s[0], _ptr(V), s[1], _ptr(K), s[2], _ptr(b), s[3], _ptr(h), _ptr(D), s[4])
     return D
 
 
-def dense_backward(U, Lam, K, b, h, act: int, D, gK, gb) -> bool:
-    """Lam[i] = Lam[i + 1] + h_i K_iᵀ (σ'(z_i) ⊙ Lam[i + 1]), i = n − 1..0, in place (Lam (n + 1, B, C),
-    Lam[n] given), and the layers' gradients added into gK (n, C, C), gb (n, C); σ'(z_i) from
-    ``D`` (:func:`dense_forward`'s) or recomputed when None.  False (nothing done) when the kernels are
-    not there or the arrays do not fit them."""
-    lib = library()
-    dt = U.dtype
-    if lib is None or dt not in _SUFFIX:
+def _backward(U, Lin, Lout, K, b, h, act: int, D, grads) -> bool:
+    """For i = n − 1..0, a = σ'(z_i) ⊙ Lin[i]: Lout[i] = Lin[i] + h_i K_iᵀ a (Lout may be None; Lin[i] may be
+    Lout[i + 1]) and, with ``grads`` = (gK, gb), h_i Σ a U[i]ᵀ and h_i Σ a added into them.  False (nothing
+    done) when the arrays do not fit."""
+    lib, dt = library(), U.dtype
+    if lib is None or dt not in _SUFFIX or U.ndim != 3:
         return False
-    n, B, C = _sizes(U)
+    n, B, C = U.shape
     h = np.ascontiguousarray(h, dtype=dt)
-    s = [_layered(U, dt, n + 1, (B, C)), _layered(Lam, dt, n + 1, (B, C)), _layered(K, dt, n, (C, C)),
-         _layered(b, dt, n, (C,)), _layered(gK, dt, n, (C, C)), _layered(gb, dt, n, (C,)),
-         B * C if D is None else _layered(D, dt, n, (B, C))]
-    if None in s or not 0 < C <= MAX_C or B < 1 or h.shape != (n,):
+    s = _strides(dt, n, B, C, (U, Lin, Lout), (K, b), grads, D)
+    if s is None or h.shape != (n,):
         return False
-    su, sl, sk, sb, sgk, sgb, sd = s
-    fn = getattr(lib, f"gb_dense_backward_{_SUFFIX[dt]}")
-    fn(n, B, C, act, _ptr(U), su, _ptr(Lam), sl, _ptr(K), sk, _ptr(b), sb, _ptr(h),
-       None if D is None else _ptr(D), sd, _ptr(gK), sgk, _ptr(gb), sgb)
+    gK, gb = grads or (None, None)
+    sgk, sgb = (s[5], s[6]) if grads else (0, 0)
+    getattr(lib, f"gb_dense_backward_{_SUFFIX[dt]}")(
+        n, B, C, act, _ptr(U), s[0], _ptr(Lin), s[1], _ptr(Lout), s[2], _ptr(K), s[3], _ptr(b), s[4], _ptr(h),
+        _ptr(D), s[-1], _ptr(gK), sgk, _ptr(gb), sgb)
     return True
+
+
+def sweep_forward(U, K, b, h, act: int, keep: bool):
+    """The chain U[i + 1] = U[i] + h_i σ(K_i U[i] + b_i), i = 0..n − 1, in place; U (n + 1, B, C), K (n, C, C),
+    b (n, C), h (n,), one float dtype.  Returns σ'(z) (n, B, C) when ``keep``, else None; or
+    NotImplemented (nothing done) when the kernels are not there or the arrays do not fit them."""
+    if U.ndim != 3 or U.shape[0] < 2:
+        return NotImplemented
+    return _forward(U[:-1], U[1:], K, b, h, act, keep)
+
+
+def sweep_backward(U, Lam, K, b, h, act: int, D, gK, gb) -> bool:
+    """The chain Lam[i] = Lam[i + 1] + h_i K_iᵀ (σ'(z_i) ⊙ Lam[i + 1]), i = n − 1..0, in place (Lam (n + 1, B, C),
+    Lam[n] given), and the layers' gradients added into gK (n, C, C), gb (n, C); σ'(z_i) from
+    ``D`` (:func:`sweep_forward`'s) or recomputed when None.  False (nothing done) when the kernels are
+    not there or the arrays do not fit them."""
+    if U.ndim != 3 or U.shape[0] < 2 or Lam.shape != U.shape:
+        return False
+    return _backward(U[:-1], Lam[1:], Lam[:-1], K, b, h, act, D, (gK, gb))
+
+
+def forward(u, K, b, h, act: int):
+    """The batched step u + h σ(K u + b) of L independent layers: u (L, B, C) -> new (L, B, C), or
+    NotImplemented."""
+    out = np.empty_like(u)
+    return NotImplemented if _forward(u, out, K, b, h, act, False) is NotImplemented else out
+
+
+def adjoint(u, lam, K, b, h, act: int):
+    """λ + h Kᵀ (σ'(K u + b) ⊙ λ) for L independent layers: -> new (L, B, C), or NotImplemented."""
+    out = np.empty_like(lam)
+    return out if lam.shape == u.shape and _backward(u, lam, out, K, b, h, act, None, ()) else NotImplemented
+
+
+def param_grad(u, lam, K, b, h, act: int):
+    """(h Σ a uᵀ, h Σ a), a = σ'(K u + b) ⊙ λ, per layer: new (L, C, C), (L, C), or NotImplemented."""
+    grads = (np.zeros_like(K), np.zeros_like(b)) if type(K) is np.ndarray and type(b) is np.ndarray else None
+    if grads is None or lam.shape != u.shape or not _backward(u, lam, None, K, b, h, act, None, grads):
+        return NotImplemented
+    return grads

@@ -62,6 +62,37 @@ def test_block_sweeps_equal_the_numpy_pair(act, dtype, C, B, monkeypatch):
             assert got.dtype == want.dtype and _rel(got, want) <= TOL[dtype]
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("act", list(ACTIVATIONS))
+@pytest.mark.parametrize("C, B", [(8, 300), (5, 3), (32, 17)])
+def test_batched_forward_adjoint_param_grad_equal_numpy(act, dtype, C, B, monkeypatch):
+    """MGRIT's calls: L independent layers at once (forward, adjoint, param_grad)."""
+    step = DenseStep(C, act, resolve_backend("numpy", dtype))
+    rng = np.random.default_rng(4)
+    L = 5
+    _, _, params, h = _problem(C, L, B, dtype)
+    u, lam = (rng.standard_normal((L, B, C)).astype(dtype) for _ in range(2))
+    calls = lambda: [step.forward(u, params, h), step.adjoint(u, lam, params, h), *step.param_grad(u, lam, params, h)]  # noqa: E731
+    got = calls()
+    with monkeypatch.context() as m:
+        m.setattr(host, "library", lambda: None)
+        want = calls()
+    assert host.forward(u, *params, h, step.activation.code) is not NotImplemented
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype and g.shape == w.shape and _rel(g, w) <= TOL[dtype]
+
+
+def test_library_of_another_calling_convention_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(host, "ABI", host.ABI + 1)
+    host._load.cache_clear()
+    try:
+        assert host.library() is None and "calling convention" in host.status()
+    finally:
+        monkeypatch.undo()
+        host._load.cache_clear()
+    assert host.library() is not None
+
+
 def test_strided_layer_views_and_parameter_views(monkeypatch):
     """A block of the micro-batch rows lo:hi of whole-batch states (the pipeline's backward from a
     forward solve), and parameters that are views of one flat vector."""
@@ -157,7 +188,7 @@ def test_without_a_compiler_or_switched_off_numpy_runs(tmp_path):
 
 def test_the_source_compiles_without_warnings(tmp_path):
     cc = host._compiler()
-    src = host.cuda.kernel_source_dir() / host.SOURCE
+    src = host._source_dir() / host.SOURCE
     run = subprocess.run([cc, *host.FLAGS, "-Wall", "-Wextra", "-Werror", "-o", str(tmp_path / "k.so"), str(src)],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr

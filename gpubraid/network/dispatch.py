@@ -1,0 +1,76 @@
+"""Where a built-in residual step runs: mixins placed before :class:`~gpubraid.network.steps.ResidualStep`
+in a step's bases, each taking the calls it can and passing the rest on (``super()``).
+
+    CudaDispatch   on a GPU backend, the fused CUDA kernels of :mod:`gpubraid.runtime.cuda`
+    HostDispatch   on NumPy, the compiled C loops of :mod:`gpubraid.runtime.host` (the dense step)
+"""
+from __future__ import annotations
+
+from ..runtime import cuda, host
+
+
+class CudaDispatch:
+    """On a GPU backend, run forward/adjoint/param_grad as the fused kernels of :mod:`gpubraid.runtime.cuda`
+    (``<_cuda_prefix>_forward`` etc.); on NumPy, the :class:`ResidualStep` formulas."""
+
+    _cuda_prefix: str
+
+    def forward(self, u, params, h):
+        if self.be.is_gpu:
+            return getattr(cuda, f"{self._cuda_prefix}_forward")(u, *params, h, self.activation.code)
+        return super().forward(u, params, h)
+
+    def adjoint(self, u, lam, params, h):
+        if self.be.is_gpu:
+            return getattr(cuda, f"{self._cuda_prefix}_adjoint")(u, lam, *params, h, self.activation.code)
+        return super().adjoint(u, lam, params, h)
+
+    def param_grad(self, u, lam, params, h):
+        if self.be.is_gpu:
+            return getattr(cuda, f"{self._cuda_prefix}_param_grad")(u, lam, *params, h, self.activation.code)
+        return super().param_grad(u, lam, params, h)
+
+    def forward_keep(self, u, params, h, out):
+        if self.be.is_gpu:  # the fused kernels recompute z: nothing to keep
+            out[...] = self.forward(u, params, h)
+            return None
+        return super().forward_keep(u, params, h, out)
+
+    def adjoint_grad(self, u, lam, params, h, kept, out):
+        if self.be.is_gpu:
+            out[...] = self.adjoint(u, lam, params, h)
+            return self.param_grad(u, lam, params, h)
+        return super().adjoint_grad(u, lam, params, h, kept, out)
+
+
+class HostDispatch:
+    """On NumPy, run forward/adjoint/param_grad and the block sweeps as the compiled loops of
+    :mod:`gpubraid.runtime.host` (``kernels/dense_host.c``) when they take the arrays; otherwise (a GPU
+    backend, arrays they decline) the next class's (:class:`~gpubraid.network.steps.ResidualStep`)."""
+
+    def _host(self, kernel, u, lam, params, h):
+        """``kernel``'s result for these arrays (checked first), or NotImplemented (GPU, or declined)."""
+        if self.be.is_gpu:
+            return NotImplemented
+        self.check(u, params, h)
+        return kernel(u, *(() if lam is None else (lam,)), *params, h, self.activation.code)
+
+    def forward(self, u, params, h):
+        out = self._host(host.forward, u, None, params, h)
+        return super().forward(u, params, h) if out is NotImplemented else out
+
+    def adjoint(self, u, lam, params, h):
+        out = self._host(host.adjoint, u, lam, params, h)
+        return super().adjoint(u, lam, params, h) if out is NotImplemented else out
+
+    def param_grad(self, u, lam, params, h):
+        out = self._host(host.param_grad, u, lam, params, h)
+        return super().param_grad(u, lam, params, h) if out is NotImplemented else out
+
+    def forward_block(self, U, params, h, keep):
+        if self.be.is_gpu:
+            return NotImplemented
+        return host.sweep_forward(U, *params, h, self.activation.code, keep)
+
+    def backward_block(self, U, Lam, params, h, grads, kept) -> bool:
+        return not self.be.is_gpu and host.sweep_backward(U, Lam, *params, h, self.activation.code, kept, *grads)
