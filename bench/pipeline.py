@@ -39,7 +39,7 @@ MINIBATCH = ["peaks", "--layers", "64", "--channels", "32", "--optimizer", "adam
 def workloads(quick: bool) -> dict:
     n = ["--n-train", "500"] if quick else []
     return {
-        "peaks-64": dict(args=["peaks", "--layers", "64", *n], iterations=3 if quick else 10, M=[2, 8] if quick else [2, 4, 8, 16], oneshot=True),
+        "peaks-64": dict(args=["peaks", "--layers", "64", *n], iterations=3 if quick else 30, M=[2, 8] if quick else [2, 4, 8, 16], oneshot=True),
         "peaks-256": dict(args=["peaks", "--layers", "256", *n], iterations=3 if quick else 6, M=[8] if quick else [4, 8, 16], oneshot=True),
         "minibatch-64x32": dict(args=MINIBATCH, iterations=6 if quick else 60, M=[2, 5] if quick else [2, 5, 10, 25]),
         "mnist-conv": dict(args=["mnist", *(["--n-train", "500"] if quick else [])], iterations=6 if quick else 60,
@@ -169,8 +169,8 @@ def memory(quick: bool) -> list:
     return rows
 
 
-def run(quick: bool, with_torch: bool, only=None, with_memory: bool = True) -> dict:
-    repeats = 1 if quick else 3
+def run(quick: bool, with_torch: bool, only=None, with_memory: bool = True, repeats: int | None = None) -> dict:
+    repeats = repeats or (1 if quick else 3)
     cfg = {"repeats": repeats, "workloads": {k: {**w, "variants": {v: a for v, a in variants(w).items()}}
                                              for k, w in workloads(quick).items() if not only or k in only}}
     rows = speed(quick, repeats, only)
@@ -224,8 +224,9 @@ def main(argv=None):
     p.add_argument("--no-memory", action="store_true", help="leave out the memory measurement")
     p.add_argument("--workloads", type=lambda s: s.split(","), default=None,
                    help="comma-separated workload names (default: all): " + ", ".join(workloads(False)))
+    p.add_argument("--repeats", type=int, default=None, help="interleaved runs per variant (default 3; --quick 1)")
     args = p.parse_args(argv)
-    common.finish(NAME, run(args.quick, not args.no_torch, args.workloads, not args.no_memory), args, plot)
+    common.finish(NAME, run(args.quick, not args.no_torch, args.workloads, not args.no_memory, args.repeats), args, plot)
 
 
 if __name__ == "__main__":
