@@ -42,12 +42,12 @@ from gpubraid.runtime.trace import load
 
 #: name -> (train arguments, iterations, validate every, iterations per traced probe)
 WORKLOADS = {
-    "peaks-64": (["peaks", "--layers", "64"], 100, 5, 3),
-    "peaks-256": (["peaks", "--layers", "256"], 100, 5, 2),
-    "paper-32": (["peaks", "--layers", "32", "--final-time", "1", "--activation", "smoothrelu"], 130, 5, 3),
-    "paper-256": (["peaks", "--layers", "256", "--final-time", "1", "--activation", "smoothrelu"], 130, 5, 2),
+    "peaks-64": (["peaks", "--layers", "64"], 100, 5, 30),
+    "peaks-256": (["peaks", "--layers", "256"], 100, 5, 20),
+    "paper-32": (["peaks", "--layers", "32", "--final-time", "1", "--activation", "smoothrelu"], 130, 5, 30),
+    "paper-256": (["peaks", "--layers", "256", "--final-time", "1", "--activation", "smoothrelu"], 130, 5, 20),
     "adam-dense": (["peaks", "--layers", "64", "--channels", "32", "--optimizer", "adam", "--lr", "1e-3",
-                    "--batch-size", "50", "--dtype", "float32"], 600, 50, 20),
+                    "--batch-size", "50", "--dtype", "float32"], 600, 50, 100),
     "mnist-conv": (["mnist", "--n-train", "4000", "--n-val", "1000"], 300, 50, 6),
 }
 QUICK = {"peaks-64": (["peaks", "--layers", "16", "--n-train", "500"], 10, 5, 2)}
