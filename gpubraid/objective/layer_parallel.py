@@ -73,7 +73,7 @@ class LayerParallel:
                                 adjoint, model.be, M)
         self.h_local = model.step_sizes(self.a, self.b)
         self.U = None     # forward rows u_a..u_b of the last solve (warm start)
-        self.Lam = None   # adjoint rows in solver order of the last solve (warm start)
+        self.Lam = None   # adjoint rows in solver order of the last solve (warm start; may be a reversed view)
         self.last_stats: tuple[SolveStats, SolveStats | None] | None = None
         self.fwd_tol = self.bwd_tol = None   # per-solve tolerance overrides (adaptive one-shot)
         self.pipe = None if pipeline is None else TrainingPipeline(model, comm, self.bounds, pipeline)
@@ -173,7 +173,7 @@ class LayerParallel:
         levels = fstats.levels if (self.bwd.opts.stability > 0 or self.bwd.opts.conv_bound > 0) else None
         if self.pipe is not None and (levels == 1 or self._one_level(self.bwd)):
             Lam, bstats = self.pipe.backward(U, lamN, P, G, x, batch)
-            self.Lam = xp.ascontiguousarray(Lam[::-1])   # solver order, for a warm start
+            self.Lam = Lam[::-1]  # solver order, a view: copied only when a warm MGRIT solve takes it
         else:
             Lam, bstats = self._adjoint(P, G, U, lamN, x, batch, warm, levels)
         self.last_stats = (fstats, bstats)
@@ -188,7 +188,8 @@ class LayerParallel:
         def psi(w, d, h):
             return m.step.adjoint(d[-1], w, d[:-1], h)
 
-        warm_lam = self.Lam if (warm and self.Lam is not None and self.Lam.shape[1] == batch) else None
+        warm_lam = xp.ascontiguousarray(self.Lam) if (warm and self.Lam is not None and self.Lam.shape[1] == batch) \
+            else None
         Lam_s, bstats = self.bwd.solve(psi, data, lamN, (batch, *m.state_shape), warm=warm_lam,
                                        levels=levels, tol=self.bwd_tol, max_iter=None,
                                        sample_data=(len(data) - 1,))

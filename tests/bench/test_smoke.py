@@ -42,6 +42,17 @@ def test_steps_quick(tmp_path):
     assert {r["op"] for r in doc["results"]} == {"forward", "adjoint", "param_grad"}
 
 
+def test_sweeps_quick(tmp_path):
+    from gpubraid.runtime import host
+
+    if host.library() is None:
+        pytest.skip(f"host kernels unavailable: {host.status()}")
+    doc = _run("sweeps", tmp_path)
+    for row in doc["results"]:
+        assert row["max_rel_diff"] <= (1e-12 if row["dtype"] == "float64" else 1e-4)
+        assert row["host"]["ns_per_sample_layer"] > 0 and row["numpy"]["ns_per_sample_layer"] > 0
+
+
 @pytest.mark.slow
 def test_solves_quick(tmp_path):
     doc = _run("solves", tmp_path)
