@@ -34,17 +34,18 @@ class _Plain:
         self.forward, self.adjoint, self.param_grad = step.forward, step.adjoint, step.param_grad
 
 
-def _sweeps(step, u0, lamN, layers, h, empty=None):
-    """(U, Lam, grads) of a forward and a backward sweep; ``empty``: how U is allocated."""
+def sweeps(step, u0, lamN, layers, h, empty=None, keep=True):
+    """(U, Lam, grads, kept) of a forward and a backward sweep (the gradients start at 0.25: they are
+    added to what is there); ``empty``: how U is allocated; ``kept``: what the forward sweep kept."""
     n, dtype = len(h), u0.dtype
     U = (empty or (lambda shape, dt: np.empty(shape, dt)))((n + 1, *u0.shape), dtype)
     U[0] = u0
-    kept = forward_sweep(step, U, layers, h, keep=True)
+    kept = forward_sweep(step, U, layers, h, keep=keep)
     Lam = np.empty_like(U)
     Lam[-1] = lamN
     grads = tuple(np.full_like(p, 0.25) for p in layers)
     backward_sweep(step, U, Lam, layers, h, grads, kept)
-    return U, Lam, grads
+    return U, Lam, grads, kept
 
 
 @pytest.mark.parametrize("kind, dtype", [("dense", "float64"), ("dense", "float32"), ("conv", "float64"),
@@ -172,8 +173,8 @@ def test_channels_last_states_of_the_torch_engine_give_the_same_sweeps(act):
     lamN = np.random.default_rng(7).standard_normal(u0.shape).astype(np.float32)
     U = step.empty_states((n + 1, *u0.shape), np.float32)
     assert U.strides[2] == U.itemsize  # channels fastest in memory
-    got = _sweeps(step, u0, lamN, layers, h, step.empty_states)
-    want = _sweeps(step, u0, lamN, layers, h)
+    got = sweeps(step, u0, lamN, layers, h, step.empty_states)
+    want = sweeps(step, u0, lamN, layers, h)
     for g, w in zip([got[0], got[1], *got[2]], [want[0], want[1], *want[2]]):
         assert np.allclose(g, w, rtol=1e-5, atol=1e-5)
     assert _step("conv", act, "float32", engine="numpy").empty_states((2, 3, 4, 5, 3), np.float32).flags.c_contiguous

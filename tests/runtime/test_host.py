@@ -14,6 +14,7 @@ from gpubraid.network.steps import DenseStep
 from gpubraid.network.sweep import backward_sweep, forward_sweep
 from gpubraid.runtime import host
 from gpubraid.runtime.backend import resolve_backend
+from tests.network.test_sweep import sweeps
 
 pytestmark = pytest.mark.skipif(host.library() is None, reason=f"host kernels not built: {host.status()}")
 
@@ -29,19 +30,11 @@ def _problem(C, n, B, dtype, seed=0):
 
 
 def _sweeps(step, u0, lamN, layers, h, block: bool, monkeypatch, keep=True):
-    """(U, Lam, grads, kept) of a forward and a backward sweep, with the host kernels or without."""
+    """:func:`tests.network.test_sweep.sweeps` with the host kernels (``block``) or without."""
     with monkeypatch.context() as m:
         if not block:
             m.setattr(host, "library", lambda: None)
-        n = len(h)
-        U = np.empty((n + 1, *u0.shape), u0.dtype)
-        U[0] = u0
-        kept = forward_sweep(step, U, layers, h, keep=keep)
-        Lam = np.empty_like(U)
-        Lam[-1] = lamN
-        grads = tuple(np.full_like(p, 0.25) for p in layers)
-        backward_sweep(step, U, Lam, layers, h, grads, kept)
-    return U, Lam, grads, kept
+        return sweeps(step, u0, lamN, layers, h, keep=keep)
 
 
 def _rel(a, b):
