@@ -20,6 +20,7 @@ import functools
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -39,11 +40,13 @@ _I64 = ctypes.c_int64
 _P = ctypes.c_void_p
 
 
-def _compiler() -> str | None:
-    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        path = shutil.which(name) if name else None
+def _compiler() -> list[str] | None:
+    """The C compiler command: ``$CC`` split as the shell would (so ``ccache gcc`` or ``gcc -m64``
+    work), else the first of cc, gcc and clang on PATH; None when there is none."""
+    for words in (shlex.split(os.environ.get("CC", "")), ["cc"], ["gcc"], ["clang"]):
+        path = shutil.which(words[0]) if words else None
         if path:
-            return path
+            return [path, *words[1:]]
     return None
 
 
@@ -68,12 +71,13 @@ def _source_dir() -> Path:
     return here if (here / SOURCE).is_file() else cuda.kernel_source_dir()
 
 
-def _build(cc: str) -> Path:
-    """The shared library for compiler ``cc``: the cached one, or compiled now (RuntimeError on failure)."""
+def _build(cc: list[str]) -> Path:
+    """The shared library for compiler command ``cc``: the cached one, or compiled now (RuntimeError on
+    failure)."""
     src_dir = _source_dir()
     code = (src_dir / SOURCE).read_bytes() + (src_dir / HEADER).read_bytes()
-    st = os.stat(cc)
-    key = hashlib.sha256(b"\0".join([code, cc.encode(), str((st.st_size, st.st_mtime_ns)).encode(),
+    st = os.stat(cc[0])
+    key = hashlib.sha256(b"\0".join([code, " ".join(cc).encode(), str((st.st_size, st.st_mtime_ns)).encode(),
                                      " ".join(FLAGS).encode(), _cpu().encode()])).hexdigest()[:20]
     target = _cache_dir() / f"dense_host-{key}.so"
     if target.is_file():
@@ -82,10 +86,11 @@ def _build(cc: str) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        run = subprocess.run([cc, *FLAGS, "-I", str(src_dir), "-o", tmp, str(src_dir / SOURCE), "-lm"],
+        run = subprocess.run([*cc, *FLAGS, "-I", str(src_dir), "-o", tmp, str(src_dir / SOURCE)],
                              capture_output=True, text=True, timeout=120)
         if run.returncode != 0:
-            raise RuntimeError(f"{Path(cc).name} failed: {run.stderr.strip().splitlines()[-1:] or run.returncode}")
+            last = (run.stderr.strip().splitlines() or [f"exit status {run.returncode}"])[-1]
+            raise RuntimeError(f"{Path(cc[0]).name} failed: {last}")
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
@@ -118,7 +123,7 @@ def _load() -> tuple[object | None, str]:
         _declare(lib)
     except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as exc:
         return None, f"not built ({exc}): NumPy layer sweeps"
-    return lib, f"compiled by {Path(cc).name} ({path})"
+    return lib, f"compiled by {' '.join([Path(cc[0]).name, *cc[1:]])} ({path})"
 
 
 def library():
