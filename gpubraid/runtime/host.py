@@ -1,4 +1,5 @@
-"""Host kernels: the C sweeps of ``kernels/dense_host.c``, compiled on first use and called through ctypes.
+"""Host kernels: the dense step in C (``kernels/dense_host.c``: layer-serial sweeps through a block of
+layers and MGRIT's batches of independent layers), compiled on first use and called through ctypes.
 
 The CPU counterpart of :mod:`gpubraid.runtime.cuda`: where CuPy compiles the ``.cu`` sources with
 NVRTC, this module compiles ``dense_host.c`` with the system C compiler (``$CC``, else ``cc``, ``gcc``
@@ -10,8 +11,8 @@ its own temporary file and renames it into place.
 Without a compiler (or with ``GPUBRAID_HOST_KERNELS=0``) nothing is compiled and the steps run their
 NumPy formulas: the same numbers to round-off.  :func:`status` says which, for ``gpubraid info``.
 
-Launchers take NumPy arrays and return False, having done nothing, when the arrays do not fit the
-kernels (dtype, layout, width): the caller then runs the NumPy path.
+Launchers take NumPy arrays and return NotImplemented (or False), having done nothing, when the
+arrays do not fit the kernels (dtype, layout, width): the caller then runs the NumPy path.
 """
 from __future__ import annotations
 
