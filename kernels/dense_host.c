@@ -37,7 +37,8 @@ int gb_host_abi(void) { return GB_HOST_ABI; }
                   // BLAS-bound, where NumPy's matrix products do better
 
 #define INLINE __attribute__((always_inline))
-#define CHUNK 256  // numbers per chunk of rows (elementwise loops); the largest C is one row
+#define CHUNK 256  // numbers per chunk of rows (elementwise loops): CHUNK / C ≥ 4 rows
+_Static_assert(CHUNK >= 4 * MAX_C, "a chunk holds at least four rows of the widest layer");
 
 static inline double gb_exp_f64(double x) {
     const double shift = 0x1.8p52, log2e = 0x1.71547652b82fep0;

@@ -109,8 +109,8 @@ static inline void NAME(transpose)(int64_t C, const T *restrict K, T *restrict K
 static inline INLINE void NAME(forward)(int64_t n, int64_t B, int64_t C, int act, const T *U, int64_t su,
                                         T *V, int64_t sv, const T *K, int64_t sk, const T *b, int64_t sb,
                                         const T *h, T *D, int64_t sd) {
-    T Kt[MAX_C * MAX_C], Z[CHUNK + MAX_C], dd[CHUNK + MAX_C];
-    const int64_t R = C >= CHUNK ? 1 : CHUNK / C;
+    T Kt[MAX_C * MAX_C], Z[CHUNK], dd[CHUNK];
+    const int64_t R = CHUNK / C;
     for (int64_t i = 0; i < n; ++i) {
         NAME(transpose)(C, K + i * sk, Kt);
         const T hi = h[i];
@@ -135,9 +135,9 @@ static inline INLINE void NAME(backward)(int64_t n, int64_t B, int64_t C, int ac
                                          const T *Lin, int64_t sli, T *Lout, int64_t slo, const T *K, int64_t sk,
                                          const T *b, int64_t sb, const T *h, const T *D, int64_t sd, T *gK,
                                          int64_t sgk, T *gb, int64_t sgb) {
-    T Kt[MAX_C * MAX_C], Z[CHUNK + MAX_C], dd[CHUNK + MAX_C], A[CHUNK + MAX_C], S[MAX_C * MAX_C], Sv[MAX_C];
+    T Kt[MAX_C * MAX_C], Z[CHUNK], dd[CHUNK], A[CHUNK], S[MAX_C * MAX_C], Sv[MAX_C];
     double SK[MAX_C * MAX_C], Sb[MAX_C];
-    const int64_t R = C >= CHUNK ? 1 : CHUNK / C;
+    const int64_t R = CHUNK / C;
     for (int64_t i = n - 1; i >= 0; --i) {
         const T *restrict Ki = K + i * sk;
         const T hi = h[i];

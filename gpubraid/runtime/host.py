@@ -223,22 +223,33 @@ def sweep_backward(U, Lam, K, b, h, act: int, D, gK, gb) -> bool:
     return _backward(U[:-1], Lam[1:], Lam[:-1], K, b, h, act, D, (gK, gb))
 
 
+def _takes(u) -> bool:
+    """Whether the kernels are loaded and take states like ``u`` (tested before outputs are allocated;
+    the layouts of the other arrays are checked by the launch)."""
+    return library() is not None and type(u) is np.ndarray and u.dtype in _SUFFIX and u.ndim == 3 \
+        and 0 < u.shape[2] <= MAX_C
+
+
 def forward(u, K, b, h, act: int):
     """The batched step u + h σ(K u + b) of L independent layers: u (L, B, C) -> new (L, B, C), or
     NotImplemented."""
+    if not _takes(u):
+        return NotImplemented
     out = np.empty_like(u)
     return NotImplemented if _forward(u, out, K, b, h, act, False) is NotImplemented else out
 
 
 def adjoint(u, lam, K, b, h, act: int):
     """λ + h Kᵀ (σ'(K u + b) ⊙ λ) for L independent layers: -> new (L, B, C), or NotImplemented."""
+    if not _takes(u) or lam.shape != u.shape:
+        return NotImplemented
     out = np.empty_like(lam)
-    return out if lam.shape == u.shape and _backward(u, lam, out, K, b, h, act, None, ()) else NotImplemented
+    return out if _backward(u, lam, out, K, b, h, act, None, ()) else NotImplemented
 
 
 def param_grad(u, lam, K, b, h, act: int):
     """(h Σ a uᵀ, h Σ a), a = σ'(K u + b) ⊙ λ, per layer: new (L, C, C), (L, C), or NotImplemented."""
-    grads = (np.zeros_like(K), np.zeros_like(b)) if type(K) is np.ndarray and type(b) is np.ndarray else None
-    if grads is None or lam.shape != u.shape or not _backward(u, lam, None, K, b, h, act, None, grads):
+    if not _takes(u) or lam.shape != u.shape:
         return NotImplemented
-    return grads
+    grads = (np.zeros_like(K), np.zeros_like(b))
+    return grads if _backward(u, lam, None, K, b, h, act, None, grads) else NotImplemented

@@ -119,6 +119,10 @@ def test_declined_arrays_run_the_per_layer_calls(monkeypatch):
     wide_step = DenseStep(host.MAX_C + 1, "tanh", step.be)  # wider layers: NumPy's matrix products
     _, _, wide_layers, wide_h = _problem(host.MAX_C + 1, n, B, "float64")
     assert wide_step.forward_block(np.zeros((n + 1, B, host.MAX_C + 1)), wide_layers, wide_h, True) is NotImplemented
+    wide = np.zeros((n, B, host.MAX_C + 1))
+    for call in (lambda: host.forward(wide, *wide_layers, wide_h, 0), lambda: host.adjoint(wide, wide, *wide_layers, wide_h, 0),
+                 lambda: host.param_grad(wide, wide, *wide_layers, wide_h, 0)):
+        assert call() is NotImplemented  # MGRIT's batched calls too
     U = np.zeros((n + 1, B, C))
     kept = step.forward_block(U, layers, h, True)
     Lam = np.zeros_like(U)
