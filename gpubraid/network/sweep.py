@@ -10,12 +10,57 @@ the results are the protocol's: the block form and the pair must agree with the 
 
 Shapes: n layers, states and adjoints ``U``, ``Lam`` (n + 1, B, *S) (row i is u_i, λ_i), parameter
 groups ``layers`` (n, *P_j), step sizes ``h`` (n,), gradient groups ``grads`` (n, *P_j).
+
+:func:`forward_through` is the forward pass of inference, which keeps only the last state: the
+block form over sample blocks small enough that all n + 1 rows of one block stay in cache.
 """
 from __future__ import annotations
+
+from ..runtime.allocator import empty_aligned
+
+#: Bytes of states (all n + 1 rows) that one block call of :func:`forward_through` holds.
+THROUGH_BYTES = 1 << 23
 
 
 def _layer(layers, i):
     return tuple([p[i:i + 1] for p in layers])
+
+
+def empty_states(step, xp, shape, dtype):
+    """Uninitialised states (n + 1, B, *S) in the step's preferred layout (its optional
+    ``empty_states``), else C order on a cache line."""
+    alloc = getattr(step, "empty_states", None)
+    return alloc(shape, dtype) if callable(alloc) else empty_aligned(xp, shape, dtype)
+
+
+def forward_through(step, xp, u, layers, h):
+    """u_n (B, *S) from u_0 = ``u`` through the n layers (``u`` is not modified).
+
+    With the step's ``forward_block``: one call per sample block of at most THROUGH_BYTES of
+    states; otherwise (or when the block form declines these arrays) one batched ``forward`` call
+    per layer.  Both give the per-layer calls' values.
+    """
+    n, B = len(h), u.shape[0]
+    block = getattr(step, "forward_block", None)
+    if callable(block) and n > 1 and B > 0:
+        m = int(max(1, min(B, THROUGH_BYTES // ((n + 1) * u[0].nbytes))))
+        U = empty_states(step, xp, (n + 1, m, *u.shape[1:]), u.dtype)
+        out = None
+        for lo in range(0, B, m):
+            k = min(B, lo + m) - lo
+            V = U[:, :k]
+            V[0] = u[lo:lo + k]
+            if block(V, layers, h, False) is NotImplemented:
+                break
+            if out is None:
+                out = U[-1].copy() if k == B else xp.empty_like(u)
+            if k < B:
+                out[lo:lo + k] = V[-1]
+        else:
+            return out
+    for i in range(n):
+        u = step.forward(u[None], _layer(layers, i), h[i:i + 1])[0]
+    return u
 
 
 def forward_sweep(step, U, layers, h, keep: bool = False):

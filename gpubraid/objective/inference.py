@@ -16,6 +16,7 @@ import math
 
 import numpy as np
 
+from ..network.sweep import forward_through
 from ..runtime import tags
 from ..runtime.comm import Comm
 
@@ -33,14 +34,6 @@ def chunk_size(n: int, sample_bytes: int, ranks: int) -> int:
     if ranks == 1:
         return int(min(n, by_memory))
     return int(max(1, min(by_memory, math.ceil(n / (CHUNKS_PER_RANK * ranks)))))
-
-
-def propagate(step, u, layers, h):
-    """u_b (B, *S) from u_a through the layers [a, b) held: one batched step call per layer.
-    ``layers``: the step data, a tuple of (b − a, ...) arrays; ``h``: (b − a,) step sizes."""
-    for i in range(len(h)):
-        u = step.forward(u[None], tuple(p[i:i + 1] for p in layers), h[i:i + 1])[0]
-    return u
 
 
 def stream(comm: Comm, n: int, chunk: int, state_shape, be, enter, through):
@@ -92,8 +85,8 @@ class Pipeline:
         return chunk_size(n, self.sample_bytes, self.P)
 
     def _propagate(self, u, layers):
-        """u_b from u_a through this rank's layers (one batched step call per layer)."""
-        return propagate(self.model.step, u, layers, self.h)
+        """u_b from u_a through this rank's layers (:func:`~gpubraid.network.sweep.forward_through`)."""
+        return forward_through(self.model.step, self.model.xp, u, layers, self.h)
 
     def run(self, P, x, n: int, y=None, outputs: bool = False):
         """One forward pass over ``n`` samples.

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..network.sweep import backward_sweep, forward_sweep
+from ..network.sweep import backward_sweep, empty_states, forward_sweep
 from ..runtime import tags
-from ..runtime.allocator import empty_aligned, empty_aligned_like
+from ..runtime.allocator import empty_aligned_like
 from ..runtime.comm import Comm
 from ..runtime.resources import micro_batch_count
 from ..solver.options import SolveStats
@@ -152,9 +152,8 @@ class TrainingPipeline:
         return loss, correct, fstats, bstats
 
     def _empty(self, shape, dtype):
-        """States (n + 1, B, *S): the step's ``empty_states`` when it has one (adjoints: like them)."""
-        alloc = getattr(self.model.step, "empty_states", None)
-        return alloc(shape, dtype) if callable(alloc) else empty_aligned(self.model.xp, shape, dtype)
+        """States (n + 1, B, *S) in the step's layout (adjoints: like them)."""
+        return empty_states(self.model.step, self.model.xp, shape, dtype)
 
     def _backward_step(self, U, kept, lam_b, P, G, x, lo: int, hi: int, pending: list, Lam=None) -> None:
         """One micro-batch backward: λ_b (``lam_b`` on the last rank, received elsewhere), the

@@ -20,8 +20,9 @@ import math
 import numpy as np
 
 from ..errors import UserError
+from ..network.sweep import forward_through
 from ..network.torch_step import TorchStep
-from ..objective.inference import chunk_size, propagate, stream
+from ..objective.inference import chunk_size, stream
 from ..objective.layer_parallel import chain_solver
 from ..runtime.backend import Backend, resolve_backend
 from ..runtime.comm import Comm
@@ -137,6 +138,6 @@ class Solves:
         chunk = chunk_size(B, math.prod(shape[1:]) * np.dtype(be.dtype).itemsize, self.P)
         out = self.xp.empty(shape, dtype=be.dtype) if self.is_last else None
         for lo, hi, u in stream(self.comm, B, chunk, shape[1:], be, lambda lo, hi: u0[lo:hi],
-                                lambda u: propagate(self.step, u, params, self.h)):
+                                lambda u: forward_through(self.step, self.xp, u, params, self.h)):
             out[lo:hi] = u
         return out

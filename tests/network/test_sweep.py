@@ -8,7 +8,8 @@ from gpubraid.network import conv, torch_conv
 from gpubraid.network.activations import ACTIVATIONS
 from gpubraid.network.selftest import check_step
 from gpubraid.network.steps import ConvStep, DenseStep
-from gpubraid.network.sweep import backward_sweep, forward_sweep
+from gpubraid.network import sweep
+from gpubraid.network.sweep import backward_sweep, forward_sweep, forward_through
 from gpubraid.runtime import host
 from gpubraid.runtime.backend import resolve_backend
 from gpubraid.training.optim import Adam
@@ -102,6 +103,37 @@ def test_selftest_checks_the_pair_and_catches_a_wrong_one(kind):
     wrong = Wrong(5, "tanh", step.be) if kind == "dense" else Wrong(4, 5, 3, "tanh", step.be, engine="numpy")
     report = check_step(wrong)
     assert [c.name for c in report.failed()] == ["pair"]
+
+
+@pytest.mark.parametrize("kind, dtype", [("dense", "float64"), ("dense", "float32"), ("conv", "float64")])
+@pytest.mark.parametrize("budget", [None, 1])  # one block of all samples; one sample per block
+def test_forward_through_gives_the_per_layer_calls_bits(kind, dtype, budget, monkeypatch):
+    """Inference's forward pass: the block form over sample blocks where the step has one (the
+    per-layer calls' values to round-off), one forward call per layer otherwise (their bits);
+    u is left alone."""
+    if budget is not None:
+        monkeypatch.setattr(sweep, "THROUGH_BYTES", budget)
+    step = _step(kind, "tanh", dtype)
+    n, B = 5, 7
+    u0, layers, h = _problem(step, n, B, dtype)
+    ref = u0.copy()
+    for i in range(n):
+        ref = step.forward(ref[None], tuple(p[i:i + 1] for p in layers), h[i:i + 1])[0]
+    before = u0.copy()
+    tol = 4 * np.finfo(dtype).eps
+    for s, exact in ((step, False), (_Plain(step), True)):
+        got = forward_through(s, np, u0, layers, h)
+        assert got.shape == u0.shape and got.dtype == u0.dtype
+        assert np.array_equal(got, ref) if exact else np.allclose(got, ref, rtol=tol, atol=tol)
+        assert np.array_equal(u0, before)
+
+
+def test_forward_through_falls_back_when_the_block_form_declines(monkeypatch):
+    step = _step("dense", "tanh", "float64")
+    u0, layers, h = _problem(step, 4, 6, "float64")
+    ref = forward_through(_Plain(step), np, u0, layers, h)
+    monkeypatch.setattr(step, "forward_block", lambda *a: NotImplemented, raising=False)
+    assert np.array_equal(forward_through(step, np, u0, layers, h), ref)
 
 
 def _reference_conv(u, K):
