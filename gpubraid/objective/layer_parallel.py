@@ -11,14 +11,17 @@ adjoint steps using injected states and parameters.  All N layer gradients are t
 Solves that keep one level are layer-serial propagation; given :class:`PipelineOptions`, those
 run as the micro-batch pipeline of :mod:`gpubraid.objective.pipeline` (forward and backward
 streamed through the ranks, GPipe or 1F1B) instead of passing the whole batch from rank to rank.
-When the level choice of an MGRIT forward solve keeps one level at run time, the forward states
-are already those of the whole batch and only the backward half is streamed.
+When the level choice of the forward solve is made at run time (from the estimated ρ), it is made
+first (:meth:`MGRIT.choose`); when it keeps one level, the whole evaluation is that pipeline too,
+writing the whole batch's states and adjoints into the previous solve's arrays, which stay the
+warm start of the next MGRIT solve (one-shot at one level costs serial's sweeps plus the estimate).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..network.network import Evaluation, Network
+from ..network.sweep import empty_states
 from ..runtime import tags
 from ..runtime.comm import Comm, split_layers
 from ..runtime.resources import micro_batch_count
@@ -125,15 +128,53 @@ class LayerParallel:
         left, right = self._neighbour_layers(P)
         return self.allreduce(self.model.regularizer(self.layout, P, None, left, right))
 
-    def forward_states(self, P, x, batch: int, warm: bool = False):
-        """Forward MGRIT: this rank's states u_a..u_b, shape (b − a + 1, B, *S)."""
+    def forward_states(self, P, x, batch: int, warm: bool = False, u0=None, choice=None):
+        """Forward MGRIT: this rank's states u_a..u_b, shape (b − a + 1, B, *S).  ``u0``: the opening
+        layer's output on rank 0 when already computed; ``choice``: the solver's level choice for
+        this solve when already made (see :meth:`_level_choice`)."""
         m = self.model
-        u0 = m.open_forward(x, P) if self.is_first else None
-        phi = m.step.forward
-        U, stats = self.fwd.solve(phi, P.layers(), u0, (batch, *m.state_shape),
-                                  warm=self.U if (warm and self.U is not None and self.U.shape[1] == batch) else None,
-                                  tol=self.fwd_tol)
-        return U, stats
+        if self.is_first and u0 is None:
+            u0 = m.open_forward(x, P)
+        return self.fwd.solve(m.step.forward, P.layers(), u0, (batch, *m.state_shape),
+                              warm=self._warm(self.U, batch) if warm else None, tol=self.fwd_tol, choice=choice)
+
+    @staticmethod
+    def _warm(rows, batch: int):
+        """The previous solve's rows as a warm start when they are of this batch's size."""
+        return rows if rows is not None and rows.shape[1] == batch else None
+
+    def _level_choice(self, P, u0, batch: int, warm: bool):
+        """The forward solve's level choice made before solving, when one level would be layer-serial
+        propagation that the pipeline streams (then the whole evaluation runs as the pipeline); None
+        when there is no choice to make first."""
+        if self.pipe is None or self._one_level(self.fwd):
+            return None
+        m = self.model
+        choice = self.fwd.choose(m.step.forward, P.layers(), u0, (batch, *m.state_shape),
+                                 warm=self._warm(self.U, batch) if warm else None)
+        return choice if choice.rho is not None else None
+
+    def _pipelined_keeping(self, P, G, x, y, batch: int, u0, choice):
+        """The evaluation as the micro-batch pipeline when the level choice kept one level, with the
+        whole batch's states and adjoints kept for the next (warm) solve.  Returns the shares and
+        the stats, as :meth:`TrainingPipeline.run`."""
+        m, xp = self.model, self.xp
+        shape = (self.b - self.a + 1, batch, *m.state_shape)
+
+        def rows(old):  # the previous solve's memory when it has the shape (and layers ascending)
+            if old is not None and old.shape == shape and old.strides[0] > 0:
+                return old
+            return empty_states(m.step, xp, shape, m.be.dtype)
+
+        U = rows(self.U)
+        Lam = rows(None if self.Lam is None else self.Lam[::-1]) if G is not None else None
+        out = self.pipe.run(P, G, x, y, batch, u0=u0, states=U, adjoints=Lam)
+        fstats = out[2]
+        fstats.rho, fstats.h_rho, fstats.estimate_steps = choice.rho, list(choice.h_rho), choice.estimate_steps
+        self.U = U
+        if G is not None:
+            self.Lam = Lam[::-1]  # solver order, a view
+        return out
 
     def evaluate(self, theta, x, y, batch: int, grad: bool = True, warm: bool = False) -> Evaluation:
         """J(θ) (and ∇J) with states and adjoints from MGRIT.
@@ -160,7 +201,13 @@ class LayerParallel:
             self.U = self.Lam = None
             self.last_stats = (fstats, bstats)
             return self._totals(gvec, loss_share, correct_share, R_share, batch)
-        U, fstats = self.forward_states(P, x, batch, warm)
+        u0 = m.open_forward(x, P) if self.is_first else None
+        choice = self._level_choice(P, u0, batch, warm)
+        if choice is not None and choice.levels == 1:
+            loss_share, correct_share, fstats, bstats = self._pipelined_keeping(P, G, x, y, batch, u0, choice)
+            self.last_stats = (fstats, bstats)
+            return self._totals(gvec, loss_share, correct_share, R_share, batch)
+        U, fstats = self.forward_states(P, x, batch, warm, u0, choice)
         self.U = U
         loss_share, correct_share, lamN = 0.0, 0, None
         if self.is_last:
@@ -188,8 +235,7 @@ class LayerParallel:
         def psi(w, d, h):
             return m.step.adjoint(d[-1], w, d[:-1], h)
 
-        warm_lam = xp.ascontiguousarray(self.Lam) if (warm and self.Lam is not None and self.Lam.shape[1] == batch) \
-            else None
+        warm_lam = xp.ascontiguousarray(self.Lam) if (warm and self._warm(self.Lam, batch) is not None) else None
         Lam_s, bstats = self.bwd.solve(psi, data, lamN, (batch, *m.state_shape), warm=warm_lam,
                                        levels=levels, tol=self.bwd_tol, max_iter=None,
                                        sample_data=(len(data) - 1,))

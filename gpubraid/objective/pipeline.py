@@ -3,12 +3,13 @@
 A layer-serial pass over P ranks that hands the whole batch from rank to rank keeps one rank busy
 at a time.  Here the batch of B samples is cut into M micro-batches (contiguous, as even as
 possible).  Rank r, holding layers a..b−1, receives micro-batch k's state u_a from rank r − 1
-(rank 0: the opening layer of its inputs), propagates it through its layers keeping the states
+(rank 0: its rows of the opening layer's output, computed once for the whole batch), propagates it through its layers keeping the states
 u_a..u_b, and sends u_b on; the last rank evaluates the head on it, weighted by the micro-batch's
 share m_k / B of the batch, which gives λ_b.  Backward, rank r receives λ_b from rank r + 1, runs
 the adjoint steps λ_i = λ_{i+1} + h_i (∂f/∂u)ᵀ λ_{i+1} down to λ_a, adds its layers' gradient
-parts (one batched ``param_grad`` over its layers) and sends λ_a back; rank 0 adds the opening
-layer's part.  Per-sample work is independent of the split, so objective and gradient are
+parts (one batched ``param_grad`` over its layers) and sends λ_a back; rank 0 collects λ_0 and
+adds the opening layer's part for the whole batch at the end (one call, not M: the opening costs
+serial's, and its per-call overhead is not paid M times).  Per-sample work is independent of the split, so objective and gradient are
 serial's up to the summation order of the micro-batch parts (round-off).
 
 Schedules (the order in which each rank runs its forward (F) and backward (B) micro-batch steps;
@@ -97,7 +98,7 @@ class TrainingPipeline:
         what the backward sweep reuses (:func:`~gpubraid.network.sweep.forward_sweep`)."""
         return forward_sweep(self.model.step, U, layers, self.h, keep)
 
-    def run(self, P, G, x, y, batch: int):
+    def run(self, P, G, x, y, batch: int, u0=None, states=None, adjoints=None):
         """Stream the batch through the layer ranks: forward, head, and (with ``G``) backward.
 
         Args:
@@ -106,6 +107,12 @@ class TrainingPipeline:
             x: inputs (batch, *in_shape) on rank 0 (ignored elsewhere).
             y: targets on the last rank (ignored elsewhere).
             batch: B, the same on every rank.
+            u0: the opening layer's output (batch, *S) on rank 0 when the caller has it (else
+                computed here, once for the whole batch).
+            states, adjoints: optional (n + 1, batch, *S) arrays that receive this rank's states
+                u_a..u_b and (with ``G``) adjoints λ_a..λ_b of every micro-batch and keep them
+                (a warm start for a later MGRIT solve); by default each micro-batch's are dropped
+                after its backward step.
 
         Returns:
             ``(loss_share, correct_share, forward_stats, backward_stats)``: the mean loss over
@@ -118,15 +125,21 @@ class TrainingPipeline:
         n, layers = self.b - self.a, P.layers()
         order = schedule_order(self.options.schedule, M, self.P, self.rank) if G is not None else \
             [("F", k) for k in range(M)]
+        if self.is_first and u0 is None:
+            u0 = m.open_forward(x, P)
+        lam0 = None
+        if self.is_first and G is not None:
+            lam0 = adjoints[0] if adjoints is not None else m.xp.empty_like(u0)
         held, heads, pending = {}, {}, []
         loss, correct = 0.0, 0
         self.peak_held = 0
         for kind, k in order:
             lo, hi = int(cut[k]), int(cut[k + 1])
             if kind == "F":
-                U = self._empty((n + 1, hi - lo, *m.state_shape), m.be.dtype)
+                U = states[:, lo:hi] if states is not None else self._empty((n + 1, hi - lo, *m.state_shape),
+                                                                             m.be.dtype)
                 if self.is_first:
-                    U[0] = m.open_forward(x[lo:hi], P)
+                    U[0] = u0[lo:hi]
                 else:
                     comm.recv_into(U[0], self.rank - 1, tags.PIPE_STATE)
                 kept = self._forward(U, layers, G is not None)
@@ -145,7 +158,10 @@ class TrainingPipeline:
                     held[k] = (U, kept)
                     self.peak_held = max(self.peak_held, len(held))
                 continue
-            self._backward_step(*held.pop(k), heads.pop(k, None), P, G, x, lo, hi, pending)
+            Lam = adjoints[:, lo:hi] if adjoints is not None else None
+            self._backward_step(*held.pop(k), heads.pop(k, None), lam0, lo, hi, P, G, pending, Lam)
+        if lam0 is not None:
+            m.open_grad(x, lam0, P, G)
         Comm.waitall(pending)
         fstats = SolveStats(converged=True, residuals=[0.0], steps_per_level=[n], levels=1)
         bstats = None if G is None else SolveStats(converged=True, residuals=[0.0], steps_per_level=[n], levels=1)
@@ -155,10 +171,11 @@ class TrainingPipeline:
         """States (n + 1, B, *S) in the step's layout (adjoints: like them)."""
         return empty_states(self.model.step, self.model.xp, shape, dtype)
 
-    def _backward_step(self, U, kept, lam_b, P, G, x, lo: int, hi: int, pending: list, Lam=None) -> None:
+    def _backward_step(self, U, kept, lam_b, lam0, lo: int, hi: int, P, G, pending: list, Lam=None) -> None:
         """One micro-batch backward: λ_b (``lam_b`` on the last rank, received elsewhere), the
-        adjoints down to λ_a (into ``Lam`` when given), the gradient parts added into G, λ_a sent;
-        ``kept``: what the forward sweep kept for it (or None)."""
+        adjoints down to λ_a (into ``Lam`` when given), the gradient parts added into G, λ_a sent
+        (rank 0: copied into ``lam0[lo:hi]``, whose opening-layer gradient the caller adds for the
+        whole batch at once); ``kept``: what the forward sweep kept for it (or None)."""
         m, layers = self.model, P.layers()
         Lam = empty_aligned_like(self.model.xp, U) if Lam is None else Lam
         if self.is_last:
@@ -167,7 +184,7 @@ class TrainingPipeline:
             self.comm.recv_into(Lam[-1], self.rank + 1, tags.PIPE_ADJOINT)
         backward_sweep(m.step, U, Lam, layers, self.h, G.layers(), kept)
         if self.is_first:
-            m.open_grad(x[lo:hi], Lam[0], P, G)
+            lam0[lo:hi] = Lam[0]  # (the same memory when the caller keeps the adjoints)
         else:
             pending.append(self.comm.isend(Lam[0], self.rank - 1, tags.PIPE_ADJOINT))
 
@@ -191,7 +208,10 @@ class TrainingPipeline:
         for k in range(M):
             lo, hi = int(cut[k]), int(cut[k + 1])
             lam_b = lam_N[lo:hi] if self.is_last else None
-            self._backward_step(U[:, lo:hi], None, lam_b, P, G, x, lo, hi, pending, Lam[:, lo:hi])
+            self._backward_step(U[:, lo:hi], None, lam_b, Lam[0], lo, hi, P, G, pending, Lam[:, lo:hi])
+        if self.is_first:
+            self.model.open_grad(x, Lam[0], P, G)
         Comm.waitall(pending)
         n = self.b - self.a
         return Lam, SolveStats(converged=True, residuals=[0.0], steps_per_level=[n], levels=1)
+

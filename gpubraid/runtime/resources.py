@@ -7,7 +7,8 @@ The estimate counts, per rank, the arrays that grow with the problem:
                 training (the pipeline of gpubraid.objective.pipeline) holds the states of the
                 micro-batches in flight (GPipe: all M; 1F1B: at most min(P, M)) plus PIPELINE_WORK
                 micro-batches' worth of adjoints and temporaries: (in flight + PIPELINE_WORK) ×
-                (N/P + 1) × ⌈B/M⌉ × |state|
+                (N/P + 1) × ⌈B/M⌉ × |state|, and the opening layer's output u_0 and λ_0 of the
+                whole batch (rank 0): 2 × B × |state|
     parameters  the rank's layer parameters with the optimiser's copies (L-BFGS: 2·memory + 4
                 vectors; Adam: 4; SGD: 3)
 
@@ -94,7 +95,7 @@ def check_memory(cfg, state_shape, params_per_layer: int, batch: int, ranks: int
     if pipelined(cfg):
         held, size = in_flight(cfg, ranks, batch)  # each held with its states and σ'(z) kept for the backward
         what = f"2 x {held} micro-batch(es) in flight + {PIPELINE_WORK}"
-        states = (2 * held + PIPELINE_WORK) * rows * size * state * item
+        states = ((2 * held + PIPELINE_WORK) * rows * size + 2 * batch) * state * item
         shape = f"micro-batch {size}"
     else:
         what, shape = f"{STATE_COPIES}", f"batch {batch}"

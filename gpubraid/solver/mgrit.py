@@ -40,7 +40,7 @@ from .grid import Distribution, build_hierarchy
 from .interpolate import interpolate
 from .level import Level
 from .levels import choose_levels, estimate_rho, given_levels
-from .options import MGRITOptions
+from .options import MGRITOptions, SolveStats
 from .relax import c_relax, f_relax
 from .restrict import correct, residual, restrict
 from .state import SolveState
@@ -90,6 +90,41 @@ class MGRIT:
     def choose_levels(self, rho: float) -> tuple[int, list]:
         """Levels for spectral scale ρ by the options' stability bounds (see levels.choose_levels)."""
         return choose_levels(rho, self.H_max, self.T, self.opts)
+
+    def choose(self, phi, data, u0, sample_shape, warm=None) -> SolveStats:
+        """The level choice that :meth:`solve` with these arguments makes, without solving.
+
+        Every position of the chain takes part (the estimate reduces over them).  Returns
+        SolveStats with ``levels`` and, when the options choose by stability, ``rho``, ``h_rho``
+        and ``estimate_steps``: pass it to :meth:`solve` as ``choice`` to solve with those levels
+        (the same numbers as a solve that chooses itself), or propagate layer by layer elsewhere
+        when it keeps one level.  ``warm`` is not modified.
+        """
+        shape = self._check_inputs(data, u0, sample_shape, warm)
+        stats = SolveStats(levels=given_levels(None, self.opts, self.n_levels))
+        if stats.levels is not None:
+            return stats
+        xp, be, n = self.xp, self.be, self.b - self.a
+        k = min(self.opts.stability_samples, shape[0])
+        if warm is not None:
+            u_lin = xp.array(warm[:n, :k])
+            if self.lv[0].lay.holds_origin and n:
+                u_lin[0] = u0[:k]
+        else:
+            first = u0[:k] if self.me == 0 else None
+            if self.comm.size > 1:
+                first = self.comm.bcast_array(first, self.ranks[0], (k, *shape[1:]), np.dtype(be.dtype), xp)
+            u_lin = xp.empty((n, k, *shape[1:]), dtype=be.dtype)
+            u_lin[...] = first
+        self._estimate(stats, phi, u_lin, data, be.asarray(self.levels[0].H[self.a:self.b]), shape[0])
+        return stats
+
+    def _estimate(self, stats: SolveStats, phi, u_lin, data, h, batch: int) -> None:
+        """ρ at the linearisation rows ``u_lin`` and the levels it allows, into ``stats``."""
+        rho, calls, samples = estimate_rho(self.comm, self.be, self.opts, phi, u_lin, data, h, self.a, self.b)
+        stats.estimate_steps = calls * samples / batch
+        stats.levels, stats.h_rho = self.choose_levels(rho)
+        stats.rho = rho
 
     # -- the cycle counted ------------------------------------------------------------------------
     def schedule(self, iterations: int, levels: int | None = None, warm: bool = True,
@@ -165,7 +200,7 @@ class MGRIT:
         return u
 
     def solve(self, phi, data, u0, sample_shape, warm=None, access=None, levels=None,
-              tol=None, max_iter=None, sample_data=()):
+              tol=None, max_iter=None, sample_data=(), choice: SolveStats | None = None):
         """Solve the chain; returns (u, SolveStats).
 
         Args:
@@ -185,6 +220,8 @@ class MGRIT:
                 (adaptive iteration control).
             sample_data: indices of the ``data`` arrays with per-sample rows (b − a, B, ...), cut
                 into micro-batches when one level is in use (see :class:`SerialChain`).
+            choice: :meth:`choose`'s result for these arguments: its levels (and estimate) are
+                used instead of estimating again.
 
         Returns:
             u: (rows, B, *S) this rank's level-0 rows: its ghost point a followed by its points
@@ -198,16 +235,15 @@ class MGRIT:
         s = SolveState(self, phi, shape, opts.sync_timing)
         stats = s.stats
         comm_before = (self.comm.stats.messages, self.comm.stats.bytes)
-        n_lv = given_levels(levels, opts, self.n_levels)
+        n_lv = given_levels(levels, opts, self.n_levels) if choice is None else choice.levels
+        if choice is not None:
+            stats.rho, stats.h_rho, stats.estimate_steps = choice.rho, list(choice.h_rho), choice.estimate_steps
         if n_lv != 1:
             self.plan.distribute(s, data, sample_data)
             s.u[0] = self._initial_guess(s, u0, warm)
         if n_lv is None:
-            rho, calls, samples = estimate_rho(self.comm, self.be, opts, phi, s.u[0], s.data[0], s.h[0],
-                                               self.a, self.b)
-            stats.estimate_steps = calls * samples / shape[0]
-            n_lv, stats.h_rho = self.choose_levels(rho)
-            stats.rho = rho
+            self._estimate(stats, phi, s.u[0], s.data[0], s.h[0], shape[0])
+            n_lv = stats.levels
         s.L = n_lv - 1
         stats.levels = n_lv
         if n_lv > 1:

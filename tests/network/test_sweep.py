@@ -4,11 +4,10 @@ formulas (bit for bit where the operations are the same, round-off where torch s
 import numpy as np
 import pytest
 
-from gpubraid.network import conv, torch_conv
+from gpubraid.network import conv, sweep, torch_conv
 from gpubraid.network.activations import ACTIVATIONS
 from gpubraid.network.selftest import check_step
 from gpubraid.network.steps import ConvStep, DenseStep
-from gpubraid.network import sweep
 from gpubraid.network.sweep import backward_sweep, forward_sweep, forward_through
 from gpubraid.runtime import host
 from gpubraid.runtime.backend import resolve_backend

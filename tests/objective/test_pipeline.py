@@ -74,16 +74,31 @@ def test_one_process_pipeline_equals_serial(problem, kind, M, schedule):
     assert ev0.grad is None and abs(ev0.objective - ref.objective) <= 1e-12 * abs(ref.objective)
 
 
-def test_mgrit_forward_keeping_one_level_streams_the_backward(problem):
-    model, theta, x, y, ref = problem["dense"]
+@pytest.mark.parametrize("kind", ["dense", "conv"])
+def test_a_level_choice_keeping_one_level_runs_the_pipeline_and_keeps_the_rows(problem, kind):
+    """When MGRIT's level choice keeps one level, the whole evaluation is the pipeline (serial's
+    gradient), the choice's estimate is in the stats, and the whole batch's states and adjoints are
+    kept as the warm start of the next solve (the rows a forward MGRIT solve with the same choice
+    gives; its memory is reused)."""
+    model, theta, x, y, ref = problem[kind]
     opts = MGRITOptions(max_levels=3, cfactor=2, stability=1e-9, tol=1e-12)
     plain = LayerParallel(model, None, opts, opts)
     streamed = LayerParallel(model, None, opts, opts, pipeline=PipelineOptions(3))
     a, b = plain.evaluate(theta, x, y, 11), streamed.evaluate(theta, x, y, 11)
-    assert not streamed.pipelined and streamed.last_stats[0].levels == 1
+    assert not streamed.pipelined
+    fstats = streamed.last_stats[0]
+    assert fstats.levels == 1 and fstats.rho == plain.last_stats[0].rho and fstats.estimate_steps > 0
+    assert abs(b.objective - ref.objective) <= 1e-12 * abs(ref.objective)
     assert np.abs(b.grad - ref.grad).max() <= 1e-12 * np.abs(ref.grad).max()
     assert np.abs(b.grad - a.grad).max() > 0  # the micro-batch sums: another summation order
-    assert np.abs(streamed.Lam - plain.Lam).max() <= 1e-14 * np.abs(plain.Lam).max()  # warm-start rows kept
+    assert np.abs(streamed.U - plain.U).max() <= 1e-14 * np.abs(plain.U).max()
+    assert np.abs(streamed.Lam - plain.Lam).max() <= 1e-14 * np.abs(plain.Lam).max()
+    U, Lam = streamed.U, streamed.Lam
+    c = streamed.evaluate(theta, x, y, 11, warm=True)
+    assert streamed.U is U and streamed.Lam.base is Lam.base
+    assert np.array_equal(c.grad, b.grad)
+    streamed.evaluate(theta, x, y, 11, grad=False, warm=True)  # the objective alone keeps the states
+    assert streamed.U is U and np.abs(streamed.U - plain.U).max() <= 1e-14 * np.abs(plain.U).max()
 
 
 def test_methods_and_settings():
@@ -109,9 +124,10 @@ def test_memory_estimate_knows_the_micro_batches_in_flight(monkeypatch):
             resources.check_memory(c, (8,), 72, 1600, 2, be)
         need[schedule] = err.value
     assert "2 x 2 micro-batch(es) in flight" in str(need["1f1b"]) and "2 x 16 micro-batch(es)" in str(need["gpipe"])
-    # (2 x 2 held (states and kept σ') + 3) x 33 rows x 100 samples x 8 numbers x 8 bytes, and 24
-    # L-BFGS vectors of 32 layers
-    monkeypatch.setattr(resources, "available_bytes", lambda backend: 7 * 33 * 100 * 8 * 8 + 24 * 32 * 72 * 8)
+    # (2 x 2 held (states and kept σ') + 3) x 33 rows x 100 samples x 8 numbers x 8 bytes, u_0 and λ_0
+    # of the 1600 samples, and 24 L-BFGS vectors of 32 layers
+    monkeypatch.setattr(resources, "available_bytes",
+                        lambda backend: (7 * 33 * 100 + 2 * 1600) * 8 * 8 + 24 * 32 * 72 * 8)
     resources.check_memory(TrainConfig(schedule="1f1b", **cfg).resolved(), (8,), 72, 1600, 2, be)
     with pytest.raises(UserError, match="16 micro-batch"):
         resources.check_memory(TrainConfig(schedule="gpipe", **cfg).resolved(), (8,), 72, 1600, 2, be)

@@ -198,6 +198,40 @@ def test_skip_and_warm_start_and_fcycle_converge_to_serial():
     assert stats2.iterations == 0 and stats2.converged
 
 
+@pytest.mark.parametrize("bound", [0.1, 2.0, 1e9])  # one level, some, all
+def test_choose_makes_the_choice_of_the_solve_without_solving(bound):
+    """MGRIT.choose gives the levels, ρ (bit for bit) and estimate cost that a solve choosing
+    itself gets, cold and from a warm start; the warm rows are left alone; a solve handed the
+    choice does not estimate again and equals the one that chose."""
+    model, layout, theta, x, y = make_problem("dense", 64, B=5)
+    P = layout.views(theta)
+    u0 = model.open_forward(x, P)
+    solver = MGRIT(None, [0], [0, 64], model.h, MGRITOptions(cfactor=2, stability=bound, max_iter=1), BE)
+    phi = model.step.forward
+    warm = forward_states(model, P, x) + 0.01
+    warm[0] = 7.0  # row 0 is the initial value's: the choice and the solve take u0 there
+    for start in (None, warm):
+        keep = None if start is None else start.copy()
+        choice = solver.choose(phi, P.layers(), u0, u0.shape, warm=start)
+        if start is not None:
+            assert np.array_equal(start, keep)
+        u, own = solver.solve(phi, P.layers(), u0, u0.shape, warm=None if start is None else start.copy())
+        assert (choice.levels, choice.rho, choice.h_rho, choice.estimate_steps) == \
+            (own.levels, own.rho, own.h_rho, own.estimate_steps)
+        calls = []
+
+        def counted(*a):
+            calls.append(1)
+            return phi(*a)
+
+        u2, given = solver.solve(counted, P.layers(), u0, u0.shape, warm=None if start is None else start.copy(),
+                                 choice=choice)
+        assert np.array_equal(u2, u) and given.rho == own.rho and given.levels == own.levels
+        assert given.total_steps == own.total_steps
+    expected = {0.1: (1, 1), 2.0: (2, solver.n_levels - 1), 1e9: (solver.n_levels, solver.n_levels)}[bound]
+    assert expected[0] <= choice.levels <= expected[1]
+
+
 def test_relative_tolerance_and_max_iter():
     model, layout, theta, x, y = make_problem("dense", 64)
     P = layout.views(theta)
