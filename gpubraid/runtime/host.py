@@ -141,12 +141,12 @@ _SUFFIX = {np.dtype(np.float64): "f64", np.dtype(np.float32): "f32"}
 
 
 def _layered(x, dtype, n: int, shape) -> int | None:
-    """x's layer stride in elements when x is a NumPy array (n, *shape) of ``dtype`` whose layers are
-    each contiguous; else None."""
+    """x's layer stride in elements (negative for a reversed view: the adjoint's layers in solver
+    order) when x is a NumPy array (n, *shape) of ``dtype`` whose layers are each contiguous; else None."""
     if type(x) is not np.ndarray or x.dtype != dtype or x.shape != (n, *shape) or n < 1:
         return None
     step, item = x.strides[0], dtype.itemsize
-    if step <= 0 or step % item or not x[0].flags.c_contiguous:
+    if step == 0 or step % item or not x[0].flags.c_contiguous:
         return None
     return step // item
 

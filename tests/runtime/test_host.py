@@ -108,6 +108,24 @@ def test_strided_layer_views_and_parameter_views(monkeypatch):
     assert all(_rel(g, w - 0.25) <= 1e-13 for g, w in zip(grads, G0))  # _sweeps starts its grads at 0.25
 
 
+def test_reversed_layer_views_run_the_kernels():
+    """MGRIT's batched calls on layers in reversed order (the adjoint's solver order seen from the
+    layers: negative layer strides) run the kernels and give the forward-order results reversed."""
+    C, n, B = 8, 6, 20
+    u0, lamN, (K, b), h = _problem(C, n, B, "float64")
+    rng = np.random.default_rng(5)
+    u, lam = rng.standard_normal((n, B, C)), rng.standard_normal((n, B, C))
+    rev = lambda x: x[::-1]  # noqa: E731
+    want = host.param_grad(u, lam, K, b, h, 0)
+    got = host.param_grad(rev(u), rev(lam), rev(K), rev(b), rev(h), 0)
+    assert got is not NotImplemented and all(np.array_equal(g, w[::-1]) for g, w in zip(got, want))
+    for call in (host.forward, host.adjoint):
+        args = (u,) if call is host.forward else (u, lam)
+        want = call(*args, K, b, h, 0)
+        got = call(*map(rev, args), rev(K), rev(b), rev(h), 0)
+        assert got is not NotImplemented and np.array_equal(got, want[::-1])
+
+
 def test_declined_arrays_run_the_per_layer_calls(monkeypatch):
     C, n, B = 4, 3, 6
     step = DenseStep(C, "tanh", resolve_backend("numpy", "float64"))
