@@ -3,13 +3,15 @@
 A layer-serial pass over P ranks that hands the whole batch from rank to rank keeps one rank busy
 at a time.  Here the batch of B samples is cut into M micro-batches (contiguous, as even as
 possible).  Rank r, holding layers a..b−1, receives micro-batch k's state u_a from rank r − 1
-(rank 0: its rows of the opening layer's output, computed once for the whole batch), propagates it through its layers keeping the states
+(rank 0: its rows of the opening layer's output, computed for the first micro-batch and then, once
+it is sent, for the rest of the batch in one call), propagates it through its layers keeping the states
 u_a..u_b, and sends u_b on; the last rank evaluates the head on it, weighted by the micro-batch's
 share m_k / B of the batch, which gives λ_b.  Backward, rank r receives λ_b from rank r + 1, runs
 the adjoint steps λ_i = λ_{i+1} + h_i (∂f/∂u)ᵀ λ_{i+1} down to λ_a, adds its layers' gradient
 parts (one batched ``param_grad`` over its layers) and sends λ_a back; rank 0 collects λ_0 and
-adds the opening layer's part for the whole batch at the end (one call, not M: the opening costs
-serial's, and its per-call overhead is not paid M times).  Per-sample work is independent of the split, so objective and gradient are
+adds the opening layer's part in two calls, not M: for the micro-batches before the last while the
+last one's λ is on its way, then for the last (the opening costs serial's, its per-call overhead
+is not paid M times, and little of it is left on the critical path at the end).  Per-sample work is independent of the split, so objective and gradient are
 serial's up to the summation order of the micro-batch parts (round-off).
 
 Schedules (the order in which each rank runs its forward (F) and backward (B) micro-batch steps;
@@ -125,8 +127,9 @@ class TrainingPipeline:
         n, layers = self.b - self.a, P.layers()
         order = schedule_order(self.options.schedule, M, self.P, self.rank) if G is not None else \
             [("F", k) for k in range(M)]
+        opened = batch  # rank 0: samples of u0 computed (the first micro-batch's first, so rank 1 starts)
         if self.is_first and u0 is None:
-            u0 = m.open_forward(x, P)
+            u0, opened = m.xp.empty((batch, *m.state_shape), dtype=m.be.dtype), 0
         lam0 = None
         if self.is_first and G is not None:
             lam0 = adjoints[0] if adjoints is not None else m.xp.empty_like(u0)
@@ -139,12 +142,16 @@ class TrainingPipeline:
                 U = states[:, lo:hi] if states is not None else self._empty((n + 1, hi - lo, *m.state_shape),
                                                                              m.be.dtype)
                 if self.is_first:
+                    if opened < hi:
+                        u0[lo:hi], opened = m.open_forward(x[lo:hi], P), hi
                     U[0] = u0[lo:hi]
                 else:
                     comm.recv_into(U[0], self.rank - 1, tags.PIPE_STATE)
                 kept = self._forward(U, layers, G is not None)
                 if not self.is_last:
                     pending.append(comm.isend(U[-1], self.rank + 1, tags.PIPE_STATE))
+                    if opened < batch:  # the rest of the batch at once, while rank 1 starts
+                        u0[opened:], opened = m.open_forward(x[opened:], P), batch
                 else:
                     w = (hi - lo) / batch
                     loss_k, ok, lam, grads = m.head.loss(U[-1], y[lo:hi], P.head(), G is not None)
@@ -158,10 +165,13 @@ class TrainingPipeline:
                     held[k] = (U, kept)
                     self.peak_held = max(self.peak_held, len(held))
                 continue
+            if lam0 is not None and k == M - 1 and lo > 0:  # while the last λ_0 is on its way
+                m.open_grad(x[:lo], lam0[:lo], P, G)
             Lam = adjoints[:, lo:hi] if adjoints is not None else None
             self._backward_step(*held.pop(k), heads.pop(k, None), lam0, lo, hi, P, G, pending, Lam)
         if lam0 is not None:
-            m.open_grad(x, lam0, P, G)
+            lo = int(cut[M - 1])
+            m.open_grad(x[lo:], lam0[lo:], P, G)
         Comm.waitall(pending)
         fstats = SolveStats(converged=True, residuals=[0.0], steps_per_level=[n], levels=1)
         bstats = None if G is None else SolveStats(converged=True, residuals=[0.0], steps_per_level=[n], levels=1)
