@@ -117,12 +117,13 @@ def mgrit_solve_s(opts: MGRITOptions, h, L: int, levels: int, warm: bool, iters:
 
 
 def pipeline_s(schedule: str, L: int, M: int, m_total: int, N: int, fwd: tuple, bwd: tuple, ends: tuple,
-               row_bytes: int, net: NetworkModel, scale=None) -> float:
+               row_bytes: int, net: NetworkModel, scale=None, call: tuple = (0.0, 0.0)) -> float:
     """Seconds of one pipelined evaluation (forward and backward of M micro-batches over L layer
-    ranks): every rank's :func:`schedule_order` simulated, messages α + n/β + o, the opening and
-    the head (``ends``) on the last rank's forward steps.  ``scale(cells, backward)``: factor on
-    the per-sample costs when a rank holds ``cells`` = layers × samples of states (the micro-batches
-    in flight: all M with GPipe, at most L with 1F1B); None: 1."""
+    ranks): every rank's :func:`schedule_order` simulated, a step of n layers and m samples costing
+    call + n·(a + b·m) (``call``: (forward, backward) per sweep call), messages α + n/β + o, the
+    opening and the head (``ends``) on the last rank's forward steps.  ``scale(cells, backward)``:
+    factor on the per-sample costs when a rank holds ``cells`` = layers × samples of states (the
+    micro-batches in flight: all M with GPipe, at most L with 1F1B); None: 1."""
     bounds = split_layers(N, L)
     cut = micro_batch_bounds(m_total, M)
     sizes = [int(cut[k + 1] - cut[k]) for k in range(M)]
@@ -150,7 +151,7 @@ def pipeline_s(schedule: str, L: int, M: int, m_total: int, N: int, fwd: tuple, 
             a, b = fwd if kind == "F" else bwd
             if scale is not None:
                 b *= scale(n * sizes[k] * held, kind == "B")
-            work = n * (a + b * sizes[k])
+            work = call[kind == "B"] + n * (a + b * sizes[k])
             if kind == "F" and r == L - 1:
                 work += ends[0] + ends[1] * sizes[k]
             clock[r] = done[kind][r][k] = start + work

@@ -112,17 +112,17 @@ def candidates(probe, cfg: TrainConfig, P: int, net: NetworkModel, h) -> list[Ca
         Ms = [1] if L == 1 else sorted({min(k * L, m) for k in (1, 2, 4, 8)})
         for M in Ms:
             t = cm.pipeline_s("1f1b", L, M, m, N, probe.sweep_fwd, probe.sweep_bwd, probe.ends,
-                              probe.state_bytes, net, probe.per_sample_scale) + fixed
+                              probe.state_bytes, net, probe.per_sample_scale, probe.sweep_call) + fixed
             out.append(Candidate(D, L, "serial" if L == 1 else "pipeline", 1, M, t, its * t))
         for name, info, method, warm in (("oneshot", probe.oneshot, cfg_method(cfg, "oneshot"), probe.warm),
                                          ("exact", probe.exact, cfg_method(cfg, "exact"), False)):
             if info["levels"] < 2:
-                if name == "oneshot":  # the layer-serial sweep: forward streamed, then the backward,
-                    Mo = micro_batch_count(None, L, m)  # at the probe's cost ratio to serial's sweeps
+                if name == "oneshot":  # the pipeline at its automatic M, at the probe's cost ratio to
+                    Mo = micro_batch_count(None, L, m)  # serial's evaluation (the ρ estimate on top)
                     r = info.get("serial_ratio", 1.0)
-                    fwd, bwd = ((r * a, r * b) for a, b in (probe.sweep_fwd, probe.sweep_bwd))
-                    t = cm.pipeline_s("gpipe", L, Mo, m, N, fwd, bwd, probe.ends, probe.state_bytes, net,
-                                      probe.per_sample_scale) + fixed
+                    fwd, bwd, call = ((r * a, r * b) for a, b in (probe.sweep_fwd, probe.sweep_bwd, probe.sweep_call))
+                    t = cm.pipeline_s("1f1b", L, Mo, m, N, fwd, bwd, probe.ends, probe.state_bytes, net,
+                                      probe.per_sample_scale, tuple(call)) + fixed
                     out.append(Candidate(D, L, name, 1, Mo, t, its * t))
                 continue
             t = _mgrit_step(probe, method, info["levels"], info["iterations"], warm, D, L, net, h) + fixed

@@ -9,6 +9,8 @@ a shared machine, as the trace's spans are) and as synchronised wall time on a G
 
     sweep_fwd, sweep_bwd   one layer of the layer-serial sweeps (serial and pipeline training:
                            forward keeping σ'(z), adjoint + gradient) per micro-batch of m samples
+    sweep_call             each sweep call's own cost (forward, backward): a block of n layers
+                           costs sweep_call + n·(a + b·m), from sweeps of 1 and SWEEP_LAYERS layers
     ends                   the rest of a layer-serial evaluation: opening, head, regulariser
     forward, adjoint       one batched step call over L layers (MGRIT's relaxation and restriction)
     param_grad             one batched gradient call over L layers
@@ -71,7 +73,8 @@ SWEEP_LAYERS = 16
 class Probe:
     """What a run's network costs here (seconds) and what its solvers do; see the module docstring.
 
-    ``sweep_fwd``, ``sweep_bwd``, ``ends``: (a, b) of a + b·m; ``calls``: per operation (α, β) of
+    ``sweep_fwd``, ``sweep_bwd``, ``ends``: (a, b) of a + b·m (the sweeps: per layer, besides
+    ``sweep_call`` (forward, backward) per call of a block of layers); ``calls``: per operation (α, β) of
     α + β·L·m (both measured on at most SWEEP_LAYERS layers); ``solve_call``: (α, β) the solver
     adds to each MGRIT call; ``footprint``: (layers × samples of that sweep, of the whole network's
     full batch, the ratios of the per-sample costs of the full sweep to the small one, forward and
@@ -100,6 +103,7 @@ class Probe:
     step_overhead: float = 0.0
     probe_s: float = 0.0
     evaluate_s: float = 0.0
+    sweep_call: tuple = (0.0, 0.0)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -189,11 +193,20 @@ def run_probe(trainer, oneshot, exact, repeats: int = 2) -> Probe:
             repeats = 1
     sweep_fwd = _fit(sizes, [min(t[0] for t in timed[m]) / n for m in sizes])
     sweep_bwd = _fit(sizes, [min(t[1] for t in timed[m]) / n for m in sizes])
+    # a call's own cost (a block sweep is one call for all its layers): from one layer against n at
+    # the smallest size, taken out of the per-layer constants
+    sweep_call = (0.0, 0.0)
+    if n > 1:
+        ms = sizes[0]
+        one = [sweeps(ms, 1) for _ in range(repeats + 1)][1:]
+        sweep_call = tuple(max((n * min(t[d] for t in one) - min(t[d] for t in timed[ms])) / (n - 1), 0.0)
+                           for d in (0, 1))
+        sweep_fwd, sweep_bwd = ((max(a - c / n, 0.0), b) for (a, b), c in zip((sweep_fwd, sweep_bwd), sweep_call))
     ratios = (1.0, 1.0)
     if N > n:  # the whole network at the full batch: per-sample cost out of cache
         whole = [sweeps(B, N) for _ in range(repeats)]
-        ratios = tuple(max((min(t[d] for t in whole) / N - fit[0]) / B / fit[1], 1.0) if fit[1] > 0 else 1.0
-                       for d, fit in ((0, sweep_fwd), (1, sweep_bwd)))
+        ratios = tuple(max(((min(t[d] for t in whole) - sweep_call[d]) / N - fit[0]) / B / fit[1], 1.0)
+                       if fit[1] > 0 else 1.0 for d, fit in ((0, sweep_fwd), (1, sweep_bwd)))
     footprint = (n * B, N * B, *ratios)
 
     # the rest of an evaluation: opening forward and gradient, head, regulariser
@@ -206,7 +219,7 @@ def run_probe(trainer, oneshot, exact, repeats: int = 2) -> Probe:
         model.regularizer(trainer.lp.layout, P, G)
 
     ends_fit = _fit(sizes, [clock.best(lambda m=m: ends(m), repeats) for m in sizes])
-    evaluate_s = N * (sweep_fwd[0] + sweep_bwd[0] + B * (sweep_fwd[1] * ratios[0] + sweep_bwd[1] * ratios[1]))
+    evaluate_s = sum(sweep_call) + N * (sweep_fwd[0] + sweep_bwd[0] + B * (sweep_fwd[1] * ratios[0] + sweep_bwd[1] * ratios[1]))
     evaluate_s += ends_fit[0] + ends_fit[1] * B
 
     # batched step calls: α + β·L·m from (L, m) = (1, small), (1, B), (L_max, B)
@@ -279,4 +292,4 @@ def run_probe(trainer, oneshot, exact, repeats: int = 2) -> Probe:
     param_bytes = sum(int(np.prod(p)) for p in model.step.param_shapes) * itemsize
     return Probe(B, N, int(np.prod(S)) * itemsize, param_bytes, warm, clock.name, sweep_fwd, sweep_bwd, ends_fit,
                  calls, solve_call, os_info, ex_info, footprint, step_overhead, time.perf_counter() - t_start,
-                 evaluate_s)
+                 evaluate_s, sweep_call)

@@ -48,6 +48,10 @@ def test_pipeline_simulation_by_hand():
     # one rank, one micro-batch: N layers forward and backward plus the ends, per sample
     assert cm.pipeline_s("1f1b", 1, 1, 10, 4, (0.5, 0.1), (0.25, 0.2), (1.0, 0.01), 8, IDEAL) == \
         pytest.approx(4 * (0.5 + 1.0) + 4 * (0.25 + 2.0) + 1.0 + 0.1)
+    # a sweep call's own cost comes once per micro-batch step, not once per layer
+    assert cm.pipeline_s("1f1b", 1, 1, 10, 4, (0.5, 0.1), (0.25, 0.2), (1.0, 0.01), 8, IDEAL, call=(3.0, 2.0)) == \
+        pytest.approx(3.0 + 4 * (0.5 + 1.0) + 2.0 + 4 * (0.25 + 2.0) + 1.0 + 0.1)
+    assert cm.pipeline_s("1f1b", 2, 2, 2, 2, (1.0, 0.0), (1.0, 0.0), (0.0, 0.0), 8, IDEAL, call=(1.0, 1.0)) == 12.0
     # a message of n bytes between the two ranks adds α + n/β + o per hop on the critical path
     net = NetworkModel("t", 1.0, 8.0, 0.5)
     t = cm.pipeline_s("gpipe", 2, 1, 1, 2, (1.0, 0.0), (1.0, 0.0), (0.0, 0.0), 8, net)
@@ -95,7 +99,7 @@ def test_probe_of_a_small_network():
     made = plan.make_plan(cfg, 4, plan.SHARED_MEMORY, lambda c: Trainer(c, Comm.single()))
     p = made.probe
     assert p.batch == 200 and p.layers == 16 and p.state_bytes == 8 * 8
-    assert all(a >= 0 and b >= 0 for a, b in (p.sweep_fwd, p.sweep_bwd, p.ends, *p.calls.values()))
+    assert all(a >= 0 and b >= 0 for a, b in (p.sweep_fwd, p.sweep_bwd, p.ends, p.sweep_call, *p.calls.values()))
     assert sum(p.sweep_fwd) > 0 and sum(p.sweep_bwd) > 0 and p.evaluate_s > 0
     if p.oneshot["levels"] == 1:   # the layer-serial sweep: serial's gradient
         assert p.oneshot["grad_error"] < 1e-12
