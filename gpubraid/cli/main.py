@@ -26,6 +26,7 @@ from .. import __version__
 from ..errors import Diverged, UserError
 from ..runtime.atomic import WriteError
 from ..runtime.interrupts import Interrupts, launcher_rank
+from ..training.monitor import describe as describe_check
 
 EXIT_USAGE = 2
 
@@ -203,6 +204,8 @@ def iteration_line(entry: dict, method: str) -> str:
         for d in ("fwd", "bwd"):
             if f"{d}_iters" in entry:
                 parts.append(f"{d} {entry[f'{d}_iters']} it r {_fmt(entry.get(f'{d}_residual'), '.2e')}")
+    if "monitor" in entry:
+        parts.append(describe_check(entry["monitor"]))
     parts.append(f"{entry['time_s']:.2f} s")
     return "  ".join(parts)
 

@@ -79,6 +79,7 @@ class LayerParallel:
         self.Lam = None   # adjoint rows in solver order of the last solve (warm start; may be a reversed view)
         self.last_stats: tuple[SolveStats, SolveStats | None] | None = None
         self.fwd_tol = self.bwd_tol = None   # per-solve tolerance overrides (adaptive one-shot)
+        self.level_cap: int | None = None    # at most this many levels per solve (the convergence monitor)
         self.pipe = None if pipeline is None else TrainingPipeline(model, comm, self.bounds, pipeline)
 
     @staticmethod
@@ -152,7 +153,24 @@ class LayerParallel:
         m = self.model
         choice = self.fwd.choose(m.step.forward, P.layers(), u0, (batch, *m.state_shape),
                                  warm=self._warm(self.U, batch) if warm else None)
-        return choice if choice.rho is not None else None
+        if self.level_cap is not None and self.level_cap < choice.levels:
+            choice.levels = self.level_cap
+        elif choice.rho is None:
+            return None
+        return choice
+
+    def evaluate_exact(self, theta, x, y, batch: int) -> Evaluation:
+        """J(θ) and serial's gradient by the micro-batch pipeline, whatever the solves' options, with
+        the warm-start rows and the last solves' stats left alone (what the convergence monitor
+        compares one-shot's gradient with).  Arguments as :meth:`evaluate`."""
+        P = self.layout.views(theta)
+        gvec = self.xp.zeros_like(theta)
+        G = self.layout.views(gvec)
+        left, right = self._neighbour_layers(P)
+        R_share = self.model.regularizer(self.layout, P, G, left, right)
+        pipe = self.pipe or TrainingPipeline(self.model, self.comm, self.bounds, PipelineOptions())
+        loss_share, correct_share, _, _ = pipe.run(P, G, x, y, batch)
+        return self._totals(gvec, loss_share, correct_share, R_share, batch)
 
     def _pipelined_keeping(self, P, G, x, y, batch: int, u0, choice):
         """The evaluation as the micro-batch pipeline when the level choice kept one level, with the
@@ -217,7 +235,8 @@ class LayerParallel:
             return self._totals(gvec, loss_share, correct_share, R_share, batch)
         # the adjoint step's Jacobian is the transpose of the forward one: same spectral scale, so
         # the adjoint solve uses the levels the forward solve chose (no second estimate)
-        levels = fstats.levels if (self.bwd.opts.stability > 0 or self.bwd.opts.conv_bound > 0) else None
+        chosen = self.bwd.opts.stability > 0 or self.bwd.opts.conv_bound > 0 or self.level_cap is not None
+        levels = fstats.levels if chosen else None
         if self.pipe is not None and (levels == 1 or self._one_level(self.bwd)):
             Lam, bstats = self.pipe.backward(U, lamN, P, G, x, batch)
             self.Lam = Lam[::-1]  # solver order, a view: copied only when a warm MGRIT solve takes it

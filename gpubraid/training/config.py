@@ -154,6 +154,12 @@ class TrainConfig(BaseModel):
                              ge=0, allow_inf_nan=False)
     fwd_iters: int = _field(1, "oneshot: forward MGRIT iterations per step", "MGRIT", ge=0, le=1000)
     bwd_iters: int = _field(1, "oneshot: adjoint MGRIT iterations per step", "MGRIT", ge=0, le=1000)
+    monitor_every: int = _field(
+        10, "oneshot: every this many steps (and after a failed line search) compare the one-shot gradient "
+        "with serial's at the same parameters (one layer-serial evaluation) and cap the levels when its "
+        "relative error exceeds --monitor-tol; 0: off", "MGRIT", ge=0, le=INT_MAX)
+    monitor_tol: float = _field(0.1, "oneshot: the largest relative gradient error the monitor accepts",
+                                "MGRIT", gt=0, allow_inf_nan=False)
     tol: float = _field(1e-9, "exact: absolute MGRIT residual tolerance of every solve", "MGRIT",
                         ge=0, allow_inf_nan=False)
     max_iter: int = _field(50, "exact: MGRIT iterations per solve at most", "MGRIT",

@@ -32,6 +32,7 @@ from . import depth
 from .config import TrainConfig
 from .diagnose import check_divergence, stall
 from .methods import SERIAL, make_method
+from .monitor import Monitor
 from .optim import make_optimizer
 from .report import TrainResult
 
@@ -86,6 +87,8 @@ class Trainer:
         self.lp = LayerParallel(self.model, comm, self.method.forward, self.method.adjoint, data_comm,
                                 self.method.pipeline)
         self.lp_serial = LayerParallel(self.model, comm, SERIAL, SERIAL)
+        self.monitor = Monitor(cfg.monitor_every if cfg.method == "oneshot" else 0, cfg.monitor_tol,
+                               getattr(self.lp.fwd, "n_levels", 1))
         self.pipeline = Pipeline(self.model, comm, self.lp.bounds)
         self.data = RankData(world, comm, data_comm, self.be, meta, ds)
         with np.errstate(all="ignore"):  # huge --init-scale: the divergence line says so
@@ -212,10 +215,14 @@ class Trainer:
                     self.save_checkpoint(run)
                 raise
             x, y, B = self._batch(run)
+            checked = {} if self.monitor.due(it, run.failures) else None
 
             def closure(theta):
                 ev = self.lp.evaluate(theta, x, y, B, grad=True, warm=warm)
-                return ev.objective, ev.grad, (ev.accuracy, self._solver_stats())
+                stats = self._solver_stats()
+                if checked == {}:  # the step's first evaluation against serial's gradient
+                    checked.update(self.monitor.check(self.lp, theta, x, y, B, ev, stats["levels"]))
+                return ev.objective, ev.grad, (ev.accuracy, stats)
 
             try:
                 info = self.opt.step(self.theta, closure)
@@ -228,6 +235,9 @@ class Trainer:
             entry = {"iter": it, "objective": info.objective, "grad_norm": info.grad_norm,
                      "train_batch_accuracy": accuracy, "step_size": info.step_size,
                      "n_evals": info.n_evals, **stats, "time_s": time.perf_counter() - t0}
+            if checked and self.monitor.worth_recording(checked):
+                entry["monitor"] = checked
+                entry["steps"] += checked["steps"]
             if cfg.val_every and ((it + 1) % cfg.val_every == 0 or it + 1 == cfg.iterations):
                 val = self.score("val")
                 entry["val_loss"] = val["loss"]
@@ -334,6 +344,7 @@ class Trainer:
             for name in ("U", "Lam"):
                 rows = arrays.get(f"warm.{name}.{world.rank}")
                 setattr(self.lp, name, None if rows is None else be.asarray(rows))
+        self.monitor.resume(self.lp, meta["history"])
         return RunState(rng, arrays.get("batch_order"), meta["pos"], meta["history"], meta["failures"],
                         meta["first"], meta["elapsed"], meta["stopped"])
 

@@ -1,0 +1,99 @@
+"""One-shot's convergence monitor: is the inexact gradient still good enough to train on?
+
+One-shot MGRIT runs one (or a few) warm-started iterations per solve, so its gradient carries an
+error that grows with the number of levels (``bench/README.md``, "One-shot at less work": 64 peaks
+layers, one iteration, 5.6 % with 2 levels, 20 % with 5) and with how fast the parameters move.
+Every ``every`` steps, and at the step after a failed line search, the monitor compares the
+one-shot gradient of the step's first evaluation with serial's at the same parameters (one
+layer-serial evaluation by the micro-batch pipeline, the warm-start rows left alone):
+
+    e = ‖g_oneshot − g‖ / ‖g‖,   cos = ⟨g_oneshot, g⟩ / (‖g_oneshot‖ ‖g‖)
+
+and acts on the level cap of the following solves (:attr:`LayerParallel.level_cap`):
+
+    e > tol                       one level fewer than that evaluation used (down to one level: the
+                                  pipeline, serial's gradient); fewer levels mean a smaller gradient
+                                  error and, at a coarsening factor of 2, fewer step applications
+    e ≤ tol/4 at RELAX checks     one level more (back to the solver's own choice), so a cap set
+      in a row under a cap        early in training does not stay when one-shot has become accurate
+
+A check of an evaluation that kept one level compares serial with itself: it is skipped (it counts
+as a good check under a cap).  The outcome is in the history entry (``monitor``) and the log line;
+the cap is restored on resumption from the last such entry.
+"""
+from __future__ import annotations
+
+import math
+
+#: Good checks in a row (e ≤ tol/4) before a cap is raised by one level.
+RELAX = 3
+
+
+class Monitor:
+    """The convergence monitor of one training run.
+
+    Args:
+        every: steps between checks (0: off).
+        tol: the largest relative gradient error one-shot may keep training with.
+        n_levels: the levels of the forward solver's hierarchy (a cap that reaches it is lifted).
+    """
+
+    def __init__(self, every: int, tol: float, n_levels: int):
+        self.every, self.tol, self.n_levels = int(every), float(tol), int(n_levels)
+        self.good = 0
+
+    def due(self, it: int, failures: int) -> bool:
+        """Whether step ``it`` (0-based) is checked: every ``every`` steps from the first, and after a
+        failed line search."""
+        return self.every > 0 and (it % self.every == 0 or failures > 0)
+
+    def check(self, lp, theta, x, y, batch: int, ev, levels: int) -> dict:
+        """Compare ``ev`` (the one-shot evaluation at ``theta``, ``levels`` its forward solve's
+        levels) with serial's gradient; set ``lp.level_cap`` for the next solves.  Returns the
+        history record: grad_error, cos, levels, cap (None: the solver's choice), good, action,
+        steps (the check's step applications, 2N)."""
+        out = {"levels": int(levels), "grad_error": None, "cos": None}
+        cap = lp.level_cap
+        if levels > 1:
+            ex = lp.evaluate_exact(theta, x, y, batch)
+            d = ev.grad - ex.grad
+            gg, oo = lp.dot(ex.grad, ex.grad), lp.dot(ev.grad, ev.grad)
+            err = math.sqrt(lp.dot(d, d) / gg) if gg > 0 else 0.0
+            cos = lp.dot(ev.grad, ex.grad) / math.sqrt(gg * oo) if gg > 0 and oo > 0 else 1.0
+            out.update(grad_error=err, cos=cos, steps=2 * lp.model.layers)
+        else:
+            err = 0.0
+            out["steps"] = 0
+        if err > self.tol:
+            cap, self.good = max(1, levels - 1), 0
+            action = f"at most {cap} levels" if cap > 1 else "one level (pipeline, serial's gradient)"
+        elif cap is not None and err <= self.tol / 4:
+            self.good += 1
+            action = "keep"
+            if self.good >= RELAX:
+                cap, self.good = (cap + 1 if cap + 1 < self.n_levels else None), 0
+                action = f"at most {cap} levels" if cap is not None else "levels by the solver's choice"
+        else:
+            self.good, action = 0, "keep"
+        lp.level_cap = cap
+        out.update(cap=cap, good=self.good, action=action)
+        return out
+
+    @staticmethod
+    def worth_recording(record: dict) -> bool:
+        """Whether a check goes into the history: a comparison was made, or a cap is (or was) set."""
+        return record["grad_error"] is not None or record["cap"] is not None or record["action"] != "keep"
+
+    def resume(self, lp, history: list) -> None:
+        """Restore the cap and the count of good checks from the last record in ``history``."""
+        for entry in reversed(history):
+            if "monitor" in entry:
+                lp.level_cap, self.good = entry["monitor"]["cap"], entry["monitor"]["good"]
+                return
+
+
+def describe(record: dict) -> str:
+    """The log line's part for a monitor record."""
+    if record["grad_error"] is None:
+        return "monitor: one level"
+    return f"monitor: grad err {record['grad_error']:.1%} (cos {record['cos']:.3f}), {record['action']}"

@@ -1,0 +1,122 @@
+"""One-shot's convergence monitor: the gradient error it measures, the level caps it sets, the log
+line and the history, and an exact resume with a cap in force."""
+import math
+
+import numpy as np
+import pytest
+
+from gpubraid.cli.main import iteration_line
+from gpubraid.network.reference import evaluate
+from gpubraid.training import monitor as mon
+from gpubraid.training.config import TrainConfig
+from gpubraid.training.trainer import Trainer
+
+#: The paper's peaks settings, small: one-shot keeps 2-3 levels here.
+PAPER = dict(example="peaks", layers=32, final_time=1.0, activation="smoothrelu", n_train=200, n_val=50,
+             val_every=0, progress=False, method="oneshot")
+
+
+class FakeLP:
+    """What the monitor uses of a LayerParallel: a serial gradient, a dot, the cap."""
+
+    class model:
+        layers = 8
+
+    def __init__(self, g):
+        self.g, self.level_cap = np.asarray(g, float), None
+
+    def evaluate_exact(self, theta, x, y, batch):
+        return type("Ev", (), {"grad": self.g})
+
+    @staticmethod
+    def dot(a, b):
+        return float(np.dot(a, b))
+
+
+def ev(g):
+    return type("Ev", (), {"grad": np.asarray(g, float)})
+
+
+def test_the_error_and_the_caps_it_sets():
+    lp, m = FakeLP([3.0, 4.0]), mon.Monitor(5, 0.1, n_levels=6)
+    rec = m.check(lp, None, None, None, 1, ev([3.0, 4.5]), levels=4)  # error 0.5 / 5 = 10 %: kept
+    assert rec["grad_error"] == pytest.approx(0.1) and rec["cos"] == pytest.approx(27 / (5 * math.hypot(3, 4.5)))
+    assert rec["action"] == "keep" and lp.level_cap is None and rec["steps"] == 16
+    rec = m.check(lp, None, None, None, 1, ev([3.0, 5.0]), levels=4)  # 20 %: one level fewer
+    assert lp.level_cap == rec["cap"] == 3 and rec["action"] == "at most 3 levels" and m.worth_recording(rec)
+    rec = m.check(lp, None, None, None, 1, ev([3.0, 5.0]), levels=2)
+    assert lp.level_cap == 1 and "one level" in rec["action"]
+    # under a cap, RELAX good checks in a row (one-level evaluations count) raise it by one
+    for k in range(mon.RELAX - 1):
+        rec = m.check(lp, None, None, None, 1, ev([3.0, 4.0]), levels=1)
+        assert rec["grad_error"] is None and rec["steps"] == 0 and lp.level_cap == 1 and rec["good"] == k + 1
+    rec = m.check(lp, None, None, None, 1, ev([3.0, 4.0]), levels=1)
+    assert lp.level_cap == 2 and rec["good"] == 0
+    lp.level_cap = 5
+    for _ in range(mon.RELAX):
+        rec = m.check(lp, None, None, None, 1, ev([3.0, 4.01]), levels=5)
+    assert lp.level_cap is None and rec["action"] == "levels by the solver's choice"
+    assert not m.worth_recording(m.check(lp, None, None, None, 1, ev([1.0, 1.0]), levels=1))
+    assert mon.describe(rec).startswith("monitor: grad err 0.2% (cos 1.000)")
+    assert [m.due(it, 0) for it in range(6)] == [True, False, False, False, False, True]
+    assert m.due(3, 1) and not mon.Monitor(0, 0.1, 6).due(0, 1)
+
+
+def test_the_measured_error_is_one_shots_and_a_strict_tolerance_brings_serials_gradient():
+    """On the paper's settings one-shot's gradient differs from serial's; with a tolerance below
+    that error every comparison takes a level off what the evaluation used, the next steps keep
+    under the cap (one level: the pipeline, serial's gradient), and good checks raise it again."""
+    tr = Trainer(TrainConfig(**PAPER, iterations=10, monitor_every=1, monitor_tol=1e-9))
+    res = tr.run()
+    checks = [e["monitor"] for e in res.history if "monitor" in e]
+    first = checks[0]
+    assert first["levels"] > 1 and 1e-6 < first["grad_error"] < 1 and first["cap"] == first["levels"] - 1
+    assert all(c["cap"] == c["levels"] - 1 for c in checks if c["grad_error"] is not None)
+    # (a step's entry shows its start point, which L-BFGS evaluated in the step before: a cap set in
+    # step k holds from step k + 2's entry on)
+    for k in range(len(res.history) - 2):
+        caps = [res.history[j]["monitor"]["cap"] for j in (k, k + 1)]
+        assert res.history[k + 2]["levels"] <= max(c or 99 for c in caps)
+    assert any(e["levels"] == 1 for e in res.history[2:])
+    assert [c["cap"] for c in checks].count(1) >= mon.RELAX and 2 in [c["cap"] for c in checks[mon.RELAX:]]
+    # the serial gradient the monitor compares with is serial's: checked at the final parameters
+    x, y, B = tr.data.take("train", None, np)
+    theta = tr.lp.gather_params(tr.theta)
+    ref = evaluate(tr.model, tr.model.layout(), theta, x, y)
+    got = tr.lp.evaluate_exact(tr.theta, x, y, B)
+    assert np.abs(got.grad - tr.lp.scatter_params(ref.grad)).max() <= 1e-12 * np.abs(ref.grad).max()
+    assert got.objective == pytest.approx(ref.objective, rel=1e-13)
+    line = iteration_line(res.history[0], "oneshot")
+    assert f"monitor: grad err {first['grad_error']:.1%} (cos " in line and first["action"] in line
+    # the check's serial evaluation is counted in the step applications
+    assert res.history[0]["steps"] >= 2 * 32 + first["steps"]
+
+
+def test_a_loose_tolerance_leaves_one_shot_alone_and_off_is_off():
+    a = Trainer(TrainConfig(**PAPER, iterations=5, monitor_every=2, monitor_tol=10.0)).run()
+    b = Trainer(TrainConfig(**PAPER, iterations=5, monitor_every=0)).run()
+    assert [e["objective"] for e in a.history] == [e["objective"] for e in b.history]
+    assert [("monitor" in e) for e in a.history] == [True, False, True, False, True]
+    assert not any("monitor" in e for e in b.history)
+    serial = Trainer(TrainConfig(**{**PAPER, "method": "serial"}, iterations=3, monitor_every=1)).run()
+    assert not any("monitor" in e for e in serial.history)  # a one-shot setting
+
+
+def test_resume_with_a_cap_in_force_equals_the_uninterrupted_run(tmp_path):
+    cfg = dict(PAPER, iterations=8, monitor_every=2, monitor_tol=1e-9, checkpoint_every=3)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    ref = Trainer(TrainConfig(**cfg, checkpoint_dir=str(tmp_path / "a"))).run()
+    Trainer(TrainConfig(**{**cfg, "iterations": 6}, checkpoint_dir=str(tmp_path / "b"))).run()
+    got = Trainer(TrainConfig(**cfg, checkpoint_dir=str(tmp_path / "b"), resume=str(tmp_path / "b"))).run()
+    strip = [{k: v for k, v in e.items() if k != "time_s"} for e in ref.history]
+    assert [{k: v for k, v in e.items() if k != "time_s"} for e in got.history] == strip
+    assert any(e.get("monitor", {}).get("cap") for e in ref.history[:6])
+
+
+def test_bad_settings_name_the_option():
+    from gpubraid.errors import UserError
+
+    for bad in (dict(monitor_every=-1), dict(monitor_tol=0.0), dict(monitor_tol=float("nan"))):
+        with pytest.raises(UserError, match=next(iter(bad))):
+            TrainConfig(**PAPER, **bad)
