@@ -267,6 +267,21 @@ class LayerParallel:
             m.open_grad(x, Lam[0], P, G)
         return Lam, bstats
 
+    def solve_stats(self) -> dict:
+        """What the last evaluation's solves did, the same on every rank: iterations, final residuals,
+        levels (and the estimated spectral scale), and every step application, forward and adjoint,
+        summed over the layer ranks and averaged over the data groups (serial: 2N)."""
+        f, b = self.last_stats
+        out = {"fwd_iters": f.iterations, "fwd_residual": f.residuals[-1] if f.residuals else None,
+               "levels": f.levels}
+        if b is not None:
+            out.update(bwd_iters=b.iterations, bwd_residual=b.residuals[-1] if b.residuals else None)
+        if f.rho is not None:
+            out.update(rho=f.rho, h_rho=f.h_rho[-1] if f.h_rho else 0.0)
+        steps = f.total_steps + (b.total_steps if b else 0.0)
+        out["steps"] = self.data.allreduce_sum(self.comm.allreduce_sum(steps)) / self.data.size
+        return out
+
     def _totals(self, gvec, loss_share: float, correct_share: int, R_share: float, batch: int) -> Evaluation:
         """The evaluation from this rank's shares: global objective, loss and count (allreduces)."""
         loss = self.allreduce(loss_share)

@@ -120,20 +120,6 @@ class Trainer:
 
         return modelfile.parameters(self.model, self._init_tensors, self.cfg.init)
 
-    def _solver_stats(self) -> dict:
-        """What the last evaluation's solves did: iterations, final residuals, levels (and the
-        estimated spectral scale), and every step application, forward and adjoint (serial: 2N)."""
-        f, b = self.lp.last_stats
-        out = {"fwd_iters": f.iterations, "fwd_residual": f.residuals[-1] if f.residuals else None,
-               "levels": f.levels}
-        if b is not None:
-            out.update(bwd_iters=b.iterations, bwd_residual=b.residuals[-1] if b.residuals else None)
-        if f.rho is not None:
-            out.update(rho=f.rho, h_rho=f.h_rho[-1] if f.h_rho else 0.0)
-        out["steps"] = self.data_comm.allreduce_sum(self.comm.allreduce_sum(
-            f.total_steps + (b.total_steps if b else 0.0))) / self.data_comm.size
-        return out
-
     def score(self, split: str) -> dict:
         """Objective, loss and (classification) accuracy on ``split`` ("train" or "val") by one
         forward pass without MGRIT: layer-serial propagation of sample chunks, pipelined over the
@@ -219,7 +205,7 @@ class Trainer:
 
             def closure(theta):
                 ev = self.lp.evaluate(theta, x, y, B, grad=True, warm=warm)
-                stats = self._solver_stats()
+                stats = self.lp.solve_stats()
                 if checked == {}:  # the step's first evaluation against serial's gradient
                     checked.update(self.monitor.check(self.lp, theta, x, y, B, ev, stats["levels"]))
                 return ev.objective, ev.grad, (ev.accuracy, stats)
