@@ -43,6 +43,8 @@ VARIANTS = {
     "before": (dict(method="oneshot", nrelax=[0, 1], monitor_every=0), True),
     "after (default)": (dict(method="oneshot"), False),
     "after, no monitor": (dict(method="oneshot", monitor_every=0), False),
+    "after, monitor tol 0.05": (dict(method="oneshot", monitor_tol=0.05), False),
+    "after, monitor tol 0.05 every 5": (dict(method="oneshot", monitor_tol=0.05, monitor_every=5), False),
     "after, average": (dict(method="oneshot", coarse_params="average", monitor_every=0), False),
     "after, max_levels 2": (dict(method="oneshot", max_levels=2, monitor_every=0), False),
     "after, FCF below level 0": (dict(method="oneshot", nrelax=[0, 1], monitor_every=0), False),

@@ -74,7 +74,7 @@ def run_once(mpiexec, ranks: int, args: list, iterations: int) -> dict:
     return {"s_per_iteration": common.median(per_it), "history_objective": [h["objective"] for h in m["history"]]}
 
 
-def speed(quick: bool, repeats: int, only=None) -> list:
+def speed(quick: bool, repeats: int, only=None, iterations: int | None = None) -> list:
     mpiexec = common.mpiexec()
     if mpiexec is None:
         raise SystemExit("mpiexec not found (pip install mpich)")
@@ -85,14 +85,16 @@ def speed(quick: bool, repeats: int, only=None) -> list:
         runs = {v: [] for v in variants(w)}
         for _ in range(repeats):  # interleaved: every variant sees the same machine load
             for v, (ranks, extra) in variants(w).items():
-                runs[v].append(run_once(mpiexec, ranks, [*w["args"], *extra], w["iterations"]))
+                runs[v].append(run_once(mpiexec, ranks, [*w["args"], *extra], iterations or w["iterations"]))
         base = common.median([r["s_per_iteration"] for r in runs["serial-1"]])
         ref = runs["serial-1"][0]["history_objective"]
         for v, rs in runs.items():
             s = common.median([r["s_per_iteration"] for r in rs])
             obj = rs[0]["history_objective"]
+            per_round = [a["s_per_iteration"] / r["s_per_iteration"] for a, r in zip(runs["serial-1"], rs)]
             rows.append({"workload": name, "variant": v, "ranks": variants(w)[v][0], "s_per_iteration": s,
                          "repeats_s": [r["s_per_iteration"] for r in rs], "speedup_vs_serial_1": base / s,
+                         "speedup_per_round": per_round, "median_speedup_per_round": common.median(per_round),
                          "max_rel_objective_diff_vs_serial_1": max(abs(a - b) / abs(b) for a, b in zip(obj, ref))})
     return rows
 
@@ -169,11 +171,13 @@ def memory(quick: bool) -> list:
     return rows
 
 
-def run(quick: bool, with_torch: bool, only=None, with_memory: bool = True, repeats: int | None = None) -> dict:
+def run(quick: bool, with_torch: bool, only=None, with_memory: bool = True, repeats: int | None = None,
+        iterations: int | None = None) -> dict:
     repeats = repeats or (1 if quick else 3)
-    cfg = {"repeats": repeats, "workloads": {k: {**w, "variants": {v: a for v, a in variants(w).items()}}
-                                             for k, w in workloads(quick).items() if not only or k in only}}
-    rows = speed(quick, repeats, only)
+    cfg = {"repeats": repeats, "iterations": iterations,
+           "workloads": {k: {**w, "variants": {v: a for v, a in variants(w).items()}}
+                         for k, w in workloads(quick).items() if not only or k in only}}
+    rows = speed(quick, repeats, only, iterations)
     rows += torch_rows(quick, repeats) if with_torch else [{"skipped": "--no-torch"}]
     summary = {}
     for r in rows:
@@ -225,8 +229,11 @@ def main(argv=None):
     p.add_argument("--workloads", type=lambda s: s.split(","), default=None,
                    help="comma-separated workload names (default: all): " + ", ".join(workloads(False)))
     p.add_argument("--repeats", type=int, default=None, help="interleaved runs per variant (default 3; --quick 1)")
+    p.add_argument("--iterations", type=int, default=None,
+                   help="training steps per run instead of each workload's own (peaks-64: 30)")
     args = p.parse_args(argv)
-    common.finish(NAME, run(args.quick, not args.no_torch, args.workloads, not args.no_memory, args.repeats), args, plot)
+    common.finish(NAME, run(args.quick, not args.no_torch, args.workloads, not args.no_memory, args.repeats,
+                            args.iterations), args, plot)
 
 
 if __name__ == "__main__":
