@@ -45,6 +45,11 @@ VARIANTS = {
     "after, no monitor": (dict(method="oneshot", monitor_every=0), False),
     "after, monitor tol 0.05": (dict(method="oneshot", monitor_tol=0.05), False),
     "after, monitor tol 0.05 every 5": (dict(method="oneshot", monitor_tol=0.05, monitor_every=5), False),
+    "after, monitor every 5": (dict(method="oneshot", monitor_every=5), False),
+    # the monitor's checks as a measurement only (a tolerance it never exceeds)
+    "after, checks every 5, no caps": (dict(method="oneshot", monitor_every=5, monitor_tol=1e9), False),
+    "after, max_levels 2, checks every 5": (dict(method="oneshot", max_levels=2, monitor_every=5, monitor_tol=1e9),
+                                            False),
     "after, average": (dict(method="oneshot", coarse_params="average", monitor_every=0), False),
     "after, max_levels 2": (dict(method="oneshot", max_levels=2, monitor_every=0), False),
     "after, FCF below level 0": (dict(method="oneshot", nrelax=[0, 1], monitor_every=0), False),
@@ -118,7 +123,7 @@ def run_variant(layers: int, iterations: int, name: str) -> dict:
            "history_steps_over_serial": float(np.mean([h["steps"] for h in res.history])) / N2,
            "breakdown_per_eval_over_serial": per_eval,
            "levels_hist": {str(k): levels.count(k) for k in sorted(set(levels))},
-           "monitor": monitor,
+           "monitor": monitor, "objectives": [h["objective"] for h in res.history],
            "wall_s": wall}
     print(f"N={layers:4d} {name:26s} val {res.val_accuracy:.3f} per eval {row['per_eval_over_serial']:.2f}x "
           f"per iter {per_iter:.2f}x evals/it {row['mean_n_evals']:.2f} levels {row['levels_hist']} "

@@ -50,8 +50,9 @@ class Monitor:
     def check(self, lp, theta, x, y, batch: int, ev, levels: int) -> dict:
         """Compare ``ev`` (the one-shot evaluation at ``theta``, ``levels`` its forward solve's
         levels) with serial's gradient; set ``lp.level_cap`` for the next solves.  Returns the
-        history record: grad_error, cos, levels, cap (None: the solver's choice), good, action,
-        steps (the check's step applications, 2N)."""
+        history record: grad_error, cos, objective_error (|f̃ − f| / |f|, recorded, not acted on),
+        levels, cap (None: the solver's choice), good, action, steps (the check's step
+        applications, 2N)."""
         out = {"levels": int(levels), "grad_error": None, "cos": None}
         cap = lp.level_cap
         if levels > 1:
@@ -60,7 +61,8 @@ class Monitor:
             gg, oo = lp.dot(ex.grad, ex.grad), lp.dot(ev.grad, ev.grad)
             err = math.sqrt(lp.dot(d, d) / gg) if gg > 0 else 0.0
             cos = lp.dot(ev.grad, ex.grad) / math.sqrt(gg * oo) if gg > 0 and oo > 0 else 1.0
-            out.update(grad_error=err, cos=cos, steps=2 * lp.model.layers)
+            f_err = abs(ev.objective - ex.objective) / abs(ex.objective) if ex.objective else 0.0
+            out.update(grad_error=err, cos=cos, objective_error=f_err, steps=2 * lp.model.layers)
         else:
             err = 0.0
             out["steps"] = 0

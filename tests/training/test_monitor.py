@@ -26,15 +26,15 @@ class FakeLP:
         self.g, self.level_cap = np.asarray(g, float), None
 
     def evaluate_exact(self, theta, x, y, batch):
-        return type("Ev", (), {"grad": self.g})
+        return type("Ev", (), {"grad": self.g, "objective": 2.0})
 
     @staticmethod
     def dot(a, b):
         return float(np.dot(a, b))
 
 
-def ev(g):
-    return type("Ev", (), {"grad": np.asarray(g, float)})
+def ev(g, objective=2.5):
+    return type("Ev", (), {"grad": np.asarray(g, float), "objective": objective})
 
 
 def test_the_error_and_the_caps_it_sets():
@@ -42,6 +42,7 @@ def test_the_error_and_the_caps_it_sets():
     rec = m.check(lp, None, None, None, 1, ev([3.0, 4.5]), levels=4)  # error 0.5 / 5 = 10 %: kept
     assert rec["grad_error"] == pytest.approx(0.1) and rec["cos"] == pytest.approx(27 / (5 * math.hypot(3, 4.5)))
     assert rec["action"] == "keep" and lp.level_cap is None and rec["steps"] == 16
+    assert rec["objective_error"] == pytest.approx(0.25)
     rec = m.check(lp, None, None, None, 1, ev([3.0, 5.0]), levels=4)  # 20 %: one level fewer
     assert lp.level_cap == rec["cap"] == 3 and rec["action"] == "at most 3 levels" and m.worth_recording(rec)
     rec = m.check(lp, None, None, None, 1, ev([3.0, 5.0]), levels=2)
