@@ -154,6 +154,11 @@ class TrainConfig(BaseModel):
                              ge=0, allow_inf_nan=False)
     fwd_iters: int = _field(1, "oneshot: forward MGRIT iterations per step", "MGRIT", ge=0, le=1000)
     bwd_iters: int = _field(1, "oneshot: adjoint MGRIT iterations per step", "MGRIT", ge=0, le=1000)
+    levels_for_ranks: bool = _field(
+        True, "oneshot: at most the levels that pay on the run's layer ranks, 2 up to 2 ranks, 1 + log2(P) "
+        "beyond (fewer levels: less work and gradient error; more pay only by shortening the sequential "
+        "coarsest solve); --no-levels-for-ranks: the solver's choice alone, the same on every rank count",
+        "MGRIT")
     monitor_every: int = _field(
         10, "oneshot: every this many steps (and after a failed line search) compare the one-shot gradient "
         "with serial's at the same parameters (one layer-serial evaluation) and cap the levels when its "

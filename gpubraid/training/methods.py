@@ -18,6 +18,7 @@ same for every method: see ``Trainer.score``.)  The training loop
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from ..objective.pipeline import PipelineOptions
@@ -88,11 +89,39 @@ class OneShot(Method):
         return failures < 3
 
 
-def make_method(cfg: TrainConfig) -> Method:
-    """The method of a resolved configuration, with its solver options."""
+def levels_for_ranks(layer_ranks: int) -> int:
+    """The most levels one-shot uses on P layer ranks: 2 up to 2 ranks, 1 + ⌈log₂ P⌉ beyond.
+
+    One iteration relaxes the whole fine level (N steps over P ranks) and solves the coarsest level
+    sequentially (N / 2^(L−1) steps at m = 2); each further level adds work and gradient error and
+    pays only by shortening that sequential solve, which matters once the fine work is split P ways:
+    the coarsest solve is then about as long as one rank's share of a sweep.  (Calibrated model,
+    ``bench/README.md`` "One-shot at less work": 2 levels fastest up to 2 ranks, 5 at 16.)"""
+    P = max(int(layer_ranks), 1)
+    return 2 if P <= 2 else 1 + math.ceil(math.log2(P))
+
+
+def level_cap_note(cfg: TrainConfig, method: Method, layer_ranks: int) -> dict | None:
+    """What the metrics record (``level_cap``) when :func:`levels_for_ranks` capped one-shot's levels
+    below ``cfg.max_levels``; None otherwise."""
+    k = method.forward.max_levels
+    if cfg.method != "oneshot" or k >= cfg.max_levels:
+        return None
+    return {"levels": k, "layer_ranks": int(layer_ranks),
+            "why": f"at most {k} levels on {layer_ranks} layer rank(s): more pay only by shortening the "
+                   "sequential coarsest solve (--no-levels-for-ranks: the solver's choice alone)"}
+
+
+def make_method(cfg: TrainConfig, layer_ranks: int | None = None) -> Method:
+    """The method of a resolved configuration, with its solver options; ``layer_ranks``: the run's
+    layer ranks, whose :func:`levels_for_ranks` caps one-shot's levels when ``cfg.levels_for_ranks``
+    (None: no cap)."""
     assert cfg.method != "auto", "method auto is resolved by gpubraid.training.plan.resolve_auto first"
     nrelax = cfg.nrelax if cfg.nrelax is not None else (0 if cfg.method == "oneshot" else [0, 1])
-    common = dict(cfactor=cfg.cfactor, max_levels=cfg.max_levels, nrelax=nrelax,
+    max_levels = cfg.max_levels
+    if cfg.method == "oneshot" and cfg.levels_for_ranks and layer_ranks is not None:
+        max_levels = min(max_levels, levels_for_ranks(layer_ranks))
+    common = dict(cfactor=cfg.cfactor, max_levels=max_levels, nrelax=nrelax,
                   min_coarse=cfg.min_coarse, stability=cfg.stability, nested=cfg.nested,
                   coarse_params=cfg.coarse_params)
     pipe = PipelineOptions(cfg.micro_batches, cfg.schedule)

@@ -114,8 +114,8 @@ def candidates(probe, cfg: TrainConfig, P: int, net: NetworkModel, h) -> list[Ca
             t = cm.pipeline_s("1f1b", L, M, m, N, probe.sweep_fwd, probe.sweep_bwd, probe.ends,
                               probe.state_bytes, net, probe.per_sample_scale, probe.sweep_call) + fixed
             out.append(Candidate(D, L, "serial" if L == 1 else "pipeline", 1, M, t, its * t))
-        for name, info, method, warm in (("oneshot", probe.oneshot, cfg_method(cfg, "oneshot"), probe.warm),
-                                         ("exact", probe.exact, cfg_method(cfg, "exact"), False)):
+        for name, info, method, warm in (("oneshot", probe.oneshot, cfg_method(cfg, "oneshot", L), probe.warm),
+                                         ("exact", probe.exact, cfg_method(cfg, "exact", L), False)):
             if info["levels"] < 2:
                 if name == "oneshot":  # the pipeline at its automatic M, at the probe's cost ratio to
                     Mo = micro_batch_count(None, L, m)  # serial's evaluation (the ρ estimate on top)
@@ -125,16 +125,17 @@ def candidates(probe, cfg: TrainConfig, P: int, net: NetworkModel, h) -> list[Ca
                                       probe.per_sample_scale, tuple(call)) + fixed
                     out.append(Candidate(D, L, name, 1, Mo, t, its * t))
                 continue
-            t = _mgrit_step(probe, method, info["levels"], info["iterations"], warm, D, L, net, h) + fixed
+            levels = min(info["levels"], method.forward.max_levels)
+            t = _mgrit_step(probe, method, levels, info["iterations"], warm, D, L, net, h) + fixed
             e = info.get("grad_error", 0.0)
             acc = its * t / (1.0 - e) if e < 1.0 else math.inf
-            out.append(Candidate(D, L, name, info["levels"], 1, t, acc, e))
+            out.append(Candidate(D, L, name, levels, 1, t, acc, e))
     return sorted(out, key=lambda c: (c.accuracy_s, c.step_s))
 
 
-def cfg_method(cfg: TrainConfig, method: str):
-    """The :class:`~gpubraid.training.methods.Method` of ``cfg`` run as ``method``."""
-    return make_method(cfg.model_copy(update={"method": method}))
+def cfg_method(cfg: TrainConfig, method: str, layer_ranks: int | None = None):
+    """The :class:`~gpubraid.training.methods.Method` of ``cfg`` run as ``method`` on ``layer_ranks``."""
+    return make_method(cfg.model_copy(update={"method": method}), layer_ranks)
 
 
 def probe_config(cfg: TrainConfig) -> TrainConfig:

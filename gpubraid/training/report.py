@@ -28,6 +28,7 @@ class TrainResult:
     stopped: str = "iterations"
     depth_history: list = field(default_factory=list)  # the coarse networks' steps (--depth-levels)
     plan: dict | None = None  # --method auto: the planner's choice, why, and the candidates
+    level_cap: dict | None = None  # oneshot: the levels capped for the layer ranks (levels_for_ranks)
 
     def metrics(self) -> dict:
         return {"method": self.config["method"], "ranks": self.ranks, "backend": self.backend,
@@ -37,7 +38,7 @@ class TrainResult:
                 "wall_s": self.wall_s, "stopped": self.stopped, "example": self.config["example"],
                 "data": self.config["data"], "optimizer": self.config["optimizer"],
                 "version": __version__, "config": self.config, "history": self.history,
-                "depth_history": self.depth_history, "plan": self.plan}
+                "depth_history": self.depth_history, "plan": self.plan, "level_cap": self.level_cap}
 
 
 def write_metrics(path: str, result: TrainResult) -> None:

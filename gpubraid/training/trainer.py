@@ -31,7 +31,7 @@ from ..runtime.resources import check_memory
 from . import depth
 from .config import TrainConfig
 from .diagnose import check_divergence, stall
-from .methods import SERIAL, make_method
+from .methods import SERIAL, level_cap_note, make_method
 from .monitor import Monitor
 from .optim import make_optimizer
 from .report import TrainResult
@@ -83,7 +83,8 @@ class Trainer:
             raise UserError(f"data_parallel ({data_comm.size}) must not exceed the batch ({batch} samples)")
         check_memory(cfg, self.model.state_shape, sum(math.prod(s) for s in self.model.step.param_shapes),
                      -(-batch // data_comm.size), comm.size, self.be)
-        self.method = make_method(cfg)
+        self.method = make_method(cfg, comm.size)
+        self.level_cap = level_cap_note(cfg, self.method, comm.size)  # in the metrics and the log
         self.lp = LayerParallel(self.model, comm, self.method.forward, self.method.adjoint, data_comm,
                                 self.method.pipeline)
         self.lp_serial = LayerParallel(self.model, comm, SERIAL, SERIAL)
@@ -255,7 +256,7 @@ class Trainer:
         train, val = self.score("train"), self.score("val")
         self.result = TrainResult(cfg.model_dump(), self.world.size, self.be.name, self.be.dtype_name,
                                   train["objective"], train["loss"], val["loss"], train["accuracy"], val["accuracy"],
-                                  wall, run.history, run.stopped, self.depth_history, self.plan)
+                                  wall, run.history, run.stopped, self.depth_history, self.plan, self.level_cap)
         if cfg.save:
             self.save(cfg.save)
         return self.result

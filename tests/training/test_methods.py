@@ -27,9 +27,11 @@ def test_exact_follows_serial_trajectory():
 
 
 def test_oneshot_history_carries_fixed_mgrit_iterations():
-    # all levels (no automatic level choice, which may pick one level = the serial solve here)
+    # all levels (no automatic level choice, which may pick one level = the serial solve here, no cap
+    # for the rank count, no monitor to drop levels)
     res, obj = history(method="oneshot", iterations=5, n_train=300, n_val=100, val_every=5,
-                       fwd_iters=2, bwd_iters=3, stability=0.0, conv_bound=0.0)
+                       fwd_iters=2, bwd_iters=3, stability=0.0, conv_bound=0.0, levels_for_ranks=False,
+                       monitor_every=0)
     assert np.all(np.isfinite(obj))
     for h in res.history:
         assert h["fwd_iters"] == 2 and h["bwd_iters"] == 3

@@ -9,11 +9,12 @@ from gpubraid.cli.main import iteration_line
 from gpubraid.network.reference import evaluate
 from gpubraid.training import monitor as mon
 from gpubraid.training.config import TrainConfig
+from gpubraid.training.methods import levels_for_ranks, make_method
 from gpubraid.training.trainer import Trainer
 
-#: The paper's peaks settings, small: one-shot keeps 2-3 levels here.
+#: The paper's peaks settings, small: one-shot keeps 2-3 levels here (without the cap for one rank).
 PAPER = dict(example="peaks", layers=32, final_time=1.0, activation="smoothrelu", n_train=200, n_val=50,
-             val_every=0, progress=False, method="oneshot")
+             val_every=0, progress=False, method="oneshot", levels_for_ranks=False)
 
 
 class FakeLP:
@@ -113,6 +114,20 @@ def test_resume_with_a_cap_in_force_equals_the_uninterrupted_run(tmp_path):
     strip = [{k: v for k, v in e.items() if k != "time_s"} for e in ref.history]
     assert [{k: v for k, v in e.items() if k != "time_s"} for e in got.history] == strip
     assert any(e.get("monitor", {}).get("cap") for e in ref.history[:6])
+
+
+def test_levels_for_the_rank_count():
+    """One-shot keeps at most 2 levels up to 2 layer ranks and 1 + log2(P) beyond; the cap is in the
+    metrics, and --no-levels-for-ranks leaves the solver's choice alone."""
+    assert [levels_for_ranks(P) for P in (1, 2, 3, 4, 8, 9, 16, 64)] == [2, 2, 3, 3, 4, 5, 5, 7]
+    every = dict(iterations=4, monitor_every=0, stability=0, conv_bound=0)  # the whole hierarchy unless capped
+    capped = Trainer(TrainConfig(**{**PAPER, "levels_for_ranks": True}, **every)).run()
+    free = Trainer(TrainConfig(**PAPER, **every)).run()
+    assert max(e["levels"] for e in capped.history) == 2 < max(e["levels"] for e in free.history)
+    assert capped.metrics()["level_cap"]["levels"] == 2 and capped.metrics()["level_cap"]["layer_ranks"] == 1
+    assert free.metrics()["level_cap"] is None
+    assert make_method(TrainConfig(**{**PAPER, "levels_for_ranks": True}).resolved(), 16).forward.max_levels == 5
+    assert make_method(TrainConfig(**{**PAPER, "levels_for_ranks": True}).resolved()).forward.max_levels == 10
 
 
 def test_bad_settings_name_the_option():

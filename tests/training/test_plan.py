@@ -109,11 +109,15 @@ def test_probe_of_a_small_network():
 
 
 def test_probe_gradient_error_of_a_multilevel_one_shot():
-    cfg = TrainConfig(**SMALL, stability=0, conv_bound=0, max_levels=3).resolved()
+    cfg = TrainConfig(**SMALL, stability=0, conv_bound=0, max_levels=3, levels_for_ranks=False).resolved()
     made = plan.make_plan(cfg, 2, IDEAL, lambda c: Trainer(c, Comm.single()))
     os_ = made.probe.oneshot
     assert os_["levels"] == 3 and 0 < os_["grad_error"] < 1
     assert any(c.method == "oneshot" and c.levels == 3 for c in made.candidates)
+    # with the cap for the rank count, candidates on up to 2 layer ranks keep 2 levels, on 4 three
+    capped = plan.candidates(made.probe, cfg.model_copy(update={"levels_for_ranks": True}), 4, IDEAL,
+                             (1.0 / 16,) * 16)
+    assert {(c.L, c.levels) for c in capped if c.method == "oneshot"} == {(1, 2), (2, 2), (4, 3)}
 
 
 def test_auto_trains_with_the_plans_choice_and_records_it(tmp_path):
