@@ -40,19 +40,24 @@ PAPER = dict(example="peaks", final_time=1.0, activation="smoothrelu", channels=
 #: name -> (TrainConfig overrides, landed cycle?)
 VARIANTS = {
     "serial": (dict(method="serial"), False),
-    "before": (dict(method="oneshot", nrelax=[0, 1], monitor_every=0), True),
+    "before": (dict(method="oneshot", nrelax=[0, 1], monitor_every=0, levels_for_ranks=False), True),
     "after (default)": (dict(method="oneshot"), False),
-    "after, no monitor": (dict(method="oneshot", monitor_every=0), False),
-    "after, monitor tol 0.05": (dict(method="oneshot", monitor_tol=0.05), False),
-    "after, monitor tol 0.05 every 5": (dict(method="oneshot", monitor_tol=0.05, monitor_every=5), False),
-    "after, monitor every 5": (dict(method="oneshot", monitor_every=5), False),
+    "after, no level cap": (dict(method="oneshot", levels_for_ranks=False), False),
+    "after, no monitor": (dict(method="oneshot", monitor_every=0, levels_for_ranks=False), False),
+    "after, monitor tol 0.05": (dict(method="oneshot", monitor_tol=0.05, levels_for_ranks=False), False),
+    "after, monitor tol 0.05 every 5": (dict(method="oneshot", monitor_tol=0.05, monitor_every=5,
+                                             levels_for_ranks=False), False),
+    "after, monitor every 5": (dict(method="oneshot", monitor_every=5, levels_for_ranks=False), False),
     # the monitor's checks as a measurement only (a tolerance it never exceeds)
-    "after, checks every 5, no caps": (dict(method="oneshot", monitor_every=5, monitor_tol=1e9), False),
+    "after, checks every 5, no caps": (dict(method="oneshot", monitor_every=5, monitor_tol=1e9,
+                                            levels_for_ranks=False), False),
     "after, max_levels 2, checks every 5": (dict(method="oneshot", max_levels=2, monitor_every=5, monitor_tol=1e9),
                                             False),
-    "after, average": (dict(method="oneshot", coarse_params="average", monitor_every=0), False),
+    "after, average": (dict(method="oneshot", coarse_params="average", monitor_every=0, levels_for_ranks=False),
+                       False),
     "after, max_levels 2": (dict(method="oneshot", max_levels=2, monitor_every=0), False),
-    "after, FCF below level 0": (dict(method="oneshot", nrelax=[0, 1], monitor_every=0), False),
+    "after, FCF below level 0": (dict(method="oneshot", nrelax=[0, 1], monitor_every=0, levels_for_ranks=False),
+                                 False),
 }
 CATS = ("relax0", "residual0", "restrict", "coarse", "solve_top", "estimate", "serial")
 
@@ -88,9 +93,9 @@ def split(solver, st, warm: bool) -> dict:
     return out
 
 
-def run_variant(layers: int, iterations: int, name: str) -> dict:
+def run_variant(layers: int, iterations: int, name: str, seed: int = 0) -> dict:
     over, old = VARIANTS[name]
-    tr = Trainer(TrainConfig(**PAPER, layers=layers, iterations=iterations, **over))
+    tr = Trainer(TrainConfig(**{**PAPER, "seed": seed}, layers=layers, iterations=iterations, **over))
     if old:
         landed(tr)
     evals = []
@@ -116,7 +121,7 @@ def run_variant(layers: int, iterations: int, name: str) -> dict:
     monitor = [h["monitor"] for h in res.history if "monitor" in h]  # its serial evaluations count too
     per_iter = (float(np.sum(total)) + sum(m["steps"] for m in monitor)) / len(res.history) / N2
     levels = [e["levels"] for e in evals]
-    row = {"layers": layers, "variant": name, "overrides": over, "landed_cycle": old,
+    row = {"layers": layers, "variant": name, "seed": seed, "overrides": over, "landed_cycle": old,
            "val_accuracy": res.val_accuracy, "train_accuracy": res.train_accuracy, "objective": res.objective,
            "iterations": len(res.history), "evaluations": len(evals), "mean_n_evals": float(np.mean(n_evals)),
            "per_eval_over_serial": float(np.mean(total)) / N2, "per_iteration_over_serial": per_iter,
@@ -125,7 +130,7 @@ def run_variant(layers: int, iterations: int, name: str) -> dict:
            "levels_hist": {str(k): levels.count(k) for k in sorted(set(levels))},
            "monitor": monitor, "objectives": [h["objective"] for h in res.history],
            "wall_s": wall}
-    print(f"N={layers:4d} {name:26s} val {res.val_accuracy:.3f} per eval {row['per_eval_over_serial']:.2f}x "
+    print(f"N={layers:4d} seed {seed} {name:26s} val {res.val_accuracy:.3f} J {res.objective:.4f} per eval {row['per_eval_over_serial']:.2f}x "
           f"per iter {per_iter:.2f}x evals/it {row['mean_n_evals']:.2f} levels {row['levels_hist']} "
           f"{wall:.0f} s", flush=True)
     return row
@@ -224,6 +229,7 @@ def main(argv=None):
     ap = common.parser(__doc__)
     ap.add_argument("--layers", type=int, nargs="+", default=[32])
     ap.add_argument("--iterations", type=int, default=130)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="--part train: one run per seed")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--part", choices=("train", "grad"), default="train",
                     help="train: training runs counted; grad: gradient error along a serial trajectory")
@@ -235,9 +241,10 @@ def main(argv=None):
         rows = [r for N in args.layers for r in grad_study(N, 4 if args.quick else 20, args.grad_variants)]
         name, variants = NAME + "_grad", GRAD_VARIANTS
     else:
-        rows = [run_variant(N, its, v) for N in args.layers for v in args.variants]
+        rows = [run_variant(N, its, v, seed) for N in args.layers for seed in args.seeds for v in args.variants]
         name, variants = NAME, {v: VARIANTS[v] for v in args.variants}
     doc = common.document(name, {"paper": PAPER, "iterations": its, "layers": args.layers, "part": args.part,
+                                 "seeds": args.seeds,
                                  "variants": variants}, rows)
     common.finish(name, doc, args, plot)
 
