@@ -145,9 +145,10 @@ class LayerParallel:
         return rows if rows is not None and rows.shape[1] == batch else None
 
     def _level_choice(self, P, u0, batch: int, warm: bool):
-        """The forward solve's level choice made before solving, when one level would be layer-serial
-        propagation that the pipeline streams (then the whole evaluation runs as the pipeline); None
-        when there is no choice to make first."""
+        """The forward solve's level choice made before solving (at most ``level_cap`` levels), so that
+        a choice of one level runs the whole evaluation as the pipeline; None when there is no choice
+        to make first (no pipeline, one level by construction, or levels fixed by the options and
+        not capped)."""
         if self.pipe is None or self._one_level(self.fwd):
             return None
         m = self.model
