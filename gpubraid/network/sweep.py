@@ -38,7 +38,7 @@ def forward_through(step, xp, u, layers, h):
 
     With the step's ``forward_block``: one call per sample block of at most THROUGH_BYTES of
     states; otherwise (or when the block form declines these arrays) one batched ``forward`` call
-    per layer.  Both give the per-layer calls' values.
+    per layer.  The block form gives the per-layer calls' values to round-off.
     """
     n, B = len(h), u.shape[0]
     block = getattr(step, "forward_block", None)

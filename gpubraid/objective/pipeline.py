@@ -4,15 +4,16 @@ A layer-serial pass over P ranks that hands the whole batch from rank to rank ke
 at a time.  Here the batch of B samples is cut into M micro-batches (contiguous, as even as
 possible).  Rank r, holding layers a..b−1, receives micro-batch k's state u_a from rank r − 1
 (rank 0: its rows of the opening layer's output, computed for the first micro-batch and then, once
-it is sent, for the rest of the batch in one call), propagates it through its layers keeping the states
-u_a..u_b, and sends u_b on; the last rank evaluates the head on it, weighted by the micro-batch's
-share m_k / B of the batch, which gives λ_b.  Backward, rank r receives λ_b from rank r + 1, runs
-the adjoint steps λ_i = λ_{i+1} + h_i (∂f/∂u)ᵀ λ_{i+1} down to λ_a, adds its layers' gradient
-parts (one batched ``param_grad`` over its layers) and sends λ_a back; rank 0 collects λ_0 and
-adds the opening layer's part in two calls, not M: for the micro-batches before the last while the
-last one's λ is on its way, then for the last (the opening costs serial's, its per-call overhead
-is not paid M times, and little of it is left on the critical path at the end).  Per-sample work is independent of the split, so objective and gradient are
-serial's up to the summation order of the micro-batch parts (round-off).
+that is sent, for the rest of the batch in one call), propagates it through its layers keeping the
+states u_a..u_b, and sends u_b on; the last rank evaluates the head on it, weighted by the
+micro-batch's share m_k / B of the batch, which gives λ_b.  Backward, rank r receives λ_b from
+rank r + 1, runs the adjoint steps λ_i = λ_{i+1} + h_i (∂f/∂u)ᵀ λ_{i+1} down to λ_a, adds its
+layers' gradient parts (one batched ``param_grad`` over its layers) and sends λ_a back; rank 0
+collects λ_0 and adds the opening layer's part in two calls, not M: for the micro-batches before
+the last while the last one's λ is on its way, then for the last (the opening costs serial's, its
+per-call overhead is not paid M times, and little of it is left on the critical path at the end).
+Per-sample work is independent of the split, so objective and gradient are serial's up to the
+summation order of the micro-batch parts (round-off).
 
 Schedules (the order in which each rank runs its forward (F) and backward (B) micro-batch steps;
 sends are non-blocking, receives blocking, so a rank goes on as soon as its input is there):
@@ -184,8 +185,8 @@ class TrainingPipeline:
     def _backward_step(self, U, kept, lam_b, lam0, lo: int, hi: int, P, G, pending: list, Lam=None) -> None:
         """One micro-batch backward: λ_b (``lam_b`` on the last rank, received elsewhere), the
         adjoints down to λ_a (into ``Lam`` when given), the gradient parts added into G, λ_a sent
-        (rank 0: copied into ``lam0[lo:hi]``, whose opening-layer gradient the caller adds for the
-        whole batch at once); ``kept``: what the forward sweep kept for it (or None)."""
+        (rank 0: copied into ``lam0[lo:hi]``; the caller adds the opening layer's gradient from it);
+        ``kept``: what the forward sweep kept for it (or None)."""
         m, layers = self.model, P.layers()
         Lam = empty_aligned_like(self.model.xp, U) if Lam is None else Lam
         if self.is_last:
@@ -224,4 +225,3 @@ class TrainingPipeline:
         Comm.waitall(pending)
         n = self.b - self.a
         return Lam, SolveStats(converged=True, residuals=[0.0], steps_per_level=[n], levels=1)
-

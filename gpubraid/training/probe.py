@@ -219,7 +219,8 @@ def run_probe(trainer, oneshot, exact, repeats: int = 2) -> Probe:
         model.regularizer(trainer.lp.layout, P, G)
 
     ends_fit = _fit(sizes, [clock.best(lambda m=m: ends(m), repeats) for m in sizes])
-    evaluate_s = sum(sweep_call) + N * (sweep_fwd[0] + sweep_bwd[0] + B * (sweep_fwd[1] * ratios[0] + sweep_bwd[1] * ratios[1]))
+    per_layer = sweep_fwd[0] + sweep_bwd[0] + B * (sweep_fwd[1] * ratios[0] + sweep_bwd[1] * ratios[1])
+    evaluate_s = sum(sweep_call) + N * per_layer
     evaluate_s += ends_fit[0] + ends_fit[1] * B
 
     # batched step calls: α + β·L·m from (L, m) = (1, small), (1, B), (L_max, B)
