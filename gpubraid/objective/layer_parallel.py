@@ -164,14 +164,19 @@ class LayerParallel:
         """J(θ) and serial's gradient by the micro-batch pipeline, whatever the solves' options, with
         the warm-start rows and the last solves' stats left alone (what the convergence monitor
         compares one-shot's gradient with).  Arguments as :meth:`evaluate`."""
-        P = self.layout.views(theta)
-        gvec = self.xp.zeros_like(theta)
-        G = self.layout.views(gvec)
-        left, right = self._neighbour_layers(P)
-        R_share = self.model.regularizer(self.layout, P, G, left, right)
+        P, gvec, G, R_share = self._start(theta, True)
         pipe = self.pipe or TrainingPipeline(self.model, self.comm, self.bounds, PipelineOptions())
         loss_share, correct_share, _, _ = pipe.run(P, G, x, y, batch)
         return self._totals(gvec, loss_share, correct_share, R_share, batch)
+
+    def _start(self, theta, grad: bool):
+        """(P, gvec, G, R_share) of an evaluation: parameter views, a zero gradient vector and its
+        views (None without ``grad``), and this rank's share of the regulariser (its gradient added)."""
+        P = self.layout.views(theta)
+        gvec = self.xp.zeros_like(theta) if grad else None
+        G = self.layout.views(gvec) if grad else None
+        left, right = self._neighbour_layers(P)
+        return P, gvec, G, self.model.regularizer(self.layout, P, G, left, right)
 
     def _pipelined_keeping(self, P, G, x, y, batch: int, u0, choice):
         """The evaluation as the micro-batch pipeline when the level choice kept one level, with the
@@ -209,12 +214,8 @@ class LayerParallel:
             Evaluation with global objective, loss and correct count on every rank, and this
             rank's gradient block; ``self.last_stats`` holds the two SolveStats.
         """
-        m, xp = self.model, self.xp
-        P = self.layout.views(theta)
-        gvec = xp.zeros_like(theta) if grad else None
-        G = self.layout.views(gvec) if grad else None
-        left, right = self._neighbour_layers(P)
-        R_share = m.regularizer(self.layout, P, G, left, right)
+        m = self.model
+        P, gvec, G, R_share = self._start(theta, grad)
         if self.pipelined:
             loss_share, correct_share, fstats, bstats = self.pipe.run(P, G, x, y, batch)
             self.U = self.Lam = None

@@ -168,8 +168,8 @@ class TrainingPipeline:
                 continue
             if lam0 is not None and k == M - 1 and lo > 0:  # while the last λ_0 is on its way
                 m.open_grad(x[:lo], lam0[:lo], P, G)
-            Lam = adjoints[:, lo:hi] if adjoints is not None else None
-            self._backward_step(*held.pop(k), heads.pop(k, None), lam0, lo, hi, P, G, pending, Lam)
+            Lam, into = (adjoints[:, lo:hi], None) if adjoints is not None else (None, lam0)
+            self._backward_step(*held.pop(k), heads.pop(k, None), into, lo, hi, P, G, pending, Lam)
         if lam0 is not None:
             lo = int(cut[M - 1])
             m.open_grad(x[lo:], lam0[lo:], P, G)
@@ -185,8 +185,9 @@ class TrainingPipeline:
     def _backward_step(self, U, kept, lam_b, lam0, lo: int, hi: int, P, G, pending: list, Lam=None) -> None:
         """One micro-batch backward: λ_b (``lam_b`` on the last rank, received elsewhere), the
         adjoints down to λ_a (into ``Lam`` when given), the gradient parts added into G, λ_a sent
-        (rank 0: copied into ``lam0[lo:hi]``; the caller adds the opening layer's gradient from it);
-        ``kept``: what the forward sweep kept for it (or None)."""
+        (rank 0: copied into ``lam0[lo:hi]`` unless None, when ``Lam`` is already the caller's rows;
+        the caller adds the opening layer's gradient from them); ``kept``: what the forward sweep kept
+        for it (or None)."""
         m, layers = self.model, P.layers()
         Lam = empty_aligned_like(self.model.xp, U) if Lam is None else Lam
         if self.is_last:
@@ -195,7 +196,8 @@ class TrainingPipeline:
             self.comm.recv_into(Lam[-1], self.rank + 1, tags.PIPE_ADJOINT)
         backward_sweep(m.step, U, Lam, layers, self.h, G.layers(), kept)
         if self.is_first:
-            lam0[lo:hi] = Lam[0]  # (the same memory when the caller keeps the adjoints)
+            if lam0 is not None:
+                lam0[lo:hi] = Lam[0]
         else:
             pending.append(self.comm.isend(Lam[0], self.rank - 1, tags.PIPE_ADJOINT))
 
@@ -219,7 +221,7 @@ class TrainingPipeline:
         for k in range(M):
             lo, hi = int(cut[k]), int(cut[k + 1])
             lam_b = lam_N[lo:hi] if self.is_last else None
-            self._backward_step(U[:, lo:hi], None, lam_b, Lam[0], lo, hi, P, G, pending, Lam[:, lo:hi])
+            self._backward_step(U[:, lo:hi], None, lam_b, None, lo, hi, P, G, pending, Lam[:, lo:hi])
         if self.is_first:
             self.model.open_grad(x, Lam[0], P, G)
         Comm.waitall(pending)
