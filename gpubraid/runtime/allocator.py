@@ -9,8 +9,14 @@ project's VM (``bench/README.md``, "Host allocator").  :func:`keep_freed_memory`
 threshold to 32 MiB and its trim threshold to 1 GiB (``mallopt``), so freed blocks are reused;
 memory the process has used is then kept until it exits, as a caching allocator would.
 
+Blocks above 32 MiB would still be fresh mappings (glibc does not raise the threshold further):
+at 256 layers a full batch's states are 82 MB, and a two-level MGRIT evaluation allocates about ten
+arrays of 41–82 MB.  So glibc is also told to make no mappings at all (``M_MMAP_MAX`` = 0): every
+block comes from the heap, and a freed one is there for the next array of its size.
+
 Nothing is changed when the user set glibc's own tunables (``MALLOC_MMAP_THRESHOLD_``,
-``MALLOC_TRIM_THRESHOLD_``, ``GLIBC_TUNABLES``) or when the C library is not glibc.
+``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_MMAP_MAX_``, ``GLIBC_TUNABLES``) or when the C library is not
+glibc.
 
 :func:`empty_aligned` gives NumPy arrays that start on a cache line (64 bytes).  glibc's blocks start
 16 bytes into one, at any of the four 16-byte offsets; oneDNN's backward convolution (the float32
@@ -29,15 +35,16 @@ import numpy as np
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
+M_MMAP_MAX = -4
 MMAP_THRESHOLD = 32 << 20  # glibc's largest (HEAP_MAX / 2 on 64-bit)
 TRIM_THRESHOLD = 1 << 30
 
-USER_TUNABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
+USER_TUNABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_MAX_", "GLIBC_TUNABLES")
 
 
 @functools.cache
 def keep_freed_memory() -> bool:
-    """Set the thresholds once per process; True when they were set."""
+    """Set the thresholds (and no mappings) once per process; True when they were set."""
     if any(os.environ.get(v) for v in USER_TUNABLES):
         return False
     name = ctypes.util.find_library("c")
@@ -47,7 +54,8 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError, TypeError):  # not glibc (macOS, musl without mallopt)
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    return all(mallopt(param, value) for param, value in
+               ((M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_TRIM_THRESHOLD, TRIM_THRESHOLD), (M_MMAP_MAX, 0)))
 
 
 CACHE_LINE = 64

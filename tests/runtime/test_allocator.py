@@ -28,7 +28,8 @@ def test_applied_once_on_glibc():
     assert _probe() == [True, True]
 
 
-@pytest.mark.parametrize("var", ["MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES"])
+@pytest.mark.parametrize("var", ["MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_MAX_",
+                                 "GLIBC_TUNABLES"])
 def test_the_users_own_tunables_are_left_alone(var):
     assert _probe(**{var: "131072" if var != "GLIBC_TUNABLES" else "glibc.malloc.trim_threshold=131072"}) \
         == [False, False]
