@@ -13,7 +13,11 @@ ORIGIN = 0  # the position holding point 0
 
 
 def coarse_solve(s: SolveState) -> None:
-    """Sequential solve of the coarsest level s.L ≥ 1 on the root position (gather, step, scatter)."""
+    """Sequential solve of the coarsest level s.L ≥ 1 on the root position (gather, step, scatter).
+
+    The root steps its own rows in place in its level-L arrays; every other position's g rows are
+    received into one buffer each, stepped in place there (u_k = Φ(u_{k−1}) + g_k overwrites g_k)
+    and sent back as soon as that position's last row is done."""
     L = s.L
     lv, u, g = s.lv[L], s.u[L], s.g[L]
     xp, comm, ranks = s.xp, s.comm, s.ranks
@@ -29,33 +33,34 @@ def coarse_solve(s: SolveState) -> None:
                     comm.recv_into(u[1:], ranks[s.root], tags.COARSE_U)
                 Comm.waitall(reqs)
             return
-        N = s.grids[L].N
-        U = xp.empty((N + 1, *s.shape), dtype=s.be.dtype)
-        G = xp.zeros((N + 1, *s.shape), dtype=s.be.dtype)
+        segments = []  # (position, first point, rows to step in place: u (own) or the received g)
         with s.timer("exchange"):
             if s.me == ORIGIN:
-                U[0] = u[0]
+                prev = u[0]
             else:
-                comm.recv_into(U[0], ranks[ORIGIN], tags.COARSE_U0)
+                prev = xp.empty(s.shape, dtype=s.be.dtype)
+                comm.recv_into(prev, ranks[ORIGIN], tags.COARSE_U0)
             for p, lay in enumerate(layouts):
                 if lay.n_owned == 0:
                     continue
                 if p == s.me:
-                    G[lay.lo:lay.hi] = g[1:]
+                    segments.append((p, lay.lo, None))
                 else:
-                    comm.recv_into(G[lay.lo:lay.hi], ranks[p], tags.COARSE_G)
-        for k in range(1, N + 1):
-            d = tuple(x[k - 1:k] for x in s.coarse_data)
-            v = s.phi(U[k - 1:k], d, s.coarse_h[k - 1:k])[0]
-            U[k] = v + G[k]
-        s.coarse_steps += N
+                    buf = xp.empty((lay.n_owned, *s.shape), dtype=s.be.dtype)
+                    comm.recv_into(buf, ranks[p], tags.COARSE_G)
+                    segments.append((p, lay.lo, buf))
+        reqs = []
+        for p, lo, buf in sorted(segments, key=lambda seg: seg[1]):
+            rows, rhs = (u[1:], g[1:]) if buf is None else (buf, buf)
+            for i in range(rows.shape[0]):
+                k = lo + i
+                d = tuple(x[k - 1:k] for x in s.coarse_data)
+                v = s.phi(prev[None], d, s.coarse_h[k - 1:k])[0]
+                xp.add(v, rhs[i], out=rows[i])
+                prev = rows[i]
+            if buf is not None:
+                with s.timer("exchange"):
+                    reqs.append(comm.isend(buf, ranks[p], tags.COARSE_U))
+        s.coarse_steps += s.grids[L].N
         with s.timer("exchange"):
-            reqs = []
-            for p, lay in enumerate(layouts):
-                if lay.n_owned == 0:
-                    continue
-                if p == s.me:
-                    u[1:] = U[lay.lo:lay.hi]
-                else:
-                    reqs.append(comm.isend(U[lay.lo:lay.hi], ranks[p], tags.COARSE_U))
             Comm.waitall(reqs)

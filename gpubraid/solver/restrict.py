@@ -24,7 +24,9 @@ def residual(s: SolveState, l: int):
         if c is None or c.size == 0:
             return s.xp.empty((0, *s.shape), dtype=s.be.dtype)
         r = s.step(l, u[c - 1], c - 1) - u[c]
-        return r if g is None else r + g[c]
+        if g is not None:
+            r += g[c]
+        return r
 
 
 def restrict(s: SolveState, l: int, r, consistent: bool = False) -> None:
@@ -53,7 +55,9 @@ def restrict(s: SolveState, l: int, r, consistent: bool = False) -> None:
             if consistent:
                 cg[1:] = r
             else:
-                cg[1:] = r + cu[1:] - s.step(l + 1, cu[:-1], slice(0, co.rows - 1))
+                coarse = s.step(l + 1, cu[:-1], slice(0, co.rows - 1))
+                s.xp.add(r, cu[1:], out=cg[1:])
+                cg[1:] -= coarse
         Comm.waitall(reqs)
 
 

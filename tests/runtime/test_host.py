@@ -126,6 +126,21 @@ def test_reversed_layer_views_run_the_kernels():
         assert got is not NotImplemented and np.array_equal(got, want[::-1])
 
 
+def test_one_layer_given_as_a_row_with_a_new_axis_runs_the_kernels():
+    """``row[None]`` (layer stride 0, as MGRIT's coarsest solve hands its previous row) is one layer:
+    the kernels take it, with the results of the same layer as a slice."""
+    C, B = 8, 30
+    u0, lamN, (K, b), h = _problem(C, 3, B, "float64")
+    u = np.stack([u0, lamN])
+    row, lam = u[1], u[0]
+    assert row[None].strides[0] == 0
+    for call in (host.forward, host.adjoint):
+        args = (row[None],) if call is host.forward else (row[None], lam[None])
+        want = call(*((u[1:2],) if call is host.forward else (u[1:2], u[0:1])), K[:1], b[:1], h[:1], 0)
+        got = call(*args, K[:1], b[:1], h[:1], 0)
+        assert got is not NotImplemented and np.array_equal(got, want)
+
+
 def test_declined_arrays_run_the_per_layer_calls(monkeypatch):
     C, n, B = 4, 3, 6
     step = DenseStep(C, "tanh", resolve_backend("numpy", "float64"))
