@@ -17,8 +17,9 @@ Per workload (:data:`WORKLOADS`):
    the first iteration's time, and the seconds per objective evaluation after it (the difference,
    so that first touches and start-up do not count as steady-state cost).  Time to target = first
    iteration + the further evaluations to target (from step 1) × seconds per evaluation.
-3. **Real runs at P = 1 and 2**: the same candidates untraced; their loop wall time against the
-   replay of the traced run (``replay / real``).
+3. **Real runs at P = 1 and 2**: the same candidates untraced, each right after its traced twin;
+   their loop wall time against the replay of the traced run (``replay / real``), and the replay
+   against the traced run's own wall time (``replay / traced``).
 4. **The planner** (``gpubraid plan --ranks P --json``, P = 1, 2, 8): its first candidate, found
    among the measured ones, against the fastest measured (``auto / best``).
 5. **Beyond the measurements**: the planner's predicted time to accuracy of its best data-parallel,
@@ -47,7 +48,7 @@ WORKLOADS = {
     "paper-32": (["peaks", "--layers", "32", "--final-time", "1", "--activation", "smoothrelu"], 130, 5, 30),
     "paper-256": (["peaks", "--layers", "256", "--final-time", "1", "--activation", "smoothrelu"], 130, 5, 20),
     "adam-dense": (["peaks", "--layers", "64", "--channels", "32", "--optimizer", "adam", "--lr", "1e-3",
-                    "--batch-size", "50", "--dtype", "float32"], 600, 50, 100),
+                    "--batch-size", "50", "--dtype", "float32"], 600, 50, 400),
     "mnist-conv": (["mnist", "--n-train", "4000", "--n-val", "1000"], 300, 50, 6),
 }
 QUICK = {"peaks-64": (["peaks", "--layers", "16", "--n-train", "500"], 10, 5, 2)}
@@ -109,31 +110,37 @@ def time_phase(base: list, P: int, N: int, batch: int, probe_its: int, net, tmp:
     """Every candidate on P ranks, replayed: the first iteration (startup: first touches, the
     optimiser's first line search) and the seconds per objective evaluation after it, as the
     difference of a 1-iteration and a (1 + ``probe_its``)-iteration traced run.  At P ≤ 2 also the
-    longer run untraced: its real loop wall time against its replay.  With ``repeats`` > 1 every
-    run is repeated and the least disturbed (shortest) kept."""
+    longer run untraced, each repeat right after its traced twin (so that both see the same load):
+    its real loop wall time against the replay (``replay / real``), and the replay against the
+    traced run's own wall time (``replay / traced``: the model alone, without run-to-run noise).
+    With ``repeats`` > 1 every run is repeated and the least disturbed (shortest) kept."""
     rows = []
     for label, extra, ranks in candidates(P, N, batch):
-        runs = {}
-        for k in (1, 1 + probe_its):
-            args = base + extra + ["--iterations", str(k), "--val-every", "0"]
-            tries = []
-            for _ in range(repeats):
-                m = train_cli(ranks, args, tmp, True)
-                tries.append((replay(load(os.path.join(tmp, "t.json")), net, "thread"), _evals(m), m))
-            runs[k] = min(tries, key=lambda t: t[0].wall_s)
-        (r1, e1, _), (r2, e2, m2) = runs[1], runs[1 + probe_its]
+        def traced(k):
+            m = train_cli(ranks, base + extra + ["--iterations", str(k), "--val-every", "0"], tmp, True)
+            return replay(load(os.path.join(tmp, "t.json")), net, "thread"), _evals(m), m
+
+        long_args = base + extra + ["--iterations", str(1 + probe_its), "--val-every", "0"]
+        shorts = [traced(1) for _ in range(repeats)]
+        longs, reals = [], []
+        for _ in range(repeats):
+            longs.append(traced(1 + probe_its))
+            if P <= 2:
+                reals.append(train_cli(ranks, long_args, tmp, False)["wall_s"])
+        (r1, e1, _), (r2, e2, m2) = (min(t, key=lambda x: x[0].wall_s) for t in (shorts, longs))
         per_eval = max(r2.wall_s - r1.wall_s, 0.0) / max(e2 - e1, 1)
         row = {"P": P, "label": label, "method": extra[1], "args": extra, "first_iteration_s": r1.wall_s,
                "first_iteration_evals": e1, "s_per_eval": per_eval, "probe_evals": e2,
-               "replay_s": r2.wall_s, "traced_wall_s": r2.traced_wall_s, "levels": m2["history"][-1].get("levels")}
+               "replay_s": r2.wall_s, "traced_wall_s": r2.traced_wall_s,
+               "replay_over_traced": r2.wall_s / r2.traced_wall_s, "replays_s": [t[0].wall_s for t in longs],
+               "levels": m2["history"][-1].get("levels")}
         if P <= 2:
-            long_args = base + extra + ["--iterations", str(1 + probe_its), "--val-every", "0"]
-            real = min(train_cli(ranks, long_args, tmp, False)["wall_s"] for _ in range(repeats))
-            row.update(real_wall_s=real, replay_over_real=r2.wall_s / real)
+            real = min(reals)
+            row.update(real_wall_s=real, real_walls_s=reals, replay_over_real=r2.wall_s / real)
         rows.append(row)
         print(f"  P={P} {label:26s} first it {r1.wall_s:.3f} s, {per_eval:.4f} s/eval"
               + (f"; {1 + probe_its} its replay {r2.wall_s:.3f} s, real {row['real_wall_s']:.3f} s "
-                 f"({row['replay_over_real']:.2f})" if P <= 2 else "")
+                 f"({row['replay_over_real']:.2f}; traced {row['replay_over_traced']:.2f})" if P <= 2 else "")
               + f", levels {row['levels']}", flush=True)
     return rows
 
