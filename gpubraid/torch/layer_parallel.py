@@ -90,11 +90,11 @@ class LayerParallel(torch.nn.Module):
         if isinstance(block, torch.nn.Module) or not callable(block):
             raise UserError("block must be a torch.nn.Module class or a no-argument factory of one layer "
                             f"(not a module instance); got {block!r}")
-        self.settings = make_settings(method, solver_options, full_batch, evaluation)
-        self.layers = check_positive_int("layers", layers)
-        self.final_time = check_positive_float("final_time", final_time)
         self.comm = as_comm(comm)
         self.rank, self.size = self.comm.rank, self.comm.size
+        self.settings = make_settings(method, solver_options, full_batch, evaluation, self.size)
+        self.layers = check_positive_int("layers", layers)
+        self.final_time = check_positive_float("final_time", final_time)
         self.bounds = split_layers(self.layers, self.size)
         self.a, self.b = int(self.bounds[self.rank]), int(self.bounds[self.rank + 1])
         self.is_first, self.is_last = self.rank == 0, self.rank == self.size - 1
@@ -120,7 +120,7 @@ class LayerParallel(torch.nn.Module):
         """Switch method and solver settings (parameters and warm-start states are kept)."""
         s = self.settings
         self.settings = make_settings(method, solver_options, s.full_batch if full_batch is None else full_batch,
-                                      s.evaluation if evaluation is None else evaluation)
+                                      s.evaluation if evaluation is None else evaluation, self.size)
         warm = (self._solves.U, self._solves.Lam) if self._solves is not None else (None, None)
         self._solves = None
         self._solver_for(self.stacked()[0])

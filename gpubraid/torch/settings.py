@@ -2,9 +2,10 @@
 
 The settings are those of ``gpubraid train`` (:class:`gpubraid.training.config.TrainConfig`):
 ``method`` and every field of its MGRIT group (cfactor, nrelax, max_levels, min_coarse, stability,
-conv_bound, nested, minibatch_warm, adaptive, fwd_iters, bwd_iters, tol, max_iter, and whatever
-that group gains), validated by the same schema with the same one-line messages, and turned into
-solver options by the same :func:`gpubraid.training.methods.make_method`.  A method added there is
+conv_bound, nested, minibatch_warm, adaptive, fwd_iters, bwd_iters, levels_for_ranks, tol,
+max_iter, and whatever that group gains) but the training loop's convergence monitor, validated by
+the same schema with the same one-line messages, and turned into solver options by the same
+:func:`gpubraid.training.methods.make_method`, with the same level cap for the layer ranks.  A method added there is
 reachable here without a change.  Two more settings belong to the initialisation: ``seed`` and
 ``init_scale`` (as in ``gpubraid train``).
 """
@@ -16,8 +17,12 @@ from ..errors import UserError
 from ..training.config import FIELDS, TrainConfig
 from ..training.methods import SERIAL, Method, make_method
 
+#: Settings of the MGRIT group that belong to ``gpubraid train``'s training loop, not to the solves:
+#: the convergence monitor compares gradients between optimiser steps, which your loop makes.
+LOOP_FIELDS = ("monitor_every", "monitor_tol")
 #: The ``gpubraid train`` settings a LayerParallel takes as keywords (besides ``method``).
-SOLVER_FIELDS = tuple(n for n, f in FIELDS.items() if (f.json_schema_extra or {}).get("group") == "MGRIT")
+SOLVER_FIELDS = tuple(n for n, f in FIELDS.items()
+                      if (f.json_schema_extra or {}).get("group") == "MGRIT" and n not in LOOP_FIELDS)
 INIT_FIELDS = ("seed", "init_scale")
 #: Micro-batches streamed through the ranks by one-level (layer-serial) solves: serial, pipeline,
 #: and exact/oneshot with ``max_levels=1`` (GPipe in each direction: the loss is the caller's).
@@ -52,8 +57,11 @@ class Settings:
         return make_method(self.cfg.model_copy(update={"method": "exact"})).forward
 
 
-def make_settings(method: str, options: dict, full_batch: bool = False, evaluation: str = "pipeline") -> Settings:
-    """Settings from keyword arguments; UserError (one line naming the setting) otherwise."""
+def make_settings(method: str, options: dict, full_batch: bool = False, evaluation: str = "pipeline",
+                  layer_ranks: int | None = None) -> Settings:
+    """Settings from keyword arguments; UserError (one line naming the setting) otherwise.
+    ``layer_ranks``: the ranks the layers are split over, whose level cap one-shot keeps when
+    ``levels_for_ranks`` is on (as ``gpubraid train`` does)."""
     allowed = SOLVER_FIELDS + PIPELINE_FIELDS + INIT_FIELDS
     for name in options:
         if name not in allowed:
@@ -64,4 +72,4 @@ def make_settings(method: str, options: dict, full_batch: bool = False, evaluati
     if not isinstance(full_batch, bool):
         raise UserError(f"full_batch must be true or false; got {full_batch!r}")
     cfg = TrainConfig(method=method, **options)
-    return Settings(cfg, make_method(cfg), full_batch, evaluation)
+    return Settings(cfg, make_method(cfg, layer_ranks), full_batch, evaluation)

@@ -210,6 +210,7 @@ def test_load_state_dict_needs_the_serial_layout():
     ({"method": "nosuch"}, "method must be one of"),
     ({"cfactor": 1}, "cfactor must be"),
     ({"lr": 0.1}, "unknown LayerParallel setting 'lr'"),
+    ({"monitor_every": 5}, "unknown LayerParallel setting 'monitor_every'"),  # the Trainer's loop, not a solve's
     ({"evaluation": "fast"}, "evaluation must be one of"),
     ({"layers": 0}, "layers"),
 ])
@@ -217,6 +218,18 @@ def test_bad_settings_are_one_line_errors(kwargs, match):
     args = {"layers": 4, **kwargs}
     with pytest.raises(UserError, match=match):
         LayerParallel(BLOCK, args.pop("layers"), 1.0, **args)
+
+
+def test_oneshot_keeps_the_level_cap_of_its_layer_ranks():
+    """As in ``gpubraid train``: at most 2 levels on up to 2 layer ranks (here 1) unless
+    ``levels_for_ranks=False``; other methods are not capped."""
+    assert LayerParallel(BLOCK, 16, 1.0, method="oneshot").settings.method.forward.max_levels == 2
+    free = LayerParallel(BLOCK, 16, 1.0, method="oneshot", levels_for_ranks=False, max_levels=5)
+    assert free.settings.method.forward.max_levels == 5
+    assert LayerParallel(BLOCK, 16, 1.0, method="exact", max_levels=5).settings.method.forward.max_levels == 5
+    lp = LayerParallel(BLOCK, 16, 1.0, method="exact")
+    lp.set_method("oneshot")
+    assert lp.settings.method.forward.max_levels == 2
 
 
 def test_bad_blocks_and_inputs():
