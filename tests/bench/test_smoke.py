@@ -42,6 +42,15 @@ def test_steps_quick(tmp_path):
     assert {r["op"] for r in doc["results"]} == {"forward", "adjoint", "param_grad"}
 
 
+def test_mgrit_phases_quick(tmp_path):
+    row = _run("mgrit_phases", tmp_path)["results"][0]
+    assert row["evaluations"] >= 2 and max(row["levels"]) == 2
+    for k in ("forward", "adjoint"):
+        phases = row[k + "_phases_ms"]
+        assert {"relax", "residual", "coarse_solve"} <= set(phases)
+        assert all(t >= 0 for t in phases.values()) and row[k + "_ms"] > 0
+
+
 def test_sweeps_quick(tmp_path):
     from gpubraid.runtime import host
 
