@@ -3,12 +3,13 @@
     mpiexec -n 2 python -m bench.pingpong [--out DIR]
 
 Measures, through the calls gpubraid's messages take (``Comm.isend`` / ``recv_into`` / ``waitall``):
-the one-way time of messages of 8 B .. 8 MiB (half the median round trip); the cost of an 8-byte
-send call and the cost o of a receive whose message had already arrived; latency α = one-way time
-of 8 B minus those two (a trace records the send call, the replay adds o); bandwidth β (slope
-between the two largest sizes); the time of a one-float allreduce; and the eager limit (the largest
-message whose send completes before its receive is posted) and whether larger messages move while
-their sender computes (asynchronous progress).  Writes ``pingpong.json``; its ``"network"`` entry is a
+the one-way time of messages of 8 B .. 8 MiB (half the median round trip; buffers out of cache, as
+a training run's are); the cost of an 8-byte send call and the cost o of a receive whose message
+had already arrived; latency α = one-way time of 8 B minus those two (a trace records the send
+call, the replay adds o); bandwidth β (least-squares slope over the sizes from 32 KiB); the time
+of a one-float allreduce; and the eager limit (the largest message whose send completes before its
+receive is posted) and whether larger messages move while their sender computes (asynchronous
+progress).  Writes ``pingpong.json``; its ``"network"`` entry is a
 :class:`gpubraid.runtime.replay.NetworkModel` (``python -m bench.replay --network FILE``).
 """
 from __future__ import annotations
@@ -25,11 +26,20 @@ from gpubraid.runtime.comm import Comm
 TAG = 7   # a tag of this benchmark's own communicator (a Dup of COMM_WORLD), not of gpubraid's
 
 
+#: Round trips cycle through buffers of this many bytes in all, more than this machine's caches: a
+#: training run's messages (states, adjoints, coarse rows) come from and go to memory, while one
+#: buffer bounced back and forth stays in cache and moves 2-3x faster (2-8 MiB on this project's VM).
+POOL_BYTES = 64 << 20
+
+
 def round_trips(comm: Comm, nbytes: int, repeats: int) -> list[float]:
-    """Seconds of ``repeats`` round trips of an ``nbytes`` message (rank 0 measures)."""
-    a = np.zeros(max(nbytes, 1), np.uint8)
+    """Seconds of ``repeats`` round trips of an ``nbytes`` message (rank 0 measures), each from the
+    next buffer of a pool of :data:`POOL_BYTES`."""
+    n = max(nbytes, 1)
+    pool = [np.zeros(n, np.uint8) for _ in range(max(1, min(repeats, POOL_BYTES // n)))]
     samples = []
-    for _ in range(repeats):
+    for i in range(repeats):
+        a = pool[i % len(pool)]
         comm.barrier()
         t0 = time.perf_counter()
         if comm.rank == 0:
@@ -128,8 +138,10 @@ def main(argv=None) -> int:
     progress = async_progress(comm)
     if comm.rank != 0:
         return 0
-    big, bigger = sizes[-2], sizes[-1]
-    bandwidth = (bigger - big) / (one_way[bigger] - one_way[big])
+    # β: least-squares slope of the one-way time over the sizes from 32 KiB (two points alone moved
+    # it by 2x between runs on a shared machine)
+    fit = [n for n in sizes if n >= 32 << 10]
+    bandwidth = 1.0 / float(np.polyfit(fit, [one_way[n] for n in fit], 1)[0])
     # a traced run records the send call's cost; the receive costs o: the rest of the one-way time is α
     latency = max(one_way[8] - send_s - recv_s, 0.0)
     network = {"name": "measured (mpiexec -n 2, this machine)", "latency_s": latency,

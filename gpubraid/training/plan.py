@@ -27,10 +27,10 @@ from . import costmodel as cm
 from .config import TrainConfig
 from .methods import make_method
 
-#: Shared-memory MPI on one host as measured on the development VM (python -m bench.pingpong,
-#: bench/results/2026-12-02-vm/pingpong.json: α ≈ 1.4 µs, 1.36 GB/s, o ≈ 1.5 µs, eager 4 KiB):
-#: the default network of the planner (ranks of one machine).
-SHARED_MEMORY = NetworkModel("shared memory (one host)", 1.36e-6, 1.36e9, 1.5e-6, 4096, True)
+#: Shared-memory MPI on one host as measured on the development VM (python -m bench.pingpong with
+#: buffers out of cache, bench/results/2026-12-03-vm/pingpong.json and three more runs: α ≈ 0–1.3 µs,
+#: 2.25–2.6 GB/s, o ≈ 1–2 µs, eager 4 KiB): the default network of the planner (ranks of one machine).
+SHARED_MEMORY = NetworkModel("shared memory (one host)", 1.0e-6, 2.25e9, 1.5e-6, 4096, True)
 NETWORKS = {"shm": SHARED_MEMORY, **PRESETS}
 
 
