@@ -18,7 +18,8 @@ Per workload (:data:`WORKLOADS`):
    so that first touches and start-up do not count as steady-state cost).  Time to target = first
    iteration + the further evaluations to target (from step 1) × seconds per evaluation.
 3. **Real runs at P = 1 and 2**: the same candidates untraced, each right after its traced twin;
-   their loop wall time against the replay of the traced run (``replay / real``), and the replay
+   their loop wall time against the replay of the traced run (``replay / real``: the shortest of
+   each; and the median over the repeats of each traced run against its twin), and the replay
    against the traced run's own wall time (``replay / traced``).
 4. **The planner** (``gpubraid plan --ranks P --json``, P = 1, 2, 8): its first candidate, found
    among the measured ones, against the fastest measured (``auto / best``).
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -136,11 +138,14 @@ def time_phase(base: list, P: int, N: int, batch: int, probe_its: int, net, tmp:
                "levels": m2["history"][-1].get("levels")}
         if P <= 2:
             real = min(reals)
-            row.update(real_wall_s=real, real_walls_s=reals, replay_over_real=r2.wall_s / real)
+            pairs = [t[0].wall_s / w for t, w in zip(longs, reals)]  # each traced run against its twin
+            row.update(real_wall_s=real, real_walls_s=reals, replay_over_real=r2.wall_s / real,
+                       replay_over_real_pairs=pairs, replay_over_real_median=statistics.median(pairs))
         rows.append(row)
         print(f"  P={P} {label:26s} first it {r1.wall_s:.3f} s, {per_eval:.4f} s/eval"
               + (f"; {1 + probe_its} its replay {r2.wall_s:.3f} s, real {row['real_wall_s']:.3f} s "
-                 f"({row['replay_over_real']:.2f}; traced {row['replay_over_traced']:.2f})" if P <= 2 else "")
+                 f"({row['replay_over_real']:.2f}; pairs {row['replay_over_real_median']:.2f}; "
+                 f"traced {row['replay_over_traced']:.2f})" if P <= 2 else "")
               + f", levels {row['levels']}", flush=True)
     return rows
 
