@@ -19,6 +19,9 @@ class Level:
         rows: local rows (ghost point first), 0 when the position holds nothing here.
         c_rows: (n_c,) int64 device array of the owned C-point rows (None on the hierarchy's
             coarsest level or when the position holds nothing); ``c_rows_host`` the same on the host.
+        c_sel, c_prev: the C-point rows and the rows before them as indices of the sweeps: slices
+            when the rows are evenly spaced (every m-th row, the usual case), so that ``u[c_sel]``
+            is a view and not a copy of the level's rows; else ``c_rows`` and ``c_rows − 1``.
         f_slices: one slice of F-point target rows per offset j = 1..m−1 over the intervals that
             start at a C-point this rank holds (each one batched step call).
         leading: F-point rows before the first such C-point (their interval starts at or left of
@@ -31,7 +34,7 @@ class Level:
         self.rows = lay.rows
         n, first_pt = self.rows, lay.lo - 1
         if n == 0 or is_coarsest:
-            self.c_rows = None
+            self.c_rows = self.c_sel = self.c_prev = None
             self.c_rows_host = np.zeros(0, dtype=np.int64)
             self.f_slices, self.leading, self.last_is_local = [], range(0), True
             return
@@ -45,6 +48,7 @@ class Level:
             owned_c = np.append(owned_c, last_row)
         self.c_rows_host = owned_c
         self.c_rows = be.xp.asarray(owned_c)
+        self.c_sel, self.c_prev = _selectors(owned_c, self.c_rows)
         # Intervals that start at a C-point this rank may relax without waiting: its own C-points,
         # and point 0 when it holds it.  F-point targets with offset j are every m-th row.
         f_start = 0 if lay.holds_origin else (int(owned_c[0]) if owned_c.size else None)
@@ -72,6 +76,19 @@ class Level:
     def restrict_steps(self) -> int:
         """Coarse steps of the FAS restriction onto this level (it being the coarse one)."""
         return self.rows - 1 if self.rows > 1 else 0
+
+
+def _selectors(rows: np.ndarray, device_rows):
+    """(rows, rows − 1) as slices when ``rows`` (host, ascending, ≥ 1) are evenly spaced; else as
+    the device index arrays."""
+    if rows.size == 1:
+        r = int(rows[0])
+        return slice(r, r + 1), slice(r - 1, r)
+    step = int(rows[1] - rows[0]) if rows.size > 1 else 0
+    if rows.size > 1 and step > 0 and np.all(np.diff(rows) == step):
+        first, last = int(rows[0]), int(rows[-1])
+        return slice(first, last + 1, step), slice(first - 1, last, step)
+    return device_rows, device_rows - 1
 
 
 def level_plan(grid: LevelGrid, lay: LevelLayout, coarse_lay: LevelLayout, backend: Backend) -> dict | None:

@@ -44,7 +44,7 @@ def c_relax(s: SolveState, l: int) -> None:
     if lv.c_rows is None or lv.c_rows.size == 0:
         return
     with s.timer("relax"):
-        c = lv.c_rows
+        c, before = lv.c_sel, lv.c_prev
         u, g = s.u[l], s.g[l]
-        v = s.step(l, u[c - 1], c - 1)
+        v = s.step(l, u[before], before)
         u[c] = v if g is None else v + g[c]

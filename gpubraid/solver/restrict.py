@@ -20,10 +20,10 @@ def residual(s: SolveState, l: int):
     lv = s.lv[l]
     u, g = s.u[l], s.g[l]
     with s.timer("residual"):
-        c = lv.c_rows
-        if c is None or c.size == 0:
+        if lv.c_rows is None or lv.c_rows.size == 0:
             return s.xp.empty((0, *s.shape), dtype=s.be.dtype)
-        r = s.step(l, u[c - 1], c - 1) - u[c]
+        c, before = lv.c_sel, lv.c_prev
+        r = s.step(l, u[before], before) - u[c]
         if g is not None:
             r += g[c]
         return r
@@ -48,7 +48,7 @@ def restrict(s: SolveState, l: int, r, consistent: bool = False) -> None:
         if co.lay.holds_origin:
             cu[0] = u[0]
         if co.rows > 1:
-            cu[1:] = u[lv.c_rows]
+            cu[1:] = u[lv.c_sel]
         reqs = []
         s.exchange_ghost(l + 1, True, reqs)
         if co.rows > 1:
@@ -69,7 +69,7 @@ def correct(s: SolveState, l: int, values: bool = False) -> None:
     lv, co = s.lv[l], s.lv[l + 1]
     if co.rows > 1:
         with s.timer("correct"):
-            u, v, c = s.u[l], s.u[l + 1][1:], lv.c_rows
+            u, v, c = s.u[l], s.u[l + 1][1:], lv.c_sel
             add = s.linear and not values
             if l == 0 and s.keep_correction:
                 s.e = v.copy() if add else v - u[c]
