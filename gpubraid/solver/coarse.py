@@ -33,7 +33,7 @@ def coarse_solve(s: SolveState) -> None:
                     comm.recv_into(u[1:], ranks[s.root], tags.COARSE_U)
                 Comm.waitall(reqs)
             return
-        segments = []  # (position, first point, rows to step in place: u (own) or the received g)
+        segments = []  # (position, first point, its received g rows to step in place; None: the root's own)
         with s.timer("exchange"):
             if s.me == ORIGIN:
                 prev = u[0]

@@ -84,10 +84,11 @@ def _selectors(rows: np.ndarray, device_rows):
     if rows.size == 1:
         r = int(rows[0])
         return slice(r, r + 1), slice(r - 1, r)
-    step = int(rows[1] - rows[0]) if rows.size > 1 else 0
-    if rows.size > 1 and step > 0 and np.all(np.diff(rows) == step):
-        first, last = int(rows[0]), int(rows[-1])
-        return slice(first, last + 1, step), slice(first - 1, last, step)
+    if rows.size > 1:
+        step = int(rows[1] - rows[0])
+        if step > 0 and np.all(np.diff(rows) == step):
+            first, last = int(rows[0]), int(rows[-1])
+            return slice(first, last + 1, step), slice(first - 1, last, step)
     return device_rows, device_rows - 1
 
 

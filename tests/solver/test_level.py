@@ -1,0 +1,36 @@
+"""The index sets of one rank's share of a level (gpubraid/solver/level.py): the C-point selectors
+the sweeps use pick the same rows as the C-point index arrays, as views where the rows are evenly
+spaced (not where the last point, N not a multiple of m, is appended), on every position of every
+level."""
+import numpy as np
+import pytest
+
+from gpubraid.runtime.backend import resolve_backend
+from gpubraid.runtime.comm import split_layers
+from gpubraid.solver.level import Level
+from gpubraid.solver.mgrit import MGRIT
+from gpubraid.solver.options import MGRITOptions
+
+HOST = resolve_backend("numpy", "float64")
+
+
+@pytest.mark.parametrize("N, P, m", [(16, 1, 2), (17, 1, 2), (30, 3, 4), (31, 4, 2), (9, 2, 3), (64, 4, 2),
+                                     (13, 5, 3)])
+def test_c_point_selectors_pick_the_c_rows(N, P, m):
+    solver = MGRIT(None, list(range(P)), split_layers(N, P), np.full(N, 1.0 / N),
+                   MGRITOptions(cfactor=m, max_levels=4, min_coarse=1), HOST)
+    views = 0
+    for lv_index in range(solver.n_levels - 1):
+        for p in range(P):
+            lv = Level(solver.levels[lv_index], solver.layouts[lv_index][p], HOST, False)
+            if lv.c_rows is None:
+                assert lv.c_sel is None and lv.c_prev is None
+                continue
+            u = np.arange(max(lv.rows, 1) * 2, dtype=float).reshape(-1, 2)[:lv.rows]
+            assert np.array_equal(u[lv.c_sel], u[lv.c_rows])
+            assert np.array_equal(u[lv.c_prev], u[lv.c_rows - 1])
+            if isinstance(lv.c_sel, slice):
+                views += 1
+                assert np.shares_memory(u[lv.c_sel], u) or lv.c_rows.size == 0
+    if N % m == 0:  # every rank's C-points evenly spaced on level 0 at least
+        assert views > 0
