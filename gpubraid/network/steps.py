@@ -27,6 +27,9 @@ and optional ones that a network uses when present:
                     room for the states of a layer-serial sweep, (n, B, *S), in the memory layout
                     the step runs fastest on (ConvStep on the torch engine: channels-last); the
                     sweeps then hand the step views of it
+    resized(state_shape) -> step
+                    the same step on states of another sample shape (ConvStep: C × H' × W' maps),
+                    for MGRIT levels that halve the feature maps (``spatial_levels``)
 
 and an optional pair that layer-serial propagation (forward sweep, then backward sweep at the same
 states and parameters: :mod:`gpubraid.network.sweep`) uses instead of forward / adjoint / param_grad
@@ -67,6 +70,7 @@ folded into DenseStep's C×C matrix, bias sums are matrix-vector products, tanh 
 """
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 
 import numpy as np
@@ -284,6 +288,16 @@ class ConvStep(CudaDispatch, ResidualStep):
     def describe(self) -> dict:
         return {"name": "conv", "channels": self.channels, "height": self.height, "width": self.width,
                 "activation": self.activation.name}
+
+    def resized(self, state_shape) -> "ConvStep":
+        """This step on maps of another size, (C, H', W'), with the same parameters (the coarse
+        levels of spatial coarsening: :mod:`gpubraid.solver.space`)."""
+        C, H, W = (int(x) for x in state_shape)
+        if C != self.channels:
+            raise UserError(f"resized: the channels stay {self.channels}; got {C}")
+        out = copy.copy(self)
+        out.height, out.width, out.state_shape = H, W, (C, H, W)
+        return out
 
     def _fast(self, x) -> bool:
         return self._fast_dtype(x.dtype)

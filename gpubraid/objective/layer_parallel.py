@@ -28,6 +28,7 @@ from ..runtime.resources import micro_batch_count
 from ..solver.chain import SerialChain
 from ..solver.mgrit import MGRIT
 from ..solver.options import MGRITOptions, SolveStats
+from .level_steps import LevelSteps
 from .pipeline import PipelineOptions, TrainingPipeline
 
 
@@ -75,6 +76,9 @@ class LayerParallel:
         self.bwd = chain_solver(solver_comm, list(range(P - 1, -1, -1)), rev_bounds, model.h[::-1].copy(),
                                 adjoint, model.be, M)
         self.h_local = model.step_sizes(self.a, self.b)
+        # the solvers' steps: on halved feature maps too when coarse levels coarsen in space
+        spatial = max(forward.spatial_levels, adjoint.spatial_levels)
+        self.steps = LevelSteps(model.step, spatial) if spatial else model.step
         self.U = None     # forward rows u_a..u_b of the last solve (warm start)
         self.Lam = None   # adjoint rows in solver order of the last solve (warm start; may be a reversed view)
         self.last_stats: tuple[SolveStats, SolveStats | None] | None = None
@@ -136,7 +140,7 @@ class LayerParallel:
         m = self.model
         if self.is_first and u0 is None:
             u0 = m.open_forward(x, P)
-        return self.fwd.solve(m.step.forward, P.layers(), u0, (batch, *m.state_shape),
+        return self.fwd.solve(self.steps.forward, P.layers(), u0, (batch, *m.state_shape),
                               warm=self._warm(self.U, batch) if warm else None, tol=self.fwd_tol, choice=choice)
 
     @staticmethod
@@ -152,7 +156,7 @@ class LayerParallel:
         if self.pipe is None or self._one_level(self.fwd):
             return None
         m = self.model
-        choice = self.fwd.choose(m.step.forward, P.layers(), u0, (batch, *m.state_shape),
+        choice = self.fwd.choose(self.steps.forward, P.layers(), u0, (batch, *m.state_shape),
                                  warm=self._warm(self.U, batch) if warm else None)
         if self.level_cap is not None and self.level_cap < choice.levels:
             choice.levels = self.level_cap
@@ -254,7 +258,7 @@ class LayerParallel:
         data = tuple(xp.ascontiguousarray(p[::-1]) for p in P.layers()) + (xp.ascontiguousarray(U[:-1][::-1]),)
 
         def psi(w, d, h):
-            return m.step.adjoint(d[-1], w, d[:-1], h)
+            return self.steps.adjoint(d[-1], w, d[:-1], h)
 
         warm_lam = xp.ascontiguousarray(self.Lam) if (warm and self._warm(self.Lam, batch) is not None) else None
         Lam_s, bstats = self.bwd.solve(psi, data, lamN, (batch, *m.state_shape), warm=warm_lam,

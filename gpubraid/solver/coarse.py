@@ -38,7 +38,7 @@ def coarse_solve(s: SolveState) -> None:
             if s.me == ORIGIN:
                 prev = u[0]
             else:
-                prev = xp.empty(s.shape, dtype=s.be.dtype)
+                prev = xp.empty(s.shapes[L], dtype=s.be.dtype)
                 comm.recv_into(prev, ranks[ORIGIN], tags.COARSE_U0)
             for p, lay in enumerate(layouts):
                 if lay.n_owned == 0:
@@ -46,7 +46,7 @@ def coarse_solve(s: SolveState) -> None:
                 if p == s.me:
                     segments.append((p, lay.lo, None))
                 else:
-                    buf = xp.empty((lay.n_owned, *s.shape), dtype=s.be.dtype)
+                    buf = xp.empty((lay.n_owned, *s.shapes[L]), dtype=s.be.dtype)
                     comm.recv_into(buf, ranks[p], tags.COARSE_G)
                     segments.append((p, lay.lo, buf))
         reqs = []

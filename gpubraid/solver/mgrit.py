@@ -3,6 +3,7 @@
 The solver knows nothing about networks.  A problem hands it, in solver order (see grid.py):
 
     phi(u, data, h) -> Φ(u)   batched step: u (k, B, *S), data a tuple of (k, ...) arrays, h (k,)
+                              (with spatial coarsening, S is the level's: see space.py)
     data                      this rank's level-0 step data, one row per owned level-0 step
     u0                        the value at point 0 (on the rank that holds point 0)
 
@@ -12,6 +13,7 @@ Level l solves u_i = Φ_{l,i−1}(u_{i−1}) + g_{l,i}.  The solver is split by 
     stepdata.py            step data of the coarse levels (planned once, moved per solve)
     relax.py               f_relax, c_relax
     restrict.py            residual, restrict, correct
+    space.py               spatial coarsening: level shapes, restriction and interpolation in space
     interpolate.py         interpolate (the cheap end of a solve without final relaxation)
     coarse.py              coarse_solve (gathered to rank 0)
     cycle.py               the cycle: the order of the phases, defined once
@@ -249,10 +251,10 @@ class MGRIT:
         if n_lv > 1:
             self.plan.gather_coarsest(s)
             for l in range(1, n_lv):
-                s.u[l] = self.xp.empty((self.lv[l].rows, *shape), dtype=self.be.dtype)
+                s.u[l] = self.xp.empty((self.lv[l].rows, *s.shapes[l]), dtype=self.be.dtype)
                 s.g[l] = self.xp.zeros_like(s.u[l])
                 if self.lv[l].lay.holds_origin and self.lv[l].rows:
-                    s.u[l][0] = s.u[0][0]
+                    s.to_coarse(l - 1, s.u[l - 1][0:1], out=s.u[l][0:1])
         final = opts.final_residual or tol > 0 or opts.rtol > 0
         for v in phases(s.L, opts, max_iter=max_iter, cold=warm is None, final_residual=final,
                         converged=lambda it: stats.converged):

@@ -76,6 +76,10 @@ class MGRITOptions:
             or ``"average"`` the level-0 rows over the coarse step weighted by their step sizes
             (Σ h_s d_s / H), for every data array except per-sample ones (``sample_data`` of
             :meth:`~gpubraid.solver.mgrit.MGRIT.solve`, e.g. an adjoint's states, still injected).
+        spatial_levels: levels 1..k also halve the feature maps (the last two axes of the sample
+            shape; 2×2 mean down, copy up: :mod:`~gpubraid.solver.space`), so their steps cost a
+            quarter per halving; per-sample step data are halved with them.  ``phi`` must take
+            states of every level's shape.  0: every level keeps the fine maps.
     """
 
     max_levels: int = 10
@@ -97,6 +101,7 @@ class MGRITOptions:
     final_relax: bool = True
     linear: bool = False
     coarse_params: str = "inject"
+    spatial_levels: int = 0
 
     def validate(self) -> "MGRITOptions":
         check_hierarchy(self.cfactor, self.max_levels, self.min_coarse)
@@ -104,6 +109,7 @@ class MGRITOptions:
         check_positive_int("max_iter", self.max_iter, 0)
         check_positive_int("stability_samples", self.stability_samples)
         check_positive_int("stability_iters", self.stability_iters)
+        check_positive_int("spatial_levels", self.spatial_levels, 0)
         if self.coarse_params not in COARSE_PARAMS:
             raise UserError(f"coarse_params must be one of {', '.join(COARSE_PARAMS)}; got {self.coarse_params!r}")
         for name in ("tol", "rtol", "stability", "conv_bound"):

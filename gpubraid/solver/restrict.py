@@ -1,13 +1,17 @@
 """Residual, FAS restriction and correction between level l and level l + 1 (docs/algorithm.md §3).
 
     residual   r_c = g_c + Φ_l(u_{c−1}) − u_c at the C-points of level l
-    restrict   injection v = u_c onto level l + 1, g_{l+1} = r + v − Φ_{l+1}(v_prev)
-    correct    u_c ← v_new at the C-points of level l (injection's ideal interpolation; the
-               F-relaxation that completes it is the cycle's next phase)
+    restrict   v = R u_c onto level l + 1, g_{l+1} = R r + v − Φ_{l+1}(v_prev)
+    correct    u_c ← u_c + P(v_new − R u_c) at the C-points of level l (the F-relaxation that
+               completes it is the cycle's next phase)
+
+R and P are the identity (injection, and u_c ← v_new: its ideal interpolation) unless level l + 1
+halves the feature maps (``MGRITOptions.spatial_levels``: the 2×2 mean and its piecewise-constant
+interpolation of :mod:`.space`).
 
 For a linear step (``MGRITOptions.linear``) the coarse levels carry corrections instead (the
-correction scheme, the same iterates): restrict sets v = 0, g_{l+1} = r (no coarse steps) and
-correct adds, u_c ← u_c + v_new.
+correction scheme, the same iterates): restrict sets v = 0, g_{l+1} = R r (no coarse steps) and
+correct adds, u_c ← u_c + P v_new.
 """
 from __future__ import annotations
 
@@ -16,12 +20,12 @@ from .state import SolveState
 
 
 def residual(s: SolveState, l: int):
-    """r_c = g_c + Φ(u_{c−1}) − u_c at this rank's C-points of level l, shape (n_c, B, *S)."""
+    """r_c = g_c + Φ(u_{c−1}) − u_c at this rank's C-points of level l, shape (n_c, B, *S_l)."""
     lv = s.lv[l]
     u, g = s.u[l], s.g[l]
     with s.timer("residual"):
         if lv.c_rows is None or lv.c_rows.size == 0:
-            return s.xp.empty((0, *s.shape), dtype=s.be.dtype)
+            return s.xp.empty((0, *s.shapes[l]), dtype=s.be.dtype)
         c, before = lv.c_sel, lv.c_prev
         r = s.step(l, u[before], before) - u[c]
         if g is not None:
@@ -30,7 +34,7 @@ def residual(s: SolveState, l: int):
 
 
 def restrict(s: SolveState, l: int, r, consistent: bool = False) -> None:
-    """FAS restriction of level l's residual ``r`` to level l + 1: v = u_c, g = r + v − Φ_{l+1}(v_prev).
+    """FAS restriction of level l's residual ``r`` to level l + 1: v = R u_c, g = R r + v − Φ_{l+1}(v_prev).
 
     ``consistent``: the C-point values already satisfy v = Φ_{l+1}(v_prev) + g_old with g_old = 0
     (right after a nested-iteration guess whose coarse level is solved exactly), so g = r without
@@ -43,37 +47,56 @@ def restrict(s: SolveState, l: int, r, consistent: bool = False) -> None:
         if s.linear:   # correction scheme: the coarse unknown is the correction, starting at 0
             cu[...] = 0
             if co.rows > 1:
-                cg[1:] = r
+                s.to_coarse(l, r, out=cg[1:])
             return
         if co.lay.holds_origin:
-            cu[0] = u[0]
+            s.to_coarse(l, u[0:1], out=cu[0:1])
         if co.rows > 1:
-            cu[1:] = u[lv.c_sel]
+            s.to_coarse(l, u[lv.c_sel], out=cu[1:])
         reqs = []
         s.exchange_ghost(l + 1, True, reqs)
         if co.rows > 1:
             if consistent:
-                cg[1:] = r
+                s.to_coarse(l, r, out=cg[1:])
             else:
                 coarse = s.step(l + 1, cu[:-1], slice(0, co.rows - 1))
-                s.xp.add(r, cu[1:], out=cg[1:])
+                s.xp.add(s.to_coarse(l, r), cu[1:], out=cg[1:])
                 cg[1:] -= coarse
         Comm.waitall(reqs)
 
 
 def correct(s: SolveState, l: int, values: bool = False) -> None:
-    """u_c ← v_new (correction scheme: u_c + v_new) at this rank's C-points of level l from level
-    l + 1; ``values``: the coarse level holds values even in the correction scheme (nested start).
+    """u_c ← u_c + P(v_new − R u_c) (correction scheme: u_c + P v_new) at this rank's C-points of
+    level l from level l + 1; without spatial coarsening (R = P = I) that is u_c ← v_new.
+    ``values``: the coarse level holds values even in the correction scheme (nested start: on
+    levels ≥ 1, whose C-points hold nothing yet, u_c ← P v_new).
     On level 0, when the solve ends by :func:`.interpolate.interpolate`, the change of each C-point
     is kept in ``s.e``."""
     lv, co = s.lv[l], s.lv[l + 1]
-    if co.rows > 1:
-        with s.timer("correct"):
-            u, v, c = s.u[l], s.u[l + 1][1:], lv.c_sel
-            add = s.linear and not values
-            if l == 0 and s.keep_correction:
+    if co.rows <= 1:
+        return
+    with s.timer("correct"):
+        u, v, c = s.u[l], s.u[l + 1][1:], lv.c_sel
+        add = s.linear and not values
+        keep = l == 0 and s.keep_correction
+        if not s.halves(l):
+            if keep:
                 s.e = v.copy() if add else v - u[c]
             if add:
                 u[c] += v
             else:
                 u[c] = v
+            return
+        if values and l > 0:  # nested start: this level's C-points hold nothing yet (level 0: the guess)
+            u[c] = 0
+        d = v if add or (values and l > 0) else v - s.to_coarse(l, u[c])
+        if keep:
+            s.e = s.xp.zeros(u[c].shape, dtype=u.dtype)
+            s.add_to_fine(l, s.e, d)
+            u[c] += s.e
+        elif isinstance(c, slice):
+            s.add_to_fine(l, u[c], d)
+        else:  # index arrays select a copy
+            uc = u[c]
+            s.add_to_fine(l, uc, d)
+            u[c] = uc

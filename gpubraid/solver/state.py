@@ -9,6 +9,7 @@ from __future__ import annotations
 from ..runtime import tags
 from ..runtime.profiling import PhaseTimer
 from .options import SolveStats
+from .space import add_interpolated, level_shapes, restrict_space
 
 
 class SolveState:
@@ -16,9 +17,11 @@ class SolveState:
 
     Attributes:
         phi: the batched step ``phi(u, data, h)``.
-        shape: sample shape (B, *S).
+        shape: sample shape (B, *S) of level 0.
+        shapes: sample shape (B, *S_l) of each level (S_l = S unless spatial coarsening halves the
+            feature maps: :mod:`.space`).
         L: the coarsest level of this solve (levels 0..L are in use).
-        u, g: per level l, (rows_l, B, *S) state and FAS right-hand side (g[0] is None).
+        u, g: per level l, (rows_l, B, *S_l) state and FAS right-hand side (g[0] is None).
         data, h: per level l, this rank's step data (tuple of (k_l, ...) arrays) and step sizes (k_l,).
         coarse_data, coarse_h: level L's step data and step sizes of all its steps (root only).
         r: the last residual (n_c, B, *S), handed from ``residual`` to ``restrict``.
@@ -34,6 +37,7 @@ class SolveState:
         self.be, self.xp = solver.be, solver.xp
         self.grids, self.layouts, self.lv = solver.levels, solver.layouts, solver.lv
         self.phi, self.shape = phi, shape
+        self.shapes = level_shapes(shape, solver.opts.spatial_levels, len(solver.lv))
         n = len(self.lv)
         self.L = n - 1
         self.u = [None] * n
@@ -55,6 +59,27 @@ class SolveState:
         data = tuple(d[idx] for d in self.data[l])
         self.steps[l] += u.shape[0]
         return self.phi(u, data, self.h[l][idx])
+
+    def halves(self, l: int) -> bool:
+        """Whether level l + 1 holds level l's feature maps halved (spatial coarsening)."""
+        return self.shapes[l + 1] != self.shapes[l]
+
+    def to_coarse(self, l: int, x, out=None):
+        """Level-l rows ``x`` (k, B, *S_l) as level l + 1 holds them: R x when the maps halve (into
+        ``out`` if given), else ``x`` itself (copied into ``out`` if given)."""
+        if self.halves(l):
+            return restrict_space(self.xp, x, out)
+        if out is None:
+            return x
+        out[...] = x
+        return out
+
+    def add_to_fine(self, l: int, target, v) -> None:
+        """target += P v: level-(l + 1) rows ``v`` added to level-l rows ``target`` (a view)."""
+        if self.halves(l):
+            add_interpolated(self.xp, target, v)
+        else:
+            target += v
 
     def exchange_ghost(self, l: int, send_now: bool, reqs: list) -> None:
         """Send the last row to the next position (if ``send_now``) and receive the ghost row."""

@@ -91,7 +91,8 @@ class StepDataPlan:
     def distribute(self, s: SolveState, data, sample_data=()) -> None:
         """Fill s.data and s.h of every level on this rank (level 0: ``data`` itself): injected
         rows, or with averaging the weighted mean over each coarse step of every array not listed
-        in ``sample_data``."""
+        in ``sample_data``.  Per-sample arrays (rows (k, B, *S)) are restricted in space to the
+        level's feature maps when it halves them (:mod:`.space`)."""
         xp, a, me = s.xp, self.a, self.me
         s.data[0] = tuple(data)
         s.h[0] = s.be.asarray(self.levels[0].H[a:self.b])
@@ -113,6 +114,8 @@ class StepDataPlan:
         for l in range(1, len(self.levels)):
             it_inj, it_avg = iter(bufs_inj[l]), iter(self._mean(s, l, bufs_avg[l]) if avg else ())
             s.data[l] = tuple(next(it_avg) if av else next(it_inj) for av in averaged)
+            if s.shapes[l] != s.shapes[0]:  # per-sample rows hold states: halve them with the level's
+                s.data[l] = tuple(_to_level(s, l, d) if j in sample_data else d for j, d in enumerate(s.data[l]))
 
     def _mean(self, s: SolveState, l: int, raws):
         """Σ_j w_kj raw[rows_kj] per step k of level l, in the same order on every rank count."""
@@ -188,3 +191,10 @@ class StepDataPlan:
                         s.comm.recv_into(buf, s.ranks[p], tags.COARSE_DATA)
                         full[j][sl] = buf
         s.coarse_data = full
+
+
+def _to_level(s: SolveState, l: int, rows):
+    """Level-0 shaped per-sample rows (k, B, *S) restricted in space to level l's maps."""
+    for k in range(l):
+        rows = s.to_coarse(k, rows)
+    return rows

@@ -20,9 +20,12 @@ from ..training.methods import SERIAL, Method, make_method
 #: Settings of the MGRIT group that belong to ``gpubraid train``'s training loop, not to the solves:
 #: the convergence monitor compares gradients between optimiser steps, which your loop makes.
 LOOP_FIELDS = ("monitor_every", "monitor_tol")
+#: Settings of the MGRIT group a torch module cannot take, and why.
+REFUSED = {"spatial_levels": "coarse levels on halved feature maps need gpubraid's conv step; a torch "
+                             "module's layers keep the shape they were built for"}
 #: The ``gpubraid train`` settings a LayerParallel takes as keywords (besides ``method``).
 SOLVER_FIELDS = tuple(n for n, f in FIELDS.items()
-                      if (f.json_schema_extra or {}).get("group") == "MGRIT" and n not in LOOP_FIELDS)
+                      if (f.json_schema_extra or {}).get("group") == "MGRIT" and n not in LOOP_FIELDS + tuple(REFUSED))
 INIT_FIELDS = ("seed", "init_scale")
 #: Micro-batches streamed through the ranks by one-level (layer-serial) solves: serial, pipeline,
 #: and exact/oneshot with ``max_levels=1`` (GPipe in each direction: the loss is the caller's).
@@ -64,6 +67,8 @@ def make_settings(method: str, options: dict, full_batch: bool = False, evaluati
     ``levels_for_ranks`` is on (as ``gpubraid train`` does)."""
     allowed = SOLVER_FIELDS + PIPELINE_FIELDS + INIT_FIELDS
     for name in options:
+        if name in REFUSED:
+            raise UserError(f"{name} is not a LayerParallel setting: {REFUSED[name]}")
         if name not in allowed:
             raise UserError(f"unknown LayerParallel setting {name!r}; allowed: method, full_batch, evaluation, "
                             + ", ".join(allowed))

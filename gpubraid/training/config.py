@@ -147,6 +147,10 @@ class TrainConfig(BaseModel):
     coarse_params: Literal["inject", "average"] = _field(
         "inject", "MGRIT coarse steps use the parameters of the first layer they span (inject) or the "
         "step-size-weighted mean over the layers they span (average)", "MGRIT")
+    spatial_levels: int = _field(
+        0, "MGRIT levels 1..K also halve the conv step's feature maps (2x2 mean down, copied up), so their "
+        "steps cost a quarter per halving (conv steps only); 0: every level keeps the full maps", "MGRIT", "K",
+        ge=0, le=16)
     minibatch_warm: bool = _field(False, "oneshot with mini-batches: warm-start from the previous batch's "
                                   "solves (measured worse than the nested guess)", "MGRIT")
     adaptive: float = _field(0.0, "oneshot: stop a solve once its residual is <= this times the last "

@@ -123,7 +123,7 @@ def make_method(cfg: TrainConfig, layer_ranks: int | None = None) -> Method:
         max_levels = min(max_levels, levels_for_ranks(layer_ranks))
     common = dict(cfactor=cfg.cfactor, max_levels=max_levels, nrelax=nrelax,
                   min_coarse=cfg.min_coarse, stability=cfg.stability, nested=cfg.nested,
-                  coarse_params=cfg.coarse_params)
+                  coarse_params=cfg.coarse_params, spatial_levels=cfg.spatial_levels)
     pipe = PipelineOptions(cfg.micro_batches, cfg.schedule)
     if cfg.method in ("serial", "pipeline"):
         return (Serial if cfg.method == "serial" else Pipelined)(SERIAL, SERIAL, pipe)

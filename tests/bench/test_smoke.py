@@ -51,6 +51,17 @@ def test_mgrit_phases_quick(tmp_path):
         assert all(t >= 0 for t in phases.values()) and row[k + "_ms"] > 0
 
 
+def test_spatial_quick(tmp_path):
+    doc = _run("spatial", tmp_path, "--layers", "8", "--variants", "serial", "2 levels", "2 levels, spatial 1")
+    grad = {r["variant"]: r for r in doc["results"] if "median_grad_rel_error" in r}
+    assert set(grad) == {"2 levels", "2 levels, spatial 1"}
+    # a quarter of the coarse work: 2 levels at m = 2 cost more than the same cycle on halved maps
+    assert grad["2 levels, spatial 1"]["work_over_serial"] < grad["2 levels"]["work_over_serial"]
+    assert all(0 < r["median_grad_rel_error"] < 10 for r in grad.values())
+    assert {r["variant"] for r in doc["results"] if "val_accuracy" in r} == {"serial", "2 levels",
+                                                                             "2 levels, spatial 1"}
+
+
 def test_sweeps_quick(tmp_path):
     from gpubraid.runtime import host
 

@@ -1,7 +1,8 @@
 """Run under mpiexec: three warm one-shot evaluations with the cheap cycle (adjoint in the correction
 scheme, no final relaxation, coarse params COARSE); prints states, adjoints, gradient on rank 0.
+With SPATIAL > 0: a conv network on 8×4 maps whose levels 1..SPATIAL halve them.
 
-Usage: python oneshot_cycle_check.py N MAX_LEVELS COARSE
+Usage: python oneshot_cycle_check.py N MAX_LEVELS COARSE [SPATIAL]
 """
 import json
 import sys
@@ -18,12 +19,16 @@ from gpubraid.solver.options import MGRITOptions
 
 def main():
     N, levels, coarse = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+    spatial = int(sys.argv[4]) if len(sys.argv) > 4 else 0
     be = resolve_backend("numpy")
     comm = Comm.world()
     B = 5
-    model, theta_full, x, y = resnet_problem("dense", N, B, be)
+    if spatial:
+        model, theta_full, x, y = resnet_problem("conv", N, B, be, in_shape=(2, 8, 4))
+    else:
+        model, theta_full, x, y = resnet_problem("dense", N, B, be)
     fwd = MGRITOptions(cfactor=2, nrelax=[0, 1], max_levels=levels, tol=0.0, max_iter=1, final_residual=False,
-                       final_relax=False, coarse_params=coarse)
+                       final_relax=False, coarse_params=coarse, spatial_levels=spatial)
     bwd = MGRITOptions(**{**fwd.__dict__, "linear": True})
     lp = LayerParallel(model, comm, fwd, bwd)
     out = {"objective": [], "grad": [], "states": [], "adjoints": []}

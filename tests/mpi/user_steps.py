@@ -148,12 +148,14 @@ class StateShapeStep(TwoLayerStep):
 
 
 
-def resnet_problem(kind: str, N: int, B: int, backend):
+def resnet_problem(kind: str, N: int, B: int, backend, in_shape=None):
     """The ResNetODE of the MPI checks (4 channels, 3 classes, T = 2, tanh, regularised) with its
-    full-layout parameters (seed 3, scale 2) and B samples: (model, theta_full, x, y)."""
+    full-layout parameters (seed 3, scale 2) and B samples: (model, theta_full, x, y).  Inputs
+    (3,) or (2, 5, 4) images unless ``in_shape`` is given."""
     from gpubraid.network.network import ResNetODE
 
-    in_shape = (3,) if kind == "dense" else (2, 5, 4)
+    if in_shape is None:
+        in_shape = (3,) if kind == "dense" else (2, 5, 4)
     model = ResNetODE(kind, in_shape, 4, N, 3, 2.0, "tanh", backend, gamma_tik=1e-2, gamma_ddt=1e-2)
     theta_full = model.init_params(model.layout(), seed=3, scale=2.0)
     rng = np.random.default_rng(0)

@@ -129,13 +129,14 @@ def test_oneshot_default_step_counts(N, levels, fwd, bwd):
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("coarse", ["inject", "average"])
-def test_cheap_cycle_independent_of_rank_count(mpirun, coarse):
+@pytest.mark.parametrize("coarse,spatial", [("inject", 0), ("average", 0), ("average", 2)])
+def test_cheap_cycle_independent_of_rank_count(mpirun, coarse, spatial):
     """Three warm one-shot evaluations (uneven blocks, one layer per rank at the end of 4): the same
-    states, adjoints, gradients and objectives on 1..4 ranks."""
-    ref = mpirun.json(1, "oneshot_cycle_check.py", 13, 3, coarse)
+    states, adjoints, gradients and objectives on 1..4 ranks (``spatial``: a conv network whose
+    coarse levels halve the feature maps)."""
+    ref = mpirun.json(1, "oneshot_cycle_check.py", 13, 3, coarse, spatial)
     for n in (2, 3, 4):
-        got = mpirun.json(n, "oneshot_cycle_check.py", 13, 3, coarse)
+        got = mpirun.json(n, "oneshot_cycle_check.py", 13, 3, coarse, spatial)
         for key in ("states", "adjoints"):
             assert np.array_equal(np.array(got[key]), np.array(ref[key])), (n, key)
         g, r = np.array(got["grad"]), np.array(ref["grad"])
