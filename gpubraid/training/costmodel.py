@@ -59,12 +59,13 @@ def _view(opts: MGRITOptions, h: tuple, L: int):
 def mgrit_calls(opts: MGRITOptions, adjoint: MGRITOptions, h, L: int, levels: int, warm: bool, it_f: int,
                 it_b: int, samples: int) -> dict:
     """Calls and intervals rank 0 of L issues in one forward solve (options ``opts``) and one
-    adjoint solve (``adjoint``): ``{"forward": (calls, intervals), "adjoint": (...), "estimate":
-    (calls, intervals × samples)}``."""
+    adjoint solve (``adjoint``): ``{"forward": (calls, intervals, coarsest-solve calls), "adjoint":
+    (...), "estimate": (calls, intervals × samples)}``; the coarsest solve's calls (one step each)
+    are among the calls."""
     out = {}
     for name, it, o in (("forward", it_f, opts), ("adjoint", it_b, adjoint)):
         solver, plans = _view(o, tuple(float(v) for v in h), L)
-        calls = steps = 0
+        calls = steps = coarse = 0
         for phase, l, n in solver.schedule(it, levels=levels, warm=warm):
             steps += n
             if phase == "f_relax" and n:
@@ -72,9 +73,10 @@ def mgrit_calls(opts: MGRITOptions, adjoint: MGRITOptions, h, L: int, levels: in
                 calls += sum(1 for k in r["slices"] if k > 0) + r["leading"]
             elif phase in ("serial", "coarse_solve"):
                 calls += n
+                coarse += n if phase == "coarse_solve" else 0
             elif n:
                 calls += 1
-        out[name] = (calls, steps)
+        out[name] = (calls, steps, coarse)
     n0 = int(split_layers(len(h), L)[1])
     estimating = opts.stability > 0 or opts.conv_bound > 0
     k = opts.stability_iters + 1 if estimating else 0
@@ -83,9 +85,12 @@ def mgrit_calls(opts: MGRITOptions, adjoint: MGRITOptions, h, L: int, levels: in
 
 
 def mgrit_solve_s(opts: MGRITOptions, h, L: int, levels: int, warm: bool, iters: int, alpha: float,
-                  beta: float, m: int, msg_s: float, reduce_s: float, net: NetworkModel, row_bytes: int) -> float:
-    """Critical-path seconds of one MGRIT solve on L positions (see the module docstring)."""
+                  beta: float, m: int, msg_s: float, reduce_s: float, net: NetworkModel, row_bytes: int,
+                  coarse_alpha: float | None = None) -> float:
+    """Critical-path seconds of one MGRIT solve on L positions (see the module docstring); each
+    step of the coarsest solve costs ``coarse_alpha`` (default ``alpha``) + ``beta``·m."""
     solver, plans = _view(opts, tuple(float(v) for v in h), L)
+    coarse_alpha = alpha if coarse_alpha is None else coarse_alpha
 
     def call(k):
         return alpha + beta * k * m if k > 0 else 0.0
@@ -111,7 +116,7 @@ def mgrit_solve_s(opts: MGRITOptions, h, L: int, levels: int, warm: bool, iters:
             total += max(call(r["restrict"]) for r in rs) + (msg_s if any(r["restrict_prev"] for r in rs) else 0.0)
         elif phase == "coarse_solve":
             owned = [lay.n_owned for lay in solver.layouts[l][1:] if lay.n_owned > 0]
-            total += solver.levels[l].N * call(1)
+            total += solver.levels[l].N * (coarse_alpha + beta * m)
             total += sum(2 * (net.transfer(k * row_bytes) + net.overhead_s) for k in owned)
     return total
 

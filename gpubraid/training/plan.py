@@ -85,7 +85,7 @@ def _mgrit_step(probe, method, levels, its, warm, D, L, net, h) -> float:
         alpha, beta = probe.calls[op]
         beta *= probe.per_sample_scale(n * m, op == "adjoint")
         total += cm.mgrit_solve_s(o, h, L, levels, warm, it, alpha + probe.solve_call[0],
-                                  beta + probe.solve_call[1], m, msg, red, net, row)
+                                  beta + probe.solve_call[1], m, msg, red, net, row, coarse_alpha=alpha)
     if opts.stability > 0 or opts.conv_bound > 0:
         alpha, beta = probe.calls["forward"]
         s = min(opts.stability_samples, m)

@@ -16,7 +16,8 @@ a shared machine, as the trace's spans are) and as synchronised wall time on a G
     param_grad             one batched gradient call over L layers
     solve_call             each MGRIT call's own cost in situ (slicing, gathers and scatters, the
                            g-add, timers), (per call, per interval·sample): the one-shot evaluation's
-                           measured time less its calls' step costs, at SOLVE_SAMPLES and the batch
+                           measured time less its calls' step costs, at SOLVE_SAMPLES and the batch,
+                           per call other than the coarsest solve's single steps
     footprint              the per-sample costs of the whole network's sweep at the full batch
                            against the small sweep's (states beyond the caches)
     step_overhead          a training step beyond its evaluation (optimiser, batch, statistics)
@@ -262,7 +263,9 @@ def run_probe(trainer, oneshot, exact, repeats: int = 2) -> Probe:
             step_cost = sum(counted[op][0] * calls[op][0] + counted[op][1] * mm * calls[op][1]
                             for op in ("forward", "adjoint"))
             step_cost += counted["estimate"][0] * calls["forward"][0] + counted["estimate"][1] * calls["forward"][1]
-            n_calls = counted["forward"][0] + counted["adjoint"][0]
+            # the coarsest solve's single-step calls carry the step's own cost only (its loop adds
+            # an add per step): the solver's own cost is that of the other calls
+            n_calls = sum(counted[op][0] - counted[op][2] for op in ("forward", "adjoint"))
             return wall - step_cost, n_calls, counted["forward"][1] + counted["adjoint"][1]
 
         m1, m2 = min(B, SOLVE_SAMPLES), B

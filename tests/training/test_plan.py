@@ -36,6 +36,7 @@ def test_mgrit_calls_count_the_steps_the_solver_takes(levels, warm):
     assert f.levels == levels
     assert counted["forward"][1] == sum(f.steps_per_level) + f.coarse_steps
     assert counted["adjoint"][1] == sum(b.steps_per_level) + b.coarse_steps
+    assert (counted["forward"][2], counted["adjoint"][2]) == (f.coarse_steps, b.coarse_steps)
     assert counted["forward"][0] < counted["forward"][1]   # batched calls: fewer calls than steps
     assert counted["estimate"] == (0, 0)                   # levels fixed: no ρ estimate
 
@@ -163,3 +164,17 @@ def test_per_sample_scale_between_the_two_sweeps():
     assert p.per_sample_scale(50, False) == 1.0 and p.per_sample_scale(10 ** 6, True) == 3.0
     assert p.per_sample_scale(1000, False) == pytest.approx(1.5)
     assert p.per_sample_scale(1000, True) == pytest.approx(2.0)
+
+
+def test_coarsest_solve_steps_cost_the_step_call_only():
+    """The coarsest solve's single-step calls are priced at the step's own α, not the solver's
+    per-call overhead: a long coarsest level (2 levels, nested start) costs that overhead only on
+    the other calls (it once priced one-shot on 1024 layers at 15x its measured time)."""
+    opts = MGRITOptions(cfactor=2, max_levels=2, nrelax=0, tol=0.0, max_iter=1, nested=True)
+    h = (0.1,) * 64
+    args = (opts, h, 1, 2, False, 1)
+    plain = cm.mgrit_solve_s(*args, 1.0, 0.0, 1, 0.0, 0.0, IDEAL, 8)
+    cheap = cm.mgrit_solve_s(*args, 1.0, 0.0, 1, 0.0, 0.0, IDEAL, 8, coarse_alpha=0.25)
+    coarse = cm.mgrit_calls(opts, opts, h, 1, 2, False, 1, 1, 1)["forward"][2]
+    assert coarse == 2 * 32   # the nested start's coarsest solve and the iteration's
+    assert plain - cheap == pytest.approx(coarse * 0.75)
