@@ -204,8 +204,9 @@ def run_probe(trainer, oneshot, exact, repeats: int = 2) -> Probe:
                            for d in (0, 1))
         sweep_fwd, sweep_bwd = ((max(a - c / n, 0.0), b) for (a, b), c in zip((sweep_fwd, sweep_bwd), sweep_call))
     ratios = (1.0, 1.0)
-    if N > n:  # the whole network at the full batch: per-sample cost out of cache
-        whole = [sweeps(B, N) for _ in range(repeats)]
+    if N > n:  # the whole network at the full batch: per-sample cost out of cache, once its memory
+        # is faulted in (the first sweep's page faults are a run's once, not every evaluation's)
+        whole = [sweeps(B, N) for _ in range(repeats + 1)][1:]
         ratios = tuple(max(((min(t[d] for t in whole) - sweep_call[d]) / N - fit[0]) / B / fit[1], 1.0)
                        if fit[1] > 0 else 1.0 for d, fit in ((0, sweep_fwd), (1, sweep_bwd)))
     footprint = (n * B, N * B, *ratios)

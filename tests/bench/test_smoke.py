@@ -62,6 +62,14 @@ def test_spatial_quick(tmp_path):
                                                                              "2 levels, spatial 1"}
 
 
+def test_oneshot_table_quick(tmp_path):
+    rows = _run("oneshot_table", tmp_path)["results"]
+    assert len(rows) == 1 and rows[0]["ranks"] == 16
+    r = rows[0]
+    assert r["winner"] in ("oneshot", "pipeline", "data")
+    assert r[r["winner"]]["accuracy_s"] == min(r[k]["accuracy_s"] for k in ("oneshot", "pipeline", "data") if k in r)
+
+
 def test_sweeps_quick(tmp_path):
     from gpubraid.runtime import host
 

@@ -1,0 +1,126 @@
+"""One-shot against the pipeline and data groups on P = 16 ranks, over batch × width × depth (issue 19).
+
+    python -m bench.oneshot_table [--quick] [--ranks 16] [--depths 256 1024] [--widths 8 32]
+                                  [--batches 8 50 0] [--networks shm nvlink] [--out DIR] [--no-plot]
+
+Peaks at the paper's settings (T = 1, smoothrelu, 5000 samples; batch 0 = the full batch with
+L-BFGS, otherwise Adam on mini-batches), NumPy float64.  Each row is one ``gpubraid plan``
+(:func:`gpubraid.training.plan.make_plan`): a probe of the job's step calls on this machine (one
+process, thread CPU time), then every data × layer × method split of P ranks priced by the
+planner's cost model on a network model (validated against traced 2-rank runs, ``bench/README.md``).
+Per row: the best candidate of each kind (data groups: serial on D × 1; the pipeline: L > 1 layer
+ranks, M micro-batches; one-shot: any D × L, the levels it keeps), its seconds per step and to
+accuracy (the run's steps, one-shot's divided by 1 − e with e its probed gradient error), and the
+probe's one-shot levels, ρ and gradient error: why one-shot wins or loses the row.
+"""
+from __future__ import annotations
+
+import itertools
+import time
+
+from bench import common  # first: sets BLAS threads before NumPy loads
+from gpubraid.runtime.comm import Comm
+from gpubraid.training.config import TrainConfig
+from gpubraid.training.plan import candidates, cfg_method, network, probe_config
+from gpubraid.training.probe import run_probe
+from gpubraid.training.trainer import Trainer
+
+NAME = "oneshot_table"
+PAPER = dict(example="peaks", final_time=1.0, activation="smoothrelu", n_train=5000, seed=0, progress=False,
+             val_every=0)
+
+
+def config(depth: int, width: int, batch: int) -> TrainConfig:
+    """The paper's peaks job at this depth, width and batch (0: full batch, L-BFGS; else Adam)."""
+    opt = dict(optimizer="lbfgs", batch_size=0, iterations=130) if batch == 0 else \
+        dict(optimizer="adam", batch_size=batch, iterations=1000, lr=1e-2)
+    return TrainConfig(**PAPER, layers=depth, channels=width, **opt)
+
+
+def kind(c) -> str:
+    if c.method == "oneshot" and c.levels > 1:
+        return "oneshot"
+    if c.method in ("pipeline", "serial", "oneshot") and c.L > 1:
+        return "pipeline"
+    if c.method in ("serial", "oneshot"):
+        return "data"
+    return c.method
+
+
+def rows_for(depth: int, width: int, batch: int, ranks: int, net_names) -> list[dict]:
+    """One probe of the job, its candidates ranked on each network model: one row per network."""
+    t0 = time.perf_counter()
+    trainer = Trainer(probe_config(config(depth, width, batch)), Comm.single())
+    cfg = trainer.cfg.model_copy(update={"method": "auto"})
+    probe = run_probe(trainer, cfg_method(cfg, "oneshot"), cfg_method(cfg, "exact"))
+    h = tuple(float(v) for v in trainer.model.h)
+    probe_s = time.perf_counter() - t0
+    out = []
+    for net_name in net_names:
+        ranked = candidates(probe, cfg, ranks, network(net_name), h)
+        best = {}
+        for c in ranked:  # best first
+            best.setdefault(kind(c), c)
+        r = {"depth": depth, "width": width, "batch": probe.batch, "full_batch": batch == 0, "ranks": ranks,
+             "network": net_name, "probe_s": probe_s, "serial_1rank_eval_s": probe.evaluate_s,
+             "oneshot_probe": probe.oneshot, "winner": kind(ranked[0])}
+        for k, c in best.items():
+            r[k] = {"label": c.label(), "D": c.D, "L": c.L, "M": c.M, "levels": c.levels, "step_s": c.step_s,
+                    "accuracy_s": c.accuracy_s, "grad_error": c.grad_error}
+        if "oneshot" in best and "pipeline" in best:
+            r["oneshot_over_pipeline"] = best["oneshot"].accuracy_s / best["pipeline"].accuracy_s
+        out.append(r)
+    return out
+
+
+def markdown(rows) -> str:
+    lines = ["| depth | width | batch | network | one-shot (levels, grad err) | s to acc. | pipeline | s to acc. "
+             "| data | s to acc. | fastest |", "|---" * 11 + "|"]
+    for r in rows:
+        def cell(k):
+            c = r.get(k)
+            return ("–", "–") if c is None else (c["label"].replace(" (data x layer)", ""), f"{c['accuracy_s']:.3g}")
+        os_, pl, da = cell("oneshot"), cell("pipeline"), cell("data")
+        probe = r["oneshot_probe"]
+        extra = f" ({r['oneshot']['levels']} lv, {100 * probe['grad_error']:.2g} %)" if "oneshot" in r else \
+            f" (keeps {probe['levels']} level)"
+        lines.append(f"| {r['depth']} | {r['width']} | {'full' if r['full_batch'] else r['batch']} | {r['network']} "
+                     f"| {os_[0]}{extra} | {os_[1]} | {pl[0]} | {pl[1]} | {da[0]} | {da[1]} | {r['winner']} |")
+    return "\n".join(lines)
+
+
+def plot(json_path, png_path=None):
+    doc = common.load_json(json_path)
+    rows = [r for r in doc["results"] if "oneshot_over_pipeline" in r]
+    fig, ax = common.subplots(1, 1, figsize=(9, 4))
+    labels = [f"N{r['depth']} C{r['width']} B{'full' if r['full_batch'] else r['batch']} {r['network']}" for r in rows]
+    ax.barh(labels, [r["oneshot_over_pipeline"] for r in rows])
+    ax.axvline(1.0, color="k", lw=0.8)
+    ax.set(xscale="log", xlabel="one-shot time to accuracy / pipeline's (< 1: one-shot faster)",
+           title=f"P = {doc['config']['ranks']}, predicted by the planner")
+    return common.save_figure(fig, json_path, png_path)
+
+
+def main(argv=None):
+    ap = common.parser(__doc__)
+    ap.add_argument("--ranks", type=int, default=16)
+    ap.add_argument("--depths", type=int, nargs="+", default=[256, 1024])
+    ap.add_argument("--widths", type=int, nargs="+", default=[8, 32])
+    ap.add_argument("--batches", type=int, nargs="+", default=[8, 50, 0], help="0: the full batch")
+    ap.add_argument("--networks", nargs="+", default=["shm", "nvlink"])
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.depths, args.widths, args.batches, args.networks = [32], [8], [50], ["shm"]
+    rows = []
+    for d, w, b in itertools.product(args.depths, args.widths, args.batches):
+        new = rows_for(d, w, b, args.ranks, args.networks)
+        rows += new
+        print("\n".join(markdown(new).splitlines()[2:]), flush=True)
+    print(markdown(rows))
+    doc = common.document(NAME, {"paper": PAPER, "ranks": args.ranks, "depths": args.depths, "widths": args.widths,
+                                 "batches": args.batches, "networks": args.networks}, rows)
+    common.finish(NAME, doc, args, plot)
+
+
+if __name__ == "__main__":
+    main()
