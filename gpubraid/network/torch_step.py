@@ -93,7 +93,7 @@ class TorchStep:
             return self.torch.from_dlpack(a)
         a = np.asarray(a)
         if any(s < 0 for s in a.strides) or not a.flags.writeable:
-            a = np.ascontiguousarray(a) if a.flags.writeable else a.copy()
+            a = a.copy()  # (ascontiguousarray keeps a negative stride on an axis of length 1)
         return self.torch.from_numpy(a)
 
     def _a(self, t):

@@ -40,6 +40,13 @@ def chain_solver(comm: Comm, ranks, bounds, h, options: MGRITOptions, backend, m
     return MGRIT(comm, ranks, bounds, h, options, backend, micro_batches)
 
 
+def _as_stepped(be, rows):
+    """Rows in solver order (a reversed view, or None) as the steps take them: the view itself on the
+    host (its kernels take a negative layer stride; the torch engines copy what they are handed),
+    a contiguous copy for the GPU launchers."""
+    return be.xp.ascontiguousarray(rows) if be.is_gpu and rows is not None else rows
+
+
 class LayerParallel:
     """Objective and gradient of a Network with layers distributed over the ranks of ``comm``.
 
@@ -254,13 +261,13 @@ class LayerParallel:
     def _adjoint(self, P, G, U, lamN, x, batch: int, warm: bool, levels):
         """Adjoint solve in reversed layer order, then the rank's gradient parts added into G.
         Returns (λ_a..λ_b (n + 1, B, *S), SolveStats)."""
-        m, xp = self.model, self.xp
-        data = tuple(xp.ascontiguousarray(p[::-1]) for p in P.layers()) + (xp.ascontiguousarray(U[:-1][::-1]),)
+        m, be = self.model, self.be
+        data = tuple(_as_stepped(be, p[::-1]) for p in P.layers()) + (_as_stepped(be, U[:-1][::-1]),)
 
         def psi(w, d, h):
             return self.steps.adjoint(d[-1], w, d[:-1], h)
 
-        warm_lam = xp.ascontiguousarray(self.Lam) if (warm and self._warm(self.Lam, batch) is not None) else None
+        warm_lam = _as_stepped(be, self._warm(self.Lam, batch) if warm else None)
         Lam_s, bstats = self.bwd.solve(psi, data, lamN, (batch, *m.state_shape), warm=warm_lam,
                                        levels=levels, tol=self.bwd_tol, max_iter=None,
                                        sample_data=(len(data) - 1,))
