@@ -10,7 +10,9 @@ and a network model (:class:`~gpubraid.runtime.replay.NetworkModel`), counted th
   the coarsest level is gathered to rank 0, stepped there one step per call and scattered back;
   every level-0 residual norm is an allreduce; a solve that chooses its levels first estimates ρ
   (``stability_iters`` + 1 calls over the position's steps on ``stability_samples`` samples).
-  A call over L intervals of m samples costs α + β·L·m plus the solver's own per-call overhead.
+  A call over L intervals of m samples costs α + β·L·m plus the solver's own per-call overhead;
+  on a level that halves the feature maps l times (``spatial_levels``) β·L·m and its messages
+  shrink by 4^l.
 * **Layer-serial pipeline** (serial, pipeline): each layer rank runs
   :func:`~gpubraid.objective.pipeline.schedule_order` (1F1B or GPipe), a forward (backward) step of
   a micro-batch of m samples costing n·(a + b·m) on a rank of n layers; a micro-batch's state
@@ -41,6 +43,11 @@ _HOST = resolve_backend("numpy", "float64")
 _VIEWS: dict = {}
 
 
+def pixel_share(opts: MGRITOptions, level: int) -> float:
+    """A level's state size over the finest level's: 4^−l on the levels that halve the maps."""
+    return 0.25 ** min(level, opts.spatial_levels)
+
+
 def _view(opts: MGRITOptions, h: tuple, L: int):
     """(rank 0's solver view of N steps on L positions, per level and position the level_plan)."""
     key = (repr(opts), h, L)
@@ -59,15 +66,17 @@ def _view(opts: MGRITOptions, h: tuple, L: int):
 def mgrit_calls(opts: MGRITOptions, adjoint: MGRITOptions, h, L: int, levels: int, warm: bool, it_f: int,
                 it_b: int, samples: int) -> dict:
     """Calls and intervals rank 0 of L issues in one forward solve (options ``opts``) and one
-    adjoint solve (``adjoint``): ``{"forward": (calls, intervals, coarsest-solve calls), "adjoint":
-    (...), "estimate": (calls, intervals × samples)}``; the coarsest solve's calls (one step each)
-    are among the calls."""
+    adjoint solve (``adjoint``): ``{"forward": (calls, intervals, coarsest-solve calls, intervals
+    weighted by :func:`pixel_share`), "adjoint": (...), "estimate": (calls, intervals × samples)}``;
+    the coarsest solve's calls (one step each) are among the calls."""
     out = {}
     for name, it, o in (("forward", it_f, opts), ("adjoint", it_b, adjoint)):
         solver, plans = _view(o, tuple(float(v) for v in h), L)
         calls = steps = coarse = 0
+        work = 0.0
         for phase, l, n in solver.schedule(it, levels=levels, warm=warm):
             steps += n
+            work += n * pixel_share(o, l)
             if phase == "f_relax" and n:
                 r = plans[l][0]
                 calls += sum(1 for k in r["slices"] if k > 0) + r["leading"]
@@ -76,7 +85,7 @@ def mgrit_calls(opts: MGRITOptions, adjoint: MGRITOptions, h, L: int, levels: in
                 coarse += n if phase == "coarse_solve" else 0
             elif n:
                 calls += 1
-        out[name] = (calls, steps, coarse)
+        out[name] = (calls, steps, coarse, work)
     n0 = int(split_layers(len(h), L)[1])
     estimating = opts.stability > 0 or opts.conv_bound > 0
     k = opts.stability_iters + 1 if estimating else 0
@@ -88,36 +97,42 @@ def mgrit_solve_s(opts: MGRITOptions, h, L: int, levels: int, warm: bool, iters:
                   beta: float, m: int, msg_s: float, reduce_s: float, net: NetworkModel, row_bytes: int,
                   coarse_alpha: float | None = None) -> float:
     """Critical-path seconds of one MGRIT solve on L positions (see the module docstring); each
-    step of the coarsest solve costs ``coarse_alpha`` (default ``alpha``) + ``beta``·m."""
+    step of the coarsest solve costs ``coarse_alpha`` (default ``alpha``) + ``beta``·m (times the
+    level's :func:`pixel_share`)."""
     solver, plans = _view(opts, tuple(float(v) for v in h), L)
     coarse_alpha = alpha if coarse_alpha is None else coarse_alpha
 
-    def call(k):
-        return alpha + beta * k * m if k > 0 else 0.0
+    def call(k, share):
+        return alpha + beta * k * m * share if k > 0 else 0.0
 
     total = 0.0
     for phase, l, n in solver.schedule(iters, levels=levels, warm=warm):
+        share = pixel_share(opts, l)
+        if share < 1.0 and msg_s > 0:   # a coarse row on halved maps: a smaller message
+            msg_s_l = net.transfer(int(row_bytes * share)) + net.overhead_s
+        else:
+            msg_s_l = msg_s
         if phase == "f_relax":
             prev_sent, done = None, []
             for r in plans[l]:
                 if r is None:
                     continue
-                own = sum(call(k) for k in r["slices"])
-                start = max(own, prev_sent + msg_s) if (r["has_prev"] and prev_sent is not None) else own
-                end = start + r["leading"] * call(1)
+                own = sum(call(k, share) for k in r["slices"])
+                start = max(own, prev_sent + msg_s_l) if (r["has_prev"] and prev_sent is not None) else own
+                end = start + r["leading"] * call(1, share)
                 prev_sent = own if r["last_local"] else end
                 done.append(end)
             total += max(done)
         elif phase in ("c_relax", "residual"):
-            total += max(call(r["nc"]) for r in plans[l] if r is not None)
+            total += max(call(r["nc"], share) for r in plans[l] if r is not None)
             total += reduce_s if (phase == "residual" and l == 0) else 0.0
         elif phase == "restrict" and n:
             rs = [r for r in plans[l - 1] if r is not None]
-            total += max(call(r["restrict"]) for r in rs) + (msg_s if any(r["restrict_prev"] for r in rs) else 0.0)
+            total += max(call(r["restrict"], share) for r in rs) + (msg_s_l if any(r["restrict_prev"] for r in rs) else 0.0)
         elif phase == "coarse_solve":
             owned = [lay.n_owned for lay in solver.layouts[l][1:] if lay.n_owned > 0]
-            total += solver.levels[l].N * (coarse_alpha + beta * m)
-            total += sum(2 * (net.transfer(k * row_bytes) + net.overhead_s) for k in owned)
+            total += solver.levels[l].N * (coarse_alpha + beta * m * share)
+            total += sum(2 * (net.transfer(int(k * row_bytes * share)) + net.overhead_s) for k in owned)
     return total
 
 

@@ -261,13 +261,13 @@ def run_probe(trainer, oneshot, exact, repeats: int = 2) -> Probe:
             fs, bs = os_lp.last_stats
             counted = mgrit_calls(oneshot.forward, oneshot.adjoint, h, 1, fs.levels, warm, fs.iterations,
                                   bs.iterations, min(oneshot.forward.stability_samples, mm))
-            step_cost = sum(counted[op][0] * calls[op][0] + counted[op][1] * mm * calls[op][1]
+            step_cost = sum(counted[op][0] * calls[op][0] + counted[op][3] * mm * calls[op][1]
                             for op in ("forward", "adjoint"))
             step_cost += counted["estimate"][0] * calls["forward"][0] + counted["estimate"][1] * calls["forward"][1]
             # the coarsest solve's single-step calls carry the step's own cost only (its loop adds
             # an add per step): the solver's own cost is that of the other calls
             n_calls = sum(counted[op][0] - counted[op][2] for op in ("forward", "adjoint"))
-            return wall - step_cost, n_calls, counted["forward"][1] + counted["adjoint"][1]
+            return wall - step_cost, n_calls, counted["forward"][3] + counted["adjoint"][3]
 
         m1, m2 = min(B, SOLVE_SAMPLES), B
         (e1, n_calls, steps), (e2, _, _) = extra(m1), extra(m2)

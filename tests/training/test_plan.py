@@ -178,3 +178,16 @@ def test_coarsest_solve_steps_cost_the_step_call_only():
     coarse = cm.mgrit_calls(opts, opts, h, 1, 2, False, 1, 1, 1)["forward"][2]
     assert coarse == 2 * 32   # the nested start's coarsest solve and the iteration's
     assert plain - cheap == pytest.approx(coarse * 0.75)
+
+
+@pytest.mark.parametrize("spatial", [0, 1, 2])
+def test_levels_on_halved_maps_cost_a_quarter_per_halving(spatial):
+    """With only β (one rank, one sample, no messages) a solve costs its step applications, those on
+    a level that halves the maps l times weighted by 4^−l: what mgrit_calls counts as work."""
+    opts = MGRITOptions(cfactor=2, max_levels=3, nrelax=0, tol=0.0, max_iter=1, nested=True,
+                        spatial_levels=spatial)
+    h = (0.1,) * 32
+    cost = cm.mgrit_solve_s(opts, h, 1, 3, False, 1, 0.0, 1.0, 1, 0.0, 0.0, IDEAL, 8)
+    calls, steps, coarse, work = cm.mgrit_calls(opts, opts, h, 1, 3, False, 1, 1, 1)["forward"]
+    assert cost == pytest.approx(work)
+    assert (work == steps) == (spatial == 0) and work <= steps
