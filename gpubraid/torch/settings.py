@@ -3,7 +3,8 @@
 The settings are those of ``gpubraid train`` (:class:`gpubraid.training.config.TrainConfig`):
 ``method`` and every field of its MGRIT group (cfactor, nrelax, max_levels, min_coarse, stability,
 conv_bound, nested, minibatch_warm, adaptive, fwd_iters, bwd_iters, levels_for_ranks, tol,
-max_iter, and whatever that group gains) but the training loop's convergence monitor, validated by
+max_iter, and whatever that group gains) but the training loop's convergence monitor and
+``spatial_levels`` (the conv step's coarse feature maps: :data:`REFUSED`), validated by
 the same schema with the same one-line messages, and turned into solver options by the same
 :func:`gpubraid.training.methods.make_method`, with the same level cap for the layer ranks.  A method added there is
 reachable here without a change.  Two more settings belong to the initialisation: ``seed`` and
