@@ -24,7 +24,7 @@ class SolveState:
         u, g: per level l, (rows_l, B, *S_l) state and FAS right-hand side (g[0] is None).
         data, h: per level l, this rank's step data (tuple of (k_l, ...) arrays) and step sizes (k_l,).
         coarse_data, coarse_h: level L's step data and step sizes of all its steps (root only).
-        r: the last residual (n_c, B, *S), handed from ``residual`` to ``restrict``.
+        r: the last residual (n_c, B, *S_l), handed from ``residual`` to ``restrict``.
         linear: the correction scheme is in use (``MGRITOptions.linear``).
         keep_correction, e: level 0's last C-point correction (n_c, B, *S) is kept in ``e`` (for
             :func:`.interpolate.interpolate`).
