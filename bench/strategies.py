@@ -58,11 +58,15 @@ QUICK = {"peaks-64": (["peaks", "--layers", "16", "--n-train", "500"], 10, 5, 2)
 
 def candidates(P: int, N: int, batch: int) -> list[tuple[str, list[str], int]]:
     """(label, train arguments, ranks) of every strategy measured on P ranks for N layers and
-    ``batch`` samples per step: data groups alone, the layer pipeline (M = 2L and 4L), oneshot on
-    the layer ranks, and D = 2 (P ≥ 4) and D = P/2 (P ≥ 8) groups of each."""
+    ``batch`` samples per step: data groups alone (serial, and oneshot in each group), the layer
+    pipeline (M = 2L and 4L), oneshot on the layer ranks, and D = 2 (P ≥ 4) and D = P/2 (P ≥ 8)
+    groups of each."""
     if P == 1:
         return [("serial", ["--method", "serial"], 1), ("oneshot", ["--method", "oneshot"], 1)]
-    out = [(f"data {P}", ["--method", "serial", "--data-parallel", str(P)], P)] if batch >= P else []
+    out = []
+    if batch >= P:
+        out += [(f"data {P}", ["--method", "serial", "--data-parallel", str(P)], P),
+                (f"{P}x1 oneshot", ["--method", "oneshot", "--data-parallel", str(P)], P)]
     for D in sorted({1, 2, P // 2} if P >= 8 else ({1, 2} if P >= 4 else {1})):
         L = P // D
         if L < 2 or L > N or batch < D:
