@@ -21,8 +21,7 @@ import time
 from bench import common  # first: sets BLAS threads before NumPy loads
 from gpubraid.runtime.comm import Comm
 from gpubraid.training.config import TrainConfig
-from gpubraid.training.plan import candidates, cfg_method, network, probe_config
-from gpubraid.training.probe import run_probe
+from gpubraid.training.plan import candidates, network, probe_job
 from gpubraid.training.trainer import Trainer
 
 NAME = "oneshot_table"
@@ -50,10 +49,7 @@ def kind(c) -> str:
 def rows_for(depth: int, width: int, batch: int, ranks: int, net_names) -> list[dict]:
     """One probe of the job, its candidates ranked on each network model: one row per network."""
     t0 = time.perf_counter()
-    trainer = Trainer(probe_config(config(depth, width, batch)), Comm.single())
-    cfg = trainer.cfg.model_copy(update={"method": "auto"})
-    probe = run_probe(trainer, cfg_method(cfg, "oneshot"), cfg_method(cfg, "exact"))
-    h = tuple(float(v) for v in trainer.model.h)
+    probe, cfg, h = probe_job(config(depth, width, batch), lambda c: Trainer(c, Comm.single()))
     probe_s = time.perf_counter() - t0
     out = []
     for net_name in net_names:

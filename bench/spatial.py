@@ -21,6 +21,7 @@ import numpy as np
 
 from bench import common
 from gpubraid.training.config import TrainConfig
+from gpubraid.training.costmodel import pixel_share
 from gpubraid.training.trainer import Trainer
 
 NAME = "spatial"
@@ -37,14 +38,13 @@ VARIANTS = {
 }
 
 
-def work_over_serial(stats, layers: int, spatial: int) -> float:
+def work_over_serial(stats, layers: int, opts) -> float:
     """Fine-step equivalents of one evaluation's solves over serial's 2N: each level's step
-    applications weighted by its pixels (a quarter per halving)."""
+    applications weighted by its pixels (:func:`~gpubraid.training.costmodel.pixel_share`)."""
     total = 0.0
     for st in (s for s in stats if s is not None):
-        w = [0.25 ** min(l, spatial) for l in range(max(len(st.steps_per_level), st.levels))]
-        total += sum(n * w[l] for l, n in enumerate(st.steps_per_level))
-        total += st.coarse_steps * w[st.levels - 1] + st.estimate_steps
+        total += sum(n * pixel_share(opts, l) for l, n in enumerate(st.steps_per_level))
+        total += st.coarse_steps * pixel_share(opts, st.levels - 1) + st.estimate_steps
     return total / (2.0 * layers)
 
 
@@ -82,7 +82,7 @@ def grad_study(layers: int, count: int, its: int, names) -> list:
             g = tr.lp.evaluate(th, x, y, B).grad
             secs.append(time.perf_counter() - t0)
             errs.append(float(np.linalg.norm(g - gs) / np.linalg.norm(gs)))
-            work.append(work_over_serial(tr.lp.last_stats, layers, over.get("spatial_levels", 0)))
+            work.append(work_over_serial(tr.lp.last_stats, layers, tr.lp.fwd.opts))
         row = {"layers": layers, "variant": name, "overrides": over, "grad_rel_error": errs,
                "median_grad_rel_error": float(np.median(errs)), "work_over_serial": float(np.mean(work)),
                "median_eval_s": float(np.median(secs))}

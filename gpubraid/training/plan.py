@@ -210,17 +210,23 @@ class Plan:
         return "\n".join(head + rows)
 
 
-def make_plan(cfg: TrainConfig, ranks: int, net: NetworkModel, build_trainer, more=()) -> Plan:
-    """Probe the run ``cfg`` (``build_trainer(cfg)``: a single-rank trainer) and rank every
-    candidate on ``ranks``; ``more``: factors of ``ranks`` whose best candidates are also given."""
+def probe_job(cfg: TrainConfig, build_trainer):
+    """The probe of the run ``cfg`` (``build_trainer(cfg)``: a single-rank trainer): (probe, the
+    resolved settings with ``cfg``'s method, the step sizes), what :func:`candidates` prices."""
     from .probe import run_probe
 
-    if ranks < 1:
-        raise UserError(f"ranks must be an integer >= 1; got {ranks}")
     trainer = build_trainer(probe_config(cfg))
     cfg = trainer.cfg.model_copy(update={"method": cfg.method})
     probe = run_probe(trainer, cfg_method(cfg, "oneshot"), cfg_method(cfg, "exact"))
-    h = tuple(float(v) for v in trainer.model.h)
+    return probe, cfg, tuple(float(v) for v in trainer.model.h)
+
+
+def make_plan(cfg: TrainConfig, ranks: int, net: NetworkModel, build_trainer, more=()) -> Plan:
+    """Probe the run ``cfg`` (``build_trainer(cfg)``: a single-rank trainer) and rank every
+    candidate on ``ranks``; ``more``: factors of ``ranks`` whose best candidates are also given."""
+    if ranks < 1:
+        raise UserError(f"ranks must be an integer >= 1; got {ranks}")
+    probe, cfg, h = probe_job(cfg, build_trainer)
     ranked = candidates(probe, cfg, ranks, net, h)
     if not ranked:
         raise UserError(f"ranks: no way to run {probe.layers} layers on a batch of {probe.batch} over {ranks} ranks")
