@@ -21,8 +21,9 @@ Per workload (:data:`WORKLOADS`):
    their loop wall time against the replay of the traced run (``replay / real``: the shortest of
    each; and the median over the repeats of each traced run against its twin), and the replay
    against the traced run's own wall time (``replay / traced``).
-4. **The planner** (``gpubraid plan --ranks P --json``, P = 1, 2, 8): its first candidate, found
-   among the measured ones, against the fastest measured (``auto / best``).
+4. **The planner** (``gpubraid plan --ranks P --json``, P = 1, 2, 8; asked first, and its first
+   candidate measured with the others when it is none of them) against the fastest measured
+   (``auto / best``).
 5. **Beyond the measurements**: the planner's predicted time to accuracy of its best data-parallel,
    pipeline and oneshot candidates at P = 16 … 1024.
 
@@ -56,17 +57,23 @@ WORKLOADS = {
 QUICK = {"peaks-64": (["peaks", "--layers", "16", "--n-train", "500"], 10, 5, 2)}
 
 
+#: Micro-batches of the serial candidates on one layer rank (the planner's choices there).
+SERIAL_MICRO_BATCHES = (1, 2, 4, 8)
+
+
 def candidates(P: int, N: int, batch: int) -> list[tuple[str, list[str], int]]:
     """(label, train arguments, ranks) of every strategy measured on P ranks for N layers and
-    ``batch`` samples per step: data groups alone (serial, and oneshot in each group), the layer
-    pipeline (M = 2L and 4L), oneshot on the layer ranks, and D = 2 (P ≥ 4) and D = P/2 (P ≥ 8)
-    groups of each."""
-    if P == 1:
-        return [("serial", ["--method", "serial"], 1), ("oneshot", ["--method", "oneshot"], 1)]
+    ``batch`` samples per step: data groups alone (serial with M = 1, 2, 4, 8 micro-batches one
+    after the other, and oneshot in each group), the layer pipeline (M = 2L and 4L), oneshot on the
+    layer ranks, and D = 2 (P ≥ 4) and D = P/2 (P ≥ 8) groups of each."""
     out = []
     if batch >= P:
-        out += [(f"data {P}", ["--method", "serial", "--data-parallel", str(P)], P),
-                (f"{P}x1 oneshot", ["--method", "oneshot", "--data-parallel", str(P)], P)]
+        name = "serial" if P == 1 else f"data {P}"
+        grp = ["--data-parallel", str(P)] if P > 1 else []
+        for M in sorted({min(k, -(-batch // P)) for k in SERIAL_MICRO_BATCHES}):
+            out.append((name if M == 1 else f"{name} M={M}",
+                        ["--method", "serial", *grp, *(["--micro-batches", str(M)] if M > 1 else [])], P))
+        out.append(("oneshot" if P == 1 else f"{P}x1 oneshot", ["--method", "oneshot", *grp], P))
     for D in sorted({1, 2, P // 2} if P >= 8 else ({1, 2} if P >= 4 else {1})):
         L = P // D
         if L < 2 or L > N or batch < D:
@@ -112,8 +119,8 @@ def _evals(metrics: dict) -> int:
     return sum(h.get("n_evals") or 1 for h in metrics["history"])
 
 
-def time_phase(base: list, P: int, N: int, batch: int, probe_its: int, net, tmp: str, repeats: int = 1) -> list:
-    """Every candidate on P ranks, replayed: the first iteration (startup: first touches, the
+def time_phase(base: list, P: int, cands: list, probe_its: int, net, tmp: str, repeats: int = 1) -> list:
+    """Every candidate ``cands`` (:func:`candidates`) on P ranks, replayed: the first iteration (startup: first touches, the
     optimiser's first line search) and the seconds per objective evaluation after it, as the
     difference of a 1-iteration and a (1 + ``probe_its``)-iteration traced run.  At P ≤ 2 also the
     longer run untraced, each repeat right after its traced twin (so that both see the same load):
@@ -121,7 +128,7 @@ def time_phase(base: list, P: int, N: int, batch: int, probe_its: int, net, tmp:
     traced run's own wall time (``replay / traced``: the model alone, without run-to-run noise).
     With ``repeats`` > 1 every run is repeated and the least disturbed (shortest) kept."""
     rows = []
-    for label, extra, ranks in candidates(P, N, batch):
+    for label, extra, ranks in cands:
         def traced(k):
             m = train_cli(ranks, base + extra + ["--iterations", str(k), "--val-every", "0"], tmp, True)
             return replay(load(os.path.join(tmp, "t.json")), net, "thread"), _evals(m), m
@@ -165,15 +172,41 @@ def planner_phase(base: list, P: int, tmp: str) -> dict:
     return json.loads(Path(path).read_text())
 
 
+def plan_label(plan_cand: dict, P: int) -> str:
+    """The label :func:`candidates` gives the planner's candidate on P ranks (D, L, method and
+    micro-batches; one-shot's own micro-batches are its automatic ones)."""
+    D, L, method, M = plan_cand["D"], plan_cand["L"], plan_cand["method"], plan_cand.get("M") or 1
+    if method == "serial":  # data groups (L = 1), micro-batches one after the other
+        return ("serial" if P == 1 else f"data {D}") + (f" M={M}" if M > 1 else "")
+    if method == "pipeline":
+        return f"{D}x{L} pipeline M={M}"
+    return method if P == 1 else f"{D}x{L} {method}"
+
+
+def plan_args(plan_cand: dict) -> list:
+    """The train arguments of a planner candidate."""
+    out = ["--method", plan_cand["method"]]
+    if plan_cand["D"] > 1:
+        out += ["--data-parallel", str(plan_cand["D"])]
+    if plan_cand["method"] == "pipeline" or (plan_cand["method"] == "serial" and plan_cand["M"] > 1):
+        out += ["--micro-batches", str(plan_cand["M"])]
+    return out
+
+
+def measured(P: int, N: int, batch: int, plan: dict | None) -> list:
+    """:func:`candidates` on P ranks, and the planner's choice when it is none of them."""
+    cands = candidates(P, N, batch)
+    if plan and "error" not in plan:
+        first = plan["candidates"][0]
+        label = plan_label(first, P)
+        if label not in {c[0] for c in cands}:
+            cands.append((label, plan_args(first), P))
+    return cands
+
+
 def matches(plan_cand: dict, row: dict) -> bool:
-    """Whether a planner candidate is the measured strategy ``row`` (same D, L and method)."""
-    D, L, method = plan_cand["D"], plan_cand["L"], plan_cand["method"]
-    label = row["label"]
-    if row["P"] == 1:
-        return (method == "serial" and label == "serial") or (method == label == "oneshot")
-    if method == "serial":  # data groups only (L = 1)
-        return L == 1 and label == f"data {D}"
-    return label.startswith(f"{D}x{L} {method}")
+    """Whether a planner candidate is the measured strategy ``row``."""
+    return row["label"] == plan_label(plan_cand, row["P"])
 
 
 def summarize(w: dict) -> dict:
@@ -239,7 +272,7 @@ def plot(json_path, png_path=None):
     ws = doc["results"]
     fig, axes = plt.subplots(1, len(ws), figsize=(4 * len(ws), 3.6), squeeze=False)
     for ax, w in zip(axes[0], ws):
-        fams = {"data": lambda r: r["label"].startswith("data") or r["label"] == "serial",
+        fams = {"data": lambda r: r["label"].startswith(("data", "serial")),
                 "pipeline": lambda r: "pipeline" in r["label"],
                 "oneshot": lambda r: "oneshot" in r["label"]}
         for fam, pick in fams.items():
@@ -291,8 +324,9 @@ def main(argv=None) -> int:
             N = meta["layers"]
             batch = meta["config"]["batch_size"] or meta["config"]["n_train"] or 5000
             w["layers"], w["batch"] = N, batch
-            w["timing"] = [row for P in ranks for row in time_phase(base, P, N, batch, probe_its, net, tmp, args.repeats)]
             w["plans"] = {str(P): planner_phase(base + ["--iterations", str(iterations)], P, tmp) for P in plan_ranks}
+            w["timing"] = [row for P in ranks for row in time_phase(
+                base, P, measured(P, N, batch, w["plans"].get(str(P))), probe_its, net, tmp, args.repeats)]
             results.append(summarize(w))
             save()
             if not args.no_model and not args.quick:

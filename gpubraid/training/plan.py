@@ -1,7 +1,8 @@
 """The planner: every way to spend P ranks on a run, its predicted time, and the fastest.
 
 A candidate is D data groups × L layer ranks (P = D·L) with a method: the layer-serial pipeline
-(``serial`` on one layer rank, ``pipeline`` with M micro-batches, 1F1B, on several), ``oneshot``
+(``serial`` on one layer rank, with M = 1, 2, 4 or 8 micro-batches one after the other: smaller
+ones may keep their states in the caches; ``pipeline`` with M micro-batches, 1F1B, on several), ``oneshot``
 or ``exact`` MGRIT with the levels the solver's own choice keeps on the initial parameters
 (exact is left out when that is one level: it is then serial; one-shot on one level is the
 layer-serial sweep it then runs: all micro-batches forward, then all backward).  Its seconds per training step come from
@@ -59,14 +60,14 @@ class Candidate:
     grad_error: float = 0.0
 
     def label(self) -> str:
-        what = {"serial": "serial", "pipeline": f"pipeline M={self.M}"}.get(
+        what = {"serial": "serial" if self.M == 1 else f"serial M={self.M}", "pipeline": f"pipeline M={self.M}"}.get(
             self.method, f"{self.method} {self.levels} level{'s' if self.levels > 1 else ''}")
         return f"{what} on {self.D}x{self.L} (data x layer)"
 
     def settings(self) -> dict:
         """The TrainConfig values that run this candidate."""
         out = {"method": self.method, "data_parallel": self.D}
-        if self.method == "pipeline":
+        if self.method == "pipeline" or (self.method == "serial" and self.M > 1):
             out.update(micro_batches=self.M, schedule="1f1b")
         return out
 
@@ -109,7 +110,7 @@ def candidates(probe, cfg: TrainConfig, P: int, net: NetworkModel, h) -> list[Ca
             continue
         fixed = reductions * cm.reduce_s(net, L, D) + cm.group_sum_s(net, D, cm.layer_block(N, L) * probe.param_bytes)
         fixed += probe.step_overhead
-        Ms = [1] if L == 1 else sorted({min(k * L, m) for k in (1, 2, 4, 8)})
+        Ms = sorted({min(k * L, m) for k in (1, 2, 4, 8)})
         for M in Ms:
             t = cm.pipeline_s("1f1b", L, M, m, N, probe.sweep_fwd, probe.sweep_bwd, probe.ends,
                               probe.state_bytes, net, probe.per_sample_scale, probe.sweep_call) + fixed

@@ -18,8 +18,8 @@ a shared machine, as the trace's spans are) and as synchronised wall time on a G
                            g-add, timers), (per call, per interval·sample): the one-shot evaluation's
                            measured time less its calls' step costs, at SOLVE_SAMPLES and the batch,
                            per call other than the coarsest solve's single steps
-    footprint              the per-sample costs of the whole network's sweep at the full batch
-                           against the small sweep's (states beyond the caches)
+    footprint              the per-sample costs of the larger sweeps (the batch, the whole network
+                           at the batch) against the fit's, by the states they hold (caches)
     step_overhead          a training step beyond its evaluation (optimiser, batch, statistics)
 
 and the one-shot solver's level choice on the initial parameters (levels, ρ), the relative error
@@ -77,9 +77,10 @@ class Probe:
     ``sweep_fwd``, ``sweep_bwd``, ``ends``: (a, b) of a + b·m (the sweeps: per layer, besides
     ``sweep_call`` (forward, backward) per call of a block of layers); ``calls``: per operation (α, β) of
     α + β·L·m (both measured on at most SWEEP_LAYERS layers); ``solve_call``: (α, β) the solver
-    adds to each MGRIT call; ``footprint``: (layers × samples of that sweep, of the whole network's
-    full batch, the ratios of the per-sample costs of the full sweep to the small one, forward and
-    backward: memory traffic beyond the caches, see :meth:`per_sample_scale`); ``step_overhead``:
+    adds to each MGRIT call; ``footprint``: points (cells, forward ratio, backward ratio), cells
+    ascending: a sweep holding cells = layers × samples of states costs that ratio times the fit's
+    per-sample cost (memory traffic beyond the caches; the first point, ratio 1, is the fit's larger
+    sweep; see :meth:`per_sample_scale`); ``step_overhead``:
     seconds per training step beyond the evaluation (optimiser, batch, statistics:
     a few real steps' median less the predicted evaluation).  ``oneshot`` / ``exact``:
     levels (the solver's choice on the initial parameters), ρ, iterations per solve (forward,
@@ -100,7 +101,7 @@ class Probe:
     solve_call: tuple
     oneshot: dict
     exact: dict
-    footprint: tuple = (1, 1, 1.0, 1.0)
+    footprint: tuple = ()
     step_overhead: float = 0.0
     probe_s: float = 0.0
     evaluate_s: float = 0.0
@@ -111,15 +112,21 @@ class Probe:
 
     def per_sample_scale(self, cells: float, backward: bool) -> float:
         """Factor on the per-sample costs of a sweep or call whose rank holds ``cells`` = layers ×
-        samples of states: 1 up to the probe's small sweep (cache-resident), the measured ratio of
-        the whole network's full-batch sweep at and beyond its size, log-linear in between."""
-        small, full, fwd, bwd = self.footprint
-        ratio = bwd if backward else fwd
-        if cells <= small or full <= small:
-            return 1.0
-        if cells >= full:
-            return ratio
-        return 1.0 + (ratio - 1.0) * math.log(cells / small) / math.log(full / small)
+        samples of states (:func:`footprint_scale` of the probe's footprint)."""
+        return footprint_scale(self.footprint, cells, backward)
+
+
+def footprint_scale(footprint, cells: float, backward: bool) -> float:
+    """Factor on per-sample costs at ``cells`` = layers × samples of states held, from ``footprint``
+    points (cells, forward ratio, backward ratio), cells ascending: 1 up to the first point, the
+    measured ratios at the points, log-linear in cells between them, the last one beyond."""
+    d = 2 if backward else 1
+    if not footprint or cells <= footprint[0][0]:
+        return 1.0
+    for lo, hi in zip(footprint, footprint[1:]):
+        if cells < hi[0]:
+            return lo[d] + (hi[d] - lo[d]) * math.log(cells / lo[0]) / math.log(hi[0] / lo[0])
+    return footprint[-1][d]
 
 
 class _Clock:
@@ -192,8 +199,11 @@ def run_probe(trainer, oneshot, exact, repeats: int = 2) -> Probe:
         timed[m] = [sweeps(m, n) for _ in range(repeats + 1)][1:]
         if m == B and N / n * sum(timed[m][0]) > EXPENSIVE_S:  # an expensive network: time everything once
             repeats = 1
-    sweep_fwd = _fit(sizes, [min(t[0] for t in timed[m]) / n for m in sizes])
-    sweep_bwd = _fit(sizes, [min(t[1] for t in timed[m]) / n for m in sizes])
+    # the fit from the two smallest sizes (micro-batches whose states stay in the caches); the
+    # larger sweeps give the footprint's ratios
+    fitted = sizes[:2]
+    sweep_fwd = _fit(fitted, [min(t[0] for t in timed[m]) / n for m in fitted])
+    sweep_bwd = _fit(fitted, [min(t[1] for t in timed[m]) / n for m in fitted])
     # a call's own cost (a block sweep is one call for all its layers): from one layer against n at
     # the smallest size, taken out of the per-layer constants
     sweep_call = (0.0, 0.0)
@@ -203,13 +213,17 @@ def run_probe(trainer, oneshot, exact, repeats: int = 2) -> Probe:
         sweep_call = tuple(max((n * min(t[d] for t in one) - min(t[d] for t in timed[ms])) / (n - 1), 0.0)
                            for d in (0, 1))
         sweep_fwd, sweep_bwd = ((max(a - c / n, 0.0), b) for (a, b), c in zip((sweep_fwd, sweep_bwd), sweep_call))
-    ratios = (1.0, 1.0)
-    if N > n:  # the whole network at the full batch: per-sample cost out of cache, once its memory
-        # is faulted in (the first sweep's page faults are a run's once, not every evaluation's)
-        whole = [sweeps(B, N) for _ in range(repeats + 1)][1:]
-        ratios = tuple(max(((min(t[d] for t in whole) - sweep_call[d]) / N - fit[0]) / B / fit[1], 1.0)
-                       if fit[1] > 0 else 1.0 for d, fit in ((0, sweep_fwd), (1, sweep_bwd)))
-    footprint = (n * B, N * B, *ratios)
+    def point(runs, k, m):
+        """(cells, forward ratio, backward ratio) of ``runs``: sweeps of k layers and m samples."""
+        return (k * m, *(max(((min(t[d] for t in runs) - sweep_call[d]) / k - fit[0]) / m / fit[1], 1.0)
+                         if fit[1] > 0 else 1.0 for d, fit in ((0, sweep_fwd), (1, sweep_bwd))))
+
+    footprint = [(n * fitted[-1], 1.0, 1.0)] + [point(timed[m], n, m) for m in sizes[2:]]
+    if N > n:  # the whole network at the full batch, once its memory is faulted in (the first
+        # sweep's page faults are a run's once, not every evaluation's)
+        footprint.append(point([sweeps(B, N) for _ in range(repeats + 1)][1:], N, B))
+    footprint = tuple(footprint)
+    ratios = tuple(footprint_scale(footprint, N * B, d) for d in (False, True))
 
     # the rest of an evaluation: opening forward and gradient, head, regulariser
     G = trainer.lp.layout.views(xp.zeros_like(theta))

@@ -75,7 +75,7 @@ def test_candidates_cover_every_split_best_first():
     assert {(c.D, c.L) for c in cands} == {(1, 8), (2, 4), (4, 2), (8, 1)}
     assert [c.accuracy_s for c in cands] == sorted(c.accuracy_s for c in cands)
     assert {c.method for c in cands} == {"serial", "pipeline", "oneshot", "exact"}
-    assert all(c.M == 1 for c in cands if c.method == "serial")
+    assert {c.M for c in cands if c.method == "serial"} == {1, 2, 4, 8}
     # per-sample work and a free network: data groups divide it best
     assert (cands[0].D, cands[0].L) == (8, 1)
     assert cands[0].settings() == {"method": "serial", "data_parallel": 8}
@@ -158,12 +158,32 @@ def test_mgrit_options_are_read_not_changed():
     assert repr(opts) == before
 
 
-def test_per_sample_scale_between_the_two_sweeps():
+def test_per_sample_scale_between_the_footprint_points():
     p = fake_probe()
-    p.footprint = (100, 10000, 2.0, 3.0)
+    assert p.per_sample_scale(10 ** 9, True) == 1.0  # no points: the fit everywhere
+    p.footprint = ((100, 1.0, 1.0), (10000, 2.0, 3.0))
     assert p.per_sample_scale(50, False) == 1.0 and p.per_sample_scale(10 ** 6, True) == 3.0
     assert p.per_sample_scale(1000, False) == pytest.approx(1.5)
     assert p.per_sample_scale(1000, True) == pytest.approx(2.0)
+    p.footprint = ((100, 1.0, 1.0), (1000, 3.0, 2.0), (100000, 4.0, 2.0))
+    assert p.per_sample_scale(1000, False) == pytest.approx(3.0)
+    assert p.per_sample_scale(10000, False) == pytest.approx(3.5)
+    assert p.per_sample_scale(10000, True) == pytest.approx(2.0)
+
+
+def test_micro_batches_on_one_layer_rank_priced_by_their_footprint():
+    """On one layer rank the candidates include micro-batches one after the other (serial M > 1,
+    run as ``micro_batches=M``): with per-sample costs that grow with the states held, fewer
+    samples at a time win; with flat costs M = 1 wins (each micro-batch pays the calls again)."""
+    cfg = TrainConfig(**SMALL).resolved()
+    h = (1.0 / 16,) * 16
+    p = fake_probe()
+    serial = [c for c in plan.candidates(p, cfg, 1, IDEAL, h) if c.method == "serial"]
+    assert [c.M for c in serial] == [1, 2, 4, 8] and serial[0].settings() == {"method": "serial", "data_parallel": 1}
+    p.footprint = ((16 * 100, 1.0, 1.0), (16 * 1000, 3.0, 3.0))
+    serial = [c for c in plan.candidates(p, cfg, 1, IDEAL, h) if c.method == "serial"]
+    assert serial[0].M == 8 and serial[0].label() == "serial M=8 on 1x1 (data x layer)"
+    assert serial[0].settings() == {"method": "serial", "data_parallel": 1, "micro_batches": 8, "schedule": "1f1b"}
 
 
 def test_coarsest_solve_steps_cost_the_step_call_only():
