@@ -102,6 +102,10 @@ def test_probe_of_a_small_network():
     assert p.batch == 200 and p.layers == 16 and p.state_bytes == 8 * 8
     assert all(a >= 0 and b >= 0 for a, b in (p.sweep_fwd, p.sweep_bwd, p.ends, p.sweep_call, *p.calls.values()))
     assert sum(p.sweep_fwd) > 0 and sum(p.sweep_bwd) > 0 and p.evaluate_s > 0
+    # sweeps of 16 layers at 16 and 25 samples fitted; at the batch (200), a footprint point
+    cells = [c for c, _, _ in p.footprint]
+    assert cells == [16 * 25, 16 * 200] and p.footprint[0][1:] == (1.0, 1.0)
+    assert all(r >= 1.0 for _, *rs in p.footprint for r in rs)
     if p.oneshot["levels"] == 1:   # the layer-serial sweep: serial's gradient
         assert p.oneshot["grad_error"] < 1e-12
     assert {(c.D, c.L) for c in made.candidates} == {(1, 4), (2, 2), (4, 1)}
