@@ -120,12 +120,13 @@ def _evals(metrics: dict) -> int:
 
 
 def time_phase(base: list, P: int, cands: list, probe_its: int, net, tmp: str, repeats: int = 1) -> list:
-    """Every candidate ``cands`` (:func:`candidates`) on P ranks, replayed: the first iteration (startup: first touches, the
-    optimiser's first line search) and the seconds per objective evaluation after it, as the
-    difference of a 1-iteration and a (1 + ``probe_its``)-iteration traced run.  At P ≤ 2 also the
-    longer run untraced, each repeat right after its traced twin (so that both see the same load):
-    its real loop wall time against the replay (``replay / real``), and the replay against the
-    traced run's own wall time (``replay / traced``: the model alone, without run-to-run noise).
+    """Every candidate of ``cands`` (:func:`measured`) on P ranks, replayed: the first iteration
+    (startup: first touches, the optimiser's first line search) and the seconds per objective
+    evaluation after it, as the difference of a 1-iteration and a (1 + ``probe_its``)-iteration
+    traced run.  At P ≤ 2 also the longer run untraced, each repeat right after its traced twin
+    (so that both see the same load): its real loop wall time against the replay (``replay /
+    real``), and the replay against the traced run's own wall time (``replay / traced``: the model
+    alone, without run-to-run noise).
     With ``repeats`` > 1 every run is repeated and the least disturbed (shortest) kept."""
     rows = []
     for label, extra, ranks in cands:

@@ -2,8 +2,8 @@
 
 A candidate is D data groups × L layer ranks (P = D·L) with a method: the layer-serial pipeline
 (``serial`` on one layer rank, with M = 1, 2, 4 or 8 micro-batches one after the other: smaller
-ones may keep their states in the caches; ``pipeline`` with M micro-batches, 1F1B, on several), ``oneshot``
-or ``exact`` MGRIT with the levels the solver's own choice keeps on the initial parameters
+ones may keep their states in the caches; ``pipeline`` with M micro-batches, 1F1B, on several),
+``oneshot`` or ``exact`` MGRIT with the levels the solver's own choice keeps on the initial parameters
 (exact is left out when that is one level: it is then serial; one-shot on one level is the
 layer-serial sweep it then runs: all micro-batches forward, then all backward).  Its seconds per training step come from
 the probe (:mod:`.probe`, the run's step calls timed here) and the counting of
