@@ -128,7 +128,8 @@ def mgrit_solve_s(opts: MGRITOptions, h, L: int, levels: int, warm: bool, iters:
             total += reduce_s if (phase == "residual" and l == 0) else 0.0
         elif phase == "restrict" and n:
             rs = [r for r in plans[l - 1] if r is not None]
-            total += max(call(r["restrict"], share) for r in rs) + (msg_s_l if any(r["restrict_prev"] for r in rs) else 0.0)
+            total += max(call(r["restrict"], share) for r in rs)
+            total += msg_s_l if any(r["restrict_prev"] for r in rs) else 0.0
         elif phase == "coarse_solve":
             owned = [lay.n_owned for lay in solver.layouts[l][1:] if lay.n_owned > 0]
             total += solver.levels[l].N * (coarse_alpha + beta * m * share)
