@@ -116,8 +116,8 @@ class Pipeline:
                 correct += ok
             if outputs:
                 parts.append(model.be.to_host(model.head.predict(u, P.head())))
-        loss_sum = comm.allreduce_sum(loss_sum if last else 0.0)
-        correct = int(round(comm.allreduce_sum(float(correct) if last else 0.0)))
+        loss_sum, correct = comm.allreduce_sums((loss_sum, correct) if last else (0.0, 0.0))
+        correct = int(round(correct))
         out = None
         if outputs:
             out = np.concatenate(parts) if last else None

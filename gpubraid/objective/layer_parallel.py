@@ -104,12 +104,12 @@ class LayerParallel:
         return self.pipe is not None and self._one_level(self.fwd) and self._one_level(self.bwd)
 
     # -- reductions ---------------------------------------------------------------------------------
-    def dot(self, x, y) -> float:
-        """Global dot product of two distributed parameter vectors (allreduce)."""
-        return self.comm.allreduce_sum(float(self.be.scalar((x * y).sum())))
+    def dots(self, pairs) -> list[float]:
+        """Global dot products of pairs of distributed parameter vectors (1-D), in one allreduce."""
+        return self.comm.allreduce_sums([float(self.be.scalar(x @ y)) for x, y in pairs])
 
-    def allreduce(self, v: float) -> float:
-        return self.comm.allreduce_sum(v)
+    def dot(self, x, y) -> float:
+        return self.dots(((x, y),))[0]
 
     # -- pieces ---------------------------------------------------------------------------------------
     def _neighbour_layers(self, P):
@@ -138,7 +138,7 @@ class LayerParallel:
         """R(θ) of the whole network (every rank takes part; the same value on every rank)."""
         P = self.layout.views(theta)
         left, right = self._neighbour_layers(P)
-        return self.allreduce(self.model.regularizer(self.layout, P, None, left, right))
+        return self.comm.allreduce_sum(self.model.regularizer(self.layout, P, None, left, right))
 
     def forward_states(self, P, x, batch: int, warm: bool = False, u0=None, choice=None):
         """Forward MGRIT: this rank's states u_a..u_b, shape (b − a + 1, B, *S).  ``u0``: the opening
@@ -296,10 +296,9 @@ class LayerParallel:
         return out
 
     def _totals(self, gvec, loss_share: float, correct_share: int, R_share: float, batch: int) -> Evaluation:
-        """The evaluation from this rank's shares: global objective, loss and count (allreduces)."""
-        loss = self.allreduce(loss_share)
-        correct = int(round(self.allreduce(float(correct_share))))
-        objective = self.allreduce(loss_share + R_share)
+        """The evaluation from this rank's shares: global objective, loss and count (one allreduce)."""
+        loss, correct, objective = self.comm.allreduce_sums((loss_share, correct_share, loss_share + R_share))
+        correct = int(round(correct))
         return self._across_groups(Evaluation(objective, loss, correct, batch, grad=gvec))
 
     def _across_groups(self, ev: Evaluation) -> Evaluation:

@@ -217,14 +217,22 @@ class Comm:
 
     # -- collectives ----------------------------------------------------------------------------
     def allreduce_sum(self, x: float) -> float:
-        x = float(x)
-        if self.size > 1:
+        return self.allreduce_sums((x,))[0]
+
+    def allreduce_sums(self, x) -> list[float]:
+        """Σ over the ranks of each number of ``x`` (a sequence of floats), in one allreduce."""
+        x = np.ascontiguousarray(x, dtype=np.float64)
+        if self.size > 1 and x.size:
             self.stats.collectives += 1
             t = _traced()
-            x = float(self.comm.allreduce(x))
+            out = np.empty_like(x)
+            self.comm.Allreduce(x, out, op=_mpi().SUM)
             if t is not None:
-                t.collective("allreduce", self.comm, 8)
-        return x if self.also is None else sum(self._also_allgather(x))
+                t.collective("allreduce", self.comm, x.nbytes)
+            x = out
+        if self.also is not None:
+            x = sum(self._also_allgather(x))  # in rank order, as every rank adds them
+        return x.tolist()
 
     def allreduce_max(self, x: float) -> float:
         x = float(x)
@@ -236,11 +244,11 @@ class Comm:
                 t.collective("allreduce", self.comm, 8)
         return x if self.also is None else max(self._also_allgather(x))
 
-    def _also_allgather(self, x: float) -> list:
+    def _also_allgather(self, x) -> list:
         t = _traced()
         parts = self.also.allgather(x)
         if t is not None:
-            t.collective("allgather", self.also, 8)
+            t.collective("allgather", self.also, getattr(x, "nbytes", 8))
         return parts
 
     def sum_in_rank_order(self, x):

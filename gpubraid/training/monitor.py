@@ -58,9 +58,9 @@ class Monitor:
         if levels > 1:
             ex = lp.evaluate_exact(theta, x, y, batch)
             d = ev.grad - ex.grad
-            gg, oo = lp.dot(ex.grad, ex.grad), lp.dot(ev.grad, ev.grad)
-            err = math.sqrt(lp.dot(d, d) / gg) if gg > 0 else 0.0
-            cos = lp.dot(ev.grad, ex.grad) / math.sqrt(gg * oo) if gg > 0 and oo > 0 else 1.0
+            gg, oo, dd, go = lp.dots(((ex.grad, ex.grad), (ev.grad, ev.grad), (d, d), (ev.grad, ex.grad)))
+            err = math.sqrt(dd / gg) if gg > 0 else 0.0
+            cos = go / math.sqrt(gg * oo) if gg > 0 and oo > 0 else 1.0
             f_err = abs(ev.objective - ex.objective) / abs(ex.objective) if ex.objective else 0.0
             out.update(grad_error=err, cos=cos, objective_error=f_err, steps=2 * lp.model.layers)
         else:

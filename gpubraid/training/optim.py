@@ -6,8 +6,11 @@ or float32).  The optimisers use only array operators and methods (``+``, ``*``,
 
 Every inner product and norm goes through the ``dot`` callable given at construction (default
 :func:`local_dot`).  Distributed training, where each rank holds a slice of ``theta``, passes a dot
-that sums the local products with an MPI allreduce; the optimisers do no other reductions, so all
-ranks take identical decisions (line-search acceptance, curvature-pair skipping).
+that sums the local products with an MPI allreduce, and ``sums``, the same reduction for a vector of
+local products; the optimisers do no other reductions, so all ranks take identical decisions
+(line-search acceptance, curvature-pair skipping).  L-BFGS takes its inner products in two ``sums``
+calls per step (:mod:`gpubraid.training.lbfgs_memory`); given a ``dot`` but no ``sums``, one ``dot``
+call per product.
 
 A *closure* evaluates the objective: ``closure(theta) -> (f, g)`` or ``(f, g, info)``, with ``f``
 a float (or 0-d array), ``g`` an array like ``theta`` and ``info`` anything the caller wants back
@@ -22,13 +25,14 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
+
 from ..errors import UserError, check_positive_float, check_positive_int
+from .lbfgs_memory import CurvatureMemory, host_values
 
 Dot = Callable[[Any, Any], float]
-
-
+Sums = Callable[[Any], Any]   # local values (1-D float64) -> their sums over the ranks, one reduction
 Closure = Callable[[Any], tuple]
-
 
 OPTIMIZERS = ("lbfgs", "sgd", "adam")
 
@@ -81,10 +85,21 @@ class Optimizer:
 
     name = ""
 
-    def __init__(self, dot: Dot | None = None):
+    def __init__(self, dot: Dot | None = None, sums: Sums | None = None):
         if dot is not None and not callable(dot):
             raise UserError(f"dot must be a callable (a, b) -> float; got {type(dot).__name__}")
+        if sums is not None and not callable(sums):
+            raise UserError(f"sums must be a callable (values) -> values; got {type(sums).__name__}")
         self.dot: Dot = local_dot if dot is None else dot
+        self.sums = sums
+
+    def products(self, blocks) -> np.ndarray:
+        """Inner products of ``blocks`` [(A, b), ...] (A a vector like ``theta``, or rows of them: one
+        per row), float64 in order, in one ``sums`` reduction (a ``dot`` but no ``sums``: ``dot`` each)."""
+        if self.sums is None and self.dot is not local_dot:
+            return np.array([self.dot(a, b) for A, b in blocks for a in (A if A.ndim == 2 else (A,))], float)
+        local = np.concatenate([np.atleast_1d(host_values(A @ b)) for A, b in blocks] or [np.zeros(0)])
+        return local if self.sums is None else np.asarray(self.sums(local), float)
 
     def norm(self, a) -> float:
         """Euclidean norm of ``a`` through the ``dot`` hook."""
@@ -110,8 +125,10 @@ class Optimizer:
 class LBFGS(Optimizer):
     """Limited-memory BFGS with a backtracking Armijo line search.
 
-    The direction is ``-H g`` by the two-loop recursion over the last ``memory`` pairs
-    ``(s, y)`` with initial matrix ``gamma I``, ``gamma = s.y / y.y`` of the newest pair.  Without
+    The direction is ``-H g`` for the inverse-Hessian approximation of the last ``memory`` pairs
+    ``(s, y)`` with initial matrix ``gamma I``, ``gamma = s.y / y.y`` of the newest pair, in compact
+    form (:class:`~gpubraid.training.lbfgs_memory.CurvatureMemory`: two reductions a step, where
+    the two-loop recursion makes 2 ``memory`` reductions in a row; the same H g).  Without
     pairs the direction is ``-g`` and the first trial step is ``initial_step * min(1, 1/|g|)``.
     A direction that is not a descent direction (``g.d >= 0`` or not finite) clears the memory
     and falls back to ``-g``.  The line search tries ``alpha = alpha0, alpha0 * backtrack, ...``
@@ -129,8 +146,9 @@ class LBFGS(Optimizer):
     curvature_eps = 1e-10
 
     def __init__(self, memory: int = 10, c1: float = 1e-4, backtrack: float = 0.5,
-                 max_backtracks: int = 20, initial_step: float = 1.0, dot: Dot | None = None):
-        super().__init__(dot)
+                 max_backtracks: int = 20, initial_step: float = 1.0, dot: Dot | None = None,
+                 sums: Sums | None = None):
+        super().__init__(dot, sums)
         self.memory = check_positive_int("memory", memory)
         self.c1 = _check_unit_interval("c1", c1, closed_low=False)
         self.backtrack = _check_unit_interval("backtrack", backtrack, closed_low=False)
@@ -139,15 +157,12 @@ class LBFGS(Optimizer):
         self.reset()
 
     def reset(self) -> None:
-        self._pairs: list[tuple[Any, Any, float]] = []  # (s, y, 1 / s.y), oldest first
-        self._gamma = 1.0
+        self._memory = CurvatureMemory(self.memory)
         self._cache: tuple | None = None  # (theta object, f, g, info) at theta
 
     def state(self) -> tuple[dict, dict]:
-        vectors = {}
-        for k, (sv, yv, _) in enumerate(self._pairs):
-            vectors[f"s{k}"], vectors[f"y{k}"] = sv, yv
-        scalars = {"rho": [p[2] for p in self._pairs], "gamma": self._gamma, "cached": self._cache is not None}
+        vectors, scalars = self._memory.state()
+        scalars["cached"] = self._cache is not None
         if self._cache is not None:
             vectors["cache_g"] = self._cache[2]
             scalars.update(cache_f=self._cache[1], cache_info=self._cache[3])
@@ -155,25 +170,9 @@ class LBFGS(Optimizer):
 
     def load_state(self, vectors: dict, scalars: dict, theta) -> None:
         self.reset()
-        self._pairs = [(vectors[f"s{k}"], vectors[f"y{k}"], rho) for k, rho in enumerate(scalars["rho"])]
-        self._gamma = scalars["gamma"]
+        self._memory.load(vectors, scalars, self.products)
         if scalars["cached"]:
             self._cache = (theta, scalars["cache_f"], vectors["cache_g"], scalars["cache_info"])
-
-    def _direction(self, g):
-        """``-H g`` by the two-loop recursion (a new array)."""
-        q = g.copy()
-        alphas = []
-        for s, y, rho in reversed(self._pairs):
-            a = rho * self.dot(s, q)
-            alphas.append(a)
-            q -= a * y
-        q *= self._gamma
-        for (s, y, rho), a in zip(self._pairs, reversed(alphas)):
-            b = rho * self.dot(y, q)
-            q += (a - b) * s
-        q *= -1.0
-        return q
 
     def step(self, theta, closure: Closure) -> StepInfo:
         """One L-BFGS iteration on ``theta`` (1-D array, updated in place).
@@ -195,7 +194,9 @@ class LBFGS(Optimizer):
             g = g.copy()
             n_evals = 1
         self._cache = None
-        gnorm = self.norm(g)
+        memory = self._memory
+        products = self.products([(g, g)] + memory.gradient_products(g))
+        gnorm = math.sqrt(max(products[0], 0.0))
         if not math.isfinite(f) or not math.isfinite(gnorm):
             raise FloatingPointError(f"L-BFGS: objective or gradient is not finite at the current "
                                      f"point (f = {f}, |g| = {gnorm})")
@@ -203,13 +204,12 @@ class LBFGS(Optimizer):
             self._cache = (theta, f, g, info)
             return StepInfo(f, 0.0, n_evals, 0.0, info)
 
-        if self._pairs:
-            d = self._direction(g)
-            gd = self.dot(g, d)
+        if memory:
+            d, gd = memory.direction(g, products[0], products[1:])
             alpha = self.initial_step
             if not (math.isfinite(gd) and gd < 0.0):
-                self.reset()
-        if not self._pairs:
+                memory.clear()
+        if not memory:
             d = -g
             gd = -gnorm * gnorm
             alpha = self.initial_step * min(1.0, 1.0 / gnorm)
@@ -233,13 +233,9 @@ class LBFGS(Optimizer):
         g_new = g_new.copy()
         s = alpha * d
         y = g_new - g
-        sy = self.dot(s, y)
-        yy = self.dot(y, y)
-        if sy > self.curvature_eps * math.sqrt(self.dot(s, s) * yy):
-            self._pairs.append((s, y, 1.0 / sy))
-            if len(self._pairs) > self.memory:
-                self._pairs.pop(0)
-            self._gamma = sy / yy
+        products = self.products(memory.pair_products(s, y))
+        if memory.curvature_ok(products, self.curvature_eps):
+            memory.add(s, y, products)
         self._cache = (theta, f_new, g_new, info_new)
         return StepInfo(f, gnorm, n_evals, alpha, info)
 
@@ -256,8 +252,8 @@ class SGD(Optimizer):
     name = "sgd"
 
     def __init__(self, lr: float, momentum: float = 0.9, nesterov: bool = False,
-                 weight_decay: float = 0.0, dot: Dot | None = None):
-        super().__init__(dot)
+                 weight_decay: float = 0.0, dot: Dot | None = None, sums: Sums | None = None):
+        super().__init__(dot, sums)
         self.lr = check_positive_float("lr", lr)
         self.momentum = _check_unit_interval("momentum", momentum)
         if not isinstance(nesterov, bool):
@@ -312,8 +308,8 @@ class Adam(Optimizer):
     name = "adam"
 
     def __init__(self, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
-                 dot: Dot | None = None):
-        super().__init__(dot)
+                 dot: Dot | None = None, sums: Sums | None = None):
+        super().__init__(dot, sums)
         self.lr = check_positive_float("lr", lr)
         self.beta1 = _check_unit_interval("beta1", beta1)
         self.beta2 = _check_unit_interval("beta2", beta2)
@@ -375,15 +371,16 @@ def optimizer_settings(name: str) -> dict[str, Any]:
     if name not in _CLASSES:
         raise UserError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {name!r}")
     params = inspect.signature(_CLASSES[name].__init__).parameters
-    return {k: p.default for k, p in params.items() if k not in ("self", "dot")}
+    return {k: p.default for k, p in params.items() if k not in ("self", "dot", "sums")}
 
 
-def make_optimizer(name: str, dot: Dot | None = None, **settings) -> Optimizer:
+def make_optimizer(name: str, dot: Dot | None = None, sums: Sums | None = None, **settings) -> Optimizer:
     """Build an optimiser by name.
 
     Args:
         name: one of :data:`OPTIMIZERS`.
         dot: inner product ``(a, b) -> float`` used for every reduction (default :func:`local_dot`).
+        sums: the reduction of a vector of local inner products (default: none, or ``dot`` per product).
         **settings: constructor arguments of :class:`LBFGS`, :class:`SGD` or :class:`Adam`.
 
     Raises:
@@ -397,4 +394,4 @@ def make_optimizer(name: str, dot: Dot | None = None, **settings) -> Optimizer:
     missing = [k for k, v in allowed.items() if v is inspect.Parameter.empty and k not in settings]
     if missing:
         raise UserError(f"optimizer {name!r} needs the setting(s) {', '.join(missing)}")
-    return _CLASSES[name](dot=dot, **settings)
+    return _CLASSES[name](dot=dot, sums=sums, **settings)

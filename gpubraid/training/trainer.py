@@ -94,7 +94,8 @@ class Trainer:
         self.data = RankData(world, comm, data_comm, self.be, meta, ds)
         with np.errstate(all="ignore"):  # huge --init-scale: the divergence line says so
             self.theta = self.lp.scatter_params(self._initial_parameters())
-        self.opt = make_optimizer(cfg.optimizer, dot=self.lp.dot, **cfg.optimizer_settings())
+        self.opt = make_optimizer(cfg.optimizer, dot=self.lp.dot, sums=self.lp.comm.allreduce_sums,
+                                  **cfg.optimizer_settings())
 
     def _network(self, meta: dict, step):
         """The network for the data: the given step, ``cfg.layer``, or dense/conv by the data; with

@@ -18,7 +18,7 @@ PAPER = dict(example="peaks", layers=32, final_time=1.0, activation="smoothrelu"
 
 
 class FakeLP:
-    """What the monitor uses of a LayerParallel: a serial gradient, a dot, the cap."""
+    """What the monitor uses of a LayerParallel: a serial gradient, dot products, the cap."""
 
     class model:
         layers = 8
@@ -30,8 +30,8 @@ class FakeLP:
         return type("Ev", (), {"grad": self.g, "objective": 2.0})
 
     @staticmethod
-    def dot(a, b):
-        return float(np.dot(a, b))
+    def dots(pairs):
+        return [float(np.dot(a, b)) for a, b in pairs]
 
 
 def ev(g, objective=2.5):

@@ -269,3 +269,92 @@ def test_float32_theta_stays_float32():
 
         run(opt, c32, x, 5)
         assert x.dtype == np.float32
+
+
+def two_loop(pairs, g):
+    """-H g by the two-loop recursion over ``pairs`` [(s, y), ...] (oldest first): the reference."""
+    q, alphas = g.copy(), []
+    for s, y in reversed(pairs):
+        a = (s @ q) / (s @ y)
+        alphas.append(a)
+        q -= a * y
+    s, y = pairs[-1]
+    q *= (s @ y) / (y @ y)
+    for (s, y), a in zip(pairs, reversed(alphas)):
+        q += (a - (y @ q) / (s @ y)) * s
+    return -q
+
+
+def values(blocks):
+    """The local inner products of :class:`CurvatureMemory` blocks [(A, b), ...], in order."""
+    return np.concatenate([np.atleast_1d(A @ b) for A, b in blocks]) if blocks else np.zeros(0)
+
+
+@pytest.mark.parametrize("k,memory", [(1, 5), (4, 5), (9, 5)])
+def test_compact_direction_equals_the_two_loop_recursion(k, memory):
+    """The compact form's -H g and g.d equal the two-loop recursion's over the last ``memory`` pairs
+    (with k > memory the newest pairs have taken the oldest ones' buffer rows)."""
+    from gpubraid.training.lbfgs_memory import CurvatureMemory
+
+    rng = np.random.default_rng(k)
+    n = 30
+    A = rng.standard_normal((n, n))
+    A = A @ A.T + n * np.eye(n)                     # SPD: every pair has s.y > 0
+    mem, pairs = CurvatureMemory(memory), []
+    for _ in range(k):
+        s = rng.standard_normal(n)
+        y = A @ s
+        mem.add(s, y, values(mem.pair_products(s, y)))
+        pairs = (pairs + [(s, y)])[-memory:]
+    g = rng.standard_normal(n)
+    d, gd = mem.direction(g, g @ g, values(mem.gradient_products(g)))
+    ref = two_loop(pairs, g)
+    assert len(mem) == min(k, memory)
+    np.testing.assert_allclose(d, ref, rtol=1e-11, atol=1e-13 * np.abs(ref).max())
+    assert gd == pytest.approx(g @ ref, rel=1e-11)
+
+
+def test_lbfgs_reduces_twice_per_step():
+    """With a ``sums`` hook, L-BFGS makes one reduction for the gradient's products and one for the
+    new pair's, and no ``dot`` calls; the iterates are the local run's to round-off."""
+    closure, _ = quadratic(n=12, cond=100)
+    calls = []
+
+    def sums(local):
+        calls.append(len(local))
+        return local.copy()
+
+    def no_dot(a, b):
+        raise AssertionError("single reduction")
+
+    x1, x2 = np.zeros(12), np.zeros(12)
+    i1 = run(LBFGS(memory=4), closure, x1, 25)
+    i2 = run(LBFGS(memory=4, dot=no_dot, sums=sums), closure, x2, 25)
+    assert len(calls) == 2 * 25
+    assert max(calls) == 3 + 3 * 4        # a new pair against a full memory
+    np.testing.assert_allclose([i.objective for i in i2], [i.objective for i in i1], rtol=1e-12)
+    np.testing.assert_allclose(x2, x1, rtol=1e-10, atol=1e-12)
+
+
+def test_lbfgs_state_round_trip_continues_bit_for_bit():
+    """state() then load_state() into a fresh optimiser continues with the same bits (the pairs in
+    their buffer rows); a state of the two-loop version (pairs and "rho" only: the products
+    recomputed, the rows in age order) continues to round-off."""
+    closure, _ = quadratic(n=10, cond=50)
+    x = np.zeros(10)
+    a = LBFGS(memory=3)
+    run(a, closure, x, 7)
+    vectors, scalars = a.state()
+    assert scalars["slots"] != sorted(scalars["slots"])      # the memory has wrapped around
+    vectors = {k: v.copy() for k, v in vectors.items()}
+    xb, xc = x.copy(), x.copy()
+    b, c = LBFGS(memory=3), LBFGS(memory=3)
+    b.load_state(vectors, scalars, xb)
+    old = {k: v for k, v in scalars.items() if k not in ("sy", "yy", "slots")}
+    old["rho"] = [1.0 / sy for sy in np.diag(np.array(scalars["sy"]))]
+    c.load_state(vectors, old, xc)
+    fa = [i.objective for i in run(a, closure, x, 8)]
+    fb = [i.objective for i in run(b, closure, xb, 8)]
+    fc = [i.objective for i in run(c, closure, xc, 8)]
+    assert fa == fb and np.array_equal(x, xb)
+    np.testing.assert_allclose(fc, fa, rtol=1e-12)
