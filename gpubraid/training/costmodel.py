@@ -19,8 +19,8 @@ and a network model (:class:`~gpubraid.runtime.replay.NetworkModel`), counted th
   (adjoint) moves to the next (previous) rank in one message; the ranks are simulated in order,
   so the bubble (M + L − 1 block times per direction) comes out of the simulation.
 * **Data groups**: each of the D groups holds ⌈B/D⌉ samples; the gradient blocks are summed across
-  the groups (an allgather of the block), and every scalar reduction (objective, solver norms, the
-  optimiser's dot products) also runs across them.
+  the groups (an allgather of the block), and every reduction (objective, solver norms, the
+  optimiser's inner products) also runs across them.
 """
 from __future__ import annotations
 
@@ -185,10 +185,11 @@ def pipeline_s(schedule: str, L: int, M: int, m_total: int, N: int, fwd: tuple, 
     return max(clock)
 
 
-def reductions_per_step(optimizer: str, memory: int) -> int:
-    """Scalar reductions of one training step: the evaluation's (objective, loss, count, solver
-    statistics) and the optimiser's dot products (L-BFGS two-loop recursion and line search)."""
-    return 6 + (2 * memory + 4 if optimizer == "lbfgs" else 2)
+def reductions_per_step(optimizer: str) -> int:
+    """Reductions of one training step (each of a few numbers): the evaluation's two (objective,
+    loss and count; solver statistics), the interrupt check and the optimiser's (L-BFGS: the
+    gradient's and the new pair's inner products; SGD, Adam: |g|)."""
+    return 5 if optimizer == "lbfgs" else 4
 
 
 def reduce_s(net: NetworkModel, L: int, D: int) -> float:

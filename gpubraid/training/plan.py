@@ -102,14 +102,14 @@ def candidates(probe, cfg: TrainConfig, P: int, net: NetworkModel, h) -> list[Ca
     out = []
     N, B = probe.layers, probe.batch
     its = cfg.iterations
-    reductions = cm.reductions_per_step(cfg.optimizer, cfg.memory)
+    reductions = cm.reductions_per_step(cfg.optimizer)
     for D in (d for d in range(1, P + 1) if P % d == 0):
         L = P // D
         m = cm.ceil_div(B, D)
         if L > N or B < D:
             continue
         fixed = reductions * cm.reduce_s(net, L, D) + cm.group_sum_s(net, D, cm.layer_block(N, L) * probe.param_bytes)
-        fixed += probe.step_overhead
+        fixed += probe.step_overhead + probe.regularizer_s * cm.layer_block(N, L) / N
         Ms = sorted({min(k * L, m) for k in (1, 2, 4, 8)})
         for M in Ms:
             t = cm.pipeline_s("1f1b", L, M, m, N, probe.sweep_fwd, probe.sweep_bwd, probe.ends,

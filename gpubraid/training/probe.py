@@ -11,7 +11,8 @@ a shared machine, as the trace's spans are) and as synchronised wall time on a G
                            forward keeping σ'(z), adjoint + gradient) per micro-batch of m samples
     sweep_call             each sweep call's own cost (forward, backward): a block of n layers
                            costs sweep_call + n·(a + b·m), from sweeps of 1 and SWEEP_LAYERS layers
-    ends                   the rest of a layer-serial evaluation: opening, head, regulariser
+    ends                   opening and head of m samples (per micro-batch of the pipeline)
+    regularizer_s          the regulariser and its gradient over all layers (once per evaluation)
     forward, adjoint       one batched step call over L layers (MGRIT's relaxation and restriction)
     param_grad             one batched gradient call over L layers
     solve_call             each MGRIT call's own cost in situ (slicing, gathers and scatters, the
@@ -74,7 +75,8 @@ SWEEP_LAYERS = 16
 class Probe:
     """What a run's network costs here (seconds) and what its solvers do; see the module docstring.
 
-    ``sweep_fwd``, ``sweep_bwd``, ``ends``: (a, b) of a + b·m (the sweeps: per layer, besides
+    ``sweep_fwd``, ``sweep_bwd``, ``ends``: (a, b) of a + b·m (``ends``: opening and head per
+    micro-batch, the regulariser is ``regularizer_s`` per evaluation; the sweeps: per layer, besides
     ``sweep_call`` (forward, backward) per call of a block of layers); ``calls``: per operation (α, β) of
     α + β·L·m (both measured on at most SWEEP_LAYERS layers); ``solve_call``: (α, β) the solver
     adds to each MGRIT call; ``footprint``: points (cells, forward ratio, backward ratio), cells
@@ -106,6 +108,7 @@ class Probe:
     probe_s: float = 0.0
     evaluate_s: float = 0.0
     sweep_call: tuple = (0.0, 0.0)
+    regularizer_s: float = 0.0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -232,12 +235,12 @@ def run_probe(trainer, oneshot, exact, repeats: int = 2) -> Probe:
         u0 = model.open_forward(x[:m], P)
         lam = model.loss(u0, y[:m], P, G)[2]  # the head on a state of the right shape
         model.open_grad(x[:m], lam, P, G)
-        model.regularizer(trainer.lp.layout, P, G)
 
     ends_fit = _fit(sizes, [clock.best(lambda m=m: ends(m), repeats) for m in sizes])
+    regularizer_s = clock.best(lambda: model.regularizer(trainer.lp.layout, P, G), repeats)
     per_layer = sweep_fwd[0] + sweep_bwd[0] + B * (sweep_fwd[1] * ratios[0] + sweep_bwd[1] * ratios[1])
     evaluate_s = sum(sweep_call) + N * per_layer
-    evaluate_s += ends_fit[0] + ends_fit[1] * B
+    evaluate_s += ends_fit[0] + ends_fit[1] * B + regularizer_s
 
     # batched step calls: α + β·L·m from (L, m) = (1, small), (1, B), (L_max, B)
     U = xp.ascontiguousarray(xp.broadcast_to(model.open_forward(x, P), (n, B, *S)))
@@ -271,7 +274,8 @@ def run_probe(trainer, oneshot, exact, repeats: int = 2) -> Probe:
             xm, ym = x[:mm], y[:mm]
             os_lp.evaluate(theta, xm, ym, mm, grad=True, warm=False)  # the warm start of this size
             wall = clock.best(lambda: os_lp.evaluate(theta, xm, ym, mm, grad=True, warm=warm), repeats)
-            wall -= sum(calls["param_grad"]) + calls["param_grad"][1] * (N * mm - 1) + ends_fit[0] + ends_fit[1] * mm
+            wall -= sum(calls["param_grad"]) + calls["param_grad"][1] * (N * mm - 1) + ends_fit[0] + ends_fit[1] * mm \
+                + regularizer_s
             fs, bs = os_lp.last_stats
             counted = mgrit_calls(oneshot.forward, oneshot.adjoint, h, 1, fs.levels, warm, fs.iterations,
                                   bs.iterations, min(oneshot.forward.stability_samples, mm))
@@ -302,13 +306,31 @@ def run_probe(trainer, oneshot, exact, repeats: int = 2) -> Probe:
     step_overhead = 0.0
     scoring = N * (2 * sweep_fwd[0] + sweep_fwd[1] * (trainer.data.n_train + trainer.data.n_val))
     if PROBE_STEPS * evaluate_s + scoring <= PROBE_BUDGET_S:
-        marks = [(clock.now(), 0)]
+        # each step's time less its own evaluation's, both measured (not the predicted evaluation:
+        # the machine's speed moves between the probe's parts, and the difference would carry it)
+        spent, evaluate, own = [0.0], trainer.lp.evaluate, vars(trainer.lp).get("evaluate")
+
+        def timed(*args, **kwargs):
+            t0 = clock.now()
+            try:
+                return evaluate(*args, **kwargs)
+            finally:
+                spent[0] += clock.now() - t0
+
+        trainer.lp.evaluate = timed
+        marks = [(clock.now(), 0, 0.0)]
         trainer.cfg = trainer.cfg.model_copy(update={"iterations": PROBE_STEPS, "val_every": 0})
-        trainer.run(progress=lambda e: marks.append((clock.now(), e["n_evals"])))
-        steps = [t1 - t0 for (t0, _), (t1, k) in zip(marks[1:], marks[2:]) if k == 1]
-        step_overhead = max(float(np.median(steps)) - evaluate_s, 0.0) if steps else 0.0
+        try:
+            trainer.run(progress=lambda e: marks.append((clock.now(), e["n_evals"], spent[0])))
+        finally:
+            if own is None:
+                del trainer.lp.evaluate
+            else:
+                trainer.lp.evaluate = own
+        steps = [(t1 - t0) - (s1 - s0) for (t0, _, s0), (t1, k, s1) in zip(marks[1:], marks[2:]) if k == 1]
+        step_overhead = max(float(np.median(steps)), 0.0) if steps else 0.0
     itemsize = np.dtype(be.dtype).itemsize
     param_bytes = sum(int(np.prod(p)) for p in model.step.param_shapes) * itemsize
     return Probe(B, N, int(np.prod(S)) * itemsize, param_bytes, warm, clock.name, sweep_fwd, sweep_bwd, ends_fit,
                  calls, solve_call, os_info, ex_info, footprint, step_overhead, time.perf_counter() - t_start,
-                 evaluate_s, sweep_call)
+                 evaluate_s, sweep_call, regularizer_s)

@@ -113,6 +113,30 @@ def test_probe_of_a_small_network():
     assert "plan: " in made.line() and made.table().count("\n") >= len(made.candidates) + 2
 
 
+def test_step_overhead_is_measured_not_what_a_slower_evaluation_leaves():
+    """The probe's per-step overhead is each step's time less its own evaluation's: evaluations that
+    take 30 ms more CPU time than the probe's sweeps predicted (a machine slower by then) leave it
+    small, where "step less predicted evaluation" would carry the 30 ms into every candidate."""
+    import time
+
+    from gpubraid.training.probe import run_probe
+
+    cfg = TrainConfig(**SMALL).resolved()
+    trainer = Trainer(plan.probe_config(cfg), Comm.single())
+    evaluate = trainer.lp.evaluate
+
+    def slower(*args, **kwargs):
+        t = time.process_time() + 0.03
+        while time.process_time() < t:
+            pass
+        return evaluate(*args, **kwargs)
+
+    trainer.lp.evaluate = slower
+    p = run_probe(trainer, plan.cfg_method(cfg, "oneshot"), plan.cfg_method(cfg, "exact"))
+    assert trainer.lp.evaluate is slower            # put back as it was
+    assert p.evaluate_s < 0.03 and p.step_overhead < 0.01
+
+
 def test_probe_gradient_error_of_a_multilevel_one_shot():
     cfg = TrainConfig(**SMALL, stability=0, conv_bound=0, max_levels=3, levels_for_ranks=False).resolved()
     made = plan.make_plan(cfg, 2, IDEAL, lambda c: Trainer(c, Comm.single()))
