@@ -19,11 +19,24 @@ given by its world ranks, so sub-communicators match across ranks):
 ``seq`` numbers the messages of one (communicator, source, dest, tag) in order (MPI delivers them
 in that order), and the collectives of one communicator; the replay matches events by them.
 While no tracer is active (:data:`ACTIVE` is None) the hooks cost one global lookup per call.
+
+**More ranks than cores.**  The replay stands for one core per rank, but a run traced with more
+ranks on a host than it has cores time-shares them: the ranks' spans then run side by side on
+shared caches and memory, and each is cut into slices between the others'.  Their CPU time grows
+(8 ranks on 2 cores: 1.1-1.3x a rank's work alone), and a replay of such a trace is slower than
+the hardware it stands for.  So on such a host the tracer passes a :class:`CoreGate` between the
+host's ranks: a rank computes only while it holds it (from the return of one communication call to
+the start of the next), so its spans run alone, as on a core of its own; it waits for the gate
+outside its spans, which the replay does not count.  The traced run's own wall time then grows
+about P/cores-fold; its meta records ``gated``.
 """
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import pickle
+import tempfile
 import time
 from collections import defaultdict
 
@@ -48,12 +61,59 @@ def pickled_size(obj) -> int:
     return len(pickle.dumps(obj, pickle.HIGHEST_PROTOCOL))
 
 
-class Tracer:
-    """One rank's event list; ``sync`` (a callable) synchronises the device before each clock read."""
+class CoreGate:
+    """A lock the ranks of one host pass between them (``flock`` on a file every one of them opened
+    before the first :meth:`acquire`): one rank computes at a time."""
 
-    def __init__(self, world_rank: int, sync=None):
+    def __init__(self, path: str):
+        self.path = path
+        self._file = open(path, "a")
+        self._held = False
+
+    def acquire(self) -> None:
+        fcntl.flock(self._file, fcntl.LOCK_EX)
+        self._held = True
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        self.release()
+        self._file.close()
+        try:
+            os.unlink(self.path)
+        except OSError:  # another rank of the host removed it first
+            pass
+
+
+def _host_gate(world_comm) -> "CoreGate | None":
+    """A :class:`CoreGate` for this host's ranks when they outnumber its cores (None otherwise, and
+    without MPI).  Collective over ``world_comm``."""
+    if world_comm.size == 1:
+        return None
+    from mpi4py import MPI
+
+    host = world_comm.comm.Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        crowded = host.Get_size() > (os.cpu_count() or 1)
+        token = host.bcast(os.urandom(8).hex() if host.Get_rank() == 0 else None, root=0) if crowded else None
+        gate = CoreGate(os.path.join(tempfile.gettempdir(), f"gpubraid-gate-{token}")) if crowded else None
+        host.Barrier()  # every rank opened the file before any removes it
+    finally:
+        host.Free()
+    return gate
+
+
+class Tracer:
+    """One rank's event list; ``sync`` (a callable) synchronises the device before each clock read;
+    ``gate``: the host's :class:`CoreGate`, held during compute spans (None: not gated)."""
+
+    def __init__(self, world_rank: int, sync=None, gate: CoreGate | None = None):
         self.world_rank = world_rank
         self.sync = sync
+        self.gate = gate
         self.events: list = []
         self.groups: list[tuple[int, ...]] = []
         self._group_of: dict[int, tuple[int, object]] = {}   # id(mpi comm) -> (index, comm kept alive)
@@ -70,13 +130,23 @@ class Tracer:
         cpu, wall = time.thread_time_ns(), time.perf_counter_ns()
         self.events.append(["c", cpu - self._cpu, wall - self._wall])
         self._cpu, self._wall = cpu, wall
+        if self.gate is not None:
+            self.gate.release()
         return wall
 
     def _end(self, event: list) -> int:
         """Append ``event`` (the call that began at the last span's end) and start the next span."""
         self.events.append(event)
+        if self.gate is not None:
+            self.gate.acquire()
         self._cpu, self._wall = time.thread_time_ns(), time.perf_counter_ns()
         return len(self.events) - 1
+
+    def release(self) -> None:
+        """Give up the gate for good (the tracer records nothing more)."""
+        if self.gate is not None:
+            self.gate.close()
+            self.gate = None
 
     def group(self, mpi_comm) -> tuple[int, tuple[int, ...]]:
         """(index in this rank's table, world ranks) of an mpi4py communicator (None: this rank alone).
@@ -118,23 +188,31 @@ class Tracer:
         self._end(["k", kind, g, int(nbytes), seq, time.perf_counter_ns() - self._wall])
 
     def close(self) -> dict:
-        """This rank's record: the last compute span closed; the tracer stops recording."""
+        """This rank's record: the last compute span closed; the tracer stops recording (and
+        gives up the gate)."""
         self.begin()
+        self.release()
         return {"rank": self.world_rank, "groups": [list(g) for g in self.groups], "events": self.events}
 
 
 def start(world_comm, sync=None) -> Tracer:
     """Begin tracing this process (every rank of ``world_comm``, a :class:`Comm`, calls it together:
-    a barrier first, so the ranks' timelines start at one instant)."""
+    a barrier first, so the ranks' timelines start at one instant).  CPU runs (``sync`` None) with
+    more ranks on a host than cores are gated (see the module docstring)."""
     global ACTIVE
+    gate = _host_gate(world_comm) if sync is None else None
     world_comm.barrier()
-    ACTIVE = Tracer(world_comm.rank, sync)
+    ACTIVE = Tracer(world_comm.rank, sync, gate)
+    if gate is not None:
+        gate.acquire()
     return ACTIVE
 
 
 def stop() -> None:
     """Stop recording without writing (a run that did not finish leaves no trace file)."""
     global ACTIVE
+    if ACTIVE is not None:
+        ACTIVE.release()
     ACTIVE = None
 
 
@@ -146,10 +224,12 @@ def finish(tracer: Tracer, world_comm, path: str, clock: str = "thread", meta: d
     """
     global ACTIVE
     ACTIVE = None
+    gated = tracer.gate is not None
     mine = tracer.close()
     ranks = [mine] if world_comm.size == 1 else world_comm.comm.gather(mine, root=0)
     if world_comm.rank == 0:
-        doc = {"format": FORMAT, "version": VERSION, "clock": clock, "meta": meta or {}, "ranks": ranks}
+        meta = {**(meta or {}), "gated": gated}
+        doc = {"format": FORMAT, "version": VERSION, "clock": clock, "meta": meta, "ranks": ranks}
         write_atomic(path, lambda f: json.dump(doc, f, separators=(",", ":")))
 
 

@@ -1,6 +1,9 @@
 """``--trace``: what the tracer records (gpubraid.runtime.trace), on one process and under mpiexec."""
 import json
+import os
 import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -80,6 +83,42 @@ def test_two_ranks_match_and_tracing_does_not_change_the_run(mpirun, tmp_path, m
         assert sends
     res = replay(doc, PRESETS["ib"])
     assert 0 < res.wall_s and res.critical.compute_s + res.critical.comm_s == pytest.approx(res.wall_s)
+
+
+def test_core_gate_lets_one_holder_compute(tmp_path):
+    """Two openings of the gate file (as two ranks have): while one holds it the other cannot take
+    it; released, it can; closing removes the file."""
+    import fcntl
+
+    a, b = trace.CoreGate(str(tmp_path / "gate")), trace.CoreGate(str(tmp_path / "gate"))
+    a.acquire()
+    with pytest.raises(BlockingIOError):
+        fcntl.flock(b._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    a.release()
+    b.acquire()
+    b.close()
+    a.close()
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) >= 3, reason="needs more ranks than cores: 3 ranks on at most 2 cores")
+def test_more_ranks_than_cores_are_traced_one_at_a_time(mpirun, tmp_path):
+    """3 ranks on 2 cores: the trace says it was gated, its spans replay, and the run's history is
+    the untraced run's."""
+    histories = []
+    for traced in (False, True):
+        out = tmp_path / f"m{traced}.json"
+        args = [*RUN, "--method", "pipeline", "--micro-batches", "3", "--metrics", out] \
+            + (["--trace", tmp_path / "t.json"] if traced else [])
+        p = subprocess.run(mpirun.gpubraid(3, "train", *args), capture_output=True, text=True, timeout=300,
+                           env=mpirun.env)
+        assert p.returncode == 0, p.stderr[-3000:]
+        histories.append([{k: v for k, v in e.items() if k != "time_s"} for e in json.loads(out.read_text())["history"]])
+    assert histories[0] == histories[1]
+    doc = trace.load(str(tmp_path / "t.json"))
+    assert doc["meta"]["gated"] is True and len(doc["ranks"]) == 3
+    assert replay(doc, PRESETS["ib"]).wall_s > 0
+    assert not list(Path(tempfile.gettempdir()).glob("gpubraid-gate-*"))
 
 
 @pytest.mark.parametrize("path, says", [("{tmp}/no/such/dir/t.json", "does not exist"),
