@@ -58,21 +58,27 @@ def test_stopped_trace_writes_nothing(tmp_path):
     assert trace.ACTIVE is None and not list(tmp_path.iterdir())
 
 
+def traced_and_untraced(mpirun, tmp_path, ranks: int, method: list) -> dict:
+    """Train ``method`` on ``ranks`` ranks without and with --trace; the histories must be the same
+    bits.  Returns the trace."""
+    histories = []
+    for traced in (False, True):
+        out = tmp_path / f"m{traced}.json"
+        args = [*RUN, *method, "--metrics", out] + (["--trace", tmp_path / "t.json"] if traced else [])
+        p = subprocess.run(mpirun.gpubraid(ranks, "train", *args), capture_output=True, text=True, timeout=300,
+                           env=mpirun.env)
+        assert p.returncode == 0, p.stderr[-3000:]
+        histories.append([{k: v for k, v in e.items() if k != "time_s"} for e in json.loads(out.read_text())["history"]])
+    assert histories[0] == histories[1]
+    return trace.load(str(tmp_path / "t.json"))
+
+
 @pytest.mark.parametrize("method", [["--method", "oneshot"], ["--method", "pipeline", "--micro-batches", "2"],
                                     ["--method", "serial", "--data-parallel", "2"]])
 def test_two_ranks_match_and_tracing_does_not_change_the_run(mpirun, tmp_path, method):
     """Under mpiexec -n 2: every send has its receive and every collective all its members (the
     replay refuses anything else), and the history is the same bits with and without --trace."""
-    histories = []
-    for traced in (False, True):
-        out = tmp_path / f"m{traced}.json"
-        args = [*RUN, *method, "--metrics", out] + (["--trace", tmp_path / "t.json"] if traced else [])
-        p = subprocess.run(mpirun.gpubraid(2, "train", *args), capture_output=True, text=True, timeout=300,
-                           env=mpirun.env)
-        assert p.returncode == 0, p.stderr[-3000:]
-        histories.append([{k: v for k, v in e.items() if k != "time_s"} for e in json.loads(out.read_text())["history"]])
-    assert histories[0] == histories[1]
-    doc = trace.load(str(tmp_path / "t.json"))
+    doc = traced_and_untraced(mpirun, tmp_path, 2, method)
     assert [r["rank"] for r in doc["ranks"]] == [0, 1] and doc["meta"]["ranks"] == 2
     sends = [(r["rank"], e[2], e[3]) for r in doc["ranks"] for e in r["events"] if e[0] == "s"]
     recvs = [(e[2], r["rank"], e[3]) for r in doc["ranks"] for e in r["events"] if e[0] == "r"]
@@ -105,17 +111,7 @@ def test_core_gate_lets_one_holder_compute(tmp_path):
 def test_more_ranks_than_cores_are_traced_one_at_a_time(mpirun, tmp_path):
     """3 ranks on 2 cores: the trace says it was gated, its spans replay, and the run's history is
     the untraced run's."""
-    histories = []
-    for traced in (False, True):
-        out = tmp_path / f"m{traced}.json"
-        args = [*RUN, "--method", "pipeline", "--micro-batches", "3", "--metrics", out] \
-            + (["--trace", tmp_path / "t.json"] if traced else [])
-        p = subprocess.run(mpirun.gpubraid(3, "train", *args), capture_output=True, text=True, timeout=300,
-                           env=mpirun.env)
-        assert p.returncode == 0, p.stderr[-3000:]
-        histories.append([{k: v for k, v in e.items() if k != "time_s"} for e in json.loads(out.read_text())["history"]])
-    assert histories[0] == histories[1]
-    doc = trace.load(str(tmp_path / "t.json"))
+    doc = traced_and_untraced(mpirun, tmp_path, 3, ["--method", "pipeline", "--micro-batches", "3"])
     assert doc["meta"]["gated"] is True and len(doc["ranks"]) == 3
     assert replay(doc, PRESETS["ib"]).wall_s > 0
     assert not list(Path(tempfile.gettempdir()).glob("gpubraid-gate-*"))
