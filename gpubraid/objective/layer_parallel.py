@@ -89,6 +89,7 @@ class LayerParallel:
         self.U = None     # forward rows u_a..u_b of the last solve (warm start)
         self.Lam = None   # adjoint rows in solver order of the last solve (warm start; may be a reversed view)
         self.last_stats: tuple[SolveStats, SolveStats | None] | None = None
+        self._steps = 0.0  # the last evaluation's step applications (solve_stats)
         self.fwd_tol = self.bwd_tol = None   # per-solve tolerance overrides (adaptive one-shot)
         self.level_cap: int | None = None    # at most this many levels per solve (the convergence monitor)
         self.pipe = None if pipeline is None else TrainingPipeline(model, comm, self.bounds, pipeline)
@@ -178,7 +179,7 @@ class LayerParallel:
         P, gvec, G, R_share = self._start(theta, True)
         pipe = self.pipe or TrainingPipeline(self.model, self.comm, self.bounds, PipelineOptions())
         loss_share, correct_share, _, _ = pipe.run(P, G, x, y, batch)
-        return self._totals(gvec, loss_share, correct_share, R_share, batch)
+        return self._totals(gvec, loss_share, correct_share, R_share, batch, keep_steps=False)
 
     def _start(self, theta, grad: bool):
         """(P, gvec, G, R_share) of an evaluation: parameter views, a zero gradient vector and its
@@ -291,28 +292,28 @@ class LayerParallel:
             out.update(bwd_iters=b.iterations, bwd_residual=b.residuals[-1] if b.residuals else None)
         if f.rho is not None:
             out.update(rho=f.rho, h_rho=f.h_rho[-1] if f.h_rho else 0.0)
-        steps = f.total_steps + (b.total_steps if b else 0.0)
-        out["steps"] = self.data.allreduce_sum(self.comm.allreduce_sum(steps)) / self.data.size
-        return out
+        return {**out, "steps": self._steps}
 
-    def _totals(self, gvec, loss_share: float, correct_share: int, R_share: float, batch: int) -> Evaluation:
-        """The evaluation from this rank's shares: global objective, loss and count (one allreduce)."""
-        loss, correct, objective = self.comm.allreduce_sums((loss_share, correct_share, loss_share + R_share))
-        correct = int(round(correct))
-        return self._across_groups(Evaluation(objective, loss, correct, batch, grad=gvec))
-
-    def _across_groups(self, ev: Evaluation) -> Evaluation:
-        """The evaluation of the whole batch from every data group's share: means weighted by the
-        groups' sample counts, added in group order (identical bits in every group)."""
+    def _totals(self, gvec, loss_share: float, correct_share: int, R_share: float, batch: int,
+                keep_steps: bool = True) -> Evaluation:
+        """The evaluation from this rank's shares: global objective, loss and count, and (with
+        ``keep_steps``) the step applications of :attr:`last_stats` for :meth:`solve_stats` (one
+        allreduce over the layer ranks; across data groups one allgather of these, one of the gradient)."""
+        steps = sum(s.total_steps for s in self.last_stats if s is not None) if keep_steps else 0.0
+        loss, correct, objective, steps = self.comm.allreduce_sums(
+            (loss_share, correct_share, loss_share + R_share, steps))
         d = self.data
-        if d.size == 1:
-            return ev
-        total = int(round(d.allreduce_sum(float(ev.n_samples))))
-        w = ev.n_samples / total
-        grad = None if ev.grad is None else d.sum_in_rank_order(w * ev.grad)
-        # R is the same in every group and the weights add up to 1, so J = Σ w_g (ℓ_g + R)
-        return Evaluation(d.sum_in_rank_order(w * ev.objective), d.sum_in_rank_order(w * ev.loss),
-                          int(round(d.allreduce_sum(float(ev.n_correct)))), total, grad)
+        if d.size > 1:  # every group's (samples, objective, loss, count, steps): means weighted by the
+            # groups' sample counts, added in group order (identical bits in every group); R is the
+            # same in every group and the weights add up to 1, so J = Σ w_g (ℓ_g + R)
+            n, J, L, k, s = d.allgather((batch, objective, loss, correct, steps)).T.tolist()
+            total = int(round(sum(n)))
+            gvec = None if gvec is None else d.sum_in_rank_order(batch / total * gvec)
+            objective, loss = (sum(ni / total * v for ni, v in zip(n, vals)) for vals in (J, L))
+            correct, steps, batch = sum(k), sum(s) / d.size, total
+        if keep_steps:
+            self._steps = steps
+        return Evaluation(objective, loss, int(round(correct)), batch, grad=gvec)
 
     def gather_params(self, theta):
         """The full parameter vector (serial layout) on rank 0; None elsewhere."""

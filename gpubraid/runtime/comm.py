@@ -235,13 +235,7 @@ class Comm:
         return x.tolist()
 
     def allreduce_max(self, x: float) -> float:
-        x = float(x)
-        if self.size > 1:
-            self.stats.collectives += 1
-            t = _traced()
-            x = float(self.comm.allreduce(x, op=_mpi().MAX))
-            if t is not None:
-                t.collective("allreduce", self.comm, 8)
+        x = max(self.allgather((float(x),))[:, 0].tolist())
         return x if self.also is None else max(self._also_allgather(x))
 
     def _also_allgather(self, x) -> list:
@@ -251,23 +245,28 @@ class Comm:
             t.collective("allgather", self.also, getattr(x, "nbytes", 8))
         return parts
 
+    def allgather(self, x) -> np.ndarray:
+        """Every rank's ``x`` (a NumPy array, or numbers: float64; the same shape on every rank)
+        stacked in rank order, (size, *shape)."""
+        host = np.ascontiguousarray(x if isinstance(x, np.ndarray) else np.asarray(x, np.float64))
+        if self.size == 1:
+            return host[None]
+        self.stats.collectives += 1
+        t = _traced()
+        parts = np.empty((self.size, *host.shape), host.dtype)
+        self.comm.Allgather(host, parts)
+        if t is not None:
+            t.collective("allgather", self.comm, host.nbytes)
+        return parts
+
     def sum_in_rank_order(self, x):
         """Σ_r x_r over the ranks, added in rank order (so every rank gets the same bits):
         a float, or an array of the same shape on every rank (returned on its backend)."""
         if self.size == 1:
             return x
-        self.stats.collectives += 1
-        t = _traced()
         if isinstance(x, float):
-            parts = self.comm.allgather(x)
-            if t is not None:
-                t.collective("allgather", self.comm, 8)
-            return sum(parts)
-        host = np.ascontiguousarray(x if isinstance(x, np.ndarray) else self.backend.to_host(x))
-        parts = np.empty((self.size, *host.shape), host.dtype)
-        self.comm.Allgather(host, parts)
-        if t is not None:
-            t.collective("allgather", self.comm, host.nbytes)
+            return sum(self.allgather((x,))[:, 0].tolist())
+        parts = self.allgather(x if isinstance(x, np.ndarray) else self.backend.to_host(x))
         total = parts[0].copy()
         for p in parts[1:]:
             total += p
