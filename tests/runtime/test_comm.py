@@ -15,3 +15,14 @@ def test_one_failing_rank_stops_every_rank(mpirun, trial):
     assert out.stderr.count("gpubraid: rank 1 failed: RuntimeError: planted failure") == 1, out.stderr
     assert "unreachable" not in out.stdout
     assert elapsed < 30, elapsed
+
+
+@pytest.mark.parametrize("ranks", [1, 3])
+def test_reductions_of_many_numbers_and_in_rank_order(mpirun, ranks):
+    """allreduce_sums reduces a vector at once; allgather stacks every rank's numbers in rank order,
+    sum_in_rank_order adds them in that order (the same bits as a sequential sum), allreduce_max;
+    five collectives on more than one rank, none on one."""
+    out = mpirun.json(ranks, "comm_check.py")
+    assert out["sums_close"] and out["gathered_in_rank_order"] and out["max"]
+    assert out["float_in_rank_order"] and out["array_in_rank_order"]
+    assert out["collectives"] == (5 if ranks > 1 else 0)

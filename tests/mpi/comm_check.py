@@ -1,0 +1,37 @@
+"""Run under mpiexec: Comm's reductions on values every rank can predict; rank 0 prints JSON."""
+import json
+
+import numpy as np
+from mpi4py import MPI
+
+from gpubraid.runtime.comm import Comm, abort_all
+
+
+def main():
+    comm = Comm.world()
+    r, P = comm.rank, comm.size
+    mine = [0.1 * (r + 1), 1.0 / 3.0 + r, -float(r)]        # values whose sums depend on the order
+    every = [[0.1 * (q + 1), 1.0 / 3.0 + q, -float(q)] for q in range(P)]
+    before = comm.stats.collectives
+    sums = comm.allreduce_sums(mine)
+    gathered = comm.allgather(mine)
+    ordered_float = comm.sum_in_rank_order(0.1 * (r + 1))
+    ordered_array = comm.sum_in_rank_order(np.array(mine))
+    biggest = comm.allreduce_max(float(r))
+    out = {
+        "sums_close": bool(np.allclose(sums, np.sum(every, axis=0), rtol=1e-15, atol=1e-15)),
+        "gathered_in_rank_order": gathered.tolist() == every,
+        "float_in_rank_order": ordered_float == sum(row[0] for row in every),
+        "array_in_rank_order": ordered_array.tolist() == [sum(row[i] for row in every) for i in range(3)],
+        "max": biggest == P - 1,
+        "collectives": comm.stats.collectives - before,
+    }
+    if r == 0:
+        print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except BaseException as exc:
+        abort_all(MPI.COMM_WORLD, exc, 1)
