@@ -186,10 +186,10 @@ def pipeline_s(schedule: str, L: int, M: int, m_total: int, N: int, fwd: tuple, 
 
 
 def reductions_per_step(optimizer: str) -> int:
-    """Reductions of one training step (each of a few numbers): the evaluation's two (objective,
-    loss and count; solver statistics), the interrupt check and the optimiser's (L-BFGS: the
-    gradient's and the new pair's inner products; SGD, Adam: |g|)."""
-    return 5 if optimizer == "lbfgs" else 4
+    """Reductions of one training step (each of a few numbers): the evaluation's (objective, loss,
+    count and step count), the interrupt check and the optimiser's (L-BFGS: the gradient's and the
+    new pair's inner products; SGD, Adam: |g|)."""
+    return 4 if optimizer == "lbfgs" else 3
 
 
 def reduce_s(net: NetworkModel, L: int, D: int) -> float:
