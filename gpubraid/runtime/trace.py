@@ -142,7 +142,7 @@ class Tracer:
         self._cpu, self._wall = time.thread_time_ns(), time.perf_counter_ns()
         return len(self.events) - 1
 
-    def release(self) -> None:
+    def leave_gate(self) -> None:
         """Give up the gate for good (the tracer records nothing more)."""
         if self.gate is not None:
             self.gate.close()
@@ -191,7 +191,7 @@ class Tracer:
         """This rank's record: the last compute span closed; the tracer stops recording (and
         gives up the gate)."""
         self.begin()
-        self.release()
+        self.leave_gate()
         return {"rank": self.world_rank, "groups": [list(g) for g in self.groups], "events": self.events}
 
 
@@ -212,7 +212,7 @@ def stop() -> None:
     """Stop recording without writing (a run that did not finish leaves no trace file)."""
     global ACTIVE
     if ACTIVE is not None:
-        ACTIVE.release()
+        ACTIVE.leave_gate()
     ACTIVE = None
 
 

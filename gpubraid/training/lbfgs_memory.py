@@ -26,7 +26,8 @@ import numpy as np
 
 class CurvatureMemory:
     """The last ``memory`` pairs (s, y) (rows of buffers like the parameters), SᵀY and YᵀY
-    (float64, k × k, oldest first); ``slots[i]``: the buffer row of the i-th oldest pair."""
+    (float64, k × k, oldest first); ``slots[i]``: the buffer row of the i-th oldest pair.  The k
+    pairs always fill rows 0..k − 1 (a new pair takes the next row, or the oldest pair's)."""
 
     def __init__(self, memory: int):
         self.memory = memory
@@ -46,23 +47,19 @@ class CurvatureMemory:
         """The initial matrix's scale sᵀy / yᵀy of the newest pair (1 without pairs)."""
         return float(self.SY[-1, -1] / self.YY[-1, -1]) if self.slots else 1.0
 
-    def _filled(self) -> int:
-        """Buffer rows holding pairs: slots 0..filled − 1 (they fill in order)."""
-        return max(self.slots) + 1 if self.slots else 0
-
     def _chronological(self, values) -> np.ndarray:
-        """Per-slot values (filled slots, in slot order) in the pairs' order."""
+        """Per-row values (rows 0..k − 1) in the pairs' order."""
         return np.asarray(values, float)[self.slots]
 
     # -- the inner products each operation needs, as (rows or vector, vector) blocks ----------------
     def gradient_products(self, g) -> list[tuple]:
-        """Blocks giving Sᵀg and Yᵀg (per filled slot) for :meth:`direction`."""
-        f = self._filled()
+        """Blocks giving Sᵀg and Yᵀg (per row) for :meth:`direction`."""
+        f = len(self.slots)
         return [(self.S[:f], g), (self.Y[:f], g)] if f else []
 
     def pair_products(self, s, y) -> list[tuple]:
-        """Blocks giving sᵀy, yᵀy, sᵀs of a new pair, then Yᵀs, Sᵀy and Yᵀy per filled slot (:meth:`add`)."""
-        f = self._filled()
+        """Blocks giving sᵀy, yᵀy, sᵀs of a new pair, then Yᵀs, Sᵀy and Yᵀy per row (:meth:`add`)."""
+        f = len(self.slots)
         return [(s, y), (y, y), (s, s)] + ([(self.Y[:f], s), (self.S[:f], y), (self.Y[:f], y)] if f else [])
 
     # -- operations ---------------------------------------------------------------------------------
@@ -70,7 +67,7 @@ class CurvatureMemory:
         """(d, gᵀd) for d = −H g: ``gg`` = gᵀg, ``products`` the values of :meth:`gradient_products`.
 
         gᵀd = −(γ gᵀg + aᵀp + γ cᵀq) comes from the small products, without another reduction."""
-        f = self._filled()
+        f = len(self.slots)
         a, c = self._chronological(products[:f]), self._chronological(products[f:2 * f])
         R, gamma = np.triu(self.SY), self.gamma
         x = np.linalg.solve(R, a)                                               # R⁻¹ a
@@ -83,17 +80,17 @@ class CurvatureMemory:
         return d, gd
 
     def _per_slot(self, coef) -> np.ndarray:
-        """Coefficients of the pairs (oldest first) placed at their slots (zero in unused ones)."""
-        out = np.zeros(self._filled())
+        """Coefficients of the pairs (oldest first) placed at their rows."""
+        out = np.empty(len(self.slots))
         out[self.slots] = coef
         return out
 
     def add(self, s, y, products) -> None:
         """Store the pair (s, y) in the oldest pair's slot beyond ``memory`` pairs (else the next
         free one); ``products``: the values of :meth:`pair_products` (s, y) taken before this call."""
-        k, f = len(self.slots), self._filled()
+        k = len(self.slots)
         sy, yy = products[0], products[1]
-        ys, sy_old, yy_old = (self._chronological(products[3 + i * f:3 + (i + 1) * f]) for i in range(3))
+        ys, sy_old, yy_old = (self._chronological(products[3 + i * k:3 + (i + 1) * k]) for i in range(3))
         SY = np.empty((k + 1, k + 1))
         SY[:k, :k], SY[k, :k], SY[:k, k], SY[k, k] = self.SY, ys, sy_old, sy
         YY = np.empty((k + 1, k + 1))
