@@ -39,7 +39,8 @@ def gather_info() -> dict:
     from mpi4py import MPI
 
     from ..runtime.backend import _cupy_or_none, resolve_backend
-    from ..runtime.comm import detect_cuda_aware, mpi_library_path, node_local_rank
+    from ..runtime.comm import detect_cuda_aware, mpi_library_path
+    from ..runtime.placement import blas_threads, fit_to_host, node_local_rank
 
     cupy_version = None
     try:
@@ -72,11 +73,13 @@ def gather_info() -> dict:
     libmpi = mpi_library_path()
     mpiexec = shutil.which("mpiexec")
     world = MPI.COMM_WORLD
+    pools = fit_to_host(world)  # as gpubraid train sizes them
     local = node_local_rank()
     device = None
     if cp is not None and gpus:
         device = local % len(gpus)
-    me = {"rank": world.Get_rank(), "host": socket.gethostname(), "local_rank": local, "gpu": device}
+    me = {"rank": world.Get_rank(), "host": socket.gethostname(), "local_rank": local, "gpu": device,
+          "blas_threads": blas_threads()}
     processes = world.allgather(me)
     return {
         "gpubraid": __version__,
@@ -94,6 +97,8 @@ def gather_info() -> dict:
         "cuda_aware_decided_by": how,
         "ranks": world.Get_size(),
         "node_local_rank": local,
+        "blas_threads": blas_threads(),
+        "threads_decided_by": pools.reason,
         "processes": processes,
         "mpiexec": mpiexec,
         "mpiexec_warning": mpiexec_warning(mpiexec, libmpi),
@@ -113,12 +118,14 @@ def format_info(info: dict) -> str:
         ("CUDA-aware MPI", f"{'yes' if info['cuda_aware'] else 'no'} "
                            f"(decided by {info['cuda_aware_decided_by']})"),
         ("ranks", info["ranks"]), ("node-local rank", info["node_local_rank"]),
+        ("BLAS threads", f"{info['blas_threads'] or 'unknown'} per rank ({info['threads_decided_by']})"),
     ]
     lines = [f"{k:<16}{v}" for k, v in rows]
     if info["ranks"] > 1:
         for p in info["processes"]:
             gpu = "-" if p["gpu"] is None else p["gpu"]
-            lines.append(f"  rank {p['rank']:<4} host {p['host']}  local rank {p['local_rank']}  GPU {gpu}")
+            lines.append(f"  rank {p['rank']:<4} host {p['host']}  local rank {p['local_rank']}  GPU {gpu}  "
+                         f"BLAS threads {p['blas_threads'] or 'unknown'}")
     if info["mpiexec_warning"]:
         lines.append(f"warning: {info['mpiexec_warning']}")
     return "\n".join(lines)

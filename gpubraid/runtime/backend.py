@@ -126,7 +126,7 @@ def resolve_backend(name: str | None = None, dtype: str = "float64", device: int
         raise UserError("backend 'cupy' needs CuPy and a visible CUDA GPU (pip install 'gpubraid[gpu]'); "
                         "use --backend numpy on this machine")
     if device is None:
-        from .comm import node_local_rank
+        from .placement import node_local_rank
 
         device = node_local_rank() % cupy.cuda.runtime.getDeviceCount()
     cupy.cuda.Device(device).use()

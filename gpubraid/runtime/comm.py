@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import UserError
+from . import placement as _placement
 from . import trace as _trace
 
 
@@ -25,18 +26,6 @@ def _mpi():
     from mpi4py import MPI
 
     return MPI
-
-
-def node_local_rank() -> int:
-    """This process's rank among the processes on its node (0 without MPI launcher variables)."""
-    for var in ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "MV2_COMM_WORLD_LOCAL_RANK",
-                "SLURM_LOCALID", "PMI_LOCAL_RANK", "PALS_LOCAL_RANKID"):
-        if var in os.environ:
-            return int(os.environ[var])
-    MPI = _mpi()
-    if MPI.COMM_WORLD.Get_size() == 1:
-        return 0
-    return MPI.COMM_WORLD.Split_type(MPI.COMM_TYPE_SHARED).Get_rank()
 
 
 def mpi_library_path() -> str | None:
@@ -128,8 +117,10 @@ class Comm:
 
     @classmethod
     def world(cls) -> "Comm":
-        """COMM_WORLD, with CUDA-awareness detected from the loaded MPI library."""
+        """COMM_WORLD, with CUDA-awareness detected from the loaded MPI library and this rank's BLAS
+        and OpenMP threads sized to its share of the host's cores (:mod:`gpubraid.runtime.placement`)."""
         MPI = _mpi()
+        _placement.fit_to_host(MPI.COMM_WORLD)
         aware, _ = detect_cuda_aware()
         return cls(MPI.COMM_WORLD, aware)
 
