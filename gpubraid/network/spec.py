@@ -7,6 +7,7 @@ importing that path.  :func:`check_spec` validates a spec's types and sizes befo
 """
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 import sys
@@ -86,7 +87,23 @@ def step_from_spec(spec: dict, in_shape, backend: Backend, step=None, trust: boo
         if "state_shape" not in spec:
             raise UserError("a torch step spec needs 'state_shape'")
         return TorchStep(factory, spec["state_shape"], backend, spec.get("module"), kwargs)
+    _check_callable_as(factory, what if path in (None, name) else f"{what} ({path})", kwargs)
     return factory(backend=backend, **kwargs)
+
+
+def _check_callable_as(factory, what: str, kwargs: dict) -> None:
+    """UserError (one line) unless ``factory(backend=..., **kwargs)`` is a call its signature takes; a
+    factory without a signature Python can read (some built-ins) is called as it is."""
+    call = ", ".join(f"{k}=..." for k in ("backend", *kwargs))
+    if not callable(factory):
+        raise UserError(f"{what} is a {type(factory).__name__}, not a step class or factory called as "
+                        f"({call})")
+    try:
+        inspect.signature(factory).bind(backend=None, **kwargs)
+    except TypeError as exc:
+        raise UserError(f"{what} cannot be called as ({call}): {exc}") from None
+    except ValueError:
+        pass
 
 
 def layer_spec(cfg, meta: dict) -> dict:

@@ -97,6 +97,8 @@ BAD = {
     "unknown command": (["fly"], "COMMAND"),
     "no example": (["train"], "example"),
     "missing config": (["train", "peaks", "--config", "/nonexistent/run.toml"], "run.toml"),
+    "layer not callable": (["train", "peaks", "--layer", "math:pi"], "'math:pi' is a float"),
+    "layer of another signature": (["train", "peaks", "--layer", "builtins:object"], "cannot be called as"),
 }
 
 
