@@ -35,6 +35,10 @@ def _size(n: float) -> str:
 STATE_COPIES = 6
 
 
+#: Arrays of the batch's outputs (B × outputs) the head keeps alive: outputs, probabilities, their gradient.
+OUTPUT_COPIES = 3
+
+
 #: Arrays of one micro-batch's states the pipeline's backward step needs besides the held states:
 #: its adjoints, the parameter gradient's temporaries, and the adjoint step's.
 PIPELINE_WORK = 3
@@ -78,7 +82,8 @@ def available_bytes(backend) -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def check_memory(cfg, state_shape, params_per_layer: int, batch: int, ranks: int, backend) -> None:
+def check_memory(cfg, state_shape, params_per_layer: int, batch: int, ranks: int, backend,
+                 ends: tuple[int, int] = (0, 0)) -> None:
     """UserError naming the options when the run cannot fit in this rank's memory.
 
     Args:
@@ -88,6 +93,8 @@ def check_memory(cfg, state_shape, params_per_layer: int, batch: int, ranks: int
         batch: samples per optimisation step.
         ranks: processes sharing the layers.
         backend: where the arrays will live.
+        ends: (numbers in the opening layer's and the head's parameters, outputs per sample): the
+            first and last rank's share besides the layers, counted on every rank.
     """
     item = np.dtype(backend.dtype).itemsize
     rows = math.ceil(cfg.layers / ranks) + 1
@@ -102,10 +109,17 @@ def check_memory(cfg, state_shape, params_per_layer: int, batch: int, ranks: int
         states = STATE_COPIES * rows * batch * state * item
     vectors = {"lbfgs": 2 * cfg.memory + 4, "adam": 4, "sgd": 3}[cfg.optimizer]
     params = vectors * (rows - 1) * params_per_layer * item
+    end_params, n_out = ends
+    head = (vectors * end_params + OUTPUT_COPIES * batch * n_out) * item
     have = available_bytes(backend)
-    if states + params <= have:
+    if states + params + head <= have:
         return
     where = "GPU" if backend.is_gpu else "host"
+    if head >= states + params:
+        raise UserError(
+            f"memory: the opening layer and the head need about {_size(head)} per rank ({end_params} parameters, "
+            f"{n_out} outputs per sample; a classifier has one per class, the largest label + 1) but the {where} "
+            f"has {_size(have)} available; check the targets (y_train)")
     if states >= params:
         raise UserError(
             f"memory: the states need about {_size(states)} per rank (--layers {cfg.layers} over {ranks} "

@@ -81,8 +81,10 @@ class Trainer:
         batch = meta["n_train"] if self.full_batch else cfg.batch_size
         if batch < data_comm.size:
             raise UserError(f"data_parallel ({data_comm.size}) must not exceed the batch ({batch} samples)")
-        check_memory(cfg, self.model.state_shape, sum(math.prod(s) for s in self.model.step.param_shapes),
-                     -(-batch // data_comm.size), comm.size, self.be)
+        m = self.model
+        ends = sum(math.prod(s) for s in (*m.opening.param_shapes, *m.head.param_shapes)), m.n_out
+        check_memory(cfg, m.state_shape, sum(math.prod(s) for s in m.step.param_shapes),
+                     -(-batch // data_comm.size), comm.size, self.be, ends)
         self.method = make_method(cfg, comm.size)
         self.level_cap = level_cap_note(cfg, self.method, comm.size)  # in the metrics and the log
         self.lp = LayerParallel(self.model, comm, self.method.forward, self.method.adjoint, data_comm,

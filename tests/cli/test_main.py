@@ -134,6 +134,15 @@ def test_bad_config(tmp_path, capsys, text, name):
     assert "bad.toml" in line
 
 
+def test_labels_that_would_need_a_huge_head_are_refused_before_allocating(tmp_path, capsys):
+    """A label of 10^12 (an ID, not a class index) would make a head of 10^13 numbers: the memory check
+    counts the head and its outputs and names the targets, instead of a MemoryError traceback."""
+    data = tmp_path / "ids.npz"
+    np.savez(data, x_train=np.random.default_rng(0).random((10, 2)), y_train=np.array([0, 10**12] * 5))
+    line = _assert_one_line_error(capsys, cli.main(["train", "--data", str(data), "--iterations", "1"]), "memory")
+    assert "head" in line and "y_train" in line
+
+
 def test_metrics_directory_missing(tmp_path, capsys):
     target = tmp_path / "missing" / "m.json"
     rc = cli.main(["train", "peaks", *TINY, "--metrics", str(target)])
