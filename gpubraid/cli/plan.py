@@ -36,7 +36,7 @@ def cmd_plan(args: argparse.Namespace, train_config, check_output_path) -> int:
     ``check_output_path``: those of :mod:`gpubraid.cli.main`)."""
     from ..runtime.atomic import write_output
     from ..runtime.comm import Comm
-    from ..training.plan import make_plan, network
+    from ..training.plan import fixed_by, make_plan, network
     from ..training.trainer import Trainer
 
     ranks, net, out = args.ranks, network(args.network), args.json
@@ -44,7 +44,7 @@ def cmd_plan(args: argparse.Namespace, train_config, check_output_path) -> int:
         delattr(args, name)
     cfg = train_config(args)
     check_output_path("json", out)
-    made = make_plan(cfg, ranks, net, lambda c: Trainer(c, Comm.single()))
+    made = make_plan(cfg, ranks, net, lambda c: Trainer(c, Comm.single()), fixed=fixed_by(cfg))
     c = made.config
     print(f"gpubraid plan: {c['example'] or c['data']}, {c['layers']} layers x {c['channels']} channels, "
           f"{c['optimizer']} {c['iterations']} steps, batch {made.probe.batch}, {c['dtype']}, on {ranks} rank(s)")

@@ -18,7 +18,7 @@ rank 0 probes, every rank gets its choice.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from ..errors import UserError
 from ..runtime.comm import Comm
@@ -96,38 +96,41 @@ def _mgrit_step(probe, method, levels, its, warm, D, L, net, h) -> float:
     return total + a + b * n * m + probe.ends[0] + probe.ends[1] * m
 
 
-def candidates(probe, cfg: TrainConfig, P: int, net: NetworkModel, h) -> list[Candidate]:
+def candidates(probe, cfg: TrainConfig, P: int, net: NetworkModel, h, fixed: dict | None = None) -> list[Candidate]:
     """Every candidate on P ranks, best (least time to accuracy) first.  ``cfg``: the run's
-    resolved settings; ``h``: the step sizes."""
+    resolved settings; ``h``: the step sizes; ``fixed``: what the user fixed (:func:`fixed_by`):
+    only D = ``data_parallel``, and the layer-serial candidates only with M = ``micro_batches``."""
     out = []
     N, B = probe.layers, probe.batch
     its = cfg.iterations
     reductions = cm.reductions_per_step(cfg.optimizer)
-    for D in (d for d in range(1, P + 1) if P % d == 0):
+    fixed = fixed or {}
+    for D in (d for d in range(1, P + 1) if P % d == 0 and d == fixed.get("data_parallel", d)):
         L = P // D
         m = cm.ceil_div(B, D)
         if L > N or B < D:
             continue
-        fixed = reductions * cm.reduce_s(net, L, D) + cm.group_sum_s(net, D, cm.layer_block(N, L) * probe.param_bytes)
-        fixed += probe.step_overhead + probe.regularizer_s * cm.layer_block(N, L) / N
-        Ms = sorted({min(k * L, m) for k in (1, 2, 4, 8)})
+        fixed_s = reductions * cm.reduce_s(net, L, D) + cm.group_sum_s(net, D, cm.layer_block(N, L) * probe.param_bytes)
+        fixed_s += probe.step_overhead + probe.regularizer_s * cm.layer_block(N, L) / N
+        Ms = sorted({min(k * L, m) for k in (1, 2, 4, 8)}) if "micro_batches" not in fixed else \
+            [micro_batch_count(fixed["micro_batches"], L, m)]
         for M in Ms:
             t = cm.pipeline_s("1f1b", L, M, m, N, probe.sweep_fwd, probe.sweep_bwd, probe.ends,
-                              probe.state_bytes, net, probe.per_sample_scale, probe.sweep_call) + fixed
+                              probe.state_bytes, net, probe.per_sample_scale, probe.sweep_call) + fixed_s
             out.append(Candidate(D, L, "serial" if L == 1 else "pipeline", 1, M, t, its * t))
         for name, info, method, warm in (("oneshot", probe.oneshot, cfg_method(cfg, "oneshot", L), probe.warm),
                                          ("exact", probe.exact, cfg_method(cfg, "exact", L), False)):
             if info["levels"] < 2:
                 if name == "oneshot":  # the pipeline at its automatic M, at the probe's cost ratio to
-                    Mo = micro_batch_count(None, L, m)  # serial's evaluation (the ρ estimate on top)
+                    Mo = micro_batch_count(fixed.get("micro_batches"), L, m)  # serial's evaluation (+ the ρ estimate)
                     r = info.get("serial_ratio", 1.0)
                     fwd, bwd, call = ((r * a, r * b) for a, b in (probe.sweep_fwd, probe.sweep_bwd, probe.sweep_call))
                     t = cm.pipeline_s("1f1b", L, Mo, m, N, fwd, bwd, probe.ends, probe.state_bytes, net,
-                                      probe.per_sample_scale, tuple(call)) + fixed
+                                      probe.per_sample_scale, tuple(call)) + fixed_s
                     out.append(Candidate(D, L, name, 1, Mo, t, its * t))
                 continue
             levels = min(info["levels"], method.forward.max_levels)
-            t = _mgrit_step(probe, method, levels, info["iterations"], warm, D, L, net, h) + fixed
+            t = _mgrit_step(probe, method, levels, info["iterations"], warm, D, L, net, h) + fixed_s
             e = info.get("grad_error", 0.0)
             acc = its * t / (1.0 - e) if e < 1.0 else math.inf
             out.append(Candidate(D, L, name, levels, 1, t, acc, e))
@@ -158,6 +161,7 @@ class Plan:
     candidates: list
     more: dict
     h: tuple
+    fixed: dict = field(default_factory=dict)   #: what the user fixed of the choice (fixed_by)
 
     @property
     def best(self) -> Candidate:
@@ -165,7 +169,7 @@ class Plan:
 
     def as_dict(self, top: int | None = None) -> dict:
         return {"ranks": self.ranks, "network": asdict(self.network), "probe": self.probe.as_dict(),
-                "choice": asdict(self.best), "why": self.reason(),
+                "choice": asdict(self.best), "why": self.reason(), "fixed": self.fixed,
                 "candidates": [asdict(c) for c in self.candidates[:top]],
                 "more_ranks": {str(p): asdict(c) for p, c in self.more.items()}}
 
@@ -173,6 +177,8 @@ class Plan:
         """Why the best candidate: its time against the runner-up's and the level choice."""
         best = self.best
         why = [f"predicted {best.step_s:.3g} s/step, {best.accuracy_s:.3g} s for {self.config['iterations']} steps"]
+        if self.fixed:
+            why.append("as you fixed " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in self.fixed.items()))
         others = [c for c in self.candidates[1:] if (c.D, c.L, c.step_s) != (best.D, best.L, best.step_s)]
         if others:
             nxt = others[0]
@@ -222,31 +228,44 @@ def probe_job(cfg: TrainConfig, build_trainer):
     return probe, cfg, tuple(float(v) for v in trainer.model.h)
 
 
-def make_plan(cfg: TrainConfig, ranks: int, net: NetworkModel, build_trainer, more=()) -> Plan:
+def make_plan(cfg: TrainConfig, ranks: int, net: NetworkModel, build_trainer, more=(), fixed=None) -> Plan:
     """Probe the run ``cfg`` (``build_trainer(cfg)``: a single-rank trainer) and rank every
-    candidate on ``ranks``; ``more``: factors of ``ranks`` whose best candidates are also given."""
+    candidate on ``ranks`` that keeps ``fixed`` (see :func:`candidates`); ``more``: factors of
+    ``ranks`` whose best candidates (any) are also given."""
     if ranks < 1:
         raise UserError(f"ranks must be an integer >= 1; got {ranks}")
+    fixed = dict(fixed or {})
+    if ranks % fixed.get("data_parallel", 1):
+        raise UserError(f"data_parallel must divide the number of MPI ranks ({ranks}); got {fixed['data_parallel']}")
     probe, cfg, h = probe_job(cfg, build_trainer)
-    ranked = candidates(probe, cfg, ranks, net, h)
+    ranked = candidates(probe, cfg, ranks, net, h, fixed)
     if not ranked:
-        raise UserError(f"ranks: no way to run {probe.layers} layers on a batch of {probe.batch} over {ranks} ranks")
+        given = "".join(f" with --{k.replace('_', '-')} {v}" for k, v in fixed.items())
+        raise UserError(f"ranks: no way to run {probe.layers} layers on a batch of {probe.batch} over {ranks} "
+                        f"ranks{given}")
     bigger = {}
     for k in more:
         options = candidates(probe, cfg, ranks * k, net, h)
         if options and ranks * k <= probe.layers * probe.batch:
             bigger[ranks * k] = options[0]
-    return Plan(cfg.model_dump(), ranks, net, probe, ranked, bigger, h)
+    return Plan(cfg.model_dump(), ranks, net, probe, ranked, bigger, h, fixed)
+
+
+def fixed_by(cfg: TrainConfig) -> dict:
+    """What the user fixed of ``--method auto``'s choice: ``data_parallel`` when not 1, and
+    ``micro_batches`` (of the layer-serial candidates: serial, the pipeline) when given."""
+    out = {"data_parallel": cfg.data_parallel} if cfg.data_parallel != 1 else {}
+    return out | ({"micro_batches": cfg.micro_batches} if cfg.micro_batches is not None else {})
 
 
 def resolve_auto(cfg: TrainConfig, world: Comm, build_trainer, net: NetworkModel = SHARED_MEMORY):
-    """``cfg`` with ``method`` "auto" replaced by the planner's choice for ``world``'s ranks, and
-    the plan's record (a dict, the same on every rank).  Rank 0 probes; a UserError there is
-    raised on every rank."""
+    """``cfg`` with ``method`` "auto" replaced by the planner's choice for ``world``'s ranks among
+    the candidates that keep what the user fixed (:func:`fixed_by`), and the plan's record (a dict,
+    the same on every rank).  Rank 0 probes; a UserError there is raised on every rank."""
     plan, err = None, None
     if world.rank == 0:
         try:
-            made = make_plan(cfg, world.size, net, build_trainer, more=(2, 4, 8))
+            made = make_plan(cfg, world.size, net, build_trainer, more=(2, 4, 8), fixed=fixed_by(cfg))
             plan = {**made.as_dict(top=8), "line": made.line()}
         except UserError as exc:
             err = str(exc)

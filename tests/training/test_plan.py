@@ -84,6 +84,30 @@ def test_candidates_cover_every_split_best_first():
                                "schedule": "1f1b"}
 
 
+def test_what_the_user_fixed_is_kept():
+    """--data-parallel D (other than 1) and --micro-batches M restrict auto's candidates: only D data
+    groups, and the layer-serial ones (serial, the pipeline, one-level one-shot) with M micro-batches."""
+    cfg = TrainConfig(**SMALL).resolved()
+    h = (1.0 / 16,) * 16
+    assert plan.fixed_by(cfg) == {}
+    fixed = plan.fixed_by(cfg.model_copy(update={"data_parallel": 2, "micro_batches": 3}))
+    assert fixed == {"data_parallel": 2, "micro_batches": 3}
+    cands = plan.candidates(fake_probe(), cfg, 8, IDEAL, h, fixed)
+    assert {(c.D, c.L) for c in cands} == {(2, 4)}
+    assert {c.M for c in cands if c.method in ("pipeline", "oneshot")} == {3}
+    assert {c.method for c in cands} == {"pipeline", "oneshot", "exact"}
+
+
+def test_auto_keeps_the_fixed_settings_and_says_so():
+    from gpubraid.errors import UserError
+
+    tr = Trainer(TrainConfig(**SMALL, method="auto", micro_batches=3))
+    assert tr.plan["fixed"] == {"micro_batches": 3} and "as you fixed --micro-batches 3" in tr.plan["line"]
+    assert tr.cfg.micro_batches == 3
+    with pytest.raises(UserError, match="data_parallel must divide the number of MPI ranks"):
+        Trainer(TrainConfig(**SMALL, method="auto", data_parallel=2))
+
+
 def test_time_to_accuracy_prices_the_one_shot_gradient_error():
     cfg = TrainConfig(**SMALL).resolved()
     h = (1.0 / 16,) * 16
