@@ -4,7 +4,7 @@ A layer-serial pass over P ranks that hands the whole batch from rank to rank ke
 at a time.  Here the batch of B samples is cut into M micro-batches (contiguous, as even as
 possible).  Rank r, holding layers a..b−1, receives micro-batch k's state u_a from rank r − 1
 (rank 0: its rows of the opening layer's output, computed for the first micro-batch and then, once
-that is sent, for the rest of the batch in one call), propagates it through its layers keeping the
+that is sent, for the rest of the batch in one call; on a single layer rank for the whole batch at once), propagates it through its layers keeping the
 states u_a..u_b, and sends u_b on; the last rank evaluates the head on it, weighted by the
 micro-batch's share m_k / B of the batch, which gives λ_b.  Backward, rank r receives λ_b from
 rank r + 1, runs the adjoint steps λ_i = λ_{i+1} + h_i (∂f/∂u)ᵀ λ_{i+1} down to λ_a, adds its
@@ -129,19 +129,21 @@ class TrainingPipeline:
         order = schedule_order(self.options.schedule, M, self.P, self.rank) if G is not None else \
             [("F", k) for k in range(M)]
         opened = batch  # rank 0: samples of u0 computed (the first micro-batch's first, so rank 1 starts)
-        if self.is_first and u0 is None:
-            u0, opened = m.xp.empty((batch, *m.state_shape), dtype=m.be.dtype), 0
+        if self.is_first and u0 is None:  # on one layer rank no one waits: the whole batch at once
+            u0, opened = (m.open_forward(x, P), batch) if self.is_last else \
+                (m.xp.empty((batch, *m.state_shape), dtype=m.be.dtype), 0)
         lam0 = None
         if self.is_first and G is not None:
             lam0 = adjoints[0] if adjoints is not None else m.xp.empty_like(u0)
         held, heads, pending = {}, {}, []
+        spares = []  # arrays of finished micro-batches (their sends copied what they read): taken again
         loss, correct = 0.0, 0
         self.peak_held = 0
         for kind, k in order:
             lo, hi = int(cut[k]), int(cut[k + 1])
             if kind == "F":
                 U = states[:, lo:hi] if states is not None else self._empty((n + 1, hi - lo, *m.state_shape),
-                                                                             m.be.dtype)
+                                                                             m.be.dtype, spares)
                 if self.is_first:
                     if opened < hi:
                         u0[lo:hi], opened = m.open_forward(x[lo:hi], P), hi
@@ -165,11 +167,15 @@ class TrainingPipeline:
                 if G is not None:
                     held[k] = (U, kept)
                     self.peak_held = max(self.peak_held, len(held))
+                elif states is None:
+                    spares.append(U)
                 continue
             if lam0 is not None and k == M - 1 and lo > 0:  # while the last λ_0 is on its way
                 m.open_grad(x[:lo], lam0[:lo], P, G)
             Lam, into = (adjoints[:, lo:hi], None) if adjoints is not None else (None, lam0)
-            self._backward_step(*held.pop(k), heads.pop(k, None), into, lo, hi, P, G, pending, Lam)
+            U, kept = held.pop(k)
+            Lam = self._backward_step(U, kept, heads.pop(k, None), into, lo, hi, P, G, pending, Lam, spares)
+            spares += [a for a, own in ((U, states is None), (Lam, adjoints is None)) if own]
         if lam0 is not None:
             lo = int(cut[M - 1])
             m.open_grad(x[lo:], lam0[lo:], P, G)
@@ -178,18 +184,23 @@ class TrainingPipeline:
         bstats = None if G is None else SolveStats(converged=True, residuals=[0.0], steps_per_level=[n], levels=1)
         return loss, correct, fstats, bstats
 
-    def _empty(self, shape, dtype):
-        """States (n + 1, B, *S) in the step's layout (adjoints: like them)."""
+    def _empty(self, shape, dtype, spares=None):
+        """States (n + 1, B, *S) in the step's layout (adjoints: like them): one of ``spares`` (arrays
+        a finished micro-batch handed back) of this shape and dtype when there is one, taken from it."""
+        for i, a in enumerate(spares or ()):
+            if a.shape == shape and a.dtype == dtype:
+                return spares.pop(i)
         return empty_states(self.model.step, self.model.xp, shape, dtype)
 
-    def _backward_step(self, U, kept, lam_b, lam0, lo: int, hi: int, P, G, pending: list, Lam=None) -> None:
+    def _backward_step(self, U, kept, lam_b, lam0, lo: int, hi: int, P, G, pending: list, Lam=None, spares=None):
         """One micro-batch backward: λ_b (``lam_b`` on the last rank, received elsewhere), the
-        adjoints down to λ_a (into ``Lam`` when given), the gradient parts added into G, λ_a sent
-        (rank 0: copied into ``lam0[lo:hi]`` unless None, when ``Lam`` is already the caller's rows;
-        the caller adds the opening layer's gradient from them); ``kept``: what the forward sweep kept
-        for it (or None)."""
+        adjoints down to λ_a (into ``Lam`` when given, else into an array like ``U``, one of
+        ``spares`` when one fits), the gradient parts added into G, λ_a sent (rank 0: copied into
+        ``lam0[lo:hi]`` unless None, when ``Lam`` is already the caller's rows; the caller adds the
+        opening layer's gradient from them); ``kept``: what the forward sweep kept for it (or None).
+        Returns the adjoints (n + 1, m, *S)."""
         m, layers = self.model, P.layers()
-        Lam = empty_aligned_like(self.model.xp, U) if Lam is None else Lam
+        Lam = self._empty(U.shape, U.dtype, spares) if Lam is None else Lam
         if self.is_last:
             Lam[-1] = lam_b
         else:
@@ -200,6 +211,7 @@ class TrainingPipeline:
                 lam0[lo:hi] = Lam[0]
         else:
             pending.append(self.comm.isend(Lam[0], self.rank - 1, tags.PIPE_ADJOINT))
+        return Lam
 
     def backward(self, U, lam_N, P, G, x, batch: int):
         """The backward half alone, streamed by micro-batches, from forward states already computed

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from . import cuda
+from .allocator import empty_aligned
 
 SOURCE, HEADER = "dense_host.c", "dense_host.h"
 FLAGS = ("-O2", "-funroll-loops", "-march=native", "-std=gnu11", "-fPIC", "-shared")
@@ -179,7 +180,7 @@ def _forward(U, V, K, b, h, act: int, keep: bool):
     s = _strides(dt, n, B, C, (U, V), (K, b))
     if s is None or h.shape != (n,):
         return NotImplemented
-    D = np.empty((n, B, C), dt) if keep else None
+    D = empty_aligned(np, (n, B, C), dt) if keep else None
     getattr(lib, f"gb_dense_forward_{_SUFFIX[dt]}")(
         n, B, C, act, _ptr(U), s[0], _ptr(V), s[1], _ptr(K), s[2], _ptr(b), s[3], _ptr(h), _ptr(D), s[4])
     return D
