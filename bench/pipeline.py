@@ -193,7 +193,10 @@ def plot(json_path, png_path=None):
     doc = common.load_json(json_path)
     rows = [r for r in doc["results"] if "workload" in r]
     names = list(dict.fromkeys(r["workload"] for r in rows))
-    fig, axes = plt.subplots(1, len(names) + 1, figsize=(4.2 * (len(names) + 1), 4))
+    mem = doc.get("memory") or []   # empty with --no-memory: no panel for it
+    panels = len(names) + bool(mem)
+    fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 4), squeeze=False)
+    axes = axes[0]
     for ax, name in zip(axes, names):
         sub = [r for r in rows if r["workload"] == name]
         colors = ["tab:red" if r["variant"].startswith("torch") else "tab:green" if "data" in r["variant"]
@@ -203,11 +206,13 @@ def plot(json_path, png_path=None):
         ax.invert_yaxis()
         ax.set_xlabel("s / step (median)")
         ax.set_title(name, fontsize=9)
+    if not mem:
+        return common.save_figure(fig, json_path, png_path)
     ax = axes[-1]
     for mode, style in (("micro64", "-"), ("batch1024", ":")):
         for schedule, marker in (("gpipe", "s"), ("1f1b", "o")):
             for ranks in (1, 2, 4):
-                pts = [m for m in doc.get("memory") or [] if (m["mode"], m["schedule"], m["ranks"]) == (mode, schedule, ranks)]
+                pts = [m for m in mem if (m["mode"], m["schedule"], m["ranks"]) == (mode, schedule, ranks)]
                 if pts:
                     ax.plot([p["micro_batches"] for p in pts], [max(p["peak_mib_per_rank"]) for p in pts], style,
                             marker=marker, label=f"{schedule} P={ranks} {mode}")

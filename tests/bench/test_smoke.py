@@ -151,3 +151,13 @@ def test_time_to_accuracy_quick(tmp_path):
     res = _run("time_to_accuracy", tmp_path)["results"]
     assert {"target_val_accuracy", "runs", "projection"} <= set(res)
     assert {"serial-1", "oneshot-1"} <= {r["run"] for r in res["runs"]}
+
+
+def test_evaluation_parts_quick(tmp_path):
+    rows = _run("evaluation_parts", tmp_path)["results"]
+    assert [r["micro_batches"] for r in rows] == [1, 8]
+    for r in rows:
+        ms = r["ms"]
+        assert {"forward sweep", "backward sweep", "head", "opening", "new arrays", "rest", "evaluation"} <= set(ms)
+        assert ms["forward sweep"] > 0 and ms["backward sweep"] > 0
+        assert ms["evaluation"] >= ms["forward sweep"] + ms["backward sweep"]
