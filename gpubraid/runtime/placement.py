@@ -45,7 +45,11 @@ def node_local_rank() -> int:
 
     if MPI.COMM_WORLD.Get_size() == 1:
         return 0
-    return MPI.COMM_WORLD.Split_type(MPI.COMM_TYPE_SHARED).Get_rank()
+    host = MPI.COMM_WORLD.Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        return host.Get_rank()
+    finally:
+        host.Free()
 
 
 def rank_cores() -> int:
