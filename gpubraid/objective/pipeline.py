@@ -1,19 +1,19 @@
 """Pipeline-parallel exact gradients: micro-batches streamed through the layer ranks.
 
-A layer-serial pass over P ranks that hands the whole batch from rank to rank keeps one rank busy
-at a time.  Here the batch of B samples is cut into M micro-batches (contiguous, as even as
-possible).  Rank r, holding layers a..b−1, receives micro-batch k's state u_a from rank r − 1
-(rank 0: its rows of the opening layer's output, computed for the first micro-batch and then, once
-that is sent, for the rest of the batch in one call; on a single layer rank for the whole batch at once), propagates it through its layers keeping the
-states u_a..u_b, and sends u_b on; the last rank evaluates the head on it, weighted by the
-micro-batch's share m_k / B of the batch, which gives λ_b.  Backward, rank r receives λ_b from
-rank r + 1, runs the adjoint steps λ_i = λ_{i+1} + h_i (∂f/∂u)ᵀ λ_{i+1} down to λ_a, adds its
-layers' gradient parts (one batched ``param_grad`` over its layers) and sends λ_a back; rank 0
-collects λ_0 and adds the opening layer's part in two calls, not M: for the micro-batches before
-the last while the last one's λ is on its way, then for the last (the opening costs serial's, its
-per-call overhead is not paid M times, and little of it is left on the critical path at the end).
-Per-sample work is independent of the split, so objective and gradient are serial's up to the
-summation order of the micro-batch parts (round-off).
+A layer-serial pass over P ranks that hands the whole batch from rank to rank keeps one rank busy at
+a time.  Here the batch of B samples is cut into M micro-batches (contiguous, as even as possible).
+Rank r, holding layers a..b−1, receives micro-batch k's state u_a from rank r − 1 (rank 0: its rows
+of the opening layer's output, computed for the first micro-batch and then, once that is sent, for
+the rest of the batch in one call; on a single layer rank for the whole batch at once), propagates
+it through its layers keeping the states u_a..u_b, and sends u_b on; the last rank evaluates the
+head on it, weighted by the micro-batch's share m_k / B of the batch, which gives λ_b.  Backward,
+rank r receives λ_b from rank r + 1, runs the adjoint steps λ_i = λ_{i+1} + h_i (∂f/∂u)ᵀ λ_{i+1}
+down to λ_a, adds its layers' gradient parts (one batched ``param_grad`` over its layers) and sends
+λ_a back; rank 0 collects λ_0 and adds the opening layer's part in two calls, not M: for the
+micro-batches before the last while the last one's λ is on its way, then for the last (the opening
+costs serial's, its per-call overhead is not paid M times, and little of it is left on the critical
+path at the end).  Per-sample work is independent of the split, so objective and gradient are
+serial's up to the summation order of the micro-batch parts (round-off).
 
 Schedules (the order in which each rank runs its forward (F) and backward (B) micro-batch steps;
 sends are non-blocking, receives blocking, so a rank goes on as soon as its input is there):

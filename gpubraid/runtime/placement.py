@@ -92,8 +92,11 @@ def host_ranks(mpi_comm) -> int:
 
 def fit_to_host(mpi_comm) -> ThreadPools:
     """Size this rank's thread pools to its share of the host (see the module docstring) and return
-    the decision.  Collective over ``mpi_comm``."""
+    the decision.  Collective over ``mpi_comm`` on its first call; later calls return that decision
+    (the ``OMP_NUM_THREADS`` it set is not the user's)."""
     global CURRENT
+    if CURRENT is not None:
+        return CURRENT
     pools = decide(host_ranks(mpi_comm), os.cpu_count() or 1, rank_cores())
     if pools.threads is not None:
         from threadpoolctl import threadpool_limits

@@ -31,18 +31,24 @@ def test_a_user_setting_wins_and_one_rank_keeps_the_defaults():
 @pytest.mark.mpi
 def test_ranks_sharing_a_host_split_its_cores(mpirun, tmp_path):
     """Under mpiexec -n 2 with no thread settings, Comm.world() gives each rank
-    min(its cores, host cores // 2) BLAS threads, and PyTorch, imported later, as many."""
+    min(its cores, host cores // 2) BLAS threads, and PyTorch, imported later, as many; calling it
+    again keeps that decision."""
     script = tmp_path / "threads_check.py"
     script.write_text(
         "import json\n"
         "from gpubraid.runtime.comm import Comm\n"
-        "from gpubraid.runtime.placement import blas_threads\n"
+        "from gpubraid.runtime.placement import blas_threads, fit_to_host\n"
         "comm = Comm.world()\n"
         "import torch\n"
-        "rows = comm.comm.allgather((blas_threads(), torch.get_num_threads()))\n"
+        "Comm.world()\n"
+        "again = fit_to_host(comm.comm).reason\n"
+        "rows = comm.comm.allgather((blas_threads(), torch.get_num_threads(), again))\n"
         "print(json.dumps(rows)) if comm.rank == 0 else None\n")
     env = {k: v for k, v in mpirun.env.items() if k not in USER_SETTINGS}
     out = subprocess.run(mpirun.command(2, script), capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     expected = threads_per_rank(2, os.cpu_count(), len(os.sched_getaffinity(0)))
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == [[expected, expected]] * 2
+    rows = json.loads(out.stdout.strip().splitlines()[-1])
+    assert [r[:2] for r in rows] == [[expected, expected]] * 2
+    # later calls keep the first decision: the OMP_NUM_THREADS it set is not taken for the user's
+    assert all("share this host" in r[2] for r in rows), rows
