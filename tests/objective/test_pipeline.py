@@ -74,6 +74,29 @@ def test_one_process_pipeline_equals_serial(problem, kind, M, schedule):
     assert ev0.grad is None and abs(ev0.objective - ref.objective) <= 1e-12 * abs(ref.objective)
 
 
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+def test_one_rank_opens_the_batch_once_and_reuses_finished_micro_batches(problem, monkeypatch, schedule):
+    """On one layer rank nothing waits for the first micro-batch: the opening layer runs once for the
+    whole batch; a micro-batch whose backward is done hands its states and adjoints to the next (1F1B:
+    one pair of arrays for all M; GPipe holds every micro-batch's states, its adjoints are reused)."""
+    from gpubraid.objective import pipeline
+
+    model, theta, x, y, ref = problem["dense"]
+    made, opened = [], []
+    empty, open_forward = pipeline.empty_states, model.open_forward
+    monkeypatch.setattr(pipeline, "empty_states", lambda *a: made.append(a[2]) or empty(*a))
+    monkeypatch.setattr(model, "open_forward", lambda *a: opened.append(a[0].shape[0]) or open_forward(*a))
+    lp = LayerParallel(model, None, ONE, ONE, pipeline=PipelineOptions(4, schedule))
+    ev = lp.evaluate(theta, x, y, 11)   # micro-batches of 3, 3, 3, 2 samples
+    assert np.abs(ev.grad - ref.grad).max() <= 1e-12 * np.abs(ref.grad).max()
+    assert opened == [11]
+    sizes = sorted(shape[1] for shape in made)
+    assert sizes == ([2, 2, 3, 3] if schedule == "1f1b" else [2, 2, 3, 3, 3, 3])
+    made.clear()
+    lp.evaluate(theta, x, y, 11, grad=False)   # forward only: each micro-batch's states serve the next
+    assert sorted(shape[1] for shape in made) == [2, 3]
+
+
 @pytest.mark.parametrize("kind", ["dense", "conv"])
 def test_a_level_choice_keeping_one_level_runs_the_pipeline_and_keeps_the_rows(problem, kind):
     """When MGRIT's level choice keeps one level, the whole evaluation is the pipeline (serial's
