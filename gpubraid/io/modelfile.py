@@ -30,7 +30,7 @@ from ..errors import UserError
 from ..network.spec import check_spec, named_import, network_from_spec, refusal
 from ..objective.inference import Pipeline
 from ..runtime.atomic import write_output
-from ..runtime.backend import resolve_backend
+from ..runtime.backend import Backend, resolve_backend
 from ..runtime.comm import Comm
 from .safefile import Unreadable
 from .safefile import read as read_safetensors
@@ -168,14 +168,21 @@ def load(path: str, backend=None, step=None, trust: bool = False) -> TrainedMode
     """Rebuild the model in ``path`` (on ``backend``; default: NumPy float64).
 
     Args:
+        backend: a :class:`~gpubraid.runtime.backend.Backend`, or its name (``"numpy"``, ``"cupy"``,
+            ``"auto"``: float64).
         step: for a model whose step is not built in (a user step or torch module): the step
             object, its class or factory, or the ``torch.nn.Module`` class (called with the
             keyword arguments the file records).  Without it such a file is refused, unless
         trust: True: import the step's factory from the path the file names (importing runs code:
             only for files you trust).
     """
+    if backend is None or isinstance(backend, str):
+        be = resolve_backend(backend or "numpy", "float64")
+    elif isinstance(backend, Backend):
+        be = backend
+    else:
+        raise UserError(f"backend must be a Backend or one of numpy, cupy, auto; got {backend!r}")
     tensors, meta = read(path)
-    be = backend if backend is not None else resolve_backend("numpy", "float64")
     network = network_from_spec(meta["data"], meta["network"], be, step=step, trust=trust,
                                 source=f"model file {path!r}")
     return TrainedModel(network, be.asarray(parameters(network, tensors, path)), meta)

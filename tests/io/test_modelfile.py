@@ -31,6 +31,20 @@ def test_init_starts_from_the_saved_parameters(spiral_run, spiral_npz):
     assert abs(res.history[0]["objective"] - metrics["objective"]) <= 1e-12 * metrics["objective"]
 
 
+def test_load_takes_a_backend_or_its_name(spiral_run, spiral_npz):
+    from gpubraid.errors import UserError
+    from gpubraid.runtime.backend import resolve_backend
+
+    model_path, metrics = spiral_run
+    x = np.load(spiral_npz)["x_val"]
+    labels = load(str(model_path)).predict(x)
+    for backend in ("numpy", resolve_backend("numpy", "float64")):
+        assert np.array_equal(load(str(model_path), backend=backend).predict(x), labels)
+    for bad, words in (("tpu", "backend must be one of"), (3, "backend must be a Backend")):
+        with pytest.raises(UserError, match=words):
+            load(str(model_path), backend=bad)
+
+
 def test_bad_model_files_and_predict_inputs(tmp_path, capsys, spiral_run):
     (tmp_path / "junk.safetensors").write_bytes(b"not a model")
     np.savez(tmp_path / "x.npz", x=np.ones((3, 5)))
