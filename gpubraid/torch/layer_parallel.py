@@ -111,6 +111,7 @@ class LayerParallel(torch.nn.Module):
             value = torch.as_tensor(np.stack([d[j] for d in draws]), dtype=torch.get_default_dtype())
             self.register_parameter(name, torch.nn.Parameter(value))
         self._solves = None
+        self._checked = None     # the sample shape the block was seen to take (first rank)
         self.last_stats = None   # (forward, adjoint) SolveStats of the last solves
         state.install(self)
 
@@ -179,10 +180,26 @@ class LayerParallel(torch.nn.Module):
                       f"got {x.dtype} on {x.device}"
             else:
                 shape = tuple(int(s) for s in x.shape)
+                msg = self._block_takes(x[:1]) if shape[1:] != self._checked else None
         shape, msg = self.comm.bcast_obj((shape, msg), 0)
         if msg is not None:
             raise UserError(msg)
         return shape
+
+    def _block_takes(self, u) -> str | None:
+        """None when a fresh block (eval mode, no gradient, torch's random state left as it was) maps
+        the one sample ``u`` (1, *S) to the same shape; else the one-line reason.  Remembered per
+        sample shape."""
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                f = self.block().to(dtype=u.dtype, device=u.device).eval()(u)
+        except Exception as exc:  # the block's own error for these states, whatever its type
+            return f"the block cannot take states of shape {tuple(u.shape[1:])}: {str(exc).splitlines()[0]}"
+        if not isinstance(f, torch.Tensor) or tuple(f.shape) != tuple(u.shape):
+            got = tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__
+            return f"the block must map states (B, *S) to the same shape; got {got} from {tuple(u.shape)}"
+        self._checked = tuple(u.shape[1:])
+        return None
 
     def _solve_forward(self, x, params, keep: bool):
         """(output tensor, what backward needs) of one forward solve; ``keep``: autograd will

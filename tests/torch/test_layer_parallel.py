@@ -242,3 +242,18 @@ def test_bad_blocks_and_inputs():
         lp(None)
     with pytest.raises(UserError, match="ranks"):
         LayerParallel(BLOCK, 4, 1.0, comm=type("C", (), {"Get_rank": lambda s: 0, "Get_size": lambda s: 5})())
+
+
+def test_inputs_the_block_cannot_take_are_one_line_errors_and_leave_the_random_state():
+    """States of a shape the block does not take, or a block that changes the shape, are refused in
+    one line before any solve; the check does not draw from torch's random generator."""
+    lp = LayerParallel(lambda: torch.nn.Linear(4, 4), 4, 1.0, method="serial")
+    with pytest.raises(UserError, match=r"cannot take states of shape \(5,\)"):
+        lp(torch.zeros(3, 5, dtype=torch.float64))
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    assert lp(torch.zeros(3, 4, dtype=torch.float64)).shape == (3, 4)
+    assert torch.equal(torch.rand(3), expected)
+    with pytest.raises(UserError, match="to the same shape"):
+        LayerParallel(lambda: torch.nn.Linear(4, 3), 4, 1.0)(torch.zeros(3, 4, dtype=torch.float64))
