@@ -38,7 +38,11 @@ def main(argv=None) -> int:
                    help="compute spans as thread CPU time or wall time (default: the trace's)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     args = p.parse_args(argv)
-    result = replay(load(args.trace), network_model(args.network), args.clock)
+    try:
+        trace, net = load(args.trace), network_model(args.network)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"bench.replay: {exc}") from None
+    result = replay(trace, net, args.clock)
     print(json.dumps(result.as_dict(), indent=1) if args.json else result.summary())
     return 0
 

@@ -45,6 +45,17 @@ class NetworkModel:
     eager_limit: int = 1 << 62
     async_progress: bool = True
 
+    def __post_init__(self):
+        for name, low in (("latency_s", 0.0), ("overhead_s", 0.0)):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < low:
+                raise ValueError(f"{name} must be a finite number >= 0; got {v!r}")
+        b = self.bandwidth_Bps
+        if not isinstance(b, (int, float)) or math.isnan(b) or b <= 0:
+            raise ValueError(f"bandwidth_Bps must be a number > 0 (inf: free); got {b!r}")
+        if not isinstance(self.eager_limit, int) or self.eager_limit < 0:
+            raise ValueError(f"eager_limit must be an integer >= 0; got {self.eager_limit!r}")
+
     def transfer(self, nbytes: int) -> float:
         """α + n/β: seconds from departure to arrival of an ``nbytes`` message."""
         return self.latency_s + nbytes / self.bandwidth_Bps
@@ -60,10 +71,17 @@ class NetworkModel:
 
     @classmethod
     def from_json(cls, path: str) -> "NetworkModel":
-        """The model measured by ``python -m bench.pingpong`` (its ``"network"`` entry)."""
+        """The model measured by ``python -m bench.pingpong`` (its ``"network"`` entry); ValueError
+        (or OSError) when the file holds none."""
         with open(path) as f:
-            net = json.load(f)["network"]
-        return cls(**net)
+            doc = json.load(f)
+        net = doc.get("network") if isinstance(doc, dict) else None
+        if not isinstance(net, dict):
+            raise ValueError(f"{path!r} has no 'network' object")
+        try:
+            return cls(**net)
+        except TypeError as exc:  # missing or unknown fields
+            raise ValueError(str(exc)) from None
 
 
 #: Documented parameters.  ``ib``: InfiniBand HDR (200 Gb/s, ~25 GB/s achievable, MPI latency

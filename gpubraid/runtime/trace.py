@@ -236,7 +236,10 @@ def finish(tracer: Tracer, world_comm, path: str, clock: str = "thread", meta: d
 def load(path: str) -> dict:
     """A trace file written by :func:`finish` (ValueError when it is not one)."""
     with open(path) as f:
-        doc = json.load(f)
+        try:
+            doc = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            doc = None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise ValueError(f"{path!r} is not a gpubraid trace")
     if doc.get("version") != VERSION:

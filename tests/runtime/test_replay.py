@@ -118,3 +118,31 @@ def test_without_async_progress_a_large_message_moves_when_its_sender_calls_mpi(
 def test_inconsistent_traces_are_refused(ranks, message):
     with pytest.raises(ValueError, match=message):
         replay(trace(*ranks), NET)
+
+
+@pytest.mark.parametrize("fields, words", [
+    (dict(latency_s=-1.0, bandwidth_Bps=1e9), "latency_s must be"),
+    (dict(latency_s=1e-6, bandwidth_Bps=0.0), "bandwidth_Bps must be"),
+    (dict(latency_s=1e-6, bandwidth_Bps=float("nan")), "bandwidth_Bps must be"),
+    (dict(latency_s=1e-6, bandwidth_Bps=1e9, overhead_s=float("inf")), "overhead_s must be"),
+    (dict(latency_s=1e-6, bandwidth_Bps=1e9, eager_limit=-1), "eager_limit must be"),
+])
+def test_network_models_that_cannot_price_a_message_are_refused(fields, words):
+    with pytest.raises(ValueError, match=words):
+        NetworkModel("bad", **fields)
+    assert NetworkModel("free", 0.0, math.inf).transfer(10**9) == 0.0
+
+
+def test_files_that_are_not_network_models_or_traces_are_value_errors(tmp_path):
+    import json
+
+    from gpubraid.runtime.trace import load
+
+    for text in ("not json", "[1, 2]", json.dumps({"network": {"name": "x"}}),
+                 json.dumps({"network": {"name": "x", "latency_s": 0, "bandwidth_Bps": 0}})):
+        path = tmp_path / "net.json"
+        path.write_text(text)
+        with pytest.raises(ValueError):
+            NetworkModel.from_json(str(path))
+        with pytest.raises(ValueError, match="not a gpubraid trace"):
+            load(str(path))
