@@ -80,8 +80,7 @@ def test_candidates_cover_every_split_best_first():
     assert (cands[0].D, cands[0].L) == (8, 1)
     assert cands[0].settings() == {"method": "serial", "data_parallel": 8}
     pipe = next(c for c in cands if c.method == "pipeline")
-    assert pipe.settings() == {"method": "pipeline", "data_parallel": pipe.D, "micro_batches": pipe.M,
-                               "schedule": "1f1b"}
+    assert pipe.settings() == {"method": "pipeline", "data_parallel": pipe.D, "micro_batches": pipe.M}
 
 
 def test_what_the_user_fixed_is_kept():
@@ -101,9 +100,9 @@ def test_what_the_user_fixed_is_kept():
 def test_auto_keeps_the_fixed_settings_and_says_so():
     from gpubraid.errors import UserError
 
-    tr = Trainer(TrainConfig(**SMALL, method="auto", micro_batches=3))
+    tr = Trainer(TrainConfig(**SMALL, method="auto", micro_batches=3, schedule="gpipe"))
     assert tr.plan["fixed"] == {"micro_batches": 3} and "as you fixed --micro-batches 3" in tr.plan["line"]
-    assert tr.cfg.micro_batches == 3
+    assert tr.cfg.micro_batches == 3 and tr.cfg.schedule == "gpipe"   # the run's schedule is kept too
     with pytest.raises(UserError, match="data_parallel must divide the number of MPI ranks"):
         Trainer(TrainConfig(**SMALL, method="auto", data_parallel=2))
 
@@ -235,7 +234,7 @@ def test_micro_batches_on_one_layer_rank_priced_by_their_footprint():
     p.footprint = ((16 * 100, 1.0, 1.0), (16 * 1000, 3.0, 3.0))
     serial = [c for c in plan.candidates(p, cfg, 1, IDEAL, h) if c.method == "serial"]
     assert serial[0].M == 8 and serial[0].label() == "serial M=8 on 1x1 (data x layer)"
-    assert serial[0].settings() == {"method": "serial", "data_parallel": 1, "micro_batches": 8, "schedule": "1f1b"}
+    assert serial[0].settings() == {"method": "serial", "data_parallel": 1, "micro_batches": 8}
 
 
 def test_coarsest_solve_steps_cost_the_step_call_only():
