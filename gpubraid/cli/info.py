@@ -78,8 +78,9 @@ def gather_info() -> dict:
     device = None
     if cp is not None and gpus:
         device = local % len(gpus)
+    threads = blas_threads()
     me = {"rank": world.Get_rank(), "host": socket.gethostname(), "local_rank": local, "gpu": device,
-          "blas_threads": blas_threads()}
+          "blas_threads": threads}
     processes = world.allgather(me)
     return {
         "gpubraid": __version__,
@@ -97,7 +98,7 @@ def gather_info() -> dict:
         "cuda_aware_decided_by": how,
         "ranks": world.Get_size(),
         "node_local_rank": local,
-        "blas_threads": blas_threads(),
+        "blas_threads": threads,
         "threads_decided_by": pools.reason,
         "processes": processes,
         "mpiexec": mpiexec,

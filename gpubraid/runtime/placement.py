@@ -43,13 +43,7 @@ def node_local_rank() -> int:
             return int(os.environ[var])
     from mpi4py import MPI
 
-    if MPI.COMM_WORLD.Get_size() == 1:
-        return 0
-    host = MPI.COMM_WORLD.Split_type(MPI.COMM_TYPE_SHARED)
-    try:
-        return host.Get_rank()
-    finally:
-        host.Free()
+    return on_host(MPI.COMM_WORLD)[0]
 
 
 def rank_cores() -> int:
@@ -77,15 +71,16 @@ def decide(host_ranks: int, host_cores: int, own_cores: int, environ=os.environ)
     return ThreadPools(n, f"{host_ranks} ranks share this host's {host_cores} cores")
 
 
-def host_ranks(mpi_comm) -> int:
-    """How many ranks of ``mpi_comm`` (an mpi4py communicator) run on this host.  Collective."""
+def on_host(mpi_comm) -> tuple[int, int]:
+    """(this rank's rank, how many ranks) among the ranks of ``mpi_comm`` (an mpi4py communicator)
+    that run on this host.  Collective."""
     from mpi4py import MPI
 
     if mpi_comm.Get_size() == 1:
-        return 1
+        return 0, 1
     host = mpi_comm.Split_type(MPI.COMM_TYPE_SHARED)
     try:
-        return host.Get_size()
+        return host.Get_rank(), host.Get_size()
     finally:
         host.Free()
 
@@ -97,7 +92,7 @@ def fit_to_host(mpi_comm) -> ThreadPools:
     global CURRENT
     if CURRENT is not None:
         return CURRENT
-    pools = decide(host_ranks(mpi_comm), os.cpu_count() or 1, rank_cores())
+    pools = decide(on_host(mpi_comm)[1], os.cpu_count() or 1, rank_cores())
     if pools.threads is not None:
         from threadpoolctl import threadpool_limits
 
