@@ -16,6 +16,10 @@
 //                          Lout_i = Lin_i + h_i K_iᵀ a (unless Lout is NULL), and
 //                          gK_i += h_i Σ_rows a U_iᵀ, gb_i += h_i Σ_rows a (unless gK is NULL)
 //
+// Lout_i may be Lin_i itself: with Lin = Lout and both strides 0, one B × C array carries λ_n down
+// to λ_0 in place, and the adjoints in between are never written to memory (the chunk's rows are
+// read into a before any is written).
+//
 // <t> is f64 or f32.  Activations take the codes of gpubraid.network.activations.CODES; tanh is
 // 2 / (1 + exp(−2z)) − 1, the NumPy path's formula, with an exp written out so that it vectorises
 // (libm's does not): 2^k exp(r), r = x − k ln 2, |r| ≤ ln 2 / 2, exp(r) by its Taylor polynomial

@@ -62,9 +62,10 @@ static inline INLINE void NAME(pre)(int64_t rows, int64_t C, const T *restrict K
     }
 }
 
-/* Lout = Lin + h A K for `rows` rows of C, four rows at a time as in pre. */
+/* Lout = Lin + h A K for `rows` rows of C, four rows at a time as in pre.  Lout may be Lin (in place:
+   each number is read before it is written, so lin and lout are not restrict). */
 static inline INLINE void NAME(adjoint)(int64_t rows, int64_t C, const T *restrict K, T h, const T *restrict A,
-                                        const T *restrict lin, T *restrict lout) {
+                                        const T *lin, T *lout) {
     int64_t r = 0;
     T w0[MAX_C], w1[MAX_C], w2[MAX_C], w3[MAX_C];
     for (; r + 4 <= rows; r += 4) {
@@ -80,8 +81,8 @@ static inline INLINE void NAME(adjoint)(int64_t rows, int64_t C, const T *restri
                 w3[j] += a3 * ko[j];
             }
         }
-        const T *restrict l = lin + r * C;
-        T *restrict out = lout + r * C;
+        const T *l = lin + r * C;
+        T *out = lout + r * C;
         for (int64_t j = 0; j < C; ++j) {
             out[j] = l[j] + h * w0[j];
             out[C + j] = l[C + j] + h * w1[j];
@@ -126,7 +127,8 @@ static inline INLINE void NAME(forward)(int64_t n, int64_t B, int64_t C, int act
     }
 }
 
-/* For i = n−1..0 (a chain when Lin_i is Lout_{i+1}), with a = σ'(z_i) ⊙ Lin_i:
+/* For i = n−1..0 (a chain when Lin_i is Lout_{i+1}, or one array in place when Lin = Lout with strides
+   0), with a = σ'(z_i) ⊙ Lin_i:
      Lout_i = Lin_i + h_i K_iᵀ a               (skipped when Lout is NULL)
      gK_i += h_i Σ_rows a U_iᵀ, gb_i += h_i Σ_rows a   (skipped when gK is NULL)
    σ'(z_i) from D_i, or recomputed from U_i when D is NULL.  Sums over the rows of a chunk in T,
@@ -146,7 +148,7 @@ static inline INLINE void NAME(backward)(int64_t n, int64_t B, int64_t C, int ac
         for (int64_t o = 0; o < C; ++o) Sb[o] = 0;
         for (int64_t r0 = 0; r0 < B; r0 += R) {
             const int64_t rows = B - r0 < R ? B - r0 : R, m = rows * C;
-            const T *restrict u = U + i * su + r0 * C, *restrict lin = Lin + i * sli + r0 * C;
+            const T *restrict u = U + i * su + r0 * C, *lin = Lin + i * sli + r0 * C;
             const T *restrict d = dd;
             if (D) {
                 d = D + i * sd + r0 * C;

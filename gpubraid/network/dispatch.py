@@ -74,3 +74,7 @@ class HostDispatch:
 
     def backward_block(self, U, Lam, params, h, grads, kept) -> bool:
         return not self.be.is_gpu and host.sweep_backward(U, Lam, *params, h, self.activation.code, kept, *grads)
+
+    def backward_through(self, U, lam, params, h, grads, kept) -> bool:
+        return not self.be.is_gpu and host.sweep_backward_through(U, lam, *params, h, self.activation.code, kept,
+                                                                  *grads)

@@ -19,6 +19,7 @@ arrays, so build the step on a float64 backend for the test):
                  with what forward_keep kept and with None
     block        (steps with forward_block / backward_block) a sweep of the L layers as one chain, with
                  and without what forward_block kept, equals one forward / adjoint / param_grad per layer
+                 (and so does backward_through's λ_0 and gradients, when the step has it)
     determinism  the same call twice gives bit-identical results
 """
 from __future__ import annotations
@@ -238,7 +239,18 @@ def _check_block(step, be, dev, U, LAM, TH, Hd, exact_tol):
             return False, f"forward_block / backward_block raised {type(exc).__name__}: {exc}"
         got = [_host(be, Ub[k]) for k in range(L + 1)] + [_host(be, Lb[k]) for k in range(L + 1)] + \
               [_host(be, g[k]) for g in gb for k in range(L)]
-        worst = max([worst] + [float(np.abs(g - w).max() / max(np.abs(w).max(), 1e-300)) for g, w in zip(got, want)])
+        pairs = list(zip(got, want))
+        if callable(getattr(step, "backward_through", None)):
+            try:
+                lam = dev(np.array(LAM[0]))
+                gt = tuple(dev(np.zeros(t.shape)) for t in TH)
+                through = step.backward_through(Ub, lam, TH, Hd, gt, step.forward_block(Ub, TH, Hd, keep))
+            except Exception as exc:  # noqa: BLE001
+                return False, f"backward_through raised {type(exc).__name__}: {exc}"
+            if through:
+                pairs += [(_host(be, lam), want[L + 1])] + \
+                    list(zip([_host(be, g[k]) for g in gt for k in range(L)], want[2 * L + 2:]))
+        worst = max([worst] + [float(np.abs(g - w).max() / max(np.abs(w).max(), 1e-300)) for g, w in pairs])
         used.append("kept" if keep else "recomputed")
     if not used:
         return True, "the block form declined these arrays (the sweeps then call the step per layer)"

@@ -52,6 +52,9 @@ of n layers in one call (DenseStep on NumPy: the compiled C loops of :mod:`gpubr
     backward_block(U, Lam, params, h, grads, kept) -> bool
         writes Lam[n − 1..0] from Lam[n] and adds the layers' param_grad into ``grads`` (n, *P_j);
         ``kept``: forward_block's or None
+    backward_through(U, lam, params, h, grads, kept) -> bool
+        backward_block when only its ends are wanted (the layer-serial training sweeps): ``lam``
+        (B, *S) holds λ_n and is replaced by λ_0 in place; the adjoints in between are not kept
 
 NotImplemented / False means nothing was done (these arrays do not suit the block form): the sweeps
 then run the per-layer calls, with ``kept[i:i + 1]`` as layer i's.

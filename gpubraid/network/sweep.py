@@ -109,5 +109,17 @@ def backward_sweep(step, U, Lam, layers, h, grads, kept=None) -> None:
             g[i:i + 1] += di
 
 
+def backward_through(step, U, lam, layers, h, grads, kept=None) -> bool:
+    """:func:`backward_sweep` keeping only its ends: ``lam`` (B, *S) holds λ_n and is replaced by λ_0,
+    and every layer's param_grad is added into ``grads``; the adjoints in between are not kept.
+
+    By the step's optional ``backward_through`` (one array carried down in place, no (n + 1, B, *S)
+    array written); False, with nothing done, when the step has none or it declines these arrays:
+    the caller then runs :func:`backward_sweep`.  ``kept`` as there (used up only on True).
+    """
+    through = getattr(step, "backward_through", None)
+    return callable(through) and bool(through(U, lam, layers, h, grads, kept))
+
+
 def _has_pair(step) -> bool:
     return callable(getattr(step, "forward_keep", None)) and callable(getattr(step, "adjoint_grad", None))

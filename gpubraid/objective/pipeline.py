@@ -31,9 +31,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..network.sweep import backward_sweep, empty_states, forward_sweep
+from ..network.sweep import backward_sweep, backward_through, empty_states, forward_sweep
 from ..runtime import tags
-from ..runtime.allocator import empty_aligned_like
+from ..runtime.allocator import empty_aligned, empty_aligned_like
 from ..runtime.comm import Comm
 from ..runtime.resources import micro_batch_count
 from ..solver.options import SolveStats
@@ -174,8 +174,8 @@ class TrainingPipeline:
                 m.open_grad(x[:lo], lam0[:lo], P, G)
             Lam, into = (adjoints[:, lo:hi], None) if adjoints is not None else (None, lam0)
             U, kept = held.pop(k)
-            Lam = self._backward_step(U, kept, heads.pop(k, None), into, lo, hi, P, G, pending, Lam, spares)
-            spares += [a for a, own in ((U, states is None), (Lam, adjoints is None)) if own]
+            used = self._backward_step(U, kept, heads.pop(k, None), into, lo, hi, P, G, pending, Lam, spares)
+            spares += ([U] if states is None else []) + ([] if adjoints is not None else used)
         if lam0 is not None:
             lo = int(cut[M - 1])
             m.open_grad(x[lo:], lam0[lo:], P, G)
@@ -185,33 +185,54 @@ class TrainingPipeline:
         return loss, correct, fstats, bstats
 
     def _empty(self, shape, dtype, spares=None):
-        """States (n + 1, B, *S) in the step's layout (adjoints: like them): one of ``spares`` (arrays
-        a finished micro-batch handed back) of this shape and dtype when there is one, taken from it."""
+        """States (n + 1, B, *S) in the step's layout (adjoints: like them), or one contiguous row (B, *S):
+        one of ``spares`` (arrays a finished micro-batch handed back) of this shape and dtype when there
+        is one, taken from it."""
         for i, a in enumerate(spares or ()):
             if a.shape == shape and a.dtype == dtype:
                 return spares.pop(i)
+        if len(shape) == len(self.model.state_shape) + 1:
+            return empty_aligned(self.model.xp, shape, dtype)
         return empty_states(self.model.step, self.model.xp, shape, dtype)
 
     def _backward_step(self, U, kept, lam_b, lam0, lo: int, hi: int, P, G, pending: list, Lam=None, spares=None):
         """One micro-batch backward: λ_b (``lam_b`` on the last rank, received elsewhere), the
-        adjoints down to λ_a (into ``Lam`` when given, else into an array like ``U``, one of
-        ``spares`` when one fits), the gradient parts added into G, λ_a sent (rank 0: copied into
+        adjoints down to λ_a, the gradient parts added into G, λ_a sent (rank 0: copied into
         ``lam0[lo:hi]`` unless None, when ``Lam`` is already the caller's rows; the caller adds the
         opening layer's gradient from them); ``kept``: what the forward sweep kept for it (or None).
-        Returns the adjoints (n + 1, m, *S)."""
-        m, layers = self.model, P.layers()
-        Lam = self._empty(U.shape, U.dtype, spares) if Lam is None else Lam
-        if self.is_last:
+
+        With ``Lam`` (n + 1, m, *S) every adjoint is written into it.  Without, only λ_a is needed:
+        the step's ``backward_through`` carries λ down in one (m, *S) array when it can (the
+        adjoints in between never reach memory), else they go into an array like ``U``; either is
+        one of ``spares`` when one fits.  Returns the arrays this made (the caller's to reuse)."""
+        m, layers, grads = self.model, P.layers(), G.layers()
+        made = []
+        if Lam is None:
+            lam = self._empty(U.shape[1:], U.dtype, spares)
+            made.append(lam)
+            if self.is_last:
+                lam[...] = lam_b
+            else:
+                self.comm.recv_into(lam, self.rank + 1, tags.PIPE_ADJOINT)
+            if backward_through(m.step, U, lam, layers, self.h, grads, kept):
+                lam_a = lam
+            else:
+                Lam = self._empty(U.shape, U.dtype, spares)
+                made.append(Lam)
+                Lam[-1] = lam
+        elif self.is_last:
             Lam[-1] = lam_b
         else:
             self.comm.recv_into(Lam[-1], self.rank + 1, tags.PIPE_ADJOINT)
-        backward_sweep(m.step, U, Lam, layers, self.h, G.layers(), kept)
+        if Lam is not None:
+            backward_sweep(m.step, U, Lam, layers, self.h, grads, kept)
+            lam_a = Lam[0]
         if self.is_first:
             if lam0 is not None:
-                lam0[lo:hi] = Lam[0]
+                lam0[lo:hi] = lam_a
         else:
-            pending.append(self.comm.isend(Lam[0], self.rank - 1, tags.PIPE_ADJOINT))
-        return Lam
+            pending.append(self.comm.isend(lam_a, self.rank - 1, tags.PIPE_ADJOINT))
+        return made
 
     def backward(self, U, lam_N, P, G, x, batch: int):
         """The backward half alone, streamed by micro-batches, from forward states already computed

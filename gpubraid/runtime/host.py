@@ -188,16 +188,23 @@ def _forward(U, V, K, b, h, act: int, keep: bool):
 
 def _backward(U, Lin, Lout, K, b, h, act: int, D, grads) -> bool:
     """For i = n − 1..0, a = σ'(z_i) ⊙ Lin[i]: Lout[i] = Lin[i] + h_i K_iᵀ a (Lout may be None; Lin[i] may be
-    Lout[i + 1]) and, with ``grads`` = (gK, gb), h_i Σ a U[i]ᵀ and h_i Σ a added into them.  False (nothing
-    done) when the arrays do not fit."""
+    Lout[i + 1]) and, with ``grads`` = (gK, gb), h_i Σ a U[i]ᵀ and h_i Σ a added into them.  ``Lin`` may
+    also be one contiguous (B, C) array with ``Lout`` the same array: λ carried down in place.  False
+    (nothing done) when the arrays do not fit."""
     lib, dt = library(), U.dtype
     if lib is None or dt not in _SUFFIX or U.ndim != 3:
         return False
     n, B, C = U.shape
     h = np.ascontiguousarray(h, dtype=dt)
-    s = _strides(dt, n, B, C, (U, Lin, Lout), (K, b), grads, D)
+    inplace = Lout is Lin
+    if inplace and (type(Lin) is not np.ndarray or Lin.dtype != dt or Lin.shape != (B, C)
+                    or not Lin.flags.c_contiguous):
+        return False
+    s = _strides(dt, n, B, C, (U,) if inplace else (U, Lin, Lout), (K, b), grads, D)
     if s is None or h.shape != (n,):
         return False
+    if inplace:
+        s[1:1] = [0, 0]
     gK, gb = grads or (None, None)
     sgk, sgb = (s[5], s[6]) if grads else (0, 0)
     getattr(lib, f"gb_dense_backward_{_SUFFIX[dt]}")(
@@ -223,6 +230,15 @@ def sweep_backward(U, Lam, K, b, h, act: int, D, gK, gb) -> bool:
     if U.ndim != 3 or U.shape[0] < 2 or Lam.shape != U.shape:
         return False
     return _backward(U[:-1], Lam[1:], Lam[:-1], K, b, h, act, D, (gK, gb))
+
+
+def sweep_backward_through(U, lam, K, b, h, act: int, D, gK, gb) -> bool:
+    """:func:`sweep_backward` without the adjoints in between: ``lam`` (B, C) holds λ_n and is replaced
+    by λ_0 in place; the layers' gradients are added into gK, gb.  U, K, b, h, D as there.  False
+    (nothing done) when the kernels are not there or the arrays do not fit them."""
+    if U.ndim != 3 or U.shape[0] < 2 or lam.shape != U.shape[1:]:
+        return False
+    return _backward(U[:-1], lam, lam, K, b, h, act, D, (gK, gb))
 
 
 def _takes(u) -> bool:

@@ -77,21 +77,23 @@ def test_one_process_pipeline_equals_serial(problem, kind, M, schedule):
 @pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
 def test_one_rank_opens_the_batch_once_and_reuses_finished_micro_batches(problem, monkeypatch, schedule):
     """On one layer rank nothing waits for the first micro-batch: the opening layer runs once for the
-    whole batch; a micro-batch whose backward is done hands its states and adjoints to the next (1F1B:
-    one pair of arrays for all M; GPipe holds every micro-batch's states, its adjoints are reused)."""
+    whole batch; a micro-batch whose backward is done hands its states and its adjoint row to the next
+    (1F1B: one of each for all M; GPipe holds every micro-batch's states, its adjoint rows are reused).
+    The dense step carries λ down in one row: no (n + 1, m, *S) adjoints are made."""
     from gpubraid.objective import pipeline
 
     model, theta, x, y, ref = problem["dense"]
-    made, opened = [], []
-    empty, open_forward = pipeline.empty_states, model.open_forward
+    made, rows, opened = [], [], []
+    empty, empty_row, open_forward = pipeline.empty_states, pipeline.empty_aligned, model.open_forward
     monkeypatch.setattr(pipeline, "empty_states", lambda *a: made.append(a[2]) or empty(*a))
+    monkeypatch.setattr(pipeline, "empty_aligned", lambda *a: rows.append(a[1]) or empty_row(*a))
     monkeypatch.setattr(model, "open_forward", lambda *a: opened.append(a[0].shape[0]) or open_forward(*a))
     lp = LayerParallel(model, None, ONE, ONE, pipeline=PipelineOptions(4, schedule))
     ev = lp.evaluate(theta, x, y, 11)   # micro-batches of 3, 3, 3, 2 samples
     assert np.abs(ev.grad - ref.grad).max() <= 1e-12 * np.abs(ref.grad).max()
     assert opened == [11]
-    sizes = sorted(shape[1] for shape in made)
-    assert sizes == ([2, 2, 3, 3] if schedule == "1f1b" else [2, 2, 3, 3, 3, 3])
+    assert sorted(shape[1] for shape in made) == ([2, 3] if schedule == "1f1b" else [2, 3, 3, 3])
+    assert sorted(rows) == [(2, *model.state_shape), (3, *model.state_shape)]
     made.clear()
     lp.evaluate(theta, x, y, 11, grad=False)   # forward only: each micro-batch's states serve the next
     assert sorted(shape[1] for shape in made) == [2, 3]

@@ -174,6 +174,41 @@ def test_declined_arrays_run_the_per_layer_calls(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("act", list(ACTIVATIONS))
+@pytest.mark.parametrize("C, B", [(8, 300), (5, 103), (64, 3)])
+def test_backward_through_equals_the_block_sweeps_ends_bit_for_bit(act, dtype, C, B):
+    """λ carried down in one row in place: λ_0 and the gradients are the full backward block's, bit for
+    bit (the same operations), with σ' kept and recomputed; the row's memory is the caller's."""
+    step = DenseStep(C, act, resolve_backend("numpy", dtype))
+    u0, lamN, layers, h = _problem(C, 7, B, dtype)
+    U = np.zeros((8, B, C), dtype)
+    U[0] = u0
+    for keep in (True, False):
+        Lam, lam = np.zeros_like(U), lamN.copy()
+        Lam[-1] = lamN
+        G = tuple(np.full_like(p, 0.5) for p in layers)
+        Gt = tuple(g.copy() for g in G)
+        assert step.backward_block(U, Lam, layers, h, G, step.forward_block(U, layers, h, keep))
+        address = lam.ctypes.data
+        assert step.backward_through(U, lam, layers, h, Gt, step.forward_block(U, layers, h, keep))
+        assert lam.ctypes.data == address and np.array_equal(lam, Lam[0])
+        assert all(np.array_equal(a, b) for a, b in zip(Gt, G))
+
+
+def test_backward_through_declines_rows_it_cannot_carry():
+    step = DenseStep(8, "tanh", resolve_backend("numpy", "float64"))
+    u0, lamN, layers, h = _problem(8, 4, 10, "float64")
+    U = np.zeros((5, 10, 8))
+    U[0] = u0
+    kept = step.forward_block(U, layers, h, True)
+    G = tuple(np.zeros_like(p) for p in layers)
+    for lam in (np.zeros((20, 8))[::2], np.zeros((10, 8), np.float32), np.zeros((9, 8)), np.zeros((1, 10, 8))):
+        before = lam.copy()
+        assert not step.backward_through(U, lam, layers, h, G, kept)
+        assert np.array_equal(lam, before) and not any(g.any() for g in G)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_tanh_saturates_and_keeps_nan_like_numpy(dtype, monkeypatch):
     step = DenseStep(1, "tanh", resolve_backend("numpy", dtype))
     K, b, h = np.ones((1, 1, 1), dtype), np.zeros((1, 1), dtype), np.ones(1, dtype)
