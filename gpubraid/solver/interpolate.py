@@ -24,16 +24,19 @@ def interpolate(s: SolveState, l: int = 0) -> None:
         return
     xp, u = s.xp, s.u[l]
     e = s.e if s.e is not None else xp.zeros((0, *s.shape), dtype=s.be.dtype)
-    # corrections of the interval starts: point 0 (never changes) when held, then the owned C-points
-    E = xp.concatenate([xp.zeros((1, *s.shape), dtype=s.be.dtype), e]) if lv.lay.holds_origin else e
+    # corrections of the interval starts: point 0 (never changes: nothing to add) when held, then the
+    # owned C-points
+    skip = 1 if lv.lay.holds_origin else 0
     lay = lv.lay
     with s.timer("interpolate"):
         for tgt in lv.f_slices:
             k = len(range(*tgt.indices(lv.rows)))
-            u[tgt] += E[:k]
+            if k > skip:
+                u[tgt][skip:] += e[:k - skip]
         reqs = []
         if lv.last_is_local and lay.next is not None:
-            reqs.append(_send(s, E[-1], u[lv.rows - 1], lay.next))
+            last = e[-1] if len(e) else xp.zeros(s.shape, dtype=s.be.dtype)
+            reqs.append(_send(s, last, u[lv.rows - 1], lay.next))
         if lay.prev is not None:
             buf = xp.empty((2, *s.shape), dtype=s.be.dtype)
             with s.timer("exchange"):

@@ -250,9 +250,12 @@ class MGRIT:
         stats.levels = n_lv
         if n_lv > 1:
             self.plan.gather_coarsest(s)
+            # g_l is written by every restriction before it is read; only the nested start, which
+            # solves and relaxes the coarse levels before any restriction, reads g = 0
+            fill = self.xp.zeros_like if opts.nested and warm is None else self.xp.empty_like
             for l in range(1, n_lv):
                 s.u[l] = self.xp.empty((self.lv[l].rows, *s.shapes[l]), dtype=self.be.dtype)
-                s.g[l] = self.xp.zeros_like(s.u[l])
+                s.g[l] = fill(s.u[l])
                 if self.lv[l].lay.holds_origin and self.lv[l].rows:
                     s.to_coarse(l - 1, s.u[l - 1][0:1], out=s.u[l][0:1])
         final = opts.final_residual or tol > 0 or opts.rtol > 0

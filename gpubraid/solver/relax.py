@@ -27,7 +27,10 @@ def f_relax(s: SolveState, l: int, zero: bool = False) -> None:
                 continue
             src = slice(tgt.start - 1, tgt.stop - 1, tgt.step)
             v = s.step(l, u[src], src)
-            u[tgt] = v if g is None else v + g[tgt]
+            if g is None:
+                u[tgt] = v
+            else:
+                s.xp.add(v, g[tgt], out=u[tgt])
         reqs = []
         s.exchange_ghost(l, lv.last_is_local, reqs)
         for r in lv.leading:
@@ -47,4 +50,9 @@ def c_relax(s: SolveState, l: int) -> None:
         c, before = lv.c_sel, lv.c_prev
         u, g = s.u[l], s.g[l]
         v = s.step(l, u[before], before)
-        u[c] = v if g is None else v + g[c]
+        if g is None:
+            u[c] = v
+        elif isinstance(c, slice):
+            s.xp.add(v, g[c], out=u[c])
+        else:  # index arrays select a copy
+            u[c] = v + g[c]

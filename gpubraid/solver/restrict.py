@@ -80,8 +80,8 @@ def correct(s: SolveState, l: int, values: bool = False) -> None:
         add = s.linear and not values
         keep = l == 0 and s.keep_correction
         if not s.halves(l):
-            if keep:
-                s.e = v.copy() if add else v - u[c]
+            if keep:  # (a view of level 1, which nothing changes before interpolate reads it)
+                s.e = v if add else v - u[c]
             if add:
                 u[c] += v
             else:

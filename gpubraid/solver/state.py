@@ -99,5 +99,5 @@ class SolveState:
 
     def norm(self, r) -> float:
         """Global 2-norm of the distributed residual ``r``."""
-        local = float(self.be.scalar((r * r).sum())) if r.size else 0.0
+        local = float(self.be.scalar(self.xp.vdot(r, r))) if r.size else 0.0  # no r * r temporary
         return self.comm.allreduce_sum(local) ** 0.5
