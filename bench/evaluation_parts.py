@@ -24,8 +24,8 @@ from gpubraid.training.config import TrainConfig
 from gpubraid.training.trainer import Trainer
 
 #: The pipeline module's functions timed (module-level names it calls) and their part.
-SWEEPS = {"forward_sweep": "forward sweep", "backward_sweep": "backward sweep", "empty_states": "new arrays",
-          "empty_aligned_like": "new arrays"}
+SWEEPS = {"forward_sweep": "forward sweep", "backward_sweep": "backward sweep", "backward_through": "backward sweep",
+          "empty_states": "new arrays", "empty_aligned": "new arrays", "empty_aligned_like": "new arrays"}
 #: The network's methods timed (bound per trainer) and their part.
 NETWORK = {"open_forward": "opening", "open_grad": "opening gradient", "regularizer": "regulariser"}
 
