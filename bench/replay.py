@@ -1,7 +1,10 @@
 """Predict the wall time of a traced run with one core or GPU per rank.
 
     python -m gpubraid train peaks --trace run.json            # or under mpiexec -n P
-    python -m bench.replay run.json [--network ib|nvlink|ideal|measured|FILE] [--clock thread|wall] [--json]
+    python -m bench.replay run.json [run2.json ...] [--network ib|nvlink|ideal|measured|FILE] [--clock thread|wall] [--json]
+
+Several traces of the same command are replayed as one: each compute span the median of its
+repeats (:func:`gpubraid.runtime.trace.median`).
 
 ``--network``: the documented InfiniBand HDR or NVLink parameters, free communication (``ideal``),
 ``measured`` (the newest bench/results/*/pingpong.json of ``python -m bench.pingpong``) or such a
@@ -15,7 +18,7 @@ import sys
 
 from bench.common import RESULTS
 from gpubraid.runtime.replay import PRESETS, NetworkModel, replay
-from gpubraid.runtime.trace import load
+from gpubraid.runtime.trace import load, median
 
 
 def network_model(name: str) -> NetworkModel:
@@ -32,14 +35,16 @@ def network_model(name: str) -> NetworkModel:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("trace", help="a trace file of gpubraid train --trace")
+    p.add_argument("trace", nargs="+", help="a trace file of gpubraid train --trace (several: repeats of one run, "
+                   "each span their median)")
     p.add_argument("--network", default="ib", help="ib, nvlink, ideal, measured or a pingpong JSON file (default ib)")
     p.add_argument("--clock", choices=("thread", "wall"), default=None,
                    help="compute spans as thread CPU time or wall time (default: the trace's)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     args = p.parse_args(argv)
     try:
-        trace, net = load(args.trace), network_model(args.network)
+        docs, net = [load(path) for path in args.trace], network_model(args.network)
+        trace = docs[0] if len(docs) == 1 else median(docs)
     except (OSError, ValueError) as exc:
         raise SystemExit(f"bench.replay: {exc}") from None
     result = replay(trace, net, args.clock)

@@ -12,7 +12,8 @@ Per workload (:data:`WORKLOADS`):
    results are identical on every rank count (tested), so its one-process count holds at every P.
 2. **Seconds on P ranks** (replay).  Every candidate (D data groups × L layer ranks, method,
    micro-batches M; :func:`candidates`) trains 1 and 1 + ``probe_iterations`` iterations traced
-   (``--trace``; P > 2 oversubscribes this machine's cores) and :mod:`gpubraid.runtime.replay`
+   (``--trace``; P > 2 oversubscribes this machine's cores; ``--trace-median K``: each traced K
+   times, each span the median of the K) and :mod:`gpubraid.runtime.replay`
    predicts their wall time with one core per rank and the measured network (``bench.pingpong``):
    the first iteration's time, and the seconds per objective evaluation after it (the difference,
    so that first touches and start-up do not count as steady-state cost).  Time to target = first
@@ -43,6 +44,7 @@ from bench.common import CLI_ENV, document, load_json, parser, result_path, save
 from bench.replay import network_model
 from gpubraid.runtime.replay import replay
 from gpubraid.runtime.trace import load
+from gpubraid.runtime.trace import median as trace_median
 
 #: name -> (train arguments, iterations, validate every, iterations per traced probe)
 WORKLOADS = {
@@ -119,7 +121,8 @@ def _evals(metrics: dict) -> int:
     return sum(h.get("n_evals") or 1 for h in metrics["history"])
 
 
-def time_phase(base: list, P: int, cands: list, probe_its: int, net, tmp: str, repeats: int = 1) -> list:
+def time_phase(base: list, P: int, cands: list, probe_its: int, net, tmp: str, repeats: int = 1,
+               median: int = 1) -> list:
     """Every candidate of ``cands`` (:func:`measured`) on P ranks, replayed: the first iteration
     (startup: first touches, the optimiser's first line search) and the seconds per objective
     evaluation after it, as the difference of a 1-iteration and a (1 + ``probe_its``)-iteration
@@ -127,12 +130,17 @@ def time_phase(base: list, P: int, cands: list, probe_its: int, net, tmp: str, r
     (so that both see the same load): its real loop wall time against the replay (``replay /
     real``), and the replay against the traced run's own wall time (``replay / traced``: the model
     alone, without run-to-run noise).
-    With ``repeats`` > 1 every run is repeated and the least disturbed (shortest) kept."""
+    With ``repeats`` > 1 every run is repeated and the least disturbed (shortest) kept.  With
+    ``median`` > 1 every traced run is made that many times and replayed as one trace whose spans
+    are the median of theirs (:func:`gpubraid.runtime.trace.median`)."""
     rows = []
     for label, extra, ranks in cands:
         def traced(k):
-            m = train_cli(ranks, base + extra + ["--iterations", str(k), "--val-every", "0"], tmp, True)
-            return replay(load(os.path.join(tmp, "t.json")), net, "thread"), _evals(m), m
+            docs = []
+            for _ in range(median):
+                m = train_cli(ranks, base + extra + ["--iterations", str(k), "--val-every", "0"], tmp, True)
+                docs.append(load(os.path.join(tmp, "t.json")))
+            return replay(docs[0] if median == 1 else trace_median(docs), net, "thread"), _evals(m), m
 
         long_args = base + extra + ["--iterations", str(1 + probe_its), "--val-every", "0"]
         shorts = [traced(1) for _ in range(repeats)]
@@ -302,7 +310,11 @@ def main(argv=None) -> int:
     p.add_argument("--network", default="measured")
     p.add_argument("--no-model", action="store_true", help="skip the planner's predictions to P = 1024")
     p.add_argument("--repeats", type=int, default=1, help="runs per measurement, the shortest kept (default 1)")
+    p.add_argument("--trace-median", type=int, default=1, metavar="K",
+                   help="trace every run K times and replay the median of each span (default 1)")
     args = p.parse_args(argv)
+    if args.repeats < 1 or args.trace_median < 1:
+        raise SystemExit("bench.strategies: --repeats and --trace-median must be at least 1")
     table = QUICK if args.quick else WORKLOADS
     names = args.workloads.split(",") if args.workloads else list(table)
     ranks = [1, 2] if args.quick else [int(x) for x in args.ranks.split(",")]
@@ -312,8 +324,8 @@ def main(argv=None) -> int:
     results = []
 
     def save():  # after every workload, so that a later failure keeps what was measured
-        write_json(path, document("strategies", {"network": net.__dict__, "ranks": ranks, "repeats": args.repeats},
-                                  results))
+        write_json(path, document("strategies", {"network": net.__dict__, "ranks": ranks, "repeats": args.repeats,
+                                                 "trace_median": args.trace_median}, results))
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             base, iterations, val_every, probe_its = table[name]
@@ -327,7 +339,8 @@ def main(argv=None) -> int:
             w["layers"], w["batch"] = N, batch
             w["plans"] = {str(P): planner_phase(base + ["--iterations", str(iterations)], P, tmp) for P in plan_ranks}
             w["timing"] = [row for P in ranks for row in time_phase(
-                base, P, measured(P, N, batch, w["plans"].get(str(P))), probe_its, net, tmp, args.repeats)]
+                base, P, measured(P, N, batch, w["plans"].get(str(P))), probe_its, net, tmp, args.repeats,
+                args.trace_median)]
             results.append(summarize(w))
             save()
             if not args.no_model and not args.quick:

@@ -36,6 +36,7 @@ import fcntl
 import json
 import os
 import pickle
+import statistics
 import tempfile
 import time
 from collections import defaultdict
@@ -231,6 +232,41 @@ def finish(tracer: Tracer, world_comm, path: str, clock: str = "thread", meta: d
         meta = {**(meta or {}), "gated": gated}
         doc = {"format": FORMAT, "version": VERSION, "clock": clock, "meta": meta, "ranks": ranks}
         write_atomic(path, lambda f: json.dump(doc, f, separators=(",", ":")))
+
+
+#: Per event kind, the fields that are the machine's timings (the rest must agree between repeats).
+_TIMED = {"c": (1, 2), "s": (6, 7), "r": (6,), "w": (2,), "k": (5,)}
+
+
+def median(docs: list) -> dict:
+    """One trace from repeats of the same run: every compute span and send call the median of its
+    repeats' times, every other field the first's.
+
+    A run's events follow its program order, so repeats of one command record the same events on
+    every rank.  On a shared machine single spans are stretched by other work at random; the
+    replay waits at each collective for the slowest of the P ranks, so one stretched span costs
+    them all.  The median over three or more repeats keeps what the spans cost undisturbed.
+    ValueError when the repeats' ranks or events differ (not the same run)."""
+    if not docs:
+        raise ValueError("median of no traces")
+    first = docs[0]
+    if any(len(d["ranks"]) != len(first["ranks"]) for d in docs):
+        raise ValueError("the traces are not repeats of one run: their rank counts differ")
+    out = {**first, "ranks": [], "meta": {**first.get("meta", {}), "median_of": len(docs)}}
+    for i, rank in enumerate(first["ranks"]):
+        repeats = [d["ranks"][i]["events"] for d in docs]
+        if any(len(r) != len(rank["events"]) for r in repeats):
+            raise ValueError(f"the traces are not repeats of one run: rank {i} has other event counts")
+        events = []
+        for j, ev in enumerate(rank["events"]):
+            timed = _TIMED.get(ev[0], ())
+            untimed = [[x for k, x in enumerate(r[j]) if k not in timed] for r in repeats]
+            if any(u != untimed[0] for u in untimed):
+                raise ValueError(f"the traces are not repeats of one run: rank {i}, event {j} differs")
+            events.append([int(statistics.median(r[j][k] for r in repeats)) if k in timed else x
+                           for k, x in enumerate(ev)])
+        out["ranks"].append({**rank, "events": events})
+    return out
 
 
 def load(path: str) -> dict:

@@ -146,3 +146,44 @@ def test_files_that_are_not_network_models_or_traces_are_value_errors(tmp_path):
             NetworkModel.from_json(str(path))
         with pytest.raises(ValueError, match="not a gpubraid trace"):
             load(str(path))
+
+
+def test_median_of_repeats_takes_each_span_median_and_refuses_other_runs():
+    """Three repeats of one 2-rank run; rank 1's middle span was stretched in one repeat, rank 0's
+    first in another: the median trace has each span's middle value, so the replay is the
+    undisturbed run's (a stretched span on either rank would have delayed both)."""
+    from gpubraid.runtime.trace import median
+
+    def run(a, b):
+        return trace([c(a), send(1, 1000), c(2.0), recv(1, 500)],
+                     [c(0.5), recv(0, 1000), c(b), ["s", 0, 0, 5, 500, 0, int(0.01 * S), int(0.01 * S)]])
+
+    repeats = [run(1.0, 1.0), run(1.0, 3.0), run(2.5, 1.0)]
+    merged = median(repeats)
+    assert merged["meta"]["median_of"] == 3
+    assert replay(merged, NET).wall_s == pytest.approx(3.71)
+    assert [replay(t, NET).wall_s for t in repeats] == pytest.approx([3.71, 5.71, 5.21])
+    assert merged["ranks"][1]["events"][3] == repeats[0]["ranks"][1]["events"][3]
+    longer, moved = run(1.0, 1.0), run(1.0, 1.0)
+    longer["ranks"][1]["events"].append(c(1.0))
+    moved["ranks"][0]["events"][1] = send(1, 999)
+    for other, says in ((trace([c(1.0)]), "rank counts differ"), (longer, "rank 1 has other event counts"),
+                        (moved, "rank 0, event 1 differs")):
+        with pytest.raises(ValueError, match=says):
+            median([repeats[0], other])
+
+
+def test_bench_replay_takes_repeats_of_one_run_and_refuses_others(tmp_path, capsys):
+    import json
+
+    from bench import replay as bench_replay
+
+    paths = []
+    for i, t in enumerate((trace([c(1.0)], [c(3.0)]), trace([c(2.0)], [c(1.0)]), trace([c(1.0), c(1.0)], [c(1.0)]))):
+        paths.append(str(tmp_path / f"t{i}.json"))
+        (tmp_path / f"t{i}.json").write_text(json.dumps(t))
+    assert bench_replay.main([paths[0], paths[1], "--network", "ideal", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["wall_s"] == pytest.approx(2.0) and out["meta"]["median_of"] == 2
+    with pytest.raises(SystemExit, match="bench.replay: the traces are not repeats of one run"):
+        bench_replay.main([paths[0], paths[2]])
