@@ -18,10 +18,11 @@ Per workload (:data:`WORKLOADS`):
    the first iteration's time, and the seconds per objective evaluation after it (the difference,
    so that first touches and start-up do not count as steady-state cost).  Time to target = first
    iteration + the further evaluations to target (from step 1) × seconds per evaluation.
-3. **Real runs at P = 1 and 2**: the same candidates untraced, each right after its traced twin;
-   their loop wall time against the replay of the traced run (``replay / real``: the shortest of
-   each; and the median over the repeats of each traced run against its twin), and the replay
-   against the traced run's own wall time (``replay / traced``).
+3. **Real runs at P = 1 and 2**: the same candidates untraced, each right after its traced twin
+   (``--trace-median K``: K twins, their median wall time); their loop wall time against the
+   replay of the traced run (``replay / real``: the shortest of each; and the median over the
+   repeats of each traced run against its twin), and the replay against the traced run's own wall
+   time (``replay / traced``).
 4. **The planner** (``gpubraid plan --ranks P --json``, P = 1, 2, 8; asked first, and its first
    candidate measured with the others when it is none of them) against the fastest measured
    (``auto / best``).
@@ -126,30 +127,35 @@ def time_phase(base: list, P: int, cands: list, probe_its: int, net, tmp: str, r
     """Every candidate of ``cands`` (:func:`measured`) on P ranks, replayed: the first iteration
     (startup: first touches, the optimiser's first line search) and the seconds per objective
     evaluation after it, as the difference of a 1-iteration and a (1 + ``probe_its``)-iteration
-    traced run.  At P ≤ 2 also the longer run untraced, each repeat right after its traced twin
-    (so that both see the same load): its real loop wall time against the replay (``replay /
-    real``), and the replay against the traced run's own wall time (``replay / traced``: the model
-    alone, without run-to-run noise).
+    traced run.  At P ≤ 2 also the longer run untraced, each right after a traced twin (so that
+    both see the same load): its real loop wall time against the replay (``replay / real``), and the
+    replay against the traced run's own wall time (``replay / traced``: the model alone, without
+    run-to-run noise).
     With ``repeats`` > 1 every run is repeated and the least disturbed (shortest) kept.  With
     ``median`` > 1 every traced run is made that many times and replayed as one trace whose spans
-    are the median of theirs (:func:`gpubraid.runtime.trace.median`)."""
+    are the median of theirs (:func:`gpubraid.runtime.trace.median`), and the untraced twin is
+    made as often, interleaved with them, its wall time the median of theirs: the same statistic
+    on both sides of ``replay / real``."""
     rows = []
     for label, extra, ranks in cands:
-        def traced(k):
-            docs = []
+        long_args = base + extra + ["--iterations", str(1 + probe_its), "--val-every", "0"]
+
+        def traced(k, real=False):
+            """The k-iteration run traced ``median`` times, replayed as one; with ``real``, each
+            traced run followed by its untraced twin, whose median wall time comes back too."""
+            docs, walls = [], []
             for _ in range(median):
                 m = train_cli(ranks, base + extra + ["--iterations", str(k), "--val-every", "0"], tmp, True)
                 docs.append(load(os.path.join(tmp, "t.json")))
-            return replay(docs[0] if median == 1 else trace_median(docs), net, "thread"), _evals(m), m
+                if real:
+                    walls.append(train_cli(ranks, long_args, tmp, False)["wall_s"])
+            r = replay(docs[0] if median == 1 else trace_median(docs), net, "thread")
+            return r, _evals(m), m, (statistics.median(walls) if walls else None)
 
-        long_args = base + extra + ["--iterations", str(1 + probe_its), "--val-every", "0"]
         shorts = [traced(1) for _ in range(repeats)]
-        longs, reals = [], []
-        for _ in range(repeats):
-            longs.append(traced(1 + probe_its))
-            if P <= 2:
-                reals.append(train_cli(ranks, long_args, tmp, False)["wall_s"])
-        (r1, e1, _), (r2, e2, m2) = (min(t, key=lambda x: x[0].wall_s) for t in (shorts, longs))
+        longs = [traced(1 + probe_its, real=P <= 2) for _ in range(repeats)]
+        reals = [t[3] for t in longs if t[3] is not None]
+        (r1, e1, _, _), (r2, e2, m2, _) = (min(t, key=lambda x: x[0].wall_s) for t in (shorts, longs))
         per_eval = max(r2.wall_s - r1.wall_s, 0.0) / max(e2 - e1, 1)
         row = {"P": P, "label": label, "method": extra[1], "args": extra, "first_iteration_s": r1.wall_s,
                "first_iteration_evals": e1, "s_per_eval": per_eval, "probe_evals": e2,

@@ -161,3 +161,16 @@ def test_evaluation_parts_quick(tmp_path):
         assert {"forward sweep", "backward sweep", "head", "opening", "new arrays", "rest", "evaluation"} <= set(ms)
         assert ms["forward sweep"] > 0 and ms["backward sweep"] > 0
         assert ms["evaluation"] >= ms["forward sweep"] + ms["backward sweep"]
+
+
+def test_strategies_quick(tmp_path):
+    doc = _run("strategies", tmp_path, "--trace-median", "2", "--no-model")
+    assert doc["config"]["trace_median"] == 2
+    w = doc["results"][0]
+    labels = {(r["P"], r["label"]) for r in w["timing"]}
+    assert {(1, "serial"), (2, "data 2"), (2, "1x2 pipeline M=4")} <= labels
+    for r in w["timing"]:  # every P ≤ 2 candidate replayed and run for real, two twins each
+        assert r["replay_s"] > 0 and r["s_per_eval"] >= 0
+        assert r["real_wall_s"] > 0 and len(r["real_walls_s"]) == 1
+        assert r["replay_over_real"] == pytest.approx(r["replay_s"] / r["real_wall_s"])
+    assert w["best"]["1"]["label"] and set(w["plans"]) == {"1", "2"}
