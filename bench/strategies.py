@@ -11,13 +11,14 @@ Per workload (:data:`WORKLOADS`):
    serial's trajectory (the same gradient to round-off, tested), so they share its count; oneshot's
    results are identical on every rank count (tested), so its one-process count holds at every P.
 2. **Seconds on P ranks** (replay).  Every candidate (D data groups × L layer ranks, method,
-   micro-batches M; :func:`candidates`) trains 1 and 1 + ``probe_iterations`` iterations traced
-   (``--trace``; P > 2 oversubscribes this machine's cores; ``--trace-median K``: each traced K
+   micro-batches M; :func:`candidates`) trains 1 + ``probe_iterations`` iterations traced
+   (``--trace``; P > 2 oversubscribes this machine's cores; ``--trace-median K``: traced K
    times, each span the median of the K) and :mod:`gpubraid.runtime.replay`
-   predicts their wall time with one core per rank and the measured network (``bench.pingpong``):
-   the first iteration's time, and the seconds per objective evaluation after it (the difference,
-   so that first touches and start-up do not count as steady-state cost).  Time to target = first
-   iteration + the further evaluations to target (from step 1) × seconds per evaluation.
+   predicts its wall time with one core per rank and the measured network (``bench.pingpong``),
+   and when the ranks pass each iteration's end (the trace's marks): the first iteration's time,
+   and the seconds per objective evaluation after it (so that first touches and start-up do not
+   count as steady-state cost).  Time to target = first iteration + the further evaluations to
+   target (from step 1) × seconds per evaluation.
 3. **Real runs at P = 1 and 2**: the same candidates untraced, each right after its traced twin
    (``--trace-median K``: K twins, their median wall time); their loop wall time against the
    replay of the traced run (``replay / real``: the shortest of each; and the median over the
@@ -124,40 +125,45 @@ def _evals(metrics: dict) -> int:
 
 def time_phase(base: list, P: int, cands: list, probe_its: int, net, tmp: str, repeats: int = 1,
                median: int = 1) -> list:
-    """Every candidate of ``cands`` (:func:`measured`) on P ranks, replayed: the first iteration
-    (startup: first touches, the optimiser's first line search) and the seconds per objective
-    evaluation after it, as the difference of a 1-iteration and a (1 + ``probe_its``)-iteration
-    traced run.  At P ≤ 2 also the longer run untraced, each right after a traced twin (so that
-    both see the same load): its real loop wall time against the replay (``replay / real``), and the
-    replay against the traced run's own wall time (``replay / traced``: the model alone, without
-    run-to-run noise).
-    With ``repeats`` > 1 every run is repeated and the least disturbed (shortest) kept.  With
-    ``median`` > 1 every traced run is made that many times and replayed as one trace whose spans
-    are the median of theirs (:func:`gpubraid.runtime.trace.median`), and the untraced twin is
-    made as often, interleaved with them, its wall time the median of theirs: the same statistic
-    on both sides of ``replay / real``."""
+    """Every candidate of ``cands`` (:func:`measured`) on P ranks, replayed: a (1 + ``probe_its``)-
+    iteration run traced, its first iteration (startup: first touches, the optimiser's first line
+    search) and the seconds per objective evaluation after it, both from the replay's iteration
+    marks (one run: a disturbance of the first iteration cannot leak into the steady state, as it
+    did when they came from the difference of two runs).  At P ≤ 2 also the run untraced, each
+    right after a traced twin (so that both see the same load): its real loop wall time against
+    the replay (``replay / real``), and the replay against the traced run's own wall time
+    (``replay / traced``: the model alone, without run-to-run noise).
+    With ``repeats`` > 1 every run is repeated and the least disturbed (shortest replay, shortest
+    real run) kept.  With ``median`` > 1 every traced run is made that many times and replayed as
+    one trace whose spans are the median of theirs (:func:`gpubraid.runtime.trace.median`), and
+    the untraced twin is made as often, interleaved with them, its wall time the median of theirs:
+    the same statistic on both sides of ``replay / real``."""
     rows = []
     for label, extra, ranks in cands:
-        long_args = base + extra + ["--iterations", str(1 + probe_its), "--val-every", "0"]
+        args = base + extra + ["--iterations", str(1 + probe_its), "--val-every", "0"]
 
-        def traced(k, real=False):
-            """The k-iteration run traced ``median`` times, replayed as one; with ``real``, each
-            traced run followed by its untraced twin, whose median wall time comes back too."""
+        def traced():
+            """The run traced ``median`` times, replayed as one; at P ≤ 2 each traced run followed
+            by its untraced twin, whose median wall time comes back too."""
             docs, walls = [], []
             for _ in range(median):
-                m = train_cli(ranks, base + extra + ["--iterations", str(k), "--val-every", "0"], tmp, True)
+                m = train_cli(ranks, args, tmp, True)
                 docs.append(load(os.path.join(tmp, "t.json")))
-                if real:
-                    walls.append(train_cli(ranks, long_args, tmp, False)["wall_s"])
+                if P <= 2:
+                    walls.append(train_cli(ranks, args, tmp, False)["wall_s"])
             r = replay(docs[0] if median == 1 else trace_median(docs), net, "thread")
-            return r, _evals(m), m, (statistics.median(walls) if walls else None)
+            return r, m, (statistics.median(walls) if walls else None)
 
-        shorts = [traced(1) for _ in range(repeats)]
-        longs = [traced(1 + probe_its, real=P <= 2) for _ in range(repeats)]
-        reals = [t[3] for t in longs if t[3] is not None]
-        (r1, e1, _, _), (r2, e2, m2, _) = (min(t, key=lambda x: x[0].wall_s) for t in (shorts, longs))
-        per_eval = max(r2.wall_s - r1.wall_s, 0.0) / max(e2 - e1, 1)
-        row = {"P": P, "label": label, "method": extra[1], "args": extra, "first_iteration_s": r1.wall_s,
+        longs = [traced() for _ in range(repeats)]
+        reals = [t[2] for t in longs if t[2] is not None]
+        r2, m2, _ = min(longs, key=lambda x: x[0].wall_s)
+        steady = r2.after_first()
+        if steady is None:
+            raise SystemExit(f"bench.strategies: {label} on {P} ranks stopped before its second iteration")
+        first, per_iteration, marks = steady
+        e1, e2 = m2["history"][0].get("n_evals") or 1, _evals(m2)
+        per_eval = per_iteration * (marks - 1) / max(e2 - e1, 1)
+        row = {"P": P, "label": label, "method": extra[1], "args": extra, "first_iteration_s": first,
                "first_iteration_evals": e1, "s_per_eval": per_eval, "probe_evals": e2,
                "replay_s": r2.wall_s, "traced_wall_s": r2.traced_wall_s,
                "replay_over_traced": r2.wall_s / r2.traced_wall_s, "replays_s": [t[0].wall_s for t in longs],
@@ -168,7 +174,7 @@ def time_phase(base: list, P: int, cands: list, probe_its: int, net, tmp: str, r
             row.update(real_wall_s=real, real_walls_s=reals, replay_over_real=r2.wall_s / real,
                        replay_over_real_pairs=pairs, replay_over_real_median=statistics.median(pairs))
         rows.append(row)
-        print(f"  P={P} {label:26s} first it {r1.wall_s:.3f} s, {per_eval:.4f} s/eval"
+        print(f"  P={P} {label:26s} first it {first:.3f} s, {per_eval:.4f} s/eval"
               + (f"; {1 + probe_its} its replay {r2.wall_s:.3f} s, real {row['real_wall_s']:.3f} s "
                  f"({row['replay_over_real']:.2f}; pairs {row['replay_over_real_median']:.2f}; "
                  f"traced {row['replay_over_traced']:.2f})" if P <= 2 else "")

@@ -13,7 +13,9 @@ barrier), and advances it event by event:
 * wait for sends: eager sends are complete; a rendezvous send completes when its message arrived;
 * collective over P ranks: every member leaves at (last arrival) + cost + o, with cost
   ⌈log2 P⌉·(α + n/β) for allreduce and bcast, ⌈log2 P⌉·α + (P − 1)·n/β for allgather and gather,
-  ⌈log2 P⌉·α for a barrier (n: bytes per rank).
+  ⌈log2 P⌉·α for a barrier (n: bytes per rank);
+* mark (e.g. the end of a training iteration): no time; the k-th mark of a label is passed when
+  every rank that makes it has reached it (:attr:`Result.marks`).
 
 α, β, o and the eager limit are a :class:`NetworkModel`.  The predicted wall time is the latest
 rank's end; every rank's time splits into compute (busy), comm (call costs) and wait (blocked), and
@@ -129,6 +131,16 @@ class Result:
     clock: str
     traced_wall_s: float
     meta: dict
+    marks: dict = field(default_factory=dict)  #: label -> replayed time (s) of its 1st, 2nd, ... mark
+
+    def after_first(self, label: str = "iteration") -> tuple[float, float, int] | None:
+        """(time of the first ``label`` mark, mean time from one mark to the next after it, marks)
+        — for training iterations: the first iteration (start-up included) and the steady state —
+        or None without two such marks."""
+        t = self.marks.get(label, [])
+        if len(t) < 2:
+            return None
+        return t[0], (t[-1] - t[0]) / (len(t) - 1), len(t)
 
     def as_dict(self) -> dict:
         out = asdict(self)
@@ -143,6 +155,9 @@ class Result:
                  f"predicted wall {self.wall_s:.4f} s (traced run: {self.traced_wall_s:.4f} s)",
                  f"  critical path: compute {c.compute_s:.4f} s, communication {c.comm_s:.4f} s, "
                  f"{c.hops} rank changes"]
+        steady = self.after_first()
+        if steady is not None:
+            lines.append(f"  {steady[2]} iterations: the first ends at {steady[0]:.4f} s, then {steady[1]:.4f} s each")
         for r in self.ranks:
             lines.append(f"  rank {r.rank:3d}: compute {r.compute_s:.4f} s  comm {r.comm_s:.4f} s  "
                          f"wait {r.wait_s:.4f} s  end {r.end_s:.4f} s")
@@ -223,7 +238,9 @@ class _Sim:
         i, t, net = self.pos[r], self.t[r], self.net
         ev, acc = self.events[r][i], self.times[r]
         ready, dep = t, (r, i - 1)
-        if ev[0] == "c":
+        if ev[0] == "m":
+            busy = 0.0
+        elif ev[0] == "c":
             busy = ev[2 if self.wall else 1] * 1e-9
         elif ev[0] == "s":
             busy = ev[7 if self.wall else 6] * 1e-9
@@ -260,7 +277,9 @@ class _Sim:
                 ready = last + net.collective(ev[1], max(self.events[q][j][3] for q, j in members), len(members))
                 dep = (q, j - 1)
             acc.wait_s += ready - t
-        if ev[0] == "c":
+        if ev[0] == "m":
+            pass
+        elif ev[0] == "c":
             acc.compute_s += busy
         else:
             acc.comm_s += busy
@@ -286,6 +305,21 @@ class _Sim:
                              f"{self.events[r][self.pos[r]][:2]}")
         for r, acc in enumerate(self.times):
             acc.end_s = self.t[r]
+
+    def marks(self) -> dict:
+        """label -> the time each of its marks is passed: the k-th when the last of the ranks that
+        make a k-th reaches it."""
+        out = {}
+        for r, evs in enumerate(self.events):
+            seen = {}
+            for i, ev in enumerate(evs):
+                if ev[0] == "m":
+                    k = seen[ev[1]] = seen.get(ev[1], -1) + 1
+                    times = out.setdefault(ev[1], [])
+                    if k == len(times):
+                        times.append(0.0)
+                    times[k] = max(times[k], self.end[r][i])
+        return out
 
     def critical_path(self) -> CriticalPath:
         """Walk back from the last event of the rank that ends last along each event's dependency."""
@@ -318,6 +352,7 @@ def replay(trace: dict, network: NetworkModel = PRESETS["ib"], clock: str | None
         raise ValueError(f"clock must be 'thread' or 'wall'; got {clock!r}")
     sim = _Sim(trace, network, clock)
     sim.run()
-    traced = max((sum(ev[_WALL_FIELD[ev[0]]] for ev in evs) * 1e-9 for evs in sim.events), default=0.0)
+    traced = max((sum(ev[_WALL_FIELD[ev[0]]] for ev in evs if ev[0] != "m") * 1e-9 for evs in sim.events),
+                 default=0.0)
     return Result(max(sim.t, default=0.0), sim.times, sim.critical_path(), network, clock, traced,
-                  trace.get("meta", {}))
+                  trace.get("meta", {}), sim.marks())

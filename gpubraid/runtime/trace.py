@@ -15,6 +15,8 @@ given by its world ranks, so sub-communicators match across ranks):
     ["r", g, source, tag, nbytes, seq, wall]      blocking receive from world rank ``source``
     ["w", [i, ...], wall]                         wait for the sends that are events i of this rank
     ["k", kind, g, nbytes, seq, wall]             collective over communicator g (nbytes: this rank's part)
+    ["m", label]                                  a mark in the program (e.g. the end of a training
+                                                  iteration): splits the span, costs nothing
 
 ``seq`` numbers the messages of one (communicator, source, dest, tag) in order (MPI delivers them
 in that order), and the collectives of one communicator; the replay matches events by them.
@@ -44,7 +46,9 @@ from collections import defaultdict
 from .atomic import write_atomic
 
 FORMAT = "gpubraid-trace"
-VERSION = 1
+VERSION = 2
+#: Versions :func:`load` reads (version 1 has no marks).
+READS = (1, 2)
 
 #: The tracer of this process while tracing, else None (read by :mod:`gpubraid.runtime.comm`).
 ACTIVE: "Tracer | None" = None
@@ -143,6 +147,15 @@ class Tracer:
         self._cpu, self._wall = time.thread_time_ns(), time.perf_counter_ns()
         return len(self.events) - 1
 
+    def mark(self, label: str) -> None:
+        """End the current compute span at a point of the program named ``label`` and start the next
+        (the gate is kept: no communication happens here)."""
+        if self.sync is not None:
+            self.sync()
+        cpu, wall = time.thread_time_ns(), time.perf_counter_ns()
+        self.events += [["c", cpu - self._cpu, wall - self._wall], ["m", str(label)]]
+        self._cpu, self._wall = cpu, wall
+
     def leave_gate(self) -> None:
         """Give up the gate for good (the tracer records nothing more)."""
         if self.gate is not None:
@@ -207,6 +220,13 @@ def start(world_comm, sync=None) -> Tracer:
     if gate is not None:
         gate.acquire()
     return ACTIVE
+
+
+def mark(label: str) -> None:
+    """A mark named ``label`` in this rank's trace while tracing (every rank should make the same
+    marks, e.g. one per training iteration: the replay reports when all ranks passed each)."""
+    if ACTIVE is not None:
+        ACTIVE.mark(label)
 
 
 def stop() -> None:
@@ -278,6 +298,7 @@ def load(path: str) -> dict:
             doc = None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise ValueError(f"{path!r} is not a gpubraid trace")
-    if doc.get("version") != VERSION:
-        raise ValueError(f"{path!r}: trace version {doc.get('version')!r}; this gpubraid reads version {VERSION}")
+    if doc.get("version") not in READS:
+        raise ValueError(f"{path!r}: trace version {doc.get('version')!r}; this gpubraid reads versions "
+                         f"{', '.join(map(str, READS))}")
     return doc

@@ -71,6 +71,12 @@ EXPENSIVE_S = 0.1
 SWEEP_LAYERS = 16
 
 
+#: Timed repeats of each layer-serial sweep (the shortest kept) unless the network is expensive:
+#: the sweeps decide between micro-batch counts whose costs differ by a few per cent, where the
+#: shorter of two timings on a shared machine picked a count 1.3x slower than another.
+SWEEP_REPEATS = 5
+
+
 @dataclass
 class Probe:
     """What a run's network costs here (seconds) and what its solvers do; see the module docstring.
@@ -197,11 +203,12 @@ def run_probe(trainer, oneshot, exact, repeats: int = 2) -> Probe:
         backward_sweep(model.step, U, Lam, block, h[:k], G, kept)
         return t1 - t0, clock.now() - t1
 
-    timed = {}
+    timed, reps = {}, max(repeats, SWEEP_REPEATS)
     for m in sorted(sizes, reverse=True):
-        timed[m] = [sweeps(m, n) for _ in range(repeats + 1)][1:]
+        timed[m] = [sweeps(m, n) for _ in range(2)][1:]  # after a warm-up
         if m == B and N / n * sum(timed[m][0]) > EXPENSIVE_S:  # an expensive network: time everything once
-            repeats = 1
+            repeats = reps = 1
+        timed[m] += [sweeps(m, n) for _ in range(reps - 1)]
     # the fit from the two smallest sizes (micro-batches whose states stay in the caches); the
     # larger sweeps give the footprint's ratios
     fitted = sizes[:2]
@@ -212,7 +219,7 @@ def run_probe(trainer, oneshot, exact, repeats: int = 2) -> Probe:
     sweep_call = (0.0, 0.0)
     if n > 1:
         ms = sizes[0]
-        one = [sweeps(ms, 1) for _ in range(repeats + 1)][1:]
+        one = [sweeps(ms, 1) for _ in range(reps + 1)][1:]
         sweep_call = tuple(max((n * min(t[d] for t in one) - min(t[d] for t in timed[ms])) / (n - 1), 0.0)
                            for d in (0, 1))
         sweep_fwd, sweep_bwd = ((max(a - c / n, 0.0), b) for (a, b), c in zip((sweep_fwd, sweep_bwd), sweep_call))
@@ -224,7 +231,7 @@ def run_probe(trainer, oneshot, exact, repeats: int = 2) -> Probe:
     footprint = [(n * fitted[-1], 1.0, 1.0)] + [point(timed[m], n, m) for m in sizes[2:]]
     if N > n:  # the whole network at the full batch, once its memory is faulted in (the first
         # sweep's page faults are a run's once, not every evaluation's)
-        footprint.append(point([sweeps(B, N) for _ in range(repeats + 1)][1:], N, B))
+        footprint.append(point([sweeps(B, N) for _ in range(reps + 1)][1:], N, B))
     footprint = tuple(footprint)
     ratios = tuple(footprint_scale(footprint, N * B, d) for d in (False, True))
 

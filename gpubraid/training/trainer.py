@@ -234,6 +234,7 @@ class Trainer:
                 if val["accuracy"] is not None:
                     entry["val_accuracy"] = val["accuracy"]
             run.history.append(entry)
+            tracing.mark("iteration")  # one per entry of the history (what the replay's marks count)
             run.elapsed = time.perf_counter() - t0
             if progress is not None:
                 progress(entry)

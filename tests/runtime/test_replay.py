@@ -148,6 +148,26 @@ def test_files_that_are_not_network_models_or_traces_are_value_errors(tmp_path):
             load(str(path))
 
 
+def test_marks_are_passed_when_the_last_rank_reaches_them():
+    """Two iterations: rank 0 computes 1 s and sends 1000 B to rank 1 (arrives 1.1 s later), rank 1
+    computes 0.5 s, receives, 1 s more; both mark the iteration, then do it again.  Rank 1's first
+    ends at 2.1 + 1 = 3.1 (rank 0's at 1.0); the second message arrives at 3.1, when rank 1 is
+    still computing (to 3.6): its second ends at 4.6."""
+    def rank0(seq):
+        return [c(1.0), send(1, 1000, seq)]
+
+    def rank1(seq):
+        return [c(0.5), recv(0, 1000, seq), c(1.0)]
+
+    m = ["m", "iteration"]
+    res = replay(trace([*rank0(0), m, *rank0(1), m], [*rank1(0), m, *rank1(1), m]), NET)
+    assert res.marks == {"iteration": pytest.approx([3.1, 4.6])}
+    assert res.wall_s == pytest.approx(4.6) and res.ranks[1].compute_s == pytest.approx(3.0)
+    assert res.after_first() == pytest.approx((3.1, 1.5, 2))
+    assert res.after_first("epoch") is None
+    assert "2 iterations: the first ends at 3.1000 s, then 1.5000 s each" in res.summary()
+
+
 def test_median_of_repeats_takes_each_span_median_and_refuses_other_runs():
     """Three repeats of one 2-rank run; rank 1's middle span was stretched in one repeat, rank 0's
     first in another: the median trace has each span's middle value, so the replay is the
@@ -164,6 +184,16 @@ def test_median_of_repeats_takes_each_span_median_and_refuses_other_runs():
     assert replay(merged, NET).wall_s == pytest.approx(3.71)
     assert [replay(t, NET).wall_s for t in repeats] == pytest.approx([3.71, 5.71, 5.21])
     assert merged["ranks"][1]["events"][3] == repeats[0]["ranks"][1]["events"][3]
+    marked = [run(a, 1.0) for a in (3.0, 1.0, 1.0)]  # the first repeat disturbed
+    for t in marked:
+        for r in t["ranks"]:
+            r["events"].append(["m", "iteration"])
+    assert replay(median(marked), NET).marks == {"iteration": pytest.approx([3.71])}
+    relabelled = run(1.0, 1.0)
+    for r in relabelled["ranks"]:
+        r["events"].append(["m", "epoch"])
+    with pytest.raises(ValueError, match="rank 0, event 4 differs"):
+        median([marked[0], relabelled])
     longer, moved = run(1.0, 1.0), run(1.0, 1.0)
     longer["ranks"][1]["events"].append(c(1.0))
     moved["ranks"][0]["events"][1] = send(1, 999)

@@ -22,11 +22,18 @@ def test_one_process_records_compute_only_and_replays_to_its_cpu_time(tmp_path):
     doc = trace.load(str(path))
     assert trace.ACTIVE is None
     (rank,) = doc["ranks"]
-    assert {e[0] for e in rank["events"]} == {"c"} and doc["clock"] == "thread"
+    assert {e[0] for e in rank["events"]} == {"c", "m"} and doc["clock"] == "thread"
+    assert [e for e in rank["events"] if e[0] == "m"] == [["m", "iteration"]] * 3  # one per iteration
     assert doc["meta"]["steps"] == 3 and doc["meta"]["config"]["trace"] == str(path)
     res = replay(doc, PRESETS["ib"])
-    assert res.wall_s == pytest.approx(sum(e[1] for e in rank["events"]) * 1e-9)
+    spans = [e[1] * 1e-9 for e in rank["events"] if e[0] == "c"]
+    assert res.wall_s == pytest.approx(sum(spans))
     assert 0 < res.wall_s <= res.traced_wall_s * 1.05 + 0.01
+    ends = [i for i, e in enumerate(rank["events"]) if e[0] == "m"]  # each mark: the spans before it
+    assert res.marks["iteration"] == pytest.approx([sum(spans[:i - k]) for k, i in enumerate(ends)])
+    first, per_iteration, marks = res.after_first()
+    assert (first, marks) == (res.marks["iteration"][0], 3)
+    assert per_iteration == pytest.approx((res.marks["iteration"][2] - first) / 2)
 
 
 def test_tracer_numbers_messages_and_waits_on_its_sends():
@@ -43,9 +50,11 @@ def test_tracer_numbers_messages_and_waits_on_its_sends():
     t.wait([i])
     t.begin()
     t.collective("allreduce", None, 8)
+    t.mark("step")
     rec = t.close()
     kinds = [e[0] for e in rec["events"]]
-    assert kinds == ["c", "s", "c", "s", "c", "r", "c", "w", "c", "k", "c"]
+    assert kinds == ["c", "s", "c", "s", "c", "r", "c", "w", "c", "k", "c", "m", "c"]
+    assert rec["events"][11] == ["m", "step"]
     s0, s1 = rec["events"][1], rec["events"][3]
     assert (s0[2], s0[3], s0[4], s0[5], s1[5]) == (0, 9, 16, 0, 1)
     assert rec["events"][7][1] == [1] and rec["groups"] == [[0]]
