@@ -209,20 +209,20 @@ def run_probe(trainer, oneshot, exact, repeats: int = 2) -> Probe:
         if m == B and N / n * sum(timed[m][0]) > EXPENSIVE_S:  # an expensive network: time everything once
             repeats = reps = 1
         timed[m] += [sweeps(m, n) for _ in range(reps - 1)]
-    # the fit from the two smallest sizes (micro-batches whose states stay in the caches); the
-    # larger sweeps give the footprint's ratios
-    fitted = sizes[:2]
-    sweep_fwd = _fit(fitted, [min(t[0] for t in timed[m]) / n for m in fitted])
-    sweep_bwd = _fit(fitted, [min(t[1] for t in timed[m]) / n for m in fitted])
     # a call's own cost (a block sweep is one call for all its layers): from one layer against n at
-    # the smallest size, taken out of the per-layer constants
+    # the smallest size, at most half of the n-layer sweeps (where the layers' work is lost in the
+    # noise of the calls, a layer would otherwise cost nothing); then the per-layer fit a + b·m from
+    # the two smallest sizes (micro-batches whose states stay in the caches), the call taken out;
+    # the larger sweeps give the footprint's ratios
+    fitted = sizes[:2]
+    best = {m: [min(t[d] for t in timed[m]) for d in (0, 1)] for m in timed}
     sweep_call = (0.0, 0.0)
     if n > 1:
-        ms = sizes[0]
-        one = [sweeps(ms, 1) for _ in range(reps + 1)][1:]
-        sweep_call = tuple(max((n * min(t[d] for t in one) - min(t[d] for t in timed[ms])) / (n - 1), 0.0)
-                           for d in (0, 1))
-        sweep_fwd, sweep_bwd = ((max(a - c / n, 0.0), b) for (a, b), c in zip((sweep_fwd, sweep_bwd), sweep_call))
+        one = [sweeps(sizes[0], 1) for _ in range(reps + 1)][1:]
+        sweep_call = tuple(min(max((n * min(t[d] for t in one) - best[sizes[0]][d]) / (n - 1), 0.0),
+                               min(best[m][d] for m in fitted) / 2) for d in (0, 1))
+    sweep_fwd, sweep_bwd = (_fit(fitted, [(best[m][d] - sweep_call[d]) / n for m in fitted]) for d in (0, 1))
+
     def point(runs, k, m):
         """(cells, forward ratio, backward ratio) of ``runs``: sweeps of k layers and m samples."""
         return (k * m, *(max(((min(t[d] for t in runs) - sweep_call[d]) / k - fit[0]) / m / fit[1], 1.0)

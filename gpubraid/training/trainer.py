@@ -27,6 +27,7 @@ from ..runtime.allocator import keep_freed_memory
 from ..runtime.atomic import WriteError
 from ..runtime.backend import resolve_backend
 from ..runtime.comm import Comm
+from ..runtime.interrupts import Interrupted
 from ..runtime.resources import check_memory
 from . import depth
 from .config import TrainConfig
@@ -194,7 +195,6 @@ class Trainer:
         tracer = tracing.start(self.world, self.be.synchronize if self.be.is_gpu else None) if cfg.trace else None
         t0 = time.perf_counter() - run.elapsed
         loop_start = time.perf_counter()
-        from ..runtime.interrupts import Interrupted
 
         for it in range(len(run.history), cfg.iterations):
             try:
