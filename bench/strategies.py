@@ -157,12 +157,12 @@ def time_phase(base: list, P: int, cands: list, probe_its: int, net, tmp: str, r
         longs = [traced() for _ in range(repeats)]
         reals = [t[2] for t in longs if t[2] is not None]
         r2, m2, _ = min(longs, key=lambda x: x[0].wall_s)
-        steady = r2.after_first()
-        if steady is None:
+        ends = r2.marks.get("iteration", [])  # when every rank finished each iteration
+        if len(ends) < 2:
             raise SystemExit(f"bench.strategies: {label} on {P} ranks stopped before its second iteration")
-        first, per_iteration, marks = steady
+        first = ends[0]
         e1, e2 = m2["history"][0].get("n_evals") or 1, _evals(m2)
-        per_eval = per_iteration * (marks - 1) / max(e2 - e1, 1)
+        per_eval = (ends[-1] - first) / max(e2 - e1, 1)
         row = {"P": P, "label": label, "method": extra[1], "args": extra, "first_iteration_s": first,
                "first_iteration_evals": e1, "s_per_eval": per_eval, "probe_evals": e2,
                "replay_s": r2.wall_s, "traced_wall_s": r2.traced_wall_s,

@@ -277,9 +277,7 @@ class _Sim:
                 ready = last + net.collective(ev[1], max(self.events[q][j][3] for q, j in members), len(members))
                 dep = (q, j - 1)
             acc.wait_s += ready - t
-        if ev[0] == "m":
-            pass
-        elif ev[0] == "c":
+        if ev[0] == "c":
             acc.compute_s += busy
         else:
             acc.comm_s += busy

@@ -128,13 +128,19 @@ class Tracer:
         self._wall = time.perf_counter_ns()
 
     # -- the hooks of comm.py ---------------------------------------------------------------------
-    def begin(self) -> int:
-        """End the current compute span (a communication call starts); returns the call's start (wall)."""
+    def _close_span(self) -> int:
+        """Append the current compute span (the device synchronised first) and start the next;
+        returns the wall clock at the cut."""
         if self.sync is not None:
             self.sync()
         cpu, wall = time.thread_time_ns(), time.perf_counter_ns()
         self.events.append(["c", cpu - self._cpu, wall - self._wall])
         self._cpu, self._wall = cpu, wall
+        return wall
+
+    def begin(self) -> int:
+        """End the current compute span (a communication call starts); returns the call's start (wall)."""
+        wall = self._close_span()
         if self.gate is not None:
             self.gate.release()
         return wall
@@ -150,11 +156,8 @@ class Tracer:
     def mark(self, label: str) -> None:
         """End the current compute span at a point of the program named ``label`` and start the next
         (the gate is kept: no communication happens here)."""
-        if self.sync is not None:
-            self.sync()
-        cpu, wall = time.thread_time_ns(), time.perf_counter_ns()
-        self.events += [["c", cpu - self._cpu, wall - self._wall], ["m", str(label)]]
-        self._cpu, self._wall = cpu, wall
+        self._close_span()
+        self.events.append(["m", str(label)])
 
     def leave_gate(self) -> None:
         """Give up the gate for good (the tracer records nothing more)."""

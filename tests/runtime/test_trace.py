@@ -16,7 +16,7 @@ RUN = ["peaks", "--n-train", "200", "--n-val", "50", "--layers", "8", "--iterati
        "--no-progress"]
 
 
-def test_one_process_records_compute_only_and_replays_to_its_cpu_time(tmp_path):
+def test_one_process_records_compute_spans_and_iteration_marks_and_replays_to_its_cpu_time(tmp_path):
     path = tmp_path / "t.json"
     assert cli.main(["train", *RUN, "--trace", str(path)]) == 0
     doc = trace.load(str(path))
