@@ -3,13 +3,15 @@
     mpiexec -n 2 python -m bench.pingpong [--out DIR]
 
 Measures, through the calls gpubraid's messages take (``Comm.isend`` / ``recv_into`` / ``waitall``):
-the one-way time of messages of 8 B .. 8 MiB (half the median round trip; buffers out of cache, as
-a training run's are); the cost of an 8-byte send call and the cost o of a receive whose message
-had already arrived; latency α = one-way time of 8 B minus those two (a trace records the send
-call, the replay adds o); bandwidth β (least-squares slope over the sizes from 32 KiB); the time
-of a one-float allreduce; and the eager limit (the largest message whose send completes before its
-receive is posted) and whether larger messages move while their sender computes (asynchronous
-progress).  Writes ``pingpong.json``; its ``"network"`` entry is a
+the one-way time of messages of 8 B .. 32 MiB (half the median round trip; buffers out of cache, as
+a training run's are) and the cost of their send calls; the cost of an 8-byte send call and the
+cost o of a receive whose message had already arrived; latency α = one-way time of 8 B minus those
+two (a trace records the send call, the replay adds o); bandwidth β (least-squares slope over the
+sizes from 32 KiB); the transfer table, each size's one-way time less its send call and o (not
+decreasing with size: MPICH over shared memory changes protocol with the size, and a large
+message's send call does part of the copy); the time of a one-float allreduce; and the eager
+limit (the largest message whose send completes before its receive is posted) and whether larger
+messages move while their sender computes (asynchronous progress).  Writes ``pingpong.json``; its ``"network"`` entry is a
 :class:`gpubraid.runtime.replay.NetworkModel` (``python -m bench.replay --network FILE``).
 """
 from __future__ import annotations
@@ -32,24 +34,26 @@ TAG = 7   # a tag of this benchmark's own communicator (a Dup of COMM_WORLD), no
 POOL_BYTES = 64 << 20
 
 
-def round_trips(comm: Comm, nbytes: int, repeats: int) -> list[float]:
-    """Seconds of ``repeats`` round trips of an ``nbytes`` message (rank 0 measures), each from the
-    next buffer of a pool of :data:`POOL_BYTES`."""
+def round_trips(comm: Comm, nbytes: int, repeats: int) -> tuple[list[float], list[float]]:
+    """Seconds of ``repeats`` round trips of an ``nbytes`` message, each from the next buffer of a
+    pool of :data:`POOL_BYTES`, and of rank 0's send calls in them (rank 0 measures)."""
     n = max(nbytes, 1)
     pool = [np.zeros(n, np.uint8) for _ in range(max(1, min(repeats, POOL_BYTES // n)))]
-    samples = []
+    samples, calls = [], []
     for i in range(repeats):
         a = pool[i % len(pool)]
         comm.barrier()
         t0 = time.perf_counter()
         if comm.rank == 0:
-            Comm.waitall([comm.isend(a, 1, TAG)])
+            pending = comm.isend(a, 1, TAG)
+            calls.append(time.perf_counter() - t0)
+            Comm.waitall([pending])
             comm.recv_into(a, 1, TAG)
         else:
             comm.recv_into(a, 0, TAG)
             Comm.waitall([comm.isend(a, 0, TAG)])
         samples.append(time.perf_counter() - t0)
-    return samples
+    return samples, calls
 
 
 def call_costs(comm: Comm, repeats: int) -> tuple[float, float]:
@@ -122,11 +126,13 @@ def main(argv=None) -> int:
         return 2
     comm = Comm(world.comm.Dup(), world.cuda_aware)
     repeats = 20 if args.quick else args.repeats
-    sizes = [8 << (2 * k) for k in range(11)]            # 8 B .. 8 MiB
-    one_way = {}
+    sizes = [8 << (2 * k) for k in range(12)]            # 8 B .. 32 MiB
+    one_way, send_calls = {}, {}
     for n in sizes:
         round_trips(comm, n, 5)
-        one_way[n] = statistics.median(round_trips(comm, n, max(5, repeats >> (n >> 20).bit_length()))) / 2
+        trips, calls = round_trips(comm, n, max(15, repeats >> (n >> 20).bit_length()))
+        one_way[n] = statistics.median(trips) / 2
+        send_calls[n] = statistics.median(calls) if calls else 0.0
     send_s, recv_s = call_costs(comm, repeats)
     allreduce = []
     for _ in range(repeats):
@@ -144,10 +150,16 @@ def main(argv=None) -> int:
     bandwidth = 1.0 / float(np.polyfit(fit, [one_way[n] for n in fit], 1)[0])
     # a traced run records the send call's cost; the receive costs o: the rest of the one-way time is α
     latency = max(one_way[8] - send_s - recv_s, 0.0)
+    table, floor = [], latency
+    for n in sizes:
+        floor = max(floor, one_way[n] - send_calls[n] - recv_s)
+        table.append([n, floor])
     network = {"name": "measured (mpiexec -n 2, this machine)", "latency_s": latency,
-               "bandwidth_Bps": bandwidth, "overhead_s": recv_s, "eager_limit": limit, "async_progress": progress}
-    results = {"one_way_s": {str(n): t for n, t in one_way.items()}, "send_call_s": send_s, "arrived_receive_s": recv_s,
-               "allreduce_float_s": statistics.median(allreduce), "network": network}
+               "bandwidth_Bps": bandwidth, "overhead_s": recv_s, "eager_limit": limit, "async_progress": progress,
+               "transfer_table": table}
+    results = {"one_way_s": {str(n): t for n, t in one_way.items()},
+               "send_call_by_size_s": {str(n): t for n, t in send_calls.items()}, "send_call_s": send_s,
+               "arrived_receive_s": recv_s, "allreduce_float_s": statistics.median(allreduce), "network": network}
     path = result_path("pingpong", args.out)
     write_json(path, document("pingpong", {"repeats": repeats, "sizes": sizes}, results, network=network))
     print(f"one-way {one_way[8] * 1e6:.1f} us = send call {send_s * 1e6:.1f} us + latency {latency * 1e6:.1f} us "

@@ -6,18 +6,19 @@ barrier), and advances it event by event:
 
 * compute span: its recorded length (thread CPU time, or wall time for GPU traces);
 * send: the call's own recorded cost; the message departs when the call returns;
-* receive: completes at max(posted, departed + α + n/β) + o (eager, n ≤ ``eager_limit``); a larger
-  message starts moving only once both sides are there: max(posted, departed) + α + n/β + o; and
+* receive: completes at max(posted, departed + x(n)) + o (eager, n ≤ ``eager_limit``), x(n) the
+  transfer time of n bytes (α + n/β, or interpolated in a measured table); a larger message starts
+  moving only once both sides are there: max(posted, departed) + x(n) + o; and
   without asynchronous progress (``async_progress`` False, e.g. MPICH over shared memory) only
   once the sender is inside an MPI call again at or after the receive was posted;
 * wait for sends: eager sends are complete; a rendezvous send completes when its message arrived;
 * collective over P ranks: every member leaves at (last arrival) + cost + o, with cost
-  ⌈log2 P⌉·(α + n/β) for allreduce and bcast, ⌈log2 P⌉·α + (P − 1)·n/β for allgather and gather,
+  ⌈log2 P⌉·x(n) for allreduce and bcast, ⌈log2 P⌉·α + (P − 1)·n/β for allgather and gather,
   ⌈log2 P⌉·α for a barrier (n: bytes per rank);
 * mark (e.g. the end of a training iteration): no time; the k-th mark of a label is passed when
   every rank that makes it has reached it (:attr:`Result.marks`).
 
-α, β, o and the eager limit are a :class:`NetworkModel`.  The predicted wall time is the latest
+α, β (or the table), o and the eager limit are a :class:`NetworkModel`.  The predicted wall time is the latest
 rank's end; every rank's time splits into compute (busy), comm (call costs) and wait (blocked), and
 the critical path (the chain of events that determines the end, across ranks) into compute and
 communication.
@@ -37,7 +38,10 @@ class NetworkModel:
     overhead_s: o, time a receive, wait or collective call keeps its rank busy (s);
     eager_limit: messages of more bytes wait for their receive to be posted (rendezvous);
     async_progress: whether such a message moves while its sender computes (RDMA) or only while
-    the sender is inside an MPI call.
+    the sender is inside an MPI call;
+    transfer_table: ((nbytes, seconds), ...) measured times from departure to arrival, sizes
+    ascending (``bench.pingpong``), used instead of α + n/β: one protocol's line does not fit all
+    sizes (MPICH over shared memory moves 20 MB at about twice its rate at 2 MiB).
     """
 
     name: str
@@ -46,6 +50,7 @@ class NetworkModel:
     overhead_s: float = 0.0
     eager_limit: int = 1 << 62
     async_progress: bool = True
+    transfer_table: tuple = ()
 
     def __post_init__(self):
         for name, low in (("latency_s", 0.0), ("overhead_s", 0.0)):
@@ -57,10 +62,29 @@ class NetworkModel:
             raise ValueError(f"bandwidth_Bps must be a number > 0 (inf: free); got {b!r}")
         if not isinstance(self.eager_limit, int) or self.eager_limit < 0:
             raise ValueError(f"eager_limit must be an integer >= 0; got {self.eager_limit!r}")
+        try:
+            table = tuple((p[0], p[1]) for p in self.transfer_table if len(p) == 2)
+            ok = len(table) == len(self.transfer_table) != 1 and all(
+                isinstance(n, int) and n >= 0 and isinstance(t, (int, float)) and math.isfinite(t) and t >= 0
+                for n, t in table) and all(a[0] < b[0] and a[1] <= b[1] for a, b in zip(table, table[1:]))
+        except TypeError:
+            ok = False
+        if not ok:
+            raise ValueError("transfer_table must be empty or two or more (nbytes, seconds) pairs, sizes ascending "
+                             f"integers >= 0, seconds finite, >= 0 and not decreasing; got {self.transfer_table!r}")
+        object.__setattr__(self, "transfer_table", table)
 
     def transfer(self, nbytes: int) -> float:
-        """α + n/β: seconds from departure to arrival of an ``nbytes`` message."""
-        return self.latency_s + nbytes / self.bandwidth_Bps
+        """Seconds from departure to arrival of an ``nbytes`` message: α + n/β, or with a table
+        linear between its sizes, its first time below them, the last segment's line above."""
+        table = self.transfer_table
+        if not table:
+            return self.latency_s + nbytes / self.bandwidth_Bps
+        if nbytes <= table[0][0]:
+            return table[0][1]
+        k = next((i for i in range(1, len(table)) if table[i][0] >= nbytes), len(table) - 1)
+        (n0, t0), (n1, t1) = table[k - 1], table[k]
+        return t0 + (nbytes - n0) * (t1 - t0) / (n1 - n0)
 
     def collective(self, kind: str, nbytes: int, members: int) -> float:
         """Seconds a collective ``kind`` over ``members`` ranks takes after its last arrival."""

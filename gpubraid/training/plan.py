@@ -29,9 +29,12 @@ from .config import TrainConfig
 from .methods import make_method
 
 #: Shared-memory MPI on one host as measured on the development VM (python -m bench.pingpong with
-#: buffers out of cache, bench/results/2026-12-03-vm/pingpong.json and three more runs: α ≈ 0–1.3 µs,
-#: 2.25–2.6 GB/s, o ≈ 1–2 µs, eager 4 KiB): the default network of the planner (ranks of one machine).
-SHARED_MEMORY = NetworkModel("shared memory (one host)", 1.0e-6, 2.25e9, 1.5e-6, 4096, True)
+#: buffers out of cache; five runs on 2026-12-04, bench/results/2026-12-04-vm/pingpong.json one of
+#: them: α ≈ 0–0.2 µs, o ≈ 1–2 µs, eager 4 KiB, and each size's transfer time, the median of the
+#: five): the default network of the planner (ranks of one machine).
+SHARED_MEMORY = NetworkModel("shared memory (one host)", 1.0e-6, 2.25e9, 1.5e-6, 4096, True, (
+    (2048, 0.2e-6), (8192, 2.7e-6), (32768, 5.4e-6), (131072, 33e-6), (524288, 172e-6), (2097152, 847e-6),
+    (8388608, 1.87e-3), (33554432, 2.65e-3)))
 NETWORKS = {"shm": SHARED_MEMORY, **PRESETS}
 
 

@@ -1,5 +1,7 @@
 """The replay (gpubraid.runtime.replay) of hand-made traces against hand-computed wall times."""
+import json
 import math
+from dataclasses import asdict
 
 import pytest
 
@@ -133,9 +135,25 @@ def test_network_models_that_cannot_price_a_message_are_refused(fields, words):
     assert NetworkModel("free", 0.0, math.inf).transfer(10**9) == 0.0
 
 
-def test_files_that_are_not_network_models_or_traces_are_value_errors(tmp_path):
-    import json
+def test_a_measured_transfer_table_prices_messages_between_and_beyond_its_sizes(tmp_path):
+    """Table (100 B: 0.1 s, 1100 B: 0.3 s, 2100 B: 0.4 s): 600 B lies halfway on the first segment
+    (0.2 s), 3100 B one step past the last on its line (0.5 s), 10 B at the first time (0.1 s); the
+    message of the hand-computed exchange above (1000 B) takes 0.28 s instead of α + n/β = 1.1 s."""
+    table = [[100, 0.1], [1100, 0.3], [2100, 0.4]]
+    net = NetworkModel("t", 0.1, 1000.0, transfer_table=table)
+    assert [net.transfer(n) for n in (10, 100, 600, 1100, 3100)] == pytest.approx([0.1, 0.1, 0.2, 0.3, 0.5])
+    t = trace([c(1.0), send(1, 1000)], [c(0.5), recv(0, 1000)])
+    assert replay(t, net).ranks[1].end_s == pytest.approx(1.28)
+    path = tmp_path / "pingpong.json"
+    path.write_text(json.dumps({"network": {**asdict(net)}}))
+    assert NetworkModel.from_json(str(path)) == net
+    for bad in ([[100, 0.1]], [[100, 0.1], [50, 0.2]], [[100, 0.3], [200, 0.2]], [[100, -1.0], [200, 0.2]],
+                [[100.5, 0.1], [200, 0.2]], [[100, 0.1, 7], [200, 0.2]], 5, [[100, float("nan")], [200, 0.2]]):
+        with pytest.raises(ValueError, match="transfer_table must be"):
+            NetworkModel("bad", 0.1, 1000.0, transfer_table=bad)
 
+
+def test_files_that_are_not_network_models_or_traces_are_value_errors(tmp_path):
     from gpubraid.runtime.trace import load
 
     for text in ("not json", "[1, 2]", json.dumps({"network": {"name": "x"}}),
