@@ -48,12 +48,14 @@ from gpubraid.runtime.replay import replay
 from gpubraid.runtime.trace import load
 from gpubraid.runtime.trace import median as trace_median
 
-#: name -> (train arguments, iterations, validate every, iterations per traced probe)
+#: name -> (train arguments, iterations, validate every, iterations per traced probe).  The probes
+#: run at least ~0.5 s on one rank: shorter ones (paper-32 at 30 iterations, 0.2-0.3 s) differed
+#: by 20-30 % between a traced run and its untraced twins on the shared VM.
 WORKLOADS = {
     "peaks-64": (["peaks", "--layers", "64"], 100, 5, 30),
-    "peaks-256": (["peaks", "--layers", "256"], 100, 5, 20),
-    "paper-32": (["peaks", "--layers", "32", "--final-time", "1", "--activation", "smoothrelu"], 130, 5, 30),
-    "paper-256": (["peaks", "--layers", "256", "--final-time", "1", "--activation", "smoothrelu"], 130, 5, 20),
+    "peaks-256": (["peaks", "--layers", "256"], 100, 5, 30),
+    "paper-32": (["peaks", "--layers", "32", "--final-time", "1", "--activation", "smoothrelu"], 130, 5, 60),
+    "paper-256": (["peaks", "--layers", "256", "--final-time", "1", "--activation", "smoothrelu"], 130, 5, 30),
     "adam-dense": (["peaks", "--layers", "64", "--channels", "32", "--optimizer", "adam", "--lr", "1e-3",
                     "--batch-size", "50", "--dtype", "float32"], 600, 50, 400),
     "mnist-conv": (["mnist", "--n-train", "4000", "--n-val", "1000"], 300, 50, 6),
