@@ -4,14 +4,15 @@
 
 Measures, through the calls gpubraid's messages take (``Comm.isend`` / ``recv_into`` / ``waitall``):
 the one-way time of messages of 8 B .. 32 MiB (half the median round trip; buffers out of cache, as
-a training run's are) and the cost of their send calls; the cost of an 8-byte send call and the
-cost o of a receive whose message had already arrived; latency α = one-way time of 8 B minus those
-two (a trace records the send call, the replay adds o); bandwidth β (least-squares slope over the
-sizes from 32 KiB); the transfer table, each size's one-way time less its send call and o (not
-decreasing with size: MPICH over shared memory changes protocol with the size, and a large
-message's send call does part of the copy); the time of a one-float allreduce; and the eager
-limit (the largest message whose send completes before its receive is posted) and whether larger
-messages move while their sender computes (asynchronous progress).  Writes ``pingpong.json``; its ``"network"`` entry is a
+a training run's are; the median over ``--sweeps`` interleaved passes) and the cost of their send
+calls; the cost of an 8-byte send call and the cost o of a receive whose message had already
+arrived; latency α = one-way time of 8 B minus those two (a trace records the send call, the
+replay adds o); bandwidth β (least-squares slope over the sizes from 32 KiB); the transfer table,
+each size's one-way time less its send call and o (not decreasing with size: MPICH over shared
+memory changes protocol with the size, and a large message's send call does part of the copy);
+the time of a one-float allreduce; and the eager limit (the largest message whose send completes
+before its receive is posted) and whether larger messages move while their sender computes
+(asynchronous progress).  Writes ``pingpong.json``; its ``"network"`` entry is a
 :class:`gpubraid.runtime.replay.NetworkModel` (``python -m bench.replay --network FILE``).
 """
 from __future__ import annotations
@@ -119,7 +120,12 @@ def async_progress(comm: Comm, nbytes: int = 1 << 22, busy_s: float = 0.05) -> b
 def main(argv=None) -> int:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=200)
+    p.add_argument("--sweeps", type=int, default=3,
+                   help="passes over the sizes, interleaved; each size's times are the median of the passes' medians "
+                        "(one disturbed pass moved single sizes 2x on the shared VM)")
     args = p.parse_args(argv)
+    if args.repeats < 1 or args.sweeps < 1:
+        p.error("--repeats and --sweeps must be at least 1")
     world = Comm.world()
     if world.size != 2:
         print("bench.pingpong: run with mpiexec -n 2", file=sys.stderr)
@@ -127,12 +133,15 @@ def main(argv=None) -> int:
     comm = Comm(world.comm.Dup(), world.cuda_aware)
     repeats = 20 if args.quick else args.repeats
     sizes = [8 << (2 * k) for k in range(12)]            # 8 B .. 32 MiB
-    one_way, send_calls = {}, {}
-    for n in sizes:
-        round_trips(comm, n, 5)
-        trips, calls = round_trips(comm, n, max(15, repeats >> (n >> 20).bit_length()))
-        one_way[n] = statistics.median(trips) / 2
-        send_calls[n] = statistics.median(calls) if calls else 0.0
+    passes = {n: ([], []) for n in sizes}
+    for _ in range(1 if args.quick else args.sweeps):
+        for n in sizes:
+            round_trips(comm, n, 5)
+            trips, calls = round_trips(comm, n, max(15, repeats >> (n >> 20).bit_length()))
+            passes[n][0].append(statistics.median(trips) / 2)
+            passes[n][1].append(statistics.median(calls) if calls else 0.0)
+    one_way = {n: statistics.median(trips) for n, (trips, _) in passes.items()}
+    send_calls = {n: statistics.median(calls) for n, (_, calls) in passes.items()}
     send_s, recv_s = call_costs(comm, repeats)
     allreduce = []
     for _ in range(repeats):

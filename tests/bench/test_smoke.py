@@ -174,3 +174,19 @@ def test_strategies_quick(tmp_path):
         assert r["real_wall_s"] > 0 and len(r["real_walls_s"]) == 1
         assert r["replay_over_real"] == pytest.approx(r["replay_s"] / r["real_wall_s"])
     assert w["best"]["1"]["label"] and set(w["plans"]) == {"1", "2"}
+
+
+def test_pingpong_quick_writes_a_network_model_with_a_transfer_table(mpirun, tmp_path):
+    """Two ranks: a model the replay loads, with a transfer time for every size from 8 B to 32 MiB
+    (not decreasing), and a one-line refusal of zero passes."""
+    from gpubraid.runtime.replay import NetworkModel
+
+    proc = subprocess.run(mpirun.command(2, "-m", "bench.pingpong", "--quick", "--out", tmp_path), capture_output=True,
+                          text=True, timeout=240, env=mpirun.env, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    net = NetworkModel.from_json(str(tmp_path / "pingpong.json"))
+    assert [n for n, _ in net.transfer_table] == [8 << (2 * k) for k in range(12)]
+    assert net.transfer(20_000_000) >= net.transfer(1 << 20) >= 0.0
+    bad = subprocess.run([sys.executable, "-m", "bench.pingpong", "--sweeps", "0"], capture_output=True, text=True,
+                         timeout=60, cwd=REPO)
+    assert bad.returncode == 2 and "--sweeps must be at least 1" in bad.stderr
