@@ -2,8 +2,10 @@
 
 Each script must write its JSON (machine, versions, date, config, results) and a PNG made from it.
 """
+import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -190,3 +192,20 @@ def test_pingpong_quick_writes_a_network_model_with_a_transfer_table(mpirun, tmp
     bad = subprocess.run([sys.executable, "-m", "bench.pingpong", "--sweeps", "0"], capture_output=True, text=True,
                          timeout=60, cwd=REPO)
     assert bad.returncode == 2 and "--sweeps must be at least 1" in bad.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cupy") is not None, reason="CuPy present: the script would run")
+def test_gpu_script_stops_in_one_line_without_cupy_or_with_wheels_it_cannot_install(tmp_path):
+    """bench/gpu.sh on a machine without CuPy runs nothing and fails (exit 1, one line); a .whl/
+    folder whose wheels do not install stops it before anything runs."""
+    (tmp_path / "bench").mkdir()
+    shutil.copy(REPO / "bench" / "gpu.sh", tmp_path / "bench" / "gpu.sh")
+    env = dict(os.environ, OUT=str(tmp_path), GPUBRAID_ENV=str(tmp_path / "env"))
+    run = [shutil.which("bash"), str(tmp_path / "bench" / "gpu.sh"), sys.executable]
+    proc = subprocess.run(run, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 1 and proc.stdout.strip().splitlines()[-1] == "no CuPy / GPU: nothing to do"
+    (tmp_path / ".whl").mkdir()
+    (tmp_path / ".whl" / "broken-1.0-py3-none-any.whl").write_bytes(b"not a wheel")
+    proc = subprocess.run(run, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 1 and f"installing .whl/ into {tmp_path / 'env'} failed" in proc.stdout
+    assert "CuPy" not in proc.stdout and not (tmp_path / "gpu-results.tgz").exists()
