@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# One command for a GPU machine: the GPU tests, the kernel and training benchmarks on CuPy against
-# PyTorch (where the script compares with it and torch imports), one-shot's study, and a short
+# One command for a GPU machine: the GPU tests, the kernel, layer-sweep and training benchmarks on CuPy
+# against PyTorch (where the script compares with it and torch imports), one-shot's study, and a short
 # Nsight profile when nsys or ncu runs there; JSON under bench/results/<date>-<GPU name>/, in under
-# 9 minutes on one H100/H200.  Each step has its own time limit (`timeout`), so a hung step cannot
+# 10 minutes on one H100/H200.  Each step has its own time limit (`timeout`), so a hung step cannot
 # eat the whole budget; a failed step is reported and the others still run.  Exit status: number
 # of failed steps.
 #
@@ -15,7 +15,7 @@
 # $OUT/gpu-results.tgz.
 #
 # Budget (seconds, worst case): wheels 30 | pytest -m gpu 120 | steps 90 | oneshot_study 60 |
-#   training 90 | time_to_accuracy 90 | model 20 | nsight 45   = 545 s < 9 min.
+#   gpu_sweeps 60 | training 75 | time_to_accuracy 75 | model 20 | nsight 45   = 575 s < 10 min.
 # Sizes: the --quick sizes of every script (seconds on a CPU; on the GPU dominated by kernel
 # launches and CuPy's first-call compilation), except steps.py which runs its full size sweep
 # (it is the GPU kernel benchmark; ~1 min).  The host-side MGRIT studies (solves, scaling) run on
@@ -52,8 +52,9 @@ $PY -c "import cupy; print('CuPy', cupy.__version__, cupy.cuda.runtime.getDevice
 step 120 "pytest -m gpu"     $PY -m pytest -q -m gpu tests
 step 90 "steps (CuPy, torch)" $PY -m bench.steps
 step 60 "oneshot_study"       $PY -m bench.oneshot_study --quick
-step 90 "training"            $PY -m bench.training --quick
-step 90 "time_to_accuracy"    $PY -m bench.time_to_accuracy --quick
+step 60 "gpu_sweeps (CuPy, torch)" $PY -m bench.gpu_sweeps
+step 75 "training"            $PY -m bench.training --quick
+step 75 "time_to_accuracy"    $PY -m bench.time_to_accuracy --quick
 STEPS_JSON=$(ls -t bench/results/*/steps.json 2>/dev/null | head -1)
 step 20 "model" $PY -m bench.perf_model ${STEPS_JSON:+--steps-gpu "$STEPS_JSON"}
 # Nsight: the NVTX phases of a short one-shot run (paper settings, 64 layers: two levels) and its kernels

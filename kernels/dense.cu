@@ -5,6 +5,8 @@
 //   dense_act_kernel<T, GB_DENSE_FORWARD>   out = u + h·σ(z + b)     (z = u Kᵀ)
 //   dense_act_kernel<T, GB_DENSE_ACT_GRAD>  out = σ'(z + b) ⊙ lam
 //   dense_bias_grad_kernel<T>               db = h·Σ_n a              (deterministic)
+//   dense_sweep_forward_kernel<T>           U_{i+1} = U_i + h_i·σ(K_i U_i + b_i), i = 0..n−1, one launch
+//   dense_sweep_backward_kernel<T>          λ_i = λ_{i+1} + h_i K_iᵀ a_i, a_i = σ'(z_i) ⊙ λ_{i+1}, i = n−1..0
 #pragma once
 
 #include "activations.cuh"
@@ -13,6 +15,9 @@
 #define GB_DENSE_ACT_GRAD 1
 // Threads per block of the dense kernels.
 #define GB_DENSE_THREADS 256
+// Threads per block of the layer sweeps (one thread per sample), and the widest state they take.
+#define GB_SWEEP_THREADS 128
+#define GB_SWEEP_MAX_C 64
 
 /// Bias, activation and residual update, elementwise over (L, B, C).
 ///
@@ -49,4 +54,85 @@ dense_bias_grad_kernel(const T* __restrict__ a, const T* __restrict__ h, T* __re
         for (int n = 0; n < B; ++n) s += al[(long long)n * C + c];
         db[(long long)l * C + c] = h[l] * s;
     }
+}
+
+/// The layer-serial forward sweep over n layers in one launch: thread s carries sample s through
+/// every layer in order, its state in a local array (C ≤ GB_SWEEP_MAX_C):
+///     U[i + 1, s] = U[i, s] + h_i·σ(z),  z = K_i U[i, s] + b_i,   i = 0..n − 1,
+/// and σ'(z) into D[i, s] when D is not null.  U (n + 1, B, C) with layers su elements apart, each
+/// layer C-contiguous; D (n, B, C) contiguous; K (n, C, C), b (n, C), h (n,).  Grid: x·block ≥ B.
+template <typename T>
+__global__ void __launch_bounds__(GB_SWEEP_THREADS)
+dense_sweep_forward_kernel(T* __restrict__ U, long long su, T* __restrict__ D, const T* __restrict__ K,
+                           const T* __restrict__ b, const T* __restrict__ h, int n, int B, int C, int act) {
+    const long long s = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (s >= B) return;
+    T u[GB_SWEEP_MAX_C], v[GB_SWEEP_MAX_C];
+    T* row = U + s * C;                                  // this sample's state, layer by layer
+    T* d = D ? D + s * C : nullptr;
+    const long long dstep = (long long)B * C;
+    for (int j = 0; j < C; ++j) u[j] = row[j];
+    for (int i = 0; i < n; ++i, K += C * C, b += C) {
+        const T hi = h[i];
+        for (int o = 0; o < C; ++o) {
+            T z = T(0);
+            for (int j = 0; j < C; ++j) z += K[o * C + j] * u[j];
+            const T zb = z + b[o];
+            v[o] = u[o] + hi * gb_sigma<T>(act, zb);
+            if (d) d[o] = gb_dsigma<T>(act, zb);
+        }
+        row += su;
+        for (int o = 0; o < C; ++o) row[o] = u[o] = v[o];
+        if (d) d += dstep;
+    }
+}
+
+/// The layer-serial adjoint sweep over n layers in one launch: thread s carries λ of sample s from
+/// λ_n down to λ_0 (C ≤ GB_SWEEP_MAX_C):
+///     a_i = σ'(z_i) ⊙ λ_{i+1} into A[i, s],   λ_i = λ_{i+1} + h_i K_iᵀ a_i,   i = n − 1..0,
+/// σ'(z_i) read from D[i, s] when D is not null, else recomputed from U[i, s].  A may be D (each
+/// entry is read before it is written).  Lam (n + 1, B, C) with layers sl elements apart, λ_n given,
+/// λ_{n−1..0} written; sl = 0: Lam is one (B, C) array holding λ_n, replaced by λ_0.  U as in the
+/// forward sweep (layers su apart); A, D (n, B, C) contiguous.  The parameter gradients
+/// h_i·a_iᵀ U_i and h_i·Σ_s a_i come from A afterwards (batched GEMM, dense_bias_grad_kernel).
+template <typename T>
+__global__ void __launch_bounds__(GB_SWEEP_THREADS)
+dense_sweep_backward_kernel(const T* __restrict__ U, long long su, T* __restrict__ Lam, long long sl, const T* D,
+                            T* A, const T* __restrict__ K, const T* __restrict__ b, const T* __restrict__ h, int n,
+                            int B, int C, int act) {
+    const long long s = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (s >= B) return;
+    T lam[GB_SWEEP_MAX_C], a[GB_SWEEP_MAX_C];
+    const long long dstep = (long long)B * C;
+    T* lrow = Lam + (long long)n * sl + s * C;           // λ's row of this sample, layer by layer down
+    for (int j = 0; j < C; ++j) lam[j] = lrow[j];
+    for (int i = n - 1; i >= 0; --i) {
+        const T* Ki = K + (long long)i * C * C;
+        const T* bi = b + (long long)i * C;
+        const T* ui = U + (long long)i * su + s * C;
+        const long long at = i * dstep + s * C;
+        for (int o = 0; o < C; ++o) {
+            T d;
+            if (D) {
+                d = D[at + o];
+            } else {
+                T z = T(0);
+                for (int j = 0; j < C; ++j) z += Ki[o * C + j] * ui[j];
+                d = gb_dsigma<T>(act, z + bi[o]);
+            }
+            a[o] = d * lam[o];
+            A[at + o] = a[o];
+        }
+        const T hi = h[i];
+        for (int j = 0; j < C; ++j) {
+            T t = T(0);
+            for (int o = 0; o < C; ++o) t += Ki[o * C + j] * a[o];
+            lam[j] += hi * t;
+        }
+        lrow -= sl;
+        if (sl)
+            for (int j = 0; j < C; ++j) lrow[j] = lam[j];
+    }
+    if (!sl)
+        for (int j = 0; j < C; ++j) lrow[j] = lam[j];
 }

@@ -2,6 +2,7 @@
 in a step's bases, each taking the calls it can and passing the rest on (``super()``).
 
     CudaDispatch   on a GPU backend, the fused CUDA kernels of :mod:`gpubraid.runtime.cuda`
+    CudaSweeps     on a GPU backend, the block sweeps as one launch each (the dense step)
     HostDispatch   on NumPy, the compiled C loops of :mod:`gpubraid.runtime.host` (the dense step)
 """
 from __future__ import annotations
@@ -41,6 +42,29 @@ class CudaDispatch:
             out[...] = self.adjoint(u, lam, params, h)
             return self.param_grad(u, lam, params, h)
         return super().adjoint_grad(u, lam, params, h, kept, out)
+
+
+class CudaSweeps:
+    """On a GPU backend, the block sweeps (``forward_block``, ``backward_block``, ``backward_through``)
+    as the one-launch layer sweeps ``<_cuda_prefix>_sweep_forward`` / ``_sweep_backward`` of
+    :mod:`gpubraid.runtime.cuda` (the dense step); elsewhere the next class's."""
+
+    _cuda_prefix: str
+
+    def forward_block(self, U, params, h, keep):
+        if self.be.is_gpu:
+            return getattr(cuda, f"{self._cuda_prefix}_sweep_forward")(U, *params, h, self.activation.code, keep)
+        return super().forward_block(U, params, h, keep)
+
+    def backward_block(self, U, Lam, params, h, grads, kept) -> bool:
+        if self.be.is_gpu:
+            return getattr(cuda, f"{self._cuda_prefix}_sweep_backward")(U, Lam, *params, h, self.activation.code,
+                                                                         kept, *grads)
+        return super().backward_block(U, Lam, params, h, grads, kept)
+
+    def backward_through(self, U, lam, params, h, grads, kept) -> bool:
+        return self.backward_block(U, lam, params, h, grads, kept) if self.be.is_gpu else \
+            super().backward_through(U, lam, params, h, grads, kept)
 
 
 class HostDispatch:

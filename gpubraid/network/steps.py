@@ -45,7 +45,8 @@ when a step has both, so what the forward step computed is not computed again:
 
 Both must agree with the three methods (:func:`gpubraid.network.selftest.check_step` checks it); the
 solver and the objective never look inside ``kept``.  A step may go further and sweep a whole block
-of n layers in one call (DenseStep on NumPy: the compiled C loops of :mod:`gpubraid.runtime.host`):
+of n layers in one call (DenseStep: on NumPy the compiled C loops of :mod:`gpubraid.runtime.host`,
+on CuPy one kernel launch per sweep):
 
     forward_block(U, params, h, keep) -> kept, or NotImplemented
         U (n + 1, B, *S): writes U[1..n] from U[0]; ``kept`` is an (n, B, *S) array (``keep``) or None
@@ -84,7 +85,7 @@ from ..runtime.backend import Backend
 from . import torch_conv
 from .activations import get_activation
 from .conv import conv3x3, conv3x3_grad, conv3x3_t, im2col  # noqa: F401  (conv3x3*: the opening's)
-from .dispatch import CudaDispatch, HostDispatch
+from .dispatch import CudaDispatch, CudaSweeps, HostDispatch
 from .rows import add_rows, batch_sum, ones
 
 
@@ -221,7 +222,7 @@ class ResidualStep(ABC):
         out += lam
 
 
-class DenseStep(CudaDispatch, HostDispatch, ResidualStep):
+class DenseStep(CudaDispatch, CudaSweeps, HostDispatch, ResidualStep):
     """Dense residual layer on C features: K (C, C), b (C,), states (L, B, C)."""
 
     _cuda_prefix = "dense"

@@ -42,6 +42,12 @@ DENSE_THREADS = 256
 DENSE_MAX_BLOCKS = 65535
 
 
+SWEEP_THREADS = 128
+
+
+SWEEP_MAX_C = 64
+
+
 CONV_FORWARD, CONV_ACT_GRAD, CONV_TRANSPOSE = 0, 1, 2
 
 
@@ -64,6 +70,8 @@ def name_expressions(ctype: str) -> list[str]:
         f"conv_param_grad_kernel<{ctype}>",
         *(f"dense_act_kernel<{ctype}, {m}>" for m in (DENSE_FORWARD, DENSE_ACT_GRAD)),
         f"dense_bias_grad_kernel<{ctype}>",
+        f"dense_sweep_forward_kernel<{ctype}>",
+        f"dense_sweep_backward_kernel<{ctype}>",
     ]
 
 
@@ -115,6 +123,11 @@ def dense_launch(n: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
 def dense_bias_grad_launch(L: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
     """(grid, block) of dense_bias_grad_kernel: one block per layer."""
     return (L, 1, 1), (DENSE_THREADS, 1, 1)
+
+
+def dense_sweep_launch(B: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """(grid, block) of the dense layer sweeps: one thread per sample."""
+    return (max(1, -(-B // SWEEP_THREADS)), 1, 1), (SWEEP_THREADS, 1, 1)
 
 
 # -- module cache ------------------------------------------------------------------------------------
@@ -286,3 +299,85 @@ def dense_param_grad(u, lam, K, b, h, act: int):
         grid, block = dense_bias_grad_launch(L)
         _kernel("dense_bias_grad_kernel<{T}>", u.dtype)(grid, block, (a, h, db, *_i32(L, B, C)))
     return dK, db
+
+
+# -- dense layer sweeps (one launch for a block of layers) ------------------------------------------
+def layer_stride(x, n: int, B: int, C: int) -> int | None:
+    """Elements between the n (B, C) layers of ``x`` when each layer is C-contiguous and they lie
+    evenly apart (as the sweep kernels index them); None otherwise."""
+    if x.ndim != 3 or tuple(x.shape) != (n, B, C):
+        return None
+    it = x.itemsize
+    if (B > 1 and x.strides[1] != C * it) or (C > 1 and x.strides[2] != it):
+        return None
+    if n == 1:
+        return B * C
+    return x.strides[0] // it if x.strides[0] % it == 0 and x.strides[0] >= B * C * it else None
+
+
+def _sweep_params(U, K, b, h):
+    """(n, B, C, U's layer stride, contiguous K, b, h) for a sweep of states U (n + 1, B, C), or
+    None when the kernels do not take them (width above SWEEP_MAX_C, layers not C-contiguous or not
+    evenly apart, dtypes or devices that differ, sizes beyond 32-bit indexing of samples)."""
+    cp = _cupy()
+    if not isinstance(U, cp.ndarray) or U.ndim != 3 or np.dtype(U.dtype).name not in _CTYPES:
+        return None
+    n, B, C = U.shape[0] - 1, int(U.shape[1]), int(U.shape[2])
+    su = layer_stride(U, n + 1, B, C)
+    if n < 1 or not 0 < C <= SWEEP_MAX_C or su is None or B >= _INT32_LIMIT:
+        return None
+    arrays = [cp.asarray(x, dtype=U.dtype, order="C") for x in (K, b, h)]
+    if any(x.device.id != U.device.id for x in arrays) or [x.shape for x in arrays] != [(n, C, C), (n, C), (n,)]:
+        return None
+    return (n, B, C, su, *arrays)
+
+
+def dense_sweep_forward(U, K, b, h, act: int, keep: bool):
+    """U[1..n] from U[0] through n dense layers in one launch (U (n + 1, B, C), K (n, C, C), b (n, C),
+    h (n,)); returns σ'(z) (n, B, C) when ``keep``, else None; NotImplemented (nothing done) when the
+    kernel does not take these arrays (:func:`_sweep_params`)."""
+    p = _sweep_params(U, K, b, h)
+    if p is None:
+        return NotImplemented
+    n, B, C, su, K, b, h = p
+    cp = _cupy()
+    D = cp.empty((n, B, C), dtype=U.dtype) if keep else None
+    grid, block = dense_sweep_launch(B)
+    with _nvtx("dense_sweep_forward"):
+        _kernel("dense_sweep_forward_kernel<{T}>", U.dtype)(
+            grid, block, (U, np.int64(su), D, K, b, h, *_i32(n, B, C, act)))  # None: a null σ' pointer
+    return D
+
+
+def dense_sweep_backward(U, Lam, K, b, h, act: int, kept, gK, gb) -> bool:
+    """The adjoint sweep through n dense layers in one launch, and the layers' parameter gradients
+    added into gK (n, C, C), gb (n, C).  Lam (n + 1, B, C): λ_n given, λ_{n−1..0} written; or Lam
+    (B, C): λ_n, replaced by λ_0 in place.  ``kept``: :func:`dense_sweep_forward`'s σ'(z) for these U
+    (used up: it is overwritten by a = σ'(z) ⊙ λ), or None (recomputed).  False (nothing done) when
+    the kernel does not take these arrays."""
+    p = _sweep_params(U, K, b, h)
+    if p is None:
+        return False
+    n, B, C, su, K, b, h = p
+    cp = _cupy()
+    if not isinstance(Lam, cp.ndarray) or Lam.dtype != U.dtype or Lam.device.id != U.device.id:
+        return False
+    if Lam.ndim == 2:  # λ carried through in place
+        sl = 0 if Lam.shape == (B, C) and Lam.flags.c_contiguous else None
+    else:
+        sl = layer_stride(Lam, n + 1, B, C)
+    if sl is None:
+        return False
+    if kept is not None and (kept.shape != (n, B, C) or kept.dtype != U.dtype or not kept.flags.c_contiguous):
+        kept = None  # recomputed
+    A = cp.empty((n, B, C), dtype=U.dtype) if kept is None else kept
+    grid, block = dense_sweep_launch(B)
+    with _nvtx("dense_sweep_backward"):
+        _kernel("dense_sweep_backward_kernel<{T}>", U.dtype)(
+            grid, block, (U, np.int64(su), Lam, np.int64(sl), kept, A, K, b, h, *_i32(n, B, C, act)))
+        gK += h[:, None, None] * cp.matmul(A.transpose(0, 2, 1), U[:-1])
+        db = cp.empty((n, C), dtype=U.dtype)
+        grid, block = dense_bias_grad_launch(n)
+        _kernel("dense_bias_grad_kernel<{T}>", U.dtype)(grid, block, (A, h, db, *_i32(n, B, C)))
+        gb += db
+    return True

@@ -173,6 +173,8 @@ def test_launch_geometry_matches_kernel_macros():
     assert int(macros["GB_CONV_OCB"]) == cuda.CONV_OCB
     assert int(macros["GB_CONV_GRAD_THREADS"]) == cuda.CONV_GRAD_THREADS
     assert int(macros["GB_DENSE_THREADS"]) == cuda.DENSE_THREADS
+    assert int(macros["GB_SWEEP_THREADS"]) == cuda.SWEEP_THREADS
+    assert int(macros["GB_SWEEP_MAX_C"]) == cuda.SWEEP_MAX_C
     assert int(macros["GB_CONV_FORWARD"]) == cuda.CONV_FORWARD
     assert int(macros["GB_CONV_ACT_GRAD"]) == cuda.CONV_ACT_GRAD
     assert int(macros["GB_CONV_TRANSPOSE"]) == cuda.CONV_TRANSPOSE
@@ -250,21 +252,26 @@ class _FakeKernel:
     def __call__(self, grid, block, args):
         cargs = []
         for a in args:
-            if isinstance(a, np.ndarray):
-                assert a.flags.c_contiguous and a.dtype == harness._CT_INV[self.ctype]
-                cargs.append(harness._ptr(a))
+            if a is None:  # CuPy passes None as a null pointer
+                cargs.append(ctypes.c_void_p(None))
+            elif isinstance(a, np.ndarray):  # CuPy passes a view's start, whatever its strides
+                assert a.dtype == harness._CT_INV[self.ctype]
+                cargs.append(ctypes.c_void_p(a.ctypes.data))
+            elif type(a) is np.int64:
+                cargs.append(ctypes.c_longlong(int(a)))
             else:
-                assert type(a) is np.int32, f"scalar {a!r} passed as {type(a).__name__}, not numpy.int32"
+                assert type(a) is np.int32, f"scalar {a!r} passed as {type(a).__name__}, not numpy.int32/int64"
                 cargs.append(ctypes.c_int(int(a)))
         self.fn(harness._geom(grid, block), *cargs)
 
 
-@pytest.fixture
-def fake_cupy(emu, monkeypatch):
-    """A module standing in for cupy whose RawModule launches the emulated kernels."""
+def _fake_cupy_module(lib):
+    """A module standing in for cupy whose RawModule launches the kernels of the emulated ``lib``."""
     fake = types.ModuleType("cupy")
     fake.ndarray = _HostArray
+    fake.empty = lambda shape, dtype=float: _host(np.empty(shape, dtype))
     fake.empty_like = lambda a: _host(np.empty_like(a))
+    fake.asarray = lambda a, dtype=None, order=None: _host(np.asarray(a, dtype=dtype, order=order))
     fake.ascontiguousarray = lambda a: _host(np.ascontiguousarray(a))
     fake.matmul = lambda a, b: _host(np.matmul(a, b))
     fake.cuda = types.SimpleNamespace(Device=lambda: types.SimpleNamespace(id=0))
@@ -276,9 +283,16 @@ def fake_cupy(emu, monkeypatch):
 
         def get_function(self, name):
             assert name in self.names, name
-            return _FakeKernel(emu.lib, name)
+            return _FakeKernel(lib, name)
 
     fake.RawModule = RawModule
+    return fake
+
+
+@pytest.fixture
+def fake_cupy(emu, monkeypatch):
+    """A module standing in for cupy whose RawModule launches the emulated kernels."""
+    fake = _fake_cupy_module(emu.lib)
     monkeypatch.setitem(sys.modules, "cupy", fake)
     cuda._module.cache_clear()
     yield fake
@@ -327,3 +341,150 @@ def test_launchers_check_arguments(fake_cupy):
         cuda.conv_forward(_host(u), _host(K[:, :2]), _host(b), _host(h), 0)
     with pytest.raises(UserError, match="CuPy array"):
         cuda.conv_forward(u, _host(K), _host(b), _host(h), 0)
+
+
+# -- the dense layer sweeps: one launch for a block of layers ------------------------------------------
+# (n, B, C): one layer; several blocks of SWEEP_THREADS samples; a width above 32.
+SWEEP_SHAPES = [(1, 5, 1), (3, 7, 3), (4, 300, 8), (2, 130, 33)]
+
+
+def sweep_problem(shape, dtype, seed=0):
+    n, B, C = shape
+    rng = np.random.default_rng(seed)
+    u0, lam_n = rng.standard_normal((B, C)).astype(dtype), rng.standard_normal((B, C)).astype(dtype)
+    K = (rng.standard_normal((n, C, C)) / np.sqrt(C)).astype(dtype)
+    b = (0.3 * rng.standard_normal((n, C))).astype(dtype)
+    h = rng.uniform(0.1, 1.0, n).astype(dtype)
+    return u0, lam_n, K, b, h
+
+
+def sweep_reference(step, u0, lam_n, K, b, h):
+    """States (n + 1, B, C), adjoints (n + 1, B, C) and layer gradients (n, C, C), (n, C) from one
+    forward / adjoint / param_grad call per layer of the NumPy step."""
+    n = len(h)
+    one = lambda i: (K[i:i + 1], b[i:i + 1])  # noqa: E731
+    us = [u0]
+    for i in range(n):
+        us.append(step.forward(us[i][None], one(i), h[i:i + 1])[0])
+    lams, gK, gb = [lam_n], np.zeros_like(K), np.zeros_like(b)
+    for i in reversed(range(n)):
+        dK, db = step.param_grad(us[i][None], lams[0][None], one(i), h[i:i + 1])
+        gK[i], gb[i] = dK[0], db[0]
+        lams.insert(0, step.adjoint(us[i][None], lams[0][None], one(i), h[i:i + 1])[0])
+    return np.stack(us), np.stack(lams), gK, gb
+
+
+def sweep_results(step, u0, lam_n, K, b, h, keep):
+    """{name: result} of DenseStep's forward_block, backward_block and backward_through on the
+    "cupy" backend; the states live in a wider buffer (a sample block of a larger batch: layers
+    (B + 3)·C elements apart)."""
+    n, (B, C) = len(h), u0.shape
+    params, hd = (_host(K), _host(b)), _host(h)
+    buf = _host(np.full((n + 1, B + 3, C), np.nan, dtype=u0.dtype))
+    U = buf[:, 1:B + 1]
+    U[0] = u0
+    kept = step.forward_block(U, params, hd, keep)
+    assert kept is not NotImplemented and (kept is not None) == keep
+    Lam = _host(np.full((n + 1, B, C), np.nan, dtype=u0.dtype))
+    Lam[n] = lam_n
+    grads = (_host(np.zeros_like(K)), _host(np.zeros_like(b)))
+    assert step.backward_block(U, Lam, params, hd, grads, kept)
+    lam, through = _host(lam_n.copy()), (_host(np.zeros_like(K)), _host(np.zeros_like(b)))
+    assert step.backward_through(U, lam, params, hd, through, step.forward_block(U, params, hd, keep))
+    return {"states": np.asarray(U), "adjoints": np.asarray(Lam), "dK": np.asarray(grads[0]),
+            "db": np.asarray(grads[1]), "through λ_0": np.asarray(lam), "through dK": np.asarray(through[0]),
+            "through db": np.asarray(through[1])}
+
+
+def sweep_expected(reference):
+    U, Lam, gK, gb = reference
+    return {"states": U, "adjoints": Lam, "dK": gK, "db": gb, "through λ_0": Lam[0], "through dK": gK,
+            "through db": gb}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("shape", SWEEP_SHAPES, ids=str)
+def test_dense_layer_sweeps_match_the_per_layer_steps(fake_cupy, shape, act, dtype):
+    """DenseStep's block sweeps on a "cupy" backend (one launch each way, through the launchers of
+    gpubraid.runtime.cuda) give the per-layer NumPy steps' states, adjoints and gradients, with σ'
+    kept by the forward sweep and recomputed."""
+    n, B, C = shape
+    gpu, cpu = Backend("cupy", fake_cupy, dtype, 0), resolve_backend("numpy", np.dtype(dtype).name)
+    problem = sweep_problem(shape, dtype)
+    want = sweep_expected(sweep_reference(DenseStep(C, act, cpu), *problem))
+    for keep in (True, False):
+        for name, got in sweep_results(DenseStep(C, act, gpu), *problem, keep).items():
+            assert_close(got, want[name], dtype, f"sweep {name} ({'kept' if keep else 'recomputed'} σ')")
+
+
+def test_dense_layer_sweeps_decline_what_the_kernels_do_not_take(fake_cupy):
+    """Wider than SWEEP_MAX_C, or layers not evenly apart: the block form declines (nothing written)
+    and the sweeps of gpubraid.network.sweep run the per-layer launchers instead, to the same values;
+    the conv step has no block form."""
+    from gpubraid.network.sweep import backward_sweep, forward_sweep
+
+    gpu, cpu = Backend("cupy", fake_cupy, np.float64, 0), resolve_backend("numpy", "float64")
+    C = cuda.SWEEP_MAX_C + 1
+    u0, lam_n, K, b, h = sweep_problem((2, 3, C), np.float64)
+    step = DenseStep(C, "tanh", gpu)
+    U = _host(np.zeros((3, 3, C)))
+    U[0] = u0
+    params = (_host(K), _host(b))
+    assert step.forward_block(U, params, _host(h), True) is NotImplemented and not U[1:].any()
+    assert not step.backward_block(U, _host(np.zeros((3, 3, C))), params, _host(h), (_host(K * 0), _host(b * 0)),
+                                   None)
+    overlapping = np.lib.stride_tricks.as_strided(_host(np.zeros((3, 4))), shape=(3, 3, 4), strides=(0, 32, 8),
+                                                  subok=True)  # every layer the same memory
+    assert cuda.layer_stride(overlapping, 3, 3, 4) is None
+    assert DenseStep(4, "tanh", gpu).forward_block(overlapping, (_host(K[:, :4, :4]), _host(b[:, :4])), _host(h),
+                                                   False) is NotImplemented
+    want = sweep_reference(DenseStep(C, "tanh", cpu), u0, lam_n, K, b, h)
+    kept = forward_sweep(step, U, params, _host(h), True)
+    Lam, grads = _host(np.zeros((3, 3, C))), (_host(np.zeros_like(K)), _host(np.zeros_like(b)))
+    Lam[2] = lam_n
+    backward_sweep(step, U, Lam, params, _host(h), grads, kept)
+    for got, ref, what in zip((U, Lam, *grads), want, ("states", "adjoints", "dK", "db")):
+        assert_close(np.asarray(got), ref, np.float64, f"per-layer fallback {what}")
+    assert not hasattr(ConvStep(2, 3, 3, "tanh", gpu), "forward_block")
+
+
+def test_planted_bug_in_the_adjoint_sweep_is_caught(tmp_path, monkeypatch):
+    """The adjoint sweep multiplying by K instead of Kᵀ fails the adjoints and gradients, not the states."""
+    planted = tmp_path / "kernels"
+    shutil.copytree(KERNEL_DIR, planted, ignore=shutil.ignore_patterns("*.md", "__pycache__"))
+    src = (planted / "dense.cu").read_text()
+    old = "t += Ki[o * C + j] * a[o];"
+    assert old in src, "the planted bug no longer applies to dense.cu"
+    (planted / "dense.cu").write_text(src.replace(old, "t += Ki[j * C + o] * a[o];"))
+    fake = _fake_cupy_module(harness.Emulator(harness.build(planted, tmp_path / "bad.so")).lib)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    cuda._module.cache_clear()
+    try:
+        shape, dtype = (3, 7, 3), np.float64
+        problem = sweep_problem(shape, dtype, seed=2)
+        want = sweep_expected(sweep_reference(DenseStep(3, "tanh", resolve_backend("numpy", "float64")), *problem))
+        failed = set()
+        for name, got in sweep_results(DenseStep(3, "tanh", Backend("cupy", fake, dtype, 0)), *problem,
+                                       True).items():
+            try:
+                assert_close(got, want[name], dtype, name)
+            except AssertionError:
+                failed.add(name)
+    finally:
+        cuda._module.cache_clear()
+    assert failed == set(want) - {"states"}, sorted(failed)
+
+
+def test_gpu_sweeps_benchmark_runs_on_the_emulated_kernels(fake_cupy, monkeypatch):
+    """bench.gpu_sweeps' measurement, on the stand-in "cupy": the block and the per-layer sweeps agree
+    and both are timed (so that its first run on a GPU does not fail on its own code)."""
+    from bench import gpu_sweeps
+
+    stream = types.SimpleNamespace(synchronize=lambda: None)
+    monkeypatch.setattr(fake_cupy, "abs", lambda a: _host(np.abs(a)), raising=False)
+    monkeypatch.setattr(fake_cupy, "full", lambda shape, v, dtype=None: _host(np.full(shape, v, dtype)), raising=False)
+    monkeypatch.setattr(fake_cupy, "zeros_like", lambda a: _host(np.zeros_like(a)), raising=False)
+    monkeypatch.setattr(fake_cupy.cuda, "get_current_stream", lambda: stream, raising=False)
+    row = gpu_sweeps.measure(8, 40, 3, "float64", 1)
+    assert row["rel_diff"] <= 1e-12 and row["block_ms"] > 0 and row["per_layer_ms"] > 0

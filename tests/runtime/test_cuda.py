@@ -133,3 +133,49 @@ def test_full_mgrit_solve_on_gpu_equals_cpu(kind):
     assert np.max(np.abs(U1 - U0)) <= 1e-12 * np.max(np.abs(U0))
     assert np.linalg.norm(g1 - g0) <= 1e-11 * np.linalg.norm(g0)
     assert isinstance(lp.U, cupy.ndarray)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("act", list(ACTIVATIONS))
+@pytest.mark.parametrize("shape", [(1, 5, 1), (4, 300, 8), (3, 1000, 32), (2, 130, 64)], ids=str)
+def test_dense_layer_sweeps_on_gpu_match_the_per_layer_steps(shape, act, dtype):
+    """One launch per sweep (states, adjoints, gradients, λ carried in place) against one NumPy call
+    per layer; the gradients of two runs are bitwise equal."""
+    import cupy
+
+    n, B, C = shape
+    cpu, gpu = _backends(dtype)
+    rng = np.random.default_rng(7)
+    u0, lam_n = rng.standard_normal((B, C)).astype(dtype), rng.standard_normal((B, C)).astype(dtype)
+    K = (rng.standard_normal((n, C, C)) / np.sqrt(C)).astype(dtype)
+    b = (0.3 * rng.standard_normal((n, C))).astype(dtype)
+    h = rng.uniform(0.1, 1.0, n).astype(dtype)
+    ref, step = DenseStep(C, act, cpu), DenseStep(C, act, gpu)
+    us, lams, rK, rb = [u0], [lam_n], np.zeros_like(K), np.zeros_like(b)
+    for i in range(n):
+        us.append(ref.forward(us[i][None], (K[i:i + 1], b[i:i + 1]), h[i:i + 1])[0])
+    for i in reversed(range(n)):
+        dK, db = ref.param_grad(us[i][None], lams[0][None], (K[i:i + 1], b[i:i + 1]), h[i:i + 1])
+        rK[i], rb[i] = dK[0], db[0]
+        lams.insert(0, ref.adjoint(us[i][None], lams[0][None], (K[i:i + 1], b[i:i + 1]), h[i:i + 1])[0])
+    params, dh = (cupy.asarray(K), cupy.asarray(b)), cupy.asarray(h)
+    bits = None
+    for keep in (True, False, True):
+        U = cupy.zeros((n + 1, B, C), dtype=dtype)
+        U[0] = cupy.asarray(u0)
+        kept = step.forward_block(U, params, dh, keep)
+        Lam = cupy.zeros((n + 1, B, C), dtype=dtype)
+        Lam[n] = cupy.asarray(lam_n)
+        grads = (cupy.zeros_like(params[0]), cupy.zeros_like(params[1]))
+        assert step.backward_block(U, Lam, params, dh, grads, kept)
+        lam, through = cupy.asarray(lam_n), (cupy.zeros_like(params[0]), cupy.zeros_like(params[1]))
+        assert step.backward_through(U, lam, params, dh, through, step.forward_block(U, params, dh, keep))
+        for name, got, want in (("states", U, np.stack(us)), ("adjoints", Lam, np.stack(lams)), ("dK", grads[0], rK),
+                                ("db", grads[1], rb), ("through λ_0", lam, lams[0]), ("through dK", through[0], rK)):
+            got = cupy.asnumpy(got)
+            err = np.max(np.abs(got.astype(np.float64) - want)) / np.max(np.abs(want))
+            assert err <= TOL[dtype], f"{name} ({keep}): relative error {err:.3g}"
+        if keep:
+            now = cupy.asnumpy(grads[0]).tobytes() + cupy.asnumpy(grads[1]).tobytes()
+            assert bits is None or bits == now, "gradients differ between two runs"
+            bits = now

@@ -37,6 +37,19 @@
     extern "C" void emu_dense_bias_grad_##T(const unsigned* geom, const T* a, const T* h, T* db,   \
                                             int L, int B, int C) {                                 \
         emu::launch(GB_GEOM, [&] { dense_bias_grad_kernel<T>(a, h, db, L, B, C); });               \
+    }                                                                                             \
+    extern "C" void emu_dense_sweep_forward_##T(const unsigned* geom, T* U, long long su, T* D,    \
+                                                const T* K, const T* b, const T* h, int n, int B,  \
+                                                int C, int act) {                                  \
+        emu::launch(GB_GEOM, [&] { dense_sweep_forward_kernel<T>(U, su, D, K, b, h, n, B, C, act); }); \
+    }                                                                                             \
+    extern "C" void emu_dense_sweep_backward_##T(const unsigned* geom, const T* U, long long su,   \
+                                                 T* Lam, long long sl, const T* D, T* A,           \
+                                                 const T* K, const T* b, const T* h, int n, int B, \
+                                                 int C, int act) {                                 \
+        emu::launch(GB_GEOM, [&] {                                                                \
+            dense_sweep_backward_kernel<T>(U, su, Lam, sl, D, A, K, b, h, n, B, C, act);           \
+        });                                                                                       \
     }
 
 GB_EMU_TYPE(float)
