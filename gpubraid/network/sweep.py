@@ -12,14 +12,20 @@ Shapes: n layers, states and adjoints ``U``, ``Lam`` (n + 1, B, *S) (row i is u_
 groups ``layers`` (n, *P_j), step sizes ``h`` (n,), gradient groups ``grads`` (n, *P_j).
 
 :func:`forward_through` is the forward pass of inference, which keeps only the last state: the
-block form over sample blocks small enough that all n + 1 rows of one block stay in cache.
+block form over sample blocks small enough that all n + 1 rows of one block stay in cache (on a
+GPU: blocks of up to 256 MiB of states, one launch each).
 """
 from __future__ import annotations
 
+import numpy as np
+
 from ..runtime.allocator import empty_aligned
 
-#: Bytes of states (all n + 1 rows) that one block call of :func:`forward_through` holds.
+#: Bytes of states (all n + 1 rows) that one block call of :func:`forward_through` holds: on the
+#: CPU what stays in cache; on a GPU, where each call is a kernel launch and caches do not decide,
+#: as much as is worth holding at once.
 THROUGH_BYTES = 1 << 23
+GPU_THROUGH_BYTES = 1 << 28
 
 
 def _layer(layers, i):
@@ -37,13 +43,15 @@ def forward_through(step, xp, u, layers, h):
     """u_n (B, *S) from u_0 = ``u`` through the n layers (``u`` is not modified).
 
     With the step's ``forward_block``: one call per sample block of at most THROUGH_BYTES of
-    states; otherwise (or when the block form declines these arrays) one batched ``forward`` call
-    per layer.  The block form gives the per-layer calls' values to round-off.
+    states (GPU_THROUGH_BYTES when ``xp`` is not NumPy); otherwise (or when the block form
+    declines these arrays) one batched ``forward`` call per layer.  The block form gives the
+    per-layer calls' values to round-off.
     """
     n, B = len(h), u.shape[0]
     block = getattr(step, "forward_block", None)
     if callable(block) and n > 1 and B > 0:
-        m = int(max(1, min(B, THROUGH_BYTES // ((n + 1) * u[0].nbytes))))
+        budget = THROUGH_BYTES if xp is np else GPU_THROUGH_BYTES
+        m = int(max(1, min(B, budget // ((n + 1) * u[0].nbytes))))
         U = empty_states(step, xp, (n + 1, m, *u.shape[1:]), u.dtype)
         out = None
         for lo in range(0, B, m):

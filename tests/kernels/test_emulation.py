@@ -488,3 +488,23 @@ def test_gpu_sweeps_benchmark_runs_on_the_emulated_kernels(fake_cupy, monkeypatc
     monkeypatch.setattr(fake_cupy.cuda, "get_current_stream", lambda: stream, raising=False)
     row = gpu_sweeps.measure(8, 40, 3, "float64", 1)
     assert row["rel_diff"] <= 1e-12 and row["block_ms"] > 0 and row["per_layer_ms"] > 0
+
+
+def test_inference_sweep_on_a_gpu_takes_the_batch_in_one_launch(fake_cupy, monkeypatch):
+    """forward_through on a "cupy" backend: one block call for a batch whose states exceed the
+    CPU's cache budget (two calls on NumPy), and the per-layer NumPy values."""
+    from gpubraid.network import sweep
+
+    n, B, C = 64, 2100, 8  # (n + 1)·B·C float64 = 8.7 MB > THROUGH_BYTES
+    assert (n + 1) * B * C * 8 > sweep.THROUGH_BYTES
+    u0, _, K, b, h = sweep_problem((n, B, C), np.float64, seed=4)
+    gpu, cpu = Backend("cupy", fake_cupy, np.float64, 0), resolve_backend("numpy", "float64")
+    calls = []
+    for be, xp, wrap in ((gpu, fake_cupy, _host), (cpu, np, np.asarray)):
+        step = DenseStep(C, "tanh", be)
+        block = step.forward_block
+        monkeypatch.setattr(step, "forward_block", lambda *a, _b=block: calls.append(be.name) or _b(*a))
+        got = sweep.forward_through(step, xp, wrap(u0), (wrap(K), wrap(b)), wrap(h))
+        assert_close(np.asarray(got), sweep_reference(DenseStep(C, "tanh", cpu), u0, u0, K, b, h)[0][-1],
+                     np.float64, f"forward_through on {be.name}")
+    assert calls.count("cupy") == 1 and calls.count("numpy") == 2, calls
