@@ -290,29 +290,35 @@ def dense_adjoint(u, lam, K, b, h, act: int):
 def dense_param_grad(u, lam, K, b, h, act: int):
     """(dK (L, C, C), db (L, C)) = (h·aᵀ u, h·Σ_n a) with a = σ'(u Kᵀ + b) ⊙ lam."""
     dims, (u, K, b, h, lam) = _dense_args(u, K, b, h, lam)
-    L, B, C = dims
     cp = _cupy()
     with _nvtx("dense_param_grad"):
-        a = _dense_act(DENSE_ACT_GRAD, cp.matmul(u, K.transpose(0, 2, 1)), b, h, lam, act, dims)
-        dK = h[:, None, None] * cp.matmul(a.transpose(0, 2, 1), u)
-        db = cp.empty_like(b)
-        grid, block = dense_bias_grad_launch(L)
-        _kernel("dense_bias_grad_kernel<{T}>", u.dtype)(grid, block, (a, h, db, *_i32(L, B, C)))
+        return _dense_grads(_dense_act(DENSE_ACT_GRAD, cp.matmul(u, K.transpose(0, 2, 1)), b, h, lam, act, dims), u, h)
+
+
+def _dense_grads(a, u, h):
+    """(dK (L, C, C), db (L, C)) = (h·aᵀ u, h·Σ_n a) from a = σ'(z) ⊙ λ (L, B, C) and the states u
+    (L, B, C); the bias sums by dense_bias_grad_kernel (fixed order: deterministic)."""
+    L, B, C = (int(s) for s in a.shape)
+    dK = h[:, None, None] * _cupy().matmul(a.transpose(0, 2, 1), u)
+    db = _cupy().empty((L, C), dtype=a.dtype)
+    grid, block = dense_bias_grad_launch(L)
+    _kernel("dense_bias_grad_kernel<{T}>", a.dtype)(grid, block, (a, h, db, *_i32(L, B, C)))
     return dK, db
 
 
 # -- dense layer sweeps (one launch for a block of layers) ------------------------------------------
-def layer_stride(x, n: int, B: int, C: int) -> int | None:
-    """Elements between the n (B, C) layers of ``x`` when each layer is C-contiguous and they lie
-    evenly apart (as the sweep kernels index them); None otherwise."""
-    if x.ndim != 3 or tuple(x.shape) != (n, B, C):
+def layer_stride(x, dtype, n: int, shape) -> int | None:
+    """x's layer stride in elements (negative for a reversed view: the adjoint's layers in solver
+    order) when x is an array (n, *shape) of ``dtype`` whose layers are each contiguous, as the
+    kernels that walk layers by a stride index them (these sweeps, the host loops of
+    :mod:`gpubraid.runtime.host`); else None.  One layer has no stride to speak of (``row[None]``
+    has stride 0): 0."""
+    if x.dtype != dtype or tuple(x.shape) != (n, *shape) or n < 1:
         return None
-    it = x.itemsize
-    if (B > 1 and x.strides[1] != C * it) or (C > 1 and x.strides[2] != it):
+    step, item = x.strides[0], np.dtype(dtype).itemsize
+    if not x[0].flags.c_contiguous or (n > 1 and (step == 0 or step % item)):
         return None
-    if n == 1:
-        return B * C
-    return x.strides[0] // it if x.strides[0] % it == 0 and x.strides[0] >= B * C * it else None
+    return step // item if n > 1 else 0
 
 
 def _sweep_params(U, K, b, h):
@@ -323,7 +329,7 @@ def _sweep_params(U, K, b, h):
     if not isinstance(U, cp.ndarray) or U.ndim != 3 or np.dtype(U.dtype).name not in _CTYPES:
         return None
     n, B, C = U.shape[0] - 1, int(U.shape[1]), int(U.shape[2])
-    su = layer_stride(U, n + 1, B, C)
+    su = layer_stride(U, U.dtype, n + 1, (B, C))
     if n < 1 or not 0 < C <= SWEEP_MAX_C or su is None or B >= _INT32_LIMIT:
         return None
     arrays = [cp.asarray(x, dtype=U.dtype, order="C") for x in (K, b, h)]
@@ -365,7 +371,7 @@ def dense_sweep_backward(U, Lam, K, b, h, act: int, kept, gK, gb) -> bool:
     if Lam.ndim == 2:  # λ carried through in place
         sl = 0 if Lam.shape == (B, C) and Lam.flags.c_contiguous else None
     else:
-        sl = layer_stride(Lam, n + 1, B, C)
+        sl = layer_stride(Lam, U.dtype, n + 1, (B, C))
     if sl is None:
         return False
     if kept is not None and (kept.shape != (n, B, C) or kept.dtype != U.dtype or not kept.flags.c_contiguous):
@@ -375,9 +381,7 @@ def dense_sweep_backward(U, Lam, K, b, h, act: int, kept, gK, gb) -> bool:
     with _nvtx("dense_sweep_backward"):
         _kernel("dense_sweep_backward_kernel<{T}>", U.dtype)(
             grid, block, (U, np.int64(su), Lam, np.int64(sl), kept, A, K, b, h, *_i32(n, B, C, act)))
-        gK += h[:, None, None] * cp.matmul(A.transpose(0, 2, 1), U[:-1])
-        db = cp.empty((n, C), dtype=U.dtype)
-        grid, block = dense_bias_grad_launch(n)
-        _kernel("dense_bias_grad_kernel<{T}>", U.dtype)(grid, block, (A, h, db, *_i32(n, B, C)))
+        dK, db = _dense_grads(A, U[:-1], h)
+        gK += dK
         gb += db
     return True

@@ -142,15 +142,9 @@ _SUFFIX = {np.dtype(np.float64): "f64", np.dtype(np.float32): "f32"}
 
 
 def _layered(x, dtype, n: int, shape) -> int | None:
-    """x's layer stride in elements (negative for a reversed view: the adjoint's layers in solver
-    order) when x is a NumPy array (n, *shape) of ``dtype`` whose layers are each contiguous; else None.
-    One layer has no stride to speak of (``row[None]`` has stride 0): 0."""
-    if type(x) is not np.ndarray or x.dtype != dtype or x.shape != (n, *shape) or n < 1:
-        return None
-    step, item = x.strides[0], dtype.itemsize
-    if not x[0].flags.c_contiguous or (n > 1 and (step == 0 or step % item)):
-        return None
-    return step // item if n > 1 else 0
+    """:func:`gpubraid.runtime.cuda.layer_stride` of x when it is a NumPy array (the host loops take
+    no other); else None."""
+    return cuda.layer_stride(x, dtype, n, shape) if type(x) is np.ndarray else None
 
 
 def _ptr(x) -> int | None:

@@ -436,7 +436,7 @@ def test_dense_layer_sweeps_decline_what_the_kernels_do_not_take(fake_cupy):
                                    None)
     overlapping = np.lib.stride_tricks.as_strided(_host(np.zeros((3, 4))), shape=(3, 3, 4), strides=(0, 32, 8),
                                                   subok=True)  # every layer the same memory
-    assert cuda.layer_stride(overlapping, 3, 3, 4) is None
+    assert cuda.layer_stride(overlapping, np.float64, 3, (3, 4)) is None
     assert DenseStep(4, "tanh", gpu).forward_block(overlapping, (_host(K[:, :4, :4]), _host(b[:, :4])), _host(h),
                                                    False) is NotImplemented
     want = sweep_reference(DenseStep(C, "tanh", cpu), u0, lam_n, K, b, h)
