@@ -32,6 +32,19 @@ def _torch():
     return torch
 
 
+def to_tensor(torch, a, on_gpu: bool):
+    """A tensor on the memory of ``a`` (a CuPy array when ``on_gpu``, else NumPy), or on a copy
+    where torch cannot view it: negative strides (the adjoint's layers in solver order are a
+    reversed view; torch has no negative strides, and its DLPack import aborts the process on them)
+    or a read-only NumPy array.  ``ascontiguousarray`` would keep a negative stride on an axis of
+    length 1: a copy does not."""
+    if not on_gpu:
+        a = np.asarray(a)
+    if any(s < 0 for s in a.strides) or not (on_gpu or a.flags.writeable):
+        a = a.copy()
+    return torch.from_dlpack(a) if on_gpu else torch.from_numpy(a)
+
+
 class TorchStep:
     """Residual step whose f(u; θ) is a PyTorch module (see the module docstring).
 
@@ -89,12 +102,7 @@ class TorchStep:
 
     # -- zero-copy conversion ---------------------------------------------------------------------
     def _t(self, a):
-        if self.be.is_gpu:
-            return self.torch.from_dlpack(a)
-        a = np.asarray(a)
-        if any(s < 0 for s in a.strides) or not a.flags.writeable:
-            a = a.copy()  # (ascontiguousarray keeps a negative stride on an axis of length 1)
-        return self.torch.from_numpy(a)
+        return to_tensor(self.torch, a, self.be.is_gpu)
 
     def _a(self, t):
         if self.be.is_gpu:

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..network.sweep import forward_through
-from ..network.torch_step import TorchStep
+from ..network.torch_step import TorchStep, to_tensor
 from ..objective.inference import chunk_size, stream
 from ..objective.layer_parallel import chain_solver
 from ..runtime.backend import Backend, resolve_backend
@@ -51,13 +51,10 @@ def as_array(t, be: Backend):
 
 
 def as_tensor(a, be: Backend):
-    """The tensor of an array, sharing its memory."""
+    """The tensor of an array, sharing its memory (a copy where torch cannot: :func:`to_tensor`)."""
     import torch
 
-    if be.is_gpu:
-        return torch.from_dlpack(a)
-    a = np.asarray(a)
-    return torch.from_numpy(a if a.flags.writeable and all(s >= 0 for s in a.strides) else np.ascontiguousarray(a))
+    return to_tensor(torch, a, be.is_gpu)
 
 
 class Solves:

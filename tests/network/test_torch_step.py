@@ -80,6 +80,23 @@ def test_arrays_cross_without_copies():
     assert ts._a(out).ctypes.data == out.data_ptr()
 
 
+
+@pytest.mark.parametrize("on_gpu", [False, True], ids=["numpy", "dlpack"])
+def test_reversed_views_cross_as_copies(on_gpu):
+    """The adjoint's layers in solver order are a reversed view; torch has no negative strides (on
+    CUDA its DLPack import aborted the process on the H200, 2026-12-04): they cross as a copy, also
+    the length-1 axis that ascontiguousarray would leave reversed.  ``on_gpu`` takes the DLPack path
+    (NumPy arrays stand in for CuPy's: torch imports both by DLPack)."""
+    import torch
+
+    from gpubraid.network.torch_step import to_tensor
+    u = np.random.default_rng(0).standard_normal((5, 3, 4))
+    for view in (u[::-1], u[::-2], u[:1][::-1], u[1:][::-1][:, ::-1]):
+        t = to_tensor(torch, view, on_gpu)
+        assert np.array_equal(t.numpy(), view) and all(s >= 0 for s in t.stride())
+    t = to_tensor(torch, u[1:], on_gpu)
+    assert t.data_ptr() == u[1:].ctypes.data  # no copy where torch can view the array
+
 def test_init_is_rank_independent_and_from_the_factory():
     ts = TorchStep(lambda: two_layer_module(4, 6), (4,), BE)
     net = Network(ts, (3,), 6, 1.0, BE, Classifier(3))
