@@ -65,8 +65,9 @@ class Classifier(Head):
         xp = self.xp
         W, _ = params
         B = uN.shape[0]
-        if y.shape != (B,):
-            raise UserError(f"classification targets must be integer labels of shape ({B},); got {tuple(y.shape)}")
+        if y.shape != (B,) or y.dtype.kind not in "iu":
+            raise UserError(f"classification targets must be integer labels of shape ({B},); got "
+                            f"{tuple(y.shape)} {y.dtype}")
         if B and (int(y.min()) < 0 or int(y.max()) >= self.n_classes):
             raise UserError(f"labels must lie in 0..{self.n_classes - 1}; got {int(y.min())}..{int(y.max())}")
         z = self._outputs(uN, params)                    # (n_classes, B)

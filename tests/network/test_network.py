@@ -161,6 +161,8 @@ def test_bad_networks_and_targets_raise_user_error():
         evaluate(net, net.layout(), theta, np.zeros((2, 3)), np.array([0, -1]))
     with pytest.raises(UserError, match="labels must lie in 0..2"):
         evaluate(net, net.layout(), theta, np.zeros((2, 3)), np.array([0, 3]))
+    with pytest.raises(UserError, match=r"integer labels of shape \(2,\); got \(2,\) float64"):
+        evaluate(net, net.layout(), theta, np.zeros((2, 3)), np.array([0.0, 1.0]))
     reg = Network(TwoLayerStep(3, 4, BE), (3,), 4, 1.0, BE, Regression(2))
     with pytest.raises(UserError, match="regression targets"):
         evaluate(reg, reg.layout(), reg.init_params(reg.layout()), np.zeros((2, 3)), np.zeros((2, 3)))

@@ -220,5 +220,5 @@ def test_pipeline_on_cupy_equals_serial(problem, kind):
     net = ResNetODE(kind, model.in_shape, 4, 7, 3, 2.0, "tanh", gpu, gamma_tik=1e-2, gamma_ddt=1e-2)
     for schedule in ("gpipe", "1f1b"):
         lp = LayerParallel(net, None, ONE, ONE, pipeline=PipelineOptions(3, schedule))
-        ev = lp.evaluate(gpu.asarray(theta), gpu.asarray(x), gpu.asarray(y), 11)
+        ev = lp.evaluate(gpu.asarray(theta), gpu.asarray(x), gpu.xp.asarray(y), 11)
         assert np.abs(gpu.to_host(ev.grad) - ref.grad).max() <= 1e-12 * np.abs(ref.grad).max()
