@@ -2,7 +2,7 @@
 
     python -m bench.training [--quick] [--out DIR]
 
-Runs (NumPy, float64, one process, one BLAS thread):
+Runs (float64, one process, one BLAS thread; NumPy, or CuPy on a GPU):
   peaks       TrainConfig(example="peaks") defaults (dense, 32 layers, 8 channels, T = 5, tanh,
               L-BFGS full batch, 5000 samples) but 40 iterations (quick: 3); cfactor etc. as TrainConfig has them at run time (recorded)
   peaks-deep  the same with 256 layers (deep narrow), serial and oneshot only, 8 iterations
@@ -15,7 +15,11 @@ and per objective/gradient evaluation side by side, and the serial/oneshot ratio
 validation passes (val_every; for exact and oneshot those are converged MGRIT forward solves);
 ``median_step_s`` is the median iteration without a validation pass (the fairer comparison).  Methods of one
 example run back to back; the machine is shared, so the ratios carry the noise of that.
-An optional PyTorch baseline (same network, ordinary backprop, Adam) runs when torch imports.
+An optional PyTorch baseline (same network, ordinary backprop, the same optimiser) runs when torch
+imports, on the GPU when gpubraid runs on one (``GPUBRAID_BACKEND=cupy`` or a visible GPU), else on the CPU.
+On a GPU every method and the baseline first run one untimed iteration: the kernels' first-call
+compilation (NVRTC, about 10 s on the H200 machine before CuPy's disk cache holds them) stays out of
+the numbers.
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from pathlib import Path
 import numpy as np  # noqa: E402
 
 from bench import common
+from gpubraid.runtime.backend import resolve_backend
 from gpubraid.training.config import TrainConfig
 from gpubraid.training.trainer import Trainer  # noqa: E402
 
@@ -48,13 +53,16 @@ def runs(quick: bool, full: bool = False):
              ("serial", "exact", "oneshot"))]
 
 
-def torch_baseline(cfg_kwargs):
+def torch_baseline(cfg_kwargs, device: str = "cpu"):
     """The same network trained by ordinary backprop in PyTorch (float64, same optimiser settings:
-    L-BFGS full batch with a strong-Wolfe line search, or Adam on the same batch size), or None
-    without torch.  The objective is the cross-entropy without gpubraid's regularisers."""
+    L-BFGS full batch with a strong-Wolfe line search, or Adam on the same batch size) on ``device``
+    ("cpu" or "cuda"), or None without torch (or without CUDA in torch when ``device`` is "cuda").
+    The objective is the cross-entropy without gpubraid's regularisers."""
     try:
         import torch
     except Exception:
+        return None
+    if device == "cuda" and not torch.cuda.is_available():
         return None
     import time
 
@@ -64,17 +72,19 @@ def torch_baseline(cfg_kwargs):
     ds = load_dataset(cfg.example, seed=cfg.seed, n_train=cfg.n_train, n_val=cfg.n_val)
     torch.manual_seed(cfg.seed)
     f64 = torch.float64
-    x, y = torch.as_tensor(ds.x_train, dtype=f64), torch.as_tensor(ds.y_train)
-    xv, yv = torch.as_tensor(ds.x_val, dtype=f64), torch.as_tensor(ds.y_val)
+    dev = torch.device(device)
+    x, y = torch.as_tensor(ds.x_train, dtype=f64, device=dev), torch.as_tensor(ds.y_train, device=dev)
+    xv, yv = torch.as_tensor(ds.x_val, dtype=f64, device=dev), torch.as_tensor(ds.y_val, device=dev)
     C, N, h = cfg.channels, cfg.layers, cfg.final_time / cfg.layers
-    act = {"tanh": torch.tanh, "relu": torch.relu}.get(cfg.activation, torch.tanh)
+    act = _torch_activation(torch, cfg.activation)
     conv = ds.kind == "conv"
-    mk = (lambda: torch.nn.Conv2d(C, C, 3, padding=1, dtype=f64)) if conv else (lambda: torch.nn.Linear(C, C, dtype=f64))
-    opening = (torch.nn.Conv2d(ds.in_shape[0], C, 3, padding=1, dtype=f64) if conv
-               else torch.nn.Linear(ds.in_shape[0], C, dtype=f64))
+    kw = dict(dtype=f64, device=dev)
+    mk = (lambda: torch.nn.Conv2d(C, C, 3, padding=1, **kw)) if conv else (lambda: torch.nn.Linear(C, C, **kw))
+    opening = (torch.nn.Conv2d(ds.in_shape[0], C, 3, padding=1, **kw) if conv
+               else torch.nn.Linear(ds.in_shape[0], C, **kw))
     layers = torch.nn.ModuleList([mk() for _ in range(N)])
     state = C * (ds.in_shape[1] * ds.in_shape[2] if conv else 1)
-    classifier = torch.nn.Linear(state, ds.n_classes, dtype=f64)
+    classifier = torch.nn.Linear(state, ds.n_classes, **kw)
     params = [*opening.parameters(), *layers.parameters(), *classifier.parameters()]
     net = lambda xb: classifier(_res(act(opening(xb)), layers, act, h).flatten(1))  # noqa: E731
     lbfgs = cfg.optimizer == "lbfgs"
@@ -107,7 +117,17 @@ def torch_baseline(cfg_kwargs):
         train = float((net(x).argmax(1) == y).double().mean())
     return {"method": "torch-backprop", "wall_s": wall, "s_per_iteration": wall / cfg.iterations,
             "val_accuracy": val, "train_accuracy": train, "history": hist, "torch": torch.__version__,
-            "optimizer": cfg.optimizer, "iterations": cfg.iterations}
+            "optimizer": cfg.optimizer, "iterations": cfg.iterations, "device": device}
+
+
+def _torch_activation(torch, name: str):
+    """gpubraid's activation ``name`` (:mod:`gpubraid.network.activations`) on torch tensors."""
+    from gpubraid.network.activations import SMOOTH_EPS as e
+    acts = {"tanh": torch.tanh, "relu": torch.relu, "identity": lambda z: z,
+            "smoothrelu": lambda z: torch.where(z <= -e, 0.0, torch.where(z >= e, z, (z + e) ** 2 / (4 * e)))}
+    if name not in acts:
+        raise ValueError(f"no torch baseline for activation {name!r}; it has {sorted(acts)}")
+    return acts[name]
 
 
 def _res(u, layers, act, h):
@@ -146,9 +166,13 @@ def ratios_of(summary) -> dict:
 
 def run(quick: bool, out_dir, full: bool = False) -> dict:
     summary, files = [], []
+    backend = resolve_backend(None)
+    device = "cuda" if backend.is_gpu else "cpu"
     for tag, kw, methods in runs(quick, full):
         for method in methods:
             cfg = TrainConfig(**kw, method=method, progress=False)
+            if backend.is_gpu:  # first-call compilation outside the timing
+                Trainer(TrainConfig(**{**kw, "iterations": 1, "val_every": 1}, method=method, progress=False)).run()
             res = Trainer(cfg).run()
             m = res.metrics()
             doc = common.document(NAME, {"run": tag, "method": method, **kw}, m)
@@ -168,15 +192,19 @@ def run(quick: bool, out_dir, full: bool = False) -> dict:
             summary.append(row)
             print(f"{tag:10s} {method:8s} {row['s_per_iteration']:.3f} s/it  {row['s_per_eval']:.3f} s/eval  "
                   f"obj {row['objective']:.4f} val {row['val_accuracy']:.3f}", flush=True)
-        tb = torch_baseline(kw)
+        if device == "cuda":
+            torch_baseline({**kw, "iterations": 1}, device)
+        tb = torch_baseline(kw, device)
         summary.append({"run": tag, "method": "torch-backprop", "skipped": tb is None,
                         "reason": "torch not importable" if tb is None else None,
                         **({} if tb is None else {k: v for k, v in tb.items() if k != "history"})})
         if tb is not None:
-            print(f"{tag:10s} torch    {tb['s_per_iteration']:.3f} s/it  val {tb['val_accuracy']:.3f}", flush=True)
+            print(f"{tag:10s} torch    {tb['s_per_iteration']:.3f} s/it  val {tb['val_accuracy']:.3f} ({device})",
+                  flush=True)
     ratios = ratios_of(summary)
     return common.document(NAME, {"quick": quick, "full": full, "runs": [(t, kw, list(m)) for t, kw, m in runs(quick, full)],
-                                  "processes": 1, "backend": "numpy", "dtype": "float64"},
+                                  "processes": 1, "backend": backend.name, "torch_device": device,
+                                  "dtype": "float64"},
                            {"summary": summary, "ratios": ratios, "files": files})
 
 

@@ -199,7 +199,8 @@ def test_gpu_script_stops_in_one_line_without_cupy_or_with_wheels_it_cannot_inst
     """bench/gpu.sh on a machine without CuPy runs nothing and fails (exit 1, one line); a .whl/
     folder whose wheels do not install stops it before anything runs."""
     (tmp_path / "bench").mkdir()
-    shutil.copy(REPO / "bench" / "gpu.sh", tmp_path / "bench" / "gpu.sh")
+    for script in ("gpu.sh", "gpu_env.sh"):
+        shutil.copy(REPO / "bench" / script, tmp_path / "bench" / script)
     env = dict(os.environ, OUT=str(tmp_path), GPUBRAID_ENV=str(tmp_path / "env"))
     run = [shutil.which("bash"), str(tmp_path / "bench" / "gpu.sh"), sys.executable]
     proc = subprocess.run(run, capture_output=True, text=True, timeout=120, env=env)
@@ -209,3 +210,19 @@ def test_gpu_script_stops_in_one_line_without_cupy_or_with_wheels_it_cannot_inst
     proc = subprocess.run(run, capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 1 and f"installing .whl/ into {tmp_path / 'env'} failed" in proc.stdout
     assert "CuPy" not in proc.stdout and not (tmp_path / "gpu-results.tgz").exists()
+
+
+@pytest.mark.parametrize("name", ["tanh", "relu", "identity", "smoothrelu"])
+def test_training_baseline_activations_are_gpubraids(name):
+    """bench.training's PyTorch baseline uses the run's own activation (smoothrelu had fallen back to
+    tanh), equal to gpubraid's on both sides of smoothrelu's kinks and between them."""
+    torch = pytest.importorskip("torch")
+    import numpy as np
+
+    from bench.training import _torch_activation
+    from gpubraid.network.activations import ACTIVATIONS
+    z = np.linspace(-0.5, 0.5, 101)
+    got = _torch_activation(torch, name)(torch.tensor(z)).numpy()
+    assert np.allclose(got, ACTIVATIONS[name].sigma(np, z), rtol=1e-14, atol=1e-15)
+    with pytest.raises(ValueError, match="no torch baseline for activation 'swish'"):
+        _torch_activation(torch, "swish")
