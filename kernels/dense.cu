@@ -1,5 +1,7 @@
-// Elementwise parts of the dense residual step; the matrix products go through cuBLAS
-// (cupy.matmul) in gpubraid/cuda.py.
+// The dense residual step on the GPU: the elementwise parts of one step over L layers at once (its
+// matrix products go through cuBLAS, cupy.matmul, in gpubraid/runtime/cuda.py), and the layer
+// sweeps and chains that carry each sample through many layers in one launch
+// (gpubraid/runtime/cuda_sweeps.py).
 //
 // Layouts (C-contiguous, T = float or double): z, u, lam, out (L, B, C); b (L, C); h (L,).
 //   dense_act_kernel<T, GB_DENSE_FORWARD>   out = u + h·σ(z + b)     (z = u Kᵀ)
@@ -7,6 +9,8 @@
 //   dense_bias_grad_kernel<T>               db = h·Σ_n a              (deterministic)
 //   dense_sweep_forward_kernel<T>           U_{i+1} = U_i + h_i·σ(K_i U_i + b_i), i = 0..n−1, one launch
 //   dense_sweep_backward_kernel<T>          λ_i = λ_{i+1} + h_i K_iᵀ a_i, a_i = σ'(z_i) ⊙ λ_{i+1}, i = n−1..0
+//   dense_chain_forward_kernel<T>           v_i = Φ_i(v_{i−1}) + g_i, i = 0..n−1, one launch (coarsest solve)
+//   dense_chain_adjoint_kernel<T>           w_i = w_{i−1} + h_i K_iᵀ(σ'(K_i U_i + b_i) ⊙ w_{i−1}) + g_i
 #pragma once
 
 #include "activations.cuh"
@@ -135,4 +139,67 @@ dense_sweep_backward_kernel(const T* __restrict__ U, long long su, T* __restrict
     }
     if (!sl)
         for (int j = 0; j < C; ++j) lrow[j] = lam[j];
+}
+
+/// A chain with a right-hand side in one launch: MGRIT's coarsest level, solved sequentially,
+///     v_i = v_{i−1} + h_i·σ(K_i v_{i−1} + b_i) + G_i,   i = 0..n − 1,   v_{−1} = u0,
+/// thread s carrying sample s (C ≤ GB_SWEEP_MAX_C).  u0 (B, C) contiguous; V (n, B, C) with layers
+/// sv elements apart, each C-contiguous; G like V (sg apart) or null for no right-hand side; G may
+/// be V itself (each entry is read before it is written); K (n, C, C), b (n, C), h (n,) contiguous.
+template <typename T>
+__global__ void __launch_bounds__(GB_SWEEP_THREADS)
+dense_chain_forward_kernel(const T* __restrict__ u0, T* V, long long sv, const T* G, long long sg,
+                           const T* __restrict__ K, const T* __restrict__ b, const T* __restrict__ h, int n, int B,
+                           int C, int act) {
+    const long long s = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (s >= B) return;
+    T u[GB_SWEEP_MAX_C], v[GB_SWEEP_MAX_C];
+    T* row = V + s * C;                                   // this sample's rows, step by step
+    const T* g = G ? G + s * C : nullptr;
+    for (int j = 0; j < C; ++j) u[j] = u0[s * C + j];
+    for (int i = 0; i < n; ++i, K += C * C, b += C, row += sv) {
+        const T hi = h[i];
+        for (int o = 0; o < C; ++o) {
+            T z = T(0);
+            for (int j = 0; j < C; ++j) z += K[o * C + j] * u[j];
+            v[o] = u[o] + hi * gb_sigma<T>(act, z + b[o]);
+        }
+        for (int o = 0; o < C; ++o) row[o] = u[o] = g ? v[o] + g[o] : v[o];
+        if (g) g += sg;
+    }
+}
+
+/// The adjoint chain with a right-hand side in one launch, in the adjoint solve's order (the
+/// caller passes the layers reversed):
+///     w_i = w_{i−1} + h_i K_iᵀ (σ'(K_i U_i + b_i) ⊙ w_{i−1}) + G_i,   i = 0..n − 1,   w_{−1} = w0,
+/// thread s carrying sample s (C ≤ GB_SWEEP_MAX_C).  w0 (B, C) contiguous; W (n, B, C) with layers
+/// sw elements apart, G like it (sg apart) or null, G may be W; U (n, B, C) the states each step is
+/// linearised at, layers su apart (negative for a reversed view); K, b, h contiguous as above.
+template <typename T>
+__global__ void __launch_bounds__(GB_SWEEP_THREADS)
+dense_chain_adjoint_kernel(const T* __restrict__ w0, T* W, long long sw, const T* G, long long sg,
+                           const T* __restrict__ U, long long su, const T* __restrict__ K, const T* __restrict__ b,
+                           const T* __restrict__ h, int n, int B, int C, int act) {
+    const long long s = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (s >= B) return;
+    T w[GB_SWEEP_MAX_C], a[GB_SWEEP_MAX_C];
+    T* row = W + s * C;                                   // this sample's rows, step by step
+    const T* g = G ? G + s * C : nullptr;
+    const T* ui = U + s * C;
+    for (int j = 0; j < C; ++j) w[j] = w0[s * C + j];
+    for (int i = 0; i < n; ++i, K += C * C, b += C, row += sw, ui += su) {
+        for (int o = 0; o < C; ++o) {
+            T z = T(0);
+            for (int j = 0; j < C; ++j) z += K[o * C + j] * ui[j];
+            a[o] = gb_dsigma<T>(act, z + b[o]) * w[o];
+        }
+        const T hi = h[i];
+        for (int j = 0; j < C; ++j) {
+            T t = T(0);
+            for (int o = 0; o < C; ++o) t += K[o * C + j] * a[o];
+            w[j] += hi * t;
+        }
+        for (int j = 0; j < C; ++j) row[j] = w[j] = g ? w[j] + g[j] : w[j];
+        if (g) g += sg;
+    }
 }

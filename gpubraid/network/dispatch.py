@@ -2,12 +2,13 @@
 in a step's bases, each taking the calls it can and passing the rest on (``super()``).
 
     CudaDispatch   on a GPU backend, the fused CUDA kernels of :mod:`gpubraid.runtime.cuda`
-    CudaSweeps     on a GPU backend, the block sweeps as one launch each (the dense step)
+    CudaSweeps     on a GPU backend, the block sweeps and the chains with a right-hand side as one
+                   launch each (the dense step)
     HostDispatch   on NumPy, the compiled C loops of :mod:`gpubraid.runtime.host` (the dense step)
 """
 from __future__ import annotations
 
-from ..runtime import cuda, host
+from ..runtime import cuda, cuda_sweeps, host
 
 
 class CudaDispatch:
@@ -47,24 +48,41 @@ class CudaDispatch:
 class CudaSweeps:
     """On a GPU backend, the block sweeps (``forward_block``, ``backward_block``, ``backward_through``)
     as the one-launch layer sweeps ``<_cuda_prefix>_sweep_forward`` / ``_sweep_backward`` of
-    :mod:`gpubraid.runtime.cuda` (the dense step); elsewhere the next class's."""
+    :mod:`gpubraid.runtime.cuda_sweeps` (the dense step); elsewhere the next class's.  Also the
+    chains with a right-hand side (``forward_chain``, ``adjoint_chain``: MGRIT's coarsest solve) in one
+    launch each; they decline (False) elsewhere, and the solver steps one layer per call."""
 
     _cuda_prefix: str
 
     def forward_block(self, U, params, h, keep):
         if self.be.is_gpu:
-            return getattr(cuda, f"{self._cuda_prefix}_sweep_forward")(U, *params, h, self.activation.code, keep)
+            return getattr(cuda_sweeps, f"{self._cuda_prefix}_sweep_forward")(U, *params, h, self.activation.code,
+                                                                              keep)
         return super().forward_block(U, params, h, keep)
 
     def backward_block(self, U, Lam, params, h, grads, kept) -> bool:
         if self.be.is_gpu:
-            return getattr(cuda, f"{self._cuda_prefix}_sweep_backward")(U, Lam, *params, h, self.activation.code,
-                                                                         kept, *grads)
+            return getattr(cuda_sweeps, f"{self._cuda_prefix}_sweep_backward")(U, Lam, *params, h,
+                                                                               self.activation.code, kept, *grads)
         return super().backward_block(U, Lam, params, h, grads, kept)
 
     def backward_through(self, U, lam, params, h, grads, kept) -> bool:
         return self.backward_block(U, lam, params, h, grads, kept) if self.be.is_gpu else \
             super().backward_through(U, lam, params, h, grads, kept)
+
+    def forward_chain(self, u0, V, params, h, G) -> bool:
+        """V[i] = forward(V[i − 1]) + G[i], i = 0..n − 1, from V[−1] = u0 (B, *S); V (n, B, *S), G like
+        V (may be V) or None; params and h per step (n, ...).  True when done, False (nothing done)
+        when declined."""
+        return self.be.is_gpu and getattr(cuda_sweeps, f"{self._cuda_prefix}_chain_forward")(
+            u0, V, *params, h, self.activation.code, G)
+
+    def adjoint_chain(self, w0, W, U, params, h, G) -> bool:
+        """W[i] = adjoint(U[i], W[i − 1]) + G[i], i = 0..n − 1, from W[−1] = w0, in the order given (the
+        adjoint solve's: layers reversed by the caller); W, U (n, B, *S); G like W (may be W) or None.
+        True when done, False (nothing done) when declined."""
+        return self.be.is_gpu and getattr(cuda_sweeps, f"{self._cuda_prefix}_chain_adjoint")(
+            w0, W, U, *params, h, self.activation.code, G)
 
 
 class HostDispatch:

@@ -47,6 +47,27 @@ def _as_stepped(be, rows):
     return be.xp.ascontiguousarray(rows) if be.is_gpu and rows is not None else rows
 
 
+
+def propagators(steps):
+    """The solver's step callbacks for ``steps`` (a step, or :class:`LevelSteps`): ``phi(u, data, h)``,
+    the forward step with data = the layers' parameter groups, and ``psi(w, data, h)``, the adjoint
+    step in the adjoint solve's order with data = the parameter groups and then the states it is
+    linearised at (all reversed).  Each carries ``chain`` (the coarsest solve's rows in one call)
+    when the step has ``forward_chain`` / ``adjoint_chain``."""
+
+    def phi(u, d, h):
+        return steps.forward(u, d, h)
+
+    def psi(w, d, h):
+        return steps.adjoint(d[-1], w, d[:-1], h)
+
+    forward_chain, adjoint_chain = getattr(steps, "forward_chain", None), getattr(steps, "adjoint_chain", None)
+    if forward_chain is not None:
+        phi.chain = lambda prev, d, h, rhs, rows: forward_chain(prev, rows, d, h, rhs)
+    if adjoint_chain is not None:
+        psi.chain = lambda prev, d, h, rhs, rows: adjoint_chain(prev, rows, d[-1], d[:-1], h, rhs)
+    return phi, psi
+
 class LayerParallel:
     """Objective and gradient of a Network with layers distributed over the ranks of ``comm``.
 
@@ -86,6 +107,7 @@ class LayerParallel:
         # the solvers' steps: on halved feature maps too when coarse levels coarsen in space
         spatial = max(forward.spatial_levels, adjoint.spatial_levels)
         self.steps = LevelSteps(model.step, spatial) if spatial else model.step
+        self.phi, self.psi = propagators(self.steps)
         self.U = None     # forward rows u_a..u_b of the last solve (warm start)
         self.Lam = None   # adjoint rows in solver order of the last solve (warm start; may be a reversed view)
         self.last_stats: tuple[SolveStats, SolveStats | None] | None = None
@@ -148,7 +170,7 @@ class LayerParallel:
         m = self.model
         if self.is_first and u0 is None:
             u0 = m.open_forward(x, P)
-        return self.fwd.solve(self.steps.forward, P.layers(), u0, (batch, *m.state_shape),
+        return self.fwd.solve(self.phi, P.layers(), u0, (batch, *m.state_shape),
                               warm=self._warm(self.U, batch) if warm else None, tol=self.fwd_tol, choice=choice)
 
     @staticmethod
@@ -164,7 +186,7 @@ class LayerParallel:
         if self.pipe is None or self._one_level(self.fwd):
             return None
         m = self.model
-        choice = self.fwd.choose(self.steps.forward, P.layers(), u0, (batch, *m.state_shape),
+        choice = self.fwd.choose(self.phi, P.layers(), u0, (batch, *m.state_shape),
                                  warm=self._warm(self.U, batch) if warm else None)
         if self.level_cap is not None and self.level_cap < choice.levels:
             choice.levels = self.level_cap
@@ -265,11 +287,8 @@ class LayerParallel:
         m, be = self.model, self.be
         data = tuple(_as_stepped(be, p[::-1]) for p in P.layers()) + (_as_stepped(be, U[:-1][::-1]),)
 
-        def psi(w, d, h):
-            return self.steps.adjoint(d[-1], w, d[:-1], h)
-
         warm_lam = _as_stepped(be, self._warm(self.Lam, batch) if warm else None)
-        Lam_s, bstats = self.bwd.solve(psi, data, lamN, (batch, *m.state_shape), warm=warm_lam,
+        Lam_s, bstats = self.bwd.solve(self.psi, data, lamN, (batch, *m.state_shape), warm=warm_lam,
                                        levels=levels, tol=self.bwd_tol, max_iter=None,
                                        sample_data=(len(data) - 1,))
         self.Lam = Lam_s

@@ -10,7 +10,9 @@ Shapes (T = float32 or float64, one dtype for all arrays of a call):
     conv   u, lam (L, B, C, H, W)   K (L, C, C, 3, 3)   b (L, C)   h (L,)
     dense  u, lam (L, B, C)         K (L, C, C)         b (L, C)   h (L,)
 
-``act`` is the activation's integer code (:data:`gpubraid.network.activations.CODES`).
+``act`` is the activation's integer code (:data:`gpubraid.network.activations.CODES`).  The
+launchers that take many layers in one launch (the dense step's layer sweeps and chains) are in
+:mod:`gpubraid.runtime.cuda_sweeps`.
 """
 from __future__ import annotations
 
@@ -70,8 +72,8 @@ def name_expressions(ctype: str) -> list[str]:
         f"conv_param_grad_kernel<{ctype}>",
         *(f"dense_act_kernel<{ctype}, {m}>" for m in (DENSE_FORWARD, DENSE_ACT_GRAD)),
         f"dense_bias_grad_kernel<{ctype}>",
-        f"dense_sweep_forward_kernel<{ctype}>",
-        f"dense_sweep_backward_kernel<{ctype}>",
+        *(f"dense_{kind}_kernel<{ctype}>" for kind in ("sweep_forward", "sweep_backward", "chain_forward",
+                                                       "chain_adjoint")),
     ]
 
 
@@ -304,84 +306,3 @@ def _dense_grads(a, u, h):
     grid, block = dense_bias_grad_launch(L)
     _kernel("dense_bias_grad_kernel<{T}>", a.dtype)(grid, block, (a, h, db, *_i32(L, B, C)))
     return dK, db
-
-
-# -- dense layer sweeps (one launch for a block of layers) ------------------------------------------
-def layer_stride(x, dtype, n: int, shape) -> int | None:
-    """x's layer stride in elements (negative for a reversed view: the adjoint's layers in solver
-    order) when x is an array (n, *shape) of ``dtype`` whose layers are each contiguous, as the
-    kernels that walk layers by a stride index them (these sweeps, the host loops of
-    :mod:`gpubraid.runtime.host`); else None.  One layer has no stride to speak of (``row[None]``
-    has stride 0): 0."""
-    if x.dtype != dtype or tuple(x.shape) != (n, *shape) or n < 1:
-        return None
-    step, item = x.strides[0], np.dtype(dtype).itemsize
-    if not x[0].flags.c_contiguous or (n > 1 and (step == 0 or step % item)):
-        return None
-    return step // item if n > 1 else 0
-
-
-def _sweep_params(U, K, b, h):
-    """(n, B, C, U's layer stride, contiguous K, b, h) for a sweep of states U (n + 1, B, C), or
-    None when the kernels do not take them (width above SWEEP_MAX_C, layers not C-contiguous or not
-    evenly apart, dtypes or devices that differ, sizes beyond 32-bit indexing of samples)."""
-    cp = _cupy()
-    if not isinstance(U, cp.ndarray) or U.ndim != 3 or np.dtype(U.dtype).name not in _CTYPES:
-        return None
-    n, B, C = U.shape[0] - 1, int(U.shape[1]), int(U.shape[2])
-    su = layer_stride(U, U.dtype, n + 1, (B, C))
-    if n < 1 or not 0 < C <= SWEEP_MAX_C or su is None or B >= _INT32_LIMIT:
-        return None
-    arrays = [cp.asarray(x, dtype=U.dtype, order="C") for x in (K, b, h)]
-    if any(x.device.id != U.device.id for x in arrays) or [x.shape for x in arrays] != [(n, C, C), (n, C), (n,)]:
-        return None
-    return (n, B, C, su, *arrays)
-
-
-def dense_sweep_forward(U, K, b, h, act: int, keep: bool):
-    """U[1..n] from U[0] through n dense layers in one launch (U (n + 1, B, C), K (n, C, C), b (n, C),
-    h (n,)); returns σ'(z) (n, B, C) when ``keep``, else None; NotImplemented (nothing done) when the
-    kernel does not take these arrays (:func:`_sweep_params`)."""
-    p = _sweep_params(U, K, b, h)
-    if p is None:
-        return NotImplemented
-    n, B, C, su, K, b, h = p
-    cp = _cupy()
-    D = cp.empty((n, B, C), dtype=U.dtype) if keep else None
-    grid, block = dense_sweep_launch(B)
-    with _nvtx("dense_sweep_forward"):
-        _kernel("dense_sweep_forward_kernel<{T}>", U.dtype)(
-            grid, block, (U, np.int64(su), D, K, b, h, *_i32(n, B, C, act)))  # None: a null σ' pointer
-    return D
-
-
-def dense_sweep_backward(U, Lam, K, b, h, act: int, kept, gK, gb) -> bool:
-    """The adjoint sweep through n dense layers in one launch, and the layers' parameter gradients
-    added into gK (n, C, C), gb (n, C).  Lam (n + 1, B, C): λ_n given, λ_{n−1..0} written; or Lam
-    (B, C): λ_n, replaced by λ_0 in place.  ``kept``: :func:`dense_sweep_forward`'s σ'(z) for these U
-    (used up: it is overwritten by a = σ'(z) ⊙ λ), or None (recomputed).  False (nothing done) when
-    the kernel does not take these arrays."""
-    p = _sweep_params(U, K, b, h)
-    if p is None:
-        return False
-    n, B, C, su, K, b, h = p
-    cp = _cupy()
-    if not isinstance(Lam, cp.ndarray) or Lam.dtype != U.dtype or Lam.device.id != U.device.id:
-        return False
-    if Lam.ndim == 2:  # λ carried through in place
-        sl = 0 if Lam.shape == (B, C) and Lam.flags.c_contiguous else None
-    else:
-        sl = layer_stride(Lam, U.dtype, n + 1, (B, C))
-    if sl is None:
-        return False
-    if kept is not None and (kept.shape != (n, B, C) or kept.dtype != U.dtype or not kept.flags.c_contiguous):
-        kept = None  # recomputed
-    A = cp.empty((n, B, C), dtype=U.dtype) if kept is None else kept
-    grid, block = dense_sweep_launch(B)
-    with _nvtx("dense_sweep_backward"):
-        _kernel("dense_sweep_backward_kernel<{T}>", U.dtype)(
-            grid, block, (U, np.int64(su), Lam, np.int64(sl), kept, A, K, b, h, *_i32(n, B, C, act)))
-        dK, db = _dense_grads(A, U[:-1], h)
-        gK += dK
-        gb += db
-    return True

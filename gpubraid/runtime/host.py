@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import cuda
+from . import cuda, cuda_sweeps
 from .allocator import empty_aligned
 
 SOURCE, HEADER = "dense_host.c", "dense_host.h"
@@ -142,9 +142,9 @@ _SUFFIX = {np.dtype(np.float64): "f64", np.dtype(np.float32): "f32"}
 
 
 def _layered(x, dtype, n: int, shape) -> int | None:
-    """:func:`gpubraid.runtime.cuda.layer_stride` of x when it is a NumPy array (the host loops take
+    """:func:`gpubraid.runtime.cuda_sweeps.layer_stride` of x when it is a NumPy array (the host loops take
     no other); else None."""
-    return cuda.layer_stride(x, dtype, n, shape) if type(x) is np.ndarray else None
+    return cuda_sweeps.layer_stride(x, dtype, n, shape) if type(x) is np.ndarray else None
 
 
 def _ptr(x) -> int | None:

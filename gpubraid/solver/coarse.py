@@ -1,7 +1,10 @@
 """The coarsest level: solved sequentially on the root position (docs/algorithm.md §3).
 
 Every position sends its g rows (and the origin its u_0) to the root, the root steps
-u_k = Φ_L(u_{k−1}) + g_k through all N_L steps and scatters the owned rows back.
+u_k = Φ_L(u_{k−1}) + g_k through all N_L steps and scatters the owned rows back.  A step
+callback with a ``chain(prev, data, h, rhs, rows)`` attribute takes each position's rows in one
+call (the dense step on a GPU: one launch, :meth:`~gpubraid.network.dispatch.CudaSweeps.forward_chain`);
+when it declines (returns False) the rows are stepped one call each.
 """
 from __future__ import annotations
 
@@ -50,14 +53,19 @@ def coarse_solve(s: SolveState) -> None:
                     comm.recv_into(buf, ranks[p], tags.COARSE_G)
                     segments.append((p, lay.lo, buf))
         reqs = []
+        chain = getattr(s.phi, "chain", None)
         for p, lo, buf in sorted(segments, key=lambda seg: seg[1]):
             rows, rhs = (u[1:], g[1:]) if buf is None else (buf, buf)
-            for i in range(rows.shape[0]):
-                k = lo + i
-                d = tuple(x[k - 1:k] for x in s.coarse_data)
-                v = s.phi(prev[None], d, s.coarse_h[k - 1:k])[0]
-                xp.add(v, rhs[i], out=rows[i])
-                prev = rows[i]
+            n = rows.shape[0]
+            if not (chain and chain(prev, tuple(x[lo - 1:lo - 1 + n] for x in s.coarse_data),
+                                    s.coarse_h[lo - 1:lo - 1 + n], rhs, rows)):
+                for i in range(n):
+                    k = lo + i
+                    d = tuple(x[k - 1:k] for x in s.coarse_data)
+                    v = s.phi(prev[None], d, s.coarse_h[k - 1:k])[0]
+                    xp.add(v, rhs[i], out=rows[i])
+                    prev = rows[i]
+            prev = rows[-1]
             if buf is not None:
                 with s.timer("exchange"):
                     reqs.append(comm.isend(buf, ranks[p], tags.COARSE_U))

@@ -3,7 +3,10 @@
 The solver knows nothing about networks.  A problem hands it, in solver order (see grid.py):
 
     phi(u, data, h) -> Φ(u)   batched step: u (k, B, *S), data a tuple of (k, ...) arrays, h (k,)
-                              (with spatial coarsening, S is the level's: see space.py)
+                              (with spatial coarsening, S is the level's: see space.py); optional
+                              attribute phi.chain(prev, data, h, rhs, rows) -> bool: rows[i] =
+                              Φ(rows[i − 1]) + rhs[i] from rows[−1] = prev in one call (the coarsest
+                              solve), False when it declines
     data                      this rank's level-0 step data, one row per owned level-0 step
     u0                        the value at point 0 (on the rank that holds point 0)
 

@@ -19,7 +19,7 @@ import pytest
 
 from gpubraid.network.activations import ACTIVATIONS
 from gpubraid.network.steps import ConvStep, DenseStep
-from gpubraid.runtime import cuda
+from gpubraid.runtime import cuda, cuda_sweeps
 from gpubraid.runtime.backend import Backend, resolve_backend
 
 _spec = importlib.util.spec_from_file_location("gpubraid_emulation_harness",
@@ -436,7 +436,7 @@ def test_dense_layer_sweeps_decline_what_the_kernels_do_not_take(fake_cupy):
                                    None)
     overlapping = np.lib.stride_tricks.as_strided(_host(np.zeros((3, 4))), shape=(3, 3, 4), strides=(0, 32, 8),
                                                   subok=True)  # every layer the same memory
-    assert cuda.layer_stride(overlapping, np.float64, 3, (3, 4)) is None
+    assert cuda_sweeps.layer_stride(overlapping, np.float64, 3, (3, 4)) is None
     assert DenseStep(4, "tanh", gpu).forward_block(overlapping, (_host(K[:, :4, :4]), _host(b[:, :4])), _host(h),
                                                    False) is NotImplemented
     want = sweep_reference(DenseStep(C, "tanh", cpu), u0, lam_n, K, b, h)
@@ -508,3 +508,101 @@ def test_inference_sweep_on_a_gpu_takes_the_batch_in_one_launch(fake_cupy, monke
         assert_close(np.asarray(got), sweep_reference(DenseStep(C, "tanh", cpu), u0, u0, K, b, h)[0][-1],
                      np.float64, f"forward_through on {be.name}")
     assert calls.count("cupy") == 1 and calls.count("numpy") == 2, calls
+
+
+# -- the dense chains with a right-hand side: MGRIT's coarsest solve in one launch ----------------------
+def chain_reference(step, start, U, K, b, h, G, adjoint: bool):
+    """Rows (n, B, C) of the chain v_i = Φ_i(v_{i−1}) + G_i (adjoint: v_i = adjoint(U_i, v_{i−1}) + G_i),
+    one NumPy step call per row, as the solver's row loop does it."""
+    rows, prev = [], start
+    for i in range(len(h)):
+        one = (K[i:i + 1], b[i:i + 1])
+        v = (step.adjoint(U[i:i + 1], prev[None], one, h[i:i + 1]) if adjoint
+             else step.forward(prev[None], one, h[i:i + 1]))[0]
+        prev = v + G[i] if G is not None else v
+        rows.append(prev)
+    return np.stack(rows)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("shape", SWEEP_SHAPES, ids=str)
+def test_dense_chains_match_the_per_row_steps(fake_cupy, shape, act, dtype):
+    """DenseStep's forward_chain / adjoint_chain on a "cupy" backend (one launch each, through
+    gpubraid.runtime.cuda_sweeps) give the rows of one NumPy step call per row plus the right-hand
+    side: without one, with one in its own array, with the rows themselves holding it (the coarsest
+    solve's received rows, stepped in place), with rows and states that are sample blocks of a
+    larger batch, and with the states a reversed view."""
+    n, B, C = shape
+    gpu, cpu = Backend("cupy", fake_cupy, dtype, 0), resolve_backend("numpy", np.dtype(dtype).name)
+    g, c = DenseStep(C, act, gpu), DenseStep(C, act, cpu)
+    rng = np.random.default_rng(7)
+    start, _, K, b, h = sweep_problem(shape, dtype, seed=3)
+    G = rng.standard_normal((n, B, C)).astype(dtype)
+    Ubuf = rng.standard_normal((n, B + 2, C)).astype(dtype)
+    U = Ubuf[::-1, 1:B + 1]  # reversed layers, a sample block: layers (B + 2)·C apart, negatively
+    params, hd = (_host(K), _host(b)), _host(h)
+    for adjoint in (False, True):
+        what = "adjoint" if adjoint else "forward"
+        for rhs in ("none", "separate", "in place"):
+            buf = _host(np.full((n, B + 1, C), np.nan, dtype=dtype))
+            V = buf[:, :B]
+            Gd = None if rhs == "none" else _host(G.copy())
+            if rhs == "in place":
+                V[...] = G
+                Gd = V
+            args = (_host(start.copy()), V)
+            done = (g.adjoint_chain(*args, _host(U), params, hd, Gd) if adjoint
+                    else g.forward_chain(*args, params, hd, Gd))
+            assert done, f"{what} chain declined"
+            want = chain_reference(c, start, U, K, b, h, None if rhs == "none" else G, adjoint)
+            assert_close(np.asarray(V), want, dtype, f"{what} chain, right-hand side {rhs}")
+            assert np.isnan(np.asarray(buf)[:, B]).all(), f"{what} chain wrote outside its rows"
+
+
+def test_dense_chains_decline_what_the_kernels_do_not_take(fake_cupy):
+    """Wider than SWEEP_MAX_C, a start row not contiguous, rows not evenly apart, a NumPy backend:
+    the chains return False and write nothing (the solver then steps row by row)."""
+    C = cuda.SWEEP_MAX_C + 1
+    gpu = Backend("cupy", fake_cupy, np.float64, 0)
+    start, _, K, b, h = sweep_problem((2, 3, C), np.float64)
+    V = _host(np.zeros((2, 3, C)))
+    assert not DenseStep(C, "tanh", gpu).forward_chain(_host(start), V, (_host(K), _host(b)), _host(h), None)
+    assert not DenseStep(C, "tanh", gpu).adjoint_chain(_host(start), V, V, (_host(K), _host(b)), _host(h), V)
+    assert not V.any()
+    start, _, K, b, h = sweep_problem((2, 3, 4), np.float64)
+    step, params, V = DenseStep(4, "tanh", gpu), (_host(K), _host(b)), _host(np.zeros((2, 3, 4)))
+    assert not step.forward_chain(_host(np.zeros((4, 3)))[::1].T, V, params, _host(h), None)
+    overlapping = np.lib.stride_tricks.as_strided(_host(np.zeros((3, 4))), shape=(2, 3, 4), strides=(0, 32, 8),
+                                                  subok=True)
+    assert not step.forward_chain(_host(start), overlapping, params, _host(h), None)
+    assert not V.any()
+    cpu = resolve_backend("numpy", "float64")
+    assert not DenseStep(4, "tanh", cpu).forward_chain(start, np.zeros((2, 3, 4)), (K, b), h, None)
+
+
+def test_planted_bug_in_the_adjoint_chain_is_caught(tmp_path, monkeypatch):
+    """The adjoint chain adding its right-hand side twice fails the chains with one, not without."""
+    planted = tmp_path / "kernels"
+    shutil.copytree(KERNEL_DIR, planted, ignore=shutil.ignore_patterns("*.md", "__pycache__"))
+    src = (planted / "dense.cu").read_text()
+    old = "row[j] = w[j] = g ? w[j] + g[j] : w[j];"
+    assert old in src, "the planted bug no longer applies to dense.cu"
+    (planted / "dense.cu").write_text(src.replace(old, "row[j] = w[j] = g ? w[j] + 2 * g[j] : w[j];"))
+    fake = _fake_cupy_module(harness.Emulator(harness.build(planted, tmp_path / "bad.so")).lib)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    cuda._module.cache_clear()
+    try:
+        n, B, C = 3, 7, 3
+        start, _, K, b, h = sweep_problem((n, B, C), np.float64, seed=5)
+        U, G = (np.random.default_rng(s).standard_normal((n, B, C)) for s in (1, 2))
+        step, ref = DenseStep(C, "tanh", Backend("cupy", fake, np.float64, 0)), DenseStep(C, "tanh", resolve_backend(
+            "numpy", "float64"))
+        for rhs in (None, G):
+            W = _host(np.zeros((n, B, C)))
+            assert step.adjoint_chain(_host(start), W, _host(U), (_host(K), _host(b)), _host(h),
+                                      None if rhs is None else _host(rhs))
+            err = rel_err(np.asarray(W), chain_reference(ref, start, U, K, b, h, rhs, True))
+            assert (err > 1e-3) if rhs is not None else (err <= 1e-12), (rhs is None, err)
+    finally:
+        cuda._module.cache_clear()

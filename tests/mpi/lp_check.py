@@ -1,15 +1,17 @@
 """Run under mpiexec: layer-parallel objective/gradient vs the serial reference; prints JSON on rank 0.
 
-Usage: python lp_check.py KIND N CFACTOR NRELAX MAX_LEVELS [TOL] [MAX_ITER] [auto]
+Usage: python lp_check.py KIND N CFACTOR NRELAX MAX_LEVELS [TOL] [MAX_ITER] [FLAGS]
 
-auto: automatic level choice (stability 1), nested-iteration guess, FCF below level 0.
+FLAGS, comma-separated: auto: automatic level choice (stability 1), nested-iteration guess, FCF below
+level 0; chain: the step's forward_chain / adjoint_chain set to user_steps.numpy_chains (the coarsest
+solve then takes each position's rows in one call); "chain_calls" counts them on rank 0.
 """
 import json
 import sys
 
 import entry
 import numpy as np
-from user_steps import resnet_problem
+from user_steps import numpy_chains, resnet_problem
 
 from gpubraid.network.reference import evaluate
 from gpubraid.objective.layer_parallel import LayerParallel
@@ -27,7 +29,9 @@ def main():
     B = 5
     model, theta_full, x, y = resnet_problem(kind, N, B, be)
     full = model.layout()
-    auto = len(sys.argv) > 8 and sys.argv[8] == "auto"
+    flags = set(sys.argv[8].split(",")) if len(sys.argv) > 8 else set()
+    auto = "auto" in flags
+    calls = numpy_chains(model.step) if "chain" in flags else []
     extra = dict(stability=1.0, nested=True, nrelax=[nrelax, 1], final_residual=False) if auto else {}
     opts = MGRITOptions(**{**dict(cfactor=m, nrelax=nrelax, max_levels=levels, tol=tol, max_iter=max_iter),
                            **extra})
@@ -47,7 +51,7 @@ def main():
             "state_err": float(np.abs(states - Uref).max() / np.abs(Uref).max()),
             "grad_err": float(np.linalg.norm(g_full - ref.grad) / np.linalg.norm(ref.grad)),
             "fwd": fst.as_dict(), "bwd": bst.as_dict(), "levels": len(lp.fwd.levels),
-            "grad": g_full.tolist(), "states": states.ravel().tolist(),
+            "grad": g_full.tolist(), "states": states.ravel().tolist(), "chain_calls": len(calls),
         }
         print(json.dumps(out))
 

@@ -161,6 +161,37 @@ def resnet_problem(kind: str, N: int, B: int, backend, in_shape=None):
     rng = np.random.default_rng(0)
     return model, theta_full, rng.standard_normal((B, *in_shape)), rng.integers(0, 3, B)
 
+def numpy_chains(step) -> list:
+    """Give the NumPy ``step`` the optional ``forward_chain`` / ``adjoint_chain`` (what the dense step
+    has on a GPU: a coarsest-solve segment in one call), computed exactly as the solver's row loop
+    computes the rows, so that results must not change by a bit; returns the list each call appends
+    (direction, rows) to."""
+    calls = []
+
+    def run(kind, start, V, G, one):
+        prev = start
+        for i in range(V.shape[0]):
+            v = one(i, prev)
+            if G is None:
+                V[i] = v
+            else:
+                np.add(v, G[i], out=V[i])
+            prev = V[i]
+        calls.append((kind, V.shape[0]))
+        return True
+
+    def forward_chain(u0, V, params, h, G):
+        return run("forward", u0, V, G, lambda i, u: step.forward(u[None], tuple(p[i:i + 1] for p in params),
+                                                                  h[i:i + 1])[0])
+
+    def adjoint_chain(w0, W, U, params, h, G):
+        return run("adjoint", w0, W, G, lambda i, w: step.adjoint(U[i:i + 1], w[None],
+                                                                  tuple(p[i:i + 1] for p in params), h[i:i + 1])[0])
+
+    step.forward_chain, step.adjoint_chain = forward_chain, adjoint_chain
+    return calls
+
+
 def __getattr__(name):
     """``TorchBlock``: a torch.nn.Module class for ``--layer user_steps:TorchBlock`` (4 channels),
     made on first use so that this module imports without torch."""

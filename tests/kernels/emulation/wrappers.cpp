@@ -50,6 +50,19 @@
         emu::launch(GB_GEOM, [&] {                                                                \
             dense_sweep_backward_kernel<T>(U, su, Lam, sl, D, A, K, b, h, n, B, C, act);           \
         });                                                                                       \
+    }                                                                                             \
+    extern "C" void emu_dense_chain_forward_##T(const unsigned* geom, const T* u0, T* V, long long sv, \
+                                                const T* G, long long sg, const T* K, const T* b,  \
+                                                const T* h, int n, int B, int C, int act) {        \
+        emu::launch(GB_GEOM, [&] { dense_chain_forward_kernel<T>(u0, V, sv, G, sg, K, b, h, n, B, C, act); }); \
+    }                                                                                             \
+    extern "C" void emu_dense_chain_adjoint_##T(const unsigned* geom, const T* w0, T* W, long long sw, \
+                                                const T* G, long long sg, const T* U, long long su, \
+                                                const T* K, const T* b, const T* h, int n, int B,  \
+                                                int C, int act) {                                  \
+        emu::launch(GB_GEOM, [&] {                                                                \
+            dense_chain_adjoint_kernel<T>(w0, W, sw, G, sg, U, su, K, b, h, n, B, C, act);         \
+        });                                                                                       \
     }
 
 GB_EMU_TYPE(float)
