@@ -299,6 +299,26 @@ def fake_cupy(emu, monkeypatch):
     cuda._module.cache_clear()
 
 
+@pytest.fixture
+def planted_cupy(tmp_path, monkeypatch):
+    """``plant(old, new)``: a stand-in "cupy" whose kernels are dense.cu with ``old`` replaced by
+    ``new`` (compiled for the emulator), put in place of cupy for the test."""
+
+    def plant(old, new):
+        planted = tmp_path / "kernels"
+        shutil.copytree(KERNEL_DIR, planted, ignore=shutil.ignore_patterns("*.md", "__pycache__"))
+        src = (planted / "dense.cu").read_text()
+        assert old in src, "the planted bug no longer applies to dense.cu"
+        (planted / "dense.cu").write_text(src.replace(old, new))
+        fake = _fake_cupy_module(harness.Emulator(harness.build(planted, tmp_path / "bad.so")).lib)
+        monkeypatch.setitem(sys.modules, "cupy", fake)
+        cuda._module.cache_clear()
+        return fake
+
+    yield plant
+    cuda._module.cache_clear()
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 def test_launchers_and_step_dispatch(fake_cupy, dtype):
     """ConvStep/DenseStep on a "cupy" backend go through gpubraid.runtime.cuda's launchers to the kernels."""
@@ -449,30 +469,18 @@ def test_dense_layer_sweeps_decline_what_the_kernels_do_not_take(fake_cupy):
     assert not hasattr(ConvStep(2, 3, 3, "tanh", gpu), "forward_block")
 
 
-def test_planted_bug_in_the_adjoint_sweep_is_caught(tmp_path, monkeypatch):
+def test_planted_bug_in_the_adjoint_sweep_is_caught(planted_cupy):
     """The adjoint sweep multiplying by K instead of Kᵀ fails the adjoints and gradients, not the states."""
-    planted = tmp_path / "kernels"
-    shutil.copytree(KERNEL_DIR, planted, ignore=shutil.ignore_patterns("*.md", "__pycache__"))
-    src = (planted / "dense.cu").read_text()
-    old = "t += Ki[o * C + j] * a[o];"
-    assert old in src, "the planted bug no longer applies to dense.cu"
-    (planted / "dense.cu").write_text(src.replace(old, "t += Ki[j * C + o] * a[o];"))
-    fake = _fake_cupy_module(harness.Emulator(harness.build(planted, tmp_path / "bad.so")).lib)
-    monkeypatch.setitem(sys.modules, "cupy", fake)
-    cuda._module.cache_clear()
-    try:
-        shape, dtype = (3, 7, 3), np.float64
-        problem = sweep_problem(shape, dtype, seed=2)
-        want = sweep_expected(sweep_reference(DenseStep(3, "tanh", resolve_backend("numpy", "float64")), *problem))
-        failed = set()
-        for name, got in sweep_results(DenseStep(3, "tanh", Backend("cupy", fake, dtype, 0)), *problem,
-                                       True).items():
-            try:
-                assert_close(got, want[name], dtype, name)
-            except AssertionError:
-                failed.add(name)
-    finally:
-        cuda._module.cache_clear()
+    fake = planted_cupy("t += Ki[o * C + j] * a[o];", "t += Ki[j * C + o] * a[o];")
+    shape, dtype = (3, 7, 3), np.float64
+    problem = sweep_problem(shape, dtype, seed=2)
+    want = sweep_expected(sweep_reference(DenseStep(3, "tanh", resolve_backend("numpy", "float64")), *problem))
+    failed = set()
+    for name, got in sweep_results(DenseStep(3, "tanh", Backend("cupy", fake, dtype, 0)), *problem, True).items():
+        try:
+            assert_close(got, want[name], dtype, name)
+        except AssertionError:
+            failed.add(name)
     assert failed == set(want) - {"states"}, sorted(failed)
 
 
@@ -581,28 +589,17 @@ def test_dense_chains_decline_what_the_kernels_do_not_take(fake_cupy):
     assert not DenseStep(4, "tanh", cpu).forward_chain(start, np.zeros((2, 3, 4)), (K, b), h, None)
 
 
-def test_planted_bug_in_the_adjoint_chain_is_caught(tmp_path, monkeypatch):
+def test_planted_bug_in_the_adjoint_chain_is_caught(planted_cupy):
     """The adjoint chain adding its right-hand side twice fails the chains with one, not without."""
-    planted = tmp_path / "kernels"
-    shutil.copytree(KERNEL_DIR, planted, ignore=shutil.ignore_patterns("*.md", "__pycache__"))
-    src = (planted / "dense.cu").read_text()
-    old = "row[j] = w[j] = g ? w[j] + g[j] : w[j];"
-    assert old in src, "the planted bug no longer applies to dense.cu"
-    (planted / "dense.cu").write_text(src.replace(old, "row[j] = w[j] = g ? w[j] + 2 * g[j] : w[j];"))
-    fake = _fake_cupy_module(harness.Emulator(harness.build(planted, tmp_path / "bad.so")).lib)
-    monkeypatch.setitem(sys.modules, "cupy", fake)
-    cuda._module.cache_clear()
-    try:
-        n, B, C = 3, 7, 3
-        start, _, K, b, h = sweep_problem((n, B, C), np.float64, seed=5)
-        U, G = (np.random.default_rng(s).standard_normal((n, B, C)) for s in (1, 2))
-        step, ref = DenseStep(C, "tanh", Backend("cupy", fake, np.float64, 0)), DenseStep(C, "tanh", resolve_backend(
-            "numpy", "float64"))
-        for rhs in (None, G):
-            W = _host(np.zeros((n, B, C)))
-            assert step.adjoint_chain(_host(start), W, _host(U), (_host(K), _host(b)), _host(h),
-                                      None if rhs is None else _host(rhs))
-            err = rel_err(np.asarray(W), chain_reference(ref, start, U, K, b, h, rhs, True))
-            assert (err > 1e-3) if rhs is not None else (err <= 1e-12), (rhs is None, err)
-    finally:
-        cuda._module.cache_clear()
+    fake = planted_cupy("row[j] = w[j] = g ? w[j] + g[j] : w[j];", "row[j] = w[j] = g ? w[j] + 2 * g[j] : w[j];")
+    n, B, C = 3, 7, 3
+    start, _, K, b, h = sweep_problem((n, B, C), np.float64, seed=5)
+    U, G = (np.random.default_rng(s).standard_normal((n, B, C)) for s in (1, 2))
+    step = DenseStep(C, "tanh", Backend("cupy", fake, np.float64, 0))
+    ref = DenseStep(C, "tanh", resolve_backend("numpy", "float64"))
+    for rhs in (None, G):
+        W = _host(np.zeros((n, B, C)))
+        assert step.adjoint_chain(_host(start), W, _host(U), (_host(K), _host(b)), _host(h),
+                                  None if rhs is None else _host(rhs))
+        err = rel_err(np.asarray(W), chain_reference(ref, start, U, K, b, h, rhs, True))
+        assert (err > 1e-3) if rhs is not None else (err <= 1e-12), (rhs is None, err)
