@@ -15,6 +15,9 @@
 //   gb_dense_backward_<t>  for i = n−1..0, a = σ'(z_i) ⊙ Lin_i (σ'(z_i) from D, or recomputed):
 //                          Lout_i = Lin_i + h_i K_iᵀ a (unless Lout is NULL), and
 //                          gK_i += h_i Σ_rows a U_iᵀ, gb_i += h_i Σ_rows a (unless gK is NULL)
+//   gb_dense_chain_forward_<t>, gb_dense_chain_adjoint_<t>
+//                          MGRIT's coarsest solve: the step (or its adjoint, in the adjoint solve's
+//                          order) chained from a start row, a right-hand side added at each step
 //
 // Lout_i may be Lin_i itself: with Lin = Lout and both strides 0, one B × C array carries λ_n down
 // to λ_0 in place, and the adjoints in between are never written to memory (the chunk's rows are
@@ -34,7 +37,7 @@
 #define SMOOTH_EPS 0.1
 
 // The calling convention's version: gpubraid/runtime/host.py refuses a library of another one.
-#define GB_HOST_ABI 2
+#define GB_HOST_ABI 3
 int gb_host_abi(void) { return GB_HOST_ABI; }
 
 #define MAX_C 64  // the widest layer run here (checked by the caller, and here); wider ones are

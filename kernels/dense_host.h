@@ -62,10 +62,12 @@ static inline INLINE void NAME(pre)(int64_t rows, int64_t C, const T *restrict K
     }
 }
 
-/* Lout = Lin + h A K for `rows` rows of C, four rows at a time as in pre.  Lout may be Lin (in place:
-   each number is read before it is written, so lin and lout are not restrict). */
+/* Lout = Lin + h A K (+ G when g is not NULL) for `rows` rows of C, four rows at a time as in pre.  Lout
+   may be Lin, and g may be Lout (in place: each number is read before it is written, so lin, lout and g
+   are not restrict).  Callers pass g = NULL as a constant where there is none: inlined, the branch
+   folds away. */
 static inline INLINE void NAME(adjoint)(int64_t rows, int64_t C, const T *restrict K, T h, const T *restrict A,
-                                        const T *lin, T *lout) {
+                                        const T *lin, T *lout, const T *g) {
     int64_t r = 0;
     T w0[MAX_C], w1[MAX_C], w2[MAX_C], w3[MAX_C];
     for (; r + 4 <= rows; r += 4) {
@@ -83,6 +85,16 @@ static inline INLINE void NAME(adjoint)(int64_t rows, int64_t C, const T *restri
         }
         const T *l = lin + r * C;
         T *out = lout + r * C;
+        if (g) {
+            const T *gr = g + r * C;
+            for (int64_t j = 0; j < C; ++j) {
+                out[j] = l[j] + h * w0[j] + gr[j];
+                out[C + j] = l[C + j] + h * w1[j] + gr[C + j];
+                out[2 * C + j] = l[2 * C + j] + h * w2[j] + gr[2 * C + j];
+                out[3 * C + j] = l[3 * C + j] + h * w3[j] + gr[3 * C + j];
+            }
+            continue;
+        }
         for (int64_t j = 0; j < C; ++j) {
             out[j] = l[j] + h * w0[j];
             out[C + j] = l[C + j] + h * w1[j];
@@ -96,7 +108,8 @@ static inline INLINE void NAME(adjoint)(int64_t rows, int64_t C, const T *restri
             const T *restrict ko = K + o * C;
             for (int64_t j = 0; j < C; ++j) w0[j] += A[r * C + o] * ko[j];
         }
-        for (int64_t j = 0; j < C; ++j) lout[r * C + j] = lin[r * C + j] + h * w0[j];
+        for (int64_t j = 0; j < C; ++j)
+            lout[r * C + j] = g ? lin[r * C + j] + h * w0[j] + g[r * C + j] : lin[r * C + j] + h * w0[j];
     }
 }
 
@@ -105,11 +118,11 @@ static inline void NAME(transpose)(int64_t C, const T *restrict K, T *restrict K
         for (int64_t j = 0; j < C; ++j) Kt[j * C + o] = K[o * C + j];
 }
 
-/* V_i = U_i + h_i σ(K_i U_i + b_i) for i = 0..n−1, in that order (a chain when V_i is U_{i+1});
-   σ'(z_i) into D_i when D is not NULL. */
+/* V_i = U_i + h_i σ(K_i U_i + b_i) (+ G_i when G is not NULL; G may be V) for i = 0..n−1, in that order
+   (a chain when V_i is U_{i+1}); σ'(z_i) into D_i when D is not NULL. */
 static inline INLINE void NAME(forward)(int64_t n, int64_t B, int64_t C, int act, const T *U, int64_t su,
                                         T *V, int64_t sv, const T *K, int64_t sk, const T *b, int64_t sb,
-                                        const T *h, T *D, int64_t sd) {
+                                        const T *h, T *D, int64_t sd, const T *G, int64_t sg) {
     T Kt[MAX_C * MAX_C], Z[CHUNK], dd[CHUNK];
     const int64_t R = CHUNK / C;
     for (int64_t i = 0; i < n; ++i) {
@@ -122,6 +135,12 @@ static inline INLINE void NAME(forward)(int64_t n, int64_t B, int64_t C, int act
             T *restrict d = D ? D + i * sd + r0 * C : dd;
             NAME(pre)(rows, C, Kt, b + i * sb, u, Z);
             NAME(act)(act, m, Z, d);
+            if (G) {  // G_i may be V_i: through pointers that promise nothing
+                const T *g = G + i * sg + r0 * C;
+                T *w = V + i * sv + r0 * C;
+                for (int64_t k = 0; k < m; ++k) w[k] = u[k] + hi * Z[k] + g[k];
+                continue;
+            }
             for (int64_t k = 0; k < m; ++k) v[k] = u[k] + hi * Z[k];
         }
     }
@@ -129,14 +148,14 @@ static inline INLINE void NAME(forward)(int64_t n, int64_t B, int64_t C, int act
 
 /* For i = n−1..0 (a chain when Lin_i is Lout_{i+1}, or one array in place when Lin = Lout with strides
    0), with a = σ'(z_i) ⊙ Lin_i:
-     Lout_i = Lin_i + h_i K_iᵀ a               (skipped when Lout is NULL)
+     Lout_i = Lin_i + h_i K_iᵀ a (+ G_i when G is not NULL; G may be Lout)   (skipped when Lout is NULL)
      gK_i += h_i Σ_rows a U_iᵀ, gb_i += h_i Σ_rows a   (skipped when gK is NULL)
    σ'(z_i) from D_i, or recomputed from U_i when D is NULL.  Sums over the rows of a chunk in T,
    over the chunks in double. */
 static inline INLINE void NAME(backward)(int64_t n, int64_t B, int64_t C, int act, const T *U, int64_t su,
                                          const T *Lin, int64_t sli, T *Lout, int64_t slo, const T *K, int64_t sk,
                                          const T *b, int64_t sb, const T *h, const T *D, int64_t sd, T *gK,
-                                         int64_t sgk, T *gb, int64_t sgb) {
+                                         int64_t sgk, T *gb, int64_t sgb, const T *G, int64_t sg) {
     T Kt[MAX_C * MAX_C], Z[CHUNK], dd[CHUNK], A[CHUNK], S[MAX_C * MAX_C], Sv[MAX_C];
     double SK[MAX_C * MAX_C], Sb[MAX_C];
     const int64_t R = CHUNK / C;
@@ -157,7 +176,10 @@ static inline INLINE void NAME(backward)(int64_t n, int64_t B, int64_t C, int ac
                 NAME(act)(act, m, Z, dd);
             }
             for (int64_t k = 0; k < m; ++k) A[k] = d[k] * lin[k];
-            if (Lout) NAME(adjoint)(rows, C, Ki, hi, A, lin, Lout + i * slo + r0 * C);
+            if (Lout && G)
+                NAME(adjoint)(rows, C, Ki, hi, A, lin, Lout + i * slo + r0 * C, G + i * sg + r0 * C);
+            else if (Lout)
+                NAME(adjoint)(rows, C, Ki, hi, A, lin, Lout + i * slo + r0 * C, NULL);
             if (!gK) continue;
             for (int64_t k = 0; k < C * C; ++k) S[k] = 0;  // S = aᵀ u and Sv = Σ a over the chunk's rows:
             for (int64_t o = 0; o < C; ++o) Sv[o] = 0;       // row by row, so S_o's updates are C apart
@@ -184,7 +206,7 @@ static inline INLINE void NAME(backward)(int64_t n, int64_t B, int64_t C, int ac
    loops unrolled and vectorised there); any other C ≤ MAX_C runs the generic loops.  0: done. */
 int NAME(gb_dense_forward)(int64_t n, int64_t B, int64_t C, int act, const T *U, int64_t su, T *V, int64_t sv,
                            const T *K, int64_t sk, const T *b, int64_t sb, const T *h, T *D, int64_t sd) {
-#define CALL(CC) NAME(forward)(n, B, CC, act, U, su, V, sv, K, sk, b, sb, h, D, sd)
+#define CALL(CC) NAME(forward)(n, B, CC, act, U, su, V, sv, K, sk, b, sb, h, D, sd, NULL, 0)
     DISPATCH(CALL)
 #undef CALL
 }
@@ -192,7 +214,33 @@ int NAME(gb_dense_forward)(int64_t n, int64_t B, int64_t C, int act, const T *U,
 int NAME(gb_dense_backward)(int64_t n, int64_t B, int64_t C, int act, const T *U, int64_t su, const T *Lin,
                             int64_t sli, T *Lout, int64_t slo, const T *K, int64_t sk, const T *b, int64_t sb,
                             const T *h, const T *D, int64_t sd, T *gK, int64_t sgk, T *gb, int64_t sgb) {
-#define CALL(CC) NAME(backward)(n, B, CC, act, U, su, Lin, sli, Lout, slo, K, sk, b, sb, h, D, sd, gK, sgk, gb, sgb)
+#define CALL(CC) NAME(backward)(n, B, CC, act, U, su, Lin, sli, Lout, slo, K, sk, b, sb, h, D, sd, gK, sgk, gb, sgb, \
+                               NULL, 0)
+    DISPATCH(CALL)
+#undef CALL
+}
+
+/* MGRIT's coarsest solve: a chain with a right-hand side, V_k = Φ_k(V_{k−1}) + G_k for k = 0..n−1 from
+   V_{−1} = u0 (G NULL: none; G may be V), one step at a time. */
+int NAME(gb_dense_chain_forward)(int64_t n, int64_t B, int64_t C, int act, const T *u0, T *V, int64_t sv,
+                                 const T *G, int64_t sg, const T *K, int64_t sk, const T *b, int64_t sb, const T *h) {
+#define CALL(CC)                                                                                               \
+    for (int64_t k = 0; k < n; ++k)                                                                            \
+        NAME(forward)(1, B, CC, act, k ? V + (k - 1) * sv : u0, 0, V + k * sv, 0, K + k * sk, 0, b + k * sb, 0, \
+                      h + k, NULL, 0, G ? G + k * sg : NULL, 0)
+    DISPATCH(CALL)
+#undef CALL
+}
+
+/* Its adjoint in the adjoint solve's order (layers reversed by the caller): W_k = W_{k−1} + h_k K_kᵀ
+   (σ'(K_k U_k + b_k) ⊙ W_{k−1}) + G_k for k = 0..n−1 from W_{−1} = w0 (G NULL: none; G may be W). */
+int NAME(gb_dense_chain_adjoint)(int64_t n, int64_t B, int64_t C, int act, const T *w0, T *W, int64_t sw,
+                                 const T *G, int64_t sg, const T *U, int64_t su, const T *K, int64_t sk, const T *b,
+                                 int64_t sb, const T *h) {
+#define CALL(CC)                                                                                                 \
+    for (int64_t k = 0; k < n; ++k)                                                                              \
+        NAME(backward)(1, B, CC, act, U + k * su, 0, k ? W + (k - 1) * sw : w0, 0, W + k * sw, 0, K + k * sk, 0, \
+                       b + k * sb, 0, h + k, NULL, 0, NULL, 0, NULL, 0, G ? G + k * sg : NULL, 0)
     DISPATCH(CALL)
 #undef CALL
 }

@@ -4,7 +4,8 @@ in a step's bases, each taking the calls it can and passing the rest on (``super
     CudaDispatch   on a GPU backend, the fused CUDA kernels of :mod:`gpubraid.runtime.cuda`
     CudaSweeps     on a GPU backend, the block sweeps and the chains with a right-hand side as one
                    launch each (the dense step)
-    HostDispatch   on NumPy, the compiled C loops of :mod:`gpubraid.runtime.host` (the dense step)
+    HostDispatch   on NumPy, the compiled C loops of :mod:`gpubraid.runtime.host` (the dense step;
+                   its chains decline when the loops are not there)
 """
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ class CudaSweeps:
     as the one-launch layer sweeps ``<_cuda_prefix>_sweep_forward`` / ``_sweep_backward`` of
     :mod:`gpubraid.runtime.cuda_sweeps` (the dense step); elsewhere the next class's.  Also the
     chains with a right-hand side (``forward_chain``, ``adjoint_chain``: MGRIT's coarsest solve) in one
-    launch each; they decline (False) elsewhere, and the solver steps one layer per call."""
+    launch each; elsewhere the next class's."""
 
     _cuda_prefix: str
 
@@ -74,15 +75,19 @@ class CudaSweeps:
         """V[i] = forward(V[i − 1]) + G[i], i = 0..n − 1, from V[−1] = u0 (B, *S); V (n, B, *S), G like
         V (may be V) or None; params and h per step (n, ...).  True when done, False (nothing done)
         when declined."""
-        return self.be.is_gpu and getattr(cuda_sweeps, f"{self._cuda_prefix}_chain_forward")(
-            u0, V, *params, h, self.activation.code, G)
+        if self.be.is_gpu:
+            return getattr(cuda_sweeps, f"{self._cuda_prefix}_chain_forward")(u0, V, *params, h,
+                                                                              self.activation.code, G)
+        return super().forward_chain(u0, V, params, h, G)
 
     def adjoint_chain(self, w0, W, U, params, h, G) -> bool:
         """W[i] = adjoint(U[i], W[i − 1]) + G[i], i = 0..n − 1, from W[−1] = w0, in the order given (the
         adjoint solve's: layers reversed by the caller); W, U (n, B, *S); G like W (may be W) or None.
         True when done, False (nothing done) when declined."""
-        return self.be.is_gpu and getattr(cuda_sweeps, f"{self._cuda_prefix}_chain_adjoint")(
-            w0, W, U, *params, h, self.activation.code, G)
+        if self.be.is_gpu:
+            return getattr(cuda_sweeps, f"{self._cuda_prefix}_chain_adjoint")(w0, W, U, *params, h,
+                                                                              self.activation.code, G)
+        return super().adjoint_chain(w0, W, U, params, h, G)
 
 
 class HostDispatch:
@@ -120,3 +125,9 @@ class HostDispatch:
     def backward_through(self, U, lam, params, h, grads, kept) -> bool:
         return not self.be.is_gpu and host.sweep_backward_through(U, lam, *params, h, self.activation.code, kept,
                                                                   *grads)
+
+    def forward_chain(self, u0, V, params, h, G) -> bool:
+        return not self.be.is_gpu and host.chain_forward(u0, V, *params, h, self.activation.code, G)
+
+    def adjoint_chain(self, w0, W, U, params, h, G) -> bool:
+        return not self.be.is_gpu and host.chain_adjoint(w0, W, U, *params, h, self.activation.code, G)

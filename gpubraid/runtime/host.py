@@ -1,5 +1,6 @@
 """Host kernels: the dense step in C (``kernels/dense_host.c``: layer-serial sweeps through a block of
-layers and MGRIT's batches of independent layers), compiled on first use and called through ctypes.
+layers, MGRIT's batches of independent layers and its coarsest solve's chains), compiled on first use
+and called through ctypes.
 
 The CPU counterpart of :mod:`gpubraid.runtime.cuda`: where CuPy compiles the ``.cu`` sources with
 NVRTC, this module compiles ``dense_host.c`` with the system C compiler (``$CC``, else ``cc``, ``gcc``
@@ -35,7 +36,7 @@ from .allocator import empty_aligned
 SOURCE, HEADER = "dense_host.c", "dense_host.h"
 FLAGS = ("-O2", "-funroll-loops", "-march=native", "-std=gnu11", "-fPIC", "-shared")
 MAX_C = 64  # kernels/dense_host.c MAX_C
-ABI = 2  # kernels/dense_host.c GB_HOST_ABI: the argument lists below
+ABI = 3  # kernels/dense_host.c GB_HOST_ABI: the argument lists below
 ENV_SWITCH, ENV_CACHE = "GPUBRAID_HOST_KERNELS", "GPUBRAID_CACHE_DIR"
 
 _I64 = ctypes.c_int64
@@ -106,6 +107,10 @@ def _declare(lib) -> None:
         fwd.argtypes = [_I64, _I64, _I64, ctypes.c_int] + [_P, _I64] * 4 + [_P, _P, _I64]
         bwd.argtypes = [_I64, _I64, _I64, ctypes.c_int] + [_P, _I64] * 5 + [_P] + [_P, _I64] * 3
         fwd.restype = bwd.restype = ctypes.c_int
+        cf, ca = getattr(lib, f"gb_dense_chain_forward_{t}"), getattr(lib, f"gb_dense_chain_adjoint_{t}")
+        cf.argtypes = [_I64, _I64, _I64, ctypes.c_int, _P] + [_P, _I64] * 4 + [_P]
+        ca.argtypes = [_I64, _I64, _I64, ctypes.c_int, _P] + [_P, _I64] * 5 + [_P]
+        cf.restype = ca.restype = ctypes.c_int
 
 
 @functools.cache
@@ -265,3 +270,37 @@ def param_grad(u, lam, K, b, h, act: int):
         return NotImplemented
     grads = (np.zeros_like(K), np.zeros_like(b))
     return grads if _backward(u, lam, None, K, b, h, act, None, grads) else NotImplemented
+
+
+def _chain(name, start, V, K, b, h, act: int, G, U=None) -> bool:
+    """The chain kernel ``name`` into V (n, B, C) from ``start`` (B, C) with right-hand side G (like V, or
+    None) and, for the adjoint, states U (like V); False (nothing done) when the arrays do not fit."""
+    lib = library()
+    if lib is None or type(V) is not np.ndarray or V.dtype not in _SUFFIX or V.ndim != 3:
+        return False
+    n, B, C = V.shape
+    dt = V.dtype
+    if type(start) is not np.ndarray or start.dtype != dt or start.shape != (B, C) or not start.flags.c_contiguous:
+        return False
+    s = _strides(dt, n, B, C, (V, G, U), (K, b))
+    h = np.ascontiguousarray(h, dtype=dt)
+    if s is None or h.shape != (n,):
+        return False
+    states = [_ptr(V), s[0], _ptr(G), s[1]] + ([_ptr(U), s[2]] if U is not None else [])
+    getattr(lib, f"gb_dense_{name}_{_SUFFIX[dt]}")(n, B, C, act, _ptr(start), *states, _ptr(K), s[3], _ptr(b),
+                                                  s[4], _ptr(h))
+    return True
+
+
+def chain_forward(u0, V, K, b, h, act: int, G=None) -> bool:
+    """V[k] = V[k − 1] + h_k σ(K_k V[k − 1] + b_k) + G[k], k = 0..n − 1, from V[−1] = u0 (B, C): MGRIT's
+    coarsest solve; V (n, B, C), G like V (may be V) or None.  False (nothing done) when the kernels are
+    not there or the arrays do not fit them."""
+    return _chain("chain_forward", u0, V, K, b, h, act, G)
+
+
+def chain_adjoint(w0, W, U, K, b, h, act: int, G=None) -> bool:
+    """W[k] = W[k − 1] + h_k K_kᵀ (σ'(K_k U[k] + b_k) ⊙ W[k − 1]) + G[k], k = 0..n − 1, from W[−1] = w0, in
+    the order given (the adjoint solve's); W, U (n, B, C), G like W (may be W) or None.  False (nothing
+    done) when the kernels are not there or the arrays do not fit them."""
+    return _chain("chain_adjoint", w0, W, K, b, h, act, G, U)

@@ -568,9 +568,9 @@ def test_dense_chains_match_the_per_row_steps(fake_cupy, shape, act, dtype):
             assert np.isnan(np.asarray(buf)[:, B]).all(), f"{what} chain wrote outside its rows"
 
 
-def test_dense_chains_decline_what_the_kernels_do_not_take(fake_cupy):
-    """Wider than SWEEP_MAX_C, a start row not contiguous, rows not evenly apart, a NumPy backend:
-    the chains return False and write nothing (the solver then steps row by row)."""
+def test_dense_chains_decline_what_the_kernels_do_not_take(fake_cupy, monkeypatch):
+    """Wider than SWEEP_MAX_C, a start row not contiguous, rows not evenly apart, NumPy without the
+    compiled loops: the chains return False and write nothing (the solver then steps row by row)."""
     C = cuda.SWEEP_MAX_C + 1
     gpu = Backend("cupy", fake_cupy, np.float64, 0)
     start, _, K, b, h = sweep_problem((2, 3, C), np.float64)
@@ -585,8 +585,11 @@ def test_dense_chains_decline_what_the_kernels_do_not_take(fake_cupy):
                                                   subok=True)
     assert not step.forward_chain(_host(start), overlapping, params, _host(h), None)
     assert not V.any()
-    cpu = resolve_backend("numpy", "float64")
-    assert not DenseStep(4, "tanh", cpu).forward_chain(start, np.zeros((2, 3, 4)), (K, b), h, None)
+    from gpubraid.runtime import host
+    monkeypatch.setattr(host, "library", lambda: None)  # NumPy without the compiled loops
+    V = np.zeros((2, 3, 4))
+    assert not DenseStep(4, "tanh", resolve_backend("numpy", "float64")).forward_chain(start, V, (K, b), h, None)
+    assert not V.any()
 
 
 def test_planted_bug_in_the_adjoint_chain_is_caught(planted_cupy):

@@ -4,7 +4,8 @@ Usage: python lp_check.py KIND N CFACTOR NRELAX MAX_LEVELS [TOL] [MAX_ITER] [FLA
 
 FLAGS, comma-separated: auto: automatic level choice (stability 1), nested-iteration guess, FCF below
 level 0; chain: the step's forward_chain / adjoint_chain set to user_steps.numpy_chains (the coarsest
-solve then takes each position's rows in one call); "chain_calls" counts them on rank 0.
+solve then takes each position's rows in one call); "chain_calls" counts them on rank 0; nochain: the
+step without them (the coarsest solve's row loop; by default the dense step's compiled chains run).
 """
 import json
 import sys
@@ -32,6 +33,8 @@ def main():
     flags = set(sys.argv[8].split(",")) if len(sys.argv) > 8 else set()
     auto = "auto" in flags
     calls = numpy_chains(model.step) if "chain" in flags else []
+    if "nochain" in flags:
+        model.step.forward_chain = model.step.adjoint_chain = None
     extra = dict(stability=1.0, nested=True, nrelax=[nrelax, 1], final_residual=False) if auto else {}
     opts = MGRITOptions(**{**dict(cfactor=m, nrelax=nrelax, max_levels=levels, tol=tol, max_iter=max_iter),
                            **extra})

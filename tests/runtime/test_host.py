@@ -195,6 +195,42 @@ def test_backward_through_equals_the_block_sweeps_ends_bit_for_bit(act, dtype, C
         assert all(np.array_equal(a, b) for a, b in zip(Gt, G))
 
 
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("act", list(ACTIVATIONS))
+@pytest.mark.parametrize("C, B", [(8, 300), (5, 103), (1, 7), (64, 3)])
+def test_coarsest_solve_chains_equal_the_row_loop_bit_for_bit(act, dtype, C, B):
+    """The chains of MGRIT's coarsest solve (one C call per segment) give the solver's row loop (one
+    step call per row, then the right-hand side added) bit for bit: without a right-hand side, with
+    one, with the rows themselves holding it, with rows that are a sample block of a wider batch and
+    states that are a reversed view; and they decline what the loops do not take."""
+    step = DenseStep(C, act, resolve_backend("numpy", dtype))
+    start, _, (K, b), h = _problem(C, 5, B, dtype, seed=4)
+    rng = np.random.default_rng(5)
+    G = rng.standard_normal((5, B, C)).astype(dtype)
+    U = rng.standard_normal((5, B + 1, C)).astype(dtype)[::-1, 1:]
+    for adjoint in (False, True):
+        for rhs in ("none", "separate", "in place"):
+            buf = np.full((5, B + 2, C), np.nan, dtype)
+            V = buf[:, 1:B + 1]
+            if rhs == "in place":
+                V[...] = G
+            Gd = {"none": None, "separate": G.copy(), "in place": V}[rhs]
+            assert (step.adjoint_chain(start, V, U, (K, b), h, Gd) if adjoint
+                    else step.forward_chain(start, V, (K, b), h, Gd))
+            expect, prev = [], start  # the solver's row loop
+            for k in range(5):
+                one = (K[k:k + 1], b[k:k + 1])
+                v = (step.adjoint(U[k:k + 1], prev[None], one, h[k:k + 1]) if adjoint
+                     else step.forward(prev[None], one, h[k:k + 1]))[0]
+                prev = v if rhs == "none" else np.add(v, G[k])
+                expect.append(prev)
+            assert np.array_equal(V, np.stack(expect)), (adjoint, rhs)
+            assert np.isnan(buf[:, 0]).all() and np.isnan(buf[:, -1]).all()
+    if B > 1 and C > 1:  # a start row not C-contiguous
+        assert not step.forward_chain(np.asfortranarray(start), V, (K, b), h, None)
+    assert not step.forward_chain(start, V.astype(np.float16), (K, b), h, None)
+
 def test_backward_through_declines_rows_it_cannot_carry():
     step = DenseStep(8, "tanh", resolve_backend("numpy", "float64"))
     u0, lamN, layers, h = _problem(8, 4, 10, "float64")
