@@ -7,6 +7,8 @@ Runs (float64, one process, one BLAS thread; NumPy, or CuPy on a GPU):
               L-BFGS full batch, 5000 samples) but 40 iterations (quick: 3); cfactor etc. as TrainConfig has them at run time (recorded)
   peaks-deep  the same with 256 layers (deep narrow), serial and oneshot only, 8 iterations
               (skipped in quick mode)
+  paper-256   the paper's settings (T = 1, smoothrelu) at 256 layers, serial and oneshot, 20
+              iterations (skipped in quick mode): one-shot keeps two levels there
   mnist       TrainConfig(example="mnist") defaults (conv, 16 layers, 8 channels, Adam, batch 50)
               on the bundled subset with n_train 1000, n_val 500, 10 iterations (quick: 2)
 Each run writes ``training-<example>-<method>-<host>-<date>.json`` (TrainResult.metrics() plus
@@ -49,6 +51,8 @@ def runs(quick: bool, full: bool = False):
                  ("serial", "oneshot"))]
     return [("peaks", dict(example="peaks", iterations=40, val_every=5), ("serial", "exact", "oneshot")),
             ("peaks-deep", dict(example="peaks", layers=256, iterations=8, val_every=4), ("serial", "oneshot")),
+            ("paper-256", dict(example="peaks", layers=256, final_time=1.0, activation="smoothrelu", iterations=20,
+                               val_every=10), ("serial", "oneshot")),
             ("mnist", dict(example="mnist", iterations=10, val_every=5, n_train=1000, n_val=500),
              ("serial", "exact", "oneshot"))]
 
