@@ -48,10 +48,9 @@ class CudaDispatch:
 
 class CudaSweeps:
     """On a GPU backend, the block sweeps (``forward_block``, ``backward_block``, ``backward_through``)
-    as the one-launch layer sweeps ``<_cuda_prefix>_sweep_forward`` / ``_sweep_backward`` of
-    :mod:`gpubraid.runtime.cuda_sweeps` (the dense step); elsewhere the next class's.  Also the
-    chains with a right-hand side (``forward_chain``, ``adjoint_chain``: MGRIT's coarsest solve) in one
-    launch each; elsewhere the next class's."""
+    and the chains with a right-hand side (``forward_chain``, ``adjoint_chain``: MGRIT's coarsest
+    solve) as one launch each, ``<_cuda_prefix>_sweep_*`` / ``_chain_*`` of
+    :mod:`gpubraid.runtime.cuda_sweeps` (the dense step); elsewhere the next class's."""
 
     _cuda_prefix: str
 

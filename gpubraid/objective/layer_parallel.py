@@ -47,7 +47,6 @@ def _as_stepped(be, rows):
     return be.xp.ascontiguousarray(rows) if be.is_gpu and rows is not None else rows
 
 
-
 def propagators(steps):
     """The solver's step callbacks for ``steps`` (a step, or :class:`LevelSteps`): ``phi(u, data, h)``,
     the forward step with data = the layers' parameter groups, and ``psi(w, data, h)``, the adjoint
@@ -67,6 +66,7 @@ def propagators(steps):
     if adjoint_chain is not None:
         psi.chain = lambda prev, d, h, rhs, rows: adjoint_chain(prev, rows, d[-1], d[:-1], h, rhs)
     return phi, psi
+
 
 class LayerParallel:
     """Objective and gradient of a Network with layers distributed over the ranks of ``comm``.

@@ -33,7 +33,7 @@ def _sweep_params(U, K, b, h):
     None when the kernels do not take them (width above SWEEP_MAX_C, layers not C-contiguous or not
     evenly apart, dtypes or devices that differ, sizes beyond 32-bit indexing of samples)."""
     cp = cuda._cupy()
-    if not isinstance(U, cp.ndarray) or U.ndim != 3 or np.dtype(U.dtype).name not in cuda._CTYPES:
+    if not isinstance(U, cp.ndarray) or U.ndim != 3 or np.dtype(U.dtype) not in cuda._DTYPE_NAMES:
         return None
     n, B, C = U.shape[0] - 1, int(U.shape[1]), int(U.shape[2])
     su = layer_stride(U, U.dtype, n + 1, (B, C))
@@ -99,7 +99,7 @@ def _chain_params(start, V, K, b, h, G, U=None):
     (n, B, C) from ``start`` (B, C), with right-hand side G (like V, or None) and linearisation
     states U (like V, or None); None when the kernels do not take them."""
     cp = cuda._cupy()
-    if not isinstance(V, cp.ndarray) or V.ndim != 3 or np.dtype(V.dtype).name not in cuda._CTYPES:
+    if not isinstance(V, cp.ndarray) or V.ndim != 3 or np.dtype(V.dtype) not in cuda._DTYPE_NAMES:
         return None
     n, B, C = (int(x) for x in V.shape)
     if n < 1 or not 0 < C <= cuda.SWEEP_MAX_C or B >= cuda._INT32_LIMIT:
