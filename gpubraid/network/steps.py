@@ -58,7 +58,17 @@ on CuPy one kernel launch per sweep):
         (B, *S) holds λ_n and is replaced by λ_0 in place; the adjoints in between are not kept
 
 NotImplemented / False means nothing was done (these arrays do not suit the block form): the sweeps
-then run the per-layer calls, with ``kept[i:i + 1]`` as layer i's.
+then run the per-layer calls, with ``kept[i:i + 1]`` as layer i's.  MGRIT's coarsest solve (a chain
+with a right-hand side) likewise takes each rank's rows in one call when the step has
+
+    forward_chain(u0, V, params, h, G) -> bool
+        V (n, B, *S): V[i] = forward(V[i − 1]) + G[i] from V[−1] = u0 (B, *S); G like V (may be V
+        itself) or None; params (n, *P_j) and h (n,) per step
+    adjoint_chain(w0, W, U, params, h, G) -> bool
+        W[i] = adjoint(U[i], W[i − 1]) + G[i] in the order given (the adjoint solve's: the caller
+        passes the layers reversed)
+
+and steps row by row when they decline (False) or are missing.
 
 All arrays are float64 or float32 arrays of the backend (NumPy or CuPy), all of one dtype, and the
 outputs have the dtype of ``u``.  :func:`gpubraid.network.selftest.check_step` tests a step against this
