@@ -20,6 +20,9 @@ arrays, so build the step on a float64 backend for the test):
     block        (steps with forward_block / backward_block) a sweep of the L layers as one chain, with
                  and without what forward_block kept, equals one forward / adjoint / param_grad per layer
                  (and so does backward_through's λ_0 and gradients, when the step has it)
+    chain        (steps with forward_chain / adjoint_chain) the L layers as one chain from a start row
+                 with a right-hand side held in the rows themselves equal one forward / adjoint call per
+                 row plus the right-hand side
     determinism  the same call twice gives bit-identical results
 """
 from __future__ import annotations
@@ -182,6 +185,8 @@ def check_step(step, *, layers: int = 3, batch: int = 4, seed: int = 0, eps: flo
         report.add("pair", *_check_pair(step, be, dev, U, LAM, TH, Hd, (F, A, G), exact_tol))
     if callable(getattr(step, "forward_block", None)) and callable(getattr(step, "backward_block", None)):
         report.add("block", *_check_block(step, be, dev, U, LAM, TH, Hd, exact_tol))
+    if callable(getattr(step, "forward_chain", None)) and callable(getattr(step, "adjoint_chain", None)):
+        report.add("chain", *_check_chain(step, be, dev, U, LAM, TH, Hd, exact_tol))
 
     # determinism
     F2 = _host(be, step.forward(U, TH, Hd))
@@ -255,6 +260,36 @@ def _check_block(step, be, dev, U, LAM, TH, Hd, exact_tol):
     if not used:
         return True, "the block form declined these arrays (the sweeps then call the step per layer)"
     return worst <= exact_tol, f"max rel. diff from per-layer calls {worst:.1e} ({' and '.join(used)} σ')"
+
+
+def _check_chain(step, be, dev, U, LAM, TH, Hd, exact_tol):
+    """(ok, detail): forward_chain / adjoint_chain over the L layers from U[0] (adjoint: from LAM[0],
+    linearised at U) with the right-hand side LAM in the rows themselves, against one forward /
+    adjoint call per row plus the right-hand side (to round-off)."""
+    L, worst, used = U.shape[0], 0.0, []
+    layer = lambda k: tuple(t[k:k + 1] for t in TH)  # noqa: E731
+    for kind in ("forward", "adjoint"):
+        start = U[0] if kind == "forward" else LAM[0]
+        want, prev = [], start[None]
+        for k in range(L):
+            v = step.forward(prev, layer(k), Hd[k:k + 1]) if kind == "forward" else \
+                step.adjoint(U[k:k + 1], prev, layer(k), Hd[k:k + 1])
+            prev = v + LAM[k:k + 1]
+            want.append(_host(be, prev[0]))
+        rows = dev(np.array(_host(be, LAM)))
+        try:
+            done = step.forward_chain(dev(np.array(_host(be, start))), rows, TH, Hd, rows) if kind == "forward" \
+                else step.adjoint_chain(dev(np.array(_host(be, start))), rows, U, TH, Hd, rows)
+        except Exception as exc:  # noqa: BLE001
+            return False, f"{kind}_chain raised {type(exc).__name__}: {exc}"
+        if done:
+            got = _host(be, rows)
+            worst = max([worst] + [float(np.abs(got[k] - want[k]).max() / max(np.abs(want[k]).max(), 1e-300))
+                                   for k in range(L)])
+            used.append(kind)
+    if not used:
+        return True, "the chains declined these arrays (the coarsest solve then steps row by row)"
+    return worst <= exact_tol, f"max rel. diff from per-row calls {worst:.1e} ({' and '.join(used)})"
 
 
 def exit_code(report: StepReport) -> int:

@@ -7,6 +7,7 @@ from user_steps import TwoLayerStep, two_layer_module
 
 from gpubraid.network.selftest import check_step, exit_code, run
 from gpubraid.network.steps import ConvStep, DenseStep
+from gpubraid.runtime import host
 from gpubraid.runtime.backend import resolve_backend
 
 BE = resolve_backend("numpy", "float64")
@@ -22,6 +23,8 @@ def failed(report):
 def test_builtin_and_user_steps_pass(make):
     report = check_step(make())
     assert report.ok, str(report)
+    chains = isinstance(make(), DenseStep) and host.library() is not None  # the compiled chains ran
+    assert ("PASS  chain          max rel. diff" in str(report)) == chains
     assert exit_code(report) == 0
     assert "all checks passed" in str(report)
 
@@ -74,6 +77,11 @@ class WrongDtype(DenseStep):
         return super().forward(u, params, h).astype(np.float32)
 
 
+class ChainWithoutRhs(DenseStep):
+    def adjoint_chain(self, w0, W, U, params, h, G):
+        return super().adjoint_chain(w0, W, U, params, h, None)  # the right-hand side dropped
+
+
 class NotResidual(DenseStep):
     def forward(self, u, params, h):
         return super().forward(u, params, h) + 0.1 * u
@@ -87,7 +95,8 @@ class NotResidual(DenseStep):
     (Nondeterministic(4, "tanh", BE), {"determinism"}),
     (WrongShape(4, "tanh", BE), {"shapes"}),
     (WrongDtype(4, "tanh", BE), {"shapes"}),
-], ids=["adjoint-sign", "bias-grad", "group-term", "batched", "determinism", "shapes", "dtype"])
+    (ChainWithoutRhs(4, "tanh", BE), {"chain"}),
+], ids=["adjoint-sign", "bias-grad", "group-term", "batched", "determinism", "shapes", "dtype", "chain"])
 def test_planted_bugs_are_caught(step, broken):
     report = check_step(step)
     assert not report.ok and exit_code(report) == 1
