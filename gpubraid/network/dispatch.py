@@ -35,14 +35,19 @@ class CudaDispatch:
 
     def forward_keep(self, u, params, h, out):
         if self.be.is_gpu:  # the fused kernels recompute z: nothing to keep
-            out[...] = self.forward(u, params, h)
+            v = getattr(cuda, f"{self._cuda_prefix}_forward")(u, *params, h, self.activation.code, out=out)
+            if v is not out:  # (an output the kernel could not write into)
+                out[...] = v
             return None
         return super().forward_keep(u, params, h, out)
 
     def adjoint_grad(self, u, lam, params, h, kept, out):
-        if self.be.is_gpu:
-            out[...] = self.adjoint(u, lam, params, h)
-            return self.param_grad(u, lam, params, h)
+        if self.be.is_gpu:  # one σ'(z) ⊙ λ for the adjoint and the gradient, the adjoint written into out
+            adj, *grads = getattr(cuda, f"{self._cuda_prefix}_adjoint_grad")(u, lam, *params, h, self.activation.code,
+                                                                             out=out)
+            if adj is not out:
+                out[...] = adj
+            return tuple(grads)
         return super().adjoint_grad(u, lam, params, h, kept, out)
 
 

@@ -208,11 +208,23 @@ def _i32(*v):
     return tuple(np.int32(x) for x in v)
 
 
+def _output(out, like, *inputs):
+    """``out`` when a kernel may write its result there (a C-contiguous CuPy array of ``like``'s shape
+    and dtype on its device, apart from every input), else a new array like ``like``."""
+    cp = _cupy()
+    if (isinstance(out, cp.ndarray) and out.shape == like.shape and out.dtype == like.dtype
+            and out.flags.c_contiguous and out.device.id == like.device.id
+            and not any(cp.may_share_memory(out, x) for x in inputs)):
+        return out
+    return cp.empty_like(like)
+
+
 # -- conv ---------------------------------------------------------------------------------------------
-def conv_forward(u, K, b, h, act: int):
-    """u + h·σ(conv3x3(u, K) + b) for states u (L, B, C, H, W); returns a new array."""
+def conv_forward(u, K, b, h, act: int, out=None):
+    """u + h·σ(conv3x3(u, K) + b) for states u (L, B, C, H, W); into ``out`` when the kernel can write
+    there (:func:`_output`), else a new array; returns it."""
     (L, B, C, H, W), (u, K, b, h) = _conv_args(u, K, b, h)
-    out = _cupy().empty_like(u)
+    out = _output(out, u, u, K, b, h)
     grid, block = conv_launch(L, B, C, H, W)
     with _nvtx("conv_forward"):
         _kernel("conv3x3_kernel<{T}, 0>", u.dtype)(grid, block, (u, K, b, h, u, out, *_i32(L, B, C, H, W, act)))
@@ -227,6 +239,22 @@ def _conv_act_grad(u, lam, K, b, h, act, dims):
     return a
 
 
+def _conv_transpose(a, lam, K, b, h, act, dims, out):
+    """lam + h·convᵀ(a, K) into ``out``."""
+    grid, block = conv_launch(*dims)
+    _kernel("conv3x3_kernel<{T}, 2>", a.dtype)(grid, block, (a, K, b, h, lam, out, *_i32(*dims, act)))
+    return out
+
+
+def _conv_grads(a, u, K, b, h, dims):
+    """(dK, db) from a = σ'(z) ⊙ lam: fixed-order block reductions, no atomics (deterministic)."""
+    L, B, C, H, W = dims
+    dK, db = _cupy().empty_like(K), _cupy().empty_like(b)
+    grid, block = conv_grad_launch(L, C)
+    _kernel("conv_param_grad_kernel<{T}>", a.dtype)(grid, block, (a, u, h, dK, db, *_i32(L, B, C, H, W)))
+    return dK, db
+
+
 def conv_adjoint(u, lam, K, b, h, act: int):
     """lam + h·Kᵀ(σ'(z) ⊙ lam), z = conv3x3(u, K) + b recomputed (not stored by the forward step).
 
@@ -236,27 +264,24 @@ def conv_adjoint(u, lam, K, b, h, act: int):
     dims, (u, K, b, h, lam) = _conv_args(u, K, b, h, lam)
     with _nvtx("conv_adjoint"):
         a = _conv_act_grad(u, lam, K, b, h, act, dims)
-        out = _cupy().empty_like(lam)
-        grid, block = conv_launch(*dims)
-        _kernel("conv3x3_kernel<{T}, 2>", u.dtype)(grid, block, (a, K, b, h, lam, out, *_i32(*dims, act)))
-    return out
+        return _conv_transpose(a, lam, K, b, h, act, dims, _cupy().empty_like(lam))
 
 
 def conv_param_grad(u, lam, K, b, h, act: int):
-    """(dK (L, C, C, 3, 3), db (L, C)): h·Σ_{n,pixels} a ⊗ shifted u and h·Σ a, a = σ'(z) ⊙ lam.
-
-    Deterministic: fixed-order block reductions, no atomics.
-    """
+    """(dK (L, C, C, 3, 3), db (L, C)): h·Σ_{n,pixels} a ⊗ shifted u and h·Σ a, a = σ'(z) ⊙ lam."""
     dims, (u, K, b, h, lam) = _conv_args(u, K, b, h, lam)
-    L, B, C, H, W = dims
-    cp = _cupy()
     with _nvtx("conv_param_grad"):
+        return _conv_grads(_conv_act_grad(u, lam, K, b, h, act, dims), u, K, b, h, dims)
+
+
+def conv_adjoint_grad(u, lam, K, b, h, act: int, out=None):
+    """(conv_adjoint, *conv_param_grad) from one a = σ'(z) ⊙ lam: three launches where the two
+    calls take four; the adjoint into ``out`` when the kernel can write there (:func:`_output`)."""
+    dims, (u, K, b, h, lam) = _conv_args(u, K, b, h, lam)
+    with _nvtx("conv_adjoint_grad"):
         a = _conv_act_grad(u, lam, K, b, h, act, dims)
-        dK = cp.empty_like(K)
-        db = cp.empty_like(b)
-        grid, block = conv_grad_launch(L, C)
-        _kernel("conv_param_grad_kernel<{T}>", u.dtype)(grid, block, (a, u, h, dK, db, *_i32(L, B, C, H, W)))
-    return dK, db
+        adj = _conv_transpose(a, lam, K, b, h, act, dims, _output(out, lam, u, lam, K, b, h, a))
+        return (adj, *_conv_grads(a, u, K, b, h, dims))
 
 
 # -- dense --------------------------------------------------------------------------------------------
@@ -271,21 +296,22 @@ def _dense_args(u, K, b, h, lam=None):
     return (L, B, C), _prepare(arrays, shapes)
 
 
-def _dense_act(mode, z, b, h, r, act, dims):
+def _dense_act(mode, z, b, h, r, act, dims, out=None):
     L, B, C = dims
-    out = _cupy().empty_like(r)
+    out = _cupy().empty_like(r) if out is None else out
     grid, block = dense_launch(L * B * C)
     _kernel(f"dense_act_kernel<{{T}}, {mode}>", r.dtype)(grid, block, (z, b, h, r, out, *_i32(L, B, C, act)))
     return out
 
 
-def dense_forward(u, K, b, h, act: int):
-    """u + h·σ(u Kᵀ + b) for states u (L, B, C), K (L, C, C); batched GEMM plus a fused epilogue."""
+def dense_forward(u, K, b, h, act: int, out=None):
+    """u + h·σ(u Kᵀ + b) for states u (L, B, C), K (L, C, C); batched GEMM plus a fused epilogue; into
+    ``out`` when the epilogue can write there (:func:`_output`), else a new array; returns it."""
     dims, (u, K, b, h) = _dense_args(u, K, b, h)
     cp = _cupy()
     with _nvtx("dense_forward"):
         z = cp.matmul(u, K.transpose(0, 2, 1))
-        return _dense_act(DENSE_FORWARD, z, b, h, u, act, dims)
+        return _dense_act(DENSE_FORWARD, z, b, h, u, act, dims, _output(out, u, u, K, b, h, z))
 
 
 def dense_adjoint(u, lam, K, b, h, act: int):
@@ -303,6 +329,17 @@ def dense_param_grad(u, lam, K, b, h, act: int):
     cp = _cupy()
     with _nvtx("dense_param_grad"):
         return _dense_grads(_dense_act(DENSE_ACT_GRAD, cp.matmul(u, K.transpose(0, 2, 1)), b, h, lam, act, dims), u, h)
+
+
+def dense_adjoint_grad(u, lam, K, b, h, act: int, out=None):
+    """(dense_adjoint, *dense_param_grad) from one a = σ'(u Kᵀ + b) ⊙ lam: one GEMM and one epilogue
+    fewer than the two calls; the adjoint into ``out`` when it can go there (:func:`_output`)."""
+    dims, (u, K, b, h, lam) = _dense_args(u, K, b, h, lam)
+    cp = _cupy()
+    with _nvtx("dense_adjoint_grad"):
+        a = _dense_act(DENSE_ACT_GRAD, cp.matmul(u, K.transpose(0, 2, 1)), b, h, lam, act, dims)
+        adj = cp.add(lam, h[:, None, None] * cp.matmul(a, K), out=_output(out, lam, u, lam, K, b, h, a))
+        return (adj, *_dense_grads(a, u, h))
 
 
 def _dense_grads(a, u, h):

@@ -274,6 +274,8 @@ def _fake_cupy_module(lib):
     fake.asarray = lambda a, dtype=None, order=None: _host(np.asarray(a, dtype=dtype, order=order))
     fake.ascontiguousarray = lambda a: _host(np.ascontiguousarray(a))
     fake.matmul = lambda a, b: _host(np.matmul(a, b))
+    fake.add = lambda a, b, out=None: _host(np.add(a, b)) if out is None else np.add(a, b, out=out)
+    fake.may_share_memory = np.may_share_memory
     fake.cuda = types.SimpleNamespace(Device=lambda: types.SimpleNamespace(id=0))
 
     class RawModule:
@@ -350,6 +352,40 @@ def test_launchers_and_step_dispatch(fake_cupy, dtype):
                               c.param_grad(u, lam, (K, b), h)):
         assert_close(np.asarray(got), ref, dtype, f"dense {name}")
 
+
+@pytest.mark.parametrize("kind", ["conv", "dense"])
+def test_the_pair_writes_into_its_output_and_computes_a_once(fake_cupy, kind, monkeypatch):
+    """On a "cupy" backend forward_keep and adjoint_grad (the per-layer sweeps, e.g. the conv step's)
+    write into the caller's rows (no copy), compute σ'(z) ⊙ λ once for the adjoint and the gradient
+    (conv: 3 launches, not 4), equal the NumPy step's forward, adjoint and param_grad, and stay right
+    when ``out`` overlaps λ."""
+    gpu, cpu = Backend("cupy", fake_cupy, np.float64, 0), resolve_backend("numpy", "float64")
+    if kind == "conv":
+        u, lam, K, b, h = conv_problem((2, 3, 5, 6, 7), np.float64, seed=8)
+        g, c = ConvStep(5, 6, 7, "tanh", gpu), ConvStep(5, 6, 7, "tanh", cpu)
+    else:
+        u, lam, K, b, h = dense_problem((2, 9, 6), np.float64, seed=8)
+        g, c = DenseStep(6, "tanh", gpu), DenseStep(6, "tanh", cpu)
+    launches = []
+    make = _FakeKernel.__call__
+    monkeypatch.setattr(_FakeKernel, "__call__", lambda self, *a: launches.append(self.fn.__name__) or make(self, *a))
+    params, dev = (_host(K), _host(b)), [_host(x) for x in (u, lam, h)]
+    out = _host(np.full(u.shape, np.nan))
+    assert g.forward_keep(dev[0], params, dev[2], out) is None
+    assert_close(np.asarray(out), c.forward(u, (K, b), h), np.float64, f"{kind} forward_keep into out")
+    launches.clear()
+    address = out.ctypes.data
+    grads = g.adjoint_grad(dev[0], dev[1], params, dev[2], None, out)
+    assert out.ctypes.data == address
+    assert_close(np.asarray(out), c.adjoint(u, lam, (K, b), h), np.float64, f"{kind} adjoint_grad into out")
+    for got, ref in zip(grads, c.param_grad(u, lam, (K, b), h)):
+        assert_close(np.asarray(got), ref, np.float64, f"{kind} adjoint_grad gradient")
+    assert sum("act" in n or "conv3x3_double_1" in n for n in launches) == 1, launches
+    if kind == "conv":
+        assert len(launches) == 3, launches
+    lam_dev = _host(lam.copy())
+    g.adjoint_grad(dev[0], lam_dev, params, dev[2], None, lam_dev)  # out is λ itself
+    assert_close(np.asarray(lam_dev), c.adjoint(u, lam, (K, b), h), np.float64, f"{kind} adjoint_grad in place")
 
 def test_launchers_check_arguments(fake_cupy):
     from gpubraid.errors import UserError
