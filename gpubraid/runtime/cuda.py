@@ -314,31 +314,38 @@ def dense_forward(u, K, b, h, act: int, out=None):
         return _dense_act(DENSE_FORWARD, z, b, h, u, act, dims, _output(out, u, u, K, b, h, z))
 
 
+def _dense_act_grad(u, lam, K, b, h, act, dims):
+    """a = σ'(u Kᵀ + b) ⊙ lam: one batched GEMM and the epilogue."""
+    return _dense_act(DENSE_ACT_GRAD, _cupy().matmul(u, K.transpose(0, 2, 1)), b, h, lam, act, dims)
+
+
+def _dense_transpose(a, lam, K, h, out=None):
+    """lam + h·a K, into ``out`` when given."""
+    cp = _cupy()
+    return cp.add(lam, h[:, None, None] * cp.matmul(a, K), out=out)
+
+
 def dense_adjoint(u, lam, K, b, h, act: int):
     """lam + h·(σ'(u Kᵀ + b) ⊙ lam) K for states (L, B, C)."""
     dims, (u, K, b, h, lam) = _dense_args(u, K, b, h, lam)
-    cp = _cupy()
     with _nvtx("dense_adjoint"):
-        a = _dense_act(DENSE_ACT_GRAD, cp.matmul(u, K.transpose(0, 2, 1)), b, h, lam, act, dims)
-        return lam + h[:, None, None] * cp.matmul(a, K)
+        return _dense_transpose(_dense_act_grad(u, lam, K, b, h, act, dims), lam, K, h)
 
 
 def dense_param_grad(u, lam, K, b, h, act: int):
     """(dK (L, C, C), db (L, C)) = (h·aᵀ u, h·Σ_n a) with a = σ'(u Kᵀ + b) ⊙ lam."""
     dims, (u, K, b, h, lam) = _dense_args(u, K, b, h, lam)
-    cp = _cupy()
     with _nvtx("dense_param_grad"):
-        return _dense_grads(_dense_act(DENSE_ACT_GRAD, cp.matmul(u, K.transpose(0, 2, 1)), b, h, lam, act, dims), u, h)
+        return _dense_grads(_dense_act_grad(u, lam, K, b, h, act, dims), u, h)
 
 
 def dense_adjoint_grad(u, lam, K, b, h, act: int, out=None):
     """(dense_adjoint, *dense_param_grad) from one a = σ'(u Kᵀ + b) ⊙ lam: one GEMM and one epilogue
     fewer than the two calls; the adjoint into ``out`` when it can go there (:func:`_output`)."""
     dims, (u, K, b, h, lam) = _dense_args(u, K, b, h, lam)
-    cp = _cupy()
     with _nvtx("dense_adjoint_grad"):
-        a = _dense_act(DENSE_ACT_GRAD, cp.matmul(u, K.transpose(0, 2, 1)), b, h, lam, act, dims)
-        adj = cp.add(lam, h[:, None, None] * cp.matmul(a, K), out=_output(out, lam, u, lam, K, b, h, a))
+        a = _dense_act_grad(u, lam, K, b, h, act, dims)
+        adj = _dense_transpose(a, lam, K, h, _output(out, lam, u, lam, K, b, h, a))
         return (adj, *_dense_grads(a, u, h))
 
 
