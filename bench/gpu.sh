@@ -15,9 +15,10 @@
 #   sweeps    60   bench.gpu_sweeps (one-launch layer sweeps vs per-layer launches vs torch)   36
 #   training 150   bench.training, default sizes, each method warmed up untimed first
 #   nsight    40   ncu or nsys on a short one-shot run (our kernels only)          21
+#   profile   45   cProfile of 40 one-shot iterations at the paper's settings, 256 layers   ~5
 #   tta       45   bench.time_to_accuracy --quick                                  18
 #   study     30   bench.oneshot_study --quick                                     12
-# = 475 s at most, plus about 10 s for the wheels.  The host-side MGRIT studies (solves, scaling, the
+# = 520 s at most, plus about 10 s for the wheels.  The host-side MGRIT studies (solves, scaling, the
 # performance model) run on NumPy and are left to CPU machines.
 #
 # A machine without network whose Python lacks some of gpubraid's dependencies: fill .whl/ here
@@ -29,7 +30,7 @@ set -u
 cd "$(dirname "$0")/.."
 PY=${1:-python3}
 shift $(( $# > 0 ? 1 : 0 ))
-STEPS=" ${*:-tests kernels sweeps training nsight tta study} "
+STEPS=" ${*:-tests kernels sweeps training nsight profile tta study} "
 . bench/gpu_env.sh "$PY" || exit 1
 MARK=$(mktemp)
 fail=0
@@ -74,6 +75,12 @@ elif command -v ncu > /dev/null; then
 elif [[ $STEPS == *" nsight "* ]]; then
     echo "== nsight skipped: neither nsys nor ncu on PATH"
 fi
+# where one-shot's host time goes (the first GPU run found the coarsest solve there: 3.9 s of 5.5)
+step profile 45 "profile (cProfile)" bash -c '"$1" -m cProfile -o "$0/oneshot.pstats" -m gpubraid train peaks --layers 256 \
+    --final-time 1 --activation smoothrelu --method oneshot --iterations 40 --val-every 0 --no-progress > /dev/null &&
+    "$1" -c "import pstats, sys; s = pstats.Stats(sys.argv[1]); s.sort_stats(\"tottime\").print_stats(25);
+s.sort_stats(\"cumtime\").print_stats(\"gpubraid\", 40)" "$0/oneshot.pstats" > "$0/oneshot-profile.txt" &&
+    rm "$0/oneshot.pstats" && head -40 "$0/oneshot-profile.txt"' "$PROFILE_DIR" "$PY"
 step tta 45 "time_to_accuracy"            $PY -m bench.time_to_accuracy --quick
 step study 30 "oneshot_study"             $PY -m bench.oneshot_study --quick
 echo "== total $(( $(date +%s) - T0 )) s, $fail failed step(s); results in bench/results/<date>-<GPU name>/"
