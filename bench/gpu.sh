@@ -9,7 +9,7 @@
 #   bash bench/gpu.sh [PYTHON] [STEP ...]     (default: python3 on PATH, every step; run from anywhere)
 #
 # Steps, in this order, with their limits (seconds) and what they took on the H200 (2026-12-04):
-#   tests     60   pytest -m gpu                                   35
+#   tests    120   pytest -m gpu (cold: the width modules compile)  35–70
 #   kernels   90   bench.steps --kernels-only (forward/adjoint/param_grad vs torch; the CPU
 #                  training-step rows of bench.steps belong to CPU machines)        < 70
 #   sweeps    60   bench.gpu_sweeps (one-launch layer sweeps vs per-layer launches vs torch)   36
@@ -18,7 +18,7 @@
 #   profile   45   cProfile of 40 one-shot iterations at the paper's settings, 256 layers   ~5
 #   tta       45   bench.time_to_accuracy --quick                                  18
 #   study     30   bench.oneshot_study --quick                                     12
-# = 520 s at most, plus about 10 s for the wheels.  The host-side MGRIT studies (solves, scaling, the
+# = 580 s at most, plus about 10 s for the wheels.  The host-side MGRIT studies (solves, scaling, the
 # performance model) run on NumPy and are left to CPU machines.
 #
 # A machine without network whose Python lacks some of gpubraid's dependencies: fill .whl/ here
@@ -55,7 +55,7 @@ T0=$(date +%s)
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv 2>/dev/null
 $PY -c "import cupy; print('CuPy', cupy.__version__, cupy.cuda.runtime.getDeviceCount(), 'device(s)')" \
     || { echo "no CuPy / GPU: nothing to do"; exit 1; }
-step tests 60 "pytest -m gpu"             $PY -m pytest -q -m gpu -rfE --tb=short --timeout 60 -p no:cacheprovider tests
+step tests 120 "pytest -m gpu"            $PY -m pytest -q -m gpu -rfE --tb=short --timeout 60 -p no:cacheprovider tests
 step kernels 90 "steps (CuPy, torch)"     $PY -m bench.steps --kernels-only
 step sweeps 60 "gpu_sweeps (CuPy, torch)" $PY -m bench.gpu_sweeps
 step training 150 "training (CuPy, torch)" $PY -m bench.training

@@ -22,6 +22,23 @@
 // Threads per block of the layer sweeps (one thread per sample), and the widest state they take.
 #define GB_SWEEP_THREADS 128
 #define GB_SWEEP_MAX_C 64
+// The sweeps and chains take the width twice: as the template argument CW for the widths of
+// gpubraid.runtime.cuda.SWEEP_WIDTHS (then a sample's state lives in registers and the loops over it
+// unroll), and CW = 0 with the run-time `width` for any other width up to GB_SWEEP_MAX_C (the state
+// in local memory).  GB_SWEEP_WIDTH(CW) sizes a sample's state arrays.
+#define GB_SWEEP_WIDTH(CW) ((CW) > 0 ? (CW) : GB_SWEEP_MAX_C)
+
+/// f(k) for k = 0..C − 1 over a sample's features: unrolled when the width is the compile-time CW,
+/// a plain loop (the compiler's own unrolling) for the run-time width (CW = 0).
+template <int CW, typename F>
+__device__ __forceinline__ void gb_for_width(int C, F&& f) {
+    if constexpr (CW > 0) {
+#pragma unroll
+        for (int k = 0; k < CW; ++k) f(k);
+    } else {
+        for (int k = 0; k < C; ++k) f(k);
+    }
+}
 
 /// Bias, activation and residual update, elementwise over (L, B, C).
 ///
@@ -61,32 +78,33 @@ dense_bias_grad_kernel(const T* __restrict__ a, const T* __restrict__ h, T* __re
 }
 
 /// The layer-serial forward sweep over n layers in one launch: thread s carries sample s through
-/// every layer in order, its state in a local array (C ≤ GB_SWEEP_MAX_C):
+/// every layer in order, its state in registers (CW > 0) or a local array (CW = 0, C ≤ GB_SWEEP_MAX_C):
 ///     U[i + 1, s] = U[i, s] + h_i·σ(z),  z = K_i U[i, s] + b_i,   i = 0..n − 1,
 /// and σ'(z) into D[i, s] when D is not null.  U (n + 1, B, C) with layers su elements apart, each
 /// layer C-contiguous; D (n, B, C) contiguous; K (n, C, C), b (n, C), h (n,).  Grid: x·block ≥ B.
-template <typename T>
+template <typename T, int CW>
 __global__ void __launch_bounds__(GB_SWEEP_THREADS)
 dense_sweep_forward_kernel(T* __restrict__ U, long long su, T* __restrict__ D, const T* __restrict__ K,
-                           const T* __restrict__ b, const T* __restrict__ h, int n, int B, int C, int act) {
+                           const T* __restrict__ b, const T* __restrict__ h, int n, int B, int width, int act) {
+    const int C = CW > 0 ? CW : width;
     const long long s = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (s >= B) return;
-    T u[GB_SWEEP_MAX_C], v[GB_SWEEP_MAX_C];
+    T u[GB_SWEEP_WIDTH(CW)], v[GB_SWEEP_WIDTH(CW)];
     T* row = U + s * C;                                  // this sample's state, layer by layer
     T* d = D ? D + s * C : nullptr;
     const long long dstep = (long long)B * C;
-    for (int j = 0; j < C; ++j) u[j] = row[j];
+    gb_for_width<CW>(C, [&](int j) { u[j] = row[j]; });
     for (int i = 0; i < n; ++i, K += C * C, b += C) {
         const T hi = h[i];
-        for (int o = 0; o < C; ++o) {
+        gb_for_width<CW>(C, [&](int o) {
             T z = T(0);
-            for (int j = 0; j < C; ++j) z += K[o * C + j] * u[j];
+            gb_for_width<CW>(C, [&](int j) { z += K[o * C + j] * u[j]; });
             const T zb = z + b[o];
             v[o] = u[o] + hi * gb_sigma<T>(act, zb);
             if (d) d[o] = gb_dsigma<T>(act, zb);
-        }
+        });
         row += su;
-        for (int o = 0; o < C; ++o) row[o] = u[o] = v[o];
+        gb_for_width<CW>(C, [&](int o) { row[o] = u[o] = v[o]; });
         if (d) d += dstep;
     }
 }
@@ -99,46 +117,45 @@ dense_sweep_forward_kernel(T* __restrict__ U, long long su, T* __restrict__ D, c
 /// λ_{n−1..0} written; sl = 0: Lam is one (B, C) array holding λ_n, replaced by λ_0.  U as in the
 /// forward sweep (layers su apart); A, D (n, B, C) contiguous.  The parameter gradients
 /// h_i·a_iᵀ U_i and h_i·Σ_s a_i come from A afterwards (batched GEMM, dense_bias_grad_kernel).
-template <typename T>
+template <typename T, int CW>
 __global__ void __launch_bounds__(GB_SWEEP_THREADS)
 dense_sweep_backward_kernel(const T* __restrict__ U, long long su, T* __restrict__ Lam, long long sl, const T* D,
                             T* A, const T* __restrict__ K, const T* __restrict__ b, const T* __restrict__ h, int n,
-                            int B, int C, int act) {
+                            int B, int width, int act) {
+    const int C = CW > 0 ? CW : width;
     const long long s = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (s >= B) return;
-    T lam[GB_SWEEP_MAX_C], a[GB_SWEEP_MAX_C];
+    T lam[GB_SWEEP_WIDTH(CW)], a[GB_SWEEP_WIDTH(CW)];
     const long long dstep = (long long)B * C;
     T* lrow = Lam + (long long)n * sl + s * C;           // λ's row of this sample, layer by layer down
-    for (int j = 0; j < C; ++j) lam[j] = lrow[j];
+    gb_for_width<CW>(C, [&](int j) { lam[j] = lrow[j]; });
     for (int i = n - 1; i >= 0; --i) {
         const T* Ki = K + (long long)i * C * C;
         const T* bi = b + (long long)i * C;
         const T* ui = U + (long long)i * su + s * C;
         const long long at = i * dstep + s * C;
-        for (int o = 0; o < C; ++o) {
+        gb_for_width<CW>(C, [&](int o) {
             T d;
             if (D) {
                 d = D[at + o];
             } else {
                 T z = T(0);
-                for (int j = 0; j < C; ++j) z += Ki[o * C + j] * ui[j];
+                gb_for_width<CW>(C, [&](int j) { z += Ki[o * C + j] * ui[j]; });
                 d = gb_dsigma<T>(act, z + bi[o]);
             }
             a[o] = d * lam[o];
             A[at + o] = a[o];
-        }
+        });
         const T hi = h[i];
-        for (int j = 0; j < C; ++j) {
+        gb_for_width<CW>(C, [&](int j) {
             T t = T(0);
-            for (int o = 0; o < C; ++o) t += Ki[o * C + j] * a[o];
+            gb_for_width<CW>(C, [&](int o) { t += Ki[o * C + j] * a[o]; });
             lam[j] += hi * t;
-        }
+        });
         lrow -= sl;
-        if (sl)
-            for (int j = 0; j < C; ++j) lrow[j] = lam[j];
+        if (sl) gb_for_width<CW>(C, [&](int j) { lrow[j] = lam[j]; });
     }
-    if (!sl)
-        for (int j = 0; j < C; ++j) lrow[j] = lam[j];
+    if (!sl) gb_for_width<CW>(C, [&](int j) { lrow[j] = lam[j]; });
 }
 
 /// A chain with a right-hand side in one launch: MGRIT's coarsest level, solved sequentially,
@@ -146,25 +163,26 @@ dense_sweep_backward_kernel(const T* __restrict__ U, long long su, T* __restrict
 /// thread s carrying sample s (C ≤ GB_SWEEP_MAX_C).  u0 (B, C) contiguous; V (n, B, C) with layers
 /// sv elements apart, each C-contiguous; G like V (sg apart) or null for no right-hand side; G may
 /// be V itself (each entry is read before it is written); K (n, C, C), b (n, C), h (n,) contiguous.
-template <typename T>
+template <typename T, int CW>
 __global__ void __launch_bounds__(GB_SWEEP_THREADS)
 dense_chain_forward_kernel(const T* __restrict__ u0, T* V, long long sv, const T* G, long long sg,
                            const T* __restrict__ K, const T* __restrict__ b, const T* __restrict__ h, int n, int B,
-                           int C, int act) {
+                           int width, int act) {
+    const int C = CW > 0 ? CW : width;
     const long long s = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (s >= B) return;
-    T u[GB_SWEEP_MAX_C], v[GB_SWEEP_MAX_C];
+    T u[GB_SWEEP_WIDTH(CW)], v[GB_SWEEP_WIDTH(CW)];
     T* row = V + s * C;                                   // this sample's rows, step by step
     const T* g = G ? G + s * C : nullptr;
-    for (int j = 0; j < C; ++j) u[j] = u0[s * C + j];
+    gb_for_width<CW>(C, [&](int j) { u[j] = u0[s * C + j]; });
     for (int i = 0; i < n; ++i, K += C * C, b += C, row += sv) {
         const T hi = h[i];
-        for (int o = 0; o < C; ++o) {
+        gb_for_width<CW>(C, [&](int o) {
             T z = T(0);
-            for (int j = 0; j < C; ++j) z += K[o * C + j] * u[j];
+            gb_for_width<CW>(C, [&](int j) { z += K[o * C + j] * u[j]; });
             v[o] = u[o] + hi * gb_sigma<T>(act, z + b[o]);
-        }
-        for (int o = 0; o < C; ++o) row[o] = u[o] = g ? v[o] + g[o] : v[o];
+        });
+        gb_for_width<CW>(C, [&](int o) { row[o] = u[o] = g ? v[o] + g[o] : v[o]; });
         if (g) g += sg;
     }
 }
@@ -175,31 +193,34 @@ dense_chain_forward_kernel(const T* __restrict__ u0, T* V, long long sv, const T
 /// thread s carrying sample s (C ≤ GB_SWEEP_MAX_C).  w0 (B, C) contiguous; W (n, B, C) with layers
 /// sw elements apart, G like it (sg apart) or null, G may be W; U (n, B, C) the states each step is
 /// linearised at, layers su apart (negative for a reversed view); K, b, h contiguous as above.
-template <typename T>
+template <typename T, int CW>
 __global__ void __launch_bounds__(GB_SWEEP_THREADS)
 dense_chain_adjoint_kernel(const T* __restrict__ w0, T* W, long long sw, const T* G, long long sg,
                            const T* __restrict__ U, long long su, const T* __restrict__ K, const T* __restrict__ b,
-                           const T* __restrict__ h, int n, int B, int C, int act) {
+                           const T* __restrict__ h, int n, int B, int width, int act) {
+    const int C = CW > 0 ? CW : width;
     const long long s = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (s >= B) return;
-    T w[GB_SWEEP_MAX_C], a[GB_SWEEP_MAX_C];
+    T w[GB_SWEEP_WIDTH(CW)], a[GB_SWEEP_WIDTH(CW)];
     T* row = W + s * C;                                   // this sample's rows, step by step
     const T* g = G ? G + s * C : nullptr;
     const T* ui = U + s * C;
-    for (int j = 0; j < C; ++j) w[j] = w0[s * C + j];
+    gb_for_width<CW>(C, [&](int j) { w[j] = w0[s * C + j]; });
     for (int i = 0; i < n; ++i, K += C * C, b += C, row += sw, ui += su) {
-        for (int o = 0; o < C; ++o) {
+        gb_for_width<CW>(C, [&](int o) {
             T z = T(0);
-            for (int j = 0; j < C; ++j) z += K[o * C + j] * ui[j];
+            gb_for_width<CW>(C, [&](int j) { z += K[o * C + j] * ui[j]; });
             a[o] = gb_dsigma<T>(act, z + b[o]) * w[o];
-        }
+        });
         const T hi = h[i];
-        for (int j = 0; j < C; ++j) {
+        gb_for_width<CW>(C, [&](int j) {
             T t = T(0);
-            for (int o = 0; o < C; ++o) t += K[o * C + j] * a[o];
+            // K_i read again (__ldg: not merged with the loads above, which would hold all C² entries
+            // in registers between the loops: spills from CW = 16)
+            gb_for_width<CW>(C, [&](int o) { t += __ldg(K + o * C + j) * a[o]; });
             w[j] += hi * t;
-        }
-        for (int j = 0; j < C; ++j) row[j] = w[j] = g ? w[j] + g[j] : w[j];
+        });
+        gb_for_width<CW>(C, [&](int j) { row[j] = w[j] = g ? w[j] + g[j] : w[j]; });
         if (g) g += sg;
     }
 }

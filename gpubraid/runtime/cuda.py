@@ -27,60 +27,45 @@ from ..errors import UserError
 # Launch geometry; must equal the GB_* macros of kernels/conv.cu and kernels/dense.cu (checked by
 # tests/kernels/test_nvcc.py).
 CONV_TILE_W = 16
-
-
 CONV_TILE_H = 8
-
-
 CONV_OCB = 8
-
-
 CONV_GRAD_THREADS = 128
-
-
 DENSE_THREADS = 256
-
-
 DENSE_MAX_BLOCKS = 65535
-
-
 SWEEP_THREADS = 128
-
-
 SWEEP_MAX_C = 64
-
-
+# Widths the layer sweeps and chains are compiled for (template argument CW: the state in registers,
+# the loops unrolled), each in a module of its own, compiled when first used; any other width up to
+# SWEEP_MAX_C runs the CW = 0 instances of the main module.  (Width 32 unrolled took ptxas about a
+# minute for the four kernels in float64.)
+SWEEP_WIDTHS = (4, 8, 16)
 CONV_FORWARD, CONV_ACT_GRAD, CONV_TRANSPOSE = 0, 1, 2
-
-
 DENSE_FORWARD, DENSE_ACT_GRAD = 0, 1
-
-
 KERNEL_FILES = ("conv.cu", "dense.cu")
-
-
 _INT32_LIMIT = 2**31
-
-
 _CTYPES = {"float32": "float", "float64": "double"}
-
-
 _DTYPE_NAMES = {np.dtype(name): name for name in _CTYPES}  # (NumPy's dtype.name is Python code: 2 µs a call)
 
 
-def name_expressions(ctype: str) -> list[str]:
-    """The template instances of every kernel for C type ``ctype`` ("float" or "double")."""
+def name_expressions(ctype: str, cw: int = 0) -> list[str]:
+    """The template instances of module ``cw`` for C type ``ctype`` ("float" or "double"): for
+    cw = 0 the main module (every kernel, the sweeps and chains at run-time width), for a width of
+    :data:`SWEEP_WIDTHS` the sweeps and chains compiled for it."""
+    sweeps = [f"dense_{kind}_kernel<{ctype}, {cw}>"
+              for kind in ("sweep_forward", "sweep_backward", "chain_forward", "chain_adjoint")]
+    if cw:
+        return sweeps
     return [
         *(f"conv3x3_kernel<{ctype}, {m}>" for m in (CONV_FORWARD, CONV_ACT_GRAD, CONV_TRANSPOSE)),
         f"conv_param_grad_kernel<{ctype}>",
         *(f"dense_act_kernel<{ctype}, {m}>" for m in (DENSE_FORWARD, DENSE_ACT_GRAD)),
         f"dense_bias_grad_kernel<{ctype}>",
-        *(f"dense_{kind}_kernel<{ctype}>" for kind in ("sweep_forward", "sweep_backward", "chain_forward",
-                                                       "chain_adjoint")),
+        *sweeps,
     ]
 
 
-NAME_EXPRESSIONS = {dt: name_expressions(ct) for dt, ct in _CTYPES.items()}
+# Every instance of every module, per dtype (what the nvcc check compiles).
+NAME_EXPRESSIONS = {dt: [n for cw in (0, *SWEEP_WIDTHS) for n in name_expressions(ct, cw)] for dt, ct in _CTYPES.items()}
 
 
 def kernel_source_dir() -> Path:
@@ -130,6 +115,12 @@ def dense_bias_grad_launch(L: int) -> tuple[tuple[int, int, int], tuple[int, int
     return (L, 1, 1), (DENSE_THREADS, 1, 1)
 
 
+def sweep_width(C: int) -> int:
+    """The template argument CW of the sweep and chain kernels for width C: C itself when they are
+    compiled for it (:data:`SWEEP_WIDTHS`), else 0 (the run-time width)."""
+    return C if C in SWEEP_WIDTHS else 0
+
+
 def dense_sweep_launch(B: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
     """(grid, block) of the dense layer sweeps: one thread per sample."""
     return (max(1, -(-B // SWEEP_THREADS)), 1, 1), (SWEEP_THREADS, 1, 1)
@@ -149,13 +140,13 @@ def _nvtx(name: str):
 
 
 @functools.lru_cache(maxsize=None)
-def _module(dtype_name: str, device: int):
-    """The compiled RawModule for ``dtype_name`` on ``device`` (cached per device: a module's
-    functions are loaded on the device current when first used)."""
+def _module(dtype_name: str, device: int, cw: int = 0):
+    """The compiled RawModule ``cw`` (:func:`name_expressions`) for ``dtype_name`` on ``device``
+    (cached per device: a module's functions are loaded on the device current when first used)."""
     cp = _cupy()
     return cp.RawModule(code=module_source(),
                         options=("-std=c++17", f"-I{kernel_source_dir()}"),
-                        name_expressions=NAME_EXPRESSIONS[dtype_name])
+                        name_expressions=name_expressions(_CTYPES[dtype_name], cw))
 
 
 @functools.lru_cache(maxsize=None)
@@ -164,10 +155,11 @@ def _function(module, name: str):
     return module.get_function(name)
 
 
-def _kernel(name: str, dtype):
-    """The kernel ``name`` ("..._kernel<{T}>") for ``dtype`` (float32 or float64) on the current device."""
+def _kernel(name: str, dtype, cw: int = 0):
+    """The kernel ``name`` ("..._kernel<{T}>") of module ``cw`` for ``dtype`` (float32 or float64)
+    on the current device."""
     dt = _DTYPE_NAMES[np.dtype(dtype)]
-    return _function(_module(dt, _cupy().cuda.Device().id), name.format(T=_CTYPES[dt]))
+    return _function(_module(dt, _cupy().cuda.Device().id, cw), name.format(T=_CTYPES[dt]))
 
 
 # -- argument checking -------------------------------------------------------------------------------

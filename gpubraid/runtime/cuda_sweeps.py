@@ -1,7 +1,8 @@
 """CUDA launchers that take many layers in one launch: the dense step's layer sweeps (the serial
 method, every pipeline micro-batch, the one-level solves) and its chains with a right-hand side
 (MGRIT's coarsest solve), ``kernels/dense.cu``; one thread per sample carries it through the
-layers (widths up to :data:`~gpubraid.runtime.cuda.SWEEP_MAX_C`).
+layers (widths up to :data:`~gpubraid.runtime.cuda.SWEEP_MAX_C`; for the widths of
+:data:`~gpubraid.runtime.cuda.SWEEP_WIDTHS` the instances compiled for them, their state in registers).
 
 Each launcher returns NotImplemented or False, having done nothing, when the kernels do not take
 the arrays (width, layout, dtype, device): the caller then runs the per-layer launches of
@@ -56,8 +57,9 @@ def dense_sweep_forward(U, K, b, h, act: int, keep: bool):
     cp = cuda._cupy()
     D = cp.empty((n, B, C), dtype=U.dtype) if keep else None
     grid, block = cuda.dense_sweep_launch(B)
+    cw = cuda.sweep_width(C)  # the instance compiled for this width, else 0
     with cuda._nvtx("dense_sweep_forward"):
-        cuda._kernel("dense_sweep_forward_kernel<{T}>", U.dtype)(
+        cuda._kernel(f"dense_sweep_forward_kernel<{{T}}, {cw}>", U.dtype, cw)(
             grid, block, (U, np.int64(su), D, K, b, h, *cuda._i32(n, B, C, act)))  # None: a null σ' pointer
     return D
 
@@ -85,8 +87,9 @@ def dense_sweep_backward(U, Lam, K, b, h, act: int, kept, gK, gb) -> bool:
         kept = None  # recomputed
     A = cp.empty((n, B, C), dtype=U.dtype) if kept is None else kept
     grid, block = cuda.dense_sweep_launch(B)
+    cw = cuda.sweep_width(C)  # the instance compiled for this width, else 0
     with cuda._nvtx("dense_sweep_backward"):
-        cuda._kernel("dense_sweep_backward_kernel<{T}>", U.dtype)(
+        cuda._kernel(f"dense_sweep_backward_kernel<{{T}}, {cw}>", U.dtype, cw)(
             grid, block, (U, np.int64(su), Lam, np.int64(sl), kept, A, K, b, h, *cuda._i32(n, B, C, act)))
         dK, db = cuda._dense_grads(A, U[:-1], h)
         gK += dK
@@ -125,8 +128,9 @@ def dense_chain_forward(u0, V, K, b, h, act: int, G=None) -> bool:
         return False
     n, B, C, sv, sg, _, K, b, h = p
     grid, block = cuda.dense_sweep_launch(B)
+    cw = cuda.sweep_width(C)  # the instance compiled for this width, else 0
     with cuda._nvtx("dense_chain_forward"):
-        cuda._kernel("dense_chain_forward_kernel<{T}>", V.dtype)(
+        cuda._kernel(f"dense_chain_forward_kernel<{{T}}, {cw}>", V.dtype, cw)(
             grid, block, (u0, V, np.int64(sv), G, np.int64(sg), K, b, h, *cuda._i32(n, B, C, act)))
     return True
 
@@ -141,8 +145,9 @@ def dense_chain_adjoint(w0, W, U, K, b, h, act: int, G=None) -> bool:
         return False
     n, B, C, sw, sg, su, K, b, h = p
     grid, block = cuda.dense_sweep_launch(B)
+    cw = cuda.sweep_width(C)  # the instance compiled for this width, else 0
     with cuda._nvtx("dense_chain_adjoint"):
-        cuda._kernel("dense_chain_adjoint_kernel<{T}>", W.dtype)(
+        cuda._kernel(f"dense_chain_adjoint_kernel<{{T}}, {cw}>", W.dtype, cw)(
             grid, block, (w0, W, np.int64(sw), G, np.int64(sg), U, np.int64(su), K, b, h,
                           *cuda._i32(n, B, C, act)))
     return True

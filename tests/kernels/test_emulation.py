@@ -243,7 +243,7 @@ class _FakeKernel:
     """Runs a RawModule function on the emulator; checks the argument C types like CuPy would need."""
 
     def __init__(self, lib, name):
-        m = re.fullmatch(r"(\w+)_kernel<(float|double)(?:, (\d))?>", name)
+        m = re.fullmatch(r"(\w+)_kernel<(float|double)(?:, (\d+))?>", name)
         assert m, name
         base, ctype, mode = m.groups()
         self.ctype = ctype
@@ -400,8 +400,9 @@ def test_launchers_check_arguments(fake_cupy):
 
 
 # -- the dense layer sweeps: one launch for a block of layers ------------------------------------------
-# (n, B, C): one layer; several blocks of SWEEP_THREADS samples; a width above 32.
-SWEEP_SHAPES = [(1, 5, 1), (3, 7, 3), (4, 300, 8), (2, 130, 33)]
+# (n, B, C): one layer; several blocks of SWEEP_THREADS samples; every width the kernels are compiled
+# for (cuda.SWEEP_WIDTHS: 4, 8, 16) and the run-time width below, between and above them.
+SWEEP_SHAPES = [(1, 5, 1), (3, 7, 3), (2, 9, 4), (4, 300, 8), (3, 11, 16), (2, 6, 32), (2, 130, 33)]
 
 
 def sweep_problem(shape, dtype, seed=0):
@@ -472,6 +473,33 @@ def test_dense_layer_sweeps_match_the_per_layer_steps(fake_cupy, shape, act, dty
     for keep in (True, False):
         for name, got in sweep_results(DenseStep(C, act, gpu), *problem, keep).items():
             assert_close(got, want[name], dtype, f"sweep {name} ({'kept' if keep else 'recomputed'} σ')")
+
+
+@pytest.mark.parametrize("C", [3, *cuda.SWEEP_WIDTHS, 33])
+def test_sweeps_and_chains_launch_the_instance_compiled_for_their_width(fake_cupy, monkeypatch, C):
+    """A width of SWEEP_WIDTHS runs the kernels compiled for it (state in registers), any other the
+    run-time-width instance, CW = 0: the values are checked by the tests above for both kinds."""
+    fetched = []
+    get = fake_cupy.RawModule.get_function
+    monkeypatch.setattr(fake_cupy.RawModule, "get_function", lambda self, name: fetched.append(name) or get(self, name))
+    cuda._function.cache_clear()
+    n, B = 2, 5
+    step = DenseStep(C, "tanh", Backend("cupy", fake_cupy, np.float64, 0))
+    u0, lam_n, K, b, h = sweep_problem((n, B, C), np.float64)
+    params, hd = (_host(K), _host(b)), _host(h)
+    U = _host(np.zeros((n + 1, B, C)))
+    U[0] = u0
+    kept = step.forward_block(U, params, hd, True)
+    assert step.backward_through(U, _host(lam_n.copy()), params, hd, (_host(np.zeros_like(K)), _host(np.zeros_like(b))),
+                                 kept)
+    V = _host(np.zeros((n, B, C)))
+    assert step.forward_chain(_host(u0.copy()), V, params, hd, None)
+    assert step.adjoint_chain(_host(lam_n.copy()), V, U[:n], params, hd, None)
+    cw = C if C in cuda.SWEEP_WIDTHS else 0
+    want = {f"dense_{k}_kernel<double, {cw}>" for k in ("sweep_forward", "sweep_backward", "chain_forward",
+                                                         "chain_adjoint")}
+    assert want <= set(fetched), fetched
+    assert all(f"<double, {cw}>" in name for name in fetched if "sweep" in name or "chain" in name), fetched
 
 
 def test_dense_layer_sweeps_decline_what_the_kernels_do_not_take(fake_cupy):

@@ -135,9 +135,13 @@ def test_full_mgrit_solve_on_gpu_equals_cpu(kind):
     assert isinstance(lp.U, cupy.ndarray)
 
 
+# (n, B, C): the widths the sweeps are compiled for (4, 8, 16) and run-time widths around them.
+SWEEP_SHAPES = [(1, 5, 1), (2, 40, 4), (4, 300, 8), (3, 200, 16), (3, 1000, 32), (2, 130, 64)]
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("act", list(ACTIVATIONS))
-@pytest.mark.parametrize("shape", [(1, 5, 1), (4, 300, 8), (3, 1000, 32), (2, 130, 64)], ids=str)
+@pytest.mark.parametrize("shape", SWEEP_SHAPES, ids=str)
 def test_dense_chains_on_gpu_match_the_per_row_steps(shape, act, dtype):
     """The coarsest solve's chains (one launch each direction, a right-hand side held in the rows
     themselves, the adjoint's states a reversed view) against one NumPy step call per row."""
@@ -171,7 +175,7 @@ def test_dense_chains_on_gpu_match_the_per_row_steps(shape, act, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("act", list(ACTIVATIONS))
-@pytest.mark.parametrize("shape", [(1, 5, 1), (4, 300, 8), (3, 1000, 32), (2, 130, 64)], ids=str)
+@pytest.mark.parametrize("shape", SWEEP_SHAPES, ids=str)
 def test_dense_layer_sweeps_on_gpu_match_the_per_layer_steps(shape, act, dtype):
     """One launch per sweep (states, adjoints, gradients, λ carried in place) against one NumPy call
     per layer; the gradients of two runs are bitwise equal."""

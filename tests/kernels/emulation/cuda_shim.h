@@ -122,3 +122,9 @@ inline void launch(dim3 grid, dim3 block, const std::function<void()>& kernel) {
 }  // namespace emu
 
 inline void __syncthreads() { emu::barrier(); }
+
+// The read-only data cache load: a plain load on the host.
+template <typename T>
+inline T __ldg(const T* p) {
+    return *p;
+}

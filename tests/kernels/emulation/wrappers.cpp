@@ -37,33 +37,48 @@
     extern "C" void emu_dense_bias_grad_##T(const unsigned* geom, const T* a, const T* h, T* db,   \
                                             int L, int B, int C) {                                 \
         emu::launch(GB_GEOM, [&] { dense_bias_grad_kernel<T>(a, h, db, L, B, C); });               \
+    }
+
+#define GB_EMU_SWEEPS(T, CW)                                                                      \
+    extern "C" void emu_dense_sweep_forward_##T##_##CW(const unsigned* geom, T* U, long long su, T* D, \
+                                                       const T* K, const T* b, const T* h, int n,  \
+                                                       int B, int C, int act) {                    \
+        emu::launch(GB_GEOM, [&] { dense_sweep_forward_kernel<T, CW>(U, su, D, K, b, h, n, B, C, act); }); \
     }                                                                                             \
-    extern "C" void emu_dense_sweep_forward_##T(const unsigned* geom, T* U, long long su, T* D,    \
-                                                const T* K, const T* b, const T* h, int n, int B,  \
-                                                int C, int act) {                                  \
-        emu::launch(GB_GEOM, [&] { dense_sweep_forward_kernel<T>(U, su, D, K, b, h, n, B, C, act); }); \
-    }                                                                                             \
-    extern "C" void emu_dense_sweep_backward_##T(const unsigned* geom, const T* U, long long su,   \
-                                                 T* Lam, long long sl, const T* D, T* A,           \
-                                                 const T* K, const T* b, const T* h, int n, int B, \
-                                                 int C, int act) {                                 \
+    extern "C" void emu_dense_sweep_backward_##T##_##CW(const unsigned* geom, const T* U, long long su, \
+                                                        T* Lam, long long sl, const T* D, T* A,    \
+                                                        const T* K, const T* b, const T* h, int n, \
+                                                        int B, int C, int act) {                   \
         emu::launch(GB_GEOM, [&] {                                                                \
-            dense_sweep_backward_kernel<T>(U, su, Lam, sl, D, A, K, b, h, n, B, C, act);           \
+            dense_sweep_backward_kernel<T, CW>(U, su, Lam, sl, D, A, K, b, h, n, B, C, act);       \
         });                                                                                       \
     }                                                                                             \
-    extern "C" void emu_dense_chain_forward_##T(const unsigned* geom, const T* u0, T* V, long long sv, \
-                                                const T* G, long long sg, const T* K, const T* b,  \
-                                                const T* h, int n, int B, int C, int act) {        \
-        emu::launch(GB_GEOM, [&] { dense_chain_forward_kernel<T>(u0, V, sv, G, sg, K, b, h, n, B, C, act); }); \
-    }                                                                                             \
-    extern "C" void emu_dense_chain_adjoint_##T(const unsigned* geom, const T* w0, T* W, long long sw, \
-                                                const T* G, long long sg, const T* U, long long su, \
-                                                const T* K, const T* b, const T* h, int n, int B,  \
-                                                int C, int act) {                                  \
+    extern "C" void emu_dense_chain_forward_##T##_##CW(const unsigned* geom, const T* u0, T* V,    \
+                                                       long long sv, const T* G, long long sg,     \
+                                                       const T* K, const T* b, const T* h, int n,  \
+                                                       int B, int C, int act) {                    \
         emu::launch(GB_GEOM, [&] {                                                                \
-            dense_chain_adjoint_kernel<T>(w0, W, sw, G, sg, U, su, K, b, h, n, B, C, act);         \
+            dense_chain_forward_kernel<T, CW>(u0, V, sv, G, sg, K, b, h, n, B, C, act);            \
+        });                                                                                       \
+    }                                                                                             \
+    extern "C" void emu_dense_chain_adjoint_##T##_##CW(const unsigned* geom, const T* w0, T* W,    \
+                                                       long long sw, const T* G, long long sg,     \
+                                                       const T* U, long long su, const T* K,       \
+                                                       const T* b, const T* h, int n, int B, int C, \
+                                                       int act) {                                  \
+        emu::launch(GB_GEOM, [&] {                                                                \
+            dense_chain_adjoint_kernel<T, CW>(w0, W, sw, G, sg, U, su, K, b, h, n, B, C, act);     \
         });                                                                                       \
     }
 
+// The sweeps' width instances: 0 (run-time width) and gpubraid.runtime.cuda.SWEEP_WIDTHS.
+#define GB_EMU_SWEEP_WIDTHS(T) \
+    GB_EMU_SWEEPS(T, 0)        \
+    GB_EMU_SWEEPS(T, 4)        \
+    GB_EMU_SWEEPS(T, 8)        \
+    GB_EMU_SWEEPS(T, 16)
+
 GB_EMU_TYPE(float)
 GB_EMU_TYPE(double)
+GB_EMU_SWEEP_WIDTHS(float)
+GB_EMU_SWEEP_WIDTHS(double)
