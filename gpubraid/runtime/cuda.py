@@ -65,7 +65,8 @@ def name_expressions(ctype: str, cw: int = 0) -> list[str]:
 
 
 # Every instance of every module, per dtype (what the nvcc check compiles).
-NAME_EXPRESSIONS = {dt: [n for cw in (0, *SWEEP_WIDTHS) for n in name_expressions(ct, cw)] for dt, ct in _CTYPES.items()}
+NAME_EXPRESSIONS = {dt: [n for cw in (0, *SWEEP_WIDTHS) for n in name_expressions(ct, cw)]
+                    for dt, ct in _CTYPES.items()}
 
 
 def kernel_source_dir() -> Path:

@@ -29,6 +29,13 @@ def layer_stride(x, dtype, n: int, shape) -> int | None:
     return step // item if n > 1 else 0
 
 
+def _kernel(kind: str, dtype, C: int):
+    """The kernel dense_<kind>_kernel for ``dtype``: the instance compiled for width C when there
+    is one (:data:`~gpubraid.runtime.cuda.SWEEP_WIDTHS`), else the run-time-width one."""
+    cw = cuda.sweep_width(C)
+    return cuda._kernel(f"dense_{kind}_kernel<{{T}}, {cw}>", dtype, cw)
+
+
 def _sweep_params(U, K, b, h):
     """(n, B, C, U's layer stride, contiguous K, b, h) for a sweep of states U (n + 1, B, C), or
     None when the kernels do not take them (width above SWEEP_MAX_C, layers not C-contiguous or not
@@ -57,9 +64,8 @@ def dense_sweep_forward(U, K, b, h, act: int, keep: bool):
     cp = cuda._cupy()
     D = cp.empty((n, B, C), dtype=U.dtype) if keep else None
     grid, block = cuda.dense_sweep_launch(B)
-    cw = cuda.sweep_width(C)  # the instance compiled for this width, else 0
     with cuda._nvtx("dense_sweep_forward"):
-        cuda._kernel(f"dense_sweep_forward_kernel<{{T}}, {cw}>", U.dtype, cw)(
+        _kernel("sweep_forward", U.dtype, C)(
             grid, block, (U, np.int64(su), D, K, b, h, *cuda._i32(n, B, C, act)))  # None: a null σ' pointer
     return D
 
@@ -87,9 +93,8 @@ def dense_sweep_backward(U, Lam, K, b, h, act: int, kept, gK, gb) -> bool:
         kept = None  # recomputed
     A = cp.empty((n, B, C), dtype=U.dtype) if kept is None else kept
     grid, block = cuda.dense_sweep_launch(B)
-    cw = cuda.sweep_width(C)  # the instance compiled for this width, else 0
     with cuda._nvtx("dense_sweep_backward"):
-        cuda._kernel(f"dense_sweep_backward_kernel<{{T}}, {cw}>", U.dtype, cw)(
+        _kernel("sweep_backward", U.dtype, C)(
             grid, block, (U, np.int64(su), Lam, np.int64(sl), kept, A, K, b, h, *cuda._i32(n, B, C, act)))
         dK, db = cuda._dense_grads(A, U[:-1], h)
         gK += dK
@@ -128,9 +133,8 @@ def dense_chain_forward(u0, V, K, b, h, act: int, G=None) -> bool:
         return False
     n, B, C, sv, sg, _, K, b, h = p
     grid, block = cuda.dense_sweep_launch(B)
-    cw = cuda.sweep_width(C)  # the instance compiled for this width, else 0
     with cuda._nvtx("dense_chain_forward"):
-        cuda._kernel(f"dense_chain_forward_kernel<{{T}}, {cw}>", V.dtype, cw)(
+        _kernel("chain_forward", V.dtype, C)(
             grid, block, (u0, V, np.int64(sv), G, np.int64(sg), K, b, h, *cuda._i32(n, B, C, act)))
     return True
 
@@ -145,9 +149,8 @@ def dense_chain_adjoint(w0, W, U, K, b, h, act: int, G=None) -> bool:
         return False
     n, B, C, sw, sg, su, K, b, h = p
     grid, block = cuda.dense_sweep_launch(B)
-    cw = cuda.sweep_width(C)  # the instance compiled for this width, else 0
     with cuda._nvtx("dense_chain_adjoint"):
-        cuda._kernel(f"dense_chain_adjoint_kernel<{{T}}, {cw}>", W.dtype, cw)(
+        _kernel("chain_adjoint", W.dtype, C)(
             grid, block, (w0, W, np.int64(sw), G, np.int64(sg), U, np.int64(su), K, b, h,
                           *cuda._i32(n, B, C, act)))
     return True
