@@ -7,10 +7,10 @@
 //   dense_act_kernel<T, GB_DENSE_FORWARD>   out = u + h·σ(z + b)     (z = u Kᵀ)
 //   dense_act_kernel<T, GB_DENSE_ACT_GRAD>  out = σ'(z + b) ⊙ lam
 //   dense_bias_grad_kernel<T>               db = h·Σ_n a              (deterministic)
-//   dense_sweep_forward_kernel<T>           U_{i+1} = U_i + h_i·σ(K_i U_i + b_i), i = 0..n−1, one launch
-//   dense_sweep_backward_kernel<T>          λ_i = λ_{i+1} + h_i K_iᵀ a_i, a_i = σ'(z_i) ⊙ λ_{i+1}, i = n−1..0
-//   dense_chain_forward_kernel<T>           v_i = Φ_i(v_{i−1}) + g_i, i = 0..n−1, one launch (coarsest solve)
-//   dense_chain_adjoint_kernel<T>           w_i = w_{i−1} + h_i K_iᵀ(σ'(K_i U_i + b_i) ⊙ w_{i−1}) + g_i
+//   dense_sweep_forward_kernel<T, CW>       U_{i+1} = U_i + h_i·σ(K_i U_i + b_i), i = 0..n−1, one launch
+//   dense_sweep_backward_kernel<T, CW>      λ_i = λ_{i+1} + h_i K_iᵀ a_i, a_i = σ'(z_i) ⊙ λ_{i+1}, i = n−1..0
+//   dense_chain_forward_kernel<T, CW>       v_i = Φ_i(v_{i−1}) + g_i, i = 0..n−1, one launch (coarsest solve)
+//   dense_chain_adjoint_kernel<T, CW>       w_i = w_{i−1} + h_i K_iᵀ(σ'(K_i U_i + b_i) ⊙ w_{i−1}) + g_i
 #pragma once
 
 #include "activations.cuh"
