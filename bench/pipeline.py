@@ -6,7 +6,8 @@ Speed (``gpubraid train`` under mpiexec, interleaved over repeats): per workload
 optimisation step (median of the history's ``time_s`` differences, first step dropped, validation
 off) of
 
-    serial-1           --method serial on 1 rank (the whole batch, layer by layer)
+    serial-1           --method serial on 1 rank (automatic M: micro-batches that stay in cache)
+    serial-1-unsplit   --method serial --micro-batches 1 on 1 rank (the whole batch, layer by layer)
     serial-2           --method serial on 2 layer ranks (now the pipeline, automatic M)
     pipeline-2-M<m>    --method pipeline on 2 layer ranks, m micro-batches, 1F1B (and GPipe at one m)
     oneshot-2          --method oneshot on 2 layer ranks (peaks: its level choice keeps one level)
@@ -48,7 +49,8 @@ def workloads(quick: bool) -> dict:
 
 
 def variants(w: dict) -> dict:
-    out = {"serial-1": (1, ["--method", "serial"]), "serial-2": (2, ["--method", "serial"])}
+    out = {"serial-1": (1, ["--method", "serial"]), "serial-1-unsplit": (1, ["--method", "serial", "--micro-batches", "1"]),
+           "serial-2": (2, ["--method", "serial"])}
     for m in w["M"]:
         out[f"pipeline-2-M{m}"] = (2, ["--method", "pipeline", "--micro-batches", str(m)])
     m = w["M"][-1] if len(w["M"]) < 3 else w["M"][2]

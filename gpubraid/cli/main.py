@@ -198,6 +198,8 @@ def iteration_line(entry: dict, method: str) -> str:
         parts.append(f"val {entry['val_accuracy']:.4f}")
     if entry.get("levels") == 1 and method in ("exact", "oneshot"):  # the level choice kept no coarse level
         parts.append("1 level: layer-serial sweep")
+    if entry.get("micro_batches", 1) > 1:
+        parts.append(f"M {entry['micro_batches']}")
     elif method in ("exact", "oneshot"):
         if "levels" in entry:
             parts.append(f"{entry['levels']} levels")

@@ -28,6 +28,7 @@ import numpy as np
 
 from ..errors import UserError, check_positive_float, check_positive_int
 from ..runtime.backend import Backend
+from ..runtime.resources import held_bytes
 from .heads import Classifier, Head, Regression
 from .imports import import_path
 from .openings import ConvOpening, DenseOpening, Opening, default_opening
@@ -172,6 +173,12 @@ class Network:
             for name, spec, shp in zip(self.head_names, self.head_init, self.head.param_shapes):
                 host[name][...] = draw_group(spec, rng, shp)
         return self.be.asarray(vec)
+
+    def held_bytes(self, n: int) -> int:
+        """Bytes a sample holds between its forward and backward sweep through ``n`` layers when the
+        step is ``cache_blocked`` (else 0): :func:`gpubraid.runtime.resources.held_bytes`."""
+        return held_bytes(n, self.state_size * np.dtype(self.be.dtype).itemsize,
+                          getattr(self.step, "cache_blocked", False))
 
     def step_sizes(self, a: int, b: int):
         """h_n for layers a..b-1 on the backend, shape (b - a,)."""

@@ -311,6 +311,8 @@ class LayerParallel:
             out.update(bwd_iters=b.iterations, bwd_residual=b.residuals[-1] if b.residuals else None)
         if f.rho is not None:
             out.update(rho=f.rho, h_rho=f.h_rho[-1] if f.h_rho else 0.0)
+        if f.micro_batches:  # the pipeline's (rank 0's data group's, when the groups' shares differ)
+            out["micro_batches"] = f.micro_batches
         return {**out, "steps": self._steps}
 
     def _totals(self, gvec, loss_share: float, correct_share: int, R_share: float, batch: int,

@@ -88,13 +88,15 @@ class TrainingPipeline:
         self.model, self.comm, self.options = model, comm, options
         self.rank, self.P = comm.rank, comm.size
         self.a, self.b = int(bounds[self.rank]), int(bounds[self.rank + 1])
+        self.block = int(np.max(np.diff(bounds)))   # the largest layer block: M is the same on every rank
         self.h = model.step_sizes(self.a, self.b)
         self.is_first, self.is_last = self.rank == 0, self.rank == self.P - 1
         self.peak_held = 0   # most micro-batches whose states this rank held at once (last run)
 
     def micro_batches(self, batch: int) -> int:
-        """M for a batch of ``batch`` samples."""
-        return micro_batch_count(self.options.micro_batches, self.P, batch)
+        """M for a batch of ``batch`` samples (automatic: also cut for the caches, see
+        :data:`gpubraid.runtime.resources.HELD_BYTES`)."""
+        return micro_batch_count(self.options.micro_batches, self.P, batch, self.model.held_bytes(self.block))
 
     def _forward(self, U, layers, keep: bool):
         """U[1..n] from U[0] through this rank's layers: U (n + 1, m, *S), filled in place; returns
@@ -180,9 +182,12 @@ class TrainingPipeline:
             lo = int(cut[M - 1])
             m.open_grad(x[lo:], lam0[lo:], P, G)
         Comm.waitall(pending)
-        fstats = SolveStats(converged=True, residuals=[0.0], steps_per_level=[n], levels=1)
-        bstats = None if G is None else SolveStats(converged=True, residuals=[0.0], steps_per_level=[n], levels=1)
-        return loss, correct, fstats, bstats
+        fstats = self._stats(M)
+        return loss, correct, fstats, None if G is None else self._stats(M)
+
+    def _stats(self, M: int) -> SolveStats:
+        """A pipelined pass's stats: one level, n steps on this rank, M micro-batches."""
+        return SolveStats(converged=True, residuals=[0.0], steps_per_level=[self.b - self.a], levels=1, micro_batches=M)
 
     def _empty(self, shape, dtype, spares=None):
         """States (n + 1, B, *S) in the step's layout (adjoints: like them), or one contiguous row (B, *S):
@@ -258,5 +263,4 @@ class TrainingPipeline:
         if self.is_first:
             self.model.open_grad(x, Lam[0], P, G)
         Comm.waitall(pending)
-        n = self.b - self.a
-        return Lam, SolveStats(converged=True, residuals=[0.0], steps_per_level=[n], levels=1)
+        return Lam, self._stats(M)

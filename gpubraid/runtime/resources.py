@@ -44,14 +44,36 @@ OUTPUT_COPIES = 3
 PIPELINE_WORK = 3
 
 
-#: Automatic micro-batches: this many per layer rank (one on a single layer rank: the whole batch).
+#: Automatic micro-batches: this many per layer rank (one on a single layer rank: the whole batch),
+#: or more where :data:`HELD_BYTES` asks for it.
 MICRO_BATCHES_PER_RANK = 4
 
+#: Bytes a micro-batch may hold on one rank between its forward and its backward sweep (states and
+#: the σ'(z) kept) when the step is ``cache_blocked``: on one rank, 1F1B runs each micro-batch's
+#: backward right after its forward, so what fits in the caches is read back from them.  Measured
+#: on the development VM (4 MiB L2 per core; seconds per L-BFGS step at 5000 samples, float64, one
+#: rank): peaks 256 layers 53 ms unsplit, 54 at M = 4, 44 at M = 8–16 (10–5 MiB per micro-batch),
+#: 48 at M = 64; 64 layers 14.2 unsplit, 11.4 at M = 4, 12.9 at M = 16; MNIST conv (batch 50)
+#: 220 unsplit, 133 at M = 10, 202 at M = 50.  The same budget as inference's sample blocks
+#: (:data:`gpubraid.network.sweep.THROUGH_BYTES`).
+HELD_BYTES = 8 << 20
 
-def micro_batch_count(requested: int | None, ranks: int, batch: int) -> int:
-    """Micro-batches M of a pipelined batch: ``requested`` (None: 1 on one layer rank, else
-    MICRO_BATCHES_PER_RANK × ``ranks``), at most the ``batch`` size and at least 1."""
-    M = requested if requested is not None else (1 if ranks == 1 else MICRO_BATCHES_PER_RANK * ranks)
+
+def held_bytes(layers: int, state_bytes: int, cache_blocked: bool) -> int:
+    """Bytes one sample holds on a rank of ``layers`` layers from its forward to its backward sweep
+    (n + 1 states and n kept σ'(z) of ``state_bytes`` each) when the step is ``cache_blocked``, else 0
+    (no micro-batches for the caches' sake: GPUs, steps on the torch engine, user steps)."""
+    return (2 * int(layers) + 1) * int(state_bytes) if cache_blocked else 0
+
+
+def micro_batch_count(requested: int | None, ranks: int, batch: int, sample_bytes: int = 0) -> int:
+    """Micro-batches M of a pipelined batch: ``requested``, or by default MICRO_BATCHES_PER_RANK ×
+    ``ranks`` (1 on one layer rank) and at least enough that a micro-batch of ``sample_bytes`` per
+    sample (:func:`held_bytes`) holds at most HELD_BYTES; at most the ``batch`` size and at least 1."""
+    if requested is not None:
+        M = requested
+    else:
+        M = max(1 if ranks == 1 else MICRO_BATCHES_PER_RANK * ranks, -(-int(batch) * int(sample_bytes) // HELD_BYTES))
     return max(1, min(int(M), int(batch)))
 
 
@@ -61,9 +83,10 @@ def pipelined(cfg) -> bool:
     return cfg.method in ("serial", "pipeline") or cfg.max_levels == 1
 
 
-def in_flight(cfg, ranks: int, batch: int) -> tuple[int, int]:
-    """(micro-batches whose states one rank holds at most, samples per micro-batch) of a pipelined run."""
-    M = micro_batch_count(cfg.micro_batches, ranks, batch)
+def in_flight(cfg, ranks: int, batch: int, sample_bytes: int = 0) -> tuple[int, int]:
+    """(micro-batches whose states one rank holds at most, samples per micro-batch) of a pipelined
+    run (``sample_bytes``: as :func:`micro_batch_count`)."""
+    M = micro_batch_count(cfg.micro_batches, ranks, batch, sample_bytes)
     return (M if cfg.schedule == "gpipe" else min(ranks, M)), math.ceil(batch / M)
 
 
@@ -83,7 +106,7 @@ def available_bytes(backend) -> int:
 
 
 def check_memory(cfg, state_shape, params_per_layer: int, batch: int, ranks: int, backend,
-                 ends: tuple[int, int] = (0, 0)) -> None:
+                 ends: tuple[int, int] = (0, 0), cache_blocked: bool = False) -> None:
     """UserError naming the options when the run cannot fit in this rank's memory.
 
     Args:
@@ -95,12 +118,14 @@ def check_memory(cfg, state_shape, params_per_layer: int, batch: int, ranks: int
         backend: where the arrays will live.
         ends: (numbers in the opening layer's and the head's parameters, outputs per sample): the
             first and last rank's share besides the layers, counted on every rank.
+        cache_blocked: the step's ``cache_blocked`` (the automatic micro-batch count depends on it).
     """
     item = np.dtype(backend.dtype).itemsize
     rows = math.ceil(cfg.layers / ranks) + 1
     state = math.prod(state_shape)
     if pipelined(cfg):
-        held, size = in_flight(cfg, ranks, batch)  # each held with its states and σ'(z) kept for the backward
+        # each held with its states and σ'(z) kept for the backward
+        held, size = in_flight(cfg, ranks, batch, held_bytes(rows - 1, state * item, cache_blocked))
         what = f"2 x {held} micro-batch(es) in flight + {PIPELINE_WORK}"
         states = ((2 * held + PIPELINE_WORK) * rows * size + 2 * batch) * state * item
         shape = f"micro-batch {size}"

@@ -139,6 +139,7 @@ class SolveStats:
     messages: int = 0
     bytes: int = 0
     wall_s: float = 0.0
+    micro_batches: int = 0           # the batch's micro-batches when the solve was the pipeline's
 
     @property
     def convergence_factors(self) -> list:

@@ -1,8 +1,9 @@
 """The planner: every way to spend P ranks on a run, its predicted time, and the fastest.
 
 A candidate is D data groups × L layer ranks (P = D·L) with a method: the layer-serial pipeline
-(``serial`` on one layer rank, with M = 1, 2, 4 or 8 micro-batches one after the other: smaller
-ones may keep their states in the caches; ``pipeline`` with M micro-batches, 1F1B, on several),
+(``serial`` on one layer rank, with M = 1, 2, 4 or 8 micro-batches one after the other, or the
+automatic M: smaller ones may keep their states in the caches; ``pipeline`` with M = L, 2L, 4L, 8L
+or the automatic M micro-batches, 1F1B, on several),
 ``oneshot`` or ``exact`` MGRIT with the levels the solver's own choice keeps on the initial parameters
 (exact is left out when that is one level: it is then serial; one-shot on one level is the
 layer-serial sweep it then runs: all micro-batches forward, then all backward).  Its seconds per training step come from
@@ -23,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from ..errors import UserError
 from ..runtime.comm import Comm
 from ..runtime.replay import PRESETS, NetworkModel
-from ..runtime.resources import micro_batch_count
+from ..runtime.resources import held_bytes, micro_batch_count
 from . import costmodel as cm
 from .config import TrainConfig
 from .methods import make_method
@@ -71,7 +72,7 @@ class Candidate:
         """The TrainConfig values that run this candidate (the schedule is the run's own: GPipe and
         1F1B take the same time, 1F1B less memory)."""
         out = {"method": self.method, "data_parallel": self.D}
-        if self.method == "pipeline" or (self.method == "serial" and self.M > 1):
+        if self.method in ("serial", "pipeline"):   # M = 1 too: without it a run may cut for the caches
             out.update(micro_batches=self.M)
         return out
 
@@ -116,7 +117,9 @@ def candidates(probe, cfg: TrainConfig, P: int, net: NetworkModel, h, fixed: dic
             continue
         fixed_s = reductions * cm.reduce_s(net, L, D) + cm.group_sum_s(net, D, cm.layer_block(N, L) * probe.param_bytes)
         fixed_s += probe.step_overhead + probe.regularizer_s * cm.layer_block(N, L) / N
-        Ms = sorted({min(k * L, m) for k in (1, 2, 4, 8)}) if "micro_batches" not in fixed else \
+        held = held_bytes(cm.layer_block(N, L), probe.state_bytes, probe.cache_blocked)
+        auto = micro_batch_count(None, L, m, held)   # what a run without --micro-batches streams
+        Ms = sorted({min(k * L, m) for k in (1, 2, 4, 8)} | {auto}) if "micro_batches" not in fixed else \
             [micro_batch_count(fixed["micro_batches"], L, m)]
         for M in Ms:
             t = cm.pipeline_s("1f1b", L, M, m, N, probe.sweep_fwd, probe.sweep_bwd, probe.ends,
@@ -126,7 +129,7 @@ def candidates(probe, cfg: TrainConfig, P: int, net: NetworkModel, h, fixed: dic
                                          ("exact", probe.exact, cfg_method(cfg, "exact", L), False)):
             if info["levels"] < 2:
                 if name == "oneshot":  # the pipeline at its automatic M, at the probe's cost ratio to
-                    Mo = micro_batch_count(fixed.get("micro_batches"), L, m)  # serial's evaluation (+ the ρ estimate)
+                    Mo = micro_batch_count(fixed.get("micro_batches"), L, m, held)  # serial's evaluation (+ the ρ estimate)
                     r = info.get("serial_ratio", 1.0)
                     fwd, bwd, call = ((r * a, r * b) for a, b in (probe.sweep_fwd, probe.sweep_bwd, probe.sweep_call))
                     t = cm.pipeline_s("1f1b", L, Mo, m, N, fwd, bwd, probe.ends, probe.state_bytes, net,

@@ -115,6 +115,7 @@ class Probe:
     evaluate_s: float = 0.0
     sweep_call: tuple = (0.0, 0.0)
     regularizer_s: float = 0.0
+    cache_blocked: bool = False
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -340,4 +341,4 @@ def run_probe(trainer, oneshot, exact, repeats: int = 2) -> Probe:
     param_bytes = sum(int(np.prod(p)) for p in model.step.param_shapes) * itemsize
     return Probe(B, N, int(np.prod(S)) * itemsize, param_bytes, warm, clock.name, sweep_fwd, sweep_bwd, ends_fit,
                  calls, solve_call, os_info, ex_info, footprint, step_overhead, time.perf_counter() - t_start,
-                 evaluate_s, sweep_call, regularizer_s)
+                 evaluate_s, sweep_call, regularizer_s, bool(getattr(model.step, "cache_blocked", False)))

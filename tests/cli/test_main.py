@@ -251,3 +251,6 @@ def test_iteration_lines_say_whether_a_solve_was_layer_parallel():
     assert "3 levels  fwd 1 it r 1.00e-01  bwd 1 it r 1.00e-02" in line and "layer-serial" not in line
     assert "level" not in cli.iteration_line({**base, "levels": 1}, "pipeline")
     assert cli.iteration_line({**base, "layers": 8}, "serial").startswith("[8 layers]  it     1")
+    # the micro-batches a pipelined evaluation streamed, when it cut the batch at all
+    assert "  M 20  " in cli.iteration_line({**base, "levels": 1, "micro_batches": 20}, "serial")
+    assert " M " not in cli.iteration_line({**base, "levels": 1, "micro_batches": 1}, "serial")

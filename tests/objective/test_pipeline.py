@@ -46,6 +46,48 @@ def test_micro_batches_cover_the_batch_and_the_automatic_count():
     assert resources.micro_batch_count(16, 2, 5) == 5
 
 
+def test_the_automatic_count_keeps_a_micro_batch_in_the_caches():
+    """By default a cache-blocked step's micro-batch holds at most HELD_BYTES between its forward and
+    backward sweep (peaks at 256 layers on one rank: 513 rows of 8 float64 a sample, 20 micro-batches
+    of 5000); never fewer than the per-rank count, and a requested M is kept as it is."""
+    sample = resources.held_bytes(256, 64, True)
+    assert sample == 513 * 64 and resources.held_bytes(256, 64, False) == 0
+    assert resources.micro_batch_count(None, 1, 5000, sample) == 20 == -(-5000 * sample // resources.HELD_BYTES)
+    assert resources.micro_batch_count(None, 2, 5000, resources.held_bytes(128, 64, True)) == 10
+    assert resources.micro_batch_count(None, 2, 500, resources.held_bytes(128, 64, True)) == 8
+    assert resources.micro_batch_count(None, 1, 50, resources.held_bytes(64, 128, True)) == 1
+    assert resources.micro_batch_count(3, 1, 5000, sample) == 3
+    assert resources.micro_batch_count(None, 1, 7, 1 << 30) == 7
+    serial = TrainConfig(example="peaks", method="serial", layers=256).resolved()   # the memory check's count
+    assert resources.in_flight(serial, 1, 5000, sample) == (1, 250)
+
+
+def test_which_steps_are_cache_blocked():
+    """The built-in steps on NumPy are; ConvStep on the torch engine (float32 with torch) is not."""
+    from gpubraid.network.steps import ConvStep, DenseStep
+
+    for dtype in ("float64", "float32"):
+        be = resolve_backend("numpy", dtype)
+        assert DenseStep(8, "tanh", be).cache_blocked
+        conv = ConvStep(4, 6, 6, "relu", be)
+        assert conv.cache_blocked == (conv._torch is None)
+    assert ConvStep(4, 6, 6, "relu", resolve_backend("numpy", "float64")).cache_blocked
+
+
+def test_every_rank_of_an_uneven_split_streams_the_same_micro_batches(problem):
+    """M follows the largest layer block, so ranks of 4 and 3 layers cut the batch alike."""
+    from types import SimpleNamespace
+
+    from gpubraid.objective.pipeline import TrainingPipeline
+
+    model = problem["dense"][0]
+    got = set()
+    for rank in (0, 1):
+        pipe = TrainingPipeline(model, SimpleNamespace(rank=rank, size=2), [0, 4, 7], PipelineOptions())
+        got.add(pipe.micro_batches(1 << 20))
+    assert got == {resources.micro_batch_count(None, 2, 1 << 20, model.held_bytes(4))} and got != {8}
+
+
 @pytest.fixture(scope="module")
 def problem():
     be = resolve_backend("numpy")
@@ -172,6 +214,7 @@ def test_pipeline_history_equals_serial_and_resumes_exactly(tmp_path, extra, mpi
                                **common)).run()
     strip = lambda h: [{k: v for k, v in e.items() if k != "time_s"} for e in h]
     assert strip(part.history) == strip(full.history[:4]) and strip(rest.history) == strip(full.history)
+    assert {e["micro_batches"] for e in full.history} == {5} and "micro_batches" in serial.history[0]
 
 
 # -- under mpiexec ----------------------------------------------------------------------------------

@@ -78,7 +78,7 @@ def test_candidates_cover_every_split_best_first():
     assert {c.M for c in cands if c.method == "serial"} == {1, 2, 4, 8}
     # per-sample work and a free network: data groups divide it best
     assert (cands[0].D, cands[0].L) == (8, 1)
-    assert cands[0].settings() == {"method": "serial", "data_parallel": 8}
+    assert cands[0].settings() == {"method": "serial", "data_parallel": 8, "micro_batches": 1}
     pipe = next(c for c in cands if c.method == "pipeline")
     assert pipe.settings() == {"method": "pipeline", "data_parallel": pipe.D, "micro_batches": pipe.M}
 
@@ -230,11 +230,16 @@ def test_micro_batches_on_one_layer_rank_priced_by_their_footprint():
     h = (1.0 / 16,) * 16
     p = fake_probe()
     serial = [c for c in plan.candidates(p, cfg, 1, IDEAL, h) if c.method == "serial"]
-    assert [c.M for c in serial] == [1, 2, 4, 8] and serial[0].settings() == {"method": "serial", "data_parallel": 1}
+    assert [c.M for c in serial] == [1, 2, 4, 8] and serial[0].settings() == {"method": "serial", "data_parallel": 1,
+                                                                         "micro_batches": 1}
     p.footprint = ((16 * 100, 1.0, 1.0), (16 * 1000, 3.0, 3.0))
     serial = [c for c in plan.candidates(p, cfg, 1, IDEAL, h) if c.method == "serial"]
     assert serial[0].M == 8 and serial[0].label() == "serial M=8 on 1x1 (data x layer)"
     assert serial[0].settings() == {"method": "serial", "data_parallel": 1, "micro_batches": 8}
+    # a cache-blocked step's automatic M (what a run without --micro-batches streams) is priced too
+    p.cache_blocked, p.state_bytes = True, 64 * 64
+    auto = -(-1000 * 33 * 64 * 64 // (8 << 20))
+    assert auto == 17 and {c.M for c in plan.candidates(p, cfg, 1, IDEAL, h) if c.method == "serial"} == {1, 2, 4, 8, 17}
 
 
 def test_coarsest_solve_steps_cost_the_step_call_only():
