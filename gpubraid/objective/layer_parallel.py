@@ -13,15 +13,16 @@ run as the micro-batch pipeline of :mod:`gpubraid.objective.pipeline` (forward a
 streamed through the ranks, GPipe or 1F1B) instead of passing the whole batch from rank to rank.
 When the level choice of the forward solve is made at run time (from the estimated ρ), it is made
 first (:meth:`MGRIT.choose`); when it keeps one level, the whole evaluation is that pipeline too,
-writing the whole batch's states and adjoints into the previous solve's arrays, which stay the
-warm start of the next MGRIT solve (one-shot at one level costs serial's sweeps plus the estimate).
+serial's evaluation plus the estimate.  It keeps no rows: writing the whole batch's states and
+adjoints for a later multi-level solve's warm start would undo the micro-batches' caching (at peaks
+256 layers 63–68 against 46–51 ms per step), so a multi-level solve after one-level ones starts as a
+first solve does.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..network.network import Evaluation, Network
-from ..network.sweep import empty_states
 from ..runtime import tags
 from ..runtime.comm import Comm, split_layers
 from ..runtime.resources import micro_batch_count
@@ -212,26 +213,14 @@ class LayerParallel:
         left, right = self._neighbour_layers(P)
         return P, gvec, G, self.model.regularizer(self.layout, P, G, left, right)
 
-    def _pipelined_keeping(self, P, G, x, y, batch: int, u0, choice):
-        """The evaluation as the micro-batch pipeline when the level choice kept one level, with the
-        whole batch's states and adjoints kept for the next (warm) solve.  Returns the shares and
-        the stats, as :meth:`TrainingPipeline.run`."""
-        m, xp = self.model, self.xp
-        shape = (self.b - self.a + 1, batch, *m.state_shape)
-
-        def rows(old):  # the previous solve's memory when it has the shape (and layers ascending)
-            if old is not None and old.shape == shape and old.strides[0] > 0:
-                return old
-            return empty_states(m.step, xp, shape, m.be.dtype)
-
-        U = rows(self.U)
-        Lam = rows(None if self.Lam is None else self.Lam[::-1]) if G is not None else None
-        out = self.pipe.run(P, G, x, y, batch, u0=u0, states=U, adjoints=Lam)
+    def _evaluate_one_level(self, P, G, x, y, batch: int, u0, choice):
+        """The evaluation as the micro-batch pipeline when the level choice kept one level: the
+        choice's estimate goes into the forward stats, and the rows of an earlier multi-level solve
+        are dropped (stale now).  Returns the shares and the stats, as :meth:`TrainingPipeline.run`."""
+        out = self.pipe.run(P, G, x, y, batch, u0=u0)
         fstats = out[2]
         fstats.rho, fstats.h_rho, fstats.estimate_steps = choice.rho, list(choice.h_rho), choice.estimate_steps
-        self.U = U
-        if G is not None:
-            self.Lam = Lam[::-1]  # solver order, a view
+        self.U = self.Lam = None
         return out
 
     def evaluate(self, theta, x, y, batch: int, grad: bool = True, warm: bool = False) -> Evaluation:
@@ -258,7 +247,7 @@ class LayerParallel:
         u0 = m.open_forward(x, P) if self.is_first else None
         choice = self._level_choice(P, u0, batch, warm)
         if choice is not None and choice.levels == 1:
-            loss_share, correct_share, fstats, bstats = self._pipelined_keeping(P, G, x, y, batch, u0, choice)
+            loss_share, correct_share, fstats, bstats = self._evaluate_one_level(P, G, x, y, batch, u0, choice)
             self.last_stats = (fstats, bstats)
             return self._totals(gvec, loss_share, correct_share, R_share, batch)
         U, fstats = self.forward_states(P, x, batch, warm, u0, choice)

@@ -103,7 +103,7 @@ class TrainingPipeline:
         what the backward sweep reuses (:func:`~gpubraid.network.sweep.forward_sweep`)."""
         return forward_sweep(self.model.step, U, layers, self.h, keep)
 
-    def run(self, P, G, x, y, batch: int, u0=None, states=None, adjoints=None):
+    def run(self, P, G, x, y, batch: int, u0=None):
         """Stream the batch through the layer ranks: forward, head, and (with ``G``) backward.
 
         Args:
@@ -114,10 +114,8 @@ class TrainingPipeline:
             batch: B, the same on every rank.
             u0: the opening layer's output (batch, *S) on rank 0 when the caller has it (else
                 computed here, once for the whole batch).
-            states, adjoints: optional (n + 1, batch, *S) arrays that receive this rank's states
-                u_a..u_b and (with ``G``) adjoints λ_a..λ_b of every micro-batch and keep them
-                (a warm start for a later MGRIT solve); by default each micro-batch's are dropped
-                after its backward step.
+
+        Each micro-batch's states are dropped after its backward step (their arrays serve the next).
 
         Returns:
             ``(loss_share, correct_share, forward_stats, backward_stats)``: the mean loss over
@@ -136,7 +134,7 @@ class TrainingPipeline:
                 (m.xp.empty((batch, *m.state_shape), dtype=m.be.dtype), 0)
         lam0 = None
         if self.is_first and G is not None:
-            lam0 = adjoints[0] if adjoints is not None else m.xp.empty_like(u0)
+            lam0 = m.xp.empty_like(u0)
         held, heads, pending = {}, {}, []
         spares = []  # arrays of finished micro-batches (their sends copied what they read): taken again
         loss, correct = 0.0, 0
@@ -144,8 +142,7 @@ class TrainingPipeline:
         for kind, k in order:
             lo, hi = int(cut[k]), int(cut[k + 1])
             if kind == "F":
-                U = states[:, lo:hi] if states is not None else self._empty((n + 1, hi - lo, *m.state_shape),
-                                                                             m.be.dtype, spares)
+                U = self._empty((n + 1, hi - lo, *m.state_shape), m.be.dtype, spares)
                 if self.is_first:
                     if opened < hi:
                         u0[lo:hi], opened = m.open_forward(x[lo:hi], P), hi
@@ -169,15 +166,14 @@ class TrainingPipeline:
                 if G is not None:
                     held[k] = (U, kept)
                     self.peak_held = max(self.peak_held, len(held))
-                elif states is None:
+                else:
                     spares.append(U)
                 continue
             if lam0 is not None and k == M - 1 and lo > 0:  # while the last λ_0 is on its way
                 m.open_grad(x[:lo], lam0[:lo], P, G)
-            Lam, into = (adjoints[:, lo:hi], None) if adjoints is not None else (None, lam0)
             U, kept = held.pop(k)
-            used = self._backward_step(U, kept, heads.pop(k, None), into, lo, hi, P, G, pending, Lam, spares)
-            spares += ([U] if states is None else []) + ([] if adjoints is not None else used)
+            spares += [U, *self._backward_step(U, kept, heads.pop(k, None), lam0, lo, hi, P, G, pending,
+                                               spares=spares)]
         if lam0 is not None:
             lo = int(cut[M - 1])
             m.open_grad(x[lo:], lam0[lo:], P, G)
