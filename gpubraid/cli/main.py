@@ -198,14 +198,14 @@ def iteration_line(entry: dict, method: str) -> str:
         parts.append(f"val {entry['val_accuracy']:.4f}")
     if entry.get("levels") == 1 and method in ("exact", "oneshot"):  # the level choice kept no coarse level
         parts.append("1 level: layer-serial sweep")
-    if entry.get("micro_batches", 1) > 1:
-        parts.append(f"M {entry['micro_batches']}")
     elif method in ("exact", "oneshot"):
         if "levels" in entry:
             parts.append(f"{entry['levels']} levels")
         for d in ("fwd", "bwd"):
             if f"{d}_iters" in entry:
                 parts.append(f"{d} {entry[f'{d}_iters']} it r {_fmt(entry.get(f'{d}_residual'), '.2e')}")
+    if entry.get("micro_batches", 1) > 1:   # a pipelined evaluation that cut the batch
+        parts.append(f"M {entry['micro_batches']}")
     if "monitor" in entry:
         parts.append(describe_check(entry["monitor"]))
     parts.append(f"{entry['time_s']:.2f} s")

@@ -51,8 +51,8 @@ MICRO_BATCHES_PER_RANK = 4
 #: Bytes a micro-batch may hold on one rank between its forward and its backward sweep (states and
 #: the σ'(z) kept) when the step is ``cache_blocked``: on one rank, 1F1B runs each micro-batch's
 #: backward right after its forward, so what fits in the caches is read back from them.  Measured
-#: on the development VM (4 MiB L2 per core; seconds per L-BFGS step at 5000 samples, float64, one
-#: rank): peaks 256 layers 53 ms unsplit, 54 at M = 4, 44 at M = 8–16 (10–5 MiB per micro-batch),
+#: on the development VM of 2026-12-04 (2 MiB L2 per core; ms per L-BFGS step at 5000 samples,
+#: float64, one rank): peaks 256 layers 53 ms unsplit, 54 at M = 4, 44 at M = 8–16 (10–5 MiB per micro-batch),
 #: 48 at M = 64; 64 layers 14.2 unsplit, 11.4 at M = 4, 12.9 at M = 16; MNIST conv (batch 50)
 #: 220 unsplit, 133 at M = 10, 202 at M = 50.  The same budget as inference's sample blocks
 #: (:data:`gpubraid.network.sweep.THROUGH_BYTES`).

@@ -22,6 +22,7 @@ a shared machine, as the trace's spans are) and as synchronised wall time on a G
     footprint              the per-sample costs of the larger sweeps (the batch, the whole network
                            at the batch) against the fit's, by the states they hold (caches)
     step_overhead          a training step beyond its evaluation (optimiser, batch, statistics)
+    cache_blocked          the step's ``cache_blocked``: a run's automatic M depends on it
 
 and the one-shot solver's level choice on the initial parameters (levels, ρ), the relative error
 of the one-shot gradient of the first step (nested start) against the exact one (on one level: its

@@ -254,3 +254,5 @@ def test_iteration_lines_say_whether_a_solve_was_layer_parallel():
     # the micro-batches a pipelined evaluation streamed, when it cut the batch at all
     assert "  M 20  " in cli.iteration_line({**base, "levels": 1, "micro_batches": 20}, "serial")
     assert " M " not in cli.iteration_line({**base, "levels": 1, "micro_batches": 1}, "serial")
+    one = cli.iteration_line({**base, "levels": 1, "micro_batches": 1}, "oneshot")
+    assert "1 level: layer-serial sweep" in one and "levels" not in one and "fwd" not in one
