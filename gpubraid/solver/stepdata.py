@@ -137,8 +137,12 @@ class StepDataPlan:
         if not data:
             return
         xp, a, me = s.xp, self.a, self.me
-        # local copies first, then messages
+        # local rows first (views when they fill a level's rows at one stride), then messages
         for l, k, st in recv.get(me, []):
+            rows = _strided(k, st - a, len(bufs[l][0]))
+            if rows is not None:
+                bufs[l] = [src[rows] for src in data]
+                continue
             kk, ss = xp.asarray(k), xp.asarray(st - a)
             for dst, src in zip(bufs[l], data):
                 dst[kk] = src[ss]
@@ -198,3 +202,17 @@ def _to_level(s: SolveState, l: int, rows):
     for k in range(l):
         rows = s.to_coarse(k, rows)
     return rows
+
+
+def _strided(k, src, n: int):
+    """The slice that selects rows ``src`` of the level-0 data when they fill all ``n`` rows of a
+    coarse level's buffer in order (``k`` = 0..n − 1) at one stride, else None: the buffer is then
+    that view, no copy (the adjoint's linearisation states: 41 MB a level at peaks' 256 layers)."""
+    k, src = np.asarray(k), np.asarray(src)
+    if n < 1 or k.size != n or not np.array_equal(k, np.arange(n)):
+        return None
+    step = int(src[1] - src[0]) if n > 1 else 1
+    if step < 1 or not np.array_equal(src, src[0] + step * np.arange(n)):
+        return None
+    return slice(int(src[0]), int(src[-1]) + 1, step)
+

@@ -47,6 +47,19 @@ def test_averaged_coarse_params_equal_the_hand_computed_average():
     for l in range(1, inj.n_levels):
         for j in range(3):
             assert np.array_equal(s2.data[l][j], data[j][inj.levels[l].fine[:-1]])
+            # on one rank every level's injected rows are level 0's at one stride: views, no copies
+            assert np.shares_memory(s2.data[l][j], data[j])
+
+
+def test_strided_rows_are_views_only_when_they_fill_the_level_at_one_stride():
+    from gpubraid.solver.stepdata import _strided
+
+    assert _strided(np.arange(4), np.array([1, 3, 5, 7]), 4) == slice(1, 8, 2)
+    assert _strided(np.arange(1), np.array([6]), 1) == slice(6, 7, 1)
+    assert _strided(np.arange(3), np.array([0, 2, 5]), 3) is None      # not one stride
+    assert _strided(np.array([1, 2]), np.array([2, 4]), 3) is None     # rows from elsewhere too
+    assert _strided(np.arange(2), np.array([4, 2]), 2) is None         # descending
+    assert _strided(np.arange(0), np.array([], dtype=int), 0) is None
 
 
 def test_bad_coarse_params_raise_user_error():
