@@ -137,9 +137,10 @@ class StepDataPlan:
         if not data:
             return
         xp, a, me = s.xp, self.a, self.me
-        # local rows first (views when they fill a level's rows at one stride), then messages
+        # local rows first (on the host views when they fill a level's rows at one stride; a GPU's
+        # per-layer launchers would copy a strided view at every call), then messages
         for l, k, st in recv.get(me, []):
-            rows = _strided(k, st - a, len(bufs[l][0]))
+            rows = None if s.be.is_gpu else _strided(k, st - a, len(bufs[l][0]))
             if rows is not None:
                 bufs[l] = [src[rows] for src in data]
                 continue
