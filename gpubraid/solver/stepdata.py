@@ -216,4 +216,3 @@ def _strided(k, src, n: int):
     if step < 1 or not np.array_equal(src, src[0] + step * np.arange(n)):
         return None
     return slice(int(src[0]), int(src[-1]) + 1, step)
-
