@@ -122,8 +122,8 @@ class TrainConfig(BaseModel):
     micro_batches: Count | None = _field(
         None, "layer-serial training (serial, pipeline, one-level exact/oneshot): micro-batches each batch "
         "(each data group's share) is cut into and streamed through the layer ranks; None: 1 on one layer "
-        "rank, 4 per layer rank otherwise, more where a micro-batch's states would not stay in the CPU caches "
-        "(8 MiB per rank; at most the batch)", "execution")
+        "rank, 4 per layer rank otherwise, more where the batch's states would not stay in the CPU caches "
+        "(above 32 MiB on a rank: micro-batches of at most 8 MiB; at most the batch)", "execution")
     schedule: Literal[SCHEDULES] = _field(
         "1f1b", "pipeline schedule: gpipe (all forwards, then all backwards: states of all micro-batches "
         "held) or 1f1b (one forward, one backward: at most P micro-batches held per rank)", "execution")

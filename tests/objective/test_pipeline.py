@@ -48,8 +48,9 @@ def test_micro_batches_cover_the_batch_and_the_automatic_count():
 
 def test_the_automatic_count_keeps_a_micro_batch_in_the_caches():
     """By default a cache-blocked step's micro-batch holds at most HELD_BYTES between its forward and
-    backward sweep (peaks at 256 layers on one rank: 513 rows of 8 float64 a sample, 20 micro-batches
-    of 5000); never fewer than the per-rank count, and a requested M is kept as it is."""
+    backward sweep when the whole batch would hold more than CUT_ABOVE (peaks at 256 layers on one
+    rank: 513 rows of 8 float64 a sample, 20 micro-batches of 5000); never fewer than the per-rank
+    count, and a requested M is kept as it is."""
     sample = resources.held_bytes(256, 64, True)
     assert sample == 513 * 64 and resources.held_bytes(256, 64, False) == 0
     assert resources.micro_batch_count(None, 1, 5000, sample) == 20 == -(-5000 * sample // resources.HELD_BYTES)
@@ -58,6 +59,9 @@ def test_the_automatic_count_keeps_a_micro_batch_in_the_caches():
     assert resources.micro_batch_count(None, 1, 50, resources.held_bytes(64, 128, True)) == 1
     assert resources.micro_batch_count(3, 1, 5000, sample) == 3
     assert resources.micro_batch_count(None, 1, 7, 1 << 30) == 7
+    # a batch that holds at most CUT_ABOVE unsplit stays whole (625 samples at 256 layers: 20.5 MB)
+    assert resources.micro_batch_count(None, 1, 625, sample) == 1 and 625 * sample <= resources.CUT_ABOVE
+    assert resources.micro_batch_count(None, 1, 1250, sample) == 5
     serial = TrainConfig(example="peaks", method="serial", layers=256).resolved()   # the memory check's count
     assert resources.in_flight(serial, 1, 5000, sample) == (1, 250)
 
