@@ -114,7 +114,7 @@ def available_bytes(backend) -> int:
 
 
 def check_memory(cfg, state_shape, params_per_layer: int, batch: int, ranks: int, backend,
-                 ends: tuple[int, int] = (0, 0), cache_blocked: bool = False) -> None:
+                 ends: tuple[int, int] = (0, 0), sample_bytes: int = 0) -> None:
     """UserError naming the options when the run cannot fit in this rank's memory.
 
     Args:
@@ -126,14 +126,15 @@ def check_memory(cfg, state_shape, params_per_layer: int, batch: int, ranks: int
         backend: where the arrays will live.
         ends: (numbers in the opening layer's and the head's parameters, outputs per sample): the
             first and last rank's share besides the layers, counted on every rank.
-        cache_blocked: the step's ``cache_blocked`` (the automatic micro-batch count depends on it).
+        sample_bytes: what a sample holds on the largest layer block (:func:`held_bytes`; the automatic
+            micro-batch count depends on it).
     """
     item = np.dtype(backend.dtype).itemsize
     rows = math.ceil(cfg.layers / ranks) + 1
     state = math.prod(state_shape)
     if pipelined(cfg):
         # each held with its states and σ'(z) kept for the backward
-        held, size = in_flight(cfg, ranks, batch, held_bytes(rows - 1, state * item, cache_blocked))
+        held, size = in_flight(cfg, ranks, batch, sample_bytes)
         what = f"2 x {held} micro-batch(es) in flight + {PIPELINE_WORK}"
         states = ((2 * held + PIPELINE_WORK) * rows * size + 2 * batch) * state * item
         shape = f"micro-batch {size}"

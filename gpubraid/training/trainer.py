@@ -85,7 +85,7 @@ class Trainer:
         m = self.model
         ends = sum(math.prod(s) for s in (*m.opening.param_shapes, *m.head.param_shapes)), m.n_out
         check_memory(cfg, m.state_shape, sum(math.prod(s) for s in m.step.param_shapes),
-                     -(-batch // data_comm.size), comm.size, self.be, ends, getattr(m.step, "cache_blocked", False))
+                     -(-batch // data_comm.size), comm.size, self.be, ends, m.held_bytes(-(-cfg.layers // comm.size)))
         self.method = make_method(cfg, comm.size)
         self.level_cap = level_cap_note(cfg, self.method, comm.size)  # in the metrics and the log
         self.lp = LayerParallel(self.model, comm, self.method.forward, self.method.adjoint, data_comm,

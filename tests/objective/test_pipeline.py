@@ -198,6 +198,12 @@ def test_memory_estimate_knows_the_micro_batches_in_flight(monkeypatch):
     resources.check_memory(TrainConfig(schedule="1f1b", **cfg).resolved(), (8,), 72, 1600, 2, be)
     with pytest.raises(UserError, match="16 micro-batch"):
         resources.check_memory(TrainConfig(schedule="gpipe", **cfg).resolved(), (8,), 72, 1600, 2, be)
+    # the automatic M of a cache-blocked step: micro-batches of 250 at peaks' 256 layers on one rank
+    monkeypatch.setattr(resources, "available_bytes", lambda backend: 0)
+    serial = TrainConfig(example="peaks", method="serial", layers=256).resolved()
+    for sample_bytes, size in ((0, 5000), (resources.held_bytes(256, 64, True), 250)):
+        with pytest.raises(UserError, match=f"micro-batch {size} "):
+            resources.check_memory(serial, (8,), 72, 5000, 1, be, sample_bytes=sample_bytes)
 
 
 @pytest.mark.parametrize("extra", [dict(optimizer="lbfgs"), dict(optimizer="adam", lr=0.01, batch_size=64),
