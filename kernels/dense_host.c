@@ -18,6 +18,8 @@
 //   gb_dense_chain_forward_<t>, gb_dense_chain_adjoint_<t>
 //                          MGRIT's coarsest solve: the step (or its adjoint, in the adjoint solve's
 //                          order) chained from a start row, a right-hand side added at each step
+//   gb_softmax_xent_<t>    the classifier head's softmax cross-entropy, its λ_N and its gradient
+//                          (head_host.h)
 //
 // Lout_i may be Lin_i itself: with Lin = Lout and both strides 0, one B × C array carries λ_n down
 // to λ_0 in place, and the adjoints in between are never written to memory (the chunk's rows are
@@ -28,6 +30,7 @@
 // (libm's does not): 2^k exp(r), r = x − k ln 2, |r| ≤ ln 2 / 2, exp(r) by its Taylor polynomial
 // (degree 13 for double, 7 for float: truncation below half an ulp), the argument clamped to where
 // 2^k stays a normal number, which only moves tanh's ±1 saturation by nothing representable.
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -37,7 +40,7 @@
 #define SMOOTH_EPS 0.1
 
 // The calling convention's version: gpubraid/runtime/host.py refuses a library of another one.
-#define GB_HOST_ABI 3
+#define GB_HOST_ABI 4
 int gb_host_abi(void) { return GB_HOST_ABI; }
 
 #define MAX_C 64  // the widest layer run here (checked by the caller, and here); wider ones are
@@ -45,6 +48,7 @@ int gb_host_abi(void) { return GB_HOST_ABI; }
 
 #define INLINE __attribute__((always_inline))
 #define CHUNK 256  // numbers per chunk of rows (elementwise loops): CHUNK / C ≥ 4 rows
+#define HEAD_ROWS 64  // rows per block of the classifier head (kernels/head_host.h)
 _Static_assert(CHUNK >= 4 * MAX_C, "a chunk holds at least four rows of the widest layer");
 
 static inline double gb_exp_f64(double x) {
@@ -115,6 +119,7 @@ static inline float gb_exp_f32(float x) {
 #define NAME(x) x##_f64
 #define EXP gb_exp_f64
 #include "dense_host.h"
+#include "head_host.h"
 #undef T
 #undef NAME
 #undef EXP
@@ -123,6 +128,7 @@ static inline float gb_exp_f32(float x) {
 #define NAME(x) x##_f32
 #define EXP gb_exp_f32
 #include "dense_host.h"
+#include "head_host.h"
 #undef T
 #undef NAME
 #undef EXP

@@ -1,6 +1,6 @@
 """Host kernels: the dense step in C (``kernels/dense_host.c``: layer-serial sweeps through a block of
-layers, MGRIT's batches of independent layers and its coarsest solve's chains), compiled on first use
-and called through ctypes.
+layers, MGRIT's batches of independent layers and its coarsest solve's chains) and the classifier
+head's softmax cross-entropy (``kernels/head_host.h``), compiled on first use and called through ctypes.
 
 The CPU counterpart of :mod:`gpubraid.runtime.cuda`: where CuPy compiles the ``.cu`` sources with
 NVRTC, this module compiles ``dense_host.c`` with the system C compiler (``$CC``, else ``cc``, ``gcc``
@@ -33,10 +33,11 @@ import numpy as np
 from . import cuda, cuda_sweeps
 from .allocator import empty_aligned
 
-SOURCE, HEADER = "dense_host.c", "dense_host.h"
+SOURCE, HEADERS = "dense_host.c", ("dense_host.h", "head_host.h")
 FLAGS = ("-O2", "-funroll-loops", "-march=native", "-std=gnu11", "-fPIC", "-shared")
+LIBS = ("-lm",)
 MAX_C = 64  # kernels/dense_host.c MAX_C
-ABI = 3  # kernels/dense_host.c GB_HOST_ABI: the argument lists below
+ABI = 4  # kernels/dense_host.c GB_HOST_ABI: the argument lists below
 ENV_SWITCH, ENV_CACHE = "GPUBRAID_HOST_KERNELS", "GPUBRAID_CACHE_DIR"
 
 _I64 = ctypes.c_int64
@@ -78,10 +79,10 @@ def _build(cc: list[str]) -> Path:
     """The shared library for compiler command ``cc``: the cached one, or compiled now (RuntimeError on
     failure)."""
     src_dir = _source_dir()
-    code = (src_dir / SOURCE).read_bytes() + (src_dir / HEADER).read_bytes()
+    code = b"".join((src_dir / name).read_bytes() for name in (SOURCE, *HEADERS))
     st = os.stat(cc[0])
     key = hashlib.sha256(b"\0".join([code, " ".join(cc).encode(), str((st.st_size, st.st_mtime_ns)).encode(),
-                                     " ".join(FLAGS).encode(), _cpu().encode()])).hexdigest()[:20]
+                                     " ".join(FLAGS + LIBS).encode(), _cpu().encode()])).hexdigest()[:20]
     target = _cache_dir() / f"dense_host-{key}.so"
     if target.is_file():
         return target
@@ -89,7 +90,7 @@ def _build(cc: list[str]) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        run = subprocess.run([*cc, *FLAGS, "-I", str(src_dir), "-o", tmp, str(src_dir / SOURCE)],
+        run = subprocess.run([*cc, *FLAGS, "-I", str(src_dir), "-o", tmp, str(src_dir / SOURCE), *LIBS],
                              capture_output=True, text=True, timeout=120)
         if run.returncode != 0:
             last = (run.stderr.strip().splitlines() or [f"exit status {run.returncode}"])[-1]
@@ -111,6 +112,9 @@ def _declare(lib) -> None:
         cf.argtypes = [_I64, _I64, _I64, ctypes.c_int, _P] + [_P, _I64] * 4 + [_P]
         ca.argtypes = [_I64, _I64, _I64, ctypes.c_int, _P] + [_P, _I64] * 5 + [_P]
         cf.restype = ca.restype = ctypes.c_int
+        sx = getattr(lib, f"gb_softmax_xent_{t}")
+        sx.argtypes = [_I64, _I64, _I64] + [_P] * 4 + [ctypes.POINTER(ctypes.c_double), ctypes.POINTER(_I64)] + [_P] * 3
+        sx.restype = ctypes.c_int
 
 
 @functools.cache
@@ -304,3 +308,26 @@ def chain_adjoint(w0, W, U, K, b, h, act: int, G=None) -> bool:
     the order given (the adjoint solve's); W, U (n, B, C), G like W (may be W) or None.  False (nothing
     done) when the kernels are not there or the arrays do not fit them."""
     return _chain("chain_adjoint", w0, W, K, b, h, act, G, U)
+
+
+def softmax_xent(u, y, W, c, want_grad: bool):
+    """The classifier head's softmax cross-entropy (``kernels/head_host.h``): u (B, D) states, y (B,) int64
+    labels, W (K, D), c (K), one float dtype, C order, D and K at most MAX_C.  Returns (loss summed over
+    the samples, number correct, λ (B, D) or None, (∂W, ∂c) or None) with λ, ∂W, ∂c those of the mean
+    loss; NotImplemented (nothing done) when the kernels are not there, the arrays do not fit, or a
+    label lies outside 0..K − 1 (the caller's NumPy path then says which)."""
+    lib = library()
+    arrays = (u, y, W, c)
+    if lib is None or any(type(a) is not np.ndarray or not a.flags.c_contiguous for a in arrays):
+        return NotImplemented
+    dt, (K, D) = u.dtype, W.shape
+    B = u.shape[0]
+    if dt not in _SUFFIX or W.dtype != dt or c.dtype != dt or y.dtype != np.int64 or u.shape != (B, D) \
+            or y.shape != (B,) or c.shape != (K,) or not (B > 0 and D <= MAX_C and K <= MAX_C):
+        return NotImplemented
+    lam, gW, gc = (np.empty_like(u), np.empty_like(W), np.empty_like(c)) if want_grad else (None, None, None)
+    loss, correct = ctypes.c_double(), _I64()
+    if getattr(lib, f"gb_softmax_xent_{_SUFFIX[dt]}")(B, D, K, _ptr(u), _ptr(y), _ptr(W), _ptr(c), ctypes.byref(loss),
+                                                     ctypes.byref(correct), _ptr(lam), _ptr(gW), _ptr(gc)):
+        return NotImplemented
+    return loss.value, int(correct.value), lam, None if gW is None else (gW, gc)

@@ -1,7 +1,8 @@
 """The host kernels (kernels/dense_host.c through gpubraid.runtime.host): the dense step's block sweeps
 against the per-layer NumPy pair to round-off for every activation, both precisions, widths with and
-without a compiled specialisation, chunk edges and strided layer views; the arrays they decline;
-and the build: cached per source, compiler and CPU, racing ranks, no compiler, switched off."""
+without a compiled specialisation, chunk edges and strided layer views; the classifier head's softmax
+cross-entropy against its NumPy formulas; the arrays they decline; and the build: cached per source,
+compiler and CPU, racing ranks, no compiler, switched off."""
 import os
 import subprocess
 import sys
@@ -9,7 +10,9 @@ import sys
 import numpy as np
 import pytest
 
+from gpubraid.errors import UserError
 from gpubraid.network.activations import ACTIVATIONS
+from gpubraid.network.heads import Classifier
 from gpubraid.network.steps import DenseStep
 from gpubraid.network.sweep import backward_sweep, forward_sweep
 from gpubraid.runtime import host
@@ -73,6 +76,53 @@ def test_batched_forward_adjoint_param_grad_equal_numpy(act, dtype, C, B, monkey
     assert host.forward(u, *params, h, step.activation.code) is not NotImplemented
     for g, w in zip(got, want):
         assert g.dtype == w.dtype and g.shape == w.shape and _rel(g, w) <= TOL[dtype]
+
+
+def _head_losses(head, u, y, params, monkeypatch):
+    """Classifier.loss through the kernel and through its NumPy formulas (kernels switched off)."""
+    got = head.loss(u, y, params, True), head.loss(u, y, params, False)
+    with monkeypatch.context() as m:
+        m.setattr(host, "library", lambda: None)
+        want = head.loss(u, y, params, True), head.loss(u, y, params, False)
+    return got, want
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("S, K, B", [((8,), 5, 625), ((3,), 2, 1), ((32,), 7, 129), ((4, 4, 3), 64, 70), ((64,), 10, 64)])
+def test_classifier_head_kernel_equals_the_numpy_formulas(dtype, S, K, B, monkeypatch):
+    """Loss, number correct, λ_N and (∂W, ∂c) to round-off, blocks of 64 rows and their remainders, widths
+    with and without a compiled specialisation (a (4, 4, 3) state is 48 wide); ties go to the first class."""
+    head = Classifier(K).bind(S, resolve_backend("numpy", dtype))
+    rng = np.random.default_rng(7)
+    u = (3 * rng.standard_normal((B, *S))).astype(dtype)
+    y = rng.integers(0, K, B)
+    D = int(np.prod(S))
+    for W, c in [(rng.standard_normal((K, D)), rng.standard_normal(K)), (np.zeros((K, D)), np.zeros(K))]:
+        params = (W.astype(dtype), c.astype(dtype))
+        assert host.softmax_xent(u.reshape(B, -1), y, *params, True) is not NotImplemented
+        (got, got_value), (want, want_value) = _head_losses(head, u, y, params, monkeypatch)
+        assert got[1] == want[1] == got_value[1] and got_value[2] is None and got_value[3] is None
+        for g, w in [(got[0], want[0]), (got_value[0], want_value[0])]:
+            assert abs(g - w) <= TOL[dtype] * abs(w)
+        for g, w in [(got[2], want[2]), *zip(got[3], want[3])]:  # means of O(1) terms (sums that cancel: W = 0)
+            assert g.dtype == w.dtype and g.shape == w.shape
+            assert np.abs(g.astype(np.float64) - w).max() <= 10 * TOL[dtype] * max(np.abs(w).max(), 1.0)
+
+
+def test_classifier_head_kernel_declines_what_it_cannot_take(monkeypatch):
+    """Labels outside 0..K − 1 (the NumPy path then names them), labels not int64, states wider than 64,
+    an empty batch, non-contiguous states: nothing done, the NumPy formulas give the answer."""
+    rng = np.random.default_rng(8)
+    W, c = rng.standard_normal((3, 8)), np.zeros(3)
+    u, y = rng.standard_normal((10, 8)), rng.integers(0, 3, 10)
+    for args in [(u, y + 3, W, c), (u, y.astype(np.int32), W, c), (u[::2], y[:5], W, c), (u[:0], y[:0], W, c),
+                 (np.zeros((2, 65)), y[:2], np.zeros((3, 65)), c)]:
+        assert host.softmax_xent(*args, True) is NotImplemented
+    head = Classifier(3).bind((8,), resolve_backend("numpy", "float64"))
+    with pytest.raises(UserError, match="labels must lie in 0..2"):
+        head.loss(u, y + 3, (W, c))
+    (got, _), (want, _) = _head_losses(head, u, y.astype(np.int32), (W, c), monkeypatch)
+    assert got[0] == want[0] and _rel(got[2], want[2]) == 0
 
 
 def test_library_of_another_calling_convention_is_refused(tmp_path, monkeypatch):
@@ -292,6 +342,7 @@ def test_without_a_compiler_or_switched_off_numpy_runs(tmp_path):
 def test_the_source_compiles_without_warnings(tmp_path):
     cc = host._compiler()
     src = host._source_dir() / host.SOURCE
-    run = subprocess.run([*cc, *host.FLAGS, "-Wall", "-Wextra", "-Werror", "-o", str(tmp_path / "k.so"), str(src)],
+    run = subprocess.run([*cc, *host.FLAGS, "-Wall", "-Wextra", "-Werror", "-o", str(tmp_path / "k.so"), str(src),
+                          *host.LIBS],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
