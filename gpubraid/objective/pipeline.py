@@ -162,7 +162,8 @@ class TrainingPipeline:
                     if G is not None:
                         for g, d in zip(G.head(), grads):
                             g += w * d
-                        heads[k] = w * lam
+                        lam *= w
+                        heads[k] = lam
                 if G is not None:
                     held[k] = (U, kept)
                     self.peak_held = max(self.peak_held, len(held))
@@ -209,12 +210,12 @@ class TrainingPipeline:
         m, layers, grads = self.model, P.layers(), G.layers()
         made = []
         if Lam is None:
-            lam = self._empty(U.shape[1:], U.dtype, spares)
-            made.append(lam)
-            if self.is_last:
-                lam[...] = lam_b
+            if self.is_last:  # the head's λ_N, this micro-batch's own array: carried down in place
+                lam = lam_b
             else:
+                lam = self._empty(U.shape[1:], U.dtype, spares)
                 self.comm.recv_into(lam, self.rank + 1, tags.PIPE_ADJOINT)
+            made.append(lam)
             if backward_through(m.step, U, lam, layers, self.h, grads, kept):
                 lam_a = lam
             else:
