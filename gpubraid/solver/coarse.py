@@ -33,7 +33,12 @@ def coarse_solve(s: SolveState) -> None:
                     reqs.append(comm.isend(u[0], ranks[s.root], tags.COARSE_U0))
                 if lv.lay.n_owned:
                     reqs.append(comm.isend(g[1:], ranks[s.root], tags.COARSE_G))
-                    comm.recv_into(u[1:], ranks[s.root], tags.COARSE_U)
+                    if s.alias[L] is None:
+                        comm.recv_into(u[1:], ranks[s.root], tags.COARSE_U)
+                    else:  # u is a strided view of the finer level's rows: received apart, then put in
+                        rows = xp.empty_like(g[1:])
+                        comm.recv_into(rows, ranks[s.root], tags.COARSE_U)
+                        u[1:] = rows
                 Comm.waitall(reqs)
             return
         segments = []  # (position, first point, its received g rows to step in place; None: the root's own)

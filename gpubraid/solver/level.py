@@ -78,6 +78,21 @@ class Level:
         return self.rows - 1 if self.rows > 1 else 0
 
 
+def coarse_rows_in_fine(fine: Level, coarse: Level) -> slice | None:
+    """The slice of ``fine``'s local rows that are ``coarse``'s rows (the next level, same feature
+    maps), when they are: the coarse rows are the fine C-points this position owns, after the C-point
+    before the first of them (row 0 of both: the origin, or a ghost point that is a C-point), every
+    m-th fine row from row 0 (always so on one position).  The coarse level's states can then be
+    that view of the fine level's, and the restriction's injection and the correction's copy
+    vanish (:mod:`.restrict`).  None otherwise."""
+    m, c = fine.grid.m, fine.c_rows_host
+    if fine.rows == 0 or coarse.rows < 2 or c.size != coarse.rows - 1 or int(c[0]) != m:
+        return None
+    if not np.array_equal(c, m * np.arange(1, c.size + 1)):
+        return None
+    return slice(0, int(c[-1]) + 1, m)
+
+
 def _selectors(rows: np.ndarray, device_rows):
     """(rows, rows − 1) as slices when ``rows`` (host, ascending, ≥ 1) are evenly spaced; else as
     the device index arrays."""

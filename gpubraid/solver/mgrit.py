@@ -43,7 +43,7 @@ from .coarse import coarse_solve
 from .cycle import Visit, phases
 from .grid import Distribution, build_hierarchy
 from .interpolate import interpolate
-from .level import Level
+from .level import Level, coarse_rows_in_fine
 from .levels import choose_levels, estimate_rho, given_levels
 from .options import MGRITOptions, SolveStats
 from .relax import c_relax, f_relax
@@ -84,6 +84,11 @@ class MGRIT:
         self.layouts = [[self.dist.layout(l, p) for p in range(self.dist.P)] for l in range(self.n_levels)]
         self.lv = [Level(g, self.layouts[l][self.me], backend, l == self.n_levels - 1)
                    for l, g in enumerate(self.levels)]
+        # level l's states as a view of level l − 1's C-point rows where they are those rows (on the
+        # host: a GPU's per-layer launchers would copy a strided view at every call); not where the
+        # maps halve or the coarse levels carry corrections (linear)
+        self.alias = [None] + [None if backend.is_gpu or options.linear or l <= options.spatial_levels
+                               else coarse_rows_in_fine(self.lv[l - 1], self.lv[l]) for l in range(1, self.n_levels)]
         self.a = int(self.dist.bounds[self.me])
         self.b = int(self.dist.bounds[self.me + 1])
         self._serial = SerialChain(comm, self.ranks, bounds, h, backend, micro_batches)
@@ -255,10 +260,14 @@ class MGRIT:
             self.plan.gather_coarsest(s)
             # g_l is written by every restriction before it is read; only the nested start, which
             # solves and relaxes the coarse levels before any restriction, reads g = 0
-            fill = self.xp.zeros_like if opts.nested and warm is None else self.xp.empty_like
+            fill = self.xp.zeros if opts.nested and warm is None else self.xp.empty
             for l in range(1, n_lv):
-                s.u[l] = self.xp.empty((self.lv[l].rows, *s.shapes[l]), dtype=self.be.dtype)
-                s.g[l] = fill(s.u[l])
+                shape = (self.lv[l].rows, *s.shapes[l])
+                s.g[l] = fill(shape, dtype=self.be.dtype)
+                if s.alias[l] is not None:
+                    s.u[l] = s.u[l - 1][s.alias[l]]
+                    continue
+                s.u[l] = self.xp.empty(shape, dtype=self.be.dtype)
                 if self.lv[l].lay.holds_origin and self.lv[l].rows:
                     s.to_coarse(l - 1, s.u[l - 1][0:1], out=s.u[l][0:1])
         final = opts.final_residual or tol > 0 or opts.rtol > 0

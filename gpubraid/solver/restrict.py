@@ -7,7 +7,9 @@
 
 R and P are the identity (injection, and u_c ← v_new: its ideal interpolation) unless level l + 1
 halves the feature maps (``MGRITOptions.spatial_levels``: the 2×2 mean and its piecewise-constant
-interpolation of :mod:`.space`).
+interpolation of :mod:`.space`).  Where level l + 1's states are a view of level l's C-point rows
+(``SolveState.alias``; on one position always), the injection and u_c ← v_new are no copies: the
+coarse levels work on those rows in place.
 
 For a linear step (``MGRITOptions.linear``) the coarse levels carry corrections instead (the
 correction scheme, the same iterates): restrict sets v = 0, g_{l+1} = R r (no coarse steps) and
@@ -49,10 +51,13 @@ def restrict(s: SolveState, l: int, r, consistent: bool = False) -> None:
             if co.rows > 1:
                 s.to_coarse(l, r, out=cg[1:])
             return
-        if co.lay.holds_origin:
-            s.to_coarse(l, u[0:1], out=cu[0:1])
-        if co.rows > 1:
-            s.to_coarse(l, u[lv.c_sel], out=cu[1:])
+        if s.alias[l + 1] is None:
+            if co.lay.holds_origin:
+                s.to_coarse(l, u[0:1], out=cu[0:1])
+            if co.rows > 1:
+                s.to_coarse(l, u[lv.c_sel], out=cu[1:])
+        elif l == 0 and s.keep_correction:  # cu is u's C-points: the correction needs them as they are
+            s.c_old = u[lv.c_sel].copy()
         reqs = []
         s.exchange_ghost(l + 1, True, reqs)
         if co.rows > 1:
@@ -79,6 +84,11 @@ def correct(s: SolveState, l: int, values: bool = False) -> None:
         u, v, c = s.u[l], s.u[l + 1][1:], lv.c_sel
         add = s.linear and not values
         keep = l == 0 and s.keep_correction
+        if s.alias[l + 1] is not None:  # the coarse level changed these rows in place: u_c is v_new
+            if keep and s.c_old is not None:
+                s.e = s.xp.subtract(u[c], s.c_old, out=s.c_old)
+                s.c_old = None
+            return
         if not s.halves(l):
             if keep:  # (a view of level 1, which nothing changes before interpolate reads it)
                 s.e = v if add else v - u[c]

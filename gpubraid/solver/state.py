@@ -22,12 +22,15 @@ class SolveState:
             feature maps: :mod:`.space`).
         L: the coarsest level of this solve (levels 0..L are in use).
         u, g: per level l, (rows_l, B, *S_l) state and FAS right-hand side (g[0] is None).
+        alias: per level l, the slice of level l − 1's rows that u[l] is a view of (the solver's
+            :func:`~.level.coarse_rows_in_fine`), or None when u[l] is an array of its own.
         data, h: per level l, this rank's step data (tuple of (k_l, ...) arrays) and step sizes (k_l,).
         coarse_data, coarse_h: level L's step data and step sizes of all its steps (root only).
         r: the last residual (n_c, B, *S_l), handed from ``residual`` to ``restrict``.
         linear: the correction scheme is in use (``MGRITOptions.linear``).
         keep_correction, e: level 0's last C-point correction (n_c, B, *S) is kept in ``e`` (for
-            :func:`.interpolate.interpolate`).
+            :func:`.interpolate.interpolate`); ``c_old``: level 0's C-points before the coarse levels
+            changed them in place (when level 1 is their view), for ``e``.
         steps: step applications per level; coarse_steps: those of the coarsest solve.
         stats: the SolveStats being filled.
     """
@@ -35,7 +38,7 @@ class SolveState:
     def __init__(self, solver, phi, shape: tuple, sync_timing: bool):
         self.comm, self.ranks, self.me, self.root = solver.comm, solver.ranks, solver.me, solver.root
         self.be, self.xp = solver.be, solver.xp
-        self.grids, self.layouts, self.lv = solver.levels, solver.layouts, solver.lv
+        self.grids, self.layouts, self.lv, self.alias = solver.levels, solver.layouts, solver.lv, solver.alias
         self.phi, self.shape = phi, shape
         self.shapes = level_shapes(shape, solver.opts.spatial_levels, len(solver.lv))
         n = len(self.lv)
@@ -48,7 +51,7 @@ class SolveState:
         self.r = None
         self.linear = solver.opts.linear
         self.keep_correction = not solver.opts.final_relax
-        self.e = None
+        self.e = self.c_old = None
         self.steps = [0] * n
         self.coarse_steps = 0
         self.timer = PhaseTimer(self.be.synchronize if sync_timing else None)

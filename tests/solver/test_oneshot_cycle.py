@@ -62,6 +62,49 @@ def test_strided_rows_are_views_only_when_they_fill_the_level_at_one_stride():
     assert _strided(np.arange(0), np.array([], dtype=int), 0) is None
 
 
+@pytest.mark.parametrize("linear", [False, True])
+def test_coarse_levels_on_the_fine_rows_give_the_same_bits(linear, monkeypatch):
+    """One-shot (no final relaxation: level 0's C-point changes interpolated) and converged solves, the
+    coarse levels' states views of the finer levels' C-point rows (one position) or arrays of their
+    own: the same states, adjoints and gradient, bit for bit.  No views where the coarse levels carry
+    corrections (``linear``, here the adjoint's)."""
+    from gpubraid.solver import mgrit as mgrit_module
+
+    model, layout, theta, x, y = make_problem("dense", 32, B=4)
+    base = dict(cfactor=2, max_levels=4, min_coarse=1)
+    for o in (MGRITOptions(**base, max_iter=1, final_relax=False), MGRITOptions(**base, tol=1e-12, max_iter=60)):
+        bwd = dataclasses.replace(o, linear=True) if linear else o
+        views = LayerParallel(model, None, o, bwd)
+        with monkeypatch.context() as m:
+            m.setattr(mgrit_module, "coarse_rows_in_fine", lambda fine, coarse: None)
+            own = LayerParallel(model, None, o, bwd)
+        assert all(a is None for a in own.fwd.alias + own.bwd.alias)
+        assert all(a is not None for a in views.fwd.alias[1:]) and views.fwd.n_levels == 4
+        assert all((a is None) == linear for a in views.bwd.alias[1:])
+        a, b = views.evaluate(theta, x, y, 4), own.evaluate(theta, x, y, 4)
+        assert a.objective == b.objective and np.array_equal(a.grad, b.grad)
+        assert np.array_equal(views.U, own.U) and np.array_equal(views.Lam, own.Lam)
+
+
+def test_coarse_levels_on_halved_maps_keep_their_arrays_and_views_below_them(monkeypatch):
+    """With level 1 on halved feature maps, level 1 has arrays of its own and level 2 is a view of
+    level 1's rows; the solve gives the bits of one without views."""
+    from gpubraid.objective.level_steps import LevelSteps
+    from gpubraid.solver import mgrit as mgrit_module
+    from tests.solver.test_space import _conv_chain
+
+    step, params, h, ref = _conv_chain(24)
+    opts = MGRITOptions(cfactor=2, max_levels=3, max_iter=2, spatial_levels=1, final_relax=False)
+    solver = MGRIT(None, [0], [0, 24], h, opts, BE)
+    assert solver.alias[1] is None and solver.alias[2] is not None
+    u, _ = solver.solve(LevelSteps(step, 1).forward, params, ref[0], ref[0].shape)
+    monkeypatch.setattr(mgrit_module, "coarse_rows_in_fine", lambda fine, coarse: None)
+    plain = MGRIT(None, [0], [0, 24], h, opts, BE)
+    assert plain.alias == [None] * 3
+    v, _ = plain.solve(LevelSteps(step, 1).forward, params, ref[0], ref[0].shape)
+    assert np.array_equal(u, v)
+
+
 def test_bad_coarse_params_raise_user_error():
     with pytest.raises(UserError, match="coarse_params"):
         MGRITOptions(coarse_params="mean").validate()
