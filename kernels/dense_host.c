@@ -11,9 +11,10 @@
 // reads its input and writes its output through its own pointer, so one function serves the sweep
 // through a chain (output i is input i + 1) and a batch of independent layers (MGRIT's relaxation):
 //
-//   gb_dense_forward_<t>   V_i = U_i + h_i σ(K_i U_i + b_i), i = 0..n−1 in order; D_i = σ'(z_i) or NULL
+//   gb_dense_forward_<t>   V_i = U_i + h_i σ(K_i U_i + b_i) (+ G_i), i = 0..n−1 in order; D_i = σ'(z_i)
+//                          or NULL; G NULL or a right-hand side (MGRIT's relaxation: may be V)
 //   gb_dense_backward_<t>  for i = n−1..0, a = σ'(z_i) ⊙ Lin_i (σ'(z_i) from D, or recomputed):
-//                          Lout_i = Lin_i + h_i K_iᵀ a (unless Lout is NULL), and
+//                          Lout_i = Lin_i + h_i K_iᵀ a (+ G_i) (unless Lout is NULL), and
 //                          gK_i += h_i Σ_rows a U_iᵀ, gb_i += h_i Σ_rows a (unless gK is NULL)
 //   gb_dense_chain_forward_<t>, gb_dense_chain_adjoint_<t>
 //                          MGRIT's coarsest solve: the step (or its adjoint, in the adjoint solve's
@@ -40,7 +41,7 @@
 #define SMOOTH_EPS 0.1
 
 // The calling convention's version: gpubraid/runtime/host.py refuses a library of another one.
-#define GB_HOST_ABI 4
+#define GB_HOST_ABI 5
 int gb_host_abi(void) { return GB_HOST_ABI; }
 
 #define MAX_C 64  // the widest layer run here (checked by the caller, and here); wider ones are

@@ -205,17 +205,19 @@ static inline INLINE void NAME(backward)(int64_t n, int64_t B, int64_t C, int ac
 /* The exported entry points: C dispatched to compile-time widths for the common sizes (the inner
    loops unrolled and vectorised there); any other C ≤ MAX_C runs the generic loops.  0: done. */
 int NAME(gb_dense_forward)(int64_t n, int64_t B, int64_t C, int act, const T *U, int64_t su, T *V, int64_t sv,
-                           const T *K, int64_t sk, const T *b, int64_t sb, const T *h, T *D, int64_t sd) {
-#define CALL(CC) NAME(forward)(n, B, CC, act, U, su, V, sv, K, sk, b, sb, h, D, sd, NULL, 0)
+                           const T *K, int64_t sk, const T *b, int64_t sb, const T *h, T *D, int64_t sd, const T *G,
+                           int64_t sg) {
+#define CALL(CC) NAME(forward)(n, B, CC, act, U, su, V, sv, K, sk, b, sb, h, D, sd, G, sg)
     DISPATCH(CALL)
 #undef CALL
 }
 
 int NAME(gb_dense_backward)(int64_t n, int64_t B, int64_t C, int act, const T *U, int64_t su, const T *Lin,
                             int64_t sli, T *Lout, int64_t slo, const T *K, int64_t sk, const T *b, int64_t sb,
-                            const T *h, const T *D, int64_t sd, T *gK, int64_t sgk, T *gb, int64_t sgb) {
+                            const T *h, const T *D, int64_t sd, T *gK, int64_t sgk, T *gb, int64_t sgb, const T *G,
+                            int64_t sg) {
 #define CALL(CC) NAME(backward)(n, B, CC, act, U, su, Lin, sli, Lout, slo, K, sk, b, sb, h, D, sd, gK, sgk, gb, sgb, \
-                               NULL, 0)
+                               G, sg)
     DISPATCH(CALL)
 #undef CALL
 }

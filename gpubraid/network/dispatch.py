@@ -5,7 +5,7 @@ in a step's bases, each taking the calls it can and passing the rest on (``super
     CudaSweeps     on a GPU backend, the block sweeps and the chains with a right-hand side as one
                    launch each (the dense step)
     HostDispatch   on NumPy, the compiled C loops of :mod:`gpubraid.runtime.host` (the dense step;
-                   its chains decline when the loops are not there)
+                   its chains and its steps into given rows decline when the loops are not there)
 """
 from __future__ import annotations
 
@@ -129,6 +129,12 @@ class HostDispatch:
     def backward_through(self, U, lam, params, h, grads, kept) -> bool:
         return not self.be.is_gpu and host.sweep_backward_through(U, lam, *params, h, self.activation.code, kept,
                                                                   *grads)
+
+    def forward_rhs(self, u, params, h, out, rhs) -> bool:
+        return not self.be.is_gpu and host.forward_into(u, out, *params, h, self.activation.code, rhs)
+
+    def adjoint_rhs(self, u, lam, params, h, out, rhs) -> bool:
+        return not self.be.is_gpu and host.adjoint_into(u, lam, out, *params, h, self.activation.code, rhs)
 
     def forward_chain(self, u0, V, params, h, G) -> bool:
         return not self.be.is_gpu and host.chain_forward(u0, V, *params, h, self.activation.code, G)

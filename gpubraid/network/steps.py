@@ -72,7 +72,17 @@ with a right-hand side) likewise takes each rank's rows in one call when the ste
         W[i] = adjoint(U[i], W[i − 1]) + G[i] in the order given (the adjoint solve's: the caller
         passes the layers reversed)
 
-and steps row by row when they decline (False) or are missing.
+and steps row by row when they decline (False) or are missing.  MGRIT's relaxation writes each
+batch of independent layers straight into the level's rows (no new array, the right-hand side
+added in the same pass) when the step has
+
+    forward_rhs(u, params, h, out, rhs) -> bool
+        out[i] = forward(u[i]) + rhs[i] for L independent layers; u, out, rhs (L, B, *S) views of
+        one level's rows (a layer stride), rhs None or like out (may be out)
+    adjoint_rhs(u, lam, params, h, out, rhs) -> bool
+        out[i] = adjoint(u[i], lam[i]) + rhs[i], likewise
+
+and computes and adds when they decline (False) or are missing.
 
 All arrays are float64 or float32 arrays of the backend (NumPy or CuPy), all of one dtype, and the
 outputs have the dtype of ``u``.  :func:`gpubraid.network.selftest.check_step` tests a step against this

@@ -37,7 +37,7 @@ SOURCE, HEADERS = "dense_host.c", ("dense_host.h", "head_host.h")
 FLAGS = ("-O2", "-funroll-loops", "-march=native", "-std=gnu11", "-fPIC", "-shared")
 LIBS = ("-lm",)
 MAX_C = 64  # kernels/dense_host.c MAX_C
-ABI = 4  # kernels/dense_host.c GB_HOST_ABI: the argument lists below
+ABI = 5  # kernels/dense_host.c GB_HOST_ABI: the argument lists below
 ENV_SWITCH, ENV_CACHE = "GPUBRAID_HOST_KERNELS", "GPUBRAID_CACHE_DIR"
 
 _I64 = ctypes.c_int64
@@ -105,8 +105,8 @@ def _build(cc: list[str]) -> Path:
 def _declare(lib) -> None:
     for t in ("f64", "f32"):
         fwd, bwd = getattr(lib, f"gb_dense_forward_{t}"), getattr(lib, f"gb_dense_backward_{t}")
-        fwd.argtypes = [_I64, _I64, _I64, ctypes.c_int] + [_P, _I64] * 4 + [_P, _P, _I64]
-        bwd.argtypes = [_I64, _I64, _I64, ctypes.c_int] + [_P, _I64] * 5 + [_P] + [_P, _I64] * 3
+        fwd.argtypes = [_I64, _I64, _I64, ctypes.c_int] + [_P, _I64] * 4 + [_P] + [_P, _I64] * 2
+        bwd.argtypes = [_I64, _I64, _I64, ctypes.c_int] + [_P, _I64] * 5 + [_P] + [_P, _I64] * 4
         fwd.restype = bwd.restype = ctypes.c_int
         cf, ca = getattr(lib, f"gb_dense_chain_forward_{t}"), getattr(lib, f"gb_dense_chain_adjoint_{t}")
         cf.argtypes = [_I64, _I64, _I64, ctypes.c_int, _P] + [_P, _I64] * 4 + [_P]
@@ -172,28 +172,30 @@ def _strides(dt, n: int, B: int, C: int, states, params, grads=(), D=None) -> li
     return None if None in out else out
 
 
-def _forward(U, V, K, b, h, act: int, keep: bool):
-    """V[i] = U[i] + h_i σ(K_i U[i] + b_i), i = 0..n − 1 in order; U, V (n, B, C) (V[i] may be U[i + 1]).
-    σ'(z) (n, B, C) when ``keep``, else None; NotImplemented (nothing done) when the arrays do not fit."""
+def _forward(U, V, K, b, h, act: int, keep: bool, G=None):
+    """V[i] = U[i] + h_i σ(K_i U[i] + b_i) (+ G[i]), i = 0..n − 1 in order; U, V, G (n, B, C) (V[i] may be
+    U[i + 1]; G may be V).  σ'(z) (n, B, C) when ``keep``, else None; NotImplemented (nothing done) when
+    the arrays do not fit."""
     lib, dt = library(), U.dtype
     if lib is None or dt not in _SUFFIX or U.ndim != 3:
         return NotImplemented
     n, B, C = U.shape
     h = np.ascontiguousarray(h, dtype=dt)
-    s = _strides(dt, n, B, C, (U, V), (K, b))
+    s = _strides(dt, n, B, C, (U, V, G), (K, b))
     if s is None or h.shape != (n,):
         return NotImplemented
     D = empty_aligned(np, (n, B, C), dt) if keep else None
     getattr(lib, f"gb_dense_forward_{_SUFFIX[dt]}")(
-        n, B, C, act, _ptr(U), s[0], _ptr(V), s[1], _ptr(K), s[2], _ptr(b), s[3], _ptr(h), _ptr(D), s[4])
+        n, B, C, act, _ptr(U), s[0], _ptr(V), s[1], _ptr(K), s[3], _ptr(b), s[4], _ptr(h), _ptr(D), s[5],
+        _ptr(G), s[2])
     return D
 
 
-def _backward(U, Lin, Lout, K, b, h, act: int, D, grads) -> bool:
+def _backward(U, Lin, Lout, K, b, h, act: int, D, grads, G=None) -> bool:
     """For i = n − 1..0, a = σ'(z_i) ⊙ Lin[i]: Lout[i] = Lin[i] + h_i K_iᵀ a (Lout may be None; Lin[i] may be
     Lout[i + 1]) and, with ``grads`` = (gK, gb), h_i Σ a U[i]ᵀ and h_i Σ a added into them.  ``Lin`` may
-    also be one contiguous (B, C) array with ``Lout`` the same array: λ carried down in place.  False
-    (nothing done) when the arrays do not fit."""
+    also be one contiguous (B, C) array with ``Lout`` the same array: λ carried down in place.  ``G``
+    (like Lout, may be Lout): added to Lout[i].  False (nothing done) when the arrays do not fit."""
     lib, dt = library(), U.dtype
     if lib is None or dt not in _SUFFIX or U.ndim != 3:
         return False
@@ -203,16 +205,17 @@ def _backward(U, Lin, Lout, K, b, h, act: int, D, grads) -> bool:
     if inplace and (type(Lin) is not np.ndarray or Lin.dtype != dt or Lin.shape != (B, C)
                     or not Lin.flags.c_contiguous):
         return False
-    s = _strides(dt, n, B, C, (U,) if inplace else (U, Lin, Lout), (K, b), grads, D)
-    if s is None or h.shape != (n,):
+    s = _strides(dt, n, B, C, (U, G) if inplace else (U, G, Lin, Lout), (K, b), grads, D)
+    if s is None or h.shape != (n,) or (G is not None and (inplace or Lout is None)):
         return False
+    sg = s.pop(1)
     if inplace:
         s[1:1] = [0, 0]
     gK, gb = grads or (None, None)
     sgk, sgb = (s[5], s[6]) if grads else (0, 0)
     getattr(lib, f"gb_dense_backward_{_SUFFIX[dt]}")(
         n, B, C, act, _ptr(U), s[0], _ptr(Lin), s[1], _ptr(Lout), s[2], _ptr(K), s[3], _ptr(b), s[4], _ptr(h),
-        _ptr(D), s[-1], _ptr(gK), sgk, _ptr(gb), sgb)
+        _ptr(D), s[-1], _ptr(gK), sgk, _ptr(gb), sgb, _ptr(G), sg)
     return True
 
 
@@ -266,6 +269,20 @@ def adjoint(u, lam, K, b, h, act: int):
         return NotImplemented
     out = np.empty_like(lam)
     return out if _backward(u, lam, out, K, b, h, act, None, ()) else NotImplemented
+
+
+def forward_into(u, out, K, b, h, act: int, rhs=None) -> bool:
+    """out[i] = u[i] + h_i σ(K_i u[i] + b_i) (+ rhs[i]) for L independent layers, written into ``out``:
+    u, out, rhs (L, B, C), views with a layer stride (MGRIT's relaxation: rows of one level); rhs may
+    be out.  False (nothing done) when the kernels are not there or the arrays do not fit them."""
+    return _takes(u) and _forward(u, out, K, b, h, act, False, rhs) is not NotImplemented
+
+
+def adjoint_into(u, lam, out, K, b, h, act: int, rhs=None) -> bool:
+    """out[i] = λ[i] + h_i K_iᵀ (σ'(K_i u[i] + b_i) ⊙ λ[i]) (+ rhs[i]) for L independent layers, written
+    into ``out`` (rhs may be out); shapes and layouts as :func:`forward_into`.  False (nothing done) when
+    the kernels are not there or the arrays do not fit them."""
+    return _takes(u) and lam.shape == u.shape and _backward(u, lam, out, K, b, h, act, None, (), rhs)
 
 
 def param_grad(u, lam, K, b, h, act: int):

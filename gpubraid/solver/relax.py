@@ -1,7 +1,8 @@
 """Relaxation on one level (docs/algorithm.md §3): F-relaxation and C-relaxation.
 
 F-relaxation on a level is m − 1 batched ``phi`` calls, each advancing every local interval at
-once with its own step data; the interval before a rank's first C-point is finished after the
+once with its own step data (written straight into the level's rows, the right-hand side added in
+the same pass, when the callback has ``into``: :meth:`.state.SolveState.step_into`); the interval before a rank's first C-point is finished after the
 ghost value arrives from the left neighbour.  XBraid's ``nrelax`` CF sweeps after the first F
 (0 → F, 1 → FCF) are spelled out by the cycle (:mod:`.cycle`).
 """
@@ -26,6 +27,8 @@ def f_relax(s: SolveState, l: int, zero: bool = False) -> None:
                 u[tgt] = g[tgt]
                 continue
             src = slice(tgt.start - 1, tgt.stop - 1, tgt.step)
+            if s.step_into(l, u[src], src, None if g is None else g[tgt], u[tgt]):
+                continue
             v = s.step(l, u[src], src)
             if g is None:
                 u[tgt] = v
@@ -34,6 +37,8 @@ def f_relax(s: SolveState, l: int, zero: bool = False) -> None:
         reqs = []
         s.exchange_ghost(l, lv.last_is_local, reqs)
         for r in lv.leading:
+            if s.step_into(l, u[r - 1:r], slice(r - 1, r), None if g is None else g[r:r + 1], u[r:r + 1]):
+                continue
             v = s.step(l, u[r - 1:r], slice(r - 1, r))[0]
             u[r] = v if g is None else v + g[r]
         if not lv.last_is_local and lv.lay.next is not None:
@@ -49,6 +54,11 @@ def c_relax(s: SolveState, l: int) -> None:
     with s.timer("relax"):
         c, before = lv.c_sel, lv.c_prev
         u, g = s.u[l], s.g[l]
+        # into the C-point rows when they are apart from the rows before them (one written while the
+        # next is read otherwise: C-points one row apart where the last point is appended)
+        apart = isinstance(c, slice) and (c.step or 0) != 1
+        if apart and s.step_into(l, u[before], before, None if g is None else g[c], u[c]):
+            return
         v = s.step(l, u[before], before)
         if g is None:
             u[c] = v

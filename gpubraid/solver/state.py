@@ -63,6 +63,17 @@ class SolveState:
         self.steps[l] += u.shape[0]
         return self.phi(u, data, self.h[l][idx])
 
+    def step_into(self, l: int, u, idx, rhs, out) -> bool:
+        """out = Φ(u) + rhs (rhs None: Φ(u)) on level l for the local data rows ``idx`` (a slice), written
+        into ``out`` (rows of the level, none of them a row of ``u``: the layers run in order, each
+        writing before the next reads) by the step callback's ``into`` in one pass; False (nothing
+        done) when the callback has none or it declines."""
+        into = getattr(self.phi, "into", None)
+        if into is None or not into(u, tuple(d[idx] for d in self.data[l]), self.h[l][idx], rhs, out):
+            return False
+        self.steps[l] += u.shape[0]
+        return True
+
     def halves(self, l: int) -> bool:
         """Whether level l + 1 holds level l's feature maps halved (spatial coarsening)."""
         return self.shapes[l + 1] != self.shapes[l]

@@ -78,6 +78,34 @@ def test_batched_forward_adjoint_param_grad_equal_numpy(act, dtype, C, B, monkey
         assert g.dtype == w.dtype and g.shape == w.shape and _rel(g, w) <= TOL[dtype]
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("C", [8, 5])
+def test_steps_into_rows_with_a_right_hand_side_equal_step_then_add_bit_for_bit(dtype, C):
+    """MGRIT's relaxation writing into a level's rows: forward / adjoint of L independent layers plus a
+    right-hand side, into strided rows of one array (the right-hand side may be the output), the bits
+    of the kernel's new array plus the right-hand side; no right-hand side: the plain step."""
+    step = DenseStep(C, "tanh", resolve_backend("numpy", dtype))
+    rng = np.random.default_rng(9)
+    _, _, (K, b), h = _problem(C, 4, 6, dtype)
+    rows, lam = (rng.standard_normal((9, 6, C)).astype(dtype) for _ in range(2))
+    g = rng.standard_normal((9, 6, C)).astype(dtype)
+    src, tgt = slice(0, 8, 2), slice(1, 9, 2)
+    for rhs in (g[tgt], None):
+        want = step.forward(rows[src], (K, b), h) + (0 if rhs is None else rhs)
+        out = rows.copy()
+        assert step.forward_rhs(out[src], (K, b), h, out[tgt], rhs)
+        assert np.array_equal(out[tgt], want) and np.array_equal(out[src], rows[src])
+        want = step.adjoint(rows[src], lam[src], (K, b), h) + (0 if rhs is None else rhs)
+        out = lam.copy()
+        assert step.adjoint_rhs(rows[src], out[src], (K, b), h, out[tgt], rhs)
+        assert np.array_equal(out[tgt], want)
+    into = g[tgt].copy()  # the right-hand side as the output
+    assert host.forward_into(rows[src], into, K, b, h, step.activation.code, into)
+    assert np.array_equal(into, step.forward(rows[src], (K, b), h) + g[tgt])
+    assert not host.forward_into(rows[src], np.empty((4, 6, C + 1), dtype), K, b, h, 0)   # declined
+    assert not host.adjoint_into(rows[src], lam[src], None, K, b, h, 0, g[tgt])
+
+
 def _head_losses(head, u, y, params, monkeypatch):
     """Classifier.loss through the kernel and through its NumPy formulas (kernels switched off)."""
     got = head.loss(u, y, params, True), head.loss(u, y, params, False)

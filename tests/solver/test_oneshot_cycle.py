@@ -86,6 +86,55 @@ def test_coarse_levels_on_the_fine_rows_give_the_same_bits(linear, monkeypatch):
         assert np.array_equal(views.U, own.U) and np.array_equal(views.Lam, own.Lam)
 
 
+@pytest.mark.parametrize("N, levels, nrelax", [(32, 4, 0), (12, 4, 1), (13, 3, [0, 1]), (40, 5, 1)])
+def test_relaxation_into_the_rows_gives_the_same_bits(N, levels, nrelax, monkeypatch):
+    """F- and C-relaxation writing the steps into the level's rows with g added in the same pass (the
+    dense step's ``forward_rhs`` / ``adjoint_rhs``) against computing, then adding: the same states,
+    adjoints and gradient bit for bit, one-shot and converged (N = 12: level 2 has 3 points, its C-points
+    2 and 3, the last appended, one row apart: they must not be written while read)."""
+    from gpubraid.objective import layer_parallel
+
+    model, layout, theta, x, y = make_problem("dense", N, B=4)
+    base = dict(cfactor=2, max_levels=levels, min_coarse=1, nrelax=nrelax)
+    for o in (MGRITOptions(**base, max_iter=1, final_relax=False), MGRITOptions(**base, tol=1e-12, max_iter=80)):
+        into = LayerParallel(model, None, o, dataclasses.replace(o, linear=True))
+        assert hasattr(into.phi, "into") and hasattr(into.psi, "into")
+        plain_propagators = layer_parallel.propagators
+        with monkeypatch.context() as m:
+            def without_into(steps):
+                phi, psi = plain_propagators(steps)
+                del phi.into, psi.into
+                return phi, psi
+            m.setattr(layer_parallel, "propagators", without_into)
+            plain = LayerParallel(model, None, o, dataclasses.replace(o, linear=True))
+        assert not hasattr(plain.phi, "into")
+        a, b = into.evaluate(theta, x, y, 4), plain.evaluate(theta, x, y, 4)
+        assert a.objective == b.objective and np.array_equal(a.grad, b.grad)
+        assert np.array_equal(into.U, plain.U) and np.array_equal(into.Lam, plain.Lam)
+
+
+def test_c_relaxation_into_rows_one_apart_reads_every_row_before_writing():
+    """C-points one row apart (N = 12, level 2: 3 points, C-points 2 and 3): c_relax gives
+    u_c = Φ(u_{c−1}) + g_c from the rows as they were, written into the rows or not."""
+    from gpubraid.solver.relax import c_relax
+
+    model, layout, theta, x, y = make_problem("dense", 12, B=4)
+    opts = MGRITOptions(cfactor=2, max_levels=4, min_coarse=1, nrelax=1)
+    lp = LayerParallel(model, None, opts, opts)
+    solver = lp.fwd
+    assert solver.lv[2].c_sel == slice(2, 4, 1)
+    rng = np.random.default_rng(3)
+    data = layout.views(theta).layers()
+    for phi in (lp.phi, lambda u, d, h: lp.phi(u, d, h)):   # with ``into``, and a callback without
+        s = SolveState(solver, phi, (4, *model.state_shape), False)
+        solver.plan.distribute(s, data, ())
+        u = rng.standard_normal((solver.lv[2].rows, 4, *model.state_shape))
+        s.u[2], s.g[2] = u.copy(), rng.standard_normal(u.shape)
+        c_relax(s, 2)
+        want = lp.phi(u[1:3], tuple(d[1:3] for d in s.data[2]), s.h[2][1:3]) + s.g[2][2:4]
+        assert np.array_equal(s.u[2][2:4], want) and np.array_equal(s.u[2][:2], u[:2])
+
+
 def test_coarse_levels_on_halved_maps_keep_their_arrays_and_views_below_them(monkeypatch):
     """With level 1 on halved feature maps, level 1 has arrays of its own and level 2 is a view of
     level 1's rows; the solve gives the bits of one without views."""
