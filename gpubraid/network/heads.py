@@ -18,7 +18,9 @@ class Head:
     ``n_out``, and ``loss(uN, y, params, want_grad) -> (loss, n_correct, lamN, grads)``:
     uN (B, *state_shape); y the targets; ``loss`` a float (the mean over samples), ``n_correct`` an
     int (0 for regression), and when ``want_grad`` is true ``lamN`` = ∂loss/∂u_N (B, *state_shape)
-    and ``grads`` a tuple of ∂loss/∂θ_head, else both None.  ``predict(uN, params)`` gives the outputs.
+    and ``grads`` a tuple of ∂loss/∂θ_head, else both None; ``lamN`` and ``grads`` are new arrays, the
+    caller's to scale and overwrite (the pipeline carries λ down in ``lamN``).  ``predict(uN, params)``
+    gives the outputs.
     """
 
     param_names = ("W", "c")
