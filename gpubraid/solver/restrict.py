@@ -22,14 +22,20 @@ from .state import SolveState
 
 
 def residual(s: SolveState, l: int):
-    """r_c = g_c + Φ(u_{c−1}) − u_c at this rank's C-points of level l, shape (n_c, B, *S_l)."""
+    """r_c = g_c + Φ(u_{c−1}) − u_c at this rank's C-points of level l, shape (n_c, B, *S_l): written
+    into level l + 1's g rows 1.. where it fits them (same maps; the restriction that follows then
+    builds g there in place, ``s.r_in_g``), else a new array."""
     lv = s.lv[l]
     u, g = s.u[l], s.g[l]
+    s.r_in_g = False
     with s.timer("residual"):
         if lv.c_rows is None or lv.c_rows.size == 0:
             return s.xp.empty((0, *s.shapes[l]), dtype=s.be.dtype)
         c, before = lv.c_sel, lv.c_prev
-        r = s.step(l, u[before], before) - u[c]
+        v = s.step(l, u[before], before)
+        cg = s.g[l + 1] if l < s.L and not s.halves(l) else None
+        s.r_in_g = cg is not None and cg.shape[0] == v.shape[0] + 1
+        r = s.xp.subtract(v, u[c], out=cg[1:] if s.r_in_g else None)
         if g is not None:
             r += g[c]
         return r
@@ -48,7 +54,7 @@ def restrict(s: SolveState, l: int, r, consistent: bool = False) -> None:
     with s.timer("restrict"):
         if s.linear:   # correction scheme: the coarse unknown is the correction, starting at 0
             cu[...] = 0
-            if co.rows > 1:
+            if co.rows > 1 and not s.r_in_g:
                 s.to_coarse(l, r, out=cg[1:])
             return
         if s.alias[l + 1] is None:
@@ -62,10 +68,14 @@ def restrict(s: SolveState, l: int, r, consistent: bool = False) -> None:
         s.exchange_ghost(l + 1, True, reqs)
         if co.rows > 1:
             if consistent:
-                s.to_coarse(l, r, out=cg[1:])
+                if not s.r_in_g:
+                    s.to_coarse(l, r, out=cg[1:])
             else:
                 coarse = s.step(l + 1, cu[:-1], slice(0, co.rows - 1))
-                s.xp.add(s.to_coarse(l, r), cu[1:], out=cg[1:])
+                if s.r_in_g:  # r is cg[1:]
+                    cg[1:] += cu[1:]
+                else:
+                    s.xp.add(s.to_coarse(l, r), cu[1:], out=cg[1:])
                 cg[1:] -= coarse
         Comm.waitall(reqs)
 

@@ -26,7 +26,8 @@ class SolveState:
             :func:`~.level.coarse_rows_in_fine`), or None when u[l] is an array of its own.
         data, h: per level l, this rank's step data (tuple of (k_l, ...) arrays) and step sizes (k_l,).
         coarse_data, coarse_h: level L's step data and step sizes of all its steps (root only).
-        r: the last residual (n_c, B, *S_l), handed from ``residual`` to ``restrict``.
+        r: the last residual (n_c, B, *S_l), handed from ``residual`` to ``restrict``; ``r_in_g``: it
+            lies in the next level's g rows 1.. (the restriction builds g there in place).
         linear: the correction scheme is in use (``MGRITOptions.linear``).
         keep_correction, e: level 0's last C-point correction (n_c, B, *S) is kept in ``e`` (for
             :func:`.interpolate.interpolate`); ``c_old``: level 0's C-points before the coarse levels
@@ -48,7 +49,7 @@ class SolveState:
         self.data = [None] * n
         self.h = [None] * n
         self.coarse_data = self.coarse_h = None
-        self.r = None
+        self.r, self.r_in_g = None, False
         self.linear = solver.opts.linear
         self.keep_correction = not solver.opts.final_relax
         self.e = self.c_old = None

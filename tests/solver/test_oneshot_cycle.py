@@ -113,6 +113,31 @@ def test_relaxation_into_the_rows_gives_the_same_bits(N, levels, nrelax, monkeyp
         assert np.array_equal(into.U, plain.U) and np.array_equal(into.Lam, plain.Lam)
 
 
+def test_residual_lies_in_the_next_levels_g_and_the_restriction_builds_g_there(monkeypatch):
+    """Every residual of a FAS and of a correction-scheme solve is written into rows 1.. of the next
+    level's g (no copy in the restriction), and the gradient is serial's when converged."""
+    from gpubraid.solver import mgrit as mgrit_module
+
+    seen = []
+    residual = mgrit_module.residual
+
+    def spy(s, l):
+        r = residual(s, l)
+        seen.append((s.r_in_g, np.shares_memory(r, s.g[l + 1])))
+        return r
+
+    monkeypatch.setattr(mgrit_module, "residual", spy)
+    model, layout, theta, x, y = make_problem("dense", 32, B=4)
+    o = MGRITOptions(cfactor=2, max_levels=4, min_coarse=1, tol=1e-12, max_iter=60)
+    ser = LayerParallel(model, None, MGRITOptions(max_levels=1), MGRITOptions(max_levels=1))
+    for bwd in (o, dataclasses.replace(o, linear=True)):
+        seen.clear()
+        ev = LayerParallel(model, None, o, bwd).evaluate(theta, x, y, 4)
+        assert seen and all(a and b for a, b in seen)
+        ref = ser.evaluate(theta, x, y, 4)
+        assert np.abs(ev.grad - ref.grad).max() <= 1e-9 * np.abs(ref.grad).max()
+
+
 def test_c_relaxation_into_rows_one_apart_reads_every_row_before_writing():
     """C-points one row apart (N = 12, level 2: 3 points, C-points 2 and 3): c_relax gives
     u_c = Φ(u_{c−1}) + g_c from the rows as they were, written into the rows or not."""
