@@ -2,9 +2,10 @@
 
 F-relaxation on a level is m − 1 batched ``phi`` calls, each advancing every local interval at
 once with its own step data (written straight into the level's rows, the right-hand side added in
-the same pass, when the callback has ``into``: :meth:`.state.SolveState.step_into`); the interval before a rank's first C-point is finished after the
-ghost value arrives from the left neighbour.  XBraid's ``nrelax`` CF sweeps after the first F
-(0 → F, 1 → FCF) are spelled out by the cycle (:mod:`.cycle`).
+the same pass, when the callback has ``into``: :meth:`.state.SolveState.step_into`); the interval
+before a rank's first C-point is finished after the ghost value arrives from the left neighbour.
+XBraid's ``nrelax`` CF sweeps after the first F (0 → F, 1 → FCF) are spelled out by the cycle
+(:mod:`.cycle`).
 """
 from __future__ import annotations
 

@@ -116,7 +116,8 @@ def _head_losses(head, u, y, params, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("S, K, B", [((8,), 5, 625), ((3,), 2, 1), ((32,), 7, 129), ((4, 4, 3), 64, 70), ((64,), 10, 64)])
+@pytest.mark.parametrize("S, K, B", [((8,), 5, 625), ((3,), 2, 1), ((32,), 7, 129), ((4, 4, 3), 64, 70),
+                                     ((64,), 10, 64)])
 def test_classifier_head_kernel_equals_the_numpy_formulas(dtype, S, K, B, monkeypatch):
     """Loss, number correct, λ_N and (∂W, ∂c) to round-off, blocks of 64 rows and their remainders, widths
     with and without a compiled specialisation (a (4, 4, 3) state is 48 wide); ties go to the first class."""
