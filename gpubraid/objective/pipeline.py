@@ -210,12 +210,12 @@ class TrainingPipeline:
         m, layers, grads = self.model, P.layers(), G.layers()
         made = []
         if Lam is None:
-            if self.is_last:  # the head's λ_N, this micro-batch's own array: carried down in place
-                lam = lam_b
+            if self.is_last:  # the head's λ_N, this micro-batch's own array: carried down in place (and
+                lam = lam_b   # dropped after it, not kept as a spare: the last rank takes no rows)
             else:
                 lam = self._empty(U.shape[1:], U.dtype, spares)
+                made.append(lam)
                 self.comm.recv_into(lam, self.rank + 1, tags.PIPE_ADJOINT)
-            made.append(lam)
             if backward_through(m.step, U, lam, layers, self.h, grads, kept):
                 lam_a = lam
             else:

@@ -140,6 +140,16 @@ def test_one_rank_opens_the_batch_once_and_reuses_finished_micro_batches(problem
     assert opened == [11]
     assert sorted(shape[1] for shape in made) == ([2, 3] if schedule == "1f1b" else [2, 3, 3, 3])
     assert rows == []
+    kept = []   # the spares on offer at each new array: the head's λ arrays are not among them
+    taking = pipeline.TrainingPipeline._empty
+
+    def counting(self, shape, dtype, spares=None):
+        kept.append(len(spares or ()))
+        return taking(self, shape, dtype, spares)
+
+    monkeypatch.setattr(pipeline.TrainingPipeline, "_empty", counting)
+    LayerParallel(model, None, ONE, ONE, pipeline=PipelineOptions(11, schedule)).evaluate(theta, x, y, 11)
+    assert max(kept) <= (1 if schedule == "1f1b" else 0)
     made.clear()
     lp.evaluate(theta, x, y, 11, grad=False)   # forward only: each micro-batch's states serve the next
     assert sorted(shape[1] for shape in made) == [2, 3]
