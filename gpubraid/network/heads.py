@@ -37,21 +37,20 @@ class Head:
     def predict(self, uN, params):
         """W flatten(u_N) + c: (B, *state_shape) -> (B, n_out)."""
         W, c = params
-        return uN.reshape(uN.shape[0], -1) @ W.T + c
+        return uN.reshape(uN.shape[0], self.state_size) @ W.T + c
 
     def _outputs(self, uN, params):
         """The outputs transposed, (n_out, B) in C order: the losses reduce over the n_out rows
         (elementwise passes over B) and over the contiguous B axis, where NumPy's reductions
         over a short trailing axis of (B, n_out) cost several times more."""
         W, c = params
-        z = W @ uN.reshape(uN.shape[0], -1).T
+        z = W @ uN.reshape(uN.shape[0], self.state_size).T
         z += c[:, None]
         return z
 
-    @staticmethod
-    def _grads(p, uN, W):
+    def _grads(self, p, uN, W):
         """From p = ∂loss/∂outputs (n_out, B): λ_N (B, *state_shape) and (∂W, ∂c)."""
-        flat = uN.reshape(uN.shape[0], -1)
+        flat = uN.reshape(uN.shape[0], self.state_size)
         return (p.T @ W).reshape(uN.shape), (p @ flat, p.sum(axis=1))
 
 
@@ -67,7 +66,7 @@ class Classifier(Head):
     def loss(self, uN, y, params, want_grad=True):
         """On the host, for widths and class counts up to 64, one C call (:func:`gpubraid.runtime.host.softmax_xent`,
         the same formulas to round-off); else the NumPy formulas below."""
-        fast = host.softmax_xent(uN.reshape(uN.shape[0], -1), y, *params, want_grad)
+        fast = host.softmax_xent(uN.reshape(uN.shape[0], self.state_size), y, *params, want_grad)
         if fast is not NotImplemented:
             loss, correct, lam, grads = fast
             return loss / uN.shape[0], correct, None if lam is None else lam.reshape(uN.shape), grads
@@ -114,10 +113,10 @@ class Regression(Head):
             raise UserError(f"regression targets must have shape ({B}, {self.n_out}); got {tuple(y.shape)}")
         r = self._outputs(uN, params)                    # (n_out, B)
         r -= y.reshape(B, self.n_out).T
-        loss = float(xp.mean(r * r))
+        loss = float(xp.mean(r * r)) if B else float("nan")
         if not want_grad:
             return loss, 0, None, None
-        r *= 2.0 / r.size
+        r *= 2.0 / max(r.size, 1)
         return (loss, 0, *self._grads(r, uN, W))
 
     def describe(self):

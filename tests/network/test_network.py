@@ -141,6 +141,22 @@ def test_network_for_data_picks_the_head():
     assert isinstance(net.head, Regression) and net.n_out == 2 and net.n_classes is None
 
 
+def test_heads_on_an_empty_batch():
+    """A share of no samples (a data group left without any): loss NaN, nothing correct, λ_N of no
+    rows, zero gradients, no warning."""
+    import warnings
+
+    for head, y in ((Classifier(3), np.zeros(0, dtype=np.int64)), (Regression(2), np.zeros((0, 2)))):
+        h = head.bind((2, 3), BE)
+        params = (np.ones((h.n_out, 6)), np.ones(h.n_out))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            loss, correct, lam, grads = h.loss(np.zeros((0, 2, 3)), y, params)
+        assert np.isnan(loss) and correct == 0 and lam.shape == (0, 2, 3)
+        assert all(g.shape == p.shape and not g.any() for g, p in zip(grads, params))
+        assert h.predict(np.zeros((0, 2, 3)), params).shape == (0, h.n_out)
+
+
 def test_bad_networks_and_targets_raise_user_error():
     class Clash(TwoLayerStep):
         param_names = ("W", "K2", "b")
