@@ -2,7 +2,7 @@
 
 F-relaxation on a level is m − 1 batched ``phi`` calls, each advancing every local interval at
 once with its own step data (written straight into the level's rows, the right-hand side added in
-the same pass, when the callback has ``into``: :meth:`.state.SolveState.step_into`); the interval
+the same pass, when the callback has ``into``: :meth:`.state.SolveState.step_to`); the interval
 before a rank's first C-point is finished after the ghost value arrives from the left neighbour.
 XBraid's ``nrelax`` CF sweeps after the first F (0 → F, 1 → FCF) are spelled out by the cycle
 (:mod:`.cycle`).
@@ -28,20 +28,11 @@ def f_relax(s: SolveState, l: int, zero: bool = False) -> None:
                 u[tgt] = g[tgt]
                 continue
             src = slice(tgt.start - 1, tgt.stop - 1, tgt.step)
-            if s.step_into(l, u[src], src, None if g is None else g[tgt], u[tgt]):
-                continue
-            v = s.step(l, u[src], src)
-            if g is None:
-                u[tgt] = v
-            else:
-                s.xp.add(v, g[tgt], out=u[tgt])
+            s.step_to(l, u[src], src, None if g is None else g[tgt], u[tgt])
         reqs = []
         s.exchange_ghost(l, lv.last_is_local, reqs)
         for r in lv.leading:
-            if s.step_into(l, u[r - 1:r], slice(r - 1, r), None if g is None else g[r:r + 1], u[r:r + 1]):
-                continue
-            v = s.step(l, u[r - 1:r], slice(r - 1, r))[0]
-            u[r] = v if g is None else v + g[r]
+            s.step_to(l, u[r - 1:r], slice(r - 1, r), None if g is None else g[r:r + 1], u[r:r + 1])
         if not lv.last_is_local and lv.lay.next is not None:
             s.send_last(l, reqs)
         Comm.waitall(reqs)
@@ -55,15 +46,9 @@ def c_relax(s: SolveState, l: int) -> None:
     with s.timer("relax"):
         c, before = lv.c_sel, lv.c_prev
         u, g = s.u[l], s.g[l]
-        # into the C-point rows when they are apart from the rows before them (one written while the
-        # next is read otherwise: C-points one row apart where the last point is appended)
-        apart = isinstance(c, slice) and (c.step or 0) != 1
-        if apart and s.step_into(l, u[before], before, None if g is None else g[c], u[c]):
+        if isinstance(c, slice):  # in one pass when the C-points are apart from the rows before them
+            # (C-points one row apart, where the last point is appended, would be written while read)
+            s.step_to(l, u[before], before, None if g is None else g[c], u[c], fused=(c.step or 0) != 1)
             return
-        v = s.step(l, u[before], before)
-        if g is None:
-            u[c] = v
-        elif isinstance(c, slice):
-            s.xp.add(v, g[c], out=u[c])
-        else:  # index arrays select a copy
-            u[c] = v + g[c]
+        v = s.step(l, u[before], before)  # index arrays select a copy
+        u[c] = v if g is None else v + g[c]

@@ -64,16 +64,20 @@ class SolveState:
         self.steps[l] += u.shape[0]
         return self.phi(u, data, self.h[l][idx])
 
-    def step_into(self, l: int, u, idx, rhs, out) -> bool:
-        """out = Φ(u) + rhs (rhs None: Φ(u)) on level l for the local data rows ``idx`` (a slice), written
-        into ``out`` (rows of the level, none of them a row of ``u``: the layers run in order, each
-        writing before the next reads) by the step callback's ``into`` in one pass; False (nothing
-        done) when the callback has none or it declines."""
-        into = getattr(self.phi, "into", None)
-        if into is None or not into(u, tuple(d[idx] for d in self.data[l]), self.h[l][idx], rhs, out):
-            return False
-        self.steps[l] += u.shape[0]
-        return True
+    def step_to(self, l: int, u, idx, rhs, out, fused: bool = True) -> None:
+        """out = Φ(u) + rhs (rhs None: Φ(u)) on level l for the local data rows ``idx`` (a slice), ``out``
+        rows of the level: in one pass by the step callback's ``into`` when it has one and takes these
+        arrays (``fused``; its layers run in order, each writing before the next reads, so ``out`` must
+        hold none of ``u``'s rows), else computed, then added or copied in."""
+        into = getattr(self.phi, "into", None) if fused else None
+        if into is not None and into(u, tuple(d[idx] for d in self.data[l]), self.h[l][idx], rhs, out):
+            self.steps[l] += u.shape[0]
+            return
+        v = self.step(l, u, idx)
+        if rhs is None:
+            out[...] = v
+        else:
+            self.xp.add(v, rhs, out=out)
 
     def halves(self, l: int) -> bool:
         """Whether level l + 1 holds level l's feature maps halved (spatial coarsening)."""
