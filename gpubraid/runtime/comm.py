@@ -68,12 +68,18 @@ def detect_cuda_aware() -> tuple[bool, str]:
     return False, "no CUDA query in the MPI library"
 
 
-def _traced():
+def _traced(collective_over=None, ready=None):
     """The active tracer (:mod:`gpubraid.runtime.trace`), its compute span ended because a
-    communication call begins; None while not tracing."""
+    communication call begins; None while not tracing.  A quiet tracer then waits asleep until the
+    call can complete at once: for the ranks of ``collective_over`` (the mpi4py communicator of a
+    collective), or until ``ready()`` (a probe, a test of requests)."""
     t = _trace.ACTIVE
     if t is not None:
         t.begin()
+        if collective_over is not None:
+            t.idle_collective(collective_over)
+        if ready is not None:
+            t.idle_until(ready)
     return t
 
 
@@ -184,7 +190,7 @@ class Comm:
 
     def recv_into(self, a, source: int, tag: int) -> None:
         """Blocking receive into the contiguous array ``a`` (device arrays staged when needed)."""
-        t = _traced()
+        t = _traced(ready=lambda: self.comm.Iprobe(source=source, tag=tag))
         if isinstance(a, np.ndarray):
             self.comm.Recv(a, source=source, tag=tag)
         elif self.cuda_aware:
@@ -201,8 +207,9 @@ class Comm:
     def waitall(pending) -> None:
         """Complete a list of :class:`PendingSend` (their buffers are released afterwards)."""
         if pending:
-            t = _traced()
-            _mpi().Request.Waitall([p.request for p in pending])
+            requests = [p.request for p in pending]
+            t = _traced(ready=lambda: _mpi().Request.Testall(requests))
+            _mpi().Request.Waitall(requests)
             if t is not None:
                 t.wait([p.event for p in pending])
 
@@ -215,7 +222,7 @@ class Comm:
         x = np.ascontiguousarray(x, dtype=np.float64)
         if self.size > 1 and x.size:
             self.stats.collectives += 1
-            t = _traced()
+            t = _traced(self.comm)
             out = np.empty_like(x)
             self.comm.Allreduce(x, out, op=_mpi().SUM)
             if t is not None:
@@ -230,7 +237,7 @@ class Comm:
         return x if self.also is None else max(self._also_allgather(x))
 
     def _also_allgather(self, x) -> list:
-        t = _traced()
+        t = _traced(self.also)
         parts = self.also.allgather(x)
         if t is not None:
             t.collective("allgather", self.also, getattr(x, "nbytes", 8))
@@ -243,7 +250,7 @@ class Comm:
         if self.size == 1:
             return host[None]
         self.stats.collectives += 1
-        t = _traced()
+        t = _traced(self.comm)
         parts = np.empty((self.size, *host.shape), host.dtype)
         self.comm.Allgather(host, parts)
         if t is not None:
@@ -268,7 +275,7 @@ class Comm:
         if self.size == 1:
             return a
         self.stats.collectives += 1
-        t = _traced()
+        t = _traced(self.comm)
         if self.rank == root:
             host = np.ascontiguousarray(a if isinstance(a, np.ndarray) else a.get())
         else:
@@ -282,7 +289,7 @@ class Comm:
         if self.size == 1:
             return obj
         self.stats.collectives += 1
-        t = _traced()
+        t = _traced(self.comm)
         out = self.comm.bcast(obj, root=root)
         if t is not None:
             t.collective("bcast", self.comm, _trace.pickled_size(out))
@@ -292,7 +299,7 @@ class Comm:
         if self.size == 1:
             return [obj]
         self.stats.collectives += 1
-        t = _traced()
+        t = _traced(self.comm)
         out = self.comm.gather(obj, root=root)
         if t is not None:
             t.collective("gather", self.comm, _trace.pickled_size(obj))
@@ -305,7 +312,7 @@ class Comm:
             t.send(self.comm, dest, tag, _trace.pickled_size(obj))
 
     def recv_obj(self, source: int, tag: int):
-        t = _traced()
+        t = _traced(ready=lambda: self.comm.Iprobe(source=source, tag=tag))
         obj = self.comm.recv(source=source, tag=tag)
         if t is not None:
             t.recv(self.comm, source, tag, 0)
@@ -313,7 +320,7 @@ class Comm:
 
     def barrier(self) -> None:
         if self.size > 1:
-            t = _traced()
+            t = _traced(self.comm)
             self.comm.Barrier()
             if t is not None:
                 t.collective("barrier", self.comm, 0)
@@ -375,6 +382,8 @@ def agree(comm: Comm, err: BaseException | None, timeout_s: float = 30.0, code: 
         out = np.zeros(1, dtype=np.int32)
         req = sub.Iallreduce(flag, out, op=MPI.MAX)
         if err is None:
+            if _trace.ACTIVE is not None:
+                _trace.ACTIVE.idle_until(req.Test)
             req.Wait()
         else:
             deadline = time.monotonic() + timeout_s

@@ -116,12 +116,29 @@ def test_core_gate_lets_one_holder_compute(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def test_quiet_tracer_sleeps_until_the_call_can_complete():
+    """A quiet tracer polls ``ready`` (asleep in between) until it is true; one that is not quiet
+    never calls it (the blocking MPI call waits as usual)."""
+    answers = iter([False, False, True])
+    calls = []
+
+    def ready():
+        calls.append(1)
+        return next(answers)
+
+    trace.Tracer(0, quiet=True).idle_until(ready)
+    assert len(calls) == 3
+    trace.Tracer(0).idle_until(ready)
+    assert len(calls) == 3
+
+
 @pytest.mark.skipif((os.cpu_count() or 1) >= 3, reason="needs more ranks than cores: 3 ranks on at most 2 cores")
-def test_more_ranks_than_cores_are_traced_one_at_a_time(mpirun, tmp_path):
-    """3 ranks on 2 cores: the trace says it was gated, its spans replay, and the run's history is
-    the untraced run's."""
-    doc = traced_and_untraced(mpirun, tmp_path, 3, ["--method", "pipeline", "--micro-batches", "3"])
-    assert doc["meta"]["gated"] is True and len(doc["ranks"]) == 3
+@pytest.mark.parametrize("method", [["--method", "pipeline", "--micro-batches", "3"], ["--method", "oneshot"]])
+def test_more_ranks_than_cores_are_traced_one_at_a_time(mpirun, tmp_path, method):
+    """3 ranks on 2 cores: the trace says it was gated and quiet, its spans replay, and the run's
+    history is the untraced run's (pipeline: messages and sums; oneshot: broadcasts and gathers)."""
+    doc = traced_and_untraced(mpirun, tmp_path, 3, method)
+    assert doc["meta"]["gated"] is True and doc["meta"]["quiet"] is True and len(doc["ranks"]) == 3
     assert replay(doc, PRESETS["ib"]).wall_s > 0
     assert not list(Path(tempfile.gettempdir()).glob("gpubraid-gate-*"))
 
