@@ -196,17 +196,18 @@ CLI_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "G
            "PYTHONPATH": str(REPO)}
 
 
-def train_cli(ranks: int, args: list, workdir: str, trace: bool = False, timeout: float = 3600) -> dict:
+def train_cli(ranks: int, args: list, workdir: str, trace: bool = False, timeout: float = 3600,
+              env: dict | None = None) -> dict:
     """Run ``gpubraid train ARGS --no-progress`` (under ``mpiexec -n ranks`` when ranks > 1) and return
-    its metrics JSON; with ``trace`` also ``--trace <workdir>/t.json``.  SystemExit with the stderr
-    tail when the run fails."""
+    its metrics JSON; with ``trace`` also ``--trace <workdir>/t.json``; ``env``: variables added to
+    :data:`CLI_ENV`.  SystemExit with the stderr tail when the run fails."""
     metrics = os.path.join(workdir, "m.json")
     cmd = [sys.executable, "-m", "gpubraid", "train", *args, "--no-progress", "--metrics", metrics]
     if trace:
         cmd += ["--trace", os.path.join(workdir, "t.json")]
     if ranks > 1:
         cmd = ["mpiexec", "-n", str(ranks), *cmd]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=CLI_ENV, timeout=timeout)
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**CLI_ENV, **(env or {})}, timeout=timeout)
     if out.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr[-2000:]}")
     return json.loads(Path(metrics).read_text())

@@ -182,6 +182,10 @@ def check_outputs(cfg) -> None:
     for name in ("metrics", "save", "trace"):
         check_output_path(name, getattr(cfg, name))
     check_directory("checkpoint_dir", cfg.checkpoint_dir)
+    if cfg.trace:
+        from ..runtime.trace import host_cores
+
+        host_cores()  # GPUBRAID_TRACE_CORES, when set, is a core count
 
 
 # -- progress ---------------------------------------------------------------------------------------

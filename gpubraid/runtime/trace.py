@@ -30,7 +30,8 @@ the hardware it stands for.  So on such a host the tracer passes a :class:`CoreG
 host's ranks: a rank computes only while it holds it (from the return of one communication call to
 the start of the next), so its spans run alone, as on a core of its own; it waits for the gate
 outside its spans, which the replay does not count.  The traced run's own wall time then grows
-about P/cores-fold; its meta records ``gated``.
+about P/cores-fold; its meta records ``gated``.  ``GPUBRAID_TRACE_CORES=N`` in the environment
+traces as if each host had N cores (to gate on a host with more, or to see what gating costs).
 
 While the gate is held by one rank, the others wait in MPI calls, which busy-poll (MPICH does) and
 take the host's other cores.  So while any host is gated every rank is *quiet*
@@ -39,11 +40,12 @@ take the host's other cores.  So while any host is gated every rank is *quiet*
 collective, a test for sends), and then makes it.  The traced run of 8 data groups on 2 cores
 (peaks, 256 layers) took 2.6 s instead of 5.3; its spans stayed as long.
 
-What the gate cannot give a rank is caches of its own: between two of its spans the others' run
-on the same caches.  Where the ranks' working sets together exceed the host's last-level cache the
-spans run from memory: the same evaluation (625 samples, 256 layers, 10 MB of states) took
-6.5 ms alone and 8.6-9.7 ms in 8 gated ranks (or beside a 64 MB memory stream on the other core).
-A replay of such a trace is slower than P devices with memories of their own.
+What the gate cannot give a rank is a machine of its own.  One data group's evaluation (625
+samples, 256 layers; ``python -m bench.gate_cost``) costs 6.2 ms of CPU time alone, 7.0 beside one
+other rank, 8.8 when two ranks take turns on one core and 10.2 when eight take turns on two (with 8
+micro-batches: 7.1, 7.3, 7.8, 10.1).  Preemption is not it (ranks pinned apart: as slow), nor data
+evicted from the caches alone (re-reading the rank's memory before each span: as slow).  A replay
+of a trace gated this way is that much slower than P devices with memories of their own.
 """
 from __future__ import annotations
 
@@ -56,12 +58,16 @@ import tempfile
 import time
 from collections import defaultdict
 
+from ..errors import UserError
 from .atomic import write_atomic
 
 FORMAT = "gpubraid-trace"
 VERSION = 2
 #: Versions :func:`load` reads (version 1 has no marks).
 READS = (1, 2)
+
+#: Environment variable: the cores per host the gate assumes (default: the host's).
+CORES_ENV = "GPUBRAID_TRACE_CORES"
 
 #: The tracer of this process while tracing, else None (read by :mod:`gpubraid.runtime.comm`).
 ACTIVE: "Tracer | None" = None
@@ -106,16 +112,27 @@ class CoreGate:
             pass
 
 
+def host_cores(environ=os.environ) -> int:
+    """Cores per host for the gate: :data:`CORES_ENV` when set (a positive integer), else the host's."""
+    value = environ.get(CORES_ENV)
+    if value is None:
+        return os.cpu_count() or 1
+    if not value.strip().isdigit() or int(value) < 1:
+        raise UserError(f"{CORES_ENV} must be a positive integer (cores per host for --trace); got {value!r}")
+    return int(value)
+
+
 def _host_gate(world_comm) -> "tuple[CoreGate | None, bool]":
     """(a :class:`CoreGate` for this host's ranks when they outnumber its cores, else None; whether
     any host of ``world_comm`` is gated).  (None, False) without MPI.  Collective over ``world_comm``."""
+    cores = host_cores()
     if world_comm.size == 1:
         return None, False
     from mpi4py import MPI
 
     host = world_comm.comm.Split_type(MPI.COMM_TYPE_SHARED)
     try:
-        crowded = host.Get_size() > (os.cpu_count() or 1)
+        crowded = host.Get_size() > cores
         token = host.bcast(os.urandom(8).hex() if host.Get_rank() == 0 else None, root=0) if crowded else None
         gate = CoreGate(os.path.join(tempfile.gettempdir(), f"gpubraid-gate-{token}")) if crowded else None
         host.Barrier()  # every rank opened the file before any removes it

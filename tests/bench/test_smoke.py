@@ -178,6 +178,17 @@ def test_strategies_quick(tmp_path):
     assert w["best"]["1"]["label"] and set(w["plans"]) == {"1", "2"}
 
 
+def test_gate_cost_quick(mpirun, tmp_path):
+    from bench.gate_cost import CONFIGS
+
+    rows = _run("gate_cost", tmp_path)["results"]
+    assert {(r["label"], r["M"]) for r in rows} == {(c[0], M) for c in CONFIGS for M in (1, 8)}
+    by = {(r["label"], r["M"]): r for r in rows}
+    assert by[("alone", 1)]["over_alone"] == 1.0 and not by[("alone", 1)]["gated"]
+    assert by[("2 gated on 1 core", 1)]["gated"] and by[("8 gated on 2 cores", 8)]["gated"] is ((os.cpu_count() or 1) < 8)
+    assert all(r["compute_ms"] > 0 and r["replay_ms_per_iteration"] > 0 for r in rows)
+
+
 def test_pingpong_quick_writes_a_network_model_with_a_transfer_table(mpirun, tmp_path):
     """Two ranks: a model the replay loads, with a transfer time for every size from 8 B to 32 MiB
     (not decreasing), and a one-line refusal of zero passes."""

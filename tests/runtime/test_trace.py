@@ -67,15 +67,15 @@ def test_stopped_trace_writes_nothing(tmp_path):
     assert trace.ACTIVE is None and not list(tmp_path.iterdir())
 
 
-def traced_and_untraced(mpirun, tmp_path, ranks: int, method: list) -> dict:
-    """Train ``method`` on ``ranks`` ranks without and with --trace; the histories must be the same
-    bits.  Returns the trace."""
+def traced_and_untraced(mpirun, tmp_path, ranks: int, method: list, env: dict | None = None) -> dict:
+    """Train ``method`` on ``ranks`` ranks without and with --trace (``env``: more environment); the
+    histories must be the same bits.  Returns the trace."""
     histories = []
     for traced in (False, True):
         out = tmp_path / f"m{traced}.json"
         args = [*RUN, *method, "--metrics", out] + (["--trace", tmp_path / "t.json"] if traced else [])
         p = subprocess.run(mpirun.gpubraid(ranks, "train", *args), capture_output=True, text=True, timeout=300,
-                           env=mpirun.env)
+                           env={**mpirun.env, **(env or {})})
         assert p.returncode == 0, p.stderr[-3000:]
         histories.append([{k: v for k, v in e.items() if k != "time_s"} for e in json.loads(out.read_text())["history"]])
     assert histories[0] == histories[1]
@@ -132,15 +132,16 @@ def test_quiet_tracer_sleeps_until_the_call_can_complete():
     assert len(calls) == 3
 
 
-@pytest.mark.skipif((os.cpu_count() or 1) >= 3, reason="needs more ranks than cores: 3 ranks on at most 2 cores")
 @pytest.mark.parametrize("method", [["--method", "pipeline", "--micro-batches", "3"], ["--method", "oneshot"]])
 def test_more_ranks_than_cores_are_traced_one_at_a_time(mpirun, tmp_path, method):
-    """3 ranks on 2 cores: the trace says it was gated and quiet, its spans replay, and the run's
-    history is the untraced run's (pipeline: messages and sums; oneshot: broadcasts and gathers)."""
-    doc = traced_and_untraced(mpirun, tmp_path, 3, method)
+    """3 ranks on 2 cores (GPUBRAID_TRACE_CORES=2 on any host): the trace says it was gated and
+    quiet, its spans replay, and the run's history is the untraced run's (pipeline: messages and
+    sums; oneshot: broadcasts and gathers)."""
+    before = set(Path(tempfile.gettempdir()).glob("gpubraid-gate-*"))  # a killed run's stay
+    doc = traced_and_untraced(mpirun, tmp_path, 3, method, {trace.CORES_ENV: "2"})
     assert doc["meta"]["gated"] is True and doc["meta"]["quiet"] is True and len(doc["ranks"]) == 3
     assert replay(doc, PRESETS["ib"]).wall_s > 0
-    assert not list(Path(tempfile.gettempdir()).glob("gpubraid-gate-*"))
+    assert set(Path(tempfile.gettempdir()).glob("gpubraid-gate-*")) == before
 
 
 @pytest.mark.parametrize("path, says", [("{tmp}/no/such/dir/t.json", "does not exist"),
@@ -150,6 +151,22 @@ def test_bad_trace_path_is_one_line_exit_2(tmp_path, capsys, path, says):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1
     assert err[0].startswith("gpubraid: error: trace: ") and says in err[0]
+
+
+def test_cores_per_host_for_the_gate_come_from_the_environment_when_set():
+    from gpubraid.errors import UserError
+
+    assert trace.host_cores({}) == (os.cpu_count() or 1) and trace.host_cores({trace.CORES_ENV: "3"}) == 3
+    for bad in ("0", "-1", "two", ""):
+        with pytest.raises(UserError, match=f"^{trace.CORES_ENV} must be a positive integer"):
+            trace.host_cores({trace.CORES_ENV: bad})
+
+
+def test_bad_trace_cores_stop_the_run_before_it_starts(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv(trace.CORES_ENV, "0")
+    rc = cli.main(["train", *RUN, "--trace", str(tmp_path / "t.json")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and trace.CORES_ENV in err[0] and not list(tmp_path.iterdir())
 
 
 def test_trace_option_is_in_the_schema():
