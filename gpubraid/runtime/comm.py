@@ -68,18 +68,12 @@ def detect_cuda_aware() -> tuple[bool, str]:
     return False, "no CUDA query in the MPI library"
 
 
-def _traced(collective_over=None, ready=None):
+def _traced():
     """The active tracer (:mod:`gpubraid.runtime.trace`), its compute span ended because a
-    communication call begins; None while not tracing.  A quiet tracer then waits asleep until the
-    call can complete at once: for the ranks of ``collective_over`` (the mpi4py communicator of a
-    collective), or until ``ready()`` (a probe, a test of requests)."""
+    communication call begins; None while not tracing."""
     t = _trace.ACTIVE
     if t is not None:
         t.begin()
-        if collective_over is not None:
-            t.idle_collective(collective_over)
-        if ready is not None:
-            t.idle_until(ready)
     return t
 
 
@@ -190,7 +184,7 @@ class Comm:
 
     def recv_into(self, a, source: int, tag: int) -> None:
         """Blocking receive into the contiguous array ``a`` (device arrays staged when needed)."""
-        t = _traced(ready=lambda: self.comm.Iprobe(source=source, tag=tag))
+        t = _traced()
         if isinstance(a, np.ndarray):
             self.comm.Recv(a, source=source, tag=tag)
         elif self.cuda_aware:
@@ -207,9 +201,8 @@ class Comm:
     def waitall(pending) -> None:
         """Complete a list of :class:`PendingSend` (their buffers are released afterwards)."""
         if pending:
-            requests = [p.request for p in pending]
-            t = _traced(ready=lambda: _mpi().Request.Testall(requests))
-            _mpi().Request.Waitall(requests)
+            t = _traced()
+            _mpi().Request.Waitall([p.request for p in pending])
             if t is not None:
                 t.wait([p.event for p in pending])
 
@@ -222,7 +215,7 @@ class Comm:
         x = np.ascontiguousarray(x, dtype=np.float64)
         if self.size > 1 and x.size:
             self.stats.collectives += 1
-            t = _traced(self.comm)
+            t = _traced()
             out = np.empty_like(x)
             self.comm.Allreduce(x, out, op=_mpi().SUM)
             if t is not None:
@@ -237,7 +230,7 @@ class Comm:
         return x if self.also is None else max(self._also_allgather(x))
 
     def _also_allgather(self, x) -> list:
-        t = _traced(self.also)
+        t = _traced()
         parts = self.also.allgather(x)
         if t is not None:
             t.collective("allgather", self.also, getattr(x, "nbytes", 8))
@@ -250,7 +243,7 @@ class Comm:
         if self.size == 1:
             return host[None]
         self.stats.collectives += 1
-        t = _traced(self.comm)
+        t = _traced()
         parts = np.empty((self.size, *host.shape), host.dtype)
         self.comm.Allgather(host, parts)
         if t is not None:
@@ -275,7 +268,7 @@ class Comm:
         if self.size == 1:
             return a
         self.stats.collectives += 1
-        t = _traced(self.comm)
+        t = _traced()
         if self.rank == root:
             host = np.ascontiguousarray(a if isinstance(a, np.ndarray) else a.get())
         else:
@@ -289,7 +282,7 @@ class Comm:
         if self.size == 1:
             return obj
         self.stats.collectives += 1
-        t = _traced(self.comm)
+        t = _traced()
         out = self.comm.bcast(obj, root=root)
         if t is not None:
             t.collective("bcast", self.comm, _trace.pickled_size(out))
@@ -299,7 +292,7 @@ class Comm:
         if self.size == 1:
             return [obj]
         self.stats.collectives += 1
-        t = _traced(self.comm)
+        t = _traced()
         out = self.comm.gather(obj, root=root)
         if t is not None:
             t.collective("gather", self.comm, _trace.pickled_size(obj))
@@ -312,7 +305,7 @@ class Comm:
             t.send(self.comm, dest, tag, _trace.pickled_size(obj))
 
     def recv_obj(self, source: int, tag: int):
-        t = _traced(ready=lambda: self.comm.Iprobe(source=source, tag=tag))
+        t = _traced()
         obj = self.comm.recv(source=source, tag=tag)
         if t is not None:
             t.recv(self.comm, source, tag, 0)
@@ -320,7 +313,7 @@ class Comm:
 
     def barrier(self) -> None:
         if self.size > 1:
-            t = _traced(self.comm)
+            t = _traced()
             self.comm.Barrier()
             if t is not None:
                 t.collective("barrier", self.comm, 0)
@@ -382,8 +375,6 @@ def agree(comm: Comm, err: BaseException | None, timeout_s: float = 30.0, code: 
         out = np.zeros(1, dtype=np.int32)
         req = sub.Iallreduce(flag, out, op=MPI.MAX)
         if err is None:
-            if _trace.ACTIVE is not None:
-                _trace.ACTIVE.idle_until(req.Test)
             req.Wait()
         else:
             deadline = time.monotonic() + timeout_s

@@ -33,12 +33,11 @@ outside its spans, which the replay does not count.  The traced run's own wall t
 about P/cores-fold; its meta records ``gated``.  ``GPUBRAID_TRACE_CORES=N`` in the environment
 traces as if each host had N cores (to gate on a host with more, or to see what gating costs).
 
-While the gate is held by one rank, the others wait in MPI calls, which busy-poll (MPICH does) and
-take the host's other cores.  So while any host is gated every rank is *quiet*
-(:attr:`Tracer.quiet`): before a blocking call it sleeps until the call can complete at once
-(:meth:`Tracer.idle_until`: a probe for a receive, a barrier begun without blocking for a
-collective, a test for sends), and then makes it.  The traced run of 8 data groups on 2 cores
-(peaks, 256 layers) took 2.6 s instead of 5.3; its spans stayed as long.
+Ranks waiting in MPI calls busy-poll (MPICH does).  Waiting asleep there instead (a
+probe, a non-blocking barrier or a test first, then the call) was tried and dropped: it halved
+the traced wall time of 8 data groups on 2 cores but lengthened the replayed steps of the 8-rank
+pipeline by 15 % and of one-shot by 10 % (a rank whose message arrived no longer took the gate
+right after its sender, so more of the others' spans fell between).
 
 What the gate cannot give a rank is a machine of its own.  One data group's evaluation (625
 samples, 256 layers; ``python -m bench.gate_cost``) costs 6.2 ms of CPU time alone, 7.0 beside one
@@ -122,12 +121,12 @@ def host_cores(environ=os.environ) -> int:
     return int(value)
 
 
-def _host_gate(world_comm) -> "tuple[CoreGate | None, bool]":
-    """(a :class:`CoreGate` for this host's ranks when they outnumber its cores, else None; whether
-    any host of ``world_comm`` is gated).  (None, False) without MPI.  Collective over ``world_comm``."""
+def _host_gate(world_comm) -> "CoreGate | None":
+    """A :class:`CoreGate` for this host's ranks when they outnumber its cores (None otherwise, and
+    without MPI).  Collective over ``world_comm``."""
     cores = host_cores()
     if world_comm.size == 1:
-        return None, False
+        return None
     from mpi4py import MPI
 
     host = world_comm.comm.Split_type(MPI.COMM_TYPE_SHARED)
@@ -138,19 +137,17 @@ def _host_gate(world_comm) -> "tuple[CoreGate | None, bool]":
         host.Barrier()  # every rank opened the file before any removes it
     finally:
         host.Free()
-    return gate, bool(world_comm.comm.allreduce(int(crowded), op=MPI.MAX))
+    return gate
 
 
 class Tracer:
     """One rank's event list; ``sync`` (a callable) synchronises the device before each clock read;
-    ``gate``: the host's :class:`CoreGate`, held during compute spans (None: not gated); ``quiet``:
-    wait for communication asleep (:meth:`idle_until`; every rank alike: some host is gated)."""
+    ``gate``: the host's :class:`CoreGate`, held during compute spans (None: not gated)."""
 
-    def __init__(self, world_rank: int, sync=None, gate: CoreGate | None = None, quiet: bool = False):
+    def __init__(self, world_rank: int, sync=None, gate: CoreGate | None = None):
         self.world_rank = world_rank
         self.sync = sync
         self.gate = gate
-        self.quiet = quiet
         self.events: list = []
         self.groups: list[tuple[int, ...]] = []
         self._group_of: dict[int, tuple[int, object]] = {}   # id(mpi comm) -> (index, comm kept alive)
@@ -184,23 +181,6 @@ class Tracer:
             self.gate.acquire()
         self._cpu, self._wall = time.thread_time_ns(), time.perf_counter_ns()
         return len(self.events) - 1
-
-    def idle_until(self, ready) -> None:
-        """When :attr:`quiet`, sleep until ``ready()`` (an MPI test: a probe, a request's ``Test``)
-        is true, so that the blocking call after it returns at once instead of busy-polling beside
-        the rank that computes; sleeps of 20 µs doubling to 1 ms.  Nothing otherwise."""
-        if not self.quiet:
-            return
-        pause = 20e-6
-        while not ready():
-            time.sleep(pause)
-            pause = min(2 * pause, 1e-3)
-
-    def idle_collective(self, mpi_comm) -> None:
-        """When :attr:`quiet`, sleep until every rank of ``mpi_comm`` (mpi4py) has come to the
-        collective that follows (a barrier begun without blocking).  Nothing otherwise."""
-        if self.quiet:
-            self.idle_until(mpi_comm.Ibarrier().Test)
 
     def mark(self, label: str) -> None:
         """End the current compute span at a point of the program named ``label`` and start the next
@@ -266,9 +246,9 @@ def start(world_comm, sync=None) -> Tracer:
     a barrier first, so the ranks' timelines start at one instant).  CPU runs (``sync`` None) with
     more ranks on a host than cores are gated (see the module docstring)."""
     global ACTIVE
-    gate, quiet = _host_gate(world_comm) if sync is None else (None, False)
+    gate = _host_gate(world_comm) if sync is None else None
     world_comm.barrier()
-    ACTIVE = Tracer(world_comm.rank, sync, gate, quiet)
+    ACTIVE = Tracer(world_comm.rank, sync, gate)
     if gate is not None:
         gate.acquire()
     return ACTIVE
@@ -297,11 +277,11 @@ def finish(tracer: Tracer, world_comm, path: str, clock: str = "thread", meta: d
     """
     global ACTIVE
     ACTIVE = None
-    gated, quiet = tracer.gate is not None, tracer.quiet
+    gated = tracer.gate is not None
     mine = tracer.close()
     ranks = [mine] if world_comm.size == 1 else world_comm.comm.gather(mine, root=0)
     if world_comm.rank == 0:
-        meta = {**(meta or {}), "gated": gated, "quiet": quiet}
+        meta = {**(meta or {}), "gated": gated}
         doc = {"format": FORMAT, "version": VERSION, "clock": clock, "meta": meta, "ranks": ranks}
         write_atomic(path, lambda f: json.dump(doc, f, separators=(",", ":")))
 

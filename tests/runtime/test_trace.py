@@ -116,30 +116,14 @@ def test_core_gate_lets_one_holder_compute(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_quiet_tracer_sleeps_until_the_call_can_complete():
-    """A quiet tracer polls ``ready`` (asleep in between) until it is true; one that is not quiet
-    never calls it (the blocking MPI call waits as usual)."""
-    answers = iter([False, False, True])
-    calls = []
-
-    def ready():
-        calls.append(1)
-        return next(answers)
-
-    trace.Tracer(0, quiet=True).idle_until(ready)
-    assert len(calls) == 3
-    trace.Tracer(0).idle_until(ready)
-    assert len(calls) == 3
-
-
 @pytest.mark.parametrize("method", [["--method", "pipeline", "--micro-batches", "3"], ["--method", "oneshot"]])
 def test_more_ranks_than_cores_are_traced_one_at_a_time(mpirun, tmp_path, method):
-    """3 ranks on 2 cores (GPUBRAID_TRACE_CORES=2 on any host): the trace says it was gated and
-    quiet, its spans replay, and the run's history is the untraced run's (pipeline: messages and
-    sums; oneshot: broadcasts and gathers)."""
+    """3 ranks on 2 cores (GPUBRAID_TRACE_CORES=2 on any host): the trace says it was gated, its
+    spans replay, and the run's history is the untraced run's (pipeline: messages and sums;
+    oneshot: broadcasts and gathers)."""
     before = set(Path(tempfile.gettempdir()).glob("gpubraid-gate-*"))  # a killed run's stay
     doc = traced_and_untraced(mpirun, tmp_path, 3, method, {trace.CORES_ENV: "2"})
-    assert doc["meta"]["gated"] is True and doc["meta"]["quiet"] is True and len(doc["ranks"]) == 3
+    assert doc["meta"]["gated"] is True and len(doc["ranks"]) == 3
     assert replay(doc, PRESETS["ib"]).wall_s > 0
     assert set(Path(tempfile.gettempdir()).glob("gpubraid-gate-*")) == before
 
