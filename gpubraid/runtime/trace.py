@@ -40,9 +40,9 @@ pipeline by 15 % and of one-shot by 10 % (a rank whose message arrived no longer
 right after its sender, so more of the others' spans fell between).
 
 What the gate cannot give a rank is a machine of its own.  One data group's evaluation (625
-samples, 256 layers; ``python -m bench.gate_cost``) costs 6.2 ms of CPU time alone, 7.0 beside one
-other rank, 8.8 when two ranks take turns on one core and 10.2 when eight take turns on two (with 8
-micro-batches: 7.1, 7.3, 7.8, 10.1).  Preemption is not it (ranks pinned apart: as slow), nor data
+samples, 256 layers; ``python -m bench.gate_cost``) costs 6.6 ms of CPU time alone, 7.5 beside one
+other rank, 9.1 when two ranks take turns on one core and 10.2 when eight take turns on two (with 8
+micro-batches: 7.5, 7.6, 8.5, 10.2).  Preemption is not it (ranks pinned apart: as slow), nor data
 evicted from the caches alone (re-reading the rank's memory before each span: as slow).  A replay
 of a trace gated this way is that much slower than P devices with memories of their own.
 """
