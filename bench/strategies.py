@@ -17,7 +17,8 @@ Per workload (:data:`WORKLOADS`):
    predicts its wall time with one core per rank and the measured network (``bench.pingpong``),
    and when the ranks pass each iteration's end (the trace's marks): the first iteration's time,
    and the seconds per objective evaluation after it (so that first touches and start-up do not
-   count as steady-state cost).  Time to target = first iteration + the further evaluations to
+   count as steady-state cost).  Where the ranks took turns, data groups are also replayed with
+   one group's spans alone (:mod:`bench.group_replay`; ``best_alone_spans``).  Time to target = first iteration + the further evaluations to
    target (from step 1) × seconds per evaluation.
 3. **Real runs at P = 1 and 2**: the same candidates untraced, each right after its traced twin
    (``--trace-median K``: K twins, their median wall time); their loop wall time against the
@@ -43,6 +44,7 @@ import tempfile
 from pathlib import Path
 
 from bench.common import CLI_ENV, document, load_json, parser, result_path, save_figure, train_cli, write_json
+from bench.group_replay import alone_factors, scaled
 from bench.replay import network_model
 from gpubraid.runtime.replay import replay
 from gpubraid.runtime.trace import load
@@ -126,7 +128,7 @@ def _evals(metrics: dict) -> int:
 
 
 def time_phase(base: list, P: int, cands: list, probe_its: int, net, tmp: str, repeats: int = 1,
-               median: int = 1) -> list:
+               median: int = 1, batch: int = 0) -> list:
     """Every candidate of ``cands`` (:func:`measured`) on P ranks, replayed: a (1 + ``probe_its``)-
     iteration run traced, its first iteration (startup: first touches, the optimiser's first line
     search) and the seconds per objective evaluation after it, both from the replay's iteration
@@ -139,7 +141,9 @@ def time_phase(base: list, P: int, cands: list, probe_its: int, net, tmp: str, r
     real run) kept.  With ``median`` > 1 every traced run is made that many times and replayed as
     one trace whose spans are the median of theirs (:func:`gpubraid.runtime.trace.median`), and
     the untraced twin is made as often, interleaved with them, its wall time the median of theirs:
-    the same statistic on both sides of ``replay / real``."""
+    the same statistic on both sides of ``replay / real``.  At P > cores, candidates of D > 1 groups
+    that fit the cores are replayed again with their spans at one group's cost alone
+    (:mod:`bench.group_replay`; ``alone_spans``)."""
     rows = []
     for label, extra, ranks in cands:
         args = base + extra + ["--iterations", str(1 + probe_its), "--val-every", "0"]
@@ -153,12 +157,12 @@ def time_phase(base: list, P: int, cands: list, probe_its: int, net, tmp: str, r
                 docs.append(load(os.path.join(tmp, "t.json")))
                 if P <= 2:
                     walls.append(train_cli(ranks, args, tmp, False)["wall_s"])
-            r = replay(docs[0] if median == 1 else trace_median(docs), net, "thread")
-            return r, m, (statistics.median(walls) if walls else None)
+            doc = docs[0] if median == 1 else trace_median(docs)
+            return replay(doc, net, "thread"), m, (statistics.median(walls) if walls else None), doc
 
         longs = [traced() for _ in range(repeats)]
         reals = [t[2] for t in longs if t[2] is not None]
-        r2, m2, _ = min(longs, key=lambda x: x[0].wall_s)
+        r2, m2, _, doc2 = min(longs, key=lambda x: x[0].wall_s)
         ends = r2.marks.get("iteration", [])  # when every rank finished each iteration
         if len(ends) < 2:
             raise SystemExit(f"bench.strategies: {label} on {P} ranks stopped before its second iteration")
@@ -175,11 +179,19 @@ def time_phase(base: list, P: int, cands: list, probe_its: int, net, tmp: str, r
             pairs = [t[0].wall_s / w for t, w in zip(longs, reals)]  # each traced run against its twin
             row.update(real_wall_s=real, real_walls_s=reals, replay_over_real=r2.wall_s / real,
                        replay_over_real_pairs=pairs, replay_over_real_median=statistics.median(pairs))
+        D = int(extra[extra.index("--data-parallel") + 1]) if "--data-parallel" in extra else 1
+        factors = alone_factors(doc2, m2, base, args[len(base):], batch, D, tmp, median) \
+            if P > (os.cpu_count() or 1) and D > 1 and ranks // D <= (os.cpu_count() or 1) else None
+        if factors:
+            t3 = replay(scaled(doc2, factors), net, "thread").marks["iteration"]
+            row["alone_spans"] = {"factors": factors, "first_iteration_s": t3[0],
+                                  "s_per_eval": (t3[-1] - t3[0]) / max(e2 - e1, 1)}
         rows.append(row)
         print(f"  P={P} {label:26s} first it {first:.3f} s, {per_eval:.4f} s/eval"
               + (f"; {1 + probe_its} its replay {r2.wall_s:.3f} s, real {row['real_wall_s']:.3f} s "
                  f"({row['replay_over_real']:.2f}; pairs {row['replay_over_real_median']:.2f}; "
                  f"traced {row['replay_over_traced']:.2f})" if P <= 2 else "")
+              + (f" ({row['alone_spans']['s_per_eval']:.4f} with one group's spans)" if factors else "")
               + f", levels {row['levels']}", flush=True)
     return rows
 
@@ -240,19 +252,22 @@ def summarize(w: dict) -> dict:
     by_P = {}
     for row in w["timing"]:
         k = evals["oneshot" if row["method"] == "oneshot" else "serial"]
-        row["s_to_target"] = None if k is None else \
-            row["first_iteration_s"] + max(k - row["first_iteration_evals"], 0) * row["s_per_eval"]
+        for r in (row, row.get("alone_spans")):   # the replay, and with one group's spans alone
+            if r is not None:
+                r["s_to_target"] = None if k is None else \
+                    r["first_iteration_s"] + max(k - row["first_iteration_evals"], 0) * r["s_per_eval"]
         if row["P"] == 1 and row["label"] == "serial":
             serial_1 = row["s_to_target"]
         by_P.setdefault(row["P"], []).append(row)
-    best = {}
+    best, w["best_alone_spans"] = {}, {}
     for P, rows in sorted(by_P.items()):
         done = [r for r in rows if r["s_to_target"] is not None]
         if not done:
             continue
-        b = min(done, key=lambda r: r["s_to_target"])
-        best[P] = {"label": b["label"], "s_to_target": b["s_to_target"],
-                   "speedup_over_serial_1": serial_1 / b["s_to_target"] if serial_1 else None}
+        for out, pick in ((best, lambda r: r), (w["best_alone_spans"], lambda r: r.get("alone_spans", r))):
+            b = min(done, key=lambda r: pick(r)["s_to_target"])
+            out[P] = {"label": b["label"], "s_to_target": pick(b)["s_to_target"],
+                      "speedup_over_serial_1": serial_1 / pick(b)["s_to_target"] if serial_1 else None}
     w["best"] = best
     for P, plan in w.get("plans", {}).items():
         if "error" in plan:
@@ -354,14 +369,16 @@ def main(argv=None) -> int:
             w["plans"] = {str(P): planner_phase(base + ["--iterations", str(iterations)], P, tmp) for P in plan_ranks}
             w["timing"] = [row for P in ranks for row in time_phase(
                 base, P, measured(P, N, batch, w["plans"].get(str(P))), probe_its, net, tmp, args.repeats,
-                args.trace_median)]
+                args.trace_median, batch)]
             results.append(summarize(w))
             save()
             if not args.no_model and not args.quick:
                 w["model"] = model_phase(base + ["--iterations", str(iterations)], tmp)
             for P, b in w["best"].items():
+                a = w["best_alone_spans"][P]
                 print(f"  best at P={P}: {b['label']}, {b['s_to_target']:.2f} s to target"
-                      + (f", {b['speedup_over_serial_1']:.2f}x serial on 1 rank" if b["speedup_over_serial_1"] else ""),
+                      + (f", {b['speedup_over_serial_1']:.2f}x serial on 1 rank" if b["speedup_over_serial_1"] else "")
+                      + (f"; with one group's spans: {a['label']}, {a['speedup_over_serial_1']:.2f}x" if a != b else ""),
                       flush=True)
             for P, plan in w["plans"].items():
                 if "error" in plan:
