@@ -7,11 +7,10 @@ Every configuration gives each rank the same work: 625 samples of peaks through 
 data-parallel evaluation of one group (``--data-parallel P`` with 625·P samples), with M = 1 and
 M = 8 micro-batches.  Per run (traced): each rank's compute time per training iteration (its
 spans' thread CPU time between two iteration marks, the first iteration left out), the median over
-ranks and iterations, and the replay's steady-state seconds per iteration.  ``gated 1 core``
-forces the gate onto one core at P = 2 (``GPUBRAID_TRACE_CORES=1``); at P = 4 and 8 the host's
-2 cores gate by themselves.  On a host with one core per rank every row would equal ``alone``: the
-ratio to it is what tracing more ranks than cores adds to the replay (the caches a rank shares
-with the ranks that ran between its spans).  Writes ``gate_cost.json``.
+ranks and iterations, and the replay's steady-state seconds per iteration.  "2 gated on 1 core"
+forces the gate onto one core at P = 2 (``GPUBRAID_TRACE_CORES=1``); at P = 4 and 8 a 2-core
+host gates by itself.  With one core per rank every row would equal "alone": the ratio to it is
+what tracing more ranks than cores adds to the replay.  Writes ``gate_cost.json``.
 """
 from __future__ import annotations
 
@@ -20,7 +19,7 @@ import statistics
 import sys
 import tempfile
 
-from bench.common import document, finish, parser, subplots, train_cli
+from bench.common import document, finish, load_json, parser, save_figure, subplots, train_cli
 from bench.replay import network_model
 from gpubraid.runtime.replay import replay
 from gpubraid.runtime.trace import CORES_ENV, load
@@ -47,8 +46,7 @@ def per_iteration_compute(doc: dict) -> list[float]:
 
 
 def plot(json_path, png_path=None):
-    from bench.common import load_json, save_figure
-
+    """One rank's compute per iteration in every configuration, M = 1 and M = 8 side by side."""
     rows = load_json(json_path)["results"]
     fig, ax = subplots(figsize=(8, 3.8))
     labels = [r["label"] for r in rows if r["M"] == 1]
