@@ -22,15 +22,16 @@ from bench.common import train_cli
 from gpubraid.runtime.trace import load
 
 
-def group_args(base: list, extra: list, batch: int, D: int) -> list:
+def group_args(base: list, extra: list, batch: int, D: int, minibatch: bool) -> list:
     """Train arguments of one of D groups alone: ``--data-parallel`` dropped, and its share of the
-    batch (``--batch-size`` for mini-batches, else ``--n-train``; argparse keeps the last)."""
+    ``batch`` samples of each step (``minibatch``: of every mini-batch, ``--batch-size``; else of
+    the full batch, ``--n-train``; argparse keeps the last)."""
     out = list(extra)
     if "--data-parallel" in out:
         i = out.index("--data-parallel")
         del out[i:i + 2]
-    share = math.ceil(batch / D)
-    return base + out + (["--batch-size", str(share)] if "--batch-size" in base else ["--n-train", str(share)])
+    share = str(math.ceil(batch / D))
+    return base + out + ["--batch-size" if minibatch else "--n-train", share]
 
 
 def compute_per_eval(doc: dict, metrics: dict) -> list[float]:
@@ -66,7 +67,7 @@ def alone_factors(doc: dict, metrics: dict, base: list, extra: list, batch: int,
     runs ``median`` times, each rank's cost the median of its runs."""
     P = len(doc["ranks"])
     L = P // D
-    args = group_args(base, extra, batch, D)
+    args = group_args(base, extra, batch, D, bool(metrics["config"].get("batch_size")))
     runs = []
     for _ in range(median):
         m = train_cli(L, args, tmp, True)

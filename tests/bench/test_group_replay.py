@@ -7,9 +7,9 @@ from gpubraid.runtime.replay import PRESETS, replay
 
 def test_group_args_drop_the_groups_and_take_a_share_of_the_batch():
     extra = ["--method", "serial", "--data-parallel", "4", "--micro-batches", "2"]
-    assert group_args(["peaks"], extra, 1000, 4) == ["peaks", "--method", "serial", "--micro-batches", "2",
-                                                     "--n-train", "250"]
-    assert group_args(["peaks", "--batch-size", "50"], extra, 50, 4)[-2:] == ["--batch-size", "13"]
+    assert group_args(["peaks"], extra, 1000, 4, False) == ["peaks", "--method", "serial", "--micro-batches", "2",
+                                                            "--n-train", "250"]
+    assert group_args(["mnist"], extra, 50, 4, True)[-2:] == ["--batch-size", "13"]
 
 
 def _doc(spans_per_rank):
