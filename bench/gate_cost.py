@@ -20,6 +20,7 @@ import sys
 import tempfile
 
 from bench.common import document, finish, load_json, parser, save_figure, subplots, train_cli
+from bench.group_replay import iteration_compute
 from bench.replay import network_model
 from gpubraid.runtime.replay import replay
 from gpubraid.runtime.trace import CORES_ENV, load
@@ -28,21 +29,6 @@ SHARD = 625
 #: (label, ranks, forced cores per host or None)
 CONFIGS = [("alone", 1, None), ("2 side by side", 2, None), ("2 gated on 1 core", 2, 1),
            ("4 gated on 2 cores", 4, None), ("8 gated on 2 cores", 8, None)]
-
-
-def per_iteration_compute(doc: dict) -> list[float]:
-    """Every rank's compute seconds (thread CPU time) per training iteration after the first."""
-    out = []
-    for rank in doc["ranks"]:
-        spans, t = [], 0
-        for ev in rank["events"]:
-            if ev[0] == "c":
-                t += ev[1]
-            elif ev[0] == "m" and ev[1] == "iteration":
-                spans.append(t * 1e-9)
-                t = 0
-        out += spans[1:]
-    return out
 
 
 def plot(json_path, png_path=None):
@@ -78,7 +64,8 @@ def main(argv=None) -> int:
                     train_cli(P, run_args, tmp, True, env={CORES_ENV: str(cores)} if cores else None)
                     doc = load(os.path.join(tmp, "t.json"))
                     s = samples[(label, M)]
-                    s["compute"].append(statistics.median(per_iteration_compute(doc)))
+                    s["compute"].append(statistics.median(x for rank in doc["ranks"]
+                                                          for x in iteration_compute(rank)[1:]))
                     s["replay"].append(replay(doc, net, "thread").after_first()[1])
                     s["gated"] = doc["meta"].get("gated")
                     print(f"round {r} {label:20s} M={M}: compute {s['compute'][-1] * 1e3:.2f} ms, "

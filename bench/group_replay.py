@@ -34,19 +34,27 @@ def group_args(base: list, extra: list, batch: int, D: int, minibatch: bool) -> 
     return base + out + ["--batch-size" if minibatch else "--n-train", share]
 
 
+def iteration_compute(rank: dict) -> list[float]:
+    """One rank's compute seconds (thread CPU time of its spans) in each training iteration, from
+    the trace's iteration marks (what follows the last mark is left out)."""
+    out, ns = [], 0
+    for ev in rank["events"]:
+        if ev[0] == "c":
+            ns += ev[1]
+        elif ev[0] == "m" and ev[1] == "iteration":
+            out.append(ns * 1e-9)
+            ns = 0
+    return out
+
+
 def compute_per_eval(doc: dict, metrics: dict) -> list[float]:
     """Each rank's compute seconds (thread CPU time) per objective evaluation after the first
     training iteration."""
     evals = [h.get("n_evals") or 1 for h in metrics["history"]]
     out = []
     for rank in doc["ranks"]:
-        ns, since, seen = 0, 0, 0   # up to the last mark; since the last mark
-        for ev in rank["events"]:
-            if ev[0] == "m" and ev[1] == "iteration":
-                ns, since, seen = ns + (since if seen else 0), 0, seen + 1
-            elif ev[0] == "c":
-                since += ev[1]
-        out.append(ns * 1e-9 / max(sum(evals[1:seen]), 1))
+        its = iteration_compute(rank)
+        out.append(sum(its[1:]) / max(sum(evals[1:len(its)]), 1))
     return out
 
 

@@ -47,7 +47,7 @@ from bench.common import CLI_ENV, document, load_json, parser, result_path, save
 from bench.group_replay import alone_factors, scaled
 from bench.replay import network_model
 from gpubraid.runtime.replay import replay
-from gpubraid.runtime.trace import load
+from gpubraid.runtime.trace import host_cores, load
 from gpubraid.runtime.trace import median as trace_median
 
 #: name -> (train arguments, iterations, validate every, iterations per traced probe).  The probes
@@ -180,8 +180,9 @@ def time_phase(base: list, P: int, cands: list, probe_its: int, net, tmp: str, r
             row.update(real_wall_s=real, real_walls_s=reals, replay_over_real=r2.wall_s / real,
                        replay_over_real_pairs=pairs, replay_over_real_median=statistics.median(pairs))
         D = int(extra[extra.index("--data-parallel") + 1]) if "--data-parallel" in extra else 1
+        cores = host_cores()  # as the tracer's gate counts them
         factors = alone_factors(doc2, m2, base, args[len(base):], batch, D, tmp, median) \
-            if P > (os.cpu_count() or 1) and D > 1 and ranks // D <= (os.cpu_count() or 1) else None
+            if P > cores and D > 1 and ranks // D <= cores else None
         if factors:
             t3 = replay(scaled(doc2, factors), net, "thread").marks["iteration"]
             row["alone_spans"] = {"factors": factors, "first_iteration_s": t3[0],
