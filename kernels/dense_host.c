@@ -21,6 +21,8 @@
 //                          order) chained from a start row, a right-hand side added at each step
 //   gb_softmax_xent_<t>    the classifier head's softmax cross-entropy, its λ_N and its gradient
 //                          (head_host.h)
+//   gb_open_forward_<t>, gb_open_grad_<t>
+//                          the dense opening layer σ(K x + b) and its gradient (opening_host.h)
 //
 // Lout_i may be Lin_i itself: with Lin = Lout and both strides 0, one B × C array carries λ_n down
 // to λ_0 in place, and the adjoints in between are never written to memory (the chunk's rows are
@@ -41,7 +43,7 @@
 #define SMOOTH_EPS 0.1
 
 // The calling convention's version: gpubraid/runtime/host.py refuses a library of another one.
-#define GB_HOST_ABI 5
+#define GB_HOST_ABI 6
 int gb_host_abi(void) { return GB_HOST_ABI; }
 
 #define MAX_C 64  // the widest layer run here (checked by the caller, and here); wider ones are
@@ -121,6 +123,7 @@ static inline float gb_exp_f32(float x) {
 #define EXP gb_exp_f64
 #include "dense_host.h"
 #include "head_host.h"
+#include "opening_host.h"
 #undef T
 #undef NAME
 #undef EXP
@@ -130,6 +133,7 @@ static inline float gb_exp_f32(float x) {
 #define EXP gb_exp_f32
 #include "dense_host.h"
 #include "head_host.h"
+#include "opening_host.h"
 #undef T
 #undef NAME
 #undef EXP

@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 
 from ..errors import UserError
+from ..runtime import host
 from ..runtime.backend import Backend
 from .activations import get_activation
 from .steps import conv3x3, conv3x3_grad
@@ -94,6 +95,16 @@ class DenseOpening(_ActivatedOpening):
             raise UserError(f"dense opening maps inputs (d_in,) to states (C,); got {self.in_shape} -> "
                             f"{self.state_shape}")
         self.param_shapes = ((self.state_shape[0], self.in_shape[0]), (self.state_shape[0],))
+
+    def forward(self, x, params):
+        """On the host, for widths and inputs up to 64, one C call (:func:`gpubraid.runtime.host.open_forward`);
+        the NumPy formulas otherwise (the same numbers to round-off)."""
+        fast = host.open_forward(x, *params, self.activation.code)
+        return super().forward(x, params) if fast is NotImplemented else fast
+
+    def grad(self, x, lam0, params):
+        fast = host.open_grad(x, lam0, *params, self.activation.code)
+        return super().grad(x, lam0, params) if fast is NotImplemented else fast
 
     def _linear(self, x, K):
         return self.xp.matmul(x, K.transpose(0, 2, 1))

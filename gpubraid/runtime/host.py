@@ -1,6 +1,7 @@
 """Host kernels: the dense step in C (``kernels/dense_host.c``: layer-serial sweeps through a block of
-layers, MGRIT's batches of independent layers and its coarsest solve's chains) and the classifier
-head's softmax cross-entropy (``kernels/head_host.h``), compiled on first use and called through ctypes.
+layers, MGRIT's batches of independent layers and its coarsest solve's chains), the classifier
+head's softmax cross-entropy (``kernels/head_host.h``) and the dense opening layer
+(``kernels/opening_host.h``), compiled on first use and called through ctypes.
 
 The CPU counterpart of :mod:`gpubraid.runtime.cuda`: where CuPy compiles the ``.cu`` sources with
 NVRTC, this module compiles ``dense_host.c`` with the system C compiler (``$CC``, else ``cc``, ``gcc``
@@ -33,11 +34,11 @@ import numpy as np
 from . import cuda, cuda_sweeps
 from .allocator import empty_aligned
 
-SOURCE, HEADERS = "dense_host.c", ("dense_host.h", "head_host.h")
+SOURCE, HEADERS = "dense_host.c", ("dense_host.h", "head_host.h", "opening_host.h")
 FLAGS = ("-O2", "-funroll-loops", "-march=native", "-std=gnu11", "-fPIC", "-shared")
 LIBS = ("-lm",)
 MAX_C = 64  # kernels/dense_host.c MAX_C
-ABI = 5  # kernels/dense_host.c GB_HOST_ABI: the argument lists below
+ABI = 6  # kernels/dense_host.c GB_HOST_ABI: the argument lists below
 ENV_SWITCH, ENV_CACHE = "GPUBRAID_HOST_KERNELS", "GPUBRAID_CACHE_DIR"
 
 _I64 = ctypes.c_int64
@@ -115,6 +116,10 @@ def _declare(lib) -> None:
         sx = getattr(lib, f"gb_softmax_xent_{t}")
         sx.argtypes = [_I64, _I64, _I64] + [_P] * 4 + [ctypes.POINTER(ctypes.c_double), ctypes.POINTER(_I64)] + [_P] * 3
         sx.restype = ctypes.c_int
+        of, og = getattr(lib, f"gb_open_forward_{t}"), getattr(lib, f"gb_open_grad_{t}")
+        of.argtypes = [_I64, _I64, _I64, ctypes.c_int] + [_P] * 4
+        og.argtypes = [_I64, _I64, _I64, ctypes.c_int] + [_P] * 6
+        of.restype = og.restype = ctypes.c_int
 
 
 @functools.cache
@@ -348,3 +353,41 @@ def softmax_xent(u, y, W, c, want_grad: bool):
                                                      ctypes.byref(correct), _ptr(lam), _ptr(gW), _ptr(gc)):
         return NotImplemented
     return loss.value, int(correct.value), lam, None if gW is None else (gW, gc)
+
+
+def _opening_fits(lib, x, K, b, *more) -> bool:
+    """Whether the opening kernels take x (B, d), K (C, d), b (C) and ``more`` (each (B, C)): NumPy
+    arrays of one float dtype, C order, 1 ≤ d, C ≤ MAX_C."""
+    arrays = (x, K, b, *more)
+    if lib is None or any(type(a) is not np.ndarray or not a.flags.c_contiguous for a in arrays):
+        return False
+    (C, d), B = K.shape, x.shape[0]
+    return x.dtype in _SUFFIX and all(a.dtype == x.dtype for a in arrays) and x.shape == (B, d) \
+        and b.shape == (C,) and all(a.shape == (B, C) for a in more) and 0 < C <= MAX_C and 0 < d <= MAX_C
+
+
+def open_forward(x, K, b, act: int):
+    """The dense opening σ(x Kᵀ + b) (``kernels/opening_host.h``): x (B, d), K (C, d), b (C) of one float
+    dtype, C order, d and C at most MAX_C; returns u_0 (B, C), or NotImplemented (nothing done) when
+    the kernels are not there or the arrays do not fit them."""
+    lib = library()
+    if not _opening_fits(lib, x, K, b):
+        return NotImplemented
+    u = empty_aligned(np, (x.shape[0], K.shape[0]), x.dtype)
+    if getattr(lib, f"gb_open_forward_{_SUFFIX[x.dtype]}")(x.shape[0], K.shape[1], K.shape[0], act, _ptr(x), _ptr(K),
+                                                           _ptr(b), _ptr(u)):
+        return NotImplemented
+    return u
+
+
+def open_grad(x, lam0, K, b, act: int):
+    """The dense opening's gradient (∂K (C, d), ∂b (C)) given λ_0 = ∂ℓ/∂u_0 (B, C), arrays as for
+    :func:`open_forward`; NotImplemented (nothing done) when they do not fit the kernels."""
+    lib = library()
+    if not _opening_fits(lib, x, K, b, lam0):
+        return NotImplemented
+    gK, gb = np.empty_like(K), np.empty_like(b)
+    if getattr(lib, f"gb_open_grad_{_SUFFIX[x.dtype]}")(x.shape[0], K.shape[1], K.shape[0], act, _ptr(x), _ptr(lam0),
+                                                        _ptr(K), _ptr(b), _ptr(gK), _ptr(gb)):
+        return NotImplemented
+    return gK, gb

@@ -13,6 +13,7 @@ import pytest
 from gpubraid.errors import UserError
 from gpubraid.network.activations import ACTIVATIONS
 from gpubraid.network.heads import Classifier
+from gpubraid.network.openings import DenseOpening, _ActivatedOpening
 from gpubraid.network.steps import DenseStep
 from gpubraid.network.sweep import backward_sweep, forward_sweep
 from gpubraid.runtime import host
@@ -152,6 +153,42 @@ def test_classifier_head_kernel_declines_what_it_cannot_take(monkeypatch):
         head.loss(u, y + 3, (W, c))
     (got, _), (want, _) = _head_losses(head, u, y.astype(np.int32), (W, c), monkeypatch)
     assert got[0] == want[0] and _rel(got[2], want[2]) == 0
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+@pytest.mark.parametrize("d, C, B", [(2, 8, 5000), (5, 7, 33), (1, 1, 1), (64, 64, 130), (3, 16, 0)])
+def test_dense_opening_kernel_equals_the_numpy_formulas(dtype, activation, d, C, B):
+    """u_0 = σ(K x + b) and (∂K, ∂b) to round-off: chunks of rows and their remainders, widths with and
+    without a compiled specialisation, inputs as wide as the kernel takes, an empty batch."""
+    be = resolve_backend("numpy", dtype)
+    opening = DenseOpening(activation).bind((d,), (C,), be)
+    rng = np.random.default_rng(9)
+    x, lam = rng.standard_normal((B, d)).astype(dtype), rng.standard_normal((B, C)).astype(dtype)
+    params = (rng.standard_normal((C, d)).astype(dtype), rng.standard_normal(C).astype(dtype))
+    got_u, got_g = host.open_forward(x, *params, opening.activation.code), host.open_grad(x, lam, *params,
+                                                                                        opening.activation.code)
+    assert got_u is not NotImplemented and got_g is not NotImplemented
+    assert opening.forward(x, params) is not None and len(opening.grad(x, lam, params)) == 2
+    want_u, want_g = _ActivatedOpening.forward(opening, x, params), _ActivatedOpening.grad(opening, x, lam, params)
+    for g, w in [(got_u, want_u), *zip(got_g, want_g)]:
+        assert g.dtype == w.dtype and g.shape == w.shape
+        assert np.abs(g.astype(np.float64) - w).max(initial=0) <= 10 * TOL[dtype] * max(np.abs(w).max(initial=0), 1.0) \
+            * max(1, B) ** 0.5
+
+
+def test_dense_opening_kernel_declines_what_it_cannot_take():
+    """Inputs or widths above 64, non-contiguous or mixed-dtype arrays: nothing done (the NumPy
+    formulas answer, and DenseOpening gives the same numbers through them)."""
+    rng = np.random.default_rng(10)
+    x, K, b, lam = rng.standard_normal((6, 4)), rng.standard_normal((8, 4)), np.zeros(8), rng.standard_normal((6, 8))
+    for args in [(x[::2], K, b), (x.astype(np.float32), K, b), (np.zeros((2, 65)), np.zeros((8, 65)), b),
+                 (np.zeros((2, 4)), np.zeros((65, 4)), np.zeros(65)), (x, K.T.copy().T, b)]:
+        assert host.open_forward(*args, 0) is NotImplemented
+    assert host.open_grad(x, lam[:, ::2].copy()[:, :4], K, b, 0) is NotImplemented
+    wide = DenseOpening("tanh").bind((65,), (8,), resolve_backend("numpy"))
+    xw, Kw = rng.standard_normal((3, 65)), rng.standard_normal((8, 65))
+    assert np.array_equal(wide.forward(xw, (Kw, b)), _ActivatedOpening.forward(wide, xw, (Kw, b)))
 
 
 def test_library_of_another_calling_convention_is_refused(tmp_path, monkeypatch):
