@@ -1,7 +1,8 @@
 """Pipeline-parallel exact gradients: micro-batches streamed through the layer ranks.
 
 A layer-serial pass over P ranks that hands the whole batch from rank to rank keeps one rank busy at
-a time.  Here the batch of B samples is cut into M micro-batches (contiguous, as even as possible).
+a time.  Here the batch of B samples is cut into M contiguous micro-batches (as even as possible, the ends
+smaller with 1F1B on four or more ranks: :func:`~gpubraid.runtime.resources.micro_batch_bounds`).
 Rank r, holding layers a..b−1, receives micro-batch k's state u_a from rank r − 1 (rank 0: its rows
 of the opening layer's output, computed for the first micro-batch and then, once that is sent, for
 the rest of the batch in one call; on a single layer rank for the whole batch at once), propagates
@@ -35,7 +36,7 @@ from ..network.sweep import backward_sweep, backward_through, empty_states, forw
 from ..runtime import tags
 from ..runtime.allocator import empty_aligned, empty_aligned_like
 from ..runtime.comm import Comm
-from ..runtime.resources import micro_batch_count
+from ..runtime.resources import micro_batch_bounds, micro_batch_count
 from ..solver.options import SolveStats
 
 SCHEDULES = ("gpipe", "1f1b")
@@ -52,15 +53,6 @@ class PipelineOptions:
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}; got {self.schedule!r}")
-
-
-def micro_batch_bounds(batch: int, count: int) -> np.ndarray:
-    """(M + 1,) sample boundaries of ``count`` contiguous micro-batches of ``batch`` samples (the
-    larger ones first, as :func:`gpubraid.runtime.comm.split_layers` splits layers)."""
-    q, r = divmod(batch, count)
-    sizes = np.full(count, q)
-    sizes[:r] += 1
-    return np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
 
 
 def schedule_order(schedule: str, M: int, P: int, r: int) -> list[tuple[str, int]]:
@@ -124,7 +116,7 @@ class TrainingPipeline:
         """
         m, comm = self.model, self.comm
         M = self.micro_batches(batch)
-        cut = micro_batch_bounds(batch, M)
+        cut = micro_batch_bounds(batch, M, self.P, self.options.schedule)
         n, layers = self.b - self.a, P.layers()
         order = schedule_order(self.options.schedule, M, self.P, self.rank) if G is not None else \
             [("F", k) for k in range(M)]
@@ -250,7 +242,7 @@ class TrainingPipeline:
             and the backward SolveStats.
         """
         M = self.micro_batches(batch)
-        cut = micro_batch_bounds(batch, M)
+        cut = micro_batch_bounds(batch, M, self.P, self.options.schedule)
         Lam = empty_aligned_like(self.model.xp, U)
         pending = []
         for k in range(M):

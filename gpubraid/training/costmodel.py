@@ -29,10 +29,11 @@ from collections import deque
 
 import numpy as np
 
-from ..objective.pipeline import micro_batch_bounds, schedule_order
+from ..objective.pipeline import schedule_order
 from ..runtime.backend import resolve_backend
 from ..runtime.comm import split_layers
 from ..runtime.replay import NetworkModel
+from ..runtime.resources import micro_batch_bounds
 from ..solver.level import level_plan
 from ..solver.mgrit import MGRIT
 from ..solver.options import MGRITOptions
@@ -146,7 +147,7 @@ def pipeline_s(schedule: str, L: int, M: int, m_total: int, N: int, fwd: tuple, 
     factor on the per-sample costs when a rank holds ``cells`` = layers × samples of states (the
     micro-batches in flight: all M with GPipe, at most L with 1F1B); None: 1."""
     bounds = split_layers(N, L)
-    cut = micro_batch_bounds(m_total, M)
+    cut = micro_batch_bounds(m_total, M, L, schedule)
     sizes = [int(cut[k + 1] - cut[k]) for k in range(M)]
     msg = [net.transfer(m * row_bytes) + net.overhead_s if L > 1 else 0.0 for m in sizes]
     orders = [schedule_order(schedule, M, L, r) for r in range(L)]

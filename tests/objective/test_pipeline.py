@@ -7,7 +7,7 @@ from gpubraid.errors import UserError
 from gpubraid.network.network import ResNetODE
 from gpubraid.network.reference import evaluate
 from gpubraid.objective.layer_parallel import LayerParallel
-from gpubraid.objective.pipeline import PipelineOptions, micro_batch_bounds, schedule_order
+from gpubraid.objective.pipeline import PipelineOptions, schedule_order
 from gpubraid.runtime import resources
 from gpubraid.runtime.backend import resolve_backend
 from gpubraid.solver.options import MGRITOptions
@@ -40,7 +40,19 @@ def test_every_micro_batch_goes_forward_then_backward_once(schedule):
 
 
 def test_micro_batches_cover_the_batch_and_the_automatic_count():
-    assert list(micro_batch_bounds(10, 3)) == [0, 4, 7, 10]
+    bounds = resources.micro_batch_bounds
+    assert list(bounds(10, 3)) == [0, 4, 7, 10]
+    assert list(bounds(10, 3, ranks=4)) == [0, 4, 7, 10]          # M < P: no steady state to gain
+    assert np.diff(bounds(5000, 8, 2)).tolist() == [625] * 8      # two ranks: as fast either way
+    assert np.diff(bounds(5000, 8, 8)).tolist() == [625] * 8      # M = P
+    assert np.diff(bounds(5000, 8, 4, "gpipe")).tolist() == [625] * 8
+    assert np.diff(bounds(31, 8, 4)).tolist() == [4] * 7 + [3]    # fewer than 4 samples would be left
+    assert np.diff(bounds(5000, 8, 4)).tolist() == [370, 555, 741, 741, 741, 741, 741, 370]
+    for batch in range(1, 200):
+        for M in range(1, min(batch, 20) + 1):
+            for P in (1, 2, 4, 8):
+                cut = bounds(batch, M, P)
+                assert len(cut) == M + 1 and cut[0] == 0 and cut[-1] == batch and np.diff(cut).min() >= 1
     assert resources.micro_batch_count(None, 1, 100) == 1
     assert resources.micro_batch_count(None, 2, 100) == 8
     assert resources.micro_batch_count(16, 2, 5) == 5
@@ -49,12 +61,23 @@ def test_micro_batches_cover_the_batch_and_the_automatic_count():
 def test_the_automatic_count_keeps_a_micro_batch_in_the_caches():
     """By default a cache-blocked step's micro-batch holds at most HELD_BYTES between its forward and
     backward sweep when the whole batch would hold more than CUT_ABOVE (peaks at 256 layers on one
-    rank: 513 rows of 8 float64 a sample, 20 micro-batches of 5000); never fewer than the per-rank
+    rank: 513 rows of 8 float64 a sample, 20 micro-batches of 5000; one more on four ranks, where the
+    ends are smaller and the middle ones larger); never fewer than the per-rank
     count, and a requested M is kept as it is."""
     sample = resources.held_bytes(256, 64, True)
     assert sample == 513 * 64 and resources.held_bytes(256, 64, False) == 0
     assert resources.micro_batch_count(None, 1, 5000, sample) == 20 == -(-5000 * sample // resources.HELD_BYTES)
-    assert resources.micro_batch_count(None, 2, 5000, resources.held_bytes(128, 64, True)) == 10
+    held = resources.held_bytes(128, 64, True)
+    assert resources.micro_batch_count(None, 2, 5000, held) == 10
+    M = resources.micro_batch_count(None, 4, 5000, resources.held_bytes(256, 64, True))
+    assert M == 21 and np.diff(resources.micro_batch_bounds(5000, M, 4)).max() * (2 * 256 + 1) * 64 <= resources.HELD_BYTES
+    for batch in (5000, 7919, 20000):
+        for layers in (64, 100, 256):
+            held = resources.held_bytes(layers, 64, True)
+            for P in (2, 4, 5):
+                M = resources.micro_batch_count(None, P, batch, held)
+                if batch * held > resources.CUT_ABOVE:  # to a sample (the larger ones first)
+                    assert np.diff(resources.micro_batch_bounds(batch, M, P)).max() * held <= resources.HELD_BYTES + held
     assert resources.micro_batch_count(None, 2, 500, resources.held_bytes(128, 64, True)) == 8
     assert resources.micro_batch_count(None, 1, 50, resources.held_bytes(64, 128, True)) == 1
     assert resources.micro_batch_count(3, 1, 5000, sample) == 3
@@ -196,6 +219,8 @@ def test_memory_estimate_knows_the_micro_batches_in_flight(monkeypatch):
     for schedule in ("gpipe", "1f1b"):
         c = TrainConfig(schedule=schedule, **cfg).resolved()
         assert resources.in_flight(c, 2, 1600) == ((16 if schedule == "gpipe" else 2), 100)
+        # on 4 ranks 1F1B's middle micro-batches are the larger for its smaller ends: 1600 / (16 - 1.25)
+        assert resources.in_flight(c, 4, 1600) == ((16, 100) if schedule == "gpipe" else (4, 109))
         monkeypatch.setattr(resources, "available_bytes", lambda backend: 0)
         with pytest.raises(UserError, match=r"memory: the states need about ([\d.]+ \w+)") as err:
             resources.check_memory(c, (8,), 72, 1600, 2, be)
