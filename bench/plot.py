@@ -18,7 +18,8 @@ def main(argv=None):
     for path in argv[:1]:
         name = common.load_json(path)["benchmark"]
         mod = importlib.import_module(f"bench.{RENAMED.get(name, name)}")
-        print(mod.plot(path, argv[1] if len(argv) > 1 else None))
+        # some plot() functions take the JSON path only (their PNG beside it)
+        print(mod.plot(path, argv[1]) if len(argv) > 1 else mod.plot(path))
     return 0
 
 
