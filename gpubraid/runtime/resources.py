@@ -77,10 +77,12 @@ def held_bytes(layers: int, state_bytes: int, cache_blocked: bool) -> int:
 #: RAMP_SAMPLES samples).  Rank r waits until the first micro-batch has passed the r ranks before it
 #: (the pipeline's fill), and the last one's backward runs down the ranks after the last rank is done
 #: (its drain): smaller ends shorten both waits while the middle micro-batches keep the calls few.
-#: Replayed (``bench.replay`` of traced runs, peaks full batch, medians of 3 traces each way, on the
-#: VM of 2026-12-05): 4 ranks 4.4 % faster (64 layers, M = 16) and 7.3 % (256 layers, M = 16),
-#: 8 ranks 5.0 % (M = 16) and 3.8 % (M = 32); 2 and 3 ranks nothing (−2 %, 0 %), though the cost
-#: model (:func:`gpubraid.training.costmodel.pipeline_s`) expects 4 % there too.  The model has it
+#: Replayed steady state (``python -m bench.pipeline_ramp``: peaks full batch, medians of 3 traced
+#: runs each way, VM of 2026-12-04): 4 ranks 2.9 % faster (64 layers, M = 16) and 0.5 % (256 layers,
+#: M = 16), 8 ranks 5.8 % (M = 16) and 2.8 % (M = 32); on 2 ranks, where both run equal sizes, the
+#: two differ by 1.0-1.4 % (real runs 1.2-3.8 %): the comparison's noise.  Whole runs replayed
+#: (12 iterations with start-up) had 2 and 3 ranks gain nothing from the ramp (-2 %, 0 %), though
+#: the cost model (:func:`gpubraid.training.costmodel.pipeline_s`) expects 4 % there; it has the ramp
 #: cost up to 12 % with M ≤ P (no steady state) and 1-20 % with GPipe.
 FILL, DRAIN = (0.5, 0.75), 0.5
 RAMP_RANKS, RAMP_SAMPLES = 4, 4

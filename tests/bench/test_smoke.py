@@ -237,3 +237,27 @@ def test_training_baseline_activations_are_gpubraids(name):
     assert np.allclose(got, ACTIVATIONS[name].sigma(np, z), rtol=1e-14, atol=1e-15)
     with pytest.raises(ValueError, match="no torch baseline for activation 'swish'"):
         _torch_activation(torch, "swish")
+
+
+def test_pipeline_ramp_quick_compares_the_ramp_with_equal_micro_batches(mpirun, tmp_path):
+    """Both variants of every configuration replayed, real runs where the ranks fit the cores; and the
+    worker's "equal" really sends micro-batches of one size where gpubraid ramps (4 ranks)."""
+    from bench.pipeline_ramp import run
+    from gpubraid.runtime import tags
+
+    rows = _run("pipeline_ramp", tmp_path)["results"]
+    assert [(r["ranks"], r["ramped"]) for r in rows] == [(2, False), (4, True)]
+    for r in rows:
+        assert set(r["replay_ms"]) == {"ramp", "equal"} and min(r["replay_ms"].values()) > 0
+        assert r["replay_equal_over_ramp"] == pytest.approx(r["replay_ms"]["equal"] / r["replay_ms"]["ramp"])
+    assert ("real_ms" in rows[0]) is ((os.cpu_count() or 1) >= 2)
+    args = ["peaks", "--layers", "8", "--n-train", "400", "--method", "pipeline", "--micro-batches", "8",
+            "--iterations", "1", "--val-every", "0"]
+    sizes = {}
+    for variant in ("ramp", "equal"):
+        trace = run(variant, 4, args, str(tmp_path), True)["trace"]
+        sent = [e[4] for e in trace["ranks"][0]["events"] if e[0] == "s" and e[3] == tags.PIPE_STATE]
+        sizes[variant] = sent[:8]
+    row = 8 * 8   # bytes of one sample's state
+    assert sizes["equal"] == [50 * row] * 8
+    assert sizes["ramp"] == [s * row for s in (29, 44, 60, 60, 60, 59, 59, 29)]
