@@ -12,8 +12,9 @@
 //                        gK = Σ_rows a xᵀ (C × d),  gb = Σ_rows a (C)          (written)
 //
 // Rows go CHUNK / C at a time (the activation's loop vectorises over the chunk); the gradient's sums
-// are kept per chunk in T and added in double; the usual widths are compiled as constants (DISPATCH).  Returns 0; 1 (nothing written) when C or d is not in
-// 1..MAX_C (wider inputs are matrix products, where NumPy's BLAS does better).
+// are kept per chunk in T and added in double; the usual widths are compiled as constants (DISPATCH).
+// Returns 0; 1 (nothing written) when C or d is not in 1..MAX_C (wider inputs are matrix products,
+// where NumPy's BLAS does better).
 
 static inline INLINE void NAME(open_pre)(int64_t rows, int64_t d, int64_t C, const T *restrict Kt,
                                          const T *restrict b, const T *restrict x, T *restrict Z) {

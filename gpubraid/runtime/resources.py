@@ -7,8 +7,8 @@ The estimate counts, per rank, the arrays that grow with the problem:
                 training (the pipeline of gpubraid.objective.pipeline) holds the states of the
                 micro-batches in flight (GPipe: all M; 1F1B: at most min(P, M)) plus PIPELINE_WORK
                 micro-batches' worth of adjoints and temporaries: (in flight + PIPELINE_WORK) ×
-                (N/P + 1) × (the largest micro-batch: ⌈B/M⌉, or more on several ranks) × |state|, and the opening layer's output u_0 and λ_0 of the
-                whole batch (rank 0): 2 × B × |state|
+                (N/P + 1) × (the largest micro-batch: ⌈B/M⌉, or more with smaller ends) × |state|,
+                and the opening layer's output u_0 and λ_0 of the whole batch (rank 0): 2 × B × |state|
     parameters  the rank's layer parameters with the optimiser's copies (L-BFGS: 2·memory + 4
                 vectors; Adam: 4; SGD: 3)
 
@@ -108,8 +108,8 @@ def micro_batch_count(requested: int | None, ranks: int, batch: int, sample_byte
     """Micro-batches M of a pipelined batch: ``requested``, or by default MICRO_BATCHES_PER_RANK ×
     ``ranks`` (1 on one layer rank) and, when the whole batch would hold more than CUT_ABOVE at
     ``sample_bytes`` per sample (:func:`held_bytes`), at least enough that a micro-batch holds at
-    most HELD_BYTES (more on RAMP_RANKS or more layer ranks, whose ends may be smaller: :data:`FILL`); at most
-    the ``batch`` size and at least 1."""
+    most HELD_BYTES (more on RAMP_RANKS or more layer ranks, whose ends may be smaller: :data:`FILL`);
+    at most the ``batch`` size and at least 1."""
     if requested is not None:
         M = requested
     else:
@@ -130,7 +130,8 @@ def in_flight(cfg, ranks: int, batch: int, sample_bytes: int = 0) -> tuple[int, 
     """(micro-batches whose states one rank holds at most, samples per micro-batch) of a pipelined
     run (``sample_bytes``: as :func:`micro_batch_count`)."""
     M = micro_batch_count(cfg.micro_batches, ranks, batch, sample_bytes)
-    return (M if cfg.schedule == "gpipe" else min(ranks, M)), int(np.diff(micro_batch_bounds(batch, M, ranks, cfg.schedule)).max())
+    largest = int(np.diff(micro_batch_bounds(batch, M, ranks, cfg.schedule)).max())
+    return (M if cfg.schedule == "gpipe" else min(ranks, M)), largest
 
 
 def available_bytes(backend) -> int:
