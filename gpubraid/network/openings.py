@@ -103,6 +103,7 @@ class DenseOpening(_ActivatedOpening):
         return super().forward(x, params) if fast is NotImplemented else fast
 
     def grad(self, x, lam0, params):
+        """(∂K, ∂b) by one C call where :meth:`forward` takes one (:func:`gpubraid.runtime.host.open_grad`)."""
         fast = host.open_grad(x, lam0, *params, self.activation.code)
         return super().grad(x, lam0, params) if fast is NotImplemented else fast
 
