@@ -197,12 +197,13 @@ CLI_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "G
 
 
 def train_cli(ranks: int, args: list, workdir: str, trace: bool = False, timeout: float = 3600,
-              env: dict | None = None) -> dict:
+              env: dict | None = None, entry: tuple = ("-m", "gpubraid")) -> dict:
     """Run ``gpubraid train ARGS --no-progress`` (under ``mpiexec -n ranks`` when ranks > 1) and return
     its metrics JSON; with ``trace`` also ``--trace <workdir>/t.json``; ``env``: variables added to
-    :data:`CLI_ENV`.  SystemExit with the stderr tail when the run fails."""
+    :data:`CLI_ENV`; ``entry``: the interpreter's arguments that run the command line (another
+    module that calls it).  SystemExit with the stderr tail when the run fails."""
     metrics = os.path.join(workdir, "m.json")
-    cmd = [sys.executable, "-m", "gpubraid", "train", *args, "--no-progress", "--metrics", metrics]
+    cmd = [sys.executable, *entry, "train", *args, "--no-progress", "--metrics", metrics]
     if trace:
         cmd += ["--trace", os.path.join(workdir, "t.json")]
     if ranks > 1:

@@ -16,14 +16,12 @@ ramp is faster).  Writes ``pipeline_ramp.json``.
 """
 from __future__ import annotations
 
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 
-from bench.common import CLI_ENV, document, finish, load_json, parser, save_figure, subplots
+from bench.common import document, finish, load_json, parser, save_figure, subplots, train_cli
 from bench.replay import network_model
 from gpubraid.runtime.replay import replay
 from gpubraid.runtime.trace import load
@@ -45,15 +43,8 @@ def worker(variant: str, argv: list) -> int:
 
 def run(variant: str, ranks: int, args: list, workdir: str, trace: bool) -> dict:
     """One training run (under mpiexec when ranks > 1): its metrics, and its trace when ``trace``."""
-    metrics, tfile = os.path.join(workdir, "m.json"), os.path.join(workdir, "t.json")
-    cmd = [sys.executable, "-m", "bench.pipeline_ramp", "--worker", variant, "train", *args, "--no-progress",
-           "--metrics", metrics, *(["--trace", tfile] if trace else [])]
-    if ranks > 1:
-        cmd = ["mpiexec", "-n", str(ranks), *cmd]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=CLI_ENV, timeout=3600)
-    if out.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr[-2000:]}")
-    return {"metrics": json.loads(open(metrics).read()), "trace": load(tfile) if trace else None}
+    metrics = train_cli(ranks, args, workdir, trace, entry=("-m", "bench.pipeline_ramp", "--worker", variant))
+    return {"metrics": metrics, "trace": load(os.path.join(workdir, "t.json")) if trace else None}
 
 
 def per_iteration(metrics: dict) -> float:
