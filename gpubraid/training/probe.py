@@ -41,6 +41,7 @@ import numpy as np
 from ..network.sweep import backward_sweep, forward_sweep
 from ..objective.layer_parallel import LayerParallel
 from ..runtime.comm import Comm
+from ..runtime.resources import HELD_BYTES, held_bytes
 from .costmodel import mgrit_calls
 
 #: Samples of the probe's MGRIT solves (the level choice uses ``stability_samples`` of them;
@@ -189,9 +190,16 @@ def run_probe(trainer, oneshot, exact, repeats: int = 2) -> Probe:
     N, S = model.layers, model.state_shape
     h = model.step_sizes(0, N)
     n = min(N, SWEEP_LAYERS)
-    sizes = sorted({B, max(1, B // 8), min(B, 16)})
+    sizes = {B, max(1, B // 8), min(B, 16)}
+    # states so wide that 16 samples spill the caches (conv maps): the fit from two sizes that hold
+    # at most HELD_BYTES over the probe's layers, the larger sizes footprint points above them
+    held = held_bytes(n, int(np.prod(S)) * np.dtype(be.dtype).itemsize, getattr(model.step, "cache_blocked", False))
+    in_cache = max(1, min(HELD_BYTES // held, B)) if held else B
+    if in_cache < min(B, 16):
+        sizes = {max(1, in_cache // 4), in_cache} | {m for m in sizes if m > in_cache}
+    sizes = sorted(sizes)
 
-    # layer-serial sweeps: a + b·m per layer, forward and backward, at three micro-batch sizes m
+    # layer-serial sweeps: a + b·m per layer, forward and backward, at each micro-batch size m
     def sweeps(m, k):
         block = tuple(p[:k] for p in layers)
         t0 = clock.now()

@@ -136,6 +136,20 @@ def test_probe_of_a_small_network():
     assert "plan: " in made.line() and made.table().count("\n") >= len(made.candidates) + 2
 
 
+def test_probe_fits_wide_states_at_sizes_that_stay_in_the_caches():
+    """MNIST's 8 × 28 × 28 maps hold 17 × 50 kB per sample over the probe's 8 layers: the per-sample fit
+    comes from 2 and 9 samples (at most HELD_BYTES), 16 and the batch of 50 are footprint points, so
+    a micro-batch count whose micro-batches spill is seen to cost more per sample."""
+    from gpubraid.runtime.resources import HELD_BYTES
+
+    cfg = TrainConfig(example="mnist", layers=8, n_train=100, n_val=50, iterations=3, progress=False,
+                      val_every=0).resolved()
+    p = plan.make_plan(cfg, 1, plan.SHARED_MEMORY, lambda c: Trainer(c, Comm.single())).probe
+    assert p.batch == 50 and p.state_bytes == 8 * 28 * 28 * 8
+    assert HELD_BYTES // (17 * p.state_bytes) == 9
+    assert [c for c, _, _ in p.footprint] == [8 * 9, 8 * 16, 8 * 50] and p.footprint[0][1:] == (1.0, 1.0)
+
+
 def test_step_overhead_is_measured_not_what_a_slower_evaluation_leaves():
     """The probe's per-step overhead is each step's time less its own evaluation's: evaluations that
     take 30 ms more CPU time than the probe's sweeps predicted (a machine slower by then) leave it
