@@ -16,7 +16,8 @@ first (:meth:`MGRIT.choose`); when it keeps one level, the whole evaluation is t
 serial's evaluation plus the estimate.  It keeps no rows: writing the whole batch's states and
 adjoints for a later multi-level solve's warm start would undo the micro-batches' caching (at peaks
 256 layers 63–68 against 46–51 ms per step), so a multi-level solve after one-level ones starts as a
-first solve does.
+first solve does; the choice therefore moves there only when the estimate allows the levels with a
+margin (:data:`ENTER_MARGIN`).
 """
 from __future__ import annotations
 
@@ -31,6 +32,14 @@ from ..solver.mgrit import MGRIT
 from ..solver.options import MGRITOptions, SolveStats
 from .level_steps import LevelSteps
 from .pipeline import PipelineOptions, TrainingPipeline
+
+#: A warm-started run (one-shot on the full batch) whose last solve kept one level moves to more only
+#: when the estimate allows them for a spectral scale this much larger: a multi-level solve without
+#: rows to start from is a cold start (nested iteration, the hierarchy's arrays allocated and first
+#: touched), which at peaks 256 layers (T = 5, 5000 samples) took 1.0 s against 0.05 s per step,
+#: and ρ hovering at the bound (0.995, 1.008 against 1.07-1.13 around them) flipped one-shot to two
+#: levels for two steps and back.  Fewer levels are always taken at once.
+ENTER_MARGIN = 0.1
 
 
 def chain_solver(comm: Comm, ranks, bounds, h, options: MGRITOptions, backend, micro_batches: int = 1):
@@ -187,15 +196,21 @@ class LayerParallel:
         return rows if rows is not None and rows.shape[1] == batch else None
 
     def _level_choice(self, P, u0, batch: int, warm: bool):
-        """The forward solve's level choice made before solving (at most ``level_cap`` levels), so that
-        a choice of one level runs the whole evaluation as the pipeline; None when there is no choice
-        to make first (no pipeline, one level by construction, or levels fixed by the options and
-        not capped)."""
+        """The forward solve's level choice made before solving (at most ``level_cap`` levels; more than
+        one from no rows to warm-start from only with :data:`ENTER_MARGIN`), so that a choice of one
+        level runs the whole evaluation as the pipeline; None when there is no choice to make first
+        (no pipeline, one level by construction, or levels fixed by the options and not capped)."""
         if self.pipe is None or self._one_level(self.fwd):
             return None
         m = self.model
-        choice = self.fwd.choose(self.phi, P.layers(), u0, (batch, *m.state_shape),
-                                 warm=self._warm(self.U, batch) if warm else None)
+        rows = self._warm(self.U, batch) if warm else None
+        choice = self.fwd.choose(self.phi, P.layers(), u0, (batch, *m.state_shape), warm=rows)
+        if warm and rows is None and choice.rho is not None and choice.levels > 1:
+            # a warm-started run without rows (its first solve, or after one-level ones) would start
+            # the hierarchy cold: only when the levels also hold for a ρ ENTER_MARGIN larger
+            entered = self.fwd.choose_levels(choice.rho * (1 + ENTER_MARGIN))[0]
+            if entered < choice.levels:
+                choice.allowed, choice.levels, choice.h_rho = choice.levels, entered, choice.h_rho[:entered - 1]
         if self.level_cap is not None and self.level_cap < choice.levels:
             choice.levels = self.level_cap
         elif choice.rho is None:
@@ -227,6 +242,7 @@ class LayerParallel:
         out = self.pipe.run(P, G, x, y, batch, u0=u0)
         fstats = out[2]
         fstats.rho, fstats.h_rho, fstats.estimate_steps = choice.rho, list(choice.h_rho), choice.estimate_steps
+        fstats.allowed = choice.allowed
         self.U = self.Lam = None
         return out
 
@@ -307,6 +323,8 @@ class LayerParallel:
             out.update(bwd_iters=b.iterations, bwd_residual=b.residuals[-1] if b.residuals else None)
         if f.rho is not None:
             out.update(rho=f.rho, h_rho=f.h_rho[-1] if f.h_rho else 0.0)
+        if f.allowed:   # levels the estimate allowed, held back by ENTER_MARGIN
+            out["levels_allowed"] = f.allowed
         if f.micro_batches:  # the pipeline's (rank 0's data group's, when the groups' shares differ)
             out["micro_batches"] = f.micro_batches
         return {**out, "steps": self._steps}

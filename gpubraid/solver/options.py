@@ -140,6 +140,7 @@ class SolveStats:
     bytes: int = 0
     wall_s: float = 0.0
     micro_batches: int = 0           # the batch's micro-batches when the solve was the pipeline's
+    allowed: int = 0                 # levels the estimate allowed when the caller took fewer (0: it did not)
 
     @property
     def convergence_factors(self) -> list:

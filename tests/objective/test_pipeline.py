@@ -203,6 +203,40 @@ def test_a_level_choice_keeping_one_level_runs_the_pipeline_and_keeps_no_rows(pr
     assert np.array_equal(c.grad, b.grad) and streamed.U is None and streamed.Lam is None
 
 
+@pytest.mark.parametrize("slack,levels", [(0.5, 1), (2.0, 2)])
+def test_a_warm_run_without_rows_enters_more_levels_only_with_a_margin(problem, slack, levels):
+    """A warm-started run with no rows to start from (its first solve, or after one-level ones) takes
+    two levels only when ρ·(1 + ENTER_MARGIN) allows them; the levels the estimate allowed are in the
+    stats.  Runs that start every solve cold, and runs with rows, take the plain choice."""
+    from gpubraid.objective.layer_parallel import ENTER_MARGIN
+
+    model, theta, x, y, _ = problem["dense"]
+
+    def lp(stability):
+        opts = MGRITOptions(max_levels=2, cfactor=2, stability=stability, tol=0.0, max_iter=1)
+        return LayerParallel(model, None, opts, opts, pipeline=PipelineOptions(3))
+
+    free = lp(1e9)
+    free.evaluate(theta, x, y, 11, warm=True)
+    rows = free.U.copy(), free.Lam.copy()
+    rho, H1 = free.last_stats[0].rho, free.fwd.H_max[1]
+    free.evaluate(theta, x, y, 11, warm=True)   # linearised at the rows
+    rho_rows = free.last_stats[0].rho
+    assert free.last_stats[0].levels == 2
+
+    held = lp(H1 * rho * (1 + slack * ENTER_MARGIN))   # 2 levels at ρ; at ρ(1 + margin) only if slack > 1
+    held.evaluate(theta, x, y, 11, warm=True)
+    assert held.last_stats[0].levels == levels and held.last_stats[0].rho == rho
+    assert held.solve_stats().get("levels_allowed") == (2 if levels == 1 else None)
+    cold = lp(H1 * rho * (1 + slack * ENTER_MARGIN))
+    cold.evaluate(theta, x, y, 11)
+    assert cold.last_stats[0].levels == 2
+    with_rows = lp(H1 * rho_rows * (1 + slack * ENTER_MARGIN))
+    with_rows.U, with_rows.Lam = rows
+    with_rows.evaluate(theta, x, y, 11, warm=True)
+    assert with_rows.last_stats[0].levels == 2 and with_rows.last_stats[0].rho == rho_rows
+
+
 def test_methods_and_settings():
     cfg = TrainConfig(example="peaks", method="pipeline", micro_batches=6, schedule="gpipe").resolved()
     m = make_method(cfg)
