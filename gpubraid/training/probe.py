@@ -19,8 +19,9 @@ a shared machine, as the trace's spans are) and as synchronised wall time on a G
                            g-add, timers), (per call, per interval·sample): the one-shot evaluation's
                            measured time less its calls' step costs, at SOLVE_SAMPLES and the batch,
                            per call other than the coarsest solve's single steps
-    footprint              the per-sample costs of the larger sweeps (the batch, the whole network
-                           at the batch) against the fit's, by the states they hold (caches)
+    footprint              the per-sample costs of the larger sweeps (sizes above the fit's two, whose
+                           states stay in the caches; the batch; the whole network at the batch)
+                           against the fit's, by the states they hold (caches)
     step_overhead          a training step beyond its evaluation (optimiser, batch, statistics)
     cache_blocked          the step's ``cache_blocked``: a run's automatic M depends on it
 
@@ -190,14 +191,13 @@ def run_probe(trainer, oneshot, exact, repeats: int = 2) -> Probe:
     N, S = model.layers, model.state_shape
     h = model.step_sizes(0, N)
     n = min(N, SWEEP_LAYERS)
-    sizes = {B, max(1, B // 8), min(B, 16)}
-    # states so wide that 16 samples spill the caches (conv maps): the fit from two sizes that hold
-    # at most HELD_BYTES over the probe's layers, the larger sizes footprint points above them
+    # the per-sample fit from two sizes whose states stay in the caches (at most HELD_BYTES over the
+    # probe's layers for a cache-blocked step: 1 and 5 samples of MNIST's maps), the larger sizes
+    # footprint points above them
     held = held_bytes(n, int(np.prod(S)) * np.dtype(be.dtype).itemsize, getattr(model.step, "cache_blocked", False))
     in_cache = max(1, min(HELD_BYTES // held, B)) if held else B
-    if in_cache < min(B, 16):
-        sizes = {max(1, in_cache // 4), in_cache} | {m for m in sizes if m > in_cache}
-    sizes = sorted(sizes)
+    fit = {max(1, in_cache // 4), in_cache} if in_cache < min(B, 16) else {min(B, 16), min(max(1, B // 8), in_cache)}
+    sizes = sorted(fit | {m for m in (min(B, 16), max(1, B // 8), B) if m > max(fit)})
 
     # layer-serial sweeps: a + b·m per layer, forward and backward, at each micro-batch size m
     def sweeps(m, k):
