@@ -166,6 +166,17 @@ class _Clock:
         return out
 
 
+def sweep_sizes(B: int, in_cache: int) -> list:
+    """Micro-batch sizes of the probe's sweeps, ascending, for a batch of ``B`` samples of which
+    ``in_cache`` keep their states in the caches (at most HELD_BYTES over the probe's layers for a
+    cache-blocked step, else B): the first two give the per-sample fit and stay in the caches (16 and
+    B/8 where they do; for wider states in_cache/4 and in_cache: 1 and 5 samples of MNIST's maps),
+    the larger of 16, B/8 and B are the footprint's points above them."""
+    small, eighth = min(B, 16), max(1, B // 8)
+    fit = {max(1, in_cache // 4), in_cache} if in_cache < small or in_cache == 16 < B else {small, min(eighth, in_cache)}
+    return sorted(fit | {m for m in (small, eighth, B) if m > max(fit)})
+
+
 def _fit(xs, ts) -> tuple:
     """(a, b) of a + b·x fitted to the timings ``ts`` at ``xs`` (least squares on relative error,
     so small and large calls count alike), both ≥ 0."""
@@ -191,13 +202,8 @@ def run_probe(trainer, oneshot, exact, repeats: int = 2) -> Probe:
     N, S = model.layers, model.state_shape
     h = model.step_sizes(0, N)
     n = min(N, SWEEP_LAYERS)
-    # the per-sample fit from two sizes whose states stay in the caches (at most HELD_BYTES over the
-    # probe's layers for a cache-blocked step: 1 and 5 samples of MNIST's maps), the larger sizes
-    # footprint points above them
     held = held_bytes(n, int(np.prod(S)) * np.dtype(be.dtype).itemsize, getattr(model.step, "cache_blocked", False))
-    in_cache = max(1, min(HELD_BYTES // held, B)) if held else B
-    fit = {max(1, in_cache // 4), in_cache} if in_cache < min(B, 16) else {min(B, 16), min(max(1, B // 8), in_cache)}
-    sizes = sorted(fit | {m for m in (min(B, 16), max(1, B // 8), B) if m > max(fit)})
+    sizes = sweep_sizes(B, max(1, min(HELD_BYTES // held, B)) if held else B)
 
     # layer-serial sweeps: a + b·m per layer, forward and backward, at each micro-batch size m
     def sweeps(m, k):

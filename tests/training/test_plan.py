@@ -150,6 +150,21 @@ def test_probe_fits_wide_states_at_sizes_that_stay_in_the_caches():
     assert [c for c, _, _ in p.footprint] == [8 * 9, 8 * 16, 8 * 50] and p.footprint[0][1:] == (1.0, 1.0)
 
 
+def test_sweep_sizes_fit_in_the_caches():
+    from gpubraid.training.probe import sweep_sizes
+
+    assert sweep_sizes(5000, 3971) == [16, 625, 5000]            # peaks: as before the in-cache rule
+    assert sweep_sizes(5000, 5000) == [16, 625, 5000]            # not cache-blocked (in_cache = B)
+    assert sweep_sizes(50, 5) == [1, 5, 6, 16, 50]               # MNIST's maps over 16 layers
+    assert sweep_sizes(50000, 3971) == [16, 3971, 6250, 50000]   # an eighth of the batch would spill
+    assert sweep_sizes(5000, 16) == [4, 16, 625, 5000]
+    for B in range(1, 120):
+        for in_cache in range(1, B + 1):
+            sizes = sweep_sizes(B, in_cache)
+            assert sizes == sorted(set(sizes)) and sizes[-1] == B and sizes[0] >= 1
+            assert all(m <= in_cache for m in sizes[:2]) or in_cache == 1 or len(sizes) == 1
+
+
 def test_step_overhead_is_measured_not_what_a_slower_evaluation_leaves():
     """The probe's per-step overhead is each step's time less its own evaluation's: evaluations that
     take 30 ms more CPU time than the probe's sweeps predicted (a machine slower by then) leave it
