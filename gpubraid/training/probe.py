@@ -42,7 +42,7 @@ import numpy as np
 from ..network.sweep import backward_sweep, forward_sweep
 from ..objective.layer_parallel import LayerParallel
 from ..runtime.comm import Comm
-from ..runtime.resources import HELD_BYTES, held_bytes
+from ..runtime.resources import HELD_BYTES
 from .costmodel import mgrit_calls
 
 #: Samples of the probe's MGRIT solves (the level choice uses ``stability_samples`` of them;
@@ -173,7 +173,10 @@ def sweep_sizes(B: int, in_cache: int) -> list:
     B/8 where they do; for wider states in_cache/4 and in_cache: 1 and 5 samples of MNIST's maps),
     the larger of 16, B/8 and B are the footprint's points above them."""
     small, eighth = min(B, 16), max(1, B // 8)
-    fit = {max(1, in_cache // 4), in_cache} if in_cache < small or in_cache == 16 < B else {small, min(eighth, in_cache)}
+    if in_cache < B and in_cache <= small:   # 16 samples already fill the caches
+        fit = {max(1, in_cache // 4), in_cache}
+    else:
+        fit = {small, min(eighth, in_cache)}
     return sorted(fit | {m for m in (small, eighth, B) if m > max(fit)})
 
 
@@ -202,7 +205,7 @@ def run_probe(trainer, oneshot, exact, repeats: int = 2) -> Probe:
     N, S = model.layers, model.state_shape
     h = model.step_sizes(0, N)
     n = min(N, SWEEP_LAYERS)
-    held = held_bytes(n, int(np.prod(S)) * np.dtype(be.dtype).itemsize, getattr(model.step, "cache_blocked", False))
+    held = model.held_bytes(n)
     sizes = sweep_sizes(B, max(1, min(HELD_BYTES // held, B)) if held else B)
 
     # layer-serial sweeps: a + b·m per layer, forward and backward, at each micro-batch size m
