@@ -241,8 +241,7 @@ class LayerParallel:
         are dropped (stale now).  Returns the shares and the stats, as :meth:`TrainingPipeline.run`."""
         out = self.pipe.run(P, G, x, y, batch, u0=u0)
         fstats = out[2]
-        fstats.rho, fstats.h_rho, fstats.estimate_steps = choice.rho, list(choice.h_rho), choice.estimate_steps
-        fstats.allowed = choice.allowed
+        fstats.adopt(choice)
         self.U = self.Lam = None
         return out
 

@@ -247,8 +247,7 @@ class MGRIT:
         comm_before = (self.comm.stats.messages, self.comm.stats.bytes)
         n_lv = given_levels(levels, opts, self.n_levels) if choice is None else choice.levels
         if choice is not None:
-            stats.rho, stats.h_rho, stats.estimate_steps = choice.rho, list(choice.h_rho), choice.estimate_steps
-            stats.allowed = choice.allowed
+            stats.adopt(choice)
         if n_lv != 1:
             self.plan.distribute(s, data, sample_data)
             s.u[0] = self._initial_guess(s, u0, warm)

@@ -142,6 +142,12 @@ class SolveStats:
     micro_batches: int = 0           # the batch's micro-batches when the solve was the pipeline's
     allowed: int = 0                 # levels the estimate allowed when the caller took fewer (0: it did not)
 
+    def adopt(self, choice: SolveStats) -> None:
+        """Take a level choice made before the solve (:meth:`gpubraid.solver.mgrit.MGRIT.choose`): its
+        estimate (ρ, max(H_l)·ρ, the estimate's steps) and the levels it allowed."""
+        self.rho, self.h_rho, self.estimate_steps = choice.rho, list(choice.h_rho), choice.estimate_steps
+        self.allowed = choice.allowed
+
     @property
     def convergence_factors(self) -> list:
         r = self.residuals
