@@ -108,10 +108,11 @@ def test_selftest_checks_the_pair_and_catches_a_wrong_one(kind):
 @pytest.mark.parametrize("budget", [None, 1])  # one block of all samples; one sample per block
 def test_forward_through_gives_the_per_layer_calls_bits(kind, dtype, budget, monkeypatch):
     """Inference's forward pass: the block form over sample blocks where the step has one (the
-    per-layer calls' values to round-off), one forward call per layer otherwise (their bits);
-    u is left alone."""
+    per-layer calls' values to round-off), one forward call per layer otherwise (their bits, also
+    over sample blocks: conv); u is left alone."""
     if budget is not None:
         monkeypatch.setattr(sweep, "THROUGH_BYTES", budget)
+        monkeypatch.setattr(sweep, "LAYER_BYTES", budget)
     step = _step(kind, "tanh", dtype)
     n, B = 5, 7
     u0, layers, h = _problem(step, n, B, dtype)
@@ -120,7 +121,7 @@ def test_forward_through_gives_the_per_layer_calls_bits(kind, dtype, budget, mon
         ref = step.forward(ref[None], tuple(p[i:i + 1] for p in layers), h[i:i + 1])[0]
     before = u0.copy()
     tol = 4 * np.finfo(dtype).eps
-    for s, exact in ((step, False), (_Plain(step), True)):
+    for s, exact in ((step, kind == "conv"), (_Plain(step), True)):
         got = forward_through(s, np, u0, layers, h)
         assert got.shape == u0.shape and got.dtype == u0.dtype
         assert np.array_equal(got, ref) if exact else np.allclose(got, ref, rtol=tol, atol=tol)
@@ -147,7 +148,10 @@ def _reference_conv(u, K):
 
 
 @pytest.mark.parametrize("Ci", [1, 4, 6])
-def test_conv_kernels_against_loops(Ci):
+@pytest.mark.parametrize("budget", [None, 1, 3 * 6 * 7 * 8])  # all at once; 1 sample; 3 samples
+def test_conv_kernels_against_loops(Ci, budget, monkeypatch):
+    if budget is not None:
+        monkeypatch.setattr(conv, "BLOCK_BYTES", budget * Ci)
     rng = np.random.default_rng(3)
     u = rng.standard_normal((2, 3, Ci, 5, 4))
     K = rng.standard_normal((2, 4, Ci, 3, 3))
@@ -160,6 +164,31 @@ def test_conv_kernels_against_loops(Ci):
     lhs = np.sum(a * ref)
     assert np.isclose(lhs, np.sum(conv.conv3x3_t(np, a, K) * u), rtol=1e-12)
     assert np.isclose(lhs, np.sum(conv.conv3x3_grad(np, a, u) * K), rtol=1e-12)
+
+
+def test_conv_blocks_cover_the_layers_and_samples_in_order_within_the_budget(monkeypatch):
+    monkeypatch.setattr(conv, "BLOCK_BYTES", 1000)
+    for L, B, nbytes in [(1, 1, 10), (3, 7, 100), (5, 4, 100), (4, 250, 10), (2, 3, 5000), (6, 1, 999)]:
+        cells = [(li, b) for ls, bs in conv.blocks(L, B, nbytes)
+                 for li in range(L)[ls] for b in range(B)[bs]]
+        assert cells == [(li, b) for li in range(L) for b in range(B)], (L, B, nbytes)
+        for ls, bs in conv.blocks(L, B, nbytes):
+            count = len(range(L)[ls]) * len(range(B)[bs])
+            assert count == 1 or count * nbytes <= 1000, (L, B, nbytes)
+    assert len(conv.blocks(5, 4, 100)) == 3  # whole batches, two layers at a time
+    assert len(conv.blocks(1, 250, 10)) == 3  # one layer's samples in pieces of 100
+
+
+def test_blocked_conv_gives_a_sample_the_same_bits_and_the_gradient_to_round_off(monkeypatch):
+    rng = np.random.default_rng(4)
+    u, a = rng.standard_normal((2, 2, 9, 8, 5, 6))
+    K, b = rng.standard_normal((2, 8, 8, 3, 3)), rng.standard_normal((2, 8))
+    whole = conv.conv3x3(np, u, K, b), conv.conv3x3_t(np, a, K), conv.conv3x3_grad(np, a, u)
+    monkeypatch.setattr(conv, "BLOCK_BYTES", 2 * conv._padded_bytes(u))  # two samples per block
+    assert len(conv.blocks(2, 9, conv._padded_bytes(u))) == 10
+    blocked = conv.conv3x3(np, u, K, b), conv.conv3x3_t(np, a, K), conv.conv3x3_grad(np, a, u)
+    assert np.array_equal(whole[0], blocked[0]) and np.array_equal(whole[1], blocked[1])
+    assert np.allclose(whole[2], blocked[2], rtol=1e-13, atol=1e-13)
 
 
 def test_torch_conv_equals_numpy_to_round_off():
