@@ -21,6 +21,8 @@ margin (:data:`ENTER_MARGIN`).
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ..network.network import Evaluation, Network
@@ -223,27 +225,32 @@ class LayerParallel:
         compares one-shot's gradient with).  Arguments as :meth:`evaluate`."""
         P, gvec, G, R_share = self._start(theta, True)
         pipe = self.pipe or TrainingPipeline(self.model, self.comm, self.bounds, PipelineOptions())
-        loss_share, correct_share, _, _ = pipe.run(P, G, x, y, batch)
-        return self._totals(gvec, loss_share, correct_share, R_share, batch, keep_steps=False)
+        loss_share, correct_share, _, _ = pipe.run(P, G, x, y, batch, idle=R_share)
+        return self._totals(gvec, loss_share, correct_share, R_share(), batch, keep_steps=False)
 
     def _start(self, theta, grad: bool):
         """(P, gvec, G, R_share) of an evaluation: parameter views, a zero gradient vector and its
-        views (None without ``grad``), and this rank's share of the regulariser (its gradient added)."""
+        views (None without ``grad``), and this rank's share of the regulariser as a callable: its
+        first call computes it (adding its gradient into G, before any other part), later calls
+        return it.  The pipeline calls it where the rank would wait anyway (``idle``)."""
         P = self.layout.views(theta)
         gvec = self.xp.zeros_like(theta) if grad else None
         G = self.layout.views(gvec) if grad else None
         left, right = self._neighbour_layers(P)
-        return P, gvec, G, self.model.regularizer(self.layout, P, G, left, right)
+        return P, gvec, G, functools.cache(lambda: self.model.regularizer(self.layout, P, G, left, right))
 
-    def _evaluate_one_level(self, P, G, x, y, batch: int, u0, choice):
-        """The evaluation as the micro-batch pipeline when the level choice kept one level: the
-        choice's estimate goes into the forward stats, and the rows of an earlier multi-level solve
-        are dropped (stale now).  Returns the shares and the stats, as :meth:`TrainingPipeline.run`."""
-        out = self.pipe.run(P, G, x, y, batch, u0=u0)
-        fstats = out[2]
-        fstats.adopt(choice)
-        self.U = self.Lam = None
-        return out
+    def _open_for_choice(self, P, x, batch: int):
+        """(u0, opened): rank 0's opening output (batch, *S), its first ``opened`` rows computed: those
+        a level choice reads (the estimate's samples), so that a one-level choice's pipeline streams
+        the rest (rank 1 starts after one micro-batch, not the whole opening); all where no choice is
+        made.  (None, batch) elsewhere."""
+        m = self.model
+        if not self.is_first or self.pipe is None or self._one_level(self.fwd) or self.is_last:
+            return (m.open_forward(x, P) if self.is_first else None), batch
+        opened = min(batch, self.fwd.opts.stability_samples)
+        u0 = m.xp.empty((batch, *m.state_shape), dtype=m.be.dtype)
+        u0[:opened] = m.open_forward(x[:opened], P)
+        return u0, opened
 
     def evaluate(self, theta, x, y, batch: int, grad: bool = True, warm: bool = False) -> Evaluation:
         """J(θ) (and ∇J) with states and adjoints from MGRIT.
@@ -261,17 +268,23 @@ class LayerParallel:
         """
         m = self.model
         P, gvec, G, R_share = self._start(theta, grad)
-        if self.pipelined:
-            loss_share, correct_share, fstats, bstats = self.pipe.run(P, G, x, y, batch)
+        u0 = opened = choice = None
+        if not self.pipelined:
+            u0, opened = self._open_for_choice(P, x, batch)
+            choice = self._level_choice(P, u0, batch, warm)
+        if self.pipelined or (choice is not None and choice.levels == 1):
+            # the whole evaluation as the micro-batch pipeline; a choice's estimate goes into the
+            # forward stats, the rows of an earlier multi-level solve are dropped (stale now)
+            loss_share, correct_share, fstats, bstats = self.pipe.run(P, G, x, y, batch, u0=u0, idle=R_share,
+                                                                      opened=opened)
+            if choice is not None:
+                fstats.adopt(choice)
             self.U = self.Lam = None
             self.last_stats = (fstats, bstats)
-            return self._totals(gvec, loss_share, correct_share, R_share, batch)
-        u0 = m.open_forward(x, P) if self.is_first else None
-        choice = self._level_choice(P, u0, batch, warm)
-        if choice is not None and choice.levels == 1:
-            loss_share, correct_share, fstats, bstats = self._evaluate_one_level(P, G, x, y, batch, u0, choice)
-            self.last_stats = (fstats, bstats)
-            return self._totals(gvec, loss_share, correct_share, R_share, batch)
+            return self._totals(gvec, loss_share, correct_share, R_share(), batch)
+        if opened < batch:
+            u0[opened:] = m.open_forward(x[opened:], P)
+        R_share()
         U, fstats = self.forward_states(P, x, batch, warm, u0, choice)
         self.U = U
         loss_share, correct_share, lamN = 0.0, 0, None
@@ -279,7 +292,7 @@ class LayerParallel:
             loss_share, correct_share, lamN = m.loss(U[-1], y, P, G)
         self.last_stats = (fstats, None)
         if not grad:
-            return self._totals(gvec, loss_share, correct_share, R_share, batch)
+            return self._totals(gvec, loss_share, correct_share, R_share(), batch)
         # the adjoint step's Jacobian is the transpose of the forward one: same spectral scale, so
         # the adjoint solve uses the levels the forward solve chose (no second estimate)
         chosen = self.bwd.opts.stability > 0 or self.bwd.opts.conv_bound > 0 or self.level_cap is not None
@@ -290,7 +303,7 @@ class LayerParallel:
         else:
             Lam, bstats = self._adjoint(P, G, U, lamN, x, batch, warm, levels)
         self.last_stats = (fstats, bstats)
-        return self._totals(gvec, loss_share, correct_share, R_share, batch)
+        return self._totals(gvec, loss_share, correct_share, R_share(), batch)
 
     def _adjoint(self, P, G, U, lamN, x, batch: int, warm: bool, levels):
         """Adjoint solve in reversed layer order, then the rank's gradient parts added into G.
@@ -360,13 +373,9 @@ class LayerParallel:
         F = full.views(vec)
         for r, part in enumerate(parts):
             a, b = int(self.bounds[r]), int(self.bounds[r + 1])
-            lay = self.model.layout(a, b)
-            Q = lay.views(part)
-            for name in self.model.layer_names:
-                F[name][a:b] = Q[name]
-            for name in Q.names():
-                if name not in self.model.layer_names:
-                    F[name][...] = Q[name]
+            Q = self.model.layout(a, b).views(part)
+            for name in Q.names():  # layer groups into their rows, the others whole
+                (F[name][a:b] if name in self.model.layer_names else F[name])[...] = Q[name]
         return vec
 
     def scatter_params(self, full_vec):
@@ -376,8 +385,5 @@ class LayerParallel:
         vec = self.xp.zeros(self.layout.size, dtype=self.be.dtype)
         Q = self.layout.views(vec)
         for name in Q.names():
-            if name in self.model.layer_names:
-                Q[name][...] = F[name][self.a:self.b]
-            else:
-                Q[name][...] = F[name]
+            Q[name][...] = F[name][self.a:self.b] if name in self.model.layer_names else F[name]
         return vec

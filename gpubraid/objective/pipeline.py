@@ -95,7 +95,7 @@ class TrainingPipeline:
         what the backward sweep reuses (:func:`~gpubraid.network.sweep.forward_sweep`)."""
         return forward_sweep(self.model.step, U, layers, self.h, keep)
 
-    def run(self, P, G, x, y, batch: int, u0=None):
+    def run(self, P, G, x, y, batch: int, u0=None, idle=None, opened: int | None = None):
         """Stream the batch through the layer ranks: forward, head, and (with ``G``) backward.
 
         Args:
@@ -106,6 +106,13 @@ class TrainingPipeline:
             batch: B, the same on every rank.
             u0: the opening layer's output (batch, *S) on rank 0 when the caller has it (else
                 computed here, once for the whole batch).
+            opened: with ``u0``, how many of its first rows are computed (None: all); the rest
+                are computed here as if there were no ``u0``.
+            idle: work of this rank for a moment it would wait anyway, called once before any
+                gradient part is added into ``G`` (the regulariser's share): on the first of
+                several ranks (with ``G``) at its first backward step, where it waits for the first
+                λ; elsewhere at the start (the others wait for their first state; one rank waits
+                for nothing).
 
         Each micro-batch's states are dropped after its backward step (their arrays serve the next).
 
@@ -120,10 +127,14 @@ class TrainingPipeline:
         n, layers = self.b - self.a, P.layers()
         order = schedule_order(self.options.schedule, M, self.P, self.rank) if G is not None else \
             [("F", k) for k in range(M)]
-        opened = batch  # rank 0: samples of u0 computed (the first micro-batch's first, so rank 1 starts)
-        if self.is_first and u0 is None:  # on one layer rank no one waits: the whole batch at once
+        # rank 0: samples of u0 computed (the first micro-batch's first, so rank 1 starts; on one
+        # layer rank no one waits: the whole batch at once)
+        opened = batch if u0 is None or opened is None else opened
+        if self.is_first and u0 is None:
             u0, opened = (m.open_forward(x, P), batch) if self.is_last else \
                 (m.xp.empty((batch, *m.state_shape), dtype=m.be.dtype), 0)
+        elif self.is_first and self.is_last and opened < batch:
+            u0[opened:], opened = m.open_forward(x[opened:], P), batch
         lam0 = None
         if self.is_first and G is not None:
             lam0 = m.xp.empty_like(u0)
@@ -131,8 +142,14 @@ class TrainingPipeline:
         spares = []  # arrays of finished micro-batches (their sends copied what they read): taken again
         loss, correct = 0.0, 0
         self.peak_held = 0
+        if idle is not None and not (self.is_first and not self.is_last and G is not None):
+            idle()
+            idle = None
         for kind, k in order:
             lo, hi = int(cut[k]), int(cut[k + 1])
+            if kind == "B" and idle is not None:  # the first rank: before its first λ arrives
+                idle()
+                idle = None
             if kind == "F":
                 U = self._empty((n + 1, hi - lo, *m.state_shape), m.be.dtype, spares)
                 if self.is_first:

@@ -103,6 +103,43 @@ def test_which_steps_are_cache_blocked():
     assert ConvStep(4, 6, 6, "relu", resolve_backend("numpy", "float64")).cache_blocked
 
 
+@pytest.mark.parametrize("rank, size, grad, before", [
+    (0, 2, True, ["state", "state"]),   # after its warm-up forwards, before the first λ arrives
+    (1, 2, True, []),                   # the last rank: before its first state arrives
+    (0, 2, False, []), (0, 1, True, [])])
+def test_the_idle_work_runs_where_the_rank_would_wait(problem, monkeypatch, rank, size, grad, before):
+    """The regulariser's share goes where a rank waits anyway, before any gradient part."""
+    from types import SimpleNamespace
+
+    from gpubraid.objective.pipeline import TrainingPipeline
+    from gpubraid.runtime import tags
+    from gpubraid.runtime.comm import Comm, split_layers
+
+    model, theta, x, y, _ = problem["dense"]
+    names = {tags.PIPE_STATE: "state", tags.PIPE_ADJOINT: "adjoint"}
+    log, seen = [], []
+
+    def recv_into(buf, source, tag):
+        log.append(("recv", names[tag]))
+        buf[...] = 0.5
+
+    comm = SimpleNamespace(rank=rank, size=size, recv_into=recv_into,
+                           isend=lambda a, dest, tag: log.append(("send", names[tag])))
+    monkeypatch.setattr(Comm, "waitall", staticmethod(lambda pending: None))
+    bounds = split_layers(model.layers, size)
+    layout = model.layout(int(bounds[rank]), int(bounds[rank + 1]))
+    gvec = np.zeros(layout.size) if grad else None
+    G = layout.views(gvec) if grad else None
+
+    def idle():
+        seen.append(list(log))
+        assert not grad or not gvec.any()  # before any gradient part
+    pipe = TrainingPipeline(model, comm, bounds, PipelineOptions(3, "1f1b"))
+    pipe.run(layout.views(model.init_params(layout, seed=1)), G, x, y, 11, idle=idle)
+    assert seen == [[("send", kind) for kind in before]]
+    assert not grad or gvec.any()
+
+
 def test_every_rank_of_an_uneven_split_streams_the_same_micro_batches(problem):
     """M follows the largest layer block, so ranks of 4 and 3 layers cut the batch alike."""
     from types import SimpleNamespace
