@@ -13,7 +13,7 @@ made.  With fewer than 4 input channels (an opening layer on grey images), on ot
 On NumPy both run over blocks of layers and samples (:func:`blocks`) whose padded input holds at
 most :data:`BLOCK_BYTES`, so the GEMMs' operands and partial sums stay in a core's L2 cache: at
 batches beyond a few images the unblocked GEMMs streamed every tap through memory (MNIST, 8
-channels, float64: 100-270 µs per image and layer for 64-650 images at once, 45 with 8;
+channels, float64: 100-550 µs per image and layer for 64-650 images at once, 45 with 8;
 ``bench/README.md``).  A sample's output does not depend on the blocks; a gradient's sum over the
 samples runs block by block, in an order fixed by the batch and the image size.
 """

@@ -72,7 +72,7 @@ def forward_through(step, xp, u, layers, h):
                 out[lo:lo + k] = V[-1]
         else:
             return out
-    m = max(1, LAYER_BYTES // max(1, u[0].nbytes))
+    m = max(1, LAYER_BYTES // max(1, u.itemsize * int(np.prod(u.shape[1:]))))
     if xp is np and m < B and getattr(step, "cache_blocked", False):
         out = np.empty_like(u)
         for lo in range(0, B, m):

@@ -128,6 +128,14 @@ def test_forward_through_gives_the_per_layer_calls_bits(kind, dtype, budget, mon
         assert np.array_equal(u0, before)
 
 
+def test_forward_through_of_no_samples(monkeypatch):
+    monkeypatch.setattr(sweep, "LAYER_BYTES", 1)
+    step = _step("conv", "tanh", "float64")
+    _, layers, h = _problem(step, 3, 1, "float64")
+    u = np.empty((0, *step.state_shape))
+    assert forward_through(step, np, u, layers, h).shape == u.shape
+
+
 def test_forward_through_falls_back_when_the_block_form_declines(monkeypatch):
     step = _step("dense", "tanh", "float64")
     u0, layers, h = _problem(step, 4, 6, "float64")
