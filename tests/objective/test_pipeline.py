@@ -182,6 +182,23 @@ def test_one_process_pipeline_equals_serial(problem, kind, M, schedule):
     assert ev0.grad is None and abs(ev0.objective - ref.objective) <= 1e-12 * abs(ref.objective)
 
 
+@pytest.mark.parametrize("opened", [0, 2, 11])
+def test_a_partly_opened_batch_is_opened_to_the_end(problem, opened):
+    """``u0`` with only its first rows computed (a level choice's samples): the pipeline computes
+    the rest, on one rank at once, and gives what a whole u0 gives, bit for bit."""
+    model, theta, x, y, _ = problem["dense"]
+    pipe = LayerParallel(model, None, ONE, ONE, pipeline=PipelineOptions(3)).pipe
+    P = model.layout().views(theta)
+    results = []
+    for u0, n in ((None, None), (np.full((11, *model.state_shape), np.nan), opened)):
+        if u0 is not None:
+            u0[:n] = model.open_forward(x[:n], P)
+        gvec = np.zeros_like(theta)
+        loss, correct, _, _ = pipe.run(P, model.layout().views(gvec), x, y, 11, u0=u0, opened=n)
+        results.append((loss, correct, gvec))
+    assert results[0][:2] == results[1][:2] and np.array_equal(results[0][2], results[1][2])
+
+
 @pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
 def test_one_rank_opens_the_batch_once_and_reuses_finished_micro_batches(problem, monkeypatch, schedule):
     """On one layer rank nothing waits for the first micro-batch: the opening layer runs once for the
