@@ -102,8 +102,9 @@ def conv3x3(xp, u, K, bias=None):
         out = out.reshape(L, Co, B, H, W).transpose(0, 2, 1, 3, 4)
         return out if bias is None else out + bias[:, None, :, None, None]
     out = np.empty((L, B, Co, H, W), dtype=np.result_type(u, K))
-    Kt = _taps(K) if Ci >= 4 else K.reshape(L, Co, -1)  # (few input channels, e.g. an opening: im2col)
-    for ls, bs in blocks(L, B, _padded_bytes(u)):
+    # few input channels (e.g. an opening on grey images): im2col, whose columns hold 9 taps a pixel
+    Kt, per_sample = (_taps(K), _padded_bytes(u)) if Ci >= 4 else (K.reshape(L, Co, -1), 9 * Ci * H * W * u.itemsize)
+    for ls, bs in blocks(L, B, per_sample):
         ub = u[ls, bs]
         nl, nb = ub.shape[:2]
         if Ci >= 4:
