@@ -247,7 +247,7 @@ class LayerParallel:
         m = self.model
         if not self.is_first or self.pipe is None or self._one_level(self.fwd) or self.is_last:
             return (m.open_forward(x, P) if self.is_first else None), batch
-        opened = min(batch, self.fwd.opts.stability_samples)
+        opened = self.fwd.opts.estimate_samples(batch)
         u0 = m.xp.empty((batch, *m.state_shape), dtype=m.be.dtype)
         u0[:opened] = m.open_forward(x[:opened], P)
         return u0, opened

@@ -129,7 +129,7 @@ class TrainingPipeline:
             [("F", k) for k in range(M)]
         # rank 0: samples of u0 computed (the first micro-batch's first, so rank 1 starts; on one
         # layer rank no one waits: the whole batch at once)
-        opened = batch if u0 is None or opened is None else opened
+        opened = batch if opened is None else opened
         if self.is_first and u0 is None:
             u0, opened = (m.open_forward(x, P), batch) if self.is_last else \
                 (m.xp.empty((batch, *m.state_shape), dtype=m.be.dtype), 0)

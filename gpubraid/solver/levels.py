@@ -35,7 +35,7 @@ def estimate_rho(comm: Comm, be: Backend, opts: MGRITOptions, phi, u_lin, data, 
     n = b - a
     if n == 0:
         return comm.allreduce_max(0.0), 0, 0
-    s = min(opts.stability_samples, u_lin.shape[1])
+    s = opts.estimate_samples(u_lin.shape[1])
     u = xp.ascontiguousarray(u_lin[:n, :s])
     size = int(np.prod(u.shape[1:]))
     k = np.arange(a, b, dtype=np.float64)[:, None]

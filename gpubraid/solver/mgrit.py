@@ -115,7 +115,7 @@ class MGRIT:
         if stats.levels is not None:
             return stats
         xp, be, n = self.xp, self.be, self.b - self.a
-        k = min(self.opts.stability_samples, shape[0])
+        k = self.opts.estimate_samples(shape[0])
         if warm is not None:
             u_lin = xp.array(warm[:n, :k])
             if self.lv[0].lay.holds_origin and n:

@@ -117,6 +117,10 @@ class MGRITOptions:
                 raise UserError(f"{name} must be >= 0; got {getattr(self, name)!r}")
         return self
 
+    def estimate_samples(self, batch: int) -> int:
+        """Samples of a batch of ``batch`` that the spectral estimate reads (the first ones)."""
+        return min(self.stability_samples, int(batch))
+
     def nrelax_at(self, level: int) -> int:
         v = self.nrelax
         return int(v[min(level, len(v) - 1)] if isinstance(v, (list, tuple)) else v)

@@ -94,7 +94,7 @@ def _mgrit_step(probe, method, levels, its, warm, D, L, net, h) -> float:
                                   beta + probe.solve_call[1], m, msg, red, net, row, coarse_alpha=alpha)
     if opts.stability > 0 or opts.conv_bound > 0:
         alpha, beta = probe.calls["forward"]
-        s = min(opts.stability_samples, m)
+        s = opts.estimate_samples(m)
         total += (opts.stability_iters + 1) * (alpha + beta * n * s) + red
     a, b = probe.calls["param_grad"]
     b *= probe.per_sample_scale(n * m, True)

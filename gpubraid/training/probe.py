@@ -304,7 +304,7 @@ def run_probe(trainer, oneshot, exact, repeats: int = 2) -> Probe:
                 + regularizer_s
             fs, bs = os_lp.last_stats
             counted = mgrit_calls(oneshot.forward, oneshot.adjoint, h, 1, fs.levels, warm, fs.iterations,
-                                  bs.iterations, min(oneshot.forward.stability_samples, mm))
+                                  bs.iterations, oneshot.forward.estimate_samples(mm))
             step_cost = sum(counted[op][0] * calls[op][0] + counted[op][3] * mm * calls[op][1]
                             for op in ("forward", "adjoint"))
             step_cost += counted["estimate"][0] * calls["forward"][0] + counted["estimate"][1] * calls["forward"][1]
