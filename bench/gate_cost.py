@@ -20,8 +20,7 @@ import sys
 import tempfile
 
 from bench.common import document, finish, load_json, parser, save_figure, subplots, train_cli
-from bench.group_replay import iteration_compute
-from bench.replay import network_model
+from bench.replay import iteration_compute, network_model
 from gpubraid.runtime.replay import replay
 from gpubraid.runtime.trace import CORES_ENV, load
 

@@ -21,6 +21,19 @@ from gpubraid.runtime.replay import PRESETS, NetworkModel, replay
 from gpubraid.runtime.trace import load, median
 
 
+def iteration_compute(rank: dict) -> list[float]:
+    """One rank's compute seconds (thread CPU time of its spans) in each training iteration, from
+    the trace's iteration marks (what follows the last mark is left out)."""
+    out, ns = [], 0
+    for ev in rank["events"]:
+        if ev[0] == "c":
+            ns += ev[1]
+        elif ev[0] == "m" and ev[1] == "iteration":
+            out.append(ns * 1e-9)
+            ns = 0
+    return out
+
+
 def network_model(name: str) -> NetworkModel:
     """A preset by name, the newest measured ping-pong (``measured``), or a ping-pong JSON file."""
     if name in PRESETS:

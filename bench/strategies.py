@@ -17,9 +17,11 @@ Per workload (:data:`WORKLOADS`):
    predicts its wall time with one core per rank and the measured network (``bench.pingpong``),
    and when the ranks pass each iteration's end (the trace's marks): the first iteration's time,
    and the seconds per objective evaluation after it (so that first touches and start-up do not
-   count as steady-state cost).  Where the ranks took turns, data groups are also replayed with
-   one group's spans alone (:mod:`bench.group_replay`; ``best_alone_spans``).  Time to target = first iteration + the further evaluations to
-   target (from step 1) × seconds per evaluation.
+   count as steady-state cost).  Where the ranks took turns, every candidate is also replayed with
+   every rank's spans timed alone (:mod:`bench.rerun`: the traced run records what MPI delivered
+   to each rank, and each rank is run again by itself from that; ``best_alone_spans``).  Time to
+   target = first iteration + the further evaluations to target (from step 1) × seconds per
+   evaluation.
 3. **Real runs at P = 1 and 2**: the same candidates untraced, each right after its traced twin
    (``--trace-median K``: K twins, their median wall time); their loop wall time against the
    replay of the traced run (``replay / real``: the shortest of each; and the median over the
@@ -44,9 +46,10 @@ import tempfile
 from pathlib import Path
 
 from bench.common import CLI_ENV, document, load_json, parser, result_path, save_figure, train_cli, write_json
-from bench.group_replay import alone_factors, scaled
 from bench.replay import network_model
+from bench.rerun import alone
 from gpubraid.runtime.replay import replay
+from gpubraid.runtime.rerun import RECORD_ENV
 from gpubraid.runtime.trace import host_cores, load
 from gpubraid.runtime.trace import median as trace_median
 
@@ -141,10 +144,12 @@ def time_phase(base: list, P: int, cands: list, probe_its: int, net, tmp: str, r
     real run) kept.  With ``median`` > 1 every traced run is made that many times and replayed as
     one trace whose spans are the median of theirs (:func:`gpubraid.runtime.trace.median`), and
     the untraced twin is made as often, interleaved with them, its wall time the median of theirs:
-    the same statistic on both sides of ``replay / real``.  At P > cores, candidates of D > 1 groups
-    that fit the cores are replayed again with their spans at one group's cost alone
-    (:mod:`bench.group_replay`; ``alone_spans``)."""
+    the same statistic on both sides of ``replay / real``.  At P > cores, where the ranks took
+    turns, every candidate is replayed again with each rank's spans timed alone (:mod:`bench.rerun`,
+    ``median`` reruns per rank; ``alone_spans``)."""
     rows = []
+    crowded = P > host_cores()  # as the tracer's gate counts them
+    rec = os.path.join(tmp, "record")
     for label, extra, ranks in cands:
         args = base + extra + ["--iterations", str(1 + probe_its), "--val-every", "0"]
 
@@ -153,7 +158,7 @@ def time_phase(base: list, P: int, cands: list, probe_its: int, net, tmp: str, r
             by its untraced twin, whose median wall time comes back too."""
             docs, walls = [], []
             for _ in range(median):
-                m = train_cli(ranks, args, tmp, True)
+                m = train_cli(ranks, args, tmp, True, env={RECORD_ENV: rec} if crowded else None)
                 docs.append(load(os.path.join(tmp, "t.json")))
                 if P <= 2:
                     walls.append(train_cli(ranks, args, tmp, False)["wall_s"])
@@ -179,20 +184,15 @@ def time_phase(base: list, P: int, cands: list, probe_its: int, net, tmp: str, r
             pairs = [t[0].wall_s / w for t, w in zip(longs, reals)]  # each traced run against its twin
             row.update(real_wall_s=real, real_walls_s=reals, replay_over_real=r2.wall_s / real,
                        replay_over_real_pairs=pairs, replay_over_real_median=statistics.median(pairs))
-        D = int(extra[extra.index("--data-parallel") + 1]) if "--data-parallel" in extra else 1
-        cores = host_cores()  # as the tracer's gate counts them
-        factors = alone_factors(doc2, m2, base, args[len(base):], batch, D, tmp, median) \
-            if P > cores and D > 1 and ranks // D <= cores else None
-        if factors:
-            t3 = replay(scaled(doc2, factors), net, "thread").marks["iteration"]
-            row["alone_spans"] = {"factors": factors, "first_iteration_s": t3[0],
-                                  "s_per_eval": (t3[-1] - t3[0]) / max(e2 - e1, 1)}
+        if crowded:  # the spans of the traced runs' events (the same in each) from reruns alone
+            t3 = replay(alone(doc2, rec, args, tmp, median), net, "thread").marks["iteration"]
+            row["alone_spans"] = {"first_iteration_s": t3[0], "s_per_eval": (t3[-1] - t3[0]) / max(e2 - e1, 1)}
         rows.append(row)
         print(f"  P={P} {label:26s} first it {first:.3f} s, {per_eval:.4f} s/eval"
               + (f"; {1 + probe_its} its replay {r2.wall_s:.3f} s, real {row['real_wall_s']:.3f} s "
                  f"({row['replay_over_real']:.2f}; pairs {row['replay_over_real_median']:.2f}; "
                  f"traced {row['replay_over_traced']:.2f})" if P <= 2 else "")
-              + (f" ({row['alone_spans']['s_per_eval']:.4f} with one group's spans)" if factors else "")
+              + (f" ({row['alone_spans']['s_per_eval']:.4f} with spans alone)" if crowded else "")
               + f", levels {row['levels']}", flush=True)
     return rows
 
@@ -253,7 +253,7 @@ def summarize(w: dict) -> dict:
     by_P = {}
     for row in w["timing"]:
         k = evals["oneshot" if row["method"] == "oneshot" else "serial"]
-        for r in (row, row.get("alone_spans")):   # the replay, and with one group's spans alone
+        for r in (row, row.get("alone_spans")):   # the replay, and with every rank's spans alone
             if r is not None:
                 r["s_to_target"] = None if k is None else \
                     r["first_iteration_s"] + max(k - row["first_iteration_evals"], 0) * r["s_per_eval"]
@@ -276,10 +276,13 @@ def summarize(w: dict) -> dict:
         rows = [r for r in by_P.get(int(P), []) if r["s_to_target"] is not None]
         first = plan["candidates"][0]
         hit = next((r for r in rows if matches(first, r)), None)
+        alone = hit.get("alone_spans") if hit else None
         plan["choice"] = {"D": first["D"], "L": first["L"], "method": first["method"], "M": first.get("M"),
                           "measured_as": hit["label"] if hit else None,
                           "auto_over_best": (hit["s_to_target"] / best[int(P)]["s_to_target"])
-                          if hit and int(P) in best else None}
+                          if hit and int(P) in best else None,
+                          "auto_over_best_alone_spans": (alone["s_to_target"] / w["best_alone_spans"][int(P)]
+                                                         ["s_to_target"]) if alone else None}
     return w
 
 
@@ -379,7 +382,7 @@ def main(argv=None) -> int:
                 a = w["best_alone_spans"][P]
                 print(f"  best at P={P}: {b['label']}, {b['s_to_target']:.2f} s to target"
                       + (f", {b['speedup_over_serial_1']:.2f}x serial on 1 rank" if b["speedup_over_serial_1"] else "")
-                      + (f"; with one group's spans: {a['label']}, {a['speedup_over_serial_1']:.2f}x" if a != b else ""),
+                      + (f"; with spans alone: {a['label']}, {a['speedup_over_serial_1']:.2f}x" if a != b else ""),
                       flush=True)
             for P, plan in w["plans"].items():
                 if "error" in plan:
@@ -387,7 +390,9 @@ def main(argv=None) -> int:
                     continue
                 c = plan["choice"]
                 print(f"  plan P={P}: {c['method']} {c['D']}x{c['L']} M={c['M']} -> measured as {c['measured_as']}, "
-                      f"auto / best {c['auto_over_best']}", flush=True)
+                      f"auto / best {c['auto_over_best']}"
+                      + (f" (spans alone {c['auto_over_best_alone_spans']:.3f})" if c["auto_over_best_alone_spans"] else ""),
+                      flush=True)
             save()
     print(f"-> {path}")
     if not args.no_plot:

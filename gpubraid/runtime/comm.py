@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import UserError
 from . import placement as _placement
+from . import rerun as _rerun
 from . import trace as _trace
 
 
@@ -118,11 +119,13 @@ class Comm:
     @classmethod
     def world(cls) -> "Comm":
         """COMM_WORLD, with CUDA-awareness detected from the loaded MPI library and this rank's BLAS
-        and OpenMP threads sized to its share of the host's cores (:mod:`gpubraid.runtime.placement`)."""
+        and OpenMP threads sized to its share of the host's cores (:mod:`gpubraid.runtime.placement`);
+        recording what it delivers, or a rerun of one recorded rank, as the environment asks
+        (:mod:`gpubraid.runtime.rerun`)."""
         MPI = _mpi()
         _placement.fit_to_host(MPI.COMM_WORLD)
         aware, _ = detect_cuda_aware()
-        return cls(MPI.COMM_WORLD, aware)
+        return cls(_rerun.wrap_world(MPI.COMM_WORLD), aware)
 
     @classmethod
     def single(cls) -> "Comm":

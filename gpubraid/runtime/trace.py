@@ -59,6 +59,7 @@ from collections import defaultdict
 
 from ..errors import UserError
 from .atomic import write_atomic
+from .rerun import world_ranks
 
 FORMAT = "gpubraid-trace"
 VERSION = 2
@@ -71,12 +72,6 @@ CORES_ENV = "GPUBRAID_TRACE_CORES"
 #: The tracer of this process while tracing, else None (read by :mod:`gpubraid.runtime.comm`).
 ACTIVE: "Tracer | None" = None
 
-
-def _world_ranks(mpi_comm) -> tuple[int, ...]:
-    """The COMM_WORLD ranks of an mpi4py communicator's members, in its rank order."""
-    from mpi4py import MPI
-
-    return tuple(mpi_comm.Get_group().Translate_ranks(list(range(mpi_comm.Get_size())), MPI.COMM_WORLD.Get_group()))
 
 
 def pickled_size(obj) -> int:
@@ -201,7 +196,7 @@ class Tracer:
         together, which matches across ranks because every rank makes its calls in program order."""
         key = id(mpi_comm)
         if key not in self._group_of:
-            ranks = (self.world_rank,) if mpi_comm is None else _world_ranks(mpi_comm)
+            ranks = (self.world_rank,) if mpi_comm is None else world_ranks(mpi_comm)
             if ranks not in self.groups:
                 self.groups.append(ranks)
             self._group_of[key] = (self.groups.index(ranks), mpi_comm)
@@ -270,7 +265,8 @@ def stop() -> None:
 
 
 def finish(tracer: Tracer, world_comm, path: str, clock: str = "thread", meta: dict | None = None) -> None:
-    """Stop tracing and write every rank's events to ``path`` (rank 0 writes, atomically).
+    """Stop tracing and write every rank's events to ``path`` (rank 0 writes, atomically; a rerun of
+    one rank, :mod:`gpubraid.runtime.rerun`, writes its own).
 
     ``clock``: which span length the replay should use, "thread" (CPU backends) or "wall" (GPUs).
     ``meta``: what else the file should say (settings, the measured wall time of the traced region).
@@ -280,7 +276,10 @@ def finish(tracer: Tracer, world_comm, path: str, clock: str = "thread", meta: d
     gated = tracer.gate is not None
     mine = tracer.close()
     ranks = [mine] if world_comm.size == 1 else world_comm.comm.gather(mine, root=0)
-    if world_comm.rank == 0:
+    alone = getattr(world_comm.comm, "alone", False)   # a rerun of one rank: its events by themselves
+    if alone:
+        ranks = [mine]
+    if world_comm.rank == 0 or alone:
         meta = {**(meta or {}), "gated": gated}
         doc = {"format": FORMAT, "version": VERSION, "clock": clock, "meta": meta, "ranks": ranks}
         write_atomic(path, lambda f: json.dump(doc, f, separators=(",", ":")))
