@@ -109,7 +109,15 @@ class _Reader:
             raise RerunDiverged(f"rerun of rank {self.rank} diverged at MPI call {self.calls}: {kind} of "
                                 f"{buf.dtype} {buf.shape}, where the recorded run's was "
                                 f"{getattr(value, 'dtype', type(value).__name__)} {getattr(value, 'shape', '')}")
-        buf[...] = value
+        if isinstance(buf, np.ndarray):
+            buf[...] = value
+        else:
+            buf.set(value)   # a device array (CUDA-aware MPI receives into device memory)
+
+
+def _host_copy(buf) -> np.ndarray:
+    """A host copy of a received buffer (NumPy, or a CuPy device array)."""
+    return np.array(buf, copy=True) if isinstance(buf, np.ndarray) else buf.get()
 
 
 class RecordingComm:
@@ -131,7 +139,7 @@ class RecordingComm:
         return RecordingComm(new, self._record)
 
     def _delivered(self, kind: str, buf) -> None:
-        self._record.put(kind, np.array(buf, copy=True))
+        self._record.put(kind, _host_copy(buf))
 
     def Dup(self):
         return RecordingComm(self._comm.Dup(), self._record)
