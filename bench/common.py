@@ -208,10 +208,15 @@ def train_cli(ranks: int, args: list, workdir: str, trace: bool = False, timeout
         cmd += ["--trace", os.path.join(workdir, "t.json")]
     if ranks > 1:
         cmd = ["mpiexec", "-n", str(ranks), *cmd]
+    run_checked(cmd, env, timeout)
+    return json.loads(Path(metrics).read_text())
+
+
+def run_checked(cmd: list, env: dict | None = None, timeout: float = 3600) -> None:
+    """Run ``cmd`` with :data:`CLI_ENV` and ``env`` added; SystemExit with the stderr tail when it fails."""
     out = subprocess.run(cmd, capture_output=True, text=True, env={**CLI_ENV, **(env or {})}, timeout=timeout)
     if out.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr[-2000:]}")
-    return json.loads(Path(metrics).read_text())
 
 
 def parser(description: str) -> argparse.ArgumentParser:

@@ -20,30 +20,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 
-from bench.common import CLI_ENV
+from bench.common import run_checked, train_cli
+from bench.replay import network_model
 from gpubraid.runtime.replay import replay
 from gpubraid.runtime.rerun import RECORD_ENV, RERUN_ENV, with_spans
 from gpubraid.runtime.trace import load
 from gpubraid.runtime.trace import median as trace_median
 
 
-def _run(cmd: list, env: dict, timeout: float) -> None:
-    out = subprocess.run(cmd, capture_output=True, text=True, env={**CLI_ENV, **env}, timeout=timeout)
-    if out.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr[-2000:]}")
-
-
 def record(ranks: int, args: list, workdir: str, timeout: float = 3600) -> str:
     """Run ``gpubraid train ARGS`` on ``ranks`` ranks traced (``workdir``/t.json, metrics m.json) and
     recorded (``workdir``/record); returns the record's directory."""
     rec = os.path.join(workdir, "record")
-    cmd = [sys.executable, "-m", "gpubraid", "train", *args, "--no-progress",
-           "--metrics", os.path.join(workdir, "m.json"), "--trace", os.path.join(workdir, "t.json")]
-    _run(["mpiexec", "-n", str(ranks), *cmd] if ranks > 1 else cmd, {RECORD_ENV: rec}, timeout)
+    train_cli(ranks, args, workdir, True, timeout, env={RECORD_ENV: rec})
     return rec
 
 
@@ -56,16 +48,14 @@ def alone(doc: dict, rec: str, args: list, workdir: str, repeats: int = 1, timeo
         for rank in doc["ranks"]:
             w = rank["rank"]
             path = os.path.join(workdir, f"alone-{w}.json")
-            _run([sys.executable, "-m", "gpubraid", "train", *args, "--no-progress", "--trace", path,
-                  "--metrics", os.path.join(workdir, f"alone-{w}-m.json")], {RERUN_ENV: f"{rec}:{w}"}, timeout)
+            run_checked([sys.executable, "-m", "gpubraid", "train", *args, "--no-progress", "--trace", path],
+                        {RERUN_ENV: f"{rec}:{w}"}, timeout)
             spans[w] = load(path)["ranks"][0]
         docs.append(with_spans(doc, spans))
     return docs[0] if repeats == 1 else trace_median(docs)
 
 
 def main(argv=None) -> int:
-    from bench.replay import network_model
-
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ranks", type=int, required=True, help="P, the ranks of the traced run")
     p.add_argument("--repeats", type=int, default=1, help="reruns per rank, each span the median (default 1)")
