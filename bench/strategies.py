@@ -131,7 +131,7 @@ def _evals(metrics: dict) -> int:
 
 
 def time_phase(base: list, P: int, cands: list, probe_its: int, net, tmp: str, repeats: int = 1,
-               median: int = 1, batch: int = 0) -> list:
+               median: int = 1) -> list:
     """Every candidate of ``cands`` (:func:`measured`) on P ranks, replayed: a (1 + ``probe_its``)-
     iteration run traced, its first iteration (startup: first touches, the optimiser's first line
     search) and the seconds per objective evaluation after it, both from the replay's iteration
@@ -140,61 +140,71 @@ def time_phase(base: list, P: int, cands: list, probe_its: int, net, tmp: str, r
     right after a traced twin (so that both see the same load): its real loop wall time against
     the replay (``replay / real``), and the replay against the traced run's own wall time
     (``replay / traced``: the model alone, without run-to-run noise).
-    With ``repeats`` > 1 every run is repeated and the least disturbed (shortest replay, shortest
-    real run) kept.  With ``median`` > 1 every traced run is made that many times and replayed as
-    one trace whose spans are the median of theirs (:func:`gpubraid.runtime.trace.median`), and
-    the untraced twin is made as often, interleaved with them, its wall time the median of theirs:
-    the same statistic on both sides of ``replay / real``.  At P > cores, where the ranks took
-    turns, every candidate is replayed again with each rank's spans timed alone (:mod:`bench.rerun`,
-    ``median`` reruns per rank; ``alone_spans``)."""
-    rows = []
+
+    The candidates are measured side by side, in rounds: each round runs every candidate once, so
+    that a slow spell of the shared machine falls on all of them, not on the one that ran then.
+    With ``median`` > 1 there are that many rounds; each candidate's traced runs are replayed as one
+    trace whose spans are the median of theirs (:func:`gpubraid.runtime.trace.median`), and its
+    untraced twins' wall time is the median of theirs: the same statistic on both sides of
+    ``replay / real``.  With ``repeats`` > 1 the rounds are made that many times over and each
+    candidate's least disturbed (shortest replay, shortest real run) kept.  At P > cores, where the
+    ranks took turns, every candidate is replayed again with each rank's spans timed alone, from
+    a rerun of each rank (:mod:`bench.rerun`) after each of its traced runs, the spans the median
+    over the rounds (``alone_spans``)."""
     crowded = P > host_cores()  # as the tracer's gate counts them
-    rec = os.path.join(tmp, "record")
-    for label, extra, ranks in cands:
-        args = base + extra + ["--iterations", str(1 + probe_its), "--val-every", "0"]
-
-        def traced():
-            """The run traced ``median`` times, replayed as one; at P ≤ 2 each traced run followed
-            by its untraced twin, whose median wall time comes back too."""
-            docs, walls = [], []
-            for _ in range(median):
-                m = train_cli(ranks, args, tmp, True, env={RECORD_ENV: rec} if crowded else None)
-                docs.append(load(os.path.join(tmp, "t.json")))
+    rec = os.path.join(tmp, "record")   # one record at a time: its reruns follow at once
+    runs = {label: [{"docs": [], "walls": [], "alone": []} for _ in range(repeats)] for label, _, _ in cands}
+    for rep in range(repeats):
+        for _ in range(median):
+            for label, extra, ranks in cands:
+                args = base + extra + ["--iterations", str(1 + probe_its), "--val-every", "0"]
+                run = runs[label][rep]
+                run["metrics"] = train_cli(ranks, args, tmp, True, env={RECORD_ENV: rec} if crowded else None)
+                run["docs"].append(load(os.path.join(tmp, "t.json")))
                 if P <= 2:
-                    walls.append(train_cli(ranks, args, tmp, False)["wall_s"])
-            doc = docs[0] if median == 1 else trace_median(docs)
-            return replay(doc, net, "thread"), m, (statistics.median(walls) if walls else None), doc
+                    run["walls"].append(train_cli(ranks, args, tmp, False)["wall_s"])
+                if crowded:
+                    run["alone"].append(alone(run["docs"][-1], rec, args, tmp))
+    return [_timing_row(P, label, extra, runs[label], net) for label, extra, _ in cands]
 
-        longs = [traced() for _ in range(repeats)]
-        reals = [t[2] for t in longs if t[2] is not None]
-        r2, m2, _, doc2 = min(longs, key=lambda x: x[0].wall_s)
-        ends = r2.marks.get("iteration", [])  # when every rank finished each iteration
-        if len(ends) < 2:
-            raise SystemExit(f"bench.strategies: {label} on {P} ranks stopped before its second iteration")
-        first = ends[0]
-        e1, e2 = m2["history"][0].get("n_evals") or 1, _evals(m2)
-        per_eval = (ends[-1] - first) / max(e2 - e1, 1)
-        row = {"P": P, "label": label, "method": extra[1], "args": extra, "first_iteration_s": first,
-               "first_iteration_evals": e1, "s_per_eval": per_eval, "probe_evals": e2,
-               "replay_s": r2.wall_s, "traced_wall_s": r2.traced_wall_s,
-               "replay_over_traced": r2.wall_s / r2.traced_wall_s, "replays_s": [t[0].wall_s for t in longs],
-               "levels": m2["history"][-1].get("levels")}
-        if P <= 2:
-            real = min(reals)
-            pairs = [t[0].wall_s / w for t, w in zip(longs, reals)]  # each traced run against its twin
-            row.update(real_wall_s=real, real_walls_s=reals, replay_over_real=r2.wall_s / real,
-                       replay_over_real_pairs=pairs, replay_over_real_median=statistics.median(pairs))
-        if crowded:  # the spans of the traced runs' events (the same in each) from reruns alone
-            t3 = replay(alone(doc2, rec, args, tmp, median), net, "thread").marks["iteration"]
-            row["alone_spans"] = {"first_iteration_s": t3[0], "s_per_eval": (t3[-1] - t3[0]) / max(e2 - e1, 1)}
-        rows.append(row)
-        print(f"  P={P} {label:26s} first it {first:.3f} s, {per_eval:.4f} s/eval"
-              + (f"; {1 + probe_its} its replay {r2.wall_s:.3f} s, real {row['real_wall_s']:.3f} s "
-                 f"({row['replay_over_real']:.2f}; pairs {row['replay_over_real_median']:.2f}; "
-                 f"traced {row['replay_over_traced']:.2f})" if P <= 2 else "")
-              + (f" ({row['alone_spans']['s_per_eval']:.4f} with spans alone)" if crowded else "")
-              + f", levels {row['levels']}", flush=True)
-    return rows
+
+def _one(docs: list) -> dict:
+    return docs[0] if len(docs) == 1 else trace_median(docs)
+
+
+def _timing_row(P: int, label: str, extra: list, runs: list, net) -> dict:
+    """The row of one candidate from its ``runs`` (per repeat: traced docs, twins' wall times,
+    docs with the spans alone, the last metrics): see :func:`time_phase`."""
+    longs = [(replay(_one(r["docs"]), net, "thread"), r) for r in runs]
+    reals = [statistics.median(r["walls"]) for r in runs if r["walls"]]
+    r2, run = min(longs, key=lambda x: x[0].wall_s)
+    m2 = run["metrics"]
+    ends = r2.marks.get("iteration", [])  # when every rank finished each iteration
+    if len(ends) < 2:
+        raise SystemExit(f"bench.strategies: {label} on {P} ranks stopped before its second iteration")
+    first = ends[0]
+    e1, e2 = m2["history"][0].get("n_evals") or 1, _evals(m2)
+    per_eval = (ends[-1] - first) / max(e2 - e1, 1)
+    row = {"P": P, "label": label, "method": extra[1], "args": extra, "first_iteration_s": first,
+           "first_iteration_evals": e1, "s_per_eval": per_eval, "probe_evals": e2,
+           "replay_s": r2.wall_s, "traced_wall_s": r2.traced_wall_s,
+           "replay_over_traced": r2.wall_s / r2.traced_wall_s, "replays_s": [t[0].wall_s for t in longs],
+           "levels": m2["history"][-1].get("levels")}
+    if reals:
+        real = min(reals)
+        pairs = [t[0].wall_s / w for t, w in zip(longs, reals)]  # each traced run against its twin
+        row.update(real_wall_s=real, real_walls_s=reals, replay_over_real=r2.wall_s / real,
+                   replay_over_real_pairs=pairs, replay_over_real_median=statistics.median(pairs))
+    if run["alone"]:  # the spans of the traced runs' events (the same in each) from reruns alone
+        t3 = replay(_one(run["alone"]), net, "thread").marks["iteration"]
+        row["alone_spans"] = {"first_iteration_s": t3[0], "s_per_eval": (t3[-1] - t3[0]) / max(e2 - e1, 1)}
+    print(f"  P={P} {label:26s} first it {first:.3f} s, {per_eval:.4f} s/eval"
+          + (f"; {1 + m2['history'][-1]['iter']} its replay {r2.wall_s:.3f} s, real {row['real_wall_s']:.3f} s "
+             f"({row['replay_over_real']:.2f}; pairs {row['replay_over_real_median']:.2f}; "
+             f"traced {row['replay_over_traced']:.2f})" if reals else "")
+          + (f" ({row['alone_spans']['s_per_eval']:.4f} with spans alone)" if "alone_spans" in row else "")
+          + f", levels {row['levels']}", flush=True)
+    return row
 
 
 def planner_phase(base: list, P: int, tmp: str) -> dict:
@@ -342,9 +352,10 @@ def main(argv=None) -> int:
     p.add_argument("--plan-ranks", default="1,2,8", help="rank counts to ask the planner about (default 1,2,8)")
     p.add_argument("--network", default="measured")
     p.add_argument("--no-model", action="store_true", help="skip the planner's predictions to P = 1024")
-    p.add_argument("--repeats", type=int, default=1, help="runs per measurement, the shortest kept (default 1)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="measure every candidate this many times over, the least disturbed kept (default 1)")
     p.add_argument("--trace-median", type=int, default=1, metavar="K",
-                   help="trace every run K times and replay the median of each span (default 1)")
+                   help="K rounds of every candidate side by side, each span the median of its K (default 1)")
     args = p.parse_args(argv)
     if args.repeats < 1 or args.trace_median < 1:
         raise SystemExit("bench.strategies: --repeats and --trace-median must be at least 1")
@@ -373,7 +384,7 @@ def main(argv=None) -> int:
             w["plans"] = {str(P): planner_phase(base + ["--iterations", str(iterations)], P, tmp) for P in plan_ranks}
             w["timing"] = [row for P in ranks for row in time_phase(
                 base, P, measured(P, N, batch, w["plans"].get(str(P))), probe_its, net, tmp, args.repeats,
-                args.trace_median, batch)]
+                args.trace_median)]
             results.append(summarize(w))
             save()
             if not args.no_model and not args.quick:

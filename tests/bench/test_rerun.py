@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 TRAIN = ["peaks", "--layers", "8", "--n-train", "200", "--n-val", "50", "--iterations", "4", "--val-every", "0"]
 
@@ -37,11 +39,60 @@ def test_strategies_replays_every_candidate_with_spans_alone_where_ranks_took_tu
     monkeypatch.setattr(strategies, "host_cores", lambda: 1)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     cands = [c for c in strategies.candidates(2, 8, 200) if c[0] in ("data 2", "1x2 pipeline M=4")]
-    rows = strategies.time_phase(TRAIN[:-4], 2, cands, 3, network_model("ideal"), str(tmp_path), median=2,
-                                 batch=200)
+    rows = strategies.time_phase(TRAIN[:-4], 2, cands, 3, network_model("ideal"), str(tmp_path), median=2)
     assert [r["label"] for r in rows] == ["data 2", "1x2 pipeline M=4"]
     for r in rows:
         alone = r["alone_spans"]
         assert alone["first_iteration_s"] > 0 and alone["s_per_eval"] > 0
         assert alone["s_per_eval"] < 10 * r["s_per_eval"] and r["s_per_eval"] < 10 * alone["s_per_eval"]
     assert sorted(os.listdir(tmp_path / "record")) == ["rank-0.rec", "rank-1.rec"]
+
+
+def test_strategies_measures_the_candidates_side_by_side_in_rounds(tmp_path, monkeypatch):
+    """Each round runs every candidate once (traced, then its untraced twin; where ranks take turns
+    its reruns alone), so a slow spell of the machine falls on all of them; each candidate's median
+    is over its own rounds, and ``repeats`` keeps each candidate's least disturbed set of rounds."""
+    from types import SimpleNamespace
+
+    from bench import strategies
+
+    calls, walls = [], iter(range(1, 100))
+
+    def train_cli(ranks, args, workdir, trace=False, timeout=0, env=None):
+        calls.append(("traced" if trace else "twin", args[args.index("--method") + 1]))
+        return {"history": [{"iter": 0, "n_evals": 1}, {"iter": 1, "n_evals": 2}], "wall_s": float(next(walls))}
+
+    def alone(doc, rec, args, workdir, repeats=1):
+        calls.append(("alone", args[args.index("--method") + 1]))
+        return {**doc, "alone": True}
+
+    def median(docs):
+        return {"method": docs[0]["method"], "n": len(docs), "alone": docs[0].get("alone", False)}
+
+    def replay(doc, net, clock):
+        assert doc["n"] == 3, "every span the median of the candidate's 3 rounds"
+        wall = {"serial": 2.0, "pipeline": 1.0}[doc["method"]] / (4 if doc["alone"] else 1)
+        return SimpleNamespace(wall_s=wall, traced_wall_s=2 * wall, marks={"iteration": [0.1 * wall, wall]})
+
+    monkeypatch.setattr(strategies, "train_cli", train_cli)
+    monkeypatch.setattr(strategies, "load", lambda path: {"method": calls[-1][1]})
+    monkeypatch.setattr(strategies, "alone", alone)
+    monkeypatch.setattr(strategies, "trace_median", median)
+    monkeypatch.setattr(strategies, "replay", replay)
+    cands = [("data 2", ["--method", "serial"], 2), ("1x2 pipeline M=4", ["--method", "pipeline"], 2)]
+
+    monkeypatch.setattr(strategies, "host_cores", lambda: 2)
+    rows = strategies.time_phase(["peaks"], 2, cands, 1, None, str(tmp_path), median=3)
+    assert calls == [("traced", "serial"), ("twin", "serial"), ("traced", "pipeline"), ("twin", "pipeline")] * 3
+    # twins' wall times 2, 6, 10 (serial) and 4, 8, 12 (pipeline): the medians
+    assert [r["real_walls_s"] for r in rows] == [[6.0], [8.0]]
+    assert [r["s_per_eval"] for r in rows] == pytest.approx([0.9 * 2.0 / 2, 0.9 * 1.0 / 2])  # 2 evaluations
+    assert all("alone_spans" not in r for r in rows)
+
+    calls.clear()
+    monkeypatch.setattr(strategies, "host_cores", lambda: 1)
+    rows = strategies.time_phase(["peaks"], 2, cands, 1, None, str(tmp_path), median=3, repeats=2)
+    assert calls == [("traced", "serial"), ("twin", "serial"), ("alone", "serial"),
+                     ("traced", "pipeline"), ("twin", "pipeline"), ("alone", "pipeline")] * 6
+    assert [r["alone_spans"]["s_per_eval"] for r in rows] == pytest.approx([0.9 * 0.5 / 2, 0.9 * 0.25 / 2])
+    assert [len(r["replays_s"]) for r in rows] == [2, 2]
