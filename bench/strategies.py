@@ -142,7 +142,10 @@ def time_phase(base: list, P: int, cands: list, probe_its: int, net, tmp: str, r
     (``replay / traced``: the model alone, without run-to-run noise).
 
     The candidates are measured side by side, in rounds: each round runs every candidate once, so
-    that a slow spell of the shared machine falls on all of them, not on the one that ran then.
+    that a slow spell of the shared machine falls on all of them, not on the one that ran then;
+    each candidate's turn starts with one untimed iteration of it (a run that follows another
+    candidate's pays a cold start of up to seconds in its first iteration, which its twin right
+    after it would not).
     With ``median`` > 1 there are that many rounds; each candidate's traced runs are replayed as one
     trace whose spans are the median of theirs (:func:`gpubraid.runtime.trace.median`), and its
     untraced twins' wall time is the median of theirs: the same statistic on both sides of
@@ -159,6 +162,10 @@ def time_phase(base: list, P: int, cands: list, probe_its: int, net, tmp: str, r
             for label, extra, ranks in cands:
                 args = base + extra + ["--iterations", str(1 + probe_its), "--val-every", "0"]
                 run = runs[label][rep]
+                # a first run after another candidate's pays a cold start (paper-256 one-shot after
+                # serial M = 8: first iteration 1.2-2.1 s, against 0.5 s right after its own): one
+                # untimed iteration first, so that traced run and twin start as warm as each other
+                train_cli(ranks, base + extra + ["--iterations", "1", "--val-every", "0"], tmp, False)
                 run["metrics"] = train_cli(ranks, args, tmp, True, env={RECORD_ENV: rec} if crowded else None)
                 run["docs"].append(load(os.path.join(tmp, "t.json")))
                 if P <= 2:

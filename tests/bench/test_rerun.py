@@ -49,8 +49,8 @@ def test_strategies_replays_every_candidate_with_spans_alone_where_ranks_took_tu
 
 
 def test_strategies_measures_the_candidates_side_by_side_in_rounds(tmp_path, monkeypatch):
-    """Each round runs every candidate once (traced, then its untraced twin; where ranks take turns
-    its reruns alone), so a slow spell of the machine falls on all of them; each candidate's median
+    """Each round runs every candidate once (one untimed iteration, traced, then its untraced twin;
+    where ranks take turns its reruns alone), so a slow spell of the machine falls on all of them; each candidate's median
     is over its own rounds, and ``repeats`` keeps each candidate's least disturbed set of rounds."""
     from types import SimpleNamespace
 
@@ -59,7 +59,8 @@ def test_strategies_measures_the_candidates_side_by_side_in_rounds(tmp_path, mon
     calls, walls = [], iter(range(1, 100))
 
     def train_cli(ranks, args, workdir, trace=False, timeout=0, env=None):
-        calls.append(("traced" if trace else "twin", args[args.index("--method") + 1]))
+        warm = args[args.index("--iterations") + 1] == "1"
+        calls.append(("warm" if warm else "traced" if trace else "twin", args[args.index("--method") + 1]))
         return {"history": [{"iter": 0, "n_evals": 1}, {"iter": 1, "n_evals": 2}], "wall_s": float(next(walls))}
 
     def alone(doc, rec, args, workdir, repeats=1):
@@ -83,16 +84,17 @@ def test_strategies_measures_the_candidates_side_by_side_in_rounds(tmp_path, mon
 
     monkeypatch.setattr(strategies, "host_cores", lambda: 2)
     rows = strategies.time_phase(["peaks"], 2, cands, 1, None, str(tmp_path), median=3)
-    assert calls == [("traced", "serial"), ("twin", "serial"), ("traced", "pipeline"), ("twin", "pipeline")] * 3
-    # twins' wall times 2, 6, 10 (serial) and 4, 8, 12 (pipeline): the medians
-    assert [r["real_walls_s"] for r in rows] == [[6.0], [8.0]]
+    assert calls == [("warm", "serial"), ("traced", "serial"), ("twin", "serial"),
+                     ("warm", "pipeline"), ("traced", "pipeline"), ("twin", "pipeline")] * 3
+    # the runs' wall times count up: the twins' are 3, 9, 15 (serial) and 6, 12, 18 (pipeline)
+    assert [r["real_walls_s"] for r in rows] == [[9.0], [12.0]]
     assert [r["s_per_eval"] for r in rows] == pytest.approx([0.9 * 2.0 / 2, 0.9 * 1.0 / 2])  # 2 evaluations
     assert all("alone_spans" not in r for r in rows)
 
     calls.clear()
     monkeypatch.setattr(strategies, "host_cores", lambda: 1)
     rows = strategies.time_phase(["peaks"], 2, cands, 1, None, str(tmp_path), median=3, repeats=2)
-    assert calls == [("traced", "serial"), ("twin", "serial"), ("alone", "serial"),
-                     ("traced", "pipeline"), ("twin", "pipeline"), ("alone", "pipeline")] * 6
+    assert calls == [("warm", "serial"), ("traced", "serial"), ("twin", "serial"), ("alone", "serial"),
+                     ("warm", "pipeline"), ("traced", "pipeline"), ("twin", "pipeline"), ("alone", "pipeline")] * 6
     assert [r["alone_spans"]["s_per_eval"] for r in rows] == pytest.approx([0.9 * 0.5 / 2, 0.9 * 0.25 / 2])
     assert [len(r["replays_s"]) for r in rows] == [2, 2]
