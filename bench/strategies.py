@@ -72,12 +72,18 @@ QUICK = {"peaks-64": (["peaks", "--layers", "16", "--n-train", "500"], 10, 5, 2)
 SERIAL_MICRO_BATCHES = (1, 2, 4, 8)
 
 
-def candidates(P: int, N: int, batch: int) -> list[tuple[str, list[str], int]]:
+def candidates(P: int, N: int, batch: int, exact: bool = False) -> list[tuple[str, list[str], int]]:
     """(label, train arguments, ranks) of every strategy measured on P ranks for N layers and
     ``batch`` samples per step: data groups alone (serial with M = 1, 2, 4, 8 micro-batches one
     after the other, and oneshot in each group), the layer pipeline (M = 2L and 4L), oneshot on the
-    layer ranks, and D = 2 (P ≥ 4) and D = P/2 (P ≥ 8) groups of each."""
+    layer ranks, and D = 2 (P ≥ 4) and D = P/2 (P ≥ 8) groups of each; with ``exact`` also exact
+    MGRIT in P data groups and on P layer ranks (its solves to the tolerance cost tens of serial
+    evaluations each, so it is left out by default)."""
     out = []
+    if exact:
+        out += [("exact" if P == 1 else f"{P}x1 exact", ["--method", "exact", *(["--data-parallel", str(P)]
+                                                                          if P > 1 else [])], P)]
+        out += [(f"1x{P} exact", ["--method", "exact"], P)] if 1 < P <= N else []
     if batch >= P:
         name = "serial" if P == 1 else f"data {P}"
         grp = ["--data-parallel", str(P)] if P > 1 else []
@@ -246,9 +252,9 @@ def plan_args(plan_cand: dict) -> list:
     return out
 
 
-def measured(P: int, N: int, batch: int, plan: dict | None) -> list:
+def measured(P: int, N: int, batch: int, plan: dict | None, exact: bool = False) -> list:
     """:func:`candidates` on P ranks, and the planner's choice when it is none of them."""
-    cands = candidates(P, N, batch)
+    cands = candidates(P, N, batch, exact)
     if plan and "error" not in plan:
         first = plan["candidates"][0]
         label = plan_label(first, P)
@@ -359,6 +365,7 @@ def main(argv=None) -> int:
     p.add_argument("--plan-ranks", default="1,2,8", help="rank counts to ask the planner about (default 1,2,8)")
     p.add_argument("--network", default="measured")
     p.add_argument("--no-model", action="store_true", help="skip the planner's predictions to P = 1024")
+    p.add_argument("--exact", action="store_true", help="also measure exact MGRIT in P data groups and on P layer ranks")
     p.add_argument("--repeats", type=int, default=1,
                    help="measure every candidate this many times over, the least disturbed kept (default 1)")
     p.add_argument("--trace-median", type=int, default=1, metavar="K",
@@ -376,7 +383,7 @@ def main(argv=None) -> int:
 
     def save():  # after every workload, so that a later failure keeps what was measured
         write_json(path, document("strategies", {"network": net.__dict__, "ranks": ranks, "repeats": args.repeats,
-                                                 "trace_median": args.trace_median}, results))
+                                                 "trace_median": args.trace_median, "exact": args.exact}, results))
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             base, iterations, val_every, probe_its = table[name]
@@ -390,7 +397,7 @@ def main(argv=None) -> int:
             w["layers"], w["batch"] = N, batch
             w["plans"] = {str(P): planner_phase(base + ["--iterations", str(iterations)], P, tmp) for P in plan_ranks}
             w["timing"] = [row for P in ranks for row in time_phase(
-                base, P, measured(P, N, batch, w["plans"].get(str(P))), probe_its, net, tmp, args.repeats,
+                base, P, measured(P, N, batch, w["plans"].get(str(P)), args.exact), probe_its, net, tmp, args.repeats,
                 args.trace_median)]
             results.append(summarize(w))
             save()

@@ -98,3 +98,19 @@ def test_strategies_measures_the_candidates_side_by_side_in_rounds(tmp_path, mon
                      ("warm", "pipeline"), ("traced", "pipeline"), ("twin", "pipeline"), ("alone", "pipeline")] * 6
     assert [r["alone_spans"]["s_per_eval"] for r in rows] == pytest.approx([0.9 * 0.5 / 2, 0.9 * 0.25 / 2])
     assert [len(r["replays_s"]) for r in rows] == [2, 2]
+
+
+def test_strategies_measures_exact_only_when_asked_and_under_the_planners_labels():
+    from bench import strategies
+
+    def labels(P, **kw):
+        return [c[0] for c in strategies.candidates(P, 8, 200, **kw)]
+
+    assert not any("exact" in x for P in (1, 2, 8) for x in labels(P))
+    assert [x for x in labels(1, exact=True) if "exact" in x] == ["exact"]
+    cands = {c[0]: c for c in strategies.candidates(2, 8, 200, exact=True)}
+    assert cands["2x1 exact"][1:] == (["--method", "exact", "--data-parallel", "2"], 2)
+    assert cands["1x2 exact"][1:] == (["--method", "exact"], 2)
+    for D, L in ((2, 1), (1, 2)):   # the planner's exact candidates are measured as these rows
+        assert strategies.plan_label({"D": D, "L": L, "method": "exact", "M": 1}, 2) == f"{D}x{L} exact"
+    assert "1x16 exact" not in labels(16, exact=True)   # more layer ranks than the 8 layers
