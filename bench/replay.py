@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         docs, net = [load(path) for path in args.trace], network_model(args.network)
-        trace = docs[0] if len(docs) == 1 else median(docs)
+        trace = median(docs)
     except (OSError, ValueError) as exc:
         raise SystemExit(f"bench.replay: {exc}") from None
     result = replay(trace, net, args.clock)

@@ -52,7 +52,7 @@ def alone(doc: dict, rec: str, args: list, workdir: str, repeats: int = 1, timeo
                         {RERUN_ENV: f"{rec}:{w}"}, timeout)
             spans[w] = load(path)["ranks"][0]
         docs.append(with_spans(doc, spans))
-    return docs[0] if repeats == 1 else trace_median(docs)
+    return trace_median(docs)
 
 
 def main(argv=None) -> int:

@@ -166,12 +166,13 @@ def time_phase(base: list, P: int, cands: list, probe_its: int, net, tmp: str, r
     for rep in range(repeats):
         for _ in range(median):
             for label, extra, ranks in cands:
-                args = base + extra + ["--iterations", str(1 + probe_its), "--val-every", "0"]
+                head = base + extra + ["--val-every", "0", "--iterations"]
+                args = head + [str(1 + probe_its)]
                 run = runs[label][rep]
                 # a first run after another candidate's pays a cold start (paper-256 one-shot after
                 # serial M = 8: first iteration 1.2-2.1 s, against 0.5 s right after its own): one
                 # untimed iteration first, so that traced run and twin start as warm as each other
-                train_cli(ranks, base + extra + ["--iterations", "1", "--val-every", "0"], tmp, False)
+                train_cli(ranks, head + ["1"], tmp, False)
                 run["metrics"] = train_cli(ranks, args, tmp, True, env={RECORD_ENV: rec} if crowded else None)
                 run["docs"].append(load(os.path.join(tmp, "t.json")))
                 if P <= 2:
@@ -181,14 +182,10 @@ def time_phase(base: list, P: int, cands: list, probe_its: int, net, tmp: str, r
     return [_timing_row(P, label, extra, runs[label], net) for label, extra, _ in cands]
 
 
-def _one(docs: list) -> dict:
-    return docs[0] if len(docs) == 1 else trace_median(docs)
-
-
 def _timing_row(P: int, label: str, extra: list, runs: list, net) -> dict:
     """The row of one candidate from its ``runs`` (per repeat: traced docs, twins' wall times,
     docs with the spans alone, the last metrics): see :func:`time_phase`."""
-    longs = [(replay(_one(r["docs"]), net, "thread"), r) for r in runs]
+    longs = [(replay(trace_median(r["docs"]), net, "thread"), r) for r in runs]
     reals = [statistics.median(r["walls"]) for r in runs if r["walls"]]
     r2, run = min(longs, key=lambda x: x[0].wall_s)
     m2 = run["metrics"]
@@ -209,7 +206,7 @@ def _timing_row(P: int, label: str, extra: list, runs: list, net) -> dict:
         row.update(real_wall_s=real, real_walls_s=reals, replay_over_real=r2.wall_s / real,
                    replay_over_real_pairs=pairs, replay_over_real_median=statistics.median(pairs))
     if run["alone"]:  # the spans of the traced runs' events (the same in each) from reruns alone
-        t3 = replay(_one(run["alone"]), net, "thread").marks["iteration"]
+        t3 = replay(trace_median(run["alone"]), net, "thread").marks["iteration"]
         row["alone_spans"] = {"first_iteration_s": t3[0], "s_per_eval": (t3[-1] - t3[0]) / max(e2 - e1, 1)}
     print(f"  P={P} {label:26s} first it {first:.3f} s, {per_eval:.4f} s/eval"
           + (f"; {1 + m2['history'][-1]['iter']} its replay {r2.wall_s:.3f} s, real {row['real_wall_s']:.3f} s "

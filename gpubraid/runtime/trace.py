@@ -291,7 +291,7 @@ _TIMED = {"c": (1, 2), "s": (6, 7), "r": (6,), "w": (2,), "k": (5,)}
 
 def median(docs: list) -> dict:
     """One trace from repeats of the same run: every compute span and send call the median of its
-    repeats' times, every other field the first's.
+    repeats' times, every other field the first's (one repeat: that trace itself).
 
     A run's events follow its program order, so repeats of one command record the same events on
     every rank.  On a shared machine single spans are stretched by other work at random; the
@@ -300,6 +300,8 @@ def median(docs: list) -> dict:
     ValueError when the repeats' ranks or events differ (not the same run)."""
     if not docs:
         raise ValueError("median of no traces")
+    if len(docs) == 1:   # one repeat is its own median
+        return docs[0]
     first = docs[0]
     if any(len(d["ranks"]) != len(first["ranks"]) for d in docs):
         raise ValueError("the traces are not repeats of one run: their rank counts differ")

@@ -202,6 +202,7 @@ def test_median_of_repeats_takes_each_span_median_and_refuses_other_runs():
     assert replay(merged, NET).wall_s == pytest.approx(3.71)
     assert [replay(t, NET).wall_s for t in repeats] == pytest.approx([3.71, 5.71, 5.21])
     assert merged["ranks"][1]["events"][3] == repeats[0]["ranks"][1]["events"][3]
+    assert median(repeats[1:2]) is repeats[1]   # one repeat is its own median
     marked = [run(a, 1.0) for a in (3.0, 1.0, 1.0)]  # the first repeat disturbed
     for t in marked:
         for r in t["ranks"]:
