@@ -31,35 +31,33 @@ static inline INLINE void NAME(act)(int act, int64_t m, T *restrict z, T *restri
     }
 }
 
-/* Z = U Kᵀ + b for `rows` rows of C (Kt = Kᵀ: the inner loop runs over contiguous outputs).  Four
-   rows at a time: four independent chains of C multiply-adds, so the adds' latency is hidden. */
+/* Z = U Kᵀ + b for R ≤ 8 rows of C (Kt = Kᵀ: the inner loop runs over contiguous outputs): R
+   independent chains of C multiply-adds per output, so the adds' latency is hidden, summed in a local
+   array that stays in registers where R and C are small constants. */
+static inline INLINE void NAME(pre_rows)(int64_t R, int64_t C, const T *restrict Kt, const T *restrict b,
+                                         const T *restrict u, T *restrict Z) {
+    T acc[8][MAX_C];
+    for (int64_t q = 0; q < R; ++q)
+        for (int64_t o = 0; o < C; ++o) acc[q][o] = b[o];
+    for (int64_t j = 0; j < C; ++j) {
+        const T *restrict kj = Kt + j * C;
+        for (int64_t q = 0; q < R; ++q) {
+            const T a = u[q * C + j];
+            for (int64_t o = 0; o < C; ++o) acc[q][o] += kj[o] * a;
+        }
+    }
+    for (int64_t q = 0; q < R; ++q)
+        for (int64_t o = 0; o < C; ++o) Z[q * C + o] = acc[q][o];
+}
+
+/* Z = U Kᵀ + b for `rows` rows of C: eight rows at a time where a row fits one 512-bit vector (C ≤ 8),
+   else four (more would not stay in registers), then one. */
 static inline INLINE void NAME(pre)(int64_t rows, int64_t C, const T *restrict Kt, const T *restrict b,
                                     const T *restrict u, T *restrict Z) {
     int64_t r = 0;
-    for (; r + 4 <= rows; r += 4) {
-        T *restrict z0 = Z + r * C, *restrict z1 = z0 + C, *restrict z2 = z1 + C, *restrict z3 = z2 + C;
-        const T *restrict u0 = u + r * C;
-        for (int64_t o = 0; o < C; ++o) z0[o] = z1[o] = z2[o] = z3[o] = b[o];
-        for (int64_t j = 0; j < C; ++j) {
-            const T a0 = u0[j], a1 = u0[C + j], a2 = u0[2 * C + j], a3 = u0[3 * C + j];
-            const T *restrict kj = Kt + j * C;
-            for (int64_t o = 0; o < C; ++o) {
-                z0[o] += kj[o] * a0;
-                z1[o] += kj[o] * a1;
-                z2[o] += kj[o] * a2;
-                z3[o] += kj[o] * a3;
-            }
-        }
-    }
-    for (; r < rows; ++r) {
-        T *restrict z = Z + r * C;
-        const T *restrict ur = u + r * C;
-        for (int64_t o = 0; o < C; ++o) z[o] = b[o];
-        for (int64_t j = 0; j < C; ++j) {
-            const T *restrict kj = Kt + j * C;
-            for (int64_t o = 0; o < C; ++o) z[o] += kj[o] * ur[j];
-        }
-    }
+    for (; C <= 8 && r + 8 <= rows; r += 8) NAME(pre_rows)(8, C, Kt, b, u + r * C, Z + r * C);
+    for (; r + 4 <= rows; r += 4) NAME(pre_rows)(4, C, Kt, b, u + r * C, Z + r * C);
+    for (; r < rows; ++r) NAME(pre_rows)(1, C, Kt, b, u + r * C, Z + r * C);
 }
 
 /* Lout = Lin + h A K (+ G when g is not NULL) for `rows` rows of C, four rows at a time as in pre.  Lout
@@ -113,6 +111,35 @@ static inline INLINE void NAME(adjoint)(int64_t rows, int64_t C, const T *restri
     }
 }
 
+/* SK += aᵀ u and Sb += Σ a over `rows` rows of C (A and u row-major): each output's sum over the rows in T,
+   in row order, then added in double; as many outputs at a time as 1 kB of accumulators holds (16
+   512-bit registers), so that they stay in registers where C is a small constant. */
+static inline INLINE void NAME(grad_rows)(int64_t rows, int64_t C, const T *restrict A, const T *restrict u,
+                                          double *restrict SK, double *restrict Sb) {
+    enum { ACC = 1024 / sizeof(T) };
+    const int64_t OB = C * C <= ACC ? C : (C < ACC ? ACC / C : 1);
+    T acc[ACC], v[MAX_C];
+    for (int64_t o0 = 0; o0 < C; o0 += OB) {
+        const int64_t ob = C - o0 < OB ? C - o0 : OB;
+        for (int64_t q = 0; q < ob; ++q) {
+            for (int64_t j = 0; j < C; ++j) acc[q * C + j] = 0;
+            v[q] = 0;
+        }
+        for (int64_t r = 0; r < rows; ++r) {
+            const T *restrict ar = A + r * C + o0, *restrict ur = u + r * C;
+            for (int64_t q = 0; q < ob; ++q) {
+                const T a = ar[q];
+                for (int64_t j = 0; j < C; ++j) acc[q * C + j] += a * ur[j];
+                v[q] += a;
+            }
+        }
+        for (int64_t q = 0; q < ob; ++q) {
+            for (int64_t j = 0; j < C; ++j) SK[(o0 + q) * C + j] += (double)acc[q * C + j];
+            Sb[o0 + q] += (double)v[q];
+        }
+    }
+}
+
 static inline void NAME(transpose)(int64_t C, const T *restrict K, T *restrict Kt) {
     for (int64_t o = 0; o < C; ++o)
         for (int64_t j = 0; j < C; ++j) Kt[j * C + o] = K[o * C + j];
@@ -156,7 +183,7 @@ static inline INLINE void NAME(backward)(int64_t n, int64_t B, int64_t C, int ac
                                          const T *Lin, int64_t sli, T *Lout, int64_t slo, const T *K, int64_t sk,
                                          const T *b, int64_t sb, const T *h, const T *D, int64_t sd, T *gK,
                                          int64_t sgk, T *gb, int64_t sgb, const T *G, int64_t sg) {
-    T Kt[MAX_C * MAX_C], Z[CHUNK], dd[CHUNK], A[CHUNK], S[MAX_C * MAX_C], Sv[MAX_C];
+    T Kt[MAX_C * MAX_C], Z[CHUNK], dd[CHUNK], A[CHUNK];
     double SK[MAX_C * MAX_C], Sb[MAX_C];
     const int64_t R = CHUNK / C;
     for (int64_t i = n - 1; i >= 0; --i) {
@@ -181,19 +208,7 @@ static inline INLINE void NAME(backward)(int64_t n, int64_t B, int64_t C, int ac
             else if (Lout)
                 NAME(adjoint)(rows, C, Ki, hi, A, lin, Lout + i * slo + r0 * C, NULL);
             if (!gK) continue;
-            for (int64_t k = 0; k < C * C; ++k) S[k] = 0;  // S = aᵀ u and Sv = Σ a over the chunk's rows:
-            for (int64_t o = 0; o < C; ++o) Sv[o] = 0;       // row by row, so S_o's updates are C apart
-            for (int64_t r = 0; r < rows; ++r) {
-                const T *restrict ar = A + r * C, *restrict ur = u + r * C;
-                for (int64_t o = 0; o < C; ++o) {
-                    const T ao = ar[o];
-                    T *restrict so = S + o * C;
-                    for (int64_t j = 0; j < C; ++j) so[j] += ao * ur[j];
-                    Sv[o] += ao;
-                }
-            }
-            for (int64_t k = 0; k < C * C; ++k) SK[k] += S[k];
-            for (int64_t o = 0; o < C; ++o) Sb[o] += Sv[o];
+            NAME(grad_rows)(rows, C, A, u, SK, Sb);
         }
         if (!gK) continue;
         T *gKi = gK + i * sgk, *gbi = gb + i * sgb;
@@ -203,46 +218,44 @@ static inline INLINE void NAME(backward)(int64_t n, int64_t B, int64_t C, int ac
 }
 
 /* The exported entry points: C dispatched to compile-time widths for the common sizes (the inner
-   loops unrolled and vectorised there); any other C ≤ MAX_C runs the generic loops.  0: done. */
-int NAME(gb_dense_forward)(int64_t n, int64_t B, int64_t C, int act, const T *U, int64_t su, T *V, int64_t sv,
-                           const T *K, int64_t sk, const T *b, int64_t sb, const T *h, T *D, int64_t sd, const T *G,
-                           int64_t sg) {
+   loops unrolled and vectorised there; BY_ROW_WIDTH, kernels/dense_host.c: on vectors as wide as a
+   row fills); any other C ≤ MAX_C runs the generic loops.  0: done. */
 #define CALL(CC) NAME(forward)(n, B, CC, act, U, su, V, sv, K, sk, b, sb, h, D, sd, G, sg)
-    DISPATCH(CALL)
+BY_ROW_WIDTH(gb_dense_forward,
+             (int64_t n, int64_t B, int64_t C, int act, const T *U, int64_t su, T *V, int64_t sv, const T *K,
+              int64_t sk, const T *b, int64_t sb, const T *h, T *D, int64_t sd, const T *G, int64_t sg),
+             (n, B, C, act, U, su, V, sv, K, sk, b, sb, h, D, sd, G, sg))
 #undef CALL
-}
 
-int NAME(gb_dense_backward)(int64_t n, int64_t B, int64_t C, int act, const T *U, int64_t su, const T *Lin,
-                            int64_t sli, T *Lout, int64_t slo, const T *K, int64_t sk, const T *b, int64_t sb,
-                            const T *h, const T *D, int64_t sd, T *gK, int64_t sgk, T *gb, int64_t sgb, const T *G,
-                            int64_t sg) {
 #define CALL(CC) NAME(backward)(n, B, CC, act, U, su, Lin, sli, Lout, slo, K, sk, b, sb, h, D, sd, gK, sgk, gb, sgb, \
                                G, sg)
-    DISPATCH(CALL)
+BY_ROW_WIDTH(gb_dense_backward,
+             (int64_t n, int64_t B, int64_t C, int act, const T *U, int64_t su, const T *Lin, int64_t sli, T *Lout,
+              int64_t slo, const T *K, int64_t sk, const T *b, int64_t sb, const T *h, const T *D, int64_t sd, T *gK,
+              int64_t sgk, T *gb, int64_t sgb, const T *G, int64_t sg),
+             (n, B, C, act, U, su, Lin, sli, Lout, slo, K, sk, b, sb, h, D, sd, gK, sgk, gb, sgb, G, sg))
 #undef CALL
-}
 
 /* MGRIT's coarsest solve: a chain with a right-hand side, V_k = Φ_k(V_{k−1}) + G_k for k = 0..n−1 from
    V_{−1} = u0 (G NULL: none; G may be V), one step at a time. */
-int NAME(gb_dense_chain_forward)(int64_t n, int64_t B, int64_t C, int act, const T *u0, T *V, int64_t sv,
-                                 const T *G, int64_t sg, const T *K, int64_t sk, const T *b, int64_t sb, const T *h) {
 #define CALL(CC)                                                                                               \
     for (int64_t k = 0; k < n; ++k)                                                                            \
         NAME(forward)(1, B, CC, act, k ? V + (k - 1) * sv : u0, 0, V + k * sv, 0, K + k * sk, 0, b + k * sb, 0, \
                       h + k, NULL, 0, G ? G + k * sg : NULL, 0)
-    DISPATCH(CALL)
+BY_ROW_WIDTH(gb_dense_chain_forward,
+             (int64_t n, int64_t B, int64_t C, int act, const T *u0, T *V, int64_t sv, const T *G, int64_t sg,
+              const T *K, int64_t sk, const T *b, int64_t sb, const T *h),
+             (n, B, C, act, u0, V, sv, G, sg, K, sk, b, sb, h))
 #undef CALL
-}
 
 /* Its adjoint in the adjoint solve's order (layers reversed by the caller): W_k = W_{k−1} + h_k K_kᵀ
    (σ'(K_k U_k + b_k) ⊙ W_{k−1}) + G_k for k = 0..n−1 from W_{−1} = w0 (G NULL: none; G may be W). */
-int NAME(gb_dense_chain_adjoint)(int64_t n, int64_t B, int64_t C, int act, const T *w0, T *W, int64_t sw,
-                                 const T *G, int64_t sg, const T *U, int64_t su, const T *K, int64_t sk, const T *b,
-                                 int64_t sb, const T *h) {
 #define CALL(CC)                                                                                                 \
     for (int64_t k = 0; k < n; ++k)                                                                              \
         NAME(backward)(1, B, CC, act, U + k * su, 0, k ? W + (k - 1) * sw : w0, 0, W + k * sw, 0, K + k * sk, 0, \
                        b + k * sb, 0, h + k, NULL, 0, NULL, 0, NULL, 0, G ? G + k * sg : NULL, 0)
-    DISPATCH(CALL)
+BY_ROW_WIDTH(gb_dense_chain_adjoint,
+             (int64_t n, int64_t B, int64_t C, int act, const T *w0, T *W, int64_t sw, const T *G, int64_t sg,
+              const T *U, int64_t su, const T *K, int64_t sk, const T *b, int64_t sb, const T *h),
+             (n, B, C, act, w0, W, sw, G, sg, U, su, K, sk, b, sb, h))
 #undef CALL
-}

@@ -76,10 +76,10 @@ def _source_dir() -> Path:
     return here if (here / SOURCE).is_file() else cuda.kernel_source_dir()
 
 
-def _build(cc: list[str]) -> Path:
-    """The shared library for compiler command ``cc``: the cached one, or compiled now (RuntimeError on
-    failure)."""
-    src_dir = _source_dir()
+def _build(cc: list[str], src_dir: Path | None = None) -> Path:
+    """The shared library for compiler command ``cc`` from the sources in ``src_dir`` (default:
+    :func:`_source_dir`): the cached one, or compiled now (RuntimeError on failure)."""
+    src_dir = _source_dir() if src_dir is None else Path(src_dir)
     code = b"".join((src_dir / name).read_bytes() for name in (SOURCE, *HEADERS))
     st = os.stat(cc[0])
     key = hashlib.sha256(b"\0".join([code, " ".join(cc).encode(), str((st.st_size, st.st_mtime_ns)).encode(),

@@ -261,3 +261,17 @@ def test_pipeline_ramp_quick_compares_the_ramp_with_equal_micro_batches(mpirun, 
     row = 8 * 8   # bytes of one sample's state
     assert sizes["equal"] == [50 * row] * 8
     assert sizes["ramp"] == [s * row for s in (29, 44, 60, 60, 60, 59, 59, 29)]
+
+
+def test_kernel_revisions_quick(tmp_path):
+    from gpubraid.runtime import host
+
+    if host.library() is None or shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("needs the host kernels and a git checkout")
+    res = _run("kernel_revisions", tmp_path, "--against", "HEAD", timeout=600)["results"]
+    row = res["kernels"][0]
+    assert row["same_bits"] and {res["against"], "working tree"} <= set(row)
+    assert all(row[k]["forward_ns"] > 0 and row[k]["backward_ns"] > 0 for k in (res["against"], "working tree"))
+    (train,) = res["training"]
+    assert train["same_history"] and train["ratio"] > 0
+    assert len(train["working tree"]["rounds"]) == len(train[res["against"]]["rounds"]) == 2
