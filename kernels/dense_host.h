@@ -50,12 +50,12 @@ static inline INLINE void NAME(pre_rows)(int64_t R, int64_t C, const T *restrict
         for (int64_t o = 0; o < C; ++o) Z[q * C + o] = acc[q][o];
 }
 
-/* Z = U Kᵀ + b for `rows` rows of C: eight rows at a time where a row fits one 512-bit vector (C ≤ 8),
-   else four (more would not stay in registers), then one. */
+/* Z = U Kᵀ + b for `rows` rows of C: eight rows at a time where a row fills one 512-bit vector (64 bytes),
+   else four (wider rows: more would not stay in registers; narrower: measured slower), then one. */
 static inline INLINE void NAME(pre)(int64_t rows, int64_t C, const T *restrict Kt, const T *restrict b,
                                     const T *restrict u, T *restrict Z) {
     int64_t r = 0;
-    for (; C <= 8 && r + 8 <= rows; r += 8) NAME(pre_rows)(8, C, Kt, b, u + r * C, Z + r * C);
+    for (; C * (int64_t)sizeof(T) == 64 && r + 8 <= rows; r += 8) NAME(pre_rows)(8, C, Kt, b, u + r * C, Z + r * C);
     for (; r + 4 <= rows; r += 4) NAME(pre_rows)(4, C, Kt, b, u + r * C, Z + r * C);
     for (; r < rows; ++r) NAME(pre_rows)(1, C, Kt, b, u + r * C, Z + r * C);
 }
