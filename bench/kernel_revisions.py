@@ -3,7 +3,7 @@
     python -m bench.kernel_revisions [--against REV] [--rounds K] [--no-train] [--quick] [--out DIR] [--no-plot]
 
 Kernels: REV's ``kernels/`` sources are compiled with this tree's compiler and flags
-(:func:`gpubraid.runtime.host._build`) into a library of their own.  Every case (width C, dtype,
+(:data:`gpubraid.runtime.host.FLAGS`) into a library of their own.  Every case (width C, dtype,
 activation; B samples through n layers) runs one forward sweep (σ'(z) kept) and one backward sweep
 (λ carried down in place, the layers' gradients added) with each library in turn, K rounds; ns per
 layer and sample, medians; and whether the two give the same bits (states, σ', λ_0, gradients).
@@ -53,7 +53,8 @@ def cases(quick: bool) -> list[tuple[int, str, str]]:
 
 
 def library_of(rev: str, workdir: str):
-    """REV's host kernels, compiled from its ``kernels/`` into ``workdir``'s cache, declared as this tree's."""
+    """REV's host kernels, compiled from its ``kernels/`` in ``workdir`` (one command, as any revision's
+    sources build), declared as this tree's."""
     from gpubraid.runtime import host
 
     src = Path(workdir) / "kernels"
@@ -62,8 +63,10 @@ def library_of(rev: str, workdir: str):
         text = subprocess.run(["git", "-C", str(common.REPO), "show", f"{rev}:kernels/{name}"], capture_output=True,
                               check=True).stdout
         (src / name).write_bytes(text)
-    os.environ[host.ENV_CACHE] = str(Path(workdir) / "cache")
-    lib = ctypes.CDLL(str(host._build(host._compiler(), src)))
+    so = Path(workdir) / "rev.so"
+    subprocess.run([*host._compiler(), *host.FLAGS, "-I", str(src), "-o", str(so), str(src / host.SOURCE), *host.LIBS],
+                   check=True, capture_output=True, timeout=600)
+    lib = ctypes.CDLL(str(so))
     lib.gb_host_abi.restype = ctypes.c_int
     if lib.gb_host_abi() != host.ABI:
         raise SystemExit(f"{rev}'s kernels have calling convention {lib.gb_host_abi()}, this tree's {host.ABI}")
@@ -118,14 +121,7 @@ def kernels(rev: str, quick: bool, rounds: int) -> list[dict]:
     if new is None:
         raise SystemExit(f"host kernels unavailable: {host.status()}")
     with tempfile.TemporaryDirectory() as tmp:
-        cache = os.environ.get(host.ENV_CACHE)
-        try:
-            libs = {rev: library_of(rev, tmp), "working tree": new}
-        finally:
-            if cache is None:
-                os.environ.pop(host.ENV_CACHE, None)
-            else:
-                os.environ[host.ENV_CACHE] = cache
+        libs = {rev: library_of(rev, tmp), "working tree": new}
         B, layers = (64, 4) if quick else (625, 32)
         rows = [measure(C, dt, act, libs, B, layers, rounds) for C, dt, act in cases(quick)]
     host.library = lambda: new

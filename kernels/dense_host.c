@@ -44,7 +44,12 @@
 
 // The calling convention's version: gpubraid/runtime/host.py refuses a library of another one.
 #define GB_HOST_ABI 6
+
+// -DGB_HOST_F64_ONLY or -DGB_HOST_F32_ONLY compiles one element type (gb_host_abi goes with double):
+// gpubraid/runtime/host.py compiles the two at once and links them into one library.
+#ifndef GB_HOST_F32_ONLY
 int gb_host_abi(void) { return GB_HOST_ABI; }
+#endif
 
 #define MAX_C 64  // the widest layer run here (checked by the caller, and here); wider ones are
                   // BLAS-bound, where NumPy's matrix products do better
@@ -124,7 +129,9 @@ static inline float gb_exp_f32(float x) {
 // how many go in one instruction.  With the sums of pre and grad_rows kept in registers, a forward and a
 // backward sweep together took 11–20 / 26–30 / 26–30 / 40–42 % less time per layer and sample at C = 8 /
 // 16 / 32 / 64 doubles, 5–9 / 34–38 / 27–28 % at C = 16 / 32 / 64 floats, the same within 4 % at the
-// narrower rows (python -m bench.kernel_revisions; Intel Xeon with AVX-512, 2026-12-05).
+// narrower rows (python -m bench.kernel_revisions; Intel Xeon with AVX-512, 2026-12-05).  Both instances
+// of each width cost compile time: 15 s for the library on that machine, 8 s as host.py builds it
+// (the two element types at once).
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define WIDE_VECTORS __attribute__((target("prefer-vector-width=512"), noinline))
 #else
@@ -154,6 +161,7 @@ static inline float gb_exp_f32(float x) {
         return C * (int64_t)sizeof(T) >= 64 ? NAME(FN##_wide) ARGS : NAME(FN##_narrow) ARGS;      \
     }
 
+#ifndef GB_HOST_F32_ONLY
 #define T double
 #define NAME(x) x##_f64
 #define EXP gb_exp_f64
@@ -163,7 +171,9 @@ static inline float gb_exp_f32(float x) {
 #undef T
 #undef NAME
 #undef EXP
+#endif
 
+#ifndef GB_HOST_F64_ONLY
 #define T float
 #define NAME(x) x##_f32
 #define EXP gb_exp_f32
@@ -173,3 +183,4 @@ static inline float gb_exp_f32(float x) {
 #undef T
 #undef NAME
 #undef EXP
+#endif
