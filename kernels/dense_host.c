@@ -111,17 +111,21 @@ static inline float gb_exp_f32(float x) {
     return p * scale;
 }
 
-#define DISPATCH(CALL)                   \
-    if (C < 1 || C > MAX_C) return 1;    \
-    switch (C) {                         \
-        case 4: CALL(4); break;          \
-        case 8: CALL(8); break;          \
-        case 16: CALL(16); break;        \
-        case 32: CALL(32); break;        \
-        case 64: CALL(64); break;        \
-        default: CALL(C); break;         \
-    }                                    \
+// The body of an entry point: the caller's CALL(CC) with C at one of the compile-time widths listed
+// (the inner loops unrolled and vectorised for it), any other C ≤ MAX_C in the generic loops; 0: done.
+#define AT(W)       \
+    case W:         \
+        CALL(W);    \
+        break;
+#define WIDTHS(...)              \
+    switch (C) {                 \
+        __VA_ARGS__              \
+        default: CALL(C); break; \
+    }                            \
     return 0;
+#define DISPATCH()                    \
+    if (C < 1 || C > MAX_C) return 1; \
+    WIDTHS(AT(4) AT(8) AT(16) AT(32) AT(64))
 
 // Rows of a cache line or more (C ≥ 8 doubles, C ≥ 16 floats) run on 512-bit vectors where the CPU has
 // them (GCC's target attribute; its default preference on such CPUs is 256 bits), narrower rows on
@@ -137,28 +141,12 @@ static inline float gb_exp_f32(float x) {
 #else
 #define WIDE_VECTORS __attribute__((noinline))
 #endif
-#define BY_ROW_WIDTH(FN, PARAMS, ARGS)                                                            \
-    static WIDE_VECTORS int NAME(FN##_wide) PARAMS {                                              \
-        switch (C) {                                                                              \
-            case 8: CALL(8); break;                                                               \
-            case 16: CALL(16); break;                                                             \
-            case 32: CALL(32); break;                                                             \
-            case 64: CALL(64); break;                                                             \
-            default: CALL(C); break;                                                              \
-        }                                                                                         \
-        return 0;                                                                                 \
-    }                                                                                             \
-    static __attribute__((noinline)) int NAME(FN##_narrow) PARAMS {                               \
-        switch (C) {                                                                              \
-            case 4: CALL(4); break;                                                               \
-            case 8: CALL(8); break;                                                               \
-            default: CALL(C); break;                                                              \
-        }                                                                                         \
-        return 0;                                                                                 \
-    }                                                                                             \
-    int NAME(FN) PARAMS {                                                                         \
-        if (C < 1 || C > MAX_C) return 1;                                                         \
-        return C * (int64_t)sizeof(T) >= 64 ? NAME(FN##_wide) ARGS : NAME(FN##_narrow) ARGS;      \
+#define BY_ROW_WIDTH(FN, PARAMS, ARGS)                                                             \
+    static WIDE_VECTORS int NAME(FN##_wide) PARAMS { WIDTHS(AT(8) AT(16) AT(32) AT(64)) }            \
+    static __attribute__((noinline)) int NAME(FN##_narrow) PARAMS { WIDTHS(AT(4) AT(8)) }            \
+    int NAME(FN) PARAMS {                                                                          \
+        if (C < 1 || C > MAX_C) return 1;                                                          \
+        return C * (int64_t)sizeof(T) >= 64 ? NAME(FN##_wide) ARGS : NAME(FN##_narrow) ARGS;       \
     }
 
 #ifndef GB_HOST_F32_ONLY

@@ -51,7 +51,7 @@ int NAME(gb_open_forward)(int64_t B, int64_t d, int64_t C, int act, const T *res
                           const T *restrict b, T *restrict U) {
     if (d < 1 || d > MAX_C) return 1;
 #define CALL(CC) NAME(open_forward)(B, d, CC, act, x, K, b, U)
-    DISPATCH(CALL)
+    DISPATCH()
 #undef CALL
 }
 
@@ -94,6 +94,6 @@ int NAME(gb_open_grad)(int64_t B, int64_t d, int64_t C, int act, const T *restri
                        const T *restrict K, const T *restrict b, T *restrict gK, T *restrict gb) {
     if (d < 1 || d > MAX_C) return 1;
 #define CALL(CC) NAME(open_grad)(B, d, CC, act, x, lam, K, b, gK, gb)
-    DISPATCH(CALL)
+    DISPATCH()
 #undef CALL
 }
