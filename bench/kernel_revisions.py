@@ -3,7 +3,7 @@
     python -m bench.kernel_revisions [--against REV] [--rounds K] [--no-train] [--quick] [--out DIR] [--no-plot]
 
 Kernels: REV's ``kernels/`` sources are compiled with this tree's compiler and flags
-(:data:`gpubraid.runtime.host.FLAGS`) into a library of their own.  Every case (width C, dtype,
+(:data:`gpubraid.runtime.host_build.FLAGS`) into a library of their own.  Every case (width C, dtype,
 activation; B samples through n layers) runs one forward sweep (σ'(z) kept) and one backward sweep
 (λ carried down in place, the layers' gradients added) with each library in turn, K rounds; ns per
 layer and sample, medians; and whether the two give the same bits (states, σ', λ_0, gradients).
@@ -55,16 +55,17 @@ def cases(quick: bool) -> list[tuple[int, str, str]]:
 def library_of(rev: str, workdir: str):
     """REV's host kernels, compiled from its ``kernels/`` in ``workdir`` (one command, as any revision's
     sources build), declared as this tree's."""
-    from gpubraid.runtime import host
+    from gpubraid.runtime import host, host_build
 
     src = Path(workdir) / "kernels"
     src.mkdir()
-    for name in (host.SOURCE, *host.HEADERS):
+    for name in (host_build.SOURCE, *host_build.HEADERS):
         text = subprocess.run(["git", "-C", str(common.REPO), "show", f"{rev}:kernels/{name}"], capture_output=True,
                               check=True).stdout
         (src / name).write_bytes(text)
     so = Path(workdir) / "rev.so"
-    subprocess.run([*host._compiler(), *host.FLAGS, "-I", str(src), "-o", str(so), str(src / host.SOURCE), *host.LIBS],
+    subprocess.run([*host_build.compiler(), *host_build.FLAGS, "-I", str(src), "-o", str(so), str(src / host_build.SOURCE),
+                    *host_build.LIBS],
                    check=True, capture_output=True, timeout=600)
     lib = ctypes.CDLL(str(so))
     lib.gb_host_abi.restype = ctypes.c_int

@@ -16,7 +16,7 @@ from gpubraid.network.heads import Classifier
 from gpubraid.network.openings import DenseOpening, _ActivatedOpening
 from gpubraid.network.steps import DenseStep
 from gpubraid.network.sweep import backward_sweep, forward_sweep
-from gpubraid.runtime import host
+from gpubraid.runtime import host, host_build
 from gpubraid.runtime.backend import resolve_backend
 from tests.network.test_sweep import sweeps
 
@@ -398,7 +398,7 @@ def test_build_is_cached_and_survives_ranks_compiling_at_once(tmp_path):
 def test_without_a_compiler_or_switched_off_numpy_runs(tmp_path):
     assert _status({"GPUBRAID_HOST_KERNELS": "0"}, tmp_path).startswith("off")
     assert _status({"PATH": str(tmp_path), "CC": ""}, tmp_path).startswith("no C compiler")
-    wrapped = _status({"CC": f"env {host._compiler()[0]}"}, tmp_path)  # a wrapper command, as ccache gcc
+    wrapped = _status({"CC": f"env {host_build.compiler()[0]}"}, tmp_path)  # a wrapper command, as ccache gcc
     assert wrapped.startswith("compiled by env "), wrapped
     broken = _status({"CC": sys.executable}, tmp_path)  # $CC is the user's choice: used, and its failure said
     assert broken.startswith("not built") and "NumPy layer sweeps" in broken
@@ -406,9 +406,13 @@ def test_without_a_compiler_or_switched_off_numpy_runs(tmp_path):
 
 
 def test_the_source_compiles_without_warnings(tmp_path):
-    cc = host._compiler()
-    src = host._source_dir() / host.SOURCE
-    run = subprocess.run([*cc, *host.FLAGS, "-Wall", "-Wextra", "-Werror", "-o", str(tmp_path / "k.so"), str(src),
-                          *host.LIBS],
-                         capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr
+    """As one library, and as the two parts the build compiles at once."""
+    cc = host_build.compiler()
+    src = host_build.source_dir() / host_build.SOURCE
+    strict = ("-Wall", "-Wextra", "-Werror")
+    runs = [[*cc, *host_build.FLAGS, *strict, "-o", str(tmp_path / "k.so"), str(src), *host_build.LIBS]]
+    runs += [[*cc, *host_build.COMPILE, part, *strict, "-c", "-o", str(tmp_path / f"{i}.o"), str(src)]
+             for i, part in enumerate(host_build.PARTS)]
+    for cmd in runs:
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
