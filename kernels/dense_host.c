@@ -59,6 +59,7 @@ int gb_host_abi(void) { return GB_HOST_ABI; }
 #define HEAD_ROWS 64  // rows per block of the classifier head (kernels/head_host.h)
 _Static_assert(CHUNK >= 4 * MAX_C, "a chunk holds at least four rows of the widest layer");
 
+#ifndef GB_HOST_F32_ONLY
 static inline double gb_exp_f64(double x) {
     const double shift = 0x1.8p52, log2e = 0x1.71547652b82fep0;
     const double ln2_hi = 0x1.62e42fefa3800p-1, ln2_lo = 0x1.ef35793c76730p-45;
@@ -87,7 +88,9 @@ static inline double gb_exp_f64(double x) {
     memcpy(&scale, &scale_bits, 8);
     return p * scale;
 }
+#endif
 
+#ifndef GB_HOST_F64_ONLY
 static inline float gb_exp_f32(float x) {
     const float shift = 0x1.8p23f, log2e = 0x1.715476p0f;
     const float ln2_hi = 0x1.62e4p-1f, ln2_lo = 0x1.7f7d1cp-20f;
@@ -110,6 +113,7 @@ static inline float gb_exp_f32(float x) {
     memcpy(&scale, &scale_bits, 4);
     return p * scale;
 }
+#endif
 
 // The body of an entry point: the caller's CALL(CC) with C at one of the compile-time widths listed
 // (the inner loops unrolled and vectorised for it), any other C ≤ MAX_C in the generic loops; 0: done.
