@@ -46,7 +46,7 @@
 #define GB_HOST_ABI 6
 
 // -DGB_HOST_F64_ONLY or -DGB_HOST_F32_ONLY compiles one element type (gb_host_abi goes with double):
-// gpubraid/runtime/host.py compiles the two at once and links them into one library.
+// gpubraid/runtime/host_build.py compiles the two at once and links them into one library.
 #ifndef GB_HOST_F32_ONLY
 int gb_host_abi(void) { return GB_HOST_ABI; }
 #endif
@@ -135,11 +135,11 @@ static inline float gb_exp_f32(float x) {
 // them (GCC's target attribute; its default preference on such CPUs is 256 bits), narrower rows on
 // 256-bit ones, which they ran faster on.  The same bits: every number's arithmetic is the same, only
 // how many go in one instruction.  With the sums of pre and grad_rows kept in registers, a forward and a
-// backward sweep together took 11–20 / 26–30 / 26–30 / 40–42 % less time per layer and sample at C = 8 /
-// 16 / 32 / 64 doubles, 5–9 / 34–38 / 27–28 % at C = 16 / 32 / 64 floats, the same within 4 % at the
-// narrower rows (python -m bench.kernel_revisions; Intel Xeon with AVX-512, 2026-12-05).  Both instances
-// of each width cost compile time: 15 s for the library on that machine, 8 s as host.py builds it
-// (the two element types at once).
+// backward sweep together took 11–21 / 16–30 / 29–32 / 42–45 % less time per layer and sample at C = 8 /
+// 16 / 32 / 64 doubles, 3–8 / 29–32 / 29 % at C = 16 / 32 / 64 floats, and the narrower rows within 5 %
+// but for C = 4 doubles with relu, 10 % slower (python -m bench.kernel_revisions; Intel Xeon with
+// AVX-512, 2026-12-05).  Both instances of each width cost compile time: 15 s for the library on that
+// machine, 8 s as gpubraid/runtime/host_build.py builds it (the two element types at once).
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define WIDE_VECTORS __attribute__((target("prefer-vector-width=512"), noinline))
 #else
