@@ -60,13 +60,15 @@ def library_of(rev: str, workdir: str):
     src = Path(workdir) / "kernels"
     src.mkdir()
     for name in (host_build.SOURCE, *host_build.HEADERS):
-        text = subprocess.run(["git", "-C", str(common.REPO), "show", f"{rev}:kernels/{name}"], capture_output=True,
-                              check=True).stdout
-        (src / name).write_bytes(text)
+        got = subprocess.run(["git", "-C", str(common.REPO), "show", f"{rev}:kernels/{name}"], capture_output=True)
+        if got.returncode:
+            raise SystemExit(f"--against {rev}: no kernels/{name} there ({got.stderr.decode().strip()})")
+        (src / name).write_bytes(got.stdout)
     so = Path(workdir) / "rev.so"
-    subprocess.run([*host_build.compiler(), *host_build.FLAGS, "-I", str(src), "-o", str(so), str(src / host_build.SOURCE),
-                    *host_build.LIBS],
-                   check=True, capture_output=True, timeout=600)
+    built = subprocess.run([*host_build.compiler(), *host_build.FLAGS, "-I", str(src), "-o", str(so),
+                            str(src / host_build.SOURCE), *host_build.LIBS], capture_output=True, text=True, timeout=600)
+    if built.returncode:
+        raise SystemExit(f"--against {rev}: its kernels did not compile: {built.stderr.strip().splitlines()[-1:]}")
     lib = ctypes.CDLL(str(so))
     lib.gb_host_abi.restype = ctypes.c_int
     if lib.gb_host_abi() != host.ABI:
@@ -171,8 +173,11 @@ def training(rev: str, quick: bool, rounds: int) -> list[dict]:
 
 
 def run(rev: str, quick: bool, rounds: int, train: bool) -> dict:
-    resolved = subprocess.run(["git", "-C", str(common.REPO), "rev-parse", "--short", rev], capture_output=True,
-                              text=True, check=True).stdout.strip()
+    got = subprocess.run(["git", "-C", str(common.REPO), "rev-parse", "--short", "--verify", f"{rev}^{{commit}}"],
+                         capture_output=True, text=True)
+    if got.returncode:
+        raise SystemExit(f"--against: {rev!r} is not a commit of this repository")
+    resolved = got.stdout.strip()
     rows = kernels(resolved, quick, rounds)
     results = {"against": resolved, "kernels": rows, "training": training(resolved, quick, rounds) if train else []}
     return common.document(NAME, {"against": resolved, "rounds": rounds}, results)
