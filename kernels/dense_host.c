@@ -138,16 +138,19 @@ static inline float gb_exp_f32(float x) {
 // backward sweep together took 11–21 / 16–30 / 29–32 / 42–45 % less time per layer and sample at C = 8 /
 // 16 / 32 / 64 doubles, 3–8 / 29–32 / 29 % at C = 16 / 32 / 64 floats, and the narrower rows within 5 %
 // but for C = 4 doubles with relu, 10 % slower (python -m bench.kernel_revisions; Intel Xeon with
-// AVX-512, 2026-12-05).  Both instances of each width cost compile time: 15 s for the library on that
-// machine, 8 s as gpubraid/runtime/host_build.py builds it (the two element types at once).
+// AVX-512, 2026-12-05).  Each compile-time width is compiled once, on the vectors its rows fill: 13.5 s
+// for the library on that machine, 7.3 s as gpubraid/runtime/host_build.py builds it (the two element
+// types at once).
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define WIDE_VECTORS __attribute__((target("prefer-vector-width=512"), noinline))
 #else
 #define WIDE_VECTORS __attribute__((noinline))
 #endif
+// WIDE and NARROW (set with T below): the compile-time widths whose rows fill 64 bytes or more, and
+// those whose rows do not.
 #define BY_ROW_WIDTH(FN, PARAMS, ARGS)                                                             \
-    static WIDE_VECTORS int NAME(FN##_wide) PARAMS { WIDTHS(AT(8) AT(16) AT(32) AT(64)) }            \
-    static __attribute__((noinline)) int NAME(FN##_narrow) PARAMS { WIDTHS(AT(4) AT(8)) }            \
+    static WIDE_VECTORS int NAME(FN##_wide) PARAMS { WIDTHS(WIDE) }                                  \
+    static __attribute__((noinline)) int NAME(FN##_narrow) PARAMS { WIDTHS(NARROW) }                 \
     int NAME(FN) PARAMS {                                                                          \
         if (C < 1 || C > MAX_C) return 1;                                                          \
         return C * (int64_t)sizeof(T) >= 64 ? NAME(FN##_wide) ARGS : NAME(FN##_narrow) ARGS;       \
@@ -157,22 +160,30 @@ static inline float gb_exp_f32(float x) {
 #define T double
 #define NAME(x) x##_f64
 #define EXP gb_exp_f64
+#define WIDE AT(8) AT(16) AT(32) AT(64)
+#define NARROW AT(4)
 #include "dense_host.h"
 #include "head_host.h"
 #include "opening_host.h"
 #undef T
 #undef NAME
 #undef EXP
+#undef WIDE
+#undef NARROW
 #endif
 
 #ifndef GB_HOST_F64_ONLY
 #define T float
 #define NAME(x) x##_f32
 #define EXP gb_exp_f32
+#define WIDE AT(16) AT(32) AT(64)
+#define NARROW AT(4) AT(8)
 #include "dense_host.h"
 #include "head_host.h"
 #include "opening_host.h"
 #undef T
 #undef NAME
 #undef EXP
+#undef WIDE
+#undef NARROW
 #endif

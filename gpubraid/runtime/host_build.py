@@ -4,7 +4,7 @@
 flags and the CPU, so a cluster node of another CPU type compiles its own.
 
 The two element types compile at once (``-DGB_HOST_F64_ONLY``, ``-DGB_HOST_F32_ONLY``) and are
-linked into one library: 8 s instead of 15 on the Intel VM of 2026-12-05.  Ranks that start together
+linked into one library: 7.3 s instead of 13.5 on the Intel VM of 2026-12-05.  Ranks that start together
 may build at once: each works in a temporary directory of its own and renames its library into
 place.  :mod:`gpubraid.runtime.host` loads it.
 """
