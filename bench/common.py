@@ -148,6 +148,15 @@ def median(xs):
     return statistics.median(xs) if xs else None
 
 
+def seconds_per_step(metrics: dict, skip: int = 1, per_evaluation: bool = False) -> float:
+    """Median seconds between consecutive entries of a training run's history after the first
+    ``skip`` (start-up and first touches), per step, or per evaluation (a step's line-search trials
+    counted) with ``per_evaluation``."""
+    h = metrics["history"][skip:]
+    return statistics.median((b["time_s"] - a["time_s"]) / ((b.get("n_evals") or 1) if per_evaluation else 1)
+                             for a, b in zip(h, h[1:]))
+
+
 # -- output ------------------------------------------------------------------------------------------
 def run_dir(out_dir=None) -> Path:
     """The directory of this run's results: ``out_dir``, else bench/results/<date>-<host-or-device>/."""

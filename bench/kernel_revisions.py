@@ -131,12 +131,6 @@ def kernels(rev: str, quick: bool, rounds: int) -> list[dict]:
     return rows
 
 
-def per_evaluation(metrics: dict) -> float:
-    """Median seconds per evaluation over the run's steps after the first two."""
-    h = metrics["history"]
-    return common.median([(b["time_s"] - a["time_s"]) / (b.get("n_evals") or 1) for a, b in zip(h[2:], h[3:])])
-
-
 def training(rev: str, quick: bool, rounds: int) -> list[dict]:
     """Each workload on REV's code and this tree's, alternately, ``rounds`` times."""
     workloads = QUICK_WORKLOADS if quick else WORKLOADS
@@ -156,7 +150,7 @@ def training(rev: str, quick: bool, rounds: int) -> list[dict]:
                     for name, path in code.items():
                         m = common.train_cli(ranks, [*args, "--iterations", str(iterations), "--val-every", "0"], tmp,
                                              env={"PYTHONPATH": path})
-                        secs[name].append(per_evaluation(m))
+                        secs[name].append(common.seconds_per_step(m, skip=2, per_evaluation=True))
                         hist[name] = [(s["objective"], s["grad_norm"]) for s in m["history"]]
                 row = {"workload": label, "ranks": ranks, "iterations": iterations,
                        "same_history": len({json.dumps(v) for v in hist.values()}) == 1}

@@ -21,7 +21,7 @@ import statistics
 import sys
 import tempfile
 
-from bench.common import document, finish, load_json, parser, save_figure, subplots, train_cli
+from bench.common import document, finish, load_json, parser, save_figure, seconds_per_step, subplots, train_cli
 from bench.replay import network_model
 from gpubraid.runtime.replay import replay
 from gpubraid.runtime.trace import load
@@ -45,12 +45,6 @@ def run(variant: str, ranks: int, args: list, workdir: str, trace: bool) -> dict
     """One training run (under mpiexec when ranks > 1): its metrics, and its trace when ``trace``."""
     metrics = train_cli(ranks, args, workdir, trace, entry=("-m", "bench.pipeline_ramp", "--worker", variant))
     return {"metrics": metrics, "trace": load(os.path.join(workdir, "t.json")) if trace else None}
-
-
-def per_iteration(metrics: dict) -> float:
-    """Median seconds between consecutive iterations of the history (the first left out)."""
-    t = [h["time_s"] for h in metrics["history"]]
-    return statistics.median(b - a for a, b in zip(t[1:], t[2:]))
 
 
 def plot(json_path, png_path=None):
@@ -89,7 +83,7 @@ def main(argv=None) -> int:
                     s = samples[(c, v)]
                     s["replay"].append(replay(run(v, P, run_args, tmp, True)["trace"], net, "thread").after_first()[1])
                     if P <= cores:
-                        s["real"].append(per_iteration(run(v, P, run_args, tmp, False)["metrics"]))
+                        s["real"].append(seconds_per_step(run(v, P, run_args, tmp, False)["metrics"]))
                     print(f"round {r} P={P} N={N} M={M} {v:5s}: replay {s['replay'][-1] * 1e3:.2f} ms"
                           + (f", real {s['real'][-1] * 1e3:.2f} ms" if s["real"] else ""), flush=True)
     results = []
