@@ -11,13 +11,15 @@ from .examples import load_dataset
 
 
 class RankData:
-    """The data a rank needs: inputs on the first rank of every data group, targets on the last,
-    sizes everywhere; each group trains and scores on its share of every batch.  ``world``: every
-    rank; ``layer_comm``: the ranks of this data group (one per layer block); ``group_comm``: the
-    ranks holding this rank's layer block in every data group."""
+    """The data a rank needs: inputs on the first rank of every data group, targets on the last (with
+    ``both_ends``, each on both), sizes everywhere; each group trains and scores on its share of
+    every batch.  ``world``: every rank; ``layer_comm``: the ranks of this data group (one per layer
+    block); ``group_comm``: the ranks holding this rank's layer block in every data group."""
 
-    def __init__(self, world: Comm, layer_comm: Comm, group_comm: Comm, be, meta, ds):
+    def __init__(self, world: Comm, layer_comm: Comm, group_comm: Comm, be, meta, ds, both_ends: bool = False):
         L, D = layer_comm.size, group_comm.size
+        # the layer ranks of a group that take the inputs and the targets (both ends: the Chimera pipeline)
+        takes_x, takes_y = ({0, L - 1}, {0, L - 1}) if both_ends else ({0}, {L - 1})
         self.n_train, self.n_val = meta["n_train"], meta["n_val"]
         self.group, self.groups = group_comm.rank, D
         self.x_train = self.x_val = self.y_train = self.y_val = None
@@ -25,18 +27,20 @@ class RankData:
         targets = (ds.y_train, ds.y_val) if world.rank == 0 else None
         if world.rank == 0:  # world rank 0 read the data: it is the first rank of group 0
             for g in range(D):
-                if g:
-                    world.send_obj(inputs, g * L, tags.DATA_INPUTS)
-                if g * L + L - 1:
-                    world.send_obj(targets, g * L + L - 1, tags.DATA_TARGETS)
+                for r in sorted(takes_x):
+                    if g * L + r:
+                        world.send_obj(inputs, g * L + r, tags.DATA_INPUTS)
+                for r in sorted(takes_y):
+                    if g * L + r:
+                        world.send_obj(targets, g * L + r, tags.DATA_TARGETS)
         else:
-            if layer_comm.rank == 0:
+            if layer_comm.rank in takes_x:
                 inputs = world.recv_obj(0, tags.DATA_INPUTS)
-            if layer_comm.rank == L - 1:
+            if layer_comm.rank in takes_y:
                 targets = world.recv_obj(0, tags.DATA_TARGETS)
-        if layer_comm.rank == 0:
+        if layer_comm.rank in takes_x:
             self.x_train, self.x_val = be.asarray(inputs[0]), be.asarray(inputs[1])
-        if layer_comm.rank == L - 1:  # labels stay integers; regression targets take the backend's dtype
+        if layer_comm.rank in takes_y:  # labels stay integers; regression targets take the backend's dtype
             put = be.xp.asarray if meta["task"] == "classification" else be.asarray
             self.y_train, self.y_val = put(targets[0]), put(targets[1])
 

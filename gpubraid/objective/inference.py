@@ -110,7 +110,7 @@ class Pipeline:
         for lo, hi, u in stream(comm, n, self.chunk_size(n), model.state_shape, model.be,
                                 lambda lo, hi: model.open_forward(x[lo:hi], P),
                                 lambda u: self._propagate(u, layers)):
-            if y is not None:
+            if y is not None and last:
                 loss, ok, _, _ = model.head.loss(u, y[lo:hi], P.head(), want_grad=False)
                 loss_sum += loss * (hi - lo)
                 correct += ok

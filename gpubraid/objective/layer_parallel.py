@@ -32,6 +32,7 @@ from ..runtime.resources import micro_batch_count
 from ..solver.chain import SerialChain
 from ..solver.mgrit import MGRIT
 from ..solver.options import MGRITOptions, SolveStats
+from .chimera import ChimeraPipeline
 from .level_steps import LevelSteps
 from .pipeline import PipelineOptions, TrainingPipeline
 
@@ -87,6 +88,35 @@ def propagators(steps):
     return phi, psi
 
 
+def neighbour_layers(comm: Comm, P, model):
+    """(θ_{a−1}, θ_b): the last layer of the left neighbour's block and the first of the right one's
+    (each a list over the layer parameter groups; None at the ends, and both without ddt regulariser)."""
+    if model.gamma_ddt == 0 or comm.size == 1:
+        return None, None
+    rank, last, xp = comm.rank, comm.rank == comm.size - 1, model.xp
+    reqs = []
+    if rank:
+        reqs += [comm.isend(p[0], rank - 1, tags.PARAMS_LEFT) for p in P.layers()]
+    if not last:
+        reqs += [comm.isend(p[-1], rank + 1, tags.PARAMS_RIGHT) for p in P.layers()]
+    left = right = None
+    if rank:
+        left = [xp.empty(p.shape[1:], p.dtype) for p in P.layers()]
+        for buf in left:
+            comm.recv_into(buf, rank - 1, tags.PARAMS_RIGHT)
+    if not last:
+        right = [xp.empty(p.shape[1:], p.dtype) for p in P.layers()]
+        for buf in right:
+            comm.recv_into(buf, rank + 1, tags.PARAMS_LEFT)
+    Comm.waitall(reqs)
+    return left, right
+
+
+def make_pipeline(model, comm: Comm, bounds, options: PipelineOptions) -> TrainingPipeline:
+    """The micro-batch pipeline of ``options.schedule`` (Chimera's: :class:`ChimeraPipeline`)."""
+    return (ChimeraPipeline if options.schedule == "chimera" else TrainingPipeline)(model, comm, bounds, options)
+
+
 class LayerParallel:
     """Objective and gradient of a Network with layers distributed over the ranks of ``comm``.
 
@@ -133,7 +163,10 @@ class LayerParallel:
         self._steps = 0.0  # the last evaluation's step applications (solve_stats)
         self.fwd_tol = self.bwd_tol = None   # per-solve tolerance overrides (adaptive one-shot)
         self.level_cap: int | None = None    # at most this many levels per solve (the convergence monitor)
-        self.pipe = None if pipeline is None else TrainingPipeline(model, comm, self.bounds, pipeline)
+        self.pipe = None if pipeline is None else make_pipeline(model, comm, self.bounds, pipeline)
+        # whether this rank's evaluations take the inputs x and the targets y (Chimera: both end ranks)
+        both = self.pipe is not None and self.pipe.both_ends
+        self.needs_inputs, self.needs_targets = self.is_first or both and self.is_last, self.is_last or both and self.is_first
 
     @staticmethod
     def _one_level(solver) -> bool:
@@ -154,32 +187,10 @@ class LayerParallel:
         return self.dots(((x, y),))[0]
 
     # -- pieces ---------------------------------------------------------------------------------------
-    def _neighbour_layers(self, P):
-        """(θ_{a−1}, θ_b) from the neighbouring ranks for the ddt regulariser (None at the ends)."""
-        if self.model.gamma_ddt == 0 or self.n_ranks == 1:
-            return None, None
-        comm, xp = self.comm, self.xp
-        reqs = []
-        if not self.is_first:
-            reqs += [comm.isend(p[0], self.rank - 1, tags.PARAMS_LEFT) for p in P.layers()]
-        if not self.is_last:
-            reqs += [comm.isend(p[-1], self.rank + 1, tags.PARAMS_RIGHT) for p in P.layers()]
-        left = right = None
-        if not self.is_first:
-            left = [xp.empty(p.shape[1:], p.dtype) for p in P.layers()]
-            for buf in left:
-                comm.recv_into(buf, self.rank - 1, tags.PARAMS_RIGHT)
-        if not self.is_last:
-            right = [xp.empty(p.shape[1:], p.dtype) for p in P.layers()]
-            for buf in right:
-                comm.recv_into(buf, self.rank + 1, tags.PARAMS_LEFT)
-        Comm.waitall(reqs)
-        return left, right
-
     def regularizer(self, theta) -> float:
         """R(θ) of the whole network (every rank takes part; the same value on every rank)."""
         P = self.layout.views(theta)
-        left, right = self._neighbour_layers(P)
+        left, right = neighbour_layers(self.comm, P, self.model)
         return self.comm.allreduce_sum(self.model.regularizer(self.layout, P, None, left, right))
 
     def forward_states(self, P, x, batch: int, warm: bool = False, u0=None, choice=None):
@@ -224,7 +235,7 @@ class LayerParallel:
         the warm-start rows and the last solves' stats left alone (what the convergence monitor
         compares one-shot's gradient with).  Arguments as :meth:`evaluate`."""
         P, gvec, G, R_share = self._start(theta, True)
-        pipe = self.pipe or TrainingPipeline(self.model, self.comm, self.bounds, PipelineOptions())
+        pipe = self.pipe or make_pipeline(self.model, self.comm, self.bounds, PipelineOptions())
         loss_share, correct_share, _, _ = pipe.run(P, G, x, y, batch, idle=R_share)
         return self._totals(gvec, loss_share, correct_share, R_share(), batch, keep_steps=False)
 
@@ -236,7 +247,7 @@ class LayerParallel:
         P = self.layout.views(theta)
         gvec = self.xp.zeros_like(theta) if grad else None
         G = self.layout.views(gvec) if grad else None
-        left, right = self._neighbour_layers(P)
+        left, right = neighbour_layers(self.comm, P, self.model)
         return P, gvec, G, functools.cache(lambda: self.model.regularizer(self.layout, P, G, left, right))
 
     def _open_for_choice(self, P, x, batch: int):
@@ -257,8 +268,8 @@ class LayerParallel:
 
         Args:
             theta: this rank's flat parameter vector (layout.size,).
-            x: inputs (B, *in_shape) on rank 0 (None elsewhere).
-            y: targets (labels (B,) or values (B, n_out)) on the last rank (None elsewhere).
+            x: inputs (B, *in_shape) where :attr:`needs_inputs` (None elsewhere).
+            y: targets (labels (B,) or values (B, n_out)) where :attr:`needs_targets` (None elsewhere).
             batch: B, known on every rank.
             warm: start both solves from the previous solve's states and adjoints (one-shot).
 

@@ -39,7 +39,28 @@ from ..runtime.comm import Comm
 from ..runtime.resources import micro_batch_bounds, micro_batch_count
 from ..solver.options import SolveStats
 
-SCHEDULES = ("gpipe", "1f1b")
+SCHEDULES = ("gpipe", "1f1b", "chimera")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Layer block ``index`` (layers a..b − 1, step sizes ``h`` (b − a,)) as one rank runs it: its
+    states come from rank ``prev`` and go on to rank ``next`` (None: the opening layer's output, the head)."""
+
+    index: int
+    a: int
+    b: int
+    h: np.ndarray
+    prev: int | None
+    next: int | None
+
+    @property
+    def first(self) -> bool:
+        return self.prev is None
+
+    @property
+    def last(self) -> bool:
+        return self.next is None
 
 
 @dataclass(frozen=True)
@@ -76,24 +97,38 @@ class TrainingPipeline:
         options: micro-batches and schedule.
     """
 
+    #: Whether the inputs and the targets are needed on both end ranks (:mod:`~gpubraid.objective.chimera`).
+    both_ends = False
+
     def __init__(self, model, comm: Comm, bounds, options: PipelineOptions):
         self.model, self.comm, self.options = model, comm, options
         self.rank, self.P = comm.rank, comm.size
+        self.bounds = np.asarray(bounds)
         self.a, self.b = int(bounds[self.rank]), int(bounds[self.rank + 1])
         self.block = int(np.max(np.diff(bounds)))   # the largest layer block: M is the same on every rank
         self.h = model.step_sizes(self.a, self.b)
         self.is_first, self.is_last = self.rank == 0, self.rank == self.P - 1
+        self.stage = self.stage_on(self.rank, self.rank - 1, self.rank + 1)
         self.peak_held = 0   # most micro-batches whose states this rank held at once (last run)
+
+    def stage_on(self, index: int, prev: int, next_: int) -> Stage:
+        """Layer block ``index`` as this rank runs it, its states from rank ``prev`` and on to rank
+        ``next_`` (at the ends of the network: neither)."""
+        a, b = int(self.bounds[index]), int(self.bounds[index + 1])
+        h = self.h if (a, b) == (self.a, self.b) else self.model.step_sizes(a, b)
+        return Stage(index, a, b, h, None if index == 0 else prev, None if index == self.P - 1 else next_)
 
     def micro_batches(self, batch: int) -> int:
         """M for a batch of ``batch`` samples (automatic: also cut for the caches, see
         :data:`gpubraid.runtime.resources.HELD_BYTES`)."""
-        return micro_batch_count(self.options.micro_batches, self.P, batch, self.model.held_bytes(self.block))
+        return micro_batch_count(self.options.micro_batches, self.P, batch, self.model.held_bytes(self.block),
+                                 self.options.schedule)
 
-    def _forward(self, U, layers, keep: bool):
-        """U[1..n] from U[0] through this rank's layers: U (n + 1, m, *S), filled in place; returns
-        what the backward sweep reuses (:func:`~gpubraid.network.sweep.forward_sweep`)."""
-        return forward_sweep(self.model.step, U, layers, self.h, keep)
+    def _forward(self, U, layers, keep: bool, st: Stage | None = None):
+        """U[1..n] from U[0] through the layers of stage ``st`` (default: this rank's block): U (n + 1, m,
+        *S), filled in place; returns what the backward sweep reuses
+        (:func:`~gpubraid.network.sweep.forward_sweep`)."""
+        return forward_sweep(self.model.step, U, layers, (st or self.stage).h, keep)
 
     def run(self, P, G, x, y, batch: int, u0=None, idle=None, opened: int | None = None):
         """Stream the batch through the layer ranks: forward, head, and (with ``G``) backward.
@@ -206,43 +241,45 @@ class TrainingPipeline:
             return empty_aligned(self.model.xp, shape, dtype)
         return empty_states(self.model.step, self.model.xp, shape, dtype)
 
-    def _backward_step(self, U, kept, lam_b, lam0, lo: int, hi: int, P, G, pending: list, Lam=None, spares=None):
+    def _backward_step(self, U, kept, lam_b, lam0, lo: int, hi: int, P, G, pending: list, Lam=None, spares=None,
+                       st: Stage | None = None):
         """One micro-batch backward: λ_b (``lam_b`` on the last rank, received elsewhere), the
         adjoints down to λ_a, the gradient parts added into G, λ_a sent (rank 0: copied into
         ``lam0[lo:hi]`` unless None, when ``Lam`` is already the caller's rows; the caller adds the
-        opening layer's gradient from them); ``kept``: what the forward sweep kept for it (or None).
+        opening layer's gradient from them); ``kept``: what the forward sweep kept for it (or None);
+        ``st``: the stage it runs (default: this rank's block), P and G its views.
 
         With ``Lam`` (n + 1, m, *S) every adjoint is written into it.  Without, only λ_a is needed:
         the step's ``backward_through`` carries λ down in one (m, *S) array when it can (the
         adjoints in between never reach memory), else they go into an array like ``U``; either is
         one of ``spares`` when one fits.  Returns the arrays this made (the caller's to reuse)."""
-        m, layers, grads = self.model, P.layers(), G.layers()
+        m, layers, grads, st = self.model, P.layers(), G.layers(), st or self.stage
         made = []
         if Lam is None:
-            if self.is_last:  # the head's λ_N, this micro-batch's own array: carried down in place (and
+            if st.last:   # the head's λ_N, this micro-batch's own array: carried down in place (and
                 lam = lam_b   # dropped after it, not kept as a spare: the last rank takes no rows)
             else:
                 lam = self._empty(U.shape[1:], U.dtype, spares)
                 made.append(lam)
-                self.comm.recv_into(lam, self.rank + 1, tags.PIPE_ADJOINT)
-            if backward_through(m.step, U, lam, layers, self.h, grads, kept):
+                self.comm.recv_into(lam, st.next, tags.PIPE_ADJOINT)
+            if backward_through(m.step, U, lam, layers, st.h, grads, kept):
                 lam_a = lam
             else:
                 Lam = self._empty(U.shape, U.dtype, spares)
                 made.append(Lam)
                 Lam[-1] = lam
-        elif self.is_last:
+        elif st.last:
             Lam[-1] = lam_b
         else:
-            self.comm.recv_into(Lam[-1], self.rank + 1, tags.PIPE_ADJOINT)
+            self.comm.recv_into(Lam[-1], st.next, tags.PIPE_ADJOINT)
         if Lam is not None:
-            backward_sweep(m.step, U, Lam, layers, self.h, grads, kept)
+            backward_sweep(m.step, U, Lam, layers, st.h, grads, kept)
             lam_a = Lam[0]
-        if self.is_first:
+        if st.first:
             if lam0 is not None:
                 lam0[lo:hi] = lam_a
         else:
-            pending.append(self.comm.isend(lam_a, self.rank - 1, tags.PIPE_ADJOINT))
+            pending.append(self.comm.isend(lam_a, st.prev, tags.PIPE_ADJOINT))
         return made
 
     def backward(self, U, lam_N, P, G, x, batch: int):

@@ -5,12 +5,13 @@ The estimate counts, per rank, the arrays that grow with the problem:
     states      the forward states and adjoints of the rank's layers and their MGRIT levels, plus
                 the step's temporaries: STATE_COPIES × (N/P + 1) × B × |state| numbers; layer-serial
                 training (the pipeline of gpubraid.objective.pipeline) holds the states of the
-                micro-batches in flight (GPipe: all M; 1F1B: at most min(P, M)) plus PIPELINE_WORK
-                micro-batches' worth of adjoints and temporaries: (in flight + PIPELINE_WORK) ×
+                micro-batches in flight (GPipe: all M; 1F1B: at most min(P, M); Chimera: at most
+                min(P + 1, M)) plus PIPELINE_WORK micro-batches' worth of adjoints and temporaries: (in flight + PIPELINE_WORK) ×
                 (N/P + 1) × (the largest micro-batch: ⌈B/M⌉, or more with smaller ends) × |state|,
                 and the opening layer's output u_0 and λ_0 of the whole batch (rank 0): 2 × B × |state|
     parameters  the rank's layer parameters with the optimiser's copies (L-BFGS: 2·memory + 4
-                vectors; Adam: 4; SGD: 3)
+                vectors; Adam: 4; SGD: 3; Chimera on several ranks: 2 more, the mirror block's
+                parameters and gradient)
 
 It is a lower bound in spirit (a run needs somewhat more), so a run it refuses could never fit.
 """
@@ -104,19 +105,26 @@ def micro_batch_bounds(batch: int, count: int, ranks: int = 1, schedule: str = "
     return np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
 
 
-def micro_batch_count(requested: int | None, ranks: int, batch: int, sample_bytes: int = 0) -> int:
+def micro_batch_count(requested: int | None, ranks: int, batch: int, sample_bytes: int = 0,
+                      schedule: str = "1f1b") -> int:
     """Micro-batches M of a pipelined batch: ``requested``, or by default MICRO_BATCHES_PER_RANK ×
-    ``ranks`` (1 on one layer rank) and, when the whole batch would hold more than CUT_ABOVE at
-    ``sample_bytes`` per sample (:func:`held_bytes`), at least enough that a micro-batch holds at
-    most HELD_BYTES (more on RAMP_RANKS or more layer ranks, whose ends may be smaller: :data:`FILL`);
-    at most the ``batch`` size and at least 1."""
+    ``ranks`` (1 on one layer rank; with the Chimera ``schedule`` 2(ranks − 1), even: half of them
+    each way) and, when the whole batch would hold more than CUT_ABOVE at ``sample_bytes`` per
+    sample (:func:`held_bytes`), at least enough that a micro-batch holds at most HELD_BYTES (more
+    on RAMP_RANKS or more layer ranks, whose ends may be smaller: :data:`FILL`); at most the
+    ``batch`` size and at least 1."""
     if requested is not None:
         M = requested
     else:
         need = int(batch) * int(sample_bytes)
-        ramp = len(FILL) + 1 - sum(FILL) - DRAIN if ranks >= RAMP_RANKS else 0   # what the smaller ends give up
-        cut = math.ceil(need / HELD_BYTES + ramp) if need > CUT_ABOVE else 1
-        M = max(1 if ranks == 1 else MICRO_BATCHES_PER_RANK * ranks, cut)
+        ramp = len(FILL) + 1 - sum(FILL) - DRAIN if ranks >= RAMP_RANKS and schedule == "1f1b" else 0
+        cut = math.ceil(need / HELD_BYTES + ramp) if need > CUT_ABOVE else 1   # ramp: what smaller ends give up
+        if ranks == 1:
+            M = cut
+        elif schedule == "chimera":
+            M = 2 * math.ceil(max(2 * (ranks - 1), cut) / 2)
+        else:
+            M = max(MICRO_BATCHES_PER_RANK * ranks, cut)
     return max(1, min(int(M), int(batch)))
 
 
@@ -129,9 +137,10 @@ def pipelined(cfg) -> bool:
 def in_flight(cfg, ranks: int, batch: int, sample_bytes: int = 0) -> tuple[int, int]:
     """(micro-batches whose states one rank holds at most, samples per micro-batch) of a pipelined
     run (``sample_bytes``: as :func:`micro_batch_count`)."""
-    M = micro_batch_count(cfg.micro_batches, ranks, batch, sample_bytes)
+    M = micro_batch_count(cfg.micro_batches, ranks, batch, sample_bytes, cfg.schedule)
     largest = int(np.diff(micro_batch_bounds(batch, M, ranks, cfg.schedule)).max())
-    return (M if cfg.schedule == "gpipe" else min(ranks, M)), largest
+    held = {"gpipe": M, "1f1b": min(ranks, M), "chimera": min(ranks + 1 if ranks > 1 else 1, M)}
+    return held[cfg.schedule], largest
 
 
 def available_bytes(backend) -> int:
@@ -177,7 +186,8 @@ def check_memory(cfg, state_shape, params_per_layer: int, batch: int, ranks: int
     else:
         what, shape = f"{STATE_COPIES}", f"batch {batch}"
         states = STATE_COPIES * rows * batch * state * item
-    vectors = {"lbfgs": 2 * cfg.memory + 4, "adam": 4, "sgd": 3}[cfg.optimizer]
+    vectors = {"lbfgs": 2 * cfg.memory + 4, "adam": 4, "sgd": 3}[cfg.optimizer] \
+        + (2 if pipelined(cfg) and cfg.schedule == "chimera" and ranks > 1 else 0)
     params = vectors * (rows - 1) * params_per_layer * item
     end_params, n_out = ends
     head = (vectors * end_params + OUTPUT_COPIES * batch * n_out) * item

@@ -30,6 +30,8 @@ levels, so the range is never exceeded; it lies below every other tag above it.
     900     layers         layer-serial chain: the last state to the next position
     1000    layers         pipeline: a micro-batch's state u_b to the next rank
     1001    layers         pipeline: a micro-batch's adjoint λ_a to the previous rank
+    1002    layers         Chimera pipeline: a rank's parameters to its mirror rank (P − 1 − r)
+    1003    layers         Chimera pipeline: the mirror block's gradient part back to its owner
 
 All tags are far below 32767, the least upper bound (MPI_TAG_UB) that MPI guarantees.
 """
@@ -57,6 +59,8 @@ CHAIN = 900
 
 PIPE_STATE = 1000
 PIPE_ADJOINT = 1001
+PIPE_PARAMS = 1002
+PIPE_GRADS = 1003
 
 
 def ghost(level: int) -> int:

@@ -126,7 +126,10 @@ class TrainConfig(BaseModel):
         "(above 32 MiB on a rank: micro-batches of at most 8 MiB; at most the batch)", "execution")
     schedule: Literal[SCHEDULES] = _field(
         "1f1b", "pipeline schedule: gpipe (all forwards, then all backwards: states of all micro-batches "
-        "held) or 1f1b (one forward, one backward: at most P micro-batches held per rank)", "execution")
+        "held), 1f1b (one forward, one backward: at most P micro-batches held per rank) or chimera (half the "
+        "micro-batches streamed the other way through mirrored layer blocks, which fills 1F1B's idle ends "
+        "on an even number of ranks: every rank also holds its mirror rank's parameters, the end ranks "
+        "the inputs and targets; at most P + 1 micro-batches held per rank)", "execution")
     # -- MGRIT ----------------------------------------------------------------------------------
     cfactor: Union[Factor, list[Factor]] = _field(
         2, "MGRIT coarsening factor, or one per level, comma-separated (the last repeats)", "MGRIT",

@@ -94,7 +94,7 @@ class Trainer:
         self.monitor = Monitor(cfg.monitor_every if cfg.method == "oneshot" else 0, cfg.monitor_tol,
                                getattr(self.lp.fwd, "n_levels", 1))
         self.pipeline = Pipeline(self.model, comm, self.lp.bounds)
-        self.data = RankData(world, comm, data_comm, self.be, meta, ds)
+        self.data = RankData(world, comm, data_comm, self.be, meta, ds, bool(self.lp.pipe and self.lp.pipe.both_ends))
         with np.errstate(all="ignore"):  # huge --init-scale: the divergence line says so
             self.theta = self.lp.scatter_params(self._initial_parameters())
         self.opt = make_optimizer(cfg.optimizer, dot=self.lp.dot, sums=self.lp.comm.allreduce_sums,

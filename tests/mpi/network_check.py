@@ -1,7 +1,7 @@
 """Run under mpiexec: train a user network (three-group step or torch block) for 10 L-BFGS steps
 through LayerParallel; rank 0 prints the objective history and the final parameters as JSON.
 
-Usage: python network_check.py {three,torch} {serial,pipeline,exact} [ITERATIONS]
+Usage: python network_check.py {three,torch} {serial,pipeline,chimera,exact} [ITERATIONS]
 """
 import json
 import sys

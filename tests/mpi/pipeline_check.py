@@ -3,7 +3,7 @@
 Usage: python pipeline_check.py KIND N D
        python pipeline_check.py train METHOD OPTIMIZER MICRO_BATCHES SCHEDULE D
 
-First form: for every micro-batch count M in {1, 3, 8} and both schedules, the pipelined objective and gradient
+First form: for every micro-batch count M in {1, 3, 8} and every schedule, the pipelined objective and gradient
 (D data groups of P/D layer ranks, each with a contiguous share of the batch) and, per M, the
 backward-only pipeline after an MGRIT forward solve whose level choice keeps one level.  Reports
 the largest relative difference from :func:`gpubraid.network.reference.evaluate` of each.
@@ -17,7 +17,7 @@ from user_steps import resnet_problem
 
 from gpubraid.network.reference import evaluate
 from gpubraid.objective.layer_parallel import LayerParallel
-from gpubraid.objective.pipeline import PipelineOptions
+from gpubraid.objective.pipeline import SCHEDULES, PipelineOptions
 from gpubraid.runtime.backend import resolve_backend
 from gpubraid.runtime.comm import Comm, split_layers
 from gpubraid.solver.options import MGRITOptions
@@ -61,12 +61,13 @@ def main():
     ref = evaluate(model, full, theta_full, x, y) if world.rank == 0 else None
     out = {"ranks": world.size, "data_groups": D, "runs": {}}
     for M in (1, 3, 8):
-        cases = [(f"M{M}-{s}", SERIAL, PipelineOptions(M, s)) for s in ("gpipe", "1f1b")]
+        cases = [(f"M{M}-{s}", SERIAL, PipelineOptions(M, s)) for s in SCHEDULES]
         cases.append((f"M{M}-mgrit-one-level", ONE_LEVEL_AT_RUN_TIME, PipelineOptions(M)))
         for name, opts, pipe in cases:
             lp = LayerParallel(model, comm, opts, opts, data, pipe)
             theta = lp.scatter_params(theta_full)
-            ev = lp.evaluate(theta, x[lo:hi] if lp.is_first else None, y[lo:hi] if lp.is_last else None, hi - lo)
+            ev = lp.evaluate(theta, x[lo:hi] if lp.needs_inputs else None, y[lo:hi] if lp.needs_targets else None,
+                             hi - lo)
             g = lp.gather_params(ev.grad)
             fst, bst = lp.last_stats
             if world.rank == 0:

@@ -120,22 +120,22 @@ def build(which, backend, layers=12):
 
 def train_history(which, method, backend, comm=None, iterations=10):
     """Train the ``build(which)`` network with L-BFGS through a LayerParallel on ``comm`` (None: one
-    process): ``method`` "serial" (one level), "pipeline" (one level, 3 micro-batches streamed 1F1B)
-    or "exact" (FCF MGRIT to 1e-10).  Returns (the objective history of :func:`lbfgs_history`, the
+    process): ``method`` "serial" (one level), "pipeline" (one level, 3 micro-batches streamed 1F1B),
+    "chimera" (one level, 4 micro-batches streamed both ways) or "exact" (FCF MGRIT to 1e-10).  Returns (the objective history of :func:`lbfgs_history`, the
     LayerParallel, this rank's final parameters)."""
     from gpubraid.objective.layer_parallel import LayerParallel
     from gpubraid.objective.pipeline import PipelineOptions
     from gpubraid.solver.options import MGRITOptions
 
     net, ds = build(which, backend)
-    if method in ("serial", "pipeline"):
+    if method in ("serial", "pipeline", "chimera"):
         opts = MGRITOptions(max_levels=1, tol=1e-10, max_iter=100)
     else:
         opts = MGRITOptions(cfactor=2, max_levels=10, nrelax=1, tol=1e-10, max_iter=100)
-    pipeline = PipelineOptions(3, "1f1b") if method == "pipeline" else None
+    pipeline = {"pipeline": PipelineOptions(3, "1f1b"), "chimera": PipelineOptions(4, "chimera")}.get(method)
     lp = LayerParallel(net, comm, opts, opts, pipeline=pipeline)
     theta = lp.scatter_params(net.init_params(net.layout(), seed=0))
-    hist = lbfgs_history(lp, theta, ds.x_train if lp.is_first else None, ds.y_train if lp.is_last else None,
+    hist = lbfgs_history(lp, theta, ds.x_train if lp.needs_inputs else None, ds.y_train if lp.needs_targets else None,
                          ds.n_train, iterations)
     return hist, lp, theta
 

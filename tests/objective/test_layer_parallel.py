@@ -88,7 +88,7 @@ def test_user_network_trains_serial_equals_exact(backend, which):
 @pytest.mark.parametrize("which", ["three", "torch"])
 def test_user_network_rank_counts_agree(mpirun, which):
     """1, 2 and 3 ranks (torch: 1 and 3) train the same user network to the same histories (1e-10);
-    serial = exact (1e-6); the pipeline on 2 ranks follows serial on 1 (1e-10)."""
+    serial = exact (1e-6); the pipeline on 2 ranks, 1F1B and Chimera, follows serial on 1 (1e-10)."""
     if which == "torch":
         pytest.importorskip("torch")
 
@@ -103,7 +103,8 @@ def test_user_network_rank_counts_agree(mpirun, which):
         got = run(n, "exact")
         assert np.abs(np.array(got["history"]) - h).max() <= 1e-10 * np.abs(h).max(), n
         assert np.abs(np.array(got["theta"]) - np.array(ref["theta"])).max() <= 1e-8, n
-    pipelined = run(2, "pipeline")
     hs = np.array(serial["history"])
-    assert np.abs(np.array(pipelined["history"]) - hs).max() <= 1e-10 * np.abs(hs).max()
-    assert np.abs(np.array(pipelined["theta"]) - np.array(serial["theta"])).max() <= 1e-8
+    for schedule in ("pipeline", "chimera"):
+        pipelined = run(2, schedule)
+        assert np.abs(np.array(pipelined["history"]) - hs).max() <= 1e-10 * np.abs(hs).max(), schedule
+        assert np.abs(np.array(pipelined["theta"]) - np.array(serial["theta"])).max() <= 1e-8, schedule
