@@ -10,6 +10,7 @@ off) of
     serial-1-unsplit   --method serial --micro-batches 1 on 1 rank (the whole batch, layer by layer)
     serial-2           --method serial on 2 layer ranks (now the pipeline, automatic M)
     pipeline-2-M<m>    --method pipeline on 2 layer ranks, m micro-batches, 1F1B (and GPipe at one m)
+    pipeline-2-chimera --method pipeline --schedule chimera on 2 layer ranks (automatic M; and at each m)
     oneshot-2          --method oneshot on 2 layer ranks (peaks: its level choice keeps one level)
     data-2             --method serial --data-parallel 2 (two data groups of one layer rank)
 
@@ -19,7 +20,7 @@ on peaks full batch (L-BFGS, 64 and 256 layers), the mini-batch Adam workload (d
 1F1B, gloo on CPU) on the mini-batch workload's network with the same micro-batch counts.
 
 Memory: the peak of traced allocations (tracemalloc) during one gradient evaluation, per rank,
-for the dense 64-layer, 32-channel network, both schedules, M swept with the micro-batch size
+for the dense 64-layer, 32-channel network, every schedule, M swept with the micro-batch size
 fixed (64 samples) and with the batch fixed (1024 samples), on 1, 2 and 4 layer ranks.
 """
 from __future__ import annotations
@@ -55,6 +56,9 @@ def variants(w: dict) -> dict:
         out[f"pipeline-2-M{m}"] = (2, ["--method", "pipeline", "--micro-batches", str(m)])
     m = w["M"][-1] if len(w["M"]) < 3 else w["M"][2]
     out[f"pipeline-2-M{m}-gpipe"] = (2, ["--method", "pipeline", "--micro-batches", str(m), "--schedule", "gpipe"])
+    out["pipeline-2-chimera"] = (2, ["--method", "pipeline", "--schedule", "chimera"])
+    for m in w["M"]:
+        out[f"pipeline-2-M{m}-chimera"] = (2, ["--method", "pipeline", "--micro-batches", str(m), "--schedule", "chimera"])
     if w.get("oneshot"):
         out["oneshot-2"] = (2, ["--method", "oneshot"])
     out["data-2"] = (2, ["--method", "serial", "--data-parallel", "2"])
@@ -140,7 +144,7 @@ def memory_worker(batch_sizes: str) -> None:
     one = MGRITOptions(max_levels=1)
     out = []
     for mode in batch_sizes.split(","):
-        for schedule in ("gpipe", "1f1b"):
+        for schedule in ("gpipe", "1f1b", "chimera"):
             for M in (1, 2, 4, 8, 16):
                 B = 64 * M if mode == "micro64" else 1024
                 lp = LayerParallel(model, comm, one, one, pipeline=PipelineOptions(M, schedule))
@@ -149,7 +153,7 @@ def memory_worker(batch_sizes: str) -> None:
                 x, y = rng.uniform(-3, 3, (B, 2)), rng.integers(0, 5, B)
                 tracemalloc.start()
                 base = tracemalloc.get_traced_memory()[0]
-                lp.evaluate(theta, x if lp.is_first else None, y if lp.is_last else None, B)
+                lp.evaluate(theta, x if lp.needs_inputs else None, y if lp.needs_targets else None, B)
                 peak = tracemalloc.get_traced_memory()[1] - base
                 tracemalloc.stop()
                 peaks = comm.gather_obj(peak, 0)
@@ -212,7 +216,7 @@ def plot(json_path, png_path=None):
         return common.save_figure(fig, json_path, png_path)
     ax = axes[-1]
     for mode, style in (("micro64", "-"), ("batch1024", ":")):
-        for schedule, marker in (("gpipe", "s"), ("1f1b", "o")):
+        for schedule, marker in (("gpipe", "s"), ("1f1b", "o"), ("chimera", "^")):
             for ranks in (1, 2, 4):
                 pts = [m for m in mem if (m["mode"], m["schedule"], m["ranks"]) == (mode, schedule, ranks)]
                 if pts:

@@ -117,8 +117,8 @@ class TrainConfig(BaseModel):
         "oneshot", "training method: serial backprop, exact MGRIT solves, one-shot MGRIT, pipeline "
         "(serial's gradient by micro-batches streamed through the layer ranks; serial on several layer "
         "ranks is the same), or auto (the fastest for the run's ranks by gpubraid plan's prediction: "
-        "method, data groups and micro-batches, keeping --data-parallel when not 1 and --micro-batches "
-        "when given; the choice and why are logged)", "execution")
+        "method, data groups, micro-batches and schedule, keeping --data-parallel when not 1, "
+        "--micro-batches when given and --schedule when not 1f1b; the choice and why are logged)", "execution")
     micro_batches: Count | None = _field(
         None, "layer-serial training (serial, pipeline, one-level exact/oneshot): micro-batches each batch "
         "(each data group's share) is cut into and streamed through the layer ranks; None: 1 on one layer "

@@ -14,10 +14,11 @@ and a network model (:class:`~gpubraid.runtime.replay.NetworkModel`), counted th
   on a level that halves the feature maps l times (``spatial_levels``) β·L·m and its messages
   shrink by 4^l.
 * **Layer-serial pipeline** (serial, pipeline): each layer rank runs
-  :func:`~gpubraid.objective.pipeline.schedule_order` (1F1B or GPipe), a forward (backward) step of
-  a micro-batch of m samples costing n·(a + b·m) on a rank of n layers; a micro-batch's state
-  (adjoint) moves to the next (previous) rank in one message; the ranks are simulated in order,
-  so the bubble (M + L − 1 block times per direction) comes out of the simulation.
+  :func:`~gpubraid.objective.pipeline.schedule_order` (1F1B or GPipe) or
+  :func:`~gpubraid.objective.chimera.chimera_order`, a forward (backward) step of a micro-batch of
+  m samples costing n·(a + b·m) on a block of n layers; a micro-batch's state (adjoint) moves to
+  the rank of the next (previous) block in one message; the ranks are simulated in order, so the
+  bubble (with 1F1B M + L − 1 block times per direction) comes out of the simulation.
 * **Data groups**: each of the D groups holds ⌈B/D⌉ samples; the gradient blocks are summed across
   the groups (an allgather of the block), and every reduction (objective, solver norms, the
   optimiser's inner products) also runs across them.
@@ -29,6 +30,7 @@ from collections import deque
 
 import numpy as np
 
+from ..objective.chimera import chimera_order, down_count
 from ..objective.pipeline import schedule_order
 from ..runtime.backend import resolve_backend
 from ..runtime.comm import split_layers
@@ -138,45 +140,54 @@ def mgrit_solve_s(opts: MGRITOptions, h, L: int, levels: int, warm: bool, iters:
     return total
 
 
+def pipeline_steps(schedule: str, M: int, L: int):
+    """(orders, rank): each layer rank's (kind, micro-batch, block) steps in the order it runs them,
+    and ``rank(k, s)``, the rank that runs block s of micro-batch k."""
+    if schedule == "chimera" and L > 1:
+        down = down_count(M)
+        return chimera_order(M, L), lambda k, s: s if k < down else L - 1 - s
+    return [[(kind, k, r) for kind, k in schedule_order(schedule, M, L, r)] for r in range(L)], lambda k, s: s
+
+
 def pipeline_s(schedule: str, L: int, M: int, m_total: int, N: int, fwd: tuple, bwd: tuple, ends: tuple,
                row_bytes: int, net: NetworkModel, scale=None, call: tuple = (0.0, 0.0)) -> float:
     """Seconds of one pipelined evaluation (forward and backward of M micro-batches over L layer
-    ranks): every rank's :func:`schedule_order` simulated, a step of n layers and m samples costing
-    call + n·(a + b·m) (``call``: (forward, backward) per sweep call), messages α + n/β + o, the
-    opening and the head (``ends``) on the last rank's forward steps.  ``scale(cells, backward)``:
-    factor on the per-sample costs when a rank holds ``cells`` = layers × samples of states (the
-    micro-batches in flight: all M with GPipe, at most L with 1F1B); None: 1."""
+    ranks): every rank's steps (:func:`pipeline_steps`) simulated, a step of n layers and m samples
+    costing call + n·(a + b·m) (``call``: (forward, backward) per sweep call), messages α + n/β + o
+    between ranks, the opening and the head (``ends``) on the forward steps of the last block.
+    ``scale(cells, backward)``: factor on the per-sample costs when a rank holds ``cells`` = layers ×
+    samples of states (the micro-batches in flight: all M with GPipe, at most L with 1F1B, L + 1
+    with Chimera); None: 1.  Chimera's exchange of the mirror blocks' parameters and gradients is
+    not counted here."""
     bounds = split_layers(N, L)
     cut = micro_batch_bounds(m_total, M, L, schedule)
     sizes = [int(cut[k + 1] - cut[k]) for k in range(M)]
     msg = [net.transfer(m * row_bytes) + net.overhead_s if L > 1 else 0.0 for m in sizes]
-    orders = [schedule_order(schedule, M, L, r) for r in range(L)]
-    done = {"F": [[None] * M for _ in range(L)], "B": [[None] * M for _ in range(L)]}
+    orders, rank = pipeline_steps(schedule, M, L)
+    done = {}
     clock, pos = [0.0] * L, [0] * L
     queue, queued = deque(range(L)), [True] * L
-    held = M if schedule == "gpipe" else min(L, M)
+    held = {"gpipe": M, "chimera": min(L + (L > 1), M)}.get(schedule, min(L, M))
     while queue:
         r = queue.popleft()
         queued[r] = False
-        n = int(bounds[r + 1] - bounds[r])
         moved = False
         while pos[r] < len(orders[r]):
-            kind, k = orders[r][pos[r]]
-            q = r - 1 if kind == "F" else r + 1
-            if 0 <= q < L:
-                sent = done[kind][q][k]
-                if sent is None:
+            kind, k, s = orders[r][pos[r]]
+            before = ("F", k, s - 1) if kind == "F" else ("B", k, s + 1)
+            start = clock[r]
+            if 0 <= before[2] < L:
+                if before not in done:
                     break
-                start = max(clock[r], sent + msg[k])
-            else:
-                start = clock[r]
+                start = max(start, done[before] + (msg[k] if rank(k, before[2]) != r else 0.0))
+            n = int(bounds[s + 1] - bounds[s])
             a, b = fwd if kind == "F" else bwd
             if scale is not None:
                 b *= scale(n * sizes[k] * held, kind == "B")
             work = call[kind == "B"] + n * (a + b * sizes[k])
-            if kind == "F" and r == L - 1:
+            if kind == "F" and s == L - 1:
                 work += ends[0] + ends[1] * sizes[k]
-            clock[r] = done[kind][r][k] = start + work
+            clock[r] = done[kind, k, s] = start + work
             pos[r] += 1
             moved = True
         for q in (r - 1, r + 1) if moved else ():

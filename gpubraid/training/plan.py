@@ -3,7 +3,7 @@
 A candidate is D data groups × L layer ranks (P = D·L) with a method: the layer-serial pipeline
 (``serial`` on one layer rank, with M = 1, 2, 4 or 8 micro-batches one after the other, or the
 automatic M: smaller ones may keep their states in the caches; ``pipeline`` with M = L, 2L, 4L, 8L
-or the automatic M micro-batches, 1F1B, on several),
+or the automatic M micro-batches on several, 1F1B and, on an even number of layer ranks, Chimera),
 ``oneshot`` or ``exact`` MGRIT with the levels the solver's own choice keeps on the initial parameters
 (exact is left out when that is one level: it is then serial; one-shot on one level is the
 layer-serial sweep it then runs: all micro-batches forward, then all backward).  Its seconds per training step come from
@@ -62,19 +62,21 @@ class Candidate:
     step_s: float
     accuracy_s: float
     grad_error: float = 0.0
+    schedule: str = "1f1b"
 
     def label(self) -> str:
-        what = {"serial": "serial" if self.M == 1 else f"serial M={self.M}", "pipeline": f"pipeline M={self.M}"}.get(
+        chimera = " chimera" if self.schedule == "chimera" else ""
+        what = {"serial": "serial" if self.M == 1 else f"serial M={self.M}", "pipeline": f"pipeline M={self.M}{chimera}"}.get(
             self.method, f"{self.method} {self.levels} level{'s' if self.levels > 1 else ''}")
         return f"{what} on {self.D}x{self.L} (data x layer)"
 
     def settings(self) -> dict:
-        """The TrainConfig values that run this candidate (the schedule is the run's own: GPipe and
-        1F1B take the same time, 1F1B less memory)."""
+        """The TrainConfig values that run this candidate (Chimera's schedule, else the run's own:
+        GPipe and 1F1B take the same time, 1F1B less memory)."""
         out = {"method": self.method, "data_parallel": self.D}
         if self.method in ("serial", "pipeline"):   # M = 1 too: without it a run may cut for the caches
             out.update(micro_batches=self.M)
-        return out
+        return out | ({"schedule": "chimera"} if self.schedule == "chimera" else {})
 
 
 def _mgrit_step(probe, method, levels, its, warm, D, L, net, h) -> float:
@@ -101,10 +103,19 @@ def _mgrit_step(probe, method, levels, its, warm, D, L, net, h) -> float:
     return total + a + b * n * m + probe.ends[0] + probe.ends[1] * m
 
 
+def schedules(L: int, fixed: str | None) -> tuple:
+    """The pipeline schedules priced on L layer ranks: 1F1B (GPipe takes as long), and Chimera on an
+    even L; only the ``fixed`` one when the user gave one (GPipe priced as 1F1B)."""
+    if fixed is not None:
+        return ("chimera",) if fixed == "chimera" and L > 1 else ("1f1b",)
+    return ("1f1b", "chimera") if L % 2 == 0 else ("1f1b",)
+
+
 def candidates(probe, cfg: TrainConfig, P: int, net: NetworkModel, h, fixed: dict | None = None) -> list[Candidate]:
-    """Every candidate on P ranks, best (least time to accuracy) first.  ``cfg``: the run's
-    resolved settings; ``h``: the step sizes; ``fixed``: what the user fixed (:func:`fixed_by`):
-    only D = ``data_parallel``, and the layer-serial candidates only with M = ``micro_batches``."""
+    """Every candidate on P ranks, best (least time to accuracy; on a tie fewer layer ranks) first.
+    ``cfg``: the run's resolved settings; ``h``: the step sizes; ``fixed``: what the user fixed
+    (:func:`fixed_by`): only D = ``data_parallel``, the layer-serial candidates only with M =
+    ``micro_batches``, the pipeline only with ``schedule``."""
     out = []
     N, B = probe.layers, probe.batch
     its = cfg.iterations
@@ -118,13 +129,17 @@ def candidates(probe, cfg: TrainConfig, P: int, net: NetworkModel, h, fixed: dic
         fixed_s = reductions * cm.reduce_s(net, L, D) + cm.group_sum_s(net, D, cm.layer_block(N, L) * probe.param_bytes)
         fixed_s += probe.step_overhead + probe.regularizer_s * cm.layer_block(N, L) / N
         held = held_bytes(cm.layer_block(N, L), probe.state_bytes, probe.cache_blocked)
-        auto = micro_batch_count(None, L, m, held)   # what a run without --micro-batches streams
-        Ms = sorted({min(k * L, m) for k in (1, 2, 4, 8)} | {auto}) if "micro_batches" not in fixed else \
-            [micro_batch_count(fixed["micro_batches"], L, m)]
-        for M in Ms:
-            t = cm.pipeline_s("1f1b", L, M, m, N, probe.sweep_fwd, probe.sweep_bwd, probe.ends,
-                              probe.state_bytes, net, probe.per_sample_scale, probe.sweep_call) + fixed_s
-            out.append(Candidate(D, L, "serial" if L == 1 else "pipeline", 1, M, t, its * t))
+        block = cm.layer_block(N, L) * probe.param_bytes   # Chimera: a mirror block's parameters and gradient
+        swap_s = 2 * (net.transfer(block) + net.overhead_s)
+        for schedule in schedules(L, fixed.get("schedule")):
+            auto = micro_batch_count(None, L, m, held, schedule)   # what a run without --micro-batches streams
+            Ms = sorted({min(k * L, m) for k in (1, 2, 4, 8)} | {auto}) if "micro_batches" not in fixed else \
+                [micro_batch_count(fixed["micro_batches"], L, m)]
+            for M in Ms:
+                t = cm.pipeline_s(schedule, L, M, m, N, probe.sweep_fwd, probe.sweep_bwd, probe.ends, probe.state_bytes,
+                                  net, probe.per_sample_scale, probe.sweep_call) + fixed_s
+                t += swap_s if schedule == "chimera" else 0.0
+                out.append(Candidate(D, L, "serial" if L == 1 else "pipeline", 1, M, t, its * t, schedule=schedule))
         for name, info, method, warm in (("oneshot", probe.oneshot, cfg_method(cfg, "oneshot", L), probe.warm),
                                          ("exact", probe.exact, cfg_method(cfg, "exact", L), False)):
             if info["levels"] < 2:
@@ -141,7 +156,7 @@ def candidates(probe, cfg: TrainConfig, P: int, net: NetworkModel, h, fixed: dic
             e = info.get("grad_error", 0.0)
             acc = its * t / (1.0 - e) if e < 1.0 else math.inf
             out.append(Candidate(D, L, name, levels, 1, t, acc, e))
-    return sorted(out, key=lambda c: (c.accuracy_s, c.step_s))
+    return sorted(out, key=lambda c: (c.accuracy_s, c.step_s, c.L))   # a tie: the fewer messages
 
 
 def cfg_method(cfg: TrainConfig, method: str, layer_ranks: int | None = None):
@@ -208,11 +223,12 @@ class Plan:
     def table(self) -> str:
         """Every candidate, best first."""
         p = self.probe
-        rows = [f"{'D x L':>9}  {'method':<9} {'levels':>6} {'M':>4}  {'s/step':>10}  {'s to accuracy':>13}"
+        rows = [f"{'D x L':>9}  {'method':<16} {'levels':>6} {'M':>4}  {'s/step':>10}  {'s to accuracy':>13}"
                 f"  {'grad err':>8}"]
         for c in self.candidates:
             acc = f"{c.accuracy_s:13.4g}" if math.isfinite(c.accuracy_s) else f"{'inf':>13}"
-            rows.append(f"{c.D:>4} x {c.L:<3}  {c.method:<9} {c.levels:>6} {c.M:>4}  {c.step_s:10.4g}  {acc}"
+            method = c.method + (" chimera" if c.schedule == "chimera" else "")
+            rows.append(f"{c.D:>4} x {c.L:<3}  {method:<16} {c.levels:>6} {c.M:>4}  {c.step_s:10.4g}  {acc}"
                         f"  {100 * c.grad_error:7.2g}%")
         head = [f"probe ({p.clock} time, {p.probe_s:.1f} s): batch {p.batch}, {p.layers} layers; layer-serial "
                 f"evaluation {p.evaluate_s:.4g} s on 1 rank; oneshot: {p.oneshot['levels']} level(s)"
@@ -259,9 +275,11 @@ def make_plan(cfg: TrainConfig, ranks: int, net: NetworkModel, build_trainer, mo
 
 
 def fixed_by(cfg: TrainConfig) -> dict:
-    """What the user fixed of ``--method auto``'s choice: ``data_parallel`` when not 1, and
-    ``micro_batches`` (of the layer-serial candidates: serial, the pipeline) when given."""
+    """What the user fixed of ``--method auto``'s choice: ``data_parallel`` when not 1,
+    ``micro_batches`` (of the layer-serial candidates: serial, the pipeline) when given, and the
+    ``schedule`` when not the default 1F1B (then no Chimera candidate: the run keeps its own)."""
     out = {"data_parallel": cfg.data_parallel} if cfg.data_parallel != 1 else {}
+    out |= {"schedule": cfg.schedule} if cfg.schedule != "1f1b" else {}
     return out | ({"micro_batches": cfg.micro_batches} if cfg.micro_batches is not None else {})
 
 

@@ -46,6 +46,11 @@ def test_pipeline_simulation_by_hand():
     # (M + L - 1) block times per direction: 6
     assert cm.pipeline_s("1f1b", 2, 2, 2, 2, (1.0, 0.0), (1.0, 0.0), (0.0, 0.0), 8, IDEAL) == 6.0
     assert cm.pipeline_s("gpipe", 2, 2, 2, 2, (1.0, 0.0), (1.0, 0.0), (0.0, 0.0), 8, IDEAL) == 6.0
+    # Chimera: one micro-batch each way, no idle ends: each rank's 2 forwards and 2 backwards; on 4
+    # ranks and 8 micro-batches 18 against 1F1B's 22 (the 16 steps of each rank's work + the bubble)
+    assert cm.pipeline_s("chimera", 2, 2, 2, 2, (1.0, 0.0), (1.0, 0.0), (0.0, 0.0), 8, IDEAL) == 4.0
+    assert cm.pipeline_s("chimera", 4, 8, 8, 4, (1.0, 0.0), (1.0, 0.0), (0.0, 0.0), 8, IDEAL) == 18.0
+    assert cm.pipeline_s("1f1b", 4, 8, 8, 4, (1.0, 0.0), (1.0, 0.0), (0.0, 0.0), 8, IDEAL) == 22.0
     # one rank, one micro-batch: N layers forward and backward plus the ends, per sample
     assert cm.pipeline_s("1f1b", 1, 1, 10, 4, (0.5, 0.1), (0.25, 0.2), (1.0, 0.01), 8, IDEAL) == \
         pytest.approx(4 * (0.5 + 1.0) + 4 * (0.25 + 2.0) + 1.0 + 0.1)
@@ -56,6 +61,9 @@ def test_pipeline_simulation_by_hand():
     # a message of n bytes between the two ranks adds α + n/β + o per hop on the critical path
     net = NetworkModel("t", 1.0, 8.0, 0.5)
     t = cm.pipeline_s("gpipe", 2, 1, 1, 2, (1.0, 0.0), (1.0, 0.0), (0.0, 0.0), 8, net)
+    assert t == pytest.approx(4.0 + 2 * (1.0 + 1.0 + 0.5))
+    # Chimera on 2 ranks: each direction's state and adjoint hop
+    t = cm.pipeline_s("chimera", 2, 2, 2, 2, (1.0, 0.0), (1.0, 0.0), (0.0, 0.0), 8, net)
     assert t == pytest.approx(4.0 + 2 * (1.0 + 1.0 + 0.5))
 
 
@@ -79,13 +87,19 @@ def test_candidates_cover_every_split_best_first():
     # per-sample work and a free network: data groups divide it best
     assert (cands[0].D, cands[0].L) == (8, 1)
     assert cands[0].settings() == {"method": "serial", "data_parallel": 8, "micro_batches": 1}
-    pipe = next(c for c in cands if c.method == "pipeline")
+    pipe = next(c for c in cands if c.method == "pipeline" and c.schedule == "1f1b")
     assert pipe.settings() == {"method": "pipeline", "data_parallel": pipe.D, "micro_batches": pipe.M}
+    # Chimera on the even layer-rank counts, run with its schedule
+    assert {c.L for c in cands if c.schedule == "chimera"} == {2, 4, 8}
+    chimera = next(c for c in cands if c.schedule == "chimera")
+    assert chimera.settings() == {"method": "pipeline", "data_parallel": chimera.D, "micro_batches": chimera.M,
+                                  "schedule": "chimera"} and "chimera" in chimera.label()
 
 
 def test_what_the_user_fixed_is_kept():
-    """--data-parallel D (other than 1) and --micro-batches M restrict auto's candidates: only D data
-    groups, and the layer-serial ones (serial, the pipeline, one-level one-shot) with M micro-batches."""
+    """--data-parallel D (other than 1), --micro-batches M and --schedule (other than 1f1b) restrict
+    auto's candidates: only D data groups, the layer-serial ones (serial, the pipeline, one-level
+    one-shot) with M micro-batches, the pipeline with that schedule."""
     cfg = TrainConfig(**SMALL).resolved()
     h = (1.0 / 16,) * 16
     assert plan.fixed_by(cfg) == {}
@@ -95,13 +109,20 @@ def test_what_the_user_fixed_is_kept():
     assert {(c.D, c.L) for c in cands} == {(2, 4)}
     assert {c.M for c in cands if c.method in ("pipeline", "oneshot")} == {3}
     assert {c.method for c in cands} == {"pipeline", "oneshot", "exact"}
+    # a schedule other than 1F1B is the run's own: GPipe priced as 1F1B, Chimera alone
+    for schedule, priced in (("gpipe", {"1f1b"}), ("chimera", {"chimera"})):
+        fixed = plan.fixed_by(cfg.model_copy(update={"schedule": schedule}))
+        assert fixed == {"schedule": schedule}
+        cands = plan.candidates(fake_probe(), cfg, 8, IDEAL, h, fixed)
+        assert {c.schedule for c in cands if c.method == "pipeline"} == priced
 
 
 def test_auto_keeps_the_fixed_settings_and_says_so():
     from gpubraid.errors import UserError
 
     tr = Trainer(TrainConfig(**SMALL, method="auto", micro_batches=3, schedule="gpipe"))
-    assert tr.plan["fixed"] == {"micro_batches": 3} and "as you fixed --micro-batches 3" in tr.plan["line"]
+    assert tr.plan["fixed"] == {"micro_batches": 3, "schedule": "gpipe"}
+    assert "as you fixed --schedule gpipe, --micro-batches 3" in tr.plan["line"]
     assert tr.cfg.micro_batches == 3 and tr.cfg.schedule == "gpipe"   # the run's schedule is kept too
     with pytest.raises(UserError, match="data_parallel must divide the number of MPI ranks"):
         Trainer(TrainConfig(**SMALL, method="auto", data_parallel=2))
