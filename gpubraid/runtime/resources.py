@@ -108,8 +108,9 @@ def micro_batch_bounds(batch: int, count: int, ranks: int = 1, schedule: str = "
 def micro_batch_count(requested: int | None, ranks: int, batch: int, sample_bytes: int = 0,
                       schedule: str = "1f1b") -> int:
     """Micro-batches M of a pipelined batch: ``requested``, or by default MICRO_BATCHES_PER_RANK ×
-    ``ranks`` (1 on one layer rank; with the Chimera ``schedule`` 2(ranks − 1), even: half of them
-    each way) and, when the whole batch would hold more than CUT_ABOVE at ``sample_bytes`` per
+    ``ranks`` (1 on one layer rank; with the Chimera ``schedule`` the least multiple of ``ranks`` of
+    at least 2(ranks − 1): 2 on two ranks, 2P from four on; with unit step costs M = 6 on 4 ranks
+    leaves a quarter of the time idle, M = 8 a ninth) and, when the whole batch would hold more than CUT_ABOVE at ``sample_bytes`` per
     sample (:func:`held_bytes`), at least enough that a micro-batch holds at most HELD_BYTES (more
     on RAMP_RANKS or more layer ranks, whose ends may be smaller: :data:`FILL`); at most the
     ``batch`` size and at least 1."""
@@ -121,8 +122,8 @@ def micro_batch_count(requested: int | None, ranks: int, batch: int, sample_byte
         cut = math.ceil(need / HELD_BYTES + ramp) if need > CUT_ABOVE else 1   # ramp: what smaller ends give up
         if ranks == 1:
             M = cut
-        elif schedule == "chimera":
-            M = 2 * math.ceil(max(2 * (ranks - 1), cut) / 2)
+        elif schedule == "chimera":   # a multiple of P: each direction fills its pipeline evenly
+            M = ranks * math.ceil(max(2 * (ranks - 1), cut) / ranks)
         else:
             M = max(MICRO_BATCHES_PER_RANK * ranks, cut)
     return max(1, min(int(M), int(batch)))

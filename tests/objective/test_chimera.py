@@ -81,14 +81,16 @@ def test_two_ranks_have_no_idle_ends_and_more_ranks_less_than_1f1b():
         gpipe_1f1b = max(execute([[(kind, k, r) for kind, k in schedule_order("1f1b", M, P, r)] for r in range(P)],
                                  P, unit))
         assert chimera < gpipe_1f1b and chimera - 2 * M < 0.6 * (gpipe_1f1b - 2 * M), (P, M)
+    # idle least at multiples of P (the automatic M's): on 4 ranks a quarter at M = 6, a ninth at M = 8
+    assert [max(execute(chimera_order(M, 4), 4, unit)) for M in (6, 8)] == [16, 18]
 
 
 def test_automatic_micro_batches_and_memory(monkeypatch):
     count = resources.micro_batch_count
-    assert count(None, 2, 5000, 0, "chimera") == 2 and count(None, 4, 5000, 0, "chimera") == 6
-    assert count(None, 1, 5000, 0, "chimera") == 1 and count(None, 2, 5000, 0, "1f1b") == 8
-    held = resources.held_bytes(128, 64, True)   # peaks, 256 layers on 2 ranks: cut for the caches, even
-    assert count(None, 2, 5000, held, "chimera") % 2 == 0 and count(None, 2, 5000, held, "chimera") >= 10
+    assert [count(None, P, 5000, 0, "chimera") for P in (1, 2, 3, 4, 8)] == [1, 2, 6, 8, 16]
+    assert count(None, 2, 5000, 0, "1f1b") == 8
+    held = resources.held_bytes(64, 64, True)   # peaks, 256 layers on 4 ranks: cut for the caches (5), then 2P
+    assert count(None, 4, 5000, held, "chimera") == 8 and count(None, 2, 5000, 2 * held, "chimera") == 10
     cfg = TrainConfig(example="peaks", method="pipeline", layers=64, micro_batches=16, schedule="chimera").resolved()
     assert resources.in_flight(cfg, 2, 1600) == (3, 100) and resources.in_flight(cfg, 4, 1600) == (5, 100)
     assert resources.in_flight(cfg, 1, 1600) == (1, 100)
