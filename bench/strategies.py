@@ -75,8 +75,8 @@ SERIAL_MICRO_BATCHES = (1, 2, 4, 8)
 def candidates(P: int, N: int, batch: int, exact: bool = False) -> list[tuple[str, list[str], int]]:
     """(label, train arguments, ranks) of every strategy measured on P ranks for N layers and
     ``batch`` samples per step: data groups alone (serial with M = 1, 2, 4, 8 micro-batches one
-    after the other, and oneshot in each group), the layer pipeline (M = 2L and 4L), oneshot on the
-    layer ranks, and D = 2 (P ≥ 4) and D = P/2 (P ≥ 8) groups of each; with ``exact`` also exact
+    after the other, and oneshot in each group), the layer pipeline (1F1B with M = 2L and 4L, Chimera
+    with M = L and 2L on an even L), oneshot on the layer ranks, and D = 2 (P ≥ 4) and D = P/2 (P ≥ 8) groups of each; with ``exact`` also exact
     MGRIT in P data groups and on P layer ranks (its solves to the tolerance cost tens of serial
     evaluations each, so it is left out by default)."""
     out = []
@@ -99,6 +99,9 @@ def candidates(P: int, N: int, batch: int, exact: bool = False) -> list[tuple[st
         per_group = -(-batch // D)
         for M in sorted({min(k * L, per_group) for k in (2, 4)}):
             out.append((f"{D}x{L} pipeline M={M}", ["--method", "pipeline", "--micro-batches", str(M), *grp], P))
+        for M in sorted({min(k * L, per_group) for k in (1, 2)} if L % 2 == 0 else ()):
+            out.append((f"{D}x{L} chimera M={M}", ["--method", "pipeline", "--schedule", "chimera", "--micro-batches",
+                                                   str(M), *grp], P))
         out.append((f"{D}x{L} oneshot", ["--method", "oneshot", *grp], P))
     return out
 
@@ -235,7 +238,7 @@ def plan_label(plan_cand: dict, P: int) -> str:
     if method == "serial":  # data groups (L = 1), micro-batches one after the other
         return ("serial" if P == 1 else f"data {D}") + (f" M={M}" if M > 1 else "")
     if method == "pipeline":
-        return f"{D}x{L} pipeline M={M}"
+        return f"{D}x{L} {'chimera' if plan_cand.get('schedule') == 'chimera' else 'pipeline'} M={M}"
     return method if P == 1 else f"{D}x{L} {method}"
 
 
@@ -246,7 +249,7 @@ def plan_args(plan_cand: dict) -> list:
         out += ["--data-parallel", str(plan_cand["D"])]
     if plan_cand["method"] == "pipeline" or (plan_cand["method"] == "serial" and plan_cand["M"] > 1):
         out += ["--micro-batches", str(plan_cand["M"])]
-    return out
+    return out + (["--schedule", "chimera"] if plan_cand.get("schedule") == "chimera" else [])
 
 
 def measured(P: int, N: int, batch: int, plan: dict | None, exact: bool = False) -> list:
@@ -335,7 +338,7 @@ def plot(json_path, png_path=None):
     fig, axes = plt.subplots(1, len(ws), figsize=(4 * len(ws), 3.6), squeeze=False)
     for ax, w in zip(axes[0], ws):
         fams = {"data": lambda r: r["label"].startswith(("data", "serial")),
-                "pipeline": lambda r: "pipeline" in r["label"],
+                "pipeline": lambda r: "pipeline" in r["label"] or "chimera" in r["label"],
                 "oneshot": lambda r: "oneshot" in r["label"]}
         for fam, pick in fams.items():
             pts = {}
