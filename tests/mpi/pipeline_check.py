@@ -3,10 +3,10 @@
 Usage: python pipeline_check.py KIND N D
        python pipeline_check.py train METHOD OPTIMIZER MICRO_BATCHES SCHEDULE D
 
-First form: for every micro-batch count M in {1, 3, 8} and every schedule, the pipelined objective and gradient
-(D data groups of P/D layer ranks, each with a contiguous share of the batch) and, per M, the
-backward-only pipeline after an MGRIT forward solve whose level choice keeps one level.  Reports
-the largest relative difference from :func:`gpubraid.network.reference.evaluate` of each.
+First form: for every micro-batch count M in {1, 3, 8} and every schedule, the pipelined objective
+and gradient (D data groups of P/D layer ranks, each with a contiguous share of the batch) and, per
+M, the pipeline after an MGRIT level choice that keeps one level (1F1B and Chimera).  Reports the
+largest relative difference from :func:`gpubraid.network.reference.evaluate` of each.
 """
 import json
 import sys
@@ -63,6 +63,7 @@ def main():
     for M in (1, 3, 8):
         cases = [(f"M{M}-{s}", SERIAL, PipelineOptions(M, s)) for s in SCHEDULES]
         cases.append((f"M{M}-mgrit-one-level", ONE_LEVEL_AT_RUN_TIME, PipelineOptions(M)))
+        cases.append((f"M{M}-mgrit-one-level-chimera", ONE_LEVEL_AT_RUN_TIME, PipelineOptions(M, "chimera")))
         for name, opts, pipe in cases:
             lp = LayerParallel(model, comm, opts, opts, data, pipe)
             theta = lp.scatter_params(theta_full)
