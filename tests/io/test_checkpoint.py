@@ -1,4 +1,5 @@
-"""Checkpoints: atomic files, exact resume after kill -9 (1 and 2 ranks), resume on another rank count."""
+"""Checkpoints: atomic files, exact resume after kill -9 (1 and 2 ranks, and the Chimera pipeline), resume on
+another rank count."""
 import json
 import os
 import random
@@ -45,15 +46,16 @@ def kill_at(mpirun, ranks: int, iteration: int, *argv) -> None:
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("ranks", [1, 2])
-def test_resume_after_kill_9_equals_the_uninterrupted_run(mpirun, tmp_path, ranks):
+@pytest.mark.parametrize("ranks,extra", [(1, ()), (2, ()), (2, ("--method", "pipeline", "--schedule", "chimera"))])
+def test_resume_after_kill_9_equals_the_uninterrupted_run(mpirun, tmp_path, ranks, extra):
     ref, got = tmp_path / "ref.json", tmp_path / "got.json"
     ckpt = tmp_path / "ckpt"
-    assert run_to_end(mpirun, ranks, *RUN, "--checkpoint-dir", str(tmp_path / "ref-ckpt"), "--metrics", str(ref)) == 0
-    k = random.Random(ranks).randint(6, 28)
-    kill_at(mpirun, ranks, k, *RUN, "--checkpoint-dir", str(ckpt))
+    run = [*RUN, *extra]
+    assert run_to_end(mpirun, ranks, *run, "--checkpoint-dir", str(tmp_path / "ref-ckpt"), "--metrics", str(ref)) == 0
+    k = random.Random(ranks + len(extra)).randint(6, 28)
+    kill_at(mpirun, ranks, k, *run, "--checkpoint-dir", str(ckpt))
     assert not [f for f in os.listdir(ckpt) if not f.startswith("checkpoint-")]  # nothing half-written
-    assert run_to_end(mpirun, ranks, *RUN, "--checkpoint-dir", str(ckpt), "--resume", str(ckpt),
+    assert run_to_end(mpirun, ranks, *run, "--checkpoint-dir", str(ckpt), "--resume", str(ckpt),
                       "--metrics", str(got)) == 0
     a, b = json.loads(ref.read_text()), json.loads(got.read_text())
     assert strip(b["history"]) == strip(a["history"]), k
