@@ -68,9 +68,10 @@ class Params:
     opening and head protocols take.
     """
 
-    def __init__(self, groups: dict, open_names, layer_names, head_names):
+    def __init__(self, groups: dict, open_names, layer_names, head_names, vector=None):
         self.__dict__["_g"] = groups
         self.__dict__["_names"] = (tuple(open_names), tuple(layer_names), tuple(head_names))
+        self.__dict__["_vector"] = vector
 
     def __getattr__(self, name):
         g = self.__dict__.get("_g", {})
@@ -88,6 +89,10 @@ class Params:
 
     def names(self):
         return tuple(self._g)
+
+    def vector(self):
+        """The flat vector (size,) these are views of (None when they were given as groups)."""
+        return self._vector
 
     def layers(self):
         """The residual-layer parameters as the tuple the step protocol takes."""
@@ -133,4 +138,4 @@ class ParamLayout:
             raise ValueError(f"parameter vector must have shape ({self.size},); got {tuple(vec.shape)}")
         groups = {name: vec[lo:hi].reshape(self.shapes[name]) for name, (lo, hi) in self.offsets.items()}
         m = self.model
-        return Params(groups, m.open_names, m.layer_names, m.head_names)
+        return Params(groups, m.open_names, m.layer_names, m.head_names, vec)

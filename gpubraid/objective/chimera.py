@@ -88,27 +88,25 @@ class ChimeraPipeline(TrainingPipeline):
         self.mirror_layout = model.layout(self.mirror.a, self.mirror.b)
 
     def _replica(self, P, G):
-        """(Q, GQ, sends): the mirror block's parameter views (received from the partner) and zero
-        gradient views (None without ``G``); on the middle rank P and G themselves."""
+        """(Q, GQ, sends): the mirror block's parameter views (its flat vector received from the
+        partner in one message) and zero gradient views (None without ``G``); on the middle rank P
+        and G themselves.  P and G: views of flat vectors (:meth:`Params.vector`)."""
         if self.partner == self.rank:
             return P, G, []
-        comm, xp, dtype = self.comm, self.model.xp, self.model.be.dtype
-        sends = [comm.isend(P[name], self.partner, tags.PIPE_PARAMS) for name in P.names()]
-        lay = self.mirror_layout
-        Q = lay.views(xp.empty(lay.size, dtype=dtype))
-        for name in Q.names():
-            comm.recv_into(Q[name], self.partner, tags.PIPE_PARAMS)
-        return Q, None if G is None else lay.views(xp.zeros(lay.size, dtype=dtype)), sends
+        comm, xp, dtype, lay = self.comm, self.model.xp, self.model.be.dtype, self.mirror_layout
+        sends = [comm.isend(P.vector(), self.partner, tags.PIPE_PARAMS)]
+        mirror = xp.empty(lay.size, dtype=dtype)
+        comm.recv_into(mirror, self.partner, tags.PIPE_PARAMS)
+        return lay.views(mirror), None if G is None else lay.views(xp.zeros(lay.size, dtype=dtype)), sends
 
     def _return_gradient(self, G, GQ, pending) -> None:
         """Send the mirror block's gradient part to its owner and add the partner's part of this
         rank's block into G (after this rank's own parts: the same order on every run)."""
-        comm = self.comm
-        pending += [comm.isend(GQ[name], self.partner, tags.PIPE_GRADS) for name in GQ.names()]
-        for g in (G[name] for name in G.names()):
-            part = self.model.xp.empty_like(g)
-            comm.recv_into(part, self.partner, tags.PIPE_GRADS)
-            g += part
+        pending.append(self.comm.isend(GQ.vector(), self.partner, tags.PIPE_GRADS))
+        g = G.vector()
+        part = self.model.xp.empty_like(g)
+        self.comm.recv_into(part, self.partner, tags.PIPE_GRADS)
+        g += part
 
     def run(self, P, G, x, y, batch: int, u0=None, idle=None, opened: int | None = None):
         """As :meth:`TrainingPipeline.run`, with ``x`` and ``y`` on both end ranks; ``u0`` (rank 0's
