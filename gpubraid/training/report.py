@@ -51,7 +51,8 @@ def print_summary(res: TrainResult, file=None, saved: bool = True) -> None:
     model file could not be written, so it is not named."""
     file = file if file is not None else sys.stdout
     c = res.config
-    print(f"gpubraid {c['method']} training of {c['example'] or c['data']}: {c['layers']} layers x "
+    schedule = f" ({c['schedule']})" if c["method"] == "pipeline" and c.get("schedule", "1f1b") != "1f1b" else ""
+    print(f"gpubraid {c['method']}{schedule} training of {c['example'] or c['data']}: {c['layers']} layers x "
           f"{c['channels']} channels, {res.ranks} rank(s), {res.backend}/{res.dtype}", file=file)
     print(f"  iterations      {len(res.history)}  ({res.stopped})", file=file)
     print(f"  objective       {res.objective:.6g}", file=file)
