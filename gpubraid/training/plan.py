@@ -227,7 +227,7 @@ class Plan:
                 f"  {'grad err':>8}"]
         for c in self.candidates:
             acc = f"{c.accuracy_s:13.4g}" if math.isfinite(c.accuracy_s) else f"{'inf':>13}"
-            method = c.method + (" chimera" if c.schedule == "chimera" else "")
+            method = c.method + ("/chimera" if c.schedule == "chimera" else "")
             rows.append(f"{c.D:>4} x {c.L:<3}  {method:<16} {c.levels:>6} {c.M:>4}  {c.step_s:10.4g}  {acc}"
                         f"  {100 * c.grad_error:7.2g}%")
         head = [f"probe ({p.clock} time, {p.probe_s:.1f} s): batch {p.batch}, {p.layers} layers; layer-serial "
