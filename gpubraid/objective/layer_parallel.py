@@ -2,11 +2,11 @@
 
 Rank r holds the layers of its block [a, b) (contiguous, as even as possible), the states
 u_a..u_b (u_a is its ghost, the left neighbour's last point) and the adjoints λ_a..λ_b (λ_b its
-ghost).  Rank 0 also holds the opening layer and the inputs x; the last rank holds the head (classifier)
-and the labels y.  The forward solve runs in layer order; the adjoint solve runs the same MGRIT
-code in reversed order (solver point k is λ_{N−k}), linearised at the forward states, with coarse
-adjoint steps using injected states and parameters.  All N layer gradients are then one batched
-:meth:`param_grad` call per rank.
+ghost).  Rank 0 also holds the opening layer and the inputs x, the last rank the head and the
+labels y (with the Chimera pipeline both end ranks hold x and y).  The forward solve runs in layer
+order; the adjoint solve runs the same MGRIT code in reversed order (solver point k is λ_{N−k}),
+linearised at the forward states, with coarse adjoint steps using injected states and parameters.
+All N layer gradients are then one batched :meth:`param_grad` call per rank.
 
 Solves that keep one level are layer-serial propagation; given :class:`PipelineOptions`, those
 run as the micro-batch pipeline of :mod:`gpubraid.objective.pipeline` (forward and backward
