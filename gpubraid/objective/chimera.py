@@ -38,9 +38,9 @@ def chimera_order(M: int, P: int) -> tuple[tuple[tuple[str, int, int], ...], ...
 
     A list schedule, simulated with one time unit per step: a rank that is free starts the step
     that can start soonest (a backward before a forward, a forward further along its pipeline
-    first, then the lower micro-batch), each block's
-    micro-batches of one direction in order (MPI delivers one channel's messages in order), and a
-    forward only while its block holds fewer than P − s micro-batches of that direction (1F1B's bound).
+    first, then the lower micro-batch), each block's micro-batches of one direction in order (MPI
+    delivers one channel's messages in order), and a forward only while its block holds fewer
+    than P − s micro-batches of that direction (1F1B's bound).
     """
     down = down_count(M)
     first = {False: 0, True: down}
