@@ -148,20 +148,10 @@ class ChimeraPipeline(TrainingPipeline):
             if not st.last:
                 pending.append(comm.isend(U[-1], st.next, tags.PIPE_STATE))
             else:
-                w = (hi - lo) / batch
-                loss_k, ok, lam, grads = m.head.loss(U[-1], y[lo:hi], Ps.head(), G is not None)
-                loss += w * loss_k
+                loss_k, ok, heads[k] = self._head(U[-1], y[lo:hi], Ps, Gs, (hi - lo) / batch)
+                loss += loss_k
                 correct += ok
-                if G is not None:
-                    for g, d in zip(Gs.head(), grads):
-                        g += w * d
-                    lam *= w
-                    heads[k] = lam
-            if G is not None:
-                held[k] = (U, kept)
-                self.peak_held = max(self.peak_held, len(held))
-            else:
-                spares.append(U)
+            self._hold(k, U, kept, held, spares, G is not None)
         if G is not None and GQ is not G:
             self._return_gradient(G, GQ, pending)
         Comm.waitall(pending)

@@ -199,20 +199,10 @@ class TrainingPipeline:
                     if opened < batch:  # the rest of the batch at once, while rank 1 starts
                         u0[opened:], opened = m.open_forward(x[opened:], P), batch
                 else:
-                    w = (hi - lo) / batch
-                    loss_k, ok, lam, grads = m.head.loss(U[-1], y[lo:hi], P.head(), G is not None)
-                    loss += w * loss_k
+                    loss_k, ok, heads[k] = self._head(U[-1], y[lo:hi], P, G, (hi - lo) / batch)
+                    loss += loss_k
                     correct += ok
-                    if G is not None:
-                        for g, d in zip(G.head(), grads):
-                            g += w * d
-                        lam *= w
-                        heads[k] = lam
-                if G is not None:
-                    held[k] = (U, kept)
-                    self.peak_held = max(self.peak_held, len(held))
-                else:
-                    spares.append(U)
+                self._hold(k, U, kept, held, spares, G is not None)
                 continue
             if lam0 is not None and k == M - 1 and lo > 0:  # while the last λ_0 is on its way
                 m.open_grad(x[:lo], lam0[:lo], P, G)
@@ -225,6 +215,26 @@ class TrainingPipeline:
         Comm.waitall(pending)
         fstats = self._stats(M)
         return loss, correct, fstats, None if G is None else self._stats(M)
+
+    def _head(self, u, y, P, G, w: float):
+        """The head on a micro-batch's last states u (m, *S) with its targets y, weighted by its share
+        w of the batch: (w · loss, number correct, w · λ_N or None); with G the head's gradient parts
+        (times w) are added into G."""
+        loss, ok, lam, grads = self.model.head.loss(u, y, P.head(), G is not None)
+        if G is not None:
+            for g, d in zip(G.head(), grads):
+                g += w * d
+            lam *= w
+        return w * loss, ok, lam
+
+    def _hold(self, k: int, U, kept, held: dict, spares: list, backward: bool) -> None:
+        """Keep micro-batch k's states U and what its forward sweep kept for its backward step, or,
+        without one, hand U back as a spare."""
+        if backward:
+            held[k] = (U, kept)
+            self.peak_held = max(self.peak_held, len(held))
+        else:
+            spares.append(U)
 
     def _stats(self, M: int) -> SolveStats:
         """A pipelined pass's stats: one level, n steps on this rank, M micro-batches."""
