@@ -1,12 +1,13 @@
 """Run under mpiexec: pipelined gradients against the serial reference; prints JSON on rank 0.
 
-Usage: python pipeline_check.py KIND N D
+Usage: python pipeline_check.py KIND N D [BACKEND]
        python pipeline_check.py train METHOD OPTIMIZER MICRO_BATCHES SCHEDULE D
 
 First form: for every micro-batch count M in {1, 3, 8} and every schedule, the pipelined objective
 and gradient (D data groups of P/D layer ranks, each with a contiguous share of the batch) and, per
 M, the pipeline after an MGRIT level choice that keeps one level (1F1B and Chimera).  Reports the
-largest relative difference from :func:`gpubraid.network.reference.evaluate` of each.
+largest relative difference from :func:`gpubraid.network.reference.evaluate` of each, on BACKEND
+(numpy, or cupy: every rank on the one GPU there is).
 """
 import json
 import sys
@@ -50,15 +51,17 @@ def main():
     if sys.argv[1] == "train":
         return train()
     kind, N, D = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    be = resolve_backend("numpy")
+    be = resolve_backend(sys.argv[4] if len(sys.argv) > 4 else "numpy")
     world = Comm.world()
     comm, data = world.grid(D)
     B = 23
     model, theta_full, x, y = resnet_problem(kind, N, B, be)
+    x, y = be.asarray(x), be.xp.asarray(y)
     full = model.layout()
     share = split_layers(B, D)
     lo, hi = int(share[data.rank]), int(share[data.rank + 1])
     ref = evaluate(model, full, theta_full, x, y) if world.rank == 0 else None
+    ref_grad = None if ref is None else be.to_host(ref.grad)
     out = {"ranks": world.size, "data_groups": D, "runs": {}}
     for M in (1, 3, 8):
         cases = [(f"M{M}-{s}", SERIAL, PipelineOptions(M, s)) for s in SCHEDULES]
@@ -73,7 +76,7 @@ def main():
             fst, bst = lp.last_stats
             if world.rank == 0:
                 out["runs"][name] = {"objective_err": abs(ev.objective - ref.objective) / abs(ref.objective),
-                                     "grad_err": rel(g, ref.grad), "levels": fst.levels,
+                                     "grad_err": rel(g, ref_grad), "levels": fst.levels,
                                      "pipelined": lp.pipelined, "n_samples": ev.n_samples,
                                      "peak_held": lp.pipe.peak_held}
     if world.rank == 0:

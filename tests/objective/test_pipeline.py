@@ -373,6 +373,20 @@ def test_pipelined_gradients_equal_serial_on_every_split(ranks, groups, kind, mp
             assert run["peak_held"] <= held if schedule == "chimera" else run["peak_held"] == held, (name, run)
 
 
+@pytest.mark.gpu
+@pytest.mark.mpi
+def test_pipelines_on_cupy_over_two_ranks_equal_serial(mpi_json):
+    """GPipe, 1F1B and Chimera with CuPy arrays on 2 ranks (sharing the GPU): serial's gradient."""
+    from gpubraid.runtime.backend import gpu_available
+
+    if not gpu_available():
+        pytest.skip("needs CuPy and a CUDA GPU")
+    got = mpi_json(2, "dense", 9, 1, "cupy")
+    assert len(got["runs"]) == 15
+    for name, run in got["runs"].items():
+        assert run["grad_err"] <= 1e-12 and run["objective_err"] <= 1e-12, (name, run)
+
+
 @pytest.mark.mpi
 @pytest.mark.parametrize("method,optimizer,ranks,groups", [("pipeline", "lbfgs", 2, 1), ("pipeline", "adam", 4, 2),
                                                            ("serial", "lbfgs", 3, 1)])
