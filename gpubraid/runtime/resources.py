@@ -6,8 +6,9 @@ The estimate counts, per rank, the arrays that grow with the problem:
                 the step's temporaries: STATE_COPIES × (N/P + 1) × B × |state| numbers; layer-serial
                 training (the pipeline of gpubraid.objective.pipeline) holds the states of the
                 micro-batches in flight (GPipe: all M; 1F1B: at most min(P, M); Chimera: at most
-                min(P + 1, M)) plus PIPELINE_WORK micro-batches' worth of adjoints and temporaries: (in flight + PIPELINE_WORK) ×
-                (N/P + 1) × (the largest micro-batch: ⌈B/M⌉, or more with smaller ends) × |state|,
+                min(P + 1, M)) plus PIPELINE_WORK micro-batches' worth of adjoints and temporaries:
+                (in flight + PIPELINE_WORK) × (N/P + 1) × (the largest micro-batch: ⌈B/M⌉, or more
+                with smaller ends) × |state|,
                 and the opening layer's output u_0 and λ_0 of the whole batch (rank 0): 2 × B × |state|
     parameters  the rank's layer parameters with the optimiser's copies (L-BFGS: 2·memory + 4
                 vectors; Adam: 4; SGD: 3; Chimera on several ranks: 2 more, the mirror block's
@@ -110,10 +111,10 @@ def micro_batch_count(requested: int | None, ranks: int, batch: int, sample_byte
     """Micro-batches M of a pipelined batch: ``requested``, or by default MICRO_BATCHES_PER_RANK ×
     ``ranks`` (1 on one layer rank; with the Chimera ``schedule`` the least multiple of ``ranks`` of
     at least 2(ranks − 1): 2 on two ranks, 2P from four on; with unit step costs M = 6 on 4 ranks
-    leaves a quarter of the time idle, M = 8 a ninth) and, when the whole batch would hold more than CUT_ABOVE at ``sample_bytes`` per
-    sample (:func:`held_bytes`), at least enough that a micro-batch holds at most HELD_BYTES (more
-    on RAMP_RANKS or more layer ranks, whose ends may be smaller: :data:`FILL`); at most the
-    ``batch`` size and at least 1."""
+    leaves a quarter of the time idle, M = 8 a ninth) and, when the whole batch would hold more
+    than CUT_ABOVE at ``sample_bytes`` per sample (:func:`held_bytes`), at least enough that a
+    micro-batch holds at most HELD_BYTES (more with 1F1B on RAMP_RANKS or more layer ranks, whose
+    ends may be smaller: :data:`FILL`); at most the ``batch`` size and at least 1."""
     if requested is not None:
         M = requested
     else:
