@@ -9,7 +9,8 @@
 #   bash bench/gpu.sh [PYTHON] [STEP ...]     (default: python3 on PATH, every step; run from anywhere)
 #
 # Steps, in this order, with their limits (seconds) and what they took on the H200 (2026-12-04):
-#   tests    120   pytest -m gpu (cold: the width modules compile)  35–70
+#   tests    120   pytest -m "gpu and not mpi" (cold: the width modules compile)  35–70
+#   mpi       90   pytest -m "gpu and mpi": the pipelines with CuPy arrays on 2 ranks sharing the GPU
 #   kernels   90   bench.steps --kernels-only (forward/adjoint/param_grad vs torch; the CPU
 #                  training-step rows of bench.steps belong to CPU machines)        < 70
 #   sweeps    60   bench.gpu_sweeps (one-launch layer sweeps vs per-layer launches vs torch)   36
@@ -18,7 +19,7 @@
 #   profile   45   cProfile of 40 one-shot iterations at the paper's settings, 256 layers   ~5
 #   tta       45   bench.time_to_accuracy --quick                                  18
 #   study     30   bench.oneshot_study --quick                                     12
-# = 580 s at most, plus about 10 s for the wheels.  The host-side MGRIT studies (solves, scaling, the
+# = 670 s at most, plus about 10 s for the wheels.  The host-side MGRIT studies (solves, scaling, the
 # performance model) run on NumPy and are left to CPU machines.
 #
 # A machine without network whose Python lacks some of gpubraid's dependencies: fill .whl/ here
@@ -30,7 +31,7 @@ set -u
 cd "$(dirname "$0")/.."
 PY=${1:-python3}
 shift $(( $# > 0 ? 1 : 0 ))
-STEPS=" ${*:-tests kernels sweeps training nsight profile tta study} "
+STEPS=" ${*:-tests mpi kernels sweeps training nsight profile tta study} "
 . bench/gpu_env.sh "$PY" || exit 1
 MARK=$(mktemp)
 fail=0
@@ -55,7 +56,8 @@ T0=$(date +%s)
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv 2>/dev/null
 $PY -c "import cupy; print('CuPy', cupy.__version__, cupy.cuda.runtime.getDeviceCount(), 'device(s)')" \
     || { echo "no CuPy / GPU: nothing to do"; exit 1; }
-step tests 120 "pytest -m gpu"            $PY -m pytest -q -m gpu -rfE --tb=short --timeout 60 -p no:cacheprovider tests
+step tests 120 "pytest -m 'gpu and not mpi'" $PY -m pytest -q -m "gpu and not mpi" -rfE --tb=short --timeout 60 -p no:cacheprovider tests
+step mpi 90 "pytest -m 'gpu and mpi'"     $PY -m pytest -q -m "gpu and mpi" -rfE --tb=short --timeout 85 -p no:cacheprovider tests
 step kernels 90 "steps (CuPy, torch)"     $PY -m bench.steps --kernels-only
 step sweeps 60 "gpu_sweeps (CuPy, torch)" $PY -m bench.gpu_sweeps
 step training 150 "training (CuPy, torch)" $PY -m bench.training
