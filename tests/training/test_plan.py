@@ -81,7 +81,9 @@ def test_candidates_cover_every_split_best_first():
     h = (1.0 / 16,) * 16
     cands = plan.candidates(fake_probe(), cfg, 8, IDEAL, h)
     assert {(c.D, c.L) for c in cands} == {(1, 8), (2, 4), (4, 2), (8, 1)}
-    assert [c.accuracy_s for c in cands] == sorted(c.accuracy_s for c in cands)
+    assert cands == sorted(cands, key=plan.rank_key)
+    ranked = [c.accuracy_s * (1 + plan.CHIMERA_MARGIN if c.schedule == "chimera" else 1) for c in cands]
+    assert ranked == sorted(ranked)
     assert {c.method for c in cands} == {"serial", "pipeline", "oneshot", "exact"}
     assert {c.M for c in cands if c.method == "serial"} == {1, 2, 4, 8}
     # per-sample work and a free network: data groups divide it best
@@ -317,3 +319,13 @@ def test_levels_on_halved_maps_cost_a_quarter_per_halving(spatial):
     calls, steps, coarse, work = cm.mgrit_calls(opts, opts, h, 1, 3, False, 1, 1, 1)["forward"]
     assert cost == pytest.approx(work)
     assert (work == steps) == (spatial == 0) and work <= steps
+
+
+def test_chimera_ranks_with_its_margin():
+    """A Chimera candidate is ranked as if CHIMERA_MARGIN slower than predicted (its predicted times stay)."""
+    data = plan.Candidate(8, 1, "serial", 1, 1, 1.0, 100.0)
+    near = plan.Candidate(4, 2, "pipeline", 1, 2, 0.95, 95.0, schedule="chimera")
+    far = plan.Candidate(4, 2, "pipeline", 1, 2, 0.8, 80.0, schedule="chimera")
+    assert sorted([near, data], key=plan.rank_key) == [data, near]
+    assert sorted([data, far], key=plan.rank_key) == [far, data]
+    assert near.step_s == 0.95 and near.accuracy_s == 95.0
