@@ -44,10 +44,9 @@ SCHEDULES = ("gpipe", "1f1b", "chimera")
 
 @dataclass(frozen=True)
 class Stage:
-    """Layer block ``index`` (layers a..b − 1, step sizes ``h`` (b − a,)) as one rank runs it: its
-    states come from rank ``prev`` and go on to rank ``next`` (None: the opening layer's output, the head)."""
+    """A layer block (layers a..b − 1, step sizes ``h`` (b − a,)) as one rank runs it: its states
+    come from rank ``prev`` and go on to rank ``next`` (None: the opening layer's output, the head)."""
 
-    index: int
     a: int
     b: int
     h: np.ndarray
@@ -104,10 +103,7 @@ class TrainingPipeline:
         self.model, self.comm, self.options = model, comm, options
         self.rank, self.P = comm.rank, comm.size
         self.bounds = np.asarray(bounds)
-        self.a, self.b = int(bounds[self.rank]), int(bounds[self.rank + 1])
         self.block = int(np.max(np.diff(bounds)))   # the largest layer block: M is the same on every rank
-        self.h = model.step_sizes(self.a, self.b)
-        self.is_first, self.is_last = self.rank == 0, self.rank == self.P - 1
         self.stage = self.stage_on(self.rank, self.rank - 1, self.rank + 1)
         self.peak_held = 0   # most micro-batches whose states this rank held at once (last run)
 
@@ -115,8 +111,8 @@ class TrainingPipeline:
         """Layer block ``index`` as this rank runs it, its states from rank ``prev`` and on to rank
         ``next_`` (at the ends of the network: neither)."""
         a, b = int(self.bounds[index]), int(self.bounds[index + 1])
-        h = self.h if (a, b) == (self.a, self.b) else self.model.step_sizes(a, b)
-        return Stage(index, a, b, h, None if index == 0 else prev, None if index == self.P - 1 else next_)
+        return Stage(a, b, self.model.step_sizes(a, b), None if index == 0 else prev,
+                     None if index == self.P - 1 else next_)
 
     def micro_batches(self, batch: int) -> int:
         """M for a batch of ``batch`` samples (automatic: also cut for the caches, see
@@ -159,25 +155,26 @@ class TrainingPipeline:
         m, comm = self.model, self.comm
         M = self.micro_batches(batch)
         cut = micro_batch_bounds(batch, M, self.P, self.options.schedule)
-        n, layers = self.b - self.a, P.layers()
+        st, layers = self.stage, P.layers()
+        first, last, n = st.first, st.last, st.b - st.a
         order = schedule_order(self.options.schedule, M, self.P, self.rank) if G is not None else \
             [("F", k) for k in range(M)]
         # rank 0: samples of u0 computed (the first micro-batch's first, so rank 1 starts; on one
         # layer rank no one waits: the whole batch at once)
         opened = batch if opened is None else opened
-        if self.is_first and u0 is None:
-            u0, opened = (m.open_forward(x, P), batch) if self.is_last else \
+        if first and u0 is None:
+            u0, opened = (m.open_forward(x, P), batch) if last else \
                 (m.xp.empty((batch, *m.state_shape), dtype=m.be.dtype), 0)
-        elif self.is_first and self.is_last and opened < batch:
+        elif first and last and opened < batch:
             u0[opened:], opened = m.open_forward(x[opened:], P), batch
         lam0 = None
-        if self.is_first and G is not None:
+        if first and G is not None:
             lam0 = m.xp.empty_like(u0)
         held, heads, pending = {}, {}, []
         spares = []  # arrays of finished micro-batches (their sends copied what they read): taken again
         loss, correct = 0.0, 0
         self.peak_held = 0
-        if idle is not None and not (self.is_first and not self.is_last and G is not None):
+        if idle is not None and not (first and not last and G is not None):
             idle()
             idle = None
         for kind, k in order:
@@ -187,15 +184,15 @@ class TrainingPipeline:
                 idle = None
             if kind == "F":
                 U = self._empty((n + 1, hi - lo, *m.state_shape), m.be.dtype, spares)
-                if self.is_first:
+                if first:
                     if opened < hi:
                         u0[lo:hi], opened = m.open_forward(x[lo:hi], P), hi
                     U[0] = u0[lo:hi]
                 else:
-                    comm.recv_into(U[0], self.rank - 1, tags.PIPE_STATE)
+                    comm.recv_into(U[0], st.prev, tags.PIPE_STATE)
                 kept = self._forward(U, layers, G is not None)
-                if not self.is_last:
-                    pending.append(comm.isend(U[-1], self.rank + 1, tags.PIPE_STATE))
+                if not last:
+                    pending.append(comm.isend(U[-1], st.next, tags.PIPE_STATE))
                     if opened < batch:  # the rest of the batch at once, while rank 1 starts
                         u0[opened:], opened = m.open_forward(x[opened:], P), batch
                 else:
@@ -238,7 +235,7 @@ class TrainingPipeline:
 
     def _stats(self, M: int) -> SolveStats:
         """A pipelined pass's stats: one level, n steps on this rank, M micro-batches."""
-        return SolveStats(converged=True, residuals=[0.0], steps_per_level=[self.b - self.a], levels=1, micro_batches=M)
+        return SolveStats(converged=True, residuals=[0.0], steps_per_level=[self.stage.b - self.stage.a], levels=1, micro_batches=M)
 
     def _empty(self, shape, dtype, spares=None):
         """States (n + 1, B, *S) in the step's layout (adjoints: like them), or one contiguous row (B, *S):
@@ -311,9 +308,9 @@ class TrainingPipeline:
         pending = []
         for k in range(M):
             lo, hi = int(cut[k]), int(cut[k + 1])
-            lam_b = lam_N[lo:hi] if self.is_last else None
+            lam_b = lam_N[lo:hi] if self.stage.last else None
             self._backward_step(U[:, lo:hi], None, lam_b, None, lo, hi, P, G, pending, Lam[:, lo:hi])
-        if self.is_first:
+        if self.stage.first:
             self.model.open_grad(x, Lam[0], P, G)
         Comm.waitall(pending)
         return Lam, self._stats(M)
