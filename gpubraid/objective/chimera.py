@@ -123,7 +123,8 @@ class ChimeraPipeline(TrainingPipeline):
         views = {False: (self.stage, P, G), True: (self.mirror, Q, GQ)}
         order = [step for step in chimera_order(M, self.P)[self.rank] if G is not None or step[0] == "F"]
         opened = 0 if u0 is None else batch if opened is None else opened
-        lam0 = m.xp.empty((batch, *m.state_shape), dtype=m.be.dtype) if G is not None else None
+        opens = G is not None and (self.stage.first or self.mirror.first)   # an end rank: λ_0 of its direction
+        lam0 = m.xp.empty((batch, *m.state_shape), dtype=m.be.dtype) if opens else None
         held, heads, spares = {}, {}, []
         loss, correct = 0.0, 0
         self.peak_held = 0
