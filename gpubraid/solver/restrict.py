@@ -32,12 +32,18 @@ def residual(s: SolveState, l: int):
         if lv.c_rows is None or lv.c_rows.size == 0:
             return s.xp.empty((0, *s.shapes[l]), dtype=s.be.dtype)
         c, before = lv.c_sel, lv.c_prev
-        v = s.step(l, u[before], before)
         cg = s.g[l + 1] if l < s.L and not s.halves(l) else None
-        s.r_in_g = cg is not None and cg.shape[0] == v.shape[0] + 1
-        r = s.xp.subtract(v, u[c], out=cg[1:] if s.r_in_g else None)
-        if g is not None:
-            r += g[c]
+        s.r_in_g = cg is not None and cg.shape[0] == lv.c_rows.size + 1
+        # r = Φ(u_{c−1}) + (g_c − u_c): the step adds the difference in its own pass (no Φ temporary)
+        r = cg[1:] if s.r_in_g else s.xp.empty_like(u[c])
+        if g is None:
+            s.xp.negative(u[c], out=r)
+        else:
+            s.xp.subtract(g[c], u[c], out=r)
+        if isinstance(before, slice):
+            s.step_to(l, u[before], before, r, r)
+        else:  # index arrays select a copy; the same sum, so that every rank count gives the same bits
+            s.xp.add(s.step(l, u[before], before), r, out=r)
         return r
 
 
