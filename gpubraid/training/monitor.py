@@ -14,12 +14,19 @@ and acts on the level cap of the following solves (:attr:`LayerParallel.level_ca
     e > tol                       one level fewer than that evaluation used (down to one level: the
                                   pipeline, serial's gradient); fewer levels mean a smaller gradient
                                   error and, at a coarsening factor of 2, fewer step applications
-    e ≤ tol/4 at RELAX checks     one level more (back to the solver's own choice), so a cap set
+    e ≤ tol/4 at `relax` checks   one level more (back to the solver's own choice), so a cap set
       in a row under a cap        early in training does not stay when one-shot has become accurate
+
+A raised cap is on probation: the next step is checked too, whatever ``every`` says.  If that check
+takes the level off again, the raise came too early and the next one waits for twice as many good
+checks (``relax``: RELAX, then 2·RELAX, 4·RELAX, ...); so where one-shot's gradient stays poor (the
+paper's peaks settings at 32 layers: 10–24 % with two levels after the first steps) training runs a
+single step, not ``every`` steps, on it after each raise, and the raises thin out.
 
 A check of an evaluation that kept one level compares serial with itself: it is skipped (it counts
 as a good check under a cap).  The outcome is in the history entry (``monitor``) and the log line;
-the cap is restored on resumption from the last such entry.
+the cap, the count of good checks, ``relax`` and the probation are restored on resumption from the
+last such entry.
 """
 from __future__ import annotations
 
@@ -40,19 +47,20 @@ class Monitor:
 
     def __init__(self, every: int, tol: float, n_levels: int):
         self.every, self.tol, self.n_levels = int(every), float(tol), int(n_levels)
-        self.good = 0
+        self.good, self.relax, self.probation = 0, RELAX, False
 
     def due(self, it: int, failures: int) -> bool:
-        """Whether step ``it`` (0-based) is checked: every ``every`` steps from the first, and after a
-        failed line search."""
-        return self.every > 0 and (it % self.every == 0 or failures > 0)
+        """Whether step ``it`` (0-based) is checked: every ``every`` steps from the first, after a
+        failed line search, and right after a raise of the cap."""
+        early = it < self.every and it & (it - 1) == 0
+        return self.every > 0 and (it % self.every == 0 or early or failures > 0 or self.probation)
 
     def check(self, lp, theta, x, y, batch: int, ev, levels: int) -> dict:
         """Compare ``ev`` (the one-shot evaluation at ``theta``, ``levels`` its forward solve's
         levels) with serial's gradient; set ``lp.level_cap`` for the next solves.  Returns the
         history record: grad_error, cos, objective_error (|f̃ − f| / |f|, recorded, not acted on),
-        levels, cap (None: the solver's choice), good, action, steps (the check's step
-        applications, 2N)."""
+        levels, cap (None: the solver's choice), good, relax, probation (the next step is checked),
+        trial (this check ended a probation), action, steps (the check's step applications, 2N)."""
         out = {"levels": int(levels), "grad_error": None, "cos": None}
         cap = lp.level_cap
         if levels > 1:
@@ -66,31 +74,41 @@ class Monitor:
         else:
             err = 0.0
             out["steps"] = 0
+        probation, self.probation = self.probation, False
         if err > self.tol:
             cap, self.good = max(1, levels - 1), 0
+            if probation:  # the raise came too early
+                self.relax *= 2
             action = f"at most {cap} levels" if cap > 1 else "one level (pipeline, serial's gradient)"
         elif cap is not None and err <= self.tol / 4:
             self.good += 1
             action = "keep"
-            if self.good >= RELAX:
+            if self.good >= self.relax:
                 cap, self.good = (cap + 1 if cap + 1 < self.n_levels else None), 0
+                self.probation = True
                 action = f"at most {cap} levels" if cap is not None else "levels by the solver's choice"
         else:
             self.good, action = 0, "keep"
         lp.level_cap = cap
-        out.update(cap=cap, good=self.good, action=action)
+        out.update(cap=cap, good=self.good, relax=self.relax, probation=self.probation, trial=probation,
+                   action=action)
         return out
 
     @staticmethod
     def worth_recording(record: dict) -> bool:
-        """Whether a check goes into the history: a comparison was made, or a cap is (or was) set."""
-        return record["grad_error"] is not None or record["cap"] is not None or record["action"] != "keep"
+        """Whether a check goes into the history: a comparison was made, a cap is (or was) set, or it
+        ended a probation."""
+        return (record["grad_error"] is not None or record["cap"] is not None or record["action"] != "keep"
+                or record.get("trial", False))
 
     def resume(self, lp, history: list) -> None:
-        """Restore the cap and the count of good checks from the last record in ``history``."""
+        """Restore the cap, the count of good checks, ``relax`` and the probation from the last record in
+        ``history`` (records of before the probation: RELAX, none)."""
         for entry in reversed(history):
             if "monitor" in entry:
-                lp.level_cap, self.good = entry["monitor"]["cap"], entry["monitor"]["good"]
+                rec = entry["monitor"]
+                lp.level_cap, self.good = rec["cap"], rec["good"]
+                self.relax, self.probation = rec.get("relax", RELAX), rec.get("probation", False)
                 return
 
 

@@ -58,10 +58,45 @@ def test_the_error_and_the_caps_it_sets():
     for _ in range(mon.RELAX):
         rec = m.check(lp, None, None, None, 1, ev([3.0, 4.01]), levels=5)
     assert lp.level_cap is None and rec["action"] == "levels by the solver's choice"
+    assert m.worth_recording(m.check(lp, None, None, None, 1, ev([1.0, 1.0]), levels=1))  # ends the probation
     assert not m.worth_recording(m.check(lp, None, None, None, 1, ev([1.0, 1.0]), levels=1))
     assert mon.describe(rec).startswith("monitor: grad err 0.2% (cos 1.000)")
-    assert [m.due(it, 0) for it in range(6)] == [True, False, False, False, False, True]
+    # every 5 steps, and at the steps 1, 2, 4 before the first five (the error grows fastest early)
+    assert [m.due(it, 0) for it in range(12)] == [True, True, True, False, True, True] + [False] * 4 + [True, False]
     assert m.due(3, 1) and not mon.Monitor(0, 0.1, 6).due(0, 1)
+
+
+def test_a_raised_cap_is_on_probation_and_a_failed_raise_doubles_the_wait():
+    """After a raise the next step is checked; if that check takes the level off again, the next
+    raise needs twice as many good checks.  One-level checks count as good without a comparison."""
+    lp, m = FakeLP([3.0, 4.0]), mon.Monitor(10, 0.1, n_levels=3)
+    m.check(lp, None, None, None, 1, ev([3.0, 5.0]), levels=2)  # 20 %: one level
+    assert lp.level_cap == 1 and not m.due(13, 0)
+    for _ in range(mon.RELAX):
+        rec = m.check(lp, None, None, None, 1, ev([3.0, 4.0]), levels=1)
+    assert lp.level_cap == 2 and rec["probation"] and m.due(13, 0) and m.worth_recording(rec)
+    rec = m.check(lp, None, None, None, 1, ev([3.0, 5.0]), levels=2)  # still 20 %: the raise was early
+    assert lp.level_cap == 1 and rec["trial"] and rec["relax"] == 2 * mon.RELAX and not m.due(13, 0)
+    for k in range(2 * mon.RELAX):
+        assert lp.level_cap == 1, k
+        rec = m.check(lp, None, None, None, 1, ev([3.0, 4.0]), levels=1)
+    assert lp.level_cap == 2 and rec["probation"]
+    rec = m.check(lp, None, None, None, 1, ev([3.0, 4.01]), levels=2)  # a good probation: the cap stays raised
+    assert rec["trial"] and not rec["probation"] and rec["relax"] == 2 * mon.RELAX and m.worth_recording(rec)
+    # a probation check whose step kept one level compares nothing, and is recorded all the same
+    lp2, m2 = FakeLP([3.0, 4.0]), mon.Monitor(10, 0.1, n_levels=3)
+    m2.check(lp2, None, None, None, 1, ev([3.0, 5.0]), levels=2)
+    for _ in range(mon.RELAX):
+        m2.check(lp2, None, None, None, 1, ev([3.0, 4.0]), levels=1)
+    lp2.level_cap = None
+    rec = m2.check(lp2, None, None, None, 1, ev([3.0, 4.0]), levels=1)
+    assert rec["grad_error"] is None and rec["cap"] is None and rec["trial"] and m2.worth_recording(rec)
+    # resumption restores relax and the probation (records of before them: RELAX, none)
+    m3 = mon.Monitor(10, 0.1, n_levels=3)
+    m3.resume(lp, [{"monitor": {"cap": 2, "good": 0, "relax": 12, "probation": True}}])
+    assert (lp.level_cap, m3.relax, m3.probation) == (2, 12, True)
+    m3.resume(lp, [{"monitor": {"cap": 1, "good": 2}}])
+    assert (lp.level_cap, m3.good, m3.relax, m3.probation) == (1, 2, mon.RELAX, False)
 
 
 def test_the_measured_error_is_one_shots_and_a_strict_tolerance_brings_serials_gradient():
@@ -98,7 +133,7 @@ def test_a_loose_tolerance_leaves_one_shot_alone_and_off_is_off():
     a = Trainer(TrainConfig(**PAPER, iterations=5, monitor_every=2, monitor_tol=10.0)).run()
     b = Trainer(TrainConfig(**PAPER, iterations=5, monitor_every=0)).run()
     assert [e["objective"] for e in a.history] == [e["objective"] for e in b.history]
-    assert [("monitor" in e) for e in a.history] == [True, False, True, False, True]
+    assert [("monitor" in e) for e in a.history] == [True, True, True, False, True]  # steps 0, 1, 2, 4
     assert not any("monitor" in e for e in b.history)
     serial = Trainer(TrainConfig(**{**PAPER, "method": "serial"}, iterations=3, monitor_every=1)).run()
     assert not any("monitor" in e for e in serial.history)  # a one-shot setting
