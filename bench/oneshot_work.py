@@ -146,10 +146,14 @@ GRAD_VARIANTS.update({f"{lv} levels, F everywhere": dict(max_levels=lv, conv_bou
 GRAD_VARIANTS["auto levels (default: F everywhere)"] = dict()
 
 
-def grad_study(layers: int, snapshots: int, names=None) -> list:
+def grad_study(layers: int, snapshots: int, names=None, variants=None, **paper) -> list:
     """Relative gradient error ‖g − g*‖/‖g*‖ of each variant's one-shot gradient along a serial
-    L-BFGS trajectory (warm-started from its own previous snapshot, as in training)."""
-    ser = Trainer(TrainConfig(**PAPER, layers=layers, iterations=snapshots, method="serial"))
+    L-BFGS trajectory (warm-started from its own previous snapshot, as in training).  ``variants``:
+    name -> TrainConfig overrides (default :data:`GRAD_VARIANTS`); ``paper``: overrides of
+    :data:`PAPER` for every run (``channels=32``)."""
+    variants = GRAD_VARIANTS if variants is None else variants
+    base = {**PAPER, **paper}
+    ser = Trainer(TrainConfig(**base, layers=layers, iterations=snapshots, method="serial"))
     snaps = []
     orig_step = ser.opt.step
 
@@ -163,11 +167,11 @@ def grad_study(layers: int, snapshots: int, names=None) -> list:
     x, y, B = d.x_train, d.y_train, d.n_train
     refs = [ser.be.to_host(ser.lp.evaluate(ser.be.asarray(th), x, y, B).grad) for th in snaps]
     rows = []
-    for name, over in GRAD_VARIANTS.items():
+    for name, over in variants.items():
         if names and name not in names:
             continue
-        tr = Trainer(TrainConfig(**PAPER, layers=layers, iterations=1, method="oneshot", **over))
-        errs, levels, steps = [], [], []
+        tr = Trainer(TrainConfig(**{**base, **over}, layers=layers, iterations=1, method="oneshot"))
+        errs, levels, steps, coarse = [], [], [], []
         for th, gs in zip(snaps, refs):
             ev = tr.lp.evaluate(tr.be.asarray(th), x, y, B, warm=True)
             g = tr.be.to_host(ev.grad)
@@ -175,9 +179,10 @@ def grad_study(layers: int, snapshots: int, names=None) -> list:
             f, b = tr.lp.last_stats
             levels.append(f.levels)
             steps.append((f.total_steps + b.total_steps) / (2.0 * layers))
-        row = {"layers": layers, "variant": name, "overrides": over, "grad_rel_error": errs,
-               "median_grad_rel_error": float(np.median(errs[1:])), "levels": levels,
-               "per_eval_over_serial": float(np.mean(steps[1:]))}
+            coarse.append((f.coarse_steps + b.coarse_steps) / (2.0 * layers))
+        row = {"layers": layers, "channels": base["channels"], "variant": name, "overrides": over,
+               "grad_rel_error": errs, "median_grad_rel_error": float(np.median(errs[1:])), "levels": levels,
+               "per_eval_over_serial": float(np.mean(steps[1:])), "coarsest_over_serial": float(np.mean(coarse[1:]))}
         print(f"N={layers:4d} {name:30s} grad err median {row['median_grad_rel_error']:.3e} levels {levels[-1]} "
               f"per eval {row['per_eval_over_serial']:.2f}x", flush=True)
         rows.append(row)

@@ -72,6 +72,33 @@ def test_oneshot_table_quick(tmp_path):
     assert r[r["winner"]]["accuracy_s"] == min(r[k]["accuracy_s"] for k in ("oneshot", "pipeline", "data") if k in r)
 
 
+def test_oneshot_bound_quick(tmp_path):
+    """Each cycle's counted work and its ideal speedup; a table row is set against the best admissible cycle."""
+    from bench.oneshot_bound import best_others, ideal_speedup, summary
+
+    table = tmp_path / "table.json"
+    table.write_text(json.dumps({"results": [
+        {"depth": 32, "width": 8, "full_batch": True, "network": "shm", "serial_1rank_eval_s": 1.0,
+         "pipeline": {"label": "pipeline M=2 on 8x2", "step_s": 0.25}, "data": {"label": "data", "step_s": 0.125}},
+        {"depth": 32, "width": 8, "full_batch": False, "network": "shm", "serial_1rank_eval_s": 1.0,
+         "pipeline": {"label": "pipeline M=1 on 8x2", "step_s": 2.0}}]}))
+    doc = _run("oneshot_bound", tmp_path, "--layers", "32", "--table", str(table))
+    rows = {r["variant"]: r for r in doc["results"]}
+    assert set(rows) == {"m=2, 2 levels", "m=2, 3 levels", "m=4, 2 levels"}
+    two = rows["m=2, 2 levels"]  # §3.11's floor: 2N forward + 1.5N adjoint, N/2 + N/2 of it the coarsest solves
+    assert two["per_eval_over_serial"] == 1.75 and two["coarsest_over_serial"] == 0.5 and set(two["levels"]) == {2}
+    assert rows["m=4, 2 levels"]["per_eval_over_serial"] == 1.375
+    assert two["ideal_speedup"] == 8 / (1.25 / 2 + 0.5) and two["ideal_layer_ranks"] == 2  # 8x2 beats 4x4 ... 1x16
+    assert ideal_speedup({"per_eval_over_serial": 1.0, "coarsest_over_serial": 0.0}, 16)[0] == 16.0  # no work added
+    assert all(0 < r["median_grad_rel_error"] < 1 for r in rows.values())
+    others = best_others(json.loads(table.read_text()), [32], [8])
+    assert others == [dict(depth=32, width=8, network="shm", label="data", speedup=8.0)]  # full batch only
+    s = summary(doc["results"], 16, 1.0, others)[0]  # every cycle admissible at tol 1
+    assert s["best_admissible"] == "m=4, 2 levels" and s["rows"][0]["oneshot_can_win"] is (
+        rows["m=4, 2 levels"]["ideal_speedup"] > 8.0)
+    assert summary(doc["results"], 16, 1e-9, others)[0]["best_admissible"] is None
+
+
 def test_sweeps_quick(tmp_path):
     from gpubraid.runtime import host
 
