@@ -169,8 +169,8 @@ class TrainConfig(BaseModel):
         "coarsest solve); --no-levels-for-ranks: the solver's choice alone, the same on every rank count",
         "MGRIT")
     monitor_every: int = _field(
-        10, "oneshot: every this many steps (and at steps 1, 2, 4 before the first of them, after a failed "
-        "line search, and after each raise of the cap) compare the one-shot gradient with serial's at the "
+        10, "oneshot: every this many steps (and at the powers of two before the first of them, 1, 2, 4, 8, "
+        "after a failed line search, and after each raise of the cap) compare the one-shot gradient with serial's at the "
         "same parameters (one layer-serial evaluation) and cap the levels when its relative error exceeds "
         "--monitor-tol; 0: off", "MGRIT", ge=0, le=INT_MAX)
     monitor_tol: float = _field(0.1, "oneshot: the largest relative gradient error the monitor accepts",

@@ -3,7 +3,8 @@
 One-shot MGRIT runs one (or a few) warm-started iterations per solve, so its gradient carries an
 error that grows with the number of levels (``bench/README.md``, "One-shot at less work": 64 peaks
 layers, one iteration, 5.6 % with 2 levels, 20 % with 5) and with how fast the parameters move.
-Every ``every`` steps, and at the step after a failed line search, the monitor compares the
+Every ``every`` steps (and at the powers of two before the first of them, 1, 2, 4, 8 for 10, where
+the error grows fastest), and at the step after a failed line search, the monitor compares the
 one-shot gradient of the step's first evaluation with serial's at the same parameters (one
 layer-serial evaluation by the micro-batch pipeline, the warm-start rows left alone):
 
@@ -50,8 +51,9 @@ class Monitor:
         self.good, self.relax, self.probation = 0, RELAX, False
 
     def due(self, it: int, failures: int) -> bool:
-        """Whether step ``it`` (0-based) is checked: every ``every`` steps from the first, after a
-        failed line search, and right after a raise of the cap."""
+        """Whether step ``it`` (0-based) is checked: every ``every`` steps from the first, at the powers
+        of two below ``every`` (1, 2, 4, 8 for 10), after a failed line search, and right after a raise
+        of the cap."""
         early = it < self.every and it & (it - 1) == 0
         return self.every > 0 and (it % self.every == 0 or early or failures > 0 or self.probation)
 
