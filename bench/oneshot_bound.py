@@ -77,18 +77,18 @@ def best_others(table: dict, layers, channels) -> list:
 def summary(rows: list, P: int, tol: float, others: list) -> list:
     """Per (depth, width): the best admissible cycle, its ideal speedup, and each table row's verdict."""
     out = []
-    for N, C in sorted({(r["layers"], r["channels"]) for r in rows}):
-        mine = [r for r in rows if (r["layers"], r["channels"]) == (N, C)]
+    for N, width in sorted({(r["layers"], r["channels"]) for r in rows}):
+        mine = [r for r in rows if (r["layers"], r["channels"]) == (N, width)]
         ok = [r for r in mine if r["median_grad_rel_error"] <= tol]
         best = max(ok, key=lambda r: r["ideal_speedup"]) if ok else None
         top = max(mine, key=lambda r: r["ideal_speedup"])
-        s = {"layers": N, "channels": C, "ranks": P, "tol": tol,
+        s = {"layers": N, "channels": width, "ranks": P, "tol": tol,
              "best_admissible": None if best is None else best["variant"],
              "best_admissible_speedup": None if best is None else best["ideal_speedup"],
              "best_any": top["variant"], "best_any_speedup": top["ideal_speedup"],
              "best_any_error": top["median_grad_rel_error"], "rows": []}
         for o in others:
-            if (o["depth"], o["width"]) == (N, C):
+            if (o["depth"], o["width"]) == (N, width):
                 s["rows"].append(dict(o, oneshot_can_win=best is not None and best["ideal_speedup"] > o["speedup"]))
         out.append(s)
     return out
@@ -98,19 +98,19 @@ def plot(json_path, png_path=None):
     doc = common.load_json(json_path)
     groups = sorted({(r["layers"], r["channels"]) for r in doc["results"]})
     fig, axes = common.subplots(1, len(groups), figsize=(5.5 * len(groups), 4.2), squeeze=False)
-    for ax, (N, C) in zip(axes[0], groups):
+    for ax, (N, width) in zip(axes[0], groups):
         for m, mark in ((2, "o"), (4, "s"), (8, "^")):
-            rs = [r for r in doc["results"] if (r["layers"], r["channels"]) == (N, C) and r["overrides"]["cfactor"] == m]
+            rs = [r for r in doc["results"] if (r["layers"], r["channels"]) == (N, width) and r["overrides"]["cfactor"] == m]
             if rs:
                 ax.plot([r["median_grad_rel_error"] for r in rs], [r["ideal_speedup"] for r in rs], mark + "-",
                         label=f"m = {m} (2, 3, ... levels)")
         ax.axvline(doc["config"]["tol"], color="k", lw=0.8, ls=":")
         for s in doc["summary"]:
-            for o in s["rows"] if (s["layers"], s["channels"]) == (N, C) else ():
+            for o in s["rows"] if (s["layers"], s["channels"]) == (N, width) else ():
                 ax.axhline(o["speedup"], color="C3" if o["network"] == "shm" else "C4", lw=0.8,
                            label=f"best other, {o['network']} (modelled)")
         ax.set(xscale="log", xlabel="median gradient error of one iteration", ylabel="ideal speedup on P ranks",
-               title=f"N = {N}, width {C}, P = {doc['config']['ranks']}")
+               title=f"N = {N}, width {width}, P = {doc['config']['ranks']}")
         ax.xaxis.set_minor_formatter("")   # (after the log scale, which sets its own)
         ax.legend(fontsize=7)
     return common.save_figure(fig, json_path, png_path)
@@ -128,10 +128,10 @@ def main(argv=None):
     steps = 4 if args.quick else args.steps
     rows = []
     for N in args.layers:
-        for C in args.channels:
-            for r in grad_study(N, steps, variants=cycles(N, args.quick), channels=C):
+        for width in args.channels:
+            for r in grad_study(N, steps, variants=cycles(N, args.quick), channels=width):
                 r["ideal_speedup"], r["ideal_layer_ranks"] = ideal_speedup(r, args.ranks)
-                print(f"N={N} C={C} {r['variant']:16s} error {r['median_grad_rel_error']:.3f} W {r['per_eval_over_serial']:.2f} "
+                print(f"N={N} width={width} {r['variant']:16s} error {r['median_grad_rel_error']:.3f} W {r['per_eval_over_serial']:.2f} "
                       f"C {r['coarsest_over_serial']:.3f} ideal x{r['ideal_speedup']:.2f} "
                       f"on {args.ranks // r['ideal_layer_ranks']}x{r['ideal_layer_ranks']}", flush=True)
                 rows.append(r)
