@@ -8,8 +8,6 @@ synchronisation costs a little; without it the times are host-side launch times.
 from __future__ import annotations
 
 import time
-from collections import defaultdict
-from contextlib import contextmanager
 
 import nvtx
 
@@ -17,24 +15,51 @@ DOMAIN = "gpubraid"
 
 
 class PhaseTimer:
-    """Accumulates seconds per phase name; phases may nest (a parent includes its children)."""
+    """Accumulates seconds per phase name; phases may nest (a parent includes its children).
+
+    ``timer(name)`` is a context manager made once per name and reused: a solve enters a few hundred
+    phases, and a fresh range and generator each time cost microseconds a small batch notices."""
 
     def __init__(self, sync=None):
         self.sync = sync
-        self.seconds: dict[str, float] = defaultdict(float)
-        self.calls: dict[str, int] = defaultdict(int)
+        self._phases: dict[str, _Phase] = {}
 
-    @contextmanager
-    def __call__(self, name: str):
-        t0 = time.perf_counter()
-        with nvtx.annotate(name, domain=DOMAIN):
-            try:
-                yield
-            finally:
-                if self.sync is not None:
-                    self.sync()
-                self.seconds[name] += time.perf_counter() - t0
-                self.calls[name] += 1
+    def __call__(self, name: str) -> "_Phase":
+        phase = self._phases.get(name)
+        if phase is None:
+            phase = self._phases[name] = _Phase(self, name)
+        return phase
+
+    @property
+    def seconds(self) -> dict[str, float]:
+        """Seconds per phase entered so far."""
+        return {name: phase.seconds for name, phase in self._phases.items()}
 
     def as_dict(self) -> dict:
         return {k: round(v, 6) for k, v in sorted(self.seconds.items())}
+
+
+class _Phase:
+    """One phase's context manager: its NVTX range around the phase, then the seconds added."""
+
+    __slots__ = ("sync", "range", "starts", "seconds")
+
+    def __init__(self, timer: PhaseTimer, name: str):
+        self.sync = timer.sync
+        self.range = nvtx.annotate(name, domain=DOMAIN)
+        self.starts: list[float] = []   # a stack: the same phase may nest
+        self.seconds = 0.0
+
+    def __enter__(self):
+        self.starts.append(time.perf_counter())
+        self.range.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            if self.sync is not None:
+                self.sync()
+        finally:
+            self.range.__exit__(*exc)
+            self.seconds += time.perf_counter() - self.starts.pop()
+        return False
