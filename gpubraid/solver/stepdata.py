@@ -191,10 +191,8 @@ class StepDataPlan:
                 for j in range(len(full)):
                     if p == s.me:
                         full[j][sl] = mine[j]
-                    else:
-                        buf = s.xp.empty((lay.n_owned, *full[j].shape[1:]), dtype=full[j].dtype)
-                        s.comm.recv_into(buf, s.ranks[p], tags.COARSE_DATA)
-                        full[j][sl] = buf
+                    else:  # a block of whole rows: contiguous, received in place
+                        s.comm.recv_into(full[j][sl], s.ranks[p], tags.COARSE_DATA)
         s.coarse_data = full
 
 
