@@ -7,11 +7,12 @@ and a network model (:class:`~gpubraid.runtime.replay.NetworkModel`), counted th
   (F-relaxation: one batched call per F-slice plus one per leading point; C-relaxation and residual
   one call over the C-points; restriction one call).  A phase costs its slowest position; an
   F-relaxation is a pipeline (each position waits for its left neighbour's last row, one message);
-  the coarsest level is gathered to rank 0, stepped there one step per call and scattered back;
+  the coarsest level (its rows and its step data) is gathered to rank 0, stepped there (in one
+  call when the step has a chain, else one step per call) and scattered back;
   every level-0 residual norm is an allreduce; a solve that chooses its levels first estimates ρ
   (``stability_iters`` + 1 calls over the position's steps on ``stability_samples`` samples).
-  A call over L intervals of m samples costs α + β·L·m plus the solver's own per-call overhead;
-  on a level that halves the feature maps l times (``spatial_levels``) β·L·m and its messages
+  A call over L intervals of m samples costs α + L·(a + b·m) plus the solver's own per-call overhead;
+  on a level that halves the feature maps l times (``spatial_levels``) L·b·m and its messages
   shrink by 4^l.
 * **Layer-serial pipeline** (serial, pipeline): each layer rank runs
   :func:`~gpubraid.objective.pipeline.schedule_order` (1F1B or GPipe) or
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from typing import NamedTuple
 
 import numpy as np
 
@@ -66,29 +68,44 @@ def _view(opts: MGRITOptions, h: tuple, L: int):
     return solver, plans
 
 
+class Counted(NamedTuple):
+    """What rank 0 issues in one solve (:func:`mgrit_calls`)."""
+
+    calls: int          #: calls, the coarsest solve's among them
+    steps: int          #: step applications (intervals)
+    coarse: int         #: the coarsest solve's step applications
+    work: float         #: intervals weighted by :func:`pixel_share`
+    coarse_calls: int   #: the coarsest solve's calls: one per solve with a chain, else one per step
+    coarse_work: float  #: its intervals weighted by :func:`pixel_share`
+
+
 def mgrit_calls(opts: MGRITOptions, adjoint: MGRITOptions, h, L: int, levels: int, warm: bool, it_f: int,
-                it_b: int, samples: int) -> dict:
+                it_b: int, samples: int, chain: bool = False) -> dict:
     """Calls and intervals rank 0 of L issues in one forward solve (options ``opts``) and one
-    adjoint solve (``adjoint``): ``{"forward": (calls, intervals, coarsest-solve calls, intervals
-    weighted by :func:`pixel_share`), "adjoint": (...), "estimate": (calls, intervals × samples)}``;
-    the coarsest solve's calls (one step each) are among the calls."""
+    adjoint solve (``adjoint``): ``{"forward": Counted, "adjoint": Counted, "estimate": (calls,
+    intervals × samples)}``.  ``chain``: the step takes the coarsest level's rows in one call
+    (:func:`gpubraid.solver.coarse.coarse_solve`), else one call per step."""
     out = {}
     for name, it, o in (("forward", it_f, opts), ("adjoint", it_b, adjoint)):
         solver, plans = _view(o, tuple(float(v) for v in h), L)
-        calls = steps = coarse = 0
-        work = 0.0
+        calls = steps = coarse = coarse_calls = 0
+        work = coarse_work = 0.0
         for phase, l, n in solver.schedule(it, levels=levels, warm=warm):
             steps += n
             work += n * pixel_share(o, l)
             if phase == "f_relax" and n:
                 r = plans[l][0]
                 calls += sum(1 for k in r["slices"] if k > 0) + r["leading"]
-            elif phase in ("serial", "coarse_solve"):
+            elif phase == "coarse_solve" and n:
+                k = 1 if chain else n
+                calls, coarse_calls = calls + k, coarse_calls + k
+                coarse += n
+                coarse_work += n * pixel_share(o, l)
+            elif phase == "serial":
                 calls += n
-                coarse += n if phase == "coarse_solve" else 0
             elif n:
                 calls += 1
-        out[name] = (calls, steps, coarse, work)
+        out[name] = Counted(calls, steps, coarse, work, coarse_calls, coarse_work)
     n0 = int(split_layers(len(h), L)[1])
     estimating = opts.stability > 0 or opts.conv_bound > 0
     k = opts.stability_iters + 1 if estimating else 0
@@ -98,15 +115,19 @@ def mgrit_calls(opts: MGRITOptions, adjoint: MGRITOptions, h, L: int, levels: in
 
 def mgrit_solve_s(opts: MGRITOptions, h, L: int, levels: int, warm: bool, iters: int, alpha: float,
                   beta: float, m: int, msg_s: float, reduce_s: float, net: NetworkModel, row_bytes: int,
-                  coarse_alpha: float | None = None) -> float:
-    """Critical-path seconds of one MGRIT solve on L positions (see the module docstring); each
-    step of the coarsest solve costs ``coarse_alpha`` (default ``alpha``) + ``beta``·m (times the
-    level's :func:`pixel_share`)."""
+                  coarse_alpha: float | None = None, chain: tuple | None = None, per_interval: float = 0.0,
+                  data: tuple = (0, 0)) -> float:
+    """Critical-path seconds of one MGRIT solve on L positions (see the module docstring): a call
+    over k intervals of m samples costs ``alpha`` + k·(``per_interval`` + ``beta``·m).  The coarsest
+    solve of N_L steps costs, with a ``chain`` (α, a, b) (the step takes all its rows in one call),
+    α + N_L·(a + b·m), else N_L × (``coarse_alpha`` (default ``alpha``) + ``per_interval`` +
+    ``beta``·m); the per-sample terms times the level's :func:`pixel_share`.  Its step data come to
+    rank 0 from the other positions: ``data`` = (bytes of one step's data, arrays)."""
     solver, plans = _view(opts, tuple(float(v) for v in h), L)
     coarse_alpha = alpha if coarse_alpha is None else coarse_alpha
 
     def call(k, share):
-        return alpha + beta * k * m * share if k > 0 else 0.0
+        return alpha + k * (per_interval + beta * m * share) if k > 0 else 0.0
 
     total = 0.0
     for phase, l, n in solver.schedule(iters, levels=levels, warm=warm):
@@ -135,8 +156,12 @@ def mgrit_solve_s(opts: MGRITOptions, h, L: int, levels: int, warm: bool, iters:
             total += msg_s_l if any(r["restrict_prev"] for r in rs) else 0.0
         elif phase == "coarse_solve":
             owned = [lay.n_owned for lay in solver.layouts[l][1:] if lay.n_owned > 0]
-            total += solver.levels[l].N * (coarse_alpha + beta * m * share)
+            N_L = solver.levels[l].N
+            total += chain[0] + N_L * (chain[1] + chain[2] * m * share) if chain is not None else \
+                N_L * (coarse_alpha + per_interval + beta * m * share)
             total += sum(2 * (net.transfer(int(k * row_bytes * share)) + net.overhead_s) for k in owned)
+            # the step data of the other positions' coarsest steps, one message per array
+            total += sum(data[1] * net.overhead_s + net.transfer(int(k * data[0])) for k in owned)
     return total
 
 

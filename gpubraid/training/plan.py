@@ -104,17 +104,21 @@ def _mgrit_step(probe, method, levels, its, warm, D, L, net, h) -> float:
     total = 0.0
     opts = method.forward
     for op, it, o in (("forward", its[0], method.forward), ("adjoint", its[1], method.adjoint)):
-        alpha, beta = probe.calls[op]
-        beta *= probe.per_sample_scale(n * m, op == "adjoint")
+        scale = probe.per_sample_scale(n * m, op == "adjoint")
+        alpha, a, b = probe.calls[op]
+        chain = probe.calls.get(f"{op}_chain")
         total += cm.mgrit_solve_s(o, h, L, levels, warm, it, alpha + probe.solve_call[0],
-                                  beta + probe.solve_call[1], m, msg, red, net, row, coarse_alpha=alpha)
+                                  b * scale + probe.solve_call[1], m, msg, red, net, row, coarse_alpha=alpha,
+                                  chain=None if chain is None else (chain[0], chain[1], chain[2] * scale),
+                                  per_interval=a, data=(probe.param_bytes, probe.param_arrays) if op == "forward"
+                                  else (probe.param_bytes + row, probe.param_arrays + 1))
     if opts.stability > 0 or opts.conv_bound > 0:
-        alpha, beta = probe.calls["forward"]
+        alpha, a, b = probe.calls["forward"]
         s = opts.estimate_samples(m)
-        total += (opts.stability_iters + 1) * (alpha + beta * n * s) + red
-    a, b = probe.calls["param_grad"]
+        total += (opts.stability_iters + 1) * (alpha + n * (a + b * s)) + red
+    alpha, a, b = probe.calls["param_grad"]
     b *= probe.per_sample_scale(n * m, True)
-    return total + a + b * n * m + probe.ends[0] + probe.ends[1] * m
+    return total + alpha + n * (a + b * m) + probe.ends[0] + probe.ends[1] * m
 
 
 def schedules(L: int, fixed: str | None) -> tuple:

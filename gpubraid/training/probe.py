@@ -3,7 +3,7 @@ one-shot solver would do on its network (:mod:`gpubraid.training.plan` turns it 
 
 The probe runs on one process, on a single-rank trainer of the run's settings (method serial), for
 the run's batch (the full training set or one mini-batch of ``batch_size``) at the initial
-parameters.  Every cost is a fit ``a + b·m`` (seconds; m: samples in the call) or ``α + β·L·m``
+parameters.  Every cost is a fit ``a + b·m`` (seconds; m: samples in the call) or ``α + L·(a + b·m)``
 (L layers in one batched call), timed as the process's CPU time on a CPU (robust to other jobs on
 a shared machine, as the trace's spans are) and as synchronised wall time on a GPU:
 
@@ -11,9 +11,13 @@ a shared machine, as the trace's spans are) and as synchronised wall time on a G
                            forward keeping σ'(z), adjoint + gradient) per micro-batch of m samples
     sweep_call             each sweep call's own cost (forward, backward): a block of n layers
                            costs sweep_call + n·(a + b·m), from sweeps of 1 and SWEEP_LAYERS layers
+                           (more at a few samples: FIT_LAYERS)
     ends                   opening and head of m samples (per micro-batch of the pipeline)
     regularizer_s          the regulariser and its gradient over all layers (once per evaluation)
     forward, adjoint       one batched step call over L layers (MGRIT's relaxation and restriction)
+    forward_chain, adjoint_chain
+                           where the step has chains: one call over a chain of L steps (MGRIT's
+                           coarsest solve), else absent (the coarsest solve is one call per step)
     param_grad             one batched gradient call over L layers
     solve_call             each MGRIT call's own cost in situ (slicing, gathers and scatters, the
                            g-add, timers), (per call, per interval·sample): the one-shot evaluation's
@@ -24,6 +28,7 @@ a shared machine, as the trace's spans are) and as synchronised wall time on a G
                            against the fit's, by the states they hold (caches)
     step_overhead          a training step beyond its evaluation (optimiser, batch, statistics)
     cache_blocked          the step's ``cache_blocked``: a run's automatic M depends on it
+    param_arrays           the step's parameter arrays per layer (messages of the coarsest solve's gather)
 
 and the one-shot solver's level choice on the initial parameters (levels, ρ), the relative error
 of the one-shot gradient of the first step (nested start) against the exact one (on one level: its
@@ -74,6 +79,14 @@ EXPENSIVE_S = 0.1
 SWEEP_LAYERS = 16
 
 
+#: The fitted sweeps' layers are doubled from SWEEP_LAYERS (up to FIT_LAYERS and the network's) until
+#: they take SWEEP_WORK times a one-layer sweep: on a few samples a layer of the dense step costs
+#: 0.1-0.3 µs against 30 µs of call, which 16 layers cannot resolve (it priced serial's evaluation
+#: at batch 8 and 1024 layers at 3.0 ms, measured 1.0 ms).
+FIT_LAYERS = 1024
+SWEEP_WORK = 4.0
+
+
 #: Timed repeats of each layer-serial sweep (the shortest kept) unless the network is expensive:
 #: the sweeps decide between micro-batch counts whose costs differ by a few per cent, where the
 #: shorter of two timings on a shared machine picked a count 1.3x slower than another.
@@ -86,8 +99,8 @@ class Probe:
 
     ``sweep_fwd``, ``sweep_bwd``, ``ends``: (a, b) of a + b·m (``ends``: opening and head per
     micro-batch, the regulariser is ``regularizer_s`` per evaluation; the sweeps: per layer, besides
-    ``sweep_call`` (forward, backward) per call of a block of layers); ``calls``: per operation (α, β) of
-    α + β·L·m (both measured on at most SWEEP_LAYERS layers); ``solve_call``: (α, β) the solver
+    ``sweep_call`` (forward, backward) per call of a block of layers); ``calls``: per operation (α, a, b) of
+    α + L·(a + b·m) (measured on 1 and 8 layers, 64 at a few samples); ``solve_call``: (α, β) the solver
     adds to each MGRIT call; ``footprint``: points (cells, forward ratio, backward ratio), cells
     ascending: a sweep holding cells = layers × samples of states costs that ratio times the fit's
     per-sample cost (memory traffic beyond the caches; the first point, ratio 1, is the fit's larger
@@ -119,6 +132,7 @@ class Probe:
     sweep_call: tuple = (0.0, 0.0)
     regularizer_s: float = 0.0
     cache_blocked: bool = False
+    param_arrays: int = 1
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -190,6 +204,23 @@ def _fit(xs, ts) -> tuple:
     return float(a), float(b)
 
 
+def _fit_calls(points, ts) -> tuple:
+    """(α, a, b) of α + L·(a + b·m) fitted to the timings ``ts`` of calls over (L, m) = ``points``
+    (least squares on relative error), all ≥ 0: of the fits with some terms left out, the closest
+    whose terms are all ≥ 0 (a term lost in the noise would otherwise come out negative)."""
+    X = np.array([[1.0, L, L * m] for L, m in points]) / np.array(ts)[:, None]
+    best, out = math.inf, (0.0, 0.0, float(np.mean([t / (L * m) for (L, m), t in zip(points, ts)])))
+    for keep in ((0, 1, 2), (0, 1), (0, 2), (1, 2), (0,), (1,), (2,)):
+        coef, *_ = np.linalg.lstsq(X[:, keep], np.ones(len(ts)), rcond=None)
+        err = float(np.sum((X[:, keep] @ coef - 1.0) ** 2))
+        if np.all(coef >= 0) and err < best - 1e-12:
+            best, full = err, [0.0, 0.0, 0.0]
+            for k, c in zip(keep, coef):
+                full[k] = float(c)
+            out = tuple(full)
+    return out
+
+
 def run_probe(trainer, oneshot, exact, repeats: int = 2) -> Probe:
     """Probe ``trainer`` (a single-rank :class:`~gpubraid.training.trainer.Trainer` of the run's
     settings) for the one-shot and exact methods ``oneshot``, ``exact``
@@ -222,32 +253,41 @@ def run_probe(trainer, oneshot, exact, repeats: int = 2) -> Probe:
         backward_sweep(model.step, U, Lam, block, h[:k], G, kept)
         return t1 - t0, clock.now() - t1
 
-    timed, reps = {}, max(repeats, SWEEP_REPEATS)
+    # the fit's two sizes take as many layers (SWEEP_LAYERS doubled, up to FIT_LAYERS) as it needs for
+    # the layers' work to be at least SWEEP_WORK times one layer's sweep (its call): at a few samples
+    # a layer costs a fraction of a microsecond against tens for the call
+    fitted, reps = sizes[:2], max(repeats, SWEEP_REPEATS)
+    one, lay = {}, {m: n for m in sizes}
+    for m in fitted:
+        one[m] = [sweeps(m, 1) for _ in range(reps + 1)][1:]
+        t1 = min(sum(t) for t in one[m])
+        while lay[m] < min(N, FIT_LAYERS) and min(sum(sweeps(m, lay[m])) for _ in range(2)) < SWEEP_WORK * t1:
+            lay[m] = min(2 * lay[m], N, FIT_LAYERS)
+    timed = {}
     for m in sorted(sizes, reverse=True):
-        timed[m] = [sweeps(m, n) for _ in range(2)][1:]  # after a warm-up
-        if m == B and N / n * sum(timed[m][0]) > EXPENSIVE_S:  # an expensive network: time everything once
+        timed[m] = [sweeps(m, lay[m]) for _ in range(2)][1:]  # after a warm-up
+        if m == B and N / lay[m] * sum(timed[m][0]) > EXPENSIVE_S:  # an expensive network: time everything once
             repeats = reps = 1
-        timed[m] += [sweeps(m, n) for _ in range(reps - 1)]
-    # a call's own cost (a block sweep is one call for all its layers): from one layer against n at
-    # the smallest size, at most half of the n-layer sweeps (where the layers' work is lost in the
+        timed[m] += [sweeps(m, lay[m]) for _ in range(reps - 1)]
+    # a call's own cost (a block sweep is one call for all its layers): from one layer against lay[m]
+    # at the smallest size, at most half of the fitted sweeps (where the layers' work is lost in the
     # noise of the calls, a layer would otherwise cost nothing); then the per-layer fit a + b·m from
     # the two smallest sizes (micro-batches whose states stay in the caches), the call taken out;
     # the larger sweeps give the footprint's ratios
-    fitted = sizes[:2]
     best = {m: [min(t[d] for t in timed[m]) for d in (0, 1)] for m in timed}
-    sweep_call = (0.0, 0.0)
-    if n > 1:
-        one = [sweeps(sizes[0], 1) for _ in range(reps + 1)][1:]
-        sweep_call = tuple(min(max((n * min(t[d] for t in one) - best[sizes[0]][d]) / (n - 1), 0.0),
+    sweep_call, m0 = (0.0, 0.0), sizes[0]
+    if lay[m0] > 1:
+        k = lay[m0]
+        sweep_call = tuple(min(max((k * min(t[d] for t in one[m0]) - best[m0][d]) / (k - 1), 0.0),
                                min(best[m][d] for m in fitted) / 2) for d in (0, 1))
-    sweep_fwd, sweep_bwd = (_fit(fitted, [(best[m][d] - sweep_call[d]) / n for m in fitted]) for d in (0, 1))
+    sweep_fwd, sweep_bwd = (_fit(fitted, [(best[m][d] - sweep_call[d]) / lay[m] for m in fitted]) for d in (0, 1))
 
     def point(runs, k, m):
         """(cells, forward ratio, backward ratio) of ``runs``: sweeps of k layers and m samples."""
         return (k * m, *(max(((min(t[d] for t in runs) - sweep_call[d]) / k - fit[0]) / m / fit[1], 1.0)
                          if fit[1] > 0 else 1.0 for d, fit in ((0, sweep_fwd), (1, sweep_bwd))))
 
-    footprint = [(n * fitted[-1], 1.0, 1.0)] + [point(timed[m], n, m) for m in sizes[2:]]
+    footprint = [(lay[fitted[-1]] * fitted[-1], 1.0, 1.0)] + [point(timed[m], n, m) for m in sizes[2:]]
     if N > n:  # the whole network at the full batch, once its memory is faulted in (the first
         # sweep's page faults are a run's once, not every evaluation's)
         footprint.append(point([sweeps(B, N) for _ in range(reps + 1)][1:], N, B))
@@ -268,14 +308,27 @@ def run_probe(trainer, oneshot, exact, repeats: int = 2) -> Probe:
     evaluate_s = sum(sweep_call) + N * per_layer
     evaluate_s += ends_fit[0] + ends_fit[1] * B + regularizer_s
 
-    # batched step calls: α + β·L·m from (L, m) = (1, small), (1, B), (L_max, B)
-    U = xp.ascontiguousarray(xp.broadcast_to(model.open_forward(x, P), (n, B, *S)))
+    # batched step calls (and the chains of the coarsest solve, where the step has them)
+    # over 1 and L_op layers, L_op = 8, or 64 where the sweeps needed more layers (a layer's work is
+    # then small against a call's, and the one-shot calls span many layers)
+    L_op = min(N, 64) if max(lay.values()) > n else min(n, 8)
+    U = xp.ascontiguousarray(xp.broadcast_to(model.open_forward(x, P), (max(n, L_op), B, *S)))
     ops = {"forward": lambda L, m: model.step.forward(U[:L, :m], tuple(p[:L] for p in layers), h[:L]),
            "adjoint": lambda L, m: model.step.adjoint(U[:L, :m], U[:L, :m], tuple(p[:L] for p in layers), h[:L]),
            "param_grad": lambda L, m: model.step.param_grad(U[:L, :m], U[:L, :m], tuple(p[:L] for p in layers),
                                                             h[:L])}
-    points = sorted({(1, min(B, 16)), (1, B), (min(n, 8), B)})
-    calls = {name: _fit([L * m for L, m in points], [clock.best(lambda L=L, m=m: op(L, m), repeats) for L, m in points])
+    step = model.step
+    if callable(getattr(step, "forward_chain", None)) and callable(getattr(step, "adjoint_chain", None)):
+        V = xp.empty_like(U)
+        chains = {"forward_chain": lambda L, m: step.forward_chain(U[0, :m], V[:L, :m], tuple(p[:L] for p in layers),
+                                                                   h[:L], None),
+                  "adjoint_chain": lambda L, m: step.adjoint_chain(U[0, :m], V[:L, :m], U[:L, :m],
+                                                                   tuple(p[:L] for p in layers), h[:L], None)}
+        if all(op(1, 1) for op in chains.values()):  # it takes such rows (else: one call per step)
+            ops.update(chains)
+    # α + L·(a + b·m) from one and L_op layers at one sample and the batch
+    points = sorted({(1, 1), (1, B), (L_op, 1), (L_op, B)})
+    calls = {name: _fit_calls(points, [clock.best(lambda L=L, m=m: op(L, m), repeats) for L, m in points])
              for name, op in ops.items()}
 
     # the solvers on s samples: one-shot's level choice, its first step's gradient error and its
@@ -292,26 +345,33 @@ def run_probe(trainer, oneshot, exact, repeats: int = 2) -> Probe:
     warm = oneshot.warm(trainer.full_batch)
     os_info = {"levels": f.levels, "rho": f.rho, "grad_error": err, "iterations": [f.iterations, b.iterations]}
     if f.levels == 1:  # its layer-serial sweep: plain forward steps, σ' recomputed backward, the ρ estimate
-        os_info["serial_ratio"] = clock.best(lambda: os_lp.evaluate(theta, xs, ys, s, grad=True, warm=warm), 1) \
-            / clock.best(lambda: trainer.lp.evaluate(theta, xs, ys, s, grad=True), 1)
+        # (the shortest of three: one timing of a millisecond caught a pause and made it 17)
+        k = 3 if repeats > 1 else 1
+        os_info["serial_ratio"] = clock.best(lambda: os_lp.evaluate(theta, xs, ys, s, grad=True, warm=warm), k) \
+            / clock.best(lambda: trainer.lp.evaluate(theta, xs, ys, s, grad=True), k)
     solve_call = (0.0, 0.0)
     if f.levels > 1:  # the solver's own cost per call and per interval·sample, at two batch sizes
         def extra(mm):
             xm, ym = x[:mm], y[:mm]
             os_lp.evaluate(theta, xm, ym, mm, grad=True, warm=False)  # the warm start of this size
             wall = clock.best(lambda: os_lp.evaluate(theta, xm, ym, mm, grad=True, warm=warm), repeats)
-            wall -= sum(calls["param_grad"]) + calls["param_grad"][1] * (N * mm - 1) + ends_fit[0] + ends_fit[1] * mm \
-                + regularizer_s
+            pg = calls["param_grad"]
+            wall -= pg[0] + N * (pg[1] + pg[2] * mm) + ends_fit[0] + ends_fit[1] * mm + regularizer_s
             fs, bs = os_lp.last_stats
             counted = mgrit_calls(oneshot.forward, oneshot.adjoint, h, 1, fs.levels, warm, fs.iterations,
-                                  bs.iterations, oneshot.forward.estimate_samples(mm))
-            step_cost = sum(counted[op][0] * calls[op][0] + counted[op][3] * mm * calls[op][1]
-                            for op in ("forward", "adjoint"))
-            step_cost += counted["estimate"][0] * calls["forward"][0] + counted["estimate"][1] * calls["forward"][1]
-            # the coarsest solve's single-step calls carry the step's own cost only (its loop adds
-            # an add per step): the solver's own cost is that of the other calls
-            n_calls = sum(counted[op][0] - counted[op][2] for op in ("forward", "adjoint"))
-            return wall - step_cost, n_calls, counted["forward"][3] + counted["adjoint"][3]
+                                  bs.iterations, oneshot.forward.estimate_samples(mm), chain="forward_chain" in calls)
+            step_cost = 0.0
+            for op in ("forward", "adjoint"):
+                c, (alpha, a, b) = counted[op], calls[op]
+                alpha_c, a_c, b_c = calls.get(f"{op}_chain", (alpha, a, b))
+                step_cost += (c.calls - c.coarse_calls) * alpha + (c.steps - c.coarse) * a + (c.work - c.coarse_work) * mm * b
+                step_cost += c.coarse_calls * alpha_c + c.coarse * a_c + c.coarse_work * mm * b_c
+            (k, work), (alpha, a, b) = counted["estimate"], calls["forward"]
+            step_cost += k * alpha + work / max(oneshot.forward.estimate_samples(mm), 1) * a + work * b
+            # the coarsest solve's calls carry the step's own cost only (one chain, or one step per
+            # call and an add): the solver's own cost is that of the other calls
+            n_calls = sum(counted[op].calls - counted[op].coarse_calls for op in ("forward", "adjoint"))
+            return wall - step_cost, n_calls, counted["forward"].work + counted["adjoint"].work
 
         m1, m2 = min(B, SOLVE_SAMPLES), B
         (e1, n_calls, steps), (e2, _, _) = extra(m1), extra(m2)
@@ -359,4 +419,5 @@ def run_probe(trainer, oneshot, exact, repeats: int = 2) -> Probe:
     param_bytes = sum(int(np.prod(p)) for p in model.step.param_shapes) * itemsize
     return Probe(B, N, int(np.prod(S)) * itemsize, param_bytes, warm, clock.name, sweep_fwd, sweep_bwd, ends_fit,
                  calls, solve_call, os_info, ex_info, footprint, step_overhead, time.perf_counter() - t_start,
-                 evaluate_s, sweep_call, regularizer_s, bool(getattr(model.step, "cache_blocked", False)))
+                 evaluate_s, sweep_call, regularizer_s, bool(getattr(model.step, "cache_blocked", False)),
+                 len(model.step.param_shapes))

@@ -71,7 +71,8 @@ def fake_probe(levels=1, grad_error=0.0, per_sample=1e-6, per_call=1e-5) -> Prob
     one = (per_call, per_sample)
     return Probe(batch=1000, layers=16, state_bytes=64, param_bytes=576, warm=True, clock="cpu",
                  sweep_fwd=one, sweep_bwd=one, ends=(0.0, per_sample),
-                 calls={k: one for k in ("forward", "adjoint", "param_grad")}, solve_call=(0.0, 0.0),
+                 calls={k: (per_call, 0.0, per_sample) for k in ("forward", "adjoint", "param_grad")},
+                 solve_call=(0.0, 0.0),
                  oneshot={"levels": levels, "rho": 1.0, "grad_error": grad_error, "iterations": [1, 1]},
                  exact={"levels": 3, "rho": 1.0, "iterations": [5, 5]})
 
@@ -146,7 +147,10 @@ def test_probe_of_a_small_network():
     made = plan.make_plan(cfg, 4, plan.SHARED_MEMORY, lambda c: Trainer(c, Comm.single()))
     p = made.probe
     assert p.batch == 200 and p.layers == 16 and p.state_bytes == 8 * 8
-    assert all(a >= 0 and b >= 0 for a, b in (p.sweep_fwd, p.sweep_bwd, p.ends, p.sweep_call, *p.calls.values()))
+    assert all(a >= 0 and b >= 0 for a, b in (p.sweep_fwd, p.sweep_bwd, p.ends, p.sweep_call))
+    # α + L·(a + b·m) per batched call; the dense step's chains (the coarsest solve) are fitted too
+    assert set(p.calls) == {"forward", "adjoint", "param_grad", "forward_chain", "adjoint_chain"}
+    assert all(len(c) == 3 and min(c) >= 0 and sum(c) > 0 for c in p.calls.values())
     assert sum(p.sweep_fwd) > 0 and sum(p.sweep_bwd) > 0 and p.evaluate_s > 0
     # sweeps of 16 layers at 16 and 25 samples fitted; at the batch (200), a footprint point
     cells = [c for c, _, _ in p.footprint]
@@ -308,6 +312,22 @@ def test_coarsest_solve_steps_cost_the_step_call_only():
     assert plain - cheap == pytest.approx(coarse * 0.75)
 
 
+def test_chained_coarsest_solve_is_one_call():
+    """With a chain the coarsest solve is one call (α + β·N_L·m at the chain's costs), as
+    :func:`gpubraid.solver.coarse.coarse_solve` runs it; the other calls are counted as before."""
+    opts = MGRITOptions(cfactor=2, max_levels=2, nrelax=0, tol=0.0, max_iter=1, nested=True)
+    h = (0.1,) * 64
+    per_step = cm.mgrit_calls(opts, opts, h, 1, 2, False, 1, 1, 1)["forward"]
+    chained = cm.mgrit_calls(opts, opts, h, 1, 2, False, 1, 1, 1, chain=True)["forward"]
+    assert (per_step.coarse_calls, chained.coarse_calls) == (2 * 32, 2)   # the nested start's and the iteration's
+    assert per_step.calls - per_step.coarse_calls == chained.calls - chained.coarse_calls
+    assert chained.coarse == per_step.coarse == 2 * 32 and chained.steps == per_step.steps
+    args = (opts, h, 1, 2, False, 1, 1.0, 0.0, 3, 0.0, 0.0, IDEAL, 8)
+    plain = cm.mgrit_solve_s(*args)
+    chain = cm.mgrit_solve_s(*args, chain=(5.0, 0.0, 0.5))
+    assert plain - chain == pytest.approx(2 * 32 * 1.0 - 2 * (5.0 + 0.5 * 32 * 3))
+
+
 @pytest.mark.parametrize("spatial", [0, 1, 2])
 def test_levels_on_halved_maps_cost_a_quarter_per_halving(spatial):
     """With only β (one rank, one sample, no messages) a solve costs its step applications, those on
@@ -316,9 +336,22 @@ def test_levels_on_halved_maps_cost_a_quarter_per_halving(spatial):
                         spatial_levels=spatial)
     h = (0.1,) * 32
     cost = cm.mgrit_solve_s(opts, h, 1, 3, False, 1, 0.0, 1.0, 1, 0.0, 0.0, IDEAL, 8)
-    calls, steps, coarse, work = cm.mgrit_calls(opts, opts, h, 1, 3, False, 1, 1, 1)["forward"]
-    assert cost == pytest.approx(work)
-    assert (work == steps) == (spatial == 0) and work <= steps
+    c = cm.mgrit_calls(opts, opts, h, 1, 3, False, 1, 1, 1)["forward"]
+    assert cost == pytest.approx(c.work)
+    assert (c.work == c.steps) == (spatial == 0) and c.work <= c.steps
+    assert c.coarse_work == pytest.approx(c.coarse * 0.25 ** min(2, spatial))
+
+
+def test_call_fit_separates_the_call_the_layer_and_the_sample():
+    """α + L·(a + b·m) recovered from exact timings at the probe's points, and a term that the
+    timings do not support left at 0 rather than negative."""
+    from gpubraid.training.probe import _fit_calls
+    points = [(1, 1), (1, 8), (8, 1), (8, 8)]
+    fit = _fit_calls(points, [20e-6 + L * (1e-6 + 2e-8 * m) for L, m in points])
+    assert fit == pytest.approx((20e-6, 1e-6, 2e-8), rel=1e-6)
+    fit = _fit_calls(points, [20e-6 + L * m * 3e-8 for L, m in points])
+    assert fit[1] == 0.0 and fit[0] == pytest.approx(20e-6) and fit[2] == pytest.approx(3e-8)
+    assert min(_fit_calls(points, [5e-6, 4e-6, 4.5e-6, 5e-6])) >= 0.0   # noise only
 
 
 def test_chimera_ranks_with_its_margin():
