@@ -10,7 +10,7 @@ and a network model (:class:`~gpubraid.runtime.replay.NetworkModel`), counted th
   the coarsest level (its rows and its step data) is gathered to rank 0, stepped there (in one
   call when the step has a chain, else one step per call) and scattered back;
   every level-0 residual norm is an allreduce; a solve that chooses its levels first estimates ρ
-  (``stability_iters`` + 1 calls over the position's steps on ``stability_samples`` samples).
+  (the probe's timing of it: ``stability_iters`` + 1 calls and its work per layer).
   A call over L intervals of m samples costs α + L·(a + b·m) plus the solver's own per-call overhead;
   on a level that halves the feature maps l times (``spatial_levels``) L·b·m and its messages
   shrink by 4^l.
@@ -80,11 +80,11 @@ class Counted(NamedTuple):
 
 
 def mgrit_calls(opts: MGRITOptions, adjoint: MGRITOptions, h, L: int, levels: int, warm: bool, it_f: int,
-                it_b: int, samples: int, chain: bool = False) -> dict:
+                it_b: int, chain: bool = False) -> dict:
     """Calls and intervals rank 0 of L issues in one forward solve (options ``opts``) and one
-    adjoint solve (``adjoint``): ``{"forward": Counted, "adjoint": Counted, "estimate": (calls,
-    intervals × samples)}``.  ``chain``: the step takes the coarsest level's rows in one call
-    (:func:`gpubraid.solver.coarse.coarse_solve`), else one call per step."""
+    adjoint solve (``adjoint``): ``{"forward": Counted, "adjoint": Counted}``.  ``chain``: the step
+    takes the coarsest level's rows in one call (:func:`gpubraid.solver.coarse.coarse_solve`), else
+    one call per step."""
     out = {}
     for name, it, o in (("forward", it_f, opts), ("adjoint", it_b, adjoint)):
         solver, plans = _view(o, tuple(float(v) for v in h), L)
@@ -106,10 +106,6 @@ def mgrit_calls(opts: MGRITOptions, adjoint: MGRITOptions, h, L: int, levels: in
             elif n:
                 calls += 1
         out[name] = Counted(calls, steps, coarse, work, coarse_calls, coarse_work)
-    n0 = int(split_layers(len(h), L)[1])
-    estimating = opts.stability > 0 or opts.conv_bound > 0
-    k = opts.stability_iters + 1 if estimating else 0
-    out["estimate"] = (k, k * n0 * samples)
     return out
 
 

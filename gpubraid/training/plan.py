@@ -113,9 +113,7 @@ def _mgrit_step(probe, method, levels, its, warm, D, L, net, h) -> float:
                                   per_interval=a, data=(probe.param_bytes, probe.param_arrays) if op == "forward"
                                   else (probe.param_bytes + row, probe.param_arrays + 1))
     if opts.stability > 0 or opts.conv_bound > 0:
-        alpha, a, b = probe.calls["forward"]
-        s = opts.estimate_samples(m)
-        total += (opts.stability_iters + 1) * (alpha + n * (a + b * s)) + red
+        total += probe.estimate[0] + n * probe.estimate[1] + red
     alpha, a, b = probe.calls["param_grad"]
     b *= probe.per_sample_scale(n * m, True)
     return total + alpha + n * (a + b * m) + probe.ends[0] + probe.ends[1] * m

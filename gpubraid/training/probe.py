@@ -29,6 +29,8 @@ a shared machine, as the trace's spans are) and as synchronised wall time on a G
     step_overhead          a training step beyond its evaluation (optimiser, batch, statistics)
     cache_blocked          the step's ``cache_blocked``: a run's automatic M depends on it
     param_arrays           the step's parameter arrays per layer (messages of the coarsest solve's gather)
+    estimate               the ρ estimate of a solve that chooses its levels, (its calls, per layer):
+                           timed over the network's layers as the solver runs it
 
 and the one-shot solver's level choice on the initial parameters (levels, ρ), the relative error
 of the one-shot gradient of the first step (nested start) against the exact one (on one level: its
@@ -55,8 +57,9 @@ from .costmodel import mgrit_calls
 MGRIT_SAMPLES = 256
 
 
-#: Samples of the smaller of the two timed one-shot evaluations (the other: the run's batch), from
-#: which the solver's own cost per call and per interval·sample come.
+#: Samples of the smaller of the two timed one-shot evaluations (the other: the run's batch; a
+#: quarter of it when that is smaller), from which the solver's own cost per call and per
+#: interval·sample come.
 SOLVE_SAMPLES = 128
 
 
@@ -133,6 +136,7 @@ class Probe:
     regularizer_s: float = 0.0
     cache_blocked: bool = False
     param_arrays: int = 1
+    estimate: tuple = (0.0, 0.0)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -349,6 +353,14 @@ def run_probe(trainer, oneshot, exact, repeats: int = 2) -> Probe:
         k = 3 if repeats > 1 else 1
         os_info["serial_ratio"] = clock.best(lambda: os_lp.evaluate(theta, xs, ys, s, grad=True, warm=warm), k) \
             / clock.best(lambda: trainer.lp.evaluate(theta, xs, ys, s, grad=True), k)
+    # the ρ estimate of a solve that chooses its levels (each evaluation's first step), as the solver
+    # runs it: its power iteration's step calls, then its elementwise work per layer
+    estimate = (0.0, 0.0)
+    if oneshot.forward.stability > 0 or oneshot.forward.conv_bound > 0:
+        u0s = model.open_forward(xs, P)
+        t_est = clock.best(lambda: os_lp.fwd.choose(os_lp.phi, layers, u0s, (s, *S)), repeats)
+        fixed = (oneshot.forward.stability_iters + 1) * calls["forward"][0]
+        estimate = (fixed, max(t_est - fixed, 0.0) / N)
     solve_call = (0.0, 0.0)
     if f.levels > 1:  # the solver's own cost per call and per interval·sample, at two batch sizes
         def extra(mm):
@@ -357,23 +369,22 @@ def run_probe(trainer, oneshot, exact, repeats: int = 2) -> Probe:
             wall = clock.best(lambda: os_lp.evaluate(theta, xm, ym, mm, grad=True, warm=warm), repeats)
             pg = calls["param_grad"]
             wall -= pg[0] + N * (pg[1] + pg[2] * mm) + ends_fit[0] + ends_fit[1] * mm + regularizer_s
+            wall -= estimate[0] + N * estimate[1]
             fs, bs = os_lp.last_stats
             counted = mgrit_calls(oneshot.forward, oneshot.adjoint, h, 1, fs.levels, warm, fs.iterations,
-                                  bs.iterations, oneshot.forward.estimate_samples(mm), chain="forward_chain" in calls)
+                                  bs.iterations, chain="forward_chain" in calls)
             step_cost = 0.0
             for op in ("forward", "adjoint"):
                 c, (alpha, a, b) = counted[op], calls[op]
                 alpha_c, a_c, b_c = calls.get(f"{op}_chain", (alpha, a, b))
                 step_cost += (c.calls - c.coarse_calls) * alpha + (c.steps - c.coarse) * a + (c.work - c.coarse_work) * mm * b
                 step_cost += c.coarse_calls * alpha_c + c.coarse * a_c + c.coarse_work * mm * b_c
-            (k, work), (alpha, a, b) = counted["estimate"], calls["forward"]
-            step_cost += k * alpha + work / max(oneshot.forward.estimate_samples(mm), 1) * a + work * b
             # the coarsest solve's calls carry the step's own cost only (one chain, or one step per
             # call and an add): the solver's own cost is that of the other calls
             n_calls = sum(counted[op].calls - counted[op].coarse_calls for op in ("forward", "adjoint"))
             return wall - step_cost, n_calls, counted["forward"].work + counted["adjoint"].work
 
-        m1, m2 = min(B, SOLVE_SAMPLES), B
+        m1, m2 = min(SOLVE_SAMPLES, max(1, B // 4)), B   # two sizes also for a small batch
         (e1, n_calls, steps), (e2, _, _) = extra(m1), extra(m2)
         beta_x = max((e2 - e1) / (steps * (m2 - m1)), 0.0) if m2 > m1 else 0.0
         solve_call = (max(e1 - steps * m1 * beta_x, 0.0) / max(n_calls, 1), beta_x)
@@ -420,4 +431,4 @@ def run_probe(trainer, oneshot, exact, repeats: int = 2) -> Probe:
     return Probe(B, N, int(np.prod(S)) * itemsize, param_bytes, warm, clock.name, sweep_fwd, sweep_bwd, ends_fit,
                  calls, solve_call, os_info, ex_info, footprint, step_overhead, time.perf_counter() - t_start,
                  evaluate_s, sweep_call, regularizer_s, bool(getattr(model.step, "cache_blocked", False)),
-                 len(model.step.param_shapes))
+                 len(model.step.param_shapes), estimate)

@@ -32,13 +32,12 @@ def test_mgrit_calls_count_the_steps_the_solver_takes(levels, warm):
     if warm:
         lp.evaluate(tr.theta, x, y, B, grad=True, warm=True)
     f, b = lp.last_stats
-    counted = cm.mgrit_calls(m.forward, m.adjoint, tr.model.h, 1, f.levels, warm, f.iterations, b.iterations, 2)
+    counted = cm.mgrit_calls(m.forward, m.adjoint, tr.model.h, 1, f.levels, warm, f.iterations, b.iterations)
     assert f.levels == levels
     assert counted["forward"][1] == sum(f.steps_per_level) + f.coarse_steps
     assert counted["adjoint"][1] == sum(b.steps_per_level) + b.coarse_steps
     assert (counted["forward"][2], counted["adjoint"][2]) == (f.coarse_steps, b.coarse_steps)
     assert counted["forward"][0] < counted["forward"][1]   # batched calls: fewer calls than steps
-    assert counted["estimate"] == (0, 0)                   # levels fixed: no ρ estimate
 
 
 def test_pipeline_simulation_by_hand():
@@ -151,6 +150,10 @@ def test_probe_of_a_small_network():
     # α + L·(a + b·m) per batched call; the dense step's chains (the coarsest solve) are fitted too
     assert set(p.calls) == {"forward", "adjoint", "param_grad", "forward_chain", "adjoint_chain"}
     assert all(len(c) == 3 and min(c) >= 0 and sum(c) > 0 for c in p.calls.values())
+    # the ρ estimate of a one-shot solve that chooses its levels: its calls and its work per layer
+    fwd = plan.cfg_method(cfg, "oneshot").forward
+    assert fwd.stability > 0 and p.estimate[0] == (fwd.stability_iters + 1) * p.calls["forward"][0]
+    assert p.estimate[1] >= 0
     assert sum(p.sweep_fwd) > 0 and sum(p.sweep_bwd) > 0 and p.evaluate_s > 0
     # sweeps of 16 layers at 16 and 25 samples fitted; at the batch (200), a footprint point
     cells = [c for c, _, _ in p.footprint]
@@ -261,7 +264,7 @@ def test_bad_network_and_ranks_are_one_line_errors():
 def test_mgrit_options_are_read_not_changed():
     opts = MGRITOptions(cfactor=2, max_levels=3, nrelax=[0, 1], tol=0.0, max_iter=1)
     before = repr(opts)
-    cm.mgrit_calls(opts, opts, [0.1] * 16, 2, 3, True, 1, 1, 2)
+    cm.mgrit_calls(opts, opts, [0.1] * 16, 2, 3, True, 1, 1)
     assert repr(opts) == before
 
 
@@ -307,7 +310,7 @@ def test_coarsest_solve_steps_cost_the_step_call_only():
     args = (opts, h, 1, 2, False, 1)
     plain = cm.mgrit_solve_s(*args, 1.0, 0.0, 1, 0.0, 0.0, IDEAL, 8)
     cheap = cm.mgrit_solve_s(*args, 1.0, 0.0, 1, 0.0, 0.0, IDEAL, 8, coarse_alpha=0.25)
-    coarse = cm.mgrit_calls(opts, opts, h, 1, 2, False, 1, 1, 1)["forward"][2]
+    coarse = cm.mgrit_calls(opts, opts, h, 1, 2, False, 1, 1)["forward"][2]
     assert coarse == 2 * 32   # the nested start's coarsest solve and the iteration's
     assert plain - cheap == pytest.approx(coarse * 0.75)
 
@@ -317,8 +320,8 @@ def test_chained_coarsest_solve_is_one_call():
     :func:`gpubraid.solver.coarse.coarse_solve` runs it; the other calls are counted as before."""
     opts = MGRITOptions(cfactor=2, max_levels=2, nrelax=0, tol=0.0, max_iter=1, nested=True)
     h = (0.1,) * 64
-    per_step = cm.mgrit_calls(opts, opts, h, 1, 2, False, 1, 1, 1)["forward"]
-    chained = cm.mgrit_calls(opts, opts, h, 1, 2, False, 1, 1, 1, chain=True)["forward"]
+    per_step = cm.mgrit_calls(opts, opts, h, 1, 2, False, 1, 1)["forward"]
+    chained = cm.mgrit_calls(opts, opts, h, 1, 2, False, 1, 1, chain=True)["forward"]
     assert (per_step.coarse_calls, chained.coarse_calls) == (2 * 32, 2)   # the nested start's and the iteration's
     assert per_step.calls - per_step.coarse_calls == chained.calls - chained.coarse_calls
     assert chained.coarse == per_step.coarse == 2 * 32 and chained.steps == per_step.steps
@@ -336,7 +339,7 @@ def test_levels_on_halved_maps_cost_a_quarter_per_halving(spatial):
                         spatial_levels=spatial)
     h = (0.1,) * 32
     cost = cm.mgrit_solve_s(opts, h, 1, 3, False, 1, 0.0, 1.0, 1, 0.0, 0.0, IDEAL, 8)
-    c = cm.mgrit_calls(opts, opts, h, 1, 3, False, 1, 1, 1)["forward"]
+    c = cm.mgrit_calls(opts, opts, h, 1, 3, False, 1, 1)["forward"]
     assert cost == pytest.approx(c.work)
     assert (c.work == c.steps) == (spatial == 0) and c.work <= c.steps
     assert c.coarse_work == pytest.approx(c.coarse * 0.25 ** min(2, spatial))
