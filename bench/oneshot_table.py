@@ -11,10 +11,13 @@ planner's cost model on a network model (validated against traced 2-rank runs, `
 Per row: the best candidate of each kind (data groups: serial on D × 1; the pipeline: L > 1 layer
 ranks, M micro-batches; one-shot: any D × L, the levels it keeps), its seconds per step and to
 accuracy (the run's steps, one-shot's divided by 1 − e with e its probed gradient error), and the
-probe's one-shot levels, ρ and gradient error: why one-shot wins or loses the row.
+probe's one-shot levels, ρ and gradient error: why one-shot wins or loses the row; and one-shot's
+best with every call free and no solver overhead (:func:`overhead_free`) over the best other
+strategy: whether any implementation of its cycle could win the row.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 
@@ -46,6 +49,13 @@ def kind(c) -> str:
     return c.method
 
 
+def overhead_free(probe):
+    """The probe with every call free and no solver overhead beyond the steps: one-shot's time is
+    then its step work, its messages, its ρ estimate and the step's fixed costs (optimiser,
+    reductions), what a compiled per-rank cycle could at best reach."""
+    return dataclasses.replace(probe, calls={k: (0.0, *v[1:]) for k, v in probe.calls.items()}, solve_call=(0.0, 0.0))
+
+
 def rows_for(depth: int, width: int, batch: int, ranks: int, net_names) -> list[dict]:
     """One probe of the job, its candidates ranked on each network model: one row per network."""
     t0 = time.perf_counter()
@@ -65,23 +75,30 @@ def rows_for(depth: int, width: int, batch: int, ranks: int, net_names) -> list[
                     "accuracy_s": c.accuracy_s, "grad_error": c.grad_error}
         if "oneshot" in best and "pipeline" in best:
             r["oneshot_over_pipeline"] = best["oneshot"].accuracy_s / best["pipeline"].accuracy_s
+        free = [c for c in candidates(overhead_free(probe), cfg, ranks, network(net_name), h) if kind(c) == "oneshot"]
+        if free:
+            others = min(c.accuracy_s for k, c in best.items() if k != "oneshot")
+            r["oneshot_overhead_free"] = {"label": free[0].label(), "accuracy_s": free[0].accuracy_s,
+                                          "over_best_other": free[0].accuracy_s / others}
         out.append(r)
     return out
 
 
 def markdown(rows) -> str:
     lines = ["| depth | width | batch | network | one-shot (levels, grad err) | s to acc. | pipeline | s to acc. "
-             "| data | s to acc. | fastest |", "|---" * 11 + "|"]
+             "| data | s to acc. | fastest | one-shot overhead-free / best other |", "|---" * 12 + "|"]
     for r in rows:
         def cell(k):
             c = r.get(k)
             return ("–", "–") if c is None else (c["label"].replace(" (data x layer)", ""), f"{c['accuracy_s']:.3g}")
         os_, pl, da = cell("oneshot"), cell("pipeline"), cell("data")
         probe = r["oneshot_probe"]
+        free = f"{r['oneshot_overhead_free']['over_best_other']:.2f}" if "oneshot_overhead_free" in r else "–"
         extra = f" ({r['oneshot']['levels']} lv, {100 * probe['grad_error']:.2g} %)" if "oneshot" in r else \
             f" (keeps {probe['levels']} level)"
         lines.append(f"| {r['depth']} | {r['width']} | {'full' if r['full_batch'] else r['batch']} | {r['network']} "
-                     f"| {os_[0]}{extra} | {os_[1]} | {pl[0]} | {pl[1]} | {da[0]} | {da[1]} | {r['winner']} |")
+                     f"| {os_[0]}{extra} | {os_[1]} | {pl[0]} | {pl[1]} | {da[0]} | {da[1]} | {r['winner']} "
+                     f"| {free} |")
     return "\n".join(lines)
 
 

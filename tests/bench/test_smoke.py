@@ -70,6 +70,11 @@ def test_oneshot_table_quick(tmp_path):
     r = rows[0]
     assert r["winner"] in ("oneshot", "pipeline", "data")
     assert r[r["winner"]]["accuracy_s"] == min(r[k]["accuracy_s"] for k in ("oneshot", "pipeline", "data") if k in r)
+    # without calls' and the solver's own costs one-shot can only be faster than as priced
+    free = r["oneshot_overhead_free"]
+    best_other = min(r[k]["accuracy_s"] for k in ("pipeline", "data") if k in r)
+    assert 0 < free["accuracy_s"] <= r["oneshot"]["accuracy_s"]
+    assert free["over_best_other"] == pytest.approx(free["accuracy_s"] / best_other)
 
 
 def test_oneshot_bound_quick(tmp_path):
