@@ -51,6 +51,7 @@ from ..objective.layer_parallel import LayerParallel
 from ..runtime.comm import Comm
 from ..runtime.resources import HELD_BYTES
 from .costmodel import mgrit_calls
+from .fits import Clock, fit_calls, fit_line, footprint_scale
 
 #: Samples of the probe's MGRIT solves (the level choice uses ``stability_samples`` of them;
 #: iteration counts and the gradient error barely depend on how many).
@@ -147,43 +148,6 @@ class Probe:
         return footprint_scale(self.footprint, cells, backward)
 
 
-def footprint_scale(footprint, cells: float, backward: bool) -> float:
-    """Factor on per-sample costs at ``cells`` = layers × samples of states held, from ``footprint``
-    points (cells, forward ratio, backward ratio), cells ascending: 1 up to the first point, the
-    measured ratios at the points, log-linear in cells between them, the last one beyond."""
-    d = 2 if backward else 1
-    if not footprint or cells <= footprint[0][0]:
-        return 1.0
-    for lo, hi in zip(footprint, footprint[1:]):
-        if cells < hi[0]:
-            return lo[d] + (hi[d] - lo[d]) * math.log(cells / lo[0]) / math.log(hi[0] / lo[0])
-    return footprint[-1][d]
-
-
-class _Clock:
-    """Seconds of CPU time of this process (CPU backends) or synchronised wall time (GPU)."""
-
-    def __init__(self, be):
-        self.be = be
-        self.name = "wall" if be.is_gpu else "cpu"
-
-    def now(self) -> float:
-        if self.be.is_gpu:
-            self.be.synchronize()
-            return time.perf_counter()
-        return time.process_time()
-
-    def best(self, fn, repeats: int = 3) -> float:
-        """The shortest of ``repeats`` timed calls of ``fn()`` after one untimed warm-up call."""
-        fn()
-        out = math.inf
-        for _ in range(repeats):
-            t0 = self.now()
-            fn()
-            out = min(out, self.now() - t0)
-        return out
-
-
 def sweep_sizes(B: int, in_cache: int) -> list:
     """Micro-batch sizes of the probe's sweeps, ascending, for a batch of ``B`` samples of which
     ``in_cache`` keep their states in the caches (at most HELD_BYTES over the probe's layers for a
@@ -198,40 +162,13 @@ def sweep_sizes(B: int, in_cache: int) -> list:
     return sorted(fit | {m for m in (small, eighth, B) if m > max(fit)})
 
 
-def _fit(xs, ts) -> tuple:
-    """(a, b) of a + b·x fitted to the timings ``ts`` at ``xs`` (least squares on relative error,
-    so small and large calls count alike), both ≥ 0."""
-    A = np.array([[1.0 / t, x / t] for x, t in zip(xs, ts)])
-    (a, b), *_ = np.linalg.lstsq(A, np.ones(len(ts)), rcond=None)
-    if a < 0 or b < 0:  # one of the two terms is lost in the noise: fit the other alone
-        a, b = (0.0, float(np.mean([t / x for x, t in zip(xs, ts)]))) if a < 0 else (float(np.mean(ts)), 0.0)
-    return float(a), float(b)
-
-
-def _fit_calls(points, ts) -> tuple:
-    """(α, a, b) of α + L·(a + b·m) fitted to the timings ``ts`` of calls over (L, m) = ``points``
-    (least squares on relative error), all ≥ 0: of the fits with some terms left out, the closest
-    whose terms are all ≥ 0 (a term lost in the noise would otherwise come out negative)."""
-    X = np.array([[1.0, L, L * m] for L, m in points]) / np.array(ts)[:, None]
-    best, out = math.inf, (0.0, 0.0, float(np.mean([t / (L * m) for (L, m), t in zip(points, ts)])))
-    for keep in ((0, 1, 2), (0, 1), (0, 2), (1, 2), (0,), (1,), (2,)):
-        coef, *_ = np.linalg.lstsq(X[:, keep], np.ones(len(ts)), rcond=None)
-        err = float(np.sum((X[:, keep] @ coef - 1.0) ** 2))
-        if np.all(coef >= 0) and err < best - 1e-12:
-            best, full = err, [0.0, 0.0, 0.0]
-            for k, c in zip(keep, coef):
-                full[k] = float(c)
-            out = tuple(full)
-    return out
-
-
 def run_probe(trainer, oneshot, exact, repeats: int = 2) -> Probe:
     """Probe ``trainer`` (a single-rank :class:`~gpubraid.training.trainer.Trainer` of the run's
     settings) for the one-shot and exact methods ``oneshot``, ``exact``
     (:class:`~gpubraid.training.methods.Method`)."""
     t_start = time.perf_counter()
     model, be, xp = trainer.model, trainer.be, trainer.be.xp
-    clock = _Clock(be)
+    clock = Clock(be)
     B = trainer.data.n_train if trainer.full_batch else trainer.cfg.batch_size
     x, y, B = trainer.data.take("train", None if trainer.full_batch else np.arange(B), xp)
     theta = trainer.theta
@@ -284,7 +221,7 @@ def run_probe(trainer, oneshot, exact, repeats: int = 2) -> Probe:
         k = lay[m0]
         sweep_call = tuple(min(max((k * min(t[d] for t in one[m0]) - best[m0][d]) / (k - 1), 0.0),
                                min(best[m][d] for m in fitted) / 2) for d in (0, 1))
-    sweep_fwd, sweep_bwd = (_fit(fitted, [(best[m][d] - sweep_call[d]) / lay[m] for m in fitted]) for d in (0, 1))
+    sweep_fwd, sweep_bwd = (fit_line(fitted, [(best[m][d] - sweep_call[d]) / lay[m] for m in fitted]) for d in (0, 1))
 
     def point(runs, k, m):
         """(cells, forward ratio, backward ratio) of ``runs``: sweeps of k layers and m samples."""
@@ -306,7 +243,7 @@ def run_probe(trainer, oneshot, exact, repeats: int = 2) -> Probe:
         lam = model.loss(u0, y[:m], P, G)[2]  # the head on a state of the right shape
         model.open_grad(x[:m], lam, P, G)
 
-    ends_fit = _fit(sizes, [clock.best(lambda m=m: ends(m), repeats) for m in sizes])
+    ends_fit = fit_line(sizes, [clock.best(lambda m=m: ends(m), repeats) for m in sizes])
     regularizer_s = clock.best(lambda: model.regularizer(trainer.lp.layout, P, G), repeats)
     per_layer = sweep_fwd[0] + sweep_bwd[0] + B * (sweep_fwd[1] * ratios[0] + sweep_bwd[1] * ratios[1])
     evaluate_s = sum(sweep_call) + N * per_layer
@@ -332,7 +269,7 @@ def run_probe(trainer, oneshot, exact, repeats: int = 2) -> Probe:
             ops.update(chains)
     # α + L·(a + b·m) from one and L_op layers at one sample and the batch
     points = sorted({(1, 1), (1, B), (L_op, 1), (L_op, B)})
-    calls = {name: _fit_calls(points, [clock.best(lambda L=L, m=m: op(L, m), repeats) for L, m in points])
+    calls = {name: fit_calls(points, [clock.best(lambda L=L, m=m: op(L, m), repeats) for L, m in points])
              for name, op in ops.items()}
 
     # the solvers on s samples: one-shot's level choice, its first step's gradient error and its

@@ -348,13 +348,13 @@ def test_levels_on_halved_maps_cost_a_quarter_per_halving(spatial):
 def test_call_fit_separates_the_call_the_layer_and_the_sample():
     """α + L·(a + b·m) recovered from exact timings at the probe's points, and a term that the
     timings do not support left at 0 rather than negative."""
-    from gpubraid.training.probe import _fit_calls
+    from gpubraid.training.fits import fit_calls
     points = [(1, 1), (1, 8), (8, 1), (8, 8)]
-    fit = _fit_calls(points, [20e-6 + L * (1e-6 + 2e-8 * m) for L, m in points])
+    fit = fit_calls(points, [20e-6 + L * (1e-6 + 2e-8 * m) for L, m in points])
     assert fit == pytest.approx((20e-6, 1e-6, 2e-8), rel=1e-6)
-    fit = _fit_calls(points, [20e-6 + L * m * 3e-8 for L, m in points])
+    fit = fit_calls(points, [20e-6 + L * m * 3e-8 for L, m in points])
     assert fit[1] == 0.0 and fit[0] == pytest.approx(20e-6) and fit[2] == pytest.approx(3e-8)
-    assert min(_fit_calls(points, [5e-6, 4e-6, 4.5e-6, 5e-6])) >= 0.0   # noise only
+    assert min(fit_calls(points, [5e-6, 4e-6, 4.5e-6, 5e-6])) >= 0.0   # noise only
 
 
 def test_chimera_ranks_with_its_margin():
