@@ -86,10 +86,12 @@ class Candidate:
 
     def settings(self) -> dict:
         """The TrainConfig values that run this candidate (Chimera's schedule, else the run's own:
-        GPipe and 1F1B take the same time, 1F1B less memory)."""
+        GPipe and 1F1B take the same time, 1F1B less memory; one-shot's levels as ``max_levels``)."""
         out = {"method": self.method, "data_parallel": self.D}
         if self.method in ("serial", "pipeline"):   # M = 1 too: without it a run may cut for the caches
             out.update(micro_batches=self.M)
+        if self.method == "oneshot" and self.levels > 1:   # at most the levels it was priced with
+            out.update(max_levels=self.levels)
         return out | ({"schedule": "chimera"} if self.schedule == "chimera" else {})
 
 
@@ -167,11 +169,16 @@ def candidates(probe, cfg: TrainConfig, P: int, net: NetworkModel, h, fixed: dic
                                       probe.per_sample_scale, tuple(call)) + fixed_s
                     out.append(Candidate(D, L, name, 1, Mo, t, its * t))
                 continue
-            levels = min(info["levels"], method.forward.max_levels)
-            t = _mgrit_step(probe, method, levels, info["iterations"], warm, D, L, net, h) + fixed_s
+            # one-shot at every level count up to the solver's choice (capped for the layer ranks):
+            # fewer levels make the coarsest chain longer, which pays where a step is cheap against
+            # a phase's calls (small batches); the gradient error probed at the most levels is kept
+            # for fewer, whose error is smaller
+            cap = min(info["levels"], method.forward.max_levels)
             e = info.get("grad_error", 0.0)
-            acc = its * t / (1.0 - e) if e < 1.0 else math.inf
-            out.append(Candidate(D, L, name, levels, 1, t, acc, e))
+            for levels in range(2, cap + 1) if name == "oneshot" and cap > 1 else (cap,):
+                t = _mgrit_step(probe, method, levels, info["iterations"], warm, D, L, net, h) + fixed_s
+                acc = its * t / (1.0 - e) if e < 1.0 else math.inf
+                out.append(Candidate(D, L, name, levels, 1, t, acc, e))
     return sorted(out, key=rank_key)
 
 

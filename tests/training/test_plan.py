@@ -98,6 +98,23 @@ def test_candidates_cover_every_split_best_first():
                                   "schedule": "chimera"} and "chimera" in chimera.label()
 
 
+def test_oneshot_priced_at_every_level_count_up_to_its_cap():
+    """One-shot is a candidate at 2 .. min(the probe's levels, levels_for_ranks(L)) levels, and runs
+    with the levels it was priced at; with a step cheap against a phase's calls, fewer levels win."""
+    cfg = TrainConfig(**SMALL).resolved()
+    h = (1.0 / 16,) * 16
+    probe = fake_probe(levels=4, per_sample=1e-9)
+    probe.calls |= {f"{op}_chain": (1e-5, 0.0, 1e-9) for op in ("forward", "adjoint")}   # the coarsest solve: one call
+    cands = [c for c in plan.candidates(probe, cfg, 8, IDEAL, h) if c.method == "oneshot"]
+    levels = {}
+    for c in cands:
+        levels.setdefault((c.D, c.L), set()).add(c.levels)
+    assert levels == {(1, 8): {2, 3, 4}, (2, 4): {2, 3}, (4, 2): {2}, (8, 1): {2}}
+    assert all(c.settings() == {"method": "oneshot", "data_parallel": c.D, "max_levels": c.levels} for c in cands)
+    on_8 = sorted((c for c in cands if c.L == 8), key=lambda c: c.step_s)
+    assert on_8[0].levels == 2 and len({c.grad_error for c in cands}) == 1
+
+
 def test_what_the_user_fixed_is_kept():
     """--data-parallel D (other than 1), --micro-batches M and --schedule (other than 1f1b) restrict
     auto's candidates: only D data groups, the layer-serial ones (serial, the pipeline, one-level
@@ -225,10 +242,10 @@ def test_probe_gradient_error_of_a_multilevel_one_shot():
     os_ = made.probe.oneshot
     assert os_["levels"] == 3 and 0 < os_["grad_error"] < 1
     assert any(c.method == "oneshot" and c.levels == 3 for c in made.candidates)
-    # with the cap for the rank count, candidates on up to 2 layer ranks keep 2 levels, on 4 three
+    # with the cap for the rank count, candidates on up to 2 layer ranks keep 2 levels, on 4 two or three
     capped = plan.candidates(made.probe, cfg.model_copy(update={"levels_for_ranks": True}), 4, IDEAL,
                              (1.0 / 16,) * 16)
-    assert {(c.L, c.levels) for c in capped if c.method == "oneshot"} == {(1, 2), (2, 2), (4, 3)}
+    assert {(c.L, c.levels) for c in capped if c.method == "oneshot"} == {(1, 2), (2, 2), (4, 2), (4, 3)}
 
 
 def test_auto_trains_with_the_plans_choice_and_records_it(tmp_path):
