@@ -20,6 +20,7 @@ simulation, so the blocking receives cannot deadlock whatever the real times are
 from __future__ import annotations
 
 import functools
+import heapq
 
 from ..runtime import tags
 from ..runtime.comm import Comm
@@ -47,30 +48,49 @@ def chimera_order(M: int, P: int) -> tuple[tuple[tuple[str, int, int], ...], ...
     limit = {False: down, True: M}
     # per rank, the (up, block) pairs it runs: its own block down, its mirror's up
     runs = [sorted({(False, r), (True, P - 1 - r)}) for r in range(P)]
+    runner = {(up, s): P - 1 - s if up else s for up in (False, True) for s in range(P)}
     nxt = {(kind, up, s): first[up] for up in (False, True) for s in range(P) for kind in "FB"}
     end, free, held = {}, [0] * P, {(up, s): 0 for up in (False, True) for s in range(P)}
     orders = [[] for _ in range(P)]
-    for _ in range(2 * M * P):
+
+    def rank_best(q):
+        """The step rank q would start first, (key, q, step, up), or None."""
         best = None
-        for q in range(P):
-            for up, s in runs[q]:
-                for kind in "BF":
-                    k = nxt[kind, up, s]
-                    if k >= limit[up] or (kind == "F" and held[up, s] >= P - s):
-                        continue
-                    deps = ([("F", k, s - 1)] if s else []) if kind == "F" else \
-                        [("F", k, s)] + ([("B", k, s + 1)] if s < P - 1 else [])
-                    if any(d not in end for d in deps):
-                        continue
-                    key = (max([free[q], *(end[d] for d in deps)]), kind == "F", -s if kind == "F" else s, k, q)
-                    if best is None or key < best[0]:
-                        best = (key, q, (kind, k, s), up)
-        (t, *_), q, step, up = best
+        for up, s in runs[q]:
+            for kind in "BF":
+                k = nxt[kind, up, s]
+                if k >= limit[up] or (kind == "F" and held[up, s] >= P - s):
+                    continue
+                deps = ([("F", k, s - 1)] if s else []) if kind == "F" else \
+                    [("F", k, s)] + ([("B", k, s + 1)] if s < P - 1 else [])
+                if any(d not in end for d in deps):
+                    continue
+                key = (max([free[q], *(end[d] for d in deps)]), kind == "F", -s if kind == "F" else s, k, q)
+                if best is None or key < best[0]:
+                    best = (key, q, (kind, k, s), up)
+        return best
+
+    # the soonest step of all ranks, each rank's own soonest kept in a heap (keys are unique: they
+    # end in the rank); a step changes only its rank's candidates and those of the ranks that run
+    # its block's neighbours in its direction (their steps may depend on it)
+    cached = [rank_best(q) for q in range(P)]
+    heap = [(c[0], q) for q, c in enumerate(cached) if c is not None]
+    heapq.heapify(heap)
+    for _ in range(2 * M * P):
+        while True:
+            key, q = heapq.heappop(heap)
+            if cached[q] is not None and cached[q][0] == key:
+                break
+        (t, *_), q, step, up = cached[q]
         kind, k, s = step
         orders[q].append(step)
         end[step] = free[q] = t + 1
         nxt[kind, up, s] += 1
         held[up, s] += 1 if kind == "F" else -1
+        for r in {q, *(runner[up, b] for b in (s - 1, s + 1) if 0 <= b < P)}:
+            cached[r] = rank_best(r)
+            if cached[r] is not None:
+                heapq.heappush(heap, (cached[r][0], r))
     return tuple(tuple(o) for o in orders)
 
 
