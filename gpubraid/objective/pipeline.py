@@ -235,7 +235,8 @@ class TrainingPipeline:
 
     def _stats(self, M: int) -> SolveStats:
         """A pipelined pass's stats: one level, n steps on this rank, M micro-batches."""
-        return SolveStats(converged=True, residuals=[0.0], steps_per_level=[self.stage.b - self.stage.a], levels=1, micro_batches=M)
+        return SolveStats(converged=True, residuals=[0.0], steps_per_level=[self.stage.b - self.stage.a], levels=1,
+                          micro_batches=M)
 
     def _empty(self, shape, dtype, spares=None):
         """States (n + 1, B, *S) in the step's layout (adjoints: like them), or one contiguous row (B, *S):

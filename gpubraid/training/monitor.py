@@ -101,7 +101,7 @@ class Monitor:
         """Whether a check goes into the history: a comparison was made, a cap is (or was) set, or it
         ended a probation."""
         return (record["grad_error"] is not None or record["cap"] is not None or record["action"] != "keep"
-                or record.get("trial", False))
+                or record["trial"])
 
     def resume(self, lp, history: list) -> None:
         """Restore the cap, the count of good checks, ``relax`` and the probation from the last record in
