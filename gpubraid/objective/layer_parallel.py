@@ -136,6 +136,9 @@ class LayerParallel:
         self._steps = 0.0  # the last evaluation's step applications (solve_stats)
         self.fwd_tol = self.bwd_tol = None   # per-solve tolerance overrides (adaptive one-shot)
         self.level_cap: int | None = None    # at most this many levels per solve (the convergence monitor)
+        self.hold_rho = False                # keep each ρ estimate for the evaluations that follow
+        self.held_rho: float | None = None   # the ρ they reuse (None: the next choice estimates)
+        self.rho_reused = False              # whether the last evaluation's levels came from held_rho
         self.pipe = None if pipeline is None else make_pipeline(model, comm, self.bounds, pipeline)
         # whether this rank's evaluations take the inputs x and the targets y (Chimera: both end ranks)
         both = self.pipe is not None and self.pipe.both_ends
@@ -185,12 +188,21 @@ class LayerParallel:
         """The forward solve's level choice made before solving (at most ``level_cap`` levels; more than
         one from no rows to warm-start from only with :data:`ENTER_MARGIN`), so that a choice of one
         level runs the whole evaluation as the pipeline; None when there is no choice to make first
-        (no pipeline, one level by construction, or levels fixed by the options and not capped)."""
+        (no pipeline, one level by construction, or levels fixed by the options and not capped).
+        With :attr:`hold_rho` the estimate is kept in :attr:`held_rho` and later choices take their
+        levels from it without estimating, until the caller clears it."""
+        self.rho_reused = False
         if self.pipe is None or self._one_level(self.fwd):
             return None
         m = self.model
         rows = self._warm(self.U, batch) if warm else None
-        choice = self.fwd.choose(self.phi, P.layers(), u0, (batch, *m.state_shape), warm=rows)
+        self.rho_reused = self.held_rho is not None
+        if self.rho_reused:
+            choice = self.fwd.choice_from(self.held_rho)
+        else:
+            choice = self.fwd.choose(self.phi, P.layers(), u0, (batch, *m.state_shape), warm=rows)
+            if self.hold_rho:
+                self.held_rho = choice.rho
         if warm and rows is None and choice.rho is not None and choice.levels > 1:
             # a warm-started run without rows (its first solve, or after one-level ones) would start
             # the hierarchy cold: only when the levels also hold for a ρ ENTER_MARGIN larger
@@ -319,6 +331,8 @@ class LayerParallel:
             out.update(bwd_iters=b.iterations, bwd_residual=b.residuals[-1] if b.residuals else None)
         if f.rho is not None:
             out.update(rho=f.rho, h_rho=f.h_rho[-1] if f.h_rho else 0.0)
+            if self.rho_reused:  # held from an earlier step's estimate (--estimate-every)
+                out["rho_reused"] = True
         if f.allowed:   # levels the estimate allowed, held back by ENTER_MARGIN
             out["levels_allowed"] = f.allowed
         if f.micro_batches:  # the pipeline's (rank 0's data group's, when the groups' shares differ)

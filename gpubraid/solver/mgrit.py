@@ -129,6 +129,15 @@ class MGRIT:
         self._estimate(stats, phi, u_lin, data, be.asarray(self.levels[0].H[self.a:self.b]), shape[0])
         return stats
 
+    def choice_from(self, rho: float) -> SolveStats:
+        """The level choice :meth:`choose` makes when its estimate gives ``rho``, without estimating
+        (a ρ estimated a few steps before, reused): no estimate steps, the same levels and ``h_rho``."""
+        stats = SolveStats(levels=given_levels(None, self.opts, self.n_levels))
+        if stats.levels is None:
+            stats.levels, stats.h_rho = self.choose_levels(rho)
+            stats.rho = rho
+        return stats
+
     def _estimate(self, stats: SolveStats, phi, u_lin, data, h, batch: int) -> None:
         """ρ at the linearisation rows ``u_lin`` and the levels it allows, into ``stats``."""
         rho, calls, samples = estimate_rho(self.comm, self.be, self.opts, phi, u_lin, data, h, self.a, self.b)

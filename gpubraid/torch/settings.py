@@ -3,7 +3,8 @@
 The settings are those of ``gpubraid train`` (:class:`gpubraid.training.config.TrainConfig`):
 ``method`` and every field of its MGRIT group (cfactor, nrelax, max_levels, min_coarse, stability,
 conv_bound, nested, minibatch_warm, adaptive, fwd_iters, bwd_iters, levels_for_ranks, tol,
-max_iter, and whatever that group gains) but the training loop's convergence monitor and
+max_iter, and whatever that group gains) but the training loop's convergence monitor, the ρ
+estimate's interval and
 ``spatial_levels`` (the conv step's coarse feature maps: :data:`REFUSED`), validated by
 the same schema with the same one-line messages, and turned into solver options by the same
 :func:`gpubraid.training.methods.make_method`, with the same level cap for the layer ranks.  A method added there is
@@ -19,8 +20,9 @@ from ..training.config import FIELDS, TrainConfig
 from ..training.methods import SERIAL, Method, make_method
 
 #: Settings of the MGRIT group that belong to ``gpubraid train``'s training loop, not to the solves:
-#: the convergence monitor compares gradients between optimiser steps, which your loop makes.
-LOOP_FIELDS = ("monitor_every", "monitor_tol")
+#: the convergence monitor compares gradients between optimiser steps, and a ρ estimate is held from
+#: one step to the next, steps which your loop makes.
+LOOP_FIELDS = ("monitor_every", "monitor_tol", "estimate_every")
 #: Settings of the MGRIT group a torch module cannot take, and why.
 REFUSED = {"spatial_levels": "coarse levels on halved feature maps need gpubraid's conv step; a torch "
                              "module's layers keep the shape they were built for"}

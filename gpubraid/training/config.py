@@ -50,6 +50,10 @@ def _field(default, help: str, group: str, metavar: str | None = None, **constra
     return Field(default, description=help, json_schema_extra=extra, **constraints)
 
 
+#: Steps a ρ estimate is held on mini-batches when ``estimate_every`` is not given.
+MINIBATCH_ESTIMATE_EVERY = 10
+
+
 class TrainConfig(BaseModel):
     """The settings of one training run (CLI options, TOML keys and Python keywords alike)."""
 
@@ -142,8 +146,13 @@ class TrainConfig(BaseModel):
     min_coarse: int = _field(2, "MGRIT: no level with fewer steps than this", "MGRIT", ge=1, le=INT_MAX)
     stability: float = _field(
         1.0, "automatic levels: coarsen only while the coarse step H times the spectral scale rho of the "
-        "step Jacobian (estimated from the current parameters every solve) is <= this; 0: off", "MGRIT",
+        "step Jacobian (estimated from the current parameters, see --estimate-every) is <= this; 0: off", "MGRIT",
         ge=0, allow_inf_nan=False)
+    estimate_every: int | None = _field(
+        None, "automatic levels: estimate rho at the first evaluation of every K-th step and take the "
+        "levels from it until the next (1: at every evaluation, line-search trials included); None: 1 with "
+        f"the full batch, {MINIBATCH_ESTIMATE_EVERY} on mini-batches (where the estimate reads a quarter of "
+        "an 8-sample batch and costs 10-20 % of a one-shot evaluation)", "MGRIT", "K", ge=1, le=INT_MAX)
     conv_bound: float = _field(
         0.1, "oneshot: also only while one iteration's error reduction T*rho^2*H/2 is <= this (exact "
         "ignores it); 0: off", "MGRIT", ge=0, allow_inf_nan=False)

@@ -114,8 +114,8 @@ def _mgrit_step(probe, method, levels, its, warm, D, L, net, h) -> float:
                                   chain=None if chain is None else (chain[0], chain[1], chain[2] * scale),
                                   per_interval=a, data=(probe.param_bytes, probe.param_arrays) if op == "forward"
                                   else (probe.param_bytes + row, probe.param_arrays + 1))
-    if opts.stability > 0 or opts.conv_bound > 0:
-        total += probe.estimate[0] + n * probe.estimate[1] + red
+    if opts.stability > 0 or opts.conv_bound > 0:  # at every estimate_every-th step's first evaluation
+        total += (probe.estimate[0] + n * probe.estimate[1] + red) / probe.estimate_every
     alpha, a, b = probe.calls["param_grad"]
     b *= probe.per_sample_scale(n * m, True)
     return total + alpha + n * (a + b * m) + probe.ends[0] + probe.ends[1] * m

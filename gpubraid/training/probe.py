@@ -31,6 +31,7 @@ a shared machine, as the trace's spans are) and as synchronised wall time on a G
     param_arrays           the step's parameter arrays per layer (messages of the coarsest solve's gather)
     estimate               the ρ estimate of a solve that chooses its levels, (its calls, per layer):
                            timed over the network's layers as the solver runs it
+    estimate_every         the run's steps per estimate (the steps between reuse it)
 
 and the one-shot solver's level choice on the initial parameters (levels, ρ), the relative error
 of the one-shot gradient of the first step (nested start) against the exact one (on one level: its
@@ -138,6 +139,7 @@ class Probe:
     cache_blocked: bool = False
     param_arrays: int = 1
     estimate: tuple = (0.0, 0.0)
+    estimate_every: int = 1
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -368,4 +370,4 @@ def run_probe(trainer, oneshot, exact, repeats: int = 2) -> Probe:
     return Probe(B, N, int(np.prod(S)) * itemsize, param_bytes, warm, clock.name, sweep_fwd, sweep_bwd, ends_fit,
                  calls, solve_call, os_info, ex_info, footprint, step_overhead, time.perf_counter() - t_start,
                  evaluate_s, sweep_call, regularizer_s, bool(getattr(model.step, "cache_blocked", False)),
-                 len(model.step.param_shapes), estimate)
+                 len(model.step.param_shapes), estimate, trainer.estimate_every)

@@ -30,7 +30,7 @@ from ..runtime.comm import Comm
 from ..runtime.interrupts import Interrupted
 from ..runtime.resources import check_memory
 from . import depth
-from .config import TrainConfig
+from .config import MINIBATCH_ESTIMATE_EVERY, TrainConfig
 from .diagnose import check_divergence, stall
 from .methods import SERIAL, level_cap_note, make_method
 from .monitor import Monitor
@@ -90,6 +90,9 @@ class Trainer:
         self.level_cap = level_cap_note(cfg, self.method, comm.size)  # in the metrics and the log
         self.lp = LayerParallel(self.model, comm, self.method.forward, self.method.adjoint, data_comm,
                                 self.method.pipeline)
+        # a ρ estimate held for the steps until the next (the evaluations in between choose from it)
+        self.estimate_every = cfg.estimate_every or (1 if self.full_batch else MINIBATCH_ESTIMATE_EVERY)
+        self.lp.hold_rho = self.estimate_every > 1
         self.lp_serial = LayerParallel(self.model, comm, SERIAL, SERIAL)
         self.monitor = Monitor(cfg.monitor_every if cfg.method == "oneshot" else 0, cfg.monitor_tol,
                                getattr(self.lp.fwd, "n_levels", 1))
@@ -205,6 +208,8 @@ class Trainer:
                     self.save_checkpoint(run)
                 raise
             x, y, B = self._batch(run)
+            if it % self.estimate_every == 0:
+                self.lp.held_rho = None
             checked = {} if self.monitor.due(it, run.failures) else None
 
             def closure(theta):
@@ -336,6 +341,8 @@ class Trainer:
                 rows = arrays.get(f"warm.{name}.{world.rank}")
                 setattr(self.lp, name, None if rows is None else be.asarray(rows))
         self.monitor.resume(self.lp, meta["history"])
+        if self.lp.hold_rho and meta["history"]:  # the ρ the steps since the last estimate reused
+            self.lp.held_rho = meta["history"][-1].get("rho")
         return RunState(rng, arrays.get("batch_order"), meta["pos"], meta["history"], meta["failures"],
                         meta["first"], meta["elapsed"], meta["stopped"])
 

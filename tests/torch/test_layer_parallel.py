@@ -211,6 +211,7 @@ def test_load_state_dict_needs_the_serial_layout():
     ({"cfactor": 1}, "cfactor must be"),
     ({"lr": 0.1}, "unknown LayerParallel setting 'lr'"),
     ({"monitor_every": 5}, "unknown LayerParallel setting 'monitor_every'"),  # the Trainer's loop, not a solve's
+    ({"estimate_every": 5}, "unknown LayerParallel setting 'estimate_every'"),
     ({"evaluation": "fast"}, "evaluation must be one of"),
     ({"layers": 0}, "layers"),
 ])
