@@ -1,7 +1,8 @@
 """One-shot against the pipeline and data groups on P = 16 ranks, over batch × width × depth (issue 19).
 
     python -m bench.oneshot_table [--quick] [--ranks 16] [--depths 256 1024] [--widths 8 32]
-                                  [--batches 8 50 0] [--networks shm nvlink] [--out DIR] [--no-plot]
+                                  [--batches 8 50 0] [--networks shm nvlink] [--cfactors 2 4 8]
+                                  [--out DIR] [--no-plot]
 
 Peaks at the paper's settings (T = 1, smoothrelu, 5000 samples; batch 0 = the full batch with
 L-BFGS, otherwise Adam on mini-batches), NumPy float64.  Each row is one ``gpubraid plan``
@@ -9,7 +10,8 @@ L-BFGS, otherwise Adam on mini-batches), NumPy float64.  Each row is one ``gpubr
 process, thread CPU time), then every data × layer × method split of P ranks priced by the
 planner's cost model on a network model (validated against traced 2-rank runs, ``bench/README.md``).
 Per row: the best candidate of each kind (data groups: serial on D × 1; the pipeline: L > 1 layer
-ranks, M micro-batches; one-shot: any D × L, the levels it keeps), its seconds per step and to
+ranks, M micro-batches; one-shot: any D × L, the levels it keeps, the best of the coarsening factors
+``--cfactors``, each probed for its own costs and gradient error), its seconds per step and to
 accuracy (the run's steps, one-shot's divided by 1 − e with e its probed gradient error), and the
 probe's one-shot levels, ρ and gradient error: why one-shot wins or loses the row; and one-shot's
 best with every call free and no solver overhead (:func:`overhead_free`) over the best other
@@ -32,11 +34,12 @@ PAPER = dict(example="peaks", final_time=1.0, activation="smoothrelu", n_train=5
              val_every=0)
 
 
-def config(depth: int, width: int, batch: int) -> TrainConfig:
-    """The paper's peaks job at this depth, width and batch (0: full batch, L-BFGS; else Adam)."""
+def config(depth: int, width: int, batch: int, cfactor: int = 2) -> TrainConfig:
+    """The paper's peaks job at this depth, width and batch (0: full batch, L-BFGS; else Adam), with
+    MGRIT coarsening factor ``cfactor``."""
     opt = dict(optimizer="lbfgs", batch_size=0, iterations=130) if batch == 0 else \
         dict(optimizer="adam", batch_size=batch, iterations=1000, lr=1e-2)
-    return TrainConfig(**PAPER, layers=depth, channels=width, **opt)
+    return TrainConfig(**PAPER, layers=depth, channels=width, cfactor=cfactor, **opt)
 
 
 def kind(c) -> str:
@@ -56,30 +59,53 @@ def overhead_free(probe):
     return dataclasses.replace(probe, calls={k: (0.0, *v[1:]) for k, v in probe.calls.items()}, solve_call=(0.0, 0.0))
 
 
-def rows_for(depth: int, width: int, batch: int, ranks: int, net_names) -> list[dict]:
-    """One probe of the job, its candidates ranked on each network model: one row per network."""
-    t0 = time.perf_counter()
-    probe, cfg, h = probe_job(config(depth, width, batch), lambda c: Trainer(c, Comm.single()))
-    probe_s = time.perf_counter() - t0
+def _entry(c, cfactor: int) -> dict:
+    return {"label": c.label(), "D": c.D, "L": c.L, "M": c.M, "levels": c.levels, "cfactor": cfactor,
+            "step_s": c.step_s, "accuracy_s": c.accuracy_s, "grad_error": c.grad_error}
+
+
+def rows_for(depth: int, width: int, batch: int, ranks: int, net_names, cfactors=(2,)) -> list[dict]:
+    """One probe of the job per coarsening factor, its candidates ranked on each network model: one
+    row per network.  The pipeline and data groups come from the first factor's probe (they do not
+    coarsen); one-shot is the best over every factor, each with the gradient error probed at it."""
+    probes = []
+    for m in cfactors:
+        t0 = time.perf_counter()
+        probe, cfg, h = probe_job(config(depth, width, batch, m), lambda c: Trainer(c, Comm.single()))
+        probes.append((m, probe, cfg, h, time.perf_counter() - t0))
     out = []
     for net_name in net_names:
-        ranked = candidates(probe, cfg, ranks, network(net_name), h)
+        net = network(net_name)
+        m0, probe0, cfg0, h, _ = probes[0]
         best = {}
-        for c in ranked:  # best first
-            best.setdefault(kind(c), c)
-        r = {"depth": depth, "width": width, "batch": probe.batch, "full_batch": batch == 0, "ranks": ranks,
-             "network": net_name, "probe_s": probe_s, "serial_1rank_eval_s": probe.evaluate_s,
-             "oneshot_probe": probe.oneshot, "winner": kind(ranked[0])}
-        for k, c in best.items():
-            r[k] = {"label": c.label(), "D": c.D, "L": c.L, "M": c.M, "levels": c.levels, "step_s": c.step_s,
-                    "accuracy_s": c.accuracy_s, "grad_error": c.grad_error}
-        if "oneshot" in best and "pipeline" in best:
-            r["oneshot_over_pipeline"] = best["oneshot"].accuracy_s / best["pipeline"].accuracy_s
-        free = [c for c in candidates(overhead_free(probe), cfg, ranks, network(net_name), h) if kind(c) == "oneshot"]
-        if free:
-            others = min(c.accuracy_s for k, c in best.items() if k != "oneshot")
-            r["oneshot_overhead_free"] = {"label": free[0].label(), "accuracy_s": free[0].accuracy_s,
-                                          "over_best_other": free[0].accuracy_s / others}
+        for c in candidates(probe0, cfg0, ranks, net, h):  # best first
+            if kind(c) != "oneshot":
+                best.setdefault(kind(c), (c, m0))
+        r = {"depth": depth, "width": width, "batch": probe0.batch, "full_batch": batch == 0, "ranks": ranks,
+             "network": net_name, "probe_s": sum(p[-1] for p in probes), "serial_1rank_eval_s": probe0.evaluate_s,
+             "oneshot_probe": probe0.oneshot, "by_cfactor": {}}
+        others = min(c.accuracy_s for c, _ in best.values())
+        for m, probe, cfg, h, _ in probes:
+            shot = [c for c in candidates(probe, cfg, ranks, net, h) if kind(c) == "oneshot"]
+            free = [c for c in candidates(overhead_free(probe), cfg, ranks, net, h) if kind(c) == "oneshot"]
+            entry = {"probe": probe.oneshot}
+            if shot:
+                entry["oneshot"] = _entry(shot[0], m)
+                if "oneshot" not in best or shot[0].accuracy_s < best["oneshot"][0].accuracy_s:
+                    best["oneshot"] = (shot[0], m)
+            if free:
+                entry["overhead_free"] = {**_entry(free[0], m), "over_best_other": free[0].accuracy_s / others}
+            r["by_cfactor"][str(m)] = entry
+        for k, (c, m) in best.items():
+            r[k] = _entry(c, m)
+        r["winner"] = min(best, key=lambda k: best[k][0].accuracy_s)
+        if "oneshot" in best:
+            r["oneshot_probe"] = r["by_cfactor"][str(best["oneshot"][1])]["probe"]
+            if "pipeline" in best:
+                r["oneshot_over_pipeline"] = best["oneshot"][0].accuracy_s / best["pipeline"][0].accuracy_s
+        frees = [e["overhead_free"] for e in r["by_cfactor"].values() if "overhead_free" in e]
+        if frees:
+            r["oneshot_overhead_free"] = min(frees, key=lambda e: e["accuracy_s"])
         out.append(r)
     return out
 
@@ -94,7 +120,8 @@ def markdown(rows) -> str:
         os_, pl, da = cell("oneshot"), cell("pipeline"), cell("data")
         probe = r["oneshot_probe"]
         free = f"{r['oneshot_overhead_free']['over_best_other']:.2f}" if "oneshot_overhead_free" in r else "–"
-        extra = f" ({r['oneshot']['levels']} lv, {100 * probe['grad_error']:.2g} %)" if "oneshot" in r else \
+        extra = f" (m = {r['oneshot']['cfactor']}, {r['oneshot']['levels']} lv, {100 * probe['grad_error']:.2g} %)" \
+            if "oneshot" in r else \
             f" (keeps {probe['levels']} level)"
         lines.append(f"| {r['depth']} | {r['width']} | {'full' if r['full_batch'] else r['batch']} | {r['network']} "
                      f"| {os_[0]}{extra} | {os_[1]} | {pl[0]} | {pl[1]} | {da[0]} | {da[1]} | {r['winner']} "
@@ -121,17 +148,20 @@ def main(argv=None):
     ap.add_argument("--widths", type=int, nargs="+", default=[8, 32])
     ap.add_argument("--batches", type=int, nargs="+", default=[8, 50, 0], help="0: the full batch")
     ap.add_argument("--networks", nargs="+", default=["shm", "nvlink"])
+    ap.add_argument("--cfactors", type=int, nargs="+", default=[2, 4, 8],
+                    help="one-shot's coarsening factors, each probed (the first also prices the others)")
     args = ap.parse_args(argv)
     if args.quick:
-        args.depths, args.widths, args.batches, args.networks = [32], [8], [50], ["shm"]
+        args.depths, args.widths, args.batches, args.networks, args.cfactors = [32], [8], [50], ["shm"], [2, 4]
     rows = []
     for d, w, b in itertools.product(args.depths, args.widths, args.batches):
-        new = rows_for(d, w, b, args.ranks, args.networks)
+        new = rows_for(d, w, b, args.ranks, args.networks, args.cfactors)
         rows += new
         print("\n".join(markdown(new).splitlines()[2:]), flush=True)
     print(markdown(rows))
     doc = common.document(NAME, {"paper": PAPER, "ranks": args.ranks, "depths": args.depths, "widths": args.widths,
-                                 "batches": args.batches, "networks": args.networks}, rows)
+                                 "batches": args.batches, "networks": args.networks,
+                                 "cfactors": args.cfactors}, rows)
     common.finish(NAME, doc, args, plot)
 
 

@@ -75,6 +75,11 @@ def test_oneshot_table_quick(tmp_path):
     best_other = min(r[k]["accuracy_s"] for k in ("pipeline", "data") if k in r)
     assert 0 < free["accuracy_s"] <= r["oneshot"]["accuracy_s"]
     assert free["over_best_other"] == pytest.approx(free["accuracy_s"] / best_other)
+    # one-shot is the best of its coarsening factors, each probed on its own
+    by_m = r["by_cfactor"]
+    assert set(by_m) == {"2", "4"}
+    assert r["oneshot"]["accuracy_s"] == min(e["oneshot"]["accuracy_s"] for e in by_m.values() if "oneshot" in e)
+    assert r["oneshot_probe"] == by_m[str(r["oneshot"]["cfactor"])]["probe"]
 
 
 def test_oneshot_bound_quick(tmp_path):
