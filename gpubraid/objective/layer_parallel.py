@@ -136,7 +136,7 @@ class LayerParallel:
         self._steps = 0.0  # the last evaluation's step applications (solve_stats)
         self.fwd_tol = self.bwd_tol = None   # per-solve tolerance overrides (adaptive one-shot)
         self.level_cap: int | None = None    # at most this many levels per solve (the convergence monitor)
-        self.hold_rho = False                # keep each ρ estimate for the evaluations that follow
+        self.estimate_every = 1              # ρ estimated at every this many steps, held between (new_step)
         self.held_rho: float | None = None   # the ρ they reuse (None: the next choice estimates)
         self.rho_reused = False              # whether the last evaluation's levels came from held_rho
         self.pipe = None if pipeline is None else make_pipeline(model, comm, self.bounds, pipeline)
@@ -189,8 +189,8 @@ class LayerParallel:
         one from no rows to warm-start from only with :data:`ENTER_MARGIN`), so that a choice of one
         level runs the whole evaluation as the pipeline; None when there is no choice to make first
         (no pipeline, one level by construction, or levels fixed by the options and not capped).
-        With :attr:`hold_rho` the estimate is kept in :attr:`held_rho` and later choices take their
-        levels from it without estimating, until the caller clears it."""
+        With :attr:`estimate_every` > 1 the estimate is kept in :attr:`held_rho` and later choices
+        take their levels from it without estimating, until :meth:`new_step` clears it."""
         self.rho_reused = False
         if self.pipe is None or self._one_level(self.fwd):
             return None
@@ -201,7 +201,7 @@ class LayerParallel:
             choice = self.fwd.choice_from(self.held_rho)
         else:
             choice = self.fwd.choose(self.phi, P.layers(), u0, (batch, *m.state_shape), warm=rows)
-            if self.hold_rho:
+            if self.estimate_every > 1:
                 self.held_rho = choice.rho
         if warm and rows is None and choice.rho is not None and choice.levels > 1:
             # a warm-started run without rows (its first solve, or after one-level ones) would start
@@ -214,6 +214,11 @@ class LayerParallel:
         elif choice.rho is None:
             return None
         return choice
+
+    def new_step(self, it: int) -> None:
+        """The optimiser starts step ``it``: at every :attr:`estimate_every`-th step ρ is estimated afresh."""
+        if it % self.estimate_every == 0:
+            self.held_rho = None
 
     def evaluate_exact(self, theta, x, y, batch: int) -> Evaluation:
         """J(θ) and serial's gradient by the micro-batch pipeline, whatever the solves' options, with

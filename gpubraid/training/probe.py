@@ -370,4 +370,4 @@ def run_probe(trainer, oneshot, exact, repeats: int = 2) -> Probe:
     return Probe(B, N, int(np.prod(S)) * itemsize, param_bytes, warm, clock.name, sweep_fwd, sweep_bwd, ends_fit,
                  calls, solve_call, os_info, ex_info, footprint, step_overhead, time.perf_counter() - t_start,
                  evaluate_s, sweep_call, regularizer_s, bool(getattr(model.step, "cache_blocked", False)),
-                 len(model.step.param_shapes), estimate, trainer.estimate_every)
+                 len(model.step.param_shapes), estimate, trainer.lp.estimate_every)

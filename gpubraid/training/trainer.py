@@ -82,17 +82,12 @@ class Trainer:
         batch = meta["n_train"] if self.full_batch else cfg.batch_size
         if batch < data_comm.size:
             raise UserError(f"data_parallel ({data_comm.size}) must not exceed the batch ({batch} samples)")
-        m = self.model
-        ends = sum(math.prod(s) for s in (*m.opening.param_shapes, *m.head.param_shapes)), m.n_out
-        check_memory(cfg, m.state_shape, sum(math.prod(s) for s in m.step.param_shapes),
-                     -(-batch // data_comm.size), comm.size, self.be, ends, m.held_bytes(-(-cfg.layers // comm.size)))
+        _check_memory(cfg, self.model, batch, data_comm.size, comm.size, self.be)
         self.method = make_method(cfg, comm.size)
         self.level_cap = level_cap_note(cfg, self.method, comm.size)  # in the metrics and the log
         self.lp = LayerParallel(self.model, comm, self.method.forward, self.method.adjoint, data_comm,
                                 self.method.pipeline)
-        # a ρ estimate held for the steps until the next (the evaluations in between choose from it)
-        self.estimate_every = cfg.estimate_every or (1 if self.full_batch else MINIBATCH_ESTIMATE_EVERY)
-        self.lp.hold_rho = self.estimate_every > 1
+        self.lp.estimate_every = cfg.estimate_every or (1 if self.full_batch else MINIBATCH_ESTIMATE_EVERY)
         self.lp_serial = LayerParallel(self.model, comm, SERIAL, SERIAL)
         self.monitor = Monitor(cfg.monitor_every if cfg.method == "oneshot" else 0, cfg.monitor_tol,
                                getattr(self.lp.fwd, "n_levels", 1))
@@ -208,8 +203,7 @@ class Trainer:
                     self.save_checkpoint(run)
                 raise
             x, y, B = self._batch(run)
-            if it % self.estimate_every == 0:
-                self.lp.held_rho = None
+            self.lp.new_step(it)
             checked = {} if self.monitor.due(it, run.failures) else None
 
             def closure(theta):
@@ -341,10 +335,16 @@ class Trainer:
                 rows = arrays.get(f"warm.{name}.{world.rank}")
                 setattr(self.lp, name, None if rows is None else be.asarray(rows))
         self.monitor.resume(self.lp, meta["history"])
-        if self.lp.hold_rho and meta["history"]:  # the ρ the steps since the last estimate reused
-            self.lp.held_rho = meta["history"][-1].get("rho")
+        self.lp.held_rho = meta["history"][-1].get("rho") if meta["history"] else None  # held since the estimate
         return RunState(rng, arrays.get("batch_order"), meta["pos"], meta["history"], meta["failures"],
                         meta["first"], meta["elapsed"], meta["stopped"])
+
+
+def _check_memory(cfg: TrainConfig, m, batch: int, groups: int, layer_ranks: int, be) -> None:
+    """UserError before allocating when a rank's share of the run would not fit (:func:`check_memory`)."""
+    ends = sum(math.prod(s) for s in (*m.opening.param_shapes, *m.head.param_shapes)), m.n_out
+    check_memory(cfg, m.state_shape, sum(math.prod(s) for s in m.step.param_shapes), -(-batch // groups),
+                 layer_ranks, be, ends, m.held_bytes(-(-cfg.layers // layer_ranks)))
 
 
 def resolve_method(cfg: TrainConfig, world: Comm, data, step) -> tuple[TrainConfig, dict | None]:

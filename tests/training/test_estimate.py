@@ -51,8 +51,7 @@ def test_resume_inside_a_hold_equals_the_uninterrupted_run(tmp_path):
 def test_defaults_and_bad_values():
     mini = Trainer(TrainConfig(**MINI, iterations=1))
     full = Trainer(TrainConfig(**{**MINI, "batch_size": 0, "optimizer": "lbfgs"}, iterations=1))
-    assert (mini.estimate_every, mini.lp.hold_rho) == (MINIBATCH_ESTIMATE_EVERY, True)
-    assert (full.estimate_every, full.lp.hold_rho) == (1, False)
+    assert (mini.lp.estimate_every, full.lp.estimate_every) == (MINIBATCH_ESTIMATE_EVERY, 1)
     for bad in (0, -2, 1.5, "often"):
         with pytest.raises(UserError, match="estimate_every"):
             TrainConfig(**MINI, estimate_every=bad)
