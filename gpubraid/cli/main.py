@@ -10,7 +10,7 @@ Exit status (:data:`EXIT_STATUSES`): 0 success; 2 bad input (one line ``gpubraid
 checkpoint, the model or the metrics) could not be written (one line; what was written before is
 left intact, and a finished run's summary is still printed); 130 / 143 after SIGINT / SIGTERM (one
 line, every rank, within seconds, whenever the signal arrives); 1 any other failure (every MPI rank
-is stopped through :func:`gpubraid.runtime.comm.abort_all`, with one line naming the failing rank).
+is stopped through :func:`gpubraid.runtime.abort.abort_all`, with one line naming the failing rank).
 
 Start-up stays light: the signal handlers are installed before the settings schema, mpi4py or
 the solver are imported, and ``gpubraid --help`` imports neither mpi4py nor the solver.
@@ -253,7 +253,8 @@ def cmd_train(args: argparse.Namespace, interrupts: Interrupts) -> int:
     them (rank 0), then set-up, run, report."""
     cfg = train_config(args)  # every rank checks the same values: no MPI needed to agree
 
-    from ..runtime.comm import Comm, abort_all, agree
+    from ..runtime.abort import abort_all, agree
+    from ..runtime.comm import Comm
     from ..runtime.interrupts import Interrupted
     from ..training.report import print_summary, write_metrics
     from ..training.trainer import Trainer
@@ -361,7 +362,7 @@ def _main(argv, interrupts: Interrupts) -> int:
     except BrokenPipeError:  # stdout's reader went away (``gpubraid info | head -1``): end quietly
         return _reader_gone()
     except Exception as exc:
-        from ..runtime.comm import abort_all
+        from ..runtime.abort import abort_all
 
         abort_all(_world_or_none(), exc, 1)
         return 1

@@ -5,8 +5,9 @@ from mpi4py import MPI
 
 from gpubraid.network.network import ResNetODE
 from gpubraid.objective.layer_parallel import LayerParallel
+from gpubraid.runtime.abort import abort_all
 from gpubraid.runtime.backend import resolve_backend
-from gpubraid.runtime.comm import Comm, abort_all
+from gpubraid.runtime.comm import Comm
 from gpubraid.solver.options import MGRITOptions
 
 

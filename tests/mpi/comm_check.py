@@ -4,7 +4,8 @@ import json
 import numpy as np
 from mpi4py import MPI
 
-from gpubraid.runtime.comm import Comm, abort_all
+from gpubraid.runtime.abort import abort_all
+from gpubraid.runtime.comm import Comm
 
 
 def main():

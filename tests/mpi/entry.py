@@ -2,7 +2,7 @@
 way gpubraid's own entry points do (one line naming the failing rank, no hang)."""
 from mpi4py import MPI
 
-from gpubraid.runtime.comm import abort_all
+from gpubraid.runtime.abort import abort_all
 
 
 def run(main) -> None:

@@ -4,7 +4,8 @@ import sys
 
 from mpi4py import MPI
 
-from gpubraid.runtime.comm import Comm, abort_all
+from gpubraid.runtime.abort import abort_all
+from gpubraid.runtime.comm import Comm
 from gpubraid.training.config import TrainConfig
 from gpubraid.training.trainer import Trainer
 
