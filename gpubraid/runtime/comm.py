@@ -1,4 +1,4 @@
-"""MPI for gpubraid: layer blocks over ranks, neighbour messages, reductions, CUDA-awareness.
+"""MPI for gpubraid: layer blocks over ranks, neighbour messages, reductions, gathers, CUDA-awareness.
 
 Stopping every rank on a failure is :mod:`gpubraid.runtime.abort`.
 
@@ -279,6 +279,58 @@ class Comm:
         if t is not None:
             t.collective("bcast", self.comm, host.nbytes)
         return xp.asarray(host)
+
+    def gather_rows(self, part, out, rows, root: int) -> None:
+        """Gather every rank's ``part`` (its rows (k_r, *R), contiguous) into ``out`` on ``root``, in
+        one collective: rank r's rows land at ``out[o_r:o_r + k_r]``, ``rows`` = ((k_r), (o_r)) per
+        rank of this communicator.  ``out`` (contiguous, (n, *R)) is only read on ``root``."""
+        if self.size == 1:
+            out[rows[1][0]:rows[1][0] + rows[0][0]] = part
+            return
+        self.stats.collectives += 1
+        t = _traced()
+        counts, displs = self._row_spec(part, rows)
+        host_out = out if self.rank != root or self._direct(out) else np.empty(out.shape, out.dtype)
+        self.comm.Gatherv(self._sendable(part), [host_out, (counts, displs)] if self.rank == root else None,
+                          root=root)
+        if host_out is not out:
+            self.backend.copy_from_host(out, host_out)
+        if t is not None:
+            t.collective("gather", self.comm, part.nbytes)
+
+    def scatter_rows(self, full, part, rows, root: int) -> None:
+        """The inverse of :meth:`gather_rows`: every rank's ``part`` (contiguous) receives rows
+        ``full[o_r:o_r + k_r]`` of ``root``'s ``full``, in one collective (``full`` only read there)."""
+        if self.size == 1:
+            part[...] = full[rows[1][0]:rows[1][0] + rows[0][0]]
+            return
+        self.stats.collectives += 1
+        t = _traced()
+        counts, displs = self._row_spec(part, rows)
+        host_part = part if self._direct(part) else np.empty(part.shape, part.dtype)
+        send = [self._sendable(full), (counts, displs)] if self.rank == root else None
+        self.comm.Scatterv(send, host_part, root=root)
+        if host_part is not part:
+            self.backend.copy_from_host(part, host_part)
+        if t is not None:
+            t.collective("scatter", self.comm, part.nbytes)
+
+    @staticmethod
+    def _row_spec(part, rows):
+        """MPI element counts and displacements of ``rows`` = ((k_r), (o_r)) for arrays of ``part``'s rows."""
+        row = int(np.prod(part.shape[1:], dtype=np.int64))
+        return [int(k) * row for k in rows[0]], [int(o) * row for o in rows[1]]
+
+    def _direct(self, a) -> bool:
+        """Whether MPI takes array ``a`` as it is: host arrays, and device arrays with a CUDA-aware MPI."""
+        return isinstance(a, np.ndarray) or self.cuda_aware
+
+    def _sendable(self, a):
+        """``a`` as MPI may read it: itself (device work finished first), or a host copy of a device array."""
+        if isinstance(a, np.ndarray):
+            return a
+        self.backend.synchronize()
+        return a if self.cuda_aware else self.backend.to_host(a)
 
     def bcast_obj(self, obj, root: int = 0):
         if self.size == 1:

@@ -13,8 +13,9 @@ barrier), and advances it event by event:
   once the sender is inside an MPI call again at or after the receive was posted;
 * wait for sends: eager sends are complete; a rendezvous send completes when its message arrived;
 * collective over P ranks: every member leaves at (last arrival) + cost + o, with cost
-  ⌈log2 P⌉·x(n) for allreduce and bcast, ⌈log2 P⌉·α + (P − 1)·n/β for allgather and gather,
-  ⌈log2 P⌉·α for a barrier (n: bytes per rank);
+  ⌈log2 P⌉·x(n) for allreduce and bcast, ⌈log2 P⌉·x(0) + (P − 1)·(x(n) − x(0)) for allgather,
+  gather and scatter (⌈log2 P⌉·α + (P − 1)·n/β with x = α + n/β; with a measured table, the
+  blocks priced as its messages), ⌈log2 P⌉·α for a barrier (n: bytes per rank);
 * mark (e.g. the end of a training iteration): no time; the k-th mark of a label is passed when
   every rank that makes it has reached it (:attr:`Result.marks`).
 
@@ -89,8 +90,9 @@ class NetworkModel:
     def collective(self, kind: str, nbytes: int, members: int) -> float:
         """Seconds a collective ``kind`` over ``members`` ranks takes after its last arrival."""
         steps = math.ceil(math.log2(members)) if members > 1 else 0
-        if kind in ("allgather", "gather"):
-            return steps * self.latency_s + (members - 1) * nbytes / self.bandwidth_Bps
+        if kind in ("allgather", "gather", "scatter"):  # log2 P latencies, P − 1 blocks moved
+            start = self.transfer(0)
+            return steps * start + (members - 1) * (self.transfer(nbytes) - start)
         if kind == "barrier":
             return steps * self.latency_s
         return steps * self.transfer(nbytes)

@@ -167,6 +167,14 @@ class RecordingComm:
         self._comm.Bcast(buf, root=root)
         self._delivered("Bcast", buf)
 
+    def Gatherv(self, sendbuf, recvbuf, root=0):
+        self._comm.Gatherv(sendbuf, recvbuf, root=root)
+        self._record.put("Gatherv", None if recvbuf is None else _host_copy(recvbuf[0]))
+
+    def Scatterv(self, sendbuf, recvbuf, root=0):
+        self._comm.Scatterv(sendbuf, recvbuf, root=root)
+        self._delivered("Scatterv", recvbuf)
+
     def _object(self, kind: str, value):
         self._record.put(kind, value)
         return value
@@ -272,6 +280,15 @@ class ReplayComm:
 
     def Bcast(self, buf, root=0):
         self._record.into("Bcast", buf)
+
+    def Gatherv(self, sendbuf, recvbuf, root=0):
+        if recvbuf is None:
+            self._record.take("Gatherv")
+        else:
+            self._record.into("Gatherv", recvbuf[0])
+
+    def Scatterv(self, sendbuf, recvbuf, root=0):
+        self._record.into("Scatterv", recvbuf)
 
     def allgather(self, obj):
         return self._record.take("allgather")

@@ -19,10 +19,7 @@ levels, so the range is never exceeded; it lies below every other tag above it.
     100+l   layers         MGRIT ghost row of level l (l < 64)
     200     layers         MGRIT setup: level-0 step data for the coarse levels
     300     layers         MGRIT coarsest solve: u_0 gathered to the root position
-    301     layers         MGRIT coarsest solve: g gathered to the root position
-    400     layers         MGRIT coarsest solve: u scattered from the root position
     410     layers         MGRIT interpolation (final_relax off): the last row and its correction
-    500     layers         MGRIT setup: coarsest level's step data gathered to the root position
     600     layers         parameters θ_a of the first layer to the left neighbour (ddt regulariser)
     601     layers         parameters θ_{b−1} of the last layer to the right neighbour
     800     layers         inference (scoring, prediction, gpubraid.torch evaluation): a chunk's state to the next rank
@@ -32,6 +29,9 @@ levels, so the range is never exceeded; it lies below every other tag above it.
     1001    layers         pipeline: a micro-batch's adjoint λ_a to the previous rank
     1002    layers         Chimera pipeline: a rank's parameters to its mirror rank (P − 1 − r)
     1003    layers         Chimera pipeline: the mirror block's gradient part back to its owner
+
+The coarsest solve's rows and step data (gathered to the root position and scattered back) move by
+collectives (:meth:`~gpubraid.runtime.comm.Comm.gather_rows`), which take no tag.
 
 All tags are far below 32767, the least upper bound (MPI_TAG_UB) that MPI guarantees.
 """
@@ -44,10 +44,7 @@ GHOST = 100
 MAX_LEVELS = 64
 STEP_DATA = 200
 COARSE_U0 = 300
-COARSE_G = 301
-COARSE_U = 400
 INTERP = 410
-COARSE_DATA = 500
 
 PARAMS_LEFT = 600
 PARAMS_RIGHT = 601

@@ -39,8 +39,9 @@ class Visit(NamedTuple):
         consistent: ``restrict`` only: g = r without the coarse steps (see :func:`.restrict.restrict`).
         values: ``correct`` only: the coarse level holds values, not corrections (the nested start;
             matters for the correction scheme of ``linear`` solves).
-        zero: ``f_relax`` only: the level's C-points hold zero corrections (first sweep after a
-            correction-scheme restriction), so the steps from them, Φ(0) = 0, are skipped.
+        zero: ``f_relax``: the level's C-points hold zero corrections (first sweep after a
+            correction-scheme restriction), so the steps from them, Φ(0) = 0, are skipped;
+            ``coarse_solve``: g = 0 (the nested start), so no rows are gathered.
     """
 
     phase: str
@@ -96,7 +97,7 @@ def phases(L: int, opts: MGRITOptions, *, max_iter: int, cold: bool, final_resid
     if nested:
         # nested iteration: coarsest solve from u_0 (g = 0), interpolation by F-relaxation
         yield Visit("nested", L)
-        yield Visit("coarse_solve", L)
+        yield Visit("coarse_solve", L, zero=True)
         for l in range(L - 1, -1, -1):
             yield Visit("correct", l, values=True)
             yield Visit("f_relax", l)

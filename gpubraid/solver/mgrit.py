@@ -300,7 +300,7 @@ class MGRIT:
             elif v.phase == "interpolate":
                 interpolate(s, l)
             elif v.phase == "coarse_solve":
-                coarse_solve(s)
+                coarse_solve(s, zero_rhs=v.zero)
             elif v.phase == "iterated":
                 stats.iterations += 1
                 if access is not None:

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..runtime import tags
 from ..runtime.comm import Comm
+from .coarse import row_spec
 from .grid import Distribution, LevelGrid
 from .state import SolveState
 
@@ -167,33 +168,23 @@ class StepDataPlan:
             Comm.waitall(reqs)
 
     def gather_coarsest(self, s: SolveState) -> None:
-        """Gather the step data and step sizes of this solve's coarsest level s.L on the root."""
+        """Gather the step data and step sizes of this solve's coarsest level s.L on the root (one
+        collective per data array)."""
         L = s.L
         mine = s.data[L]
-        if s.me != s.root:
-            if self.layouts[L][s.me].n_owned > 0:
-                with s.timer("exchange"):
-                    reqs = [s.comm.isend(s.xp.ascontiguousarray(d), s.ranks[s.root], tags.COARSE_DATA)
-                            for d in mine]
-                    Comm.waitall(reqs)
+        spec = row_spec(s, self.layouts[L])
+        if s.me == s.root:
+            s.coarse_h = s.be.asarray(self.levels[L].H)
+            s.coarse_data = mine
+        if spec is None:  # the root holds every step: its own rows are the data
             return
         N = self.levels[L].N
-        s.coarse_h = s.be.asarray(self.levels[L].H)
-        if self.layouts[L][s.me].n_owned == N:  # the root holds every step: its own rows are the data
-            s.coarse_data = mine
-            return
-        full = tuple(s.xp.empty((N, *d.shape[1:]), dtype=d.dtype) for d in mine)
+        full = tuple(s.xp.empty((N, *d.shape[1:]), dtype=d.dtype) if s.me == s.root else None for d in mine)
         with s.timer("exchange"):
-            for p, lay in enumerate(self.layouts[L]):
-                if lay.n_owned == 0:
-                    continue
-                sl = slice(lay.lo - 1, lay.hi - 1)
-                for j in range(len(full)):
-                    if p == s.me:
-                        full[j][sl] = mine[j]
-                    else:  # a block of whole rows: contiguous, received in place
-                        s.comm.recv_into(full[j][sl], s.ranks[p], tags.COARSE_DATA)
-        s.coarse_data = full
+            for d, out in zip(mine, full):
+                s.comm.gather_rows(s.xp.ascontiguousarray(d), out, spec, s.ranks[s.root])
+        if s.me == s.root:
+            s.coarse_data = full
 
 
 def _to_level(s: SolveState, l: int, rows):

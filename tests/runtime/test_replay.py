@@ -153,6 +153,18 @@ def test_a_measured_transfer_table_prices_messages_between_and_beyond_its_sizes(
             NetworkModel("bad", 0.1, 1000.0, transfer_table=bad)
 
 
+def test_gathers_and_scatters_move_p_minus_one_blocks():
+    """A gather (scatter, allgather) over 4 ranks: ⌈log2 4⌉ = 2 latencies and 3 blocks, each block
+    priced as a message of its bytes less the latency: 2·α + 3·n/β with α + n/β, and with a table
+    (whose empty message is free) 3 of its messages, as the same blocks sent one by one would be."""
+    net = NetworkModel("g", 0.1, 1000.0)
+    for kind in ("gather", "scatter", "allgather"):
+        assert net.collective(kind, 500, 4) == pytest.approx(2 * 0.1 + 3 * 0.5)
+    table = NetworkModel("t", 0.0, 1000.0, transfer_table=[[0, 0.0], [1000, 0.3]])
+    assert table.collective("gather", 500, 4) == pytest.approx(3 * table.transfer(500)) == pytest.approx(0.45)
+    assert table.collective("gather", 500, 1) == 0.0
+
+
 def test_files_that_are_not_network_models_or_traces_are_value_errors(tmp_path):
     from gpubraid.runtime.trace import load
 

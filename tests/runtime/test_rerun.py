@@ -74,6 +74,35 @@ def test_a_record_read_back_delivers_the_same_values_in_order_and_sends_go_nowhe
         again.Recv(back, source=0, tag=5)
 
 
+def test_gathers_and_scatters_of_rows_are_recorded_and_read_back(tmp_path):
+    """Gatherv delivers the rows to the root only (nothing elsewhere), Scatterv each rank its part."""
+
+    class Rows(FakeMPI):
+        def Gatherv(self, sendbuf, recvbuf, root=0):
+            if recvbuf is not None:
+                recvbuf[0][...] = 7.0
+
+        def Scatterv(self, sendbuf, recvbuf, root=0):
+            recvbuf[...] = 3.0 + self.rank
+
+    for rank in (0, 1):
+        writer = rerun._Writer(str(tmp_path / f"rank-{rank}.rec"))
+        comm = rerun.RecordingComm(Rows(rank), writer)
+        full = np.zeros((3, 2)) if rank == 0 else None
+        comm.Gatherv(np.ones((1, 2)), None if full is None else [full, ([2, 4], [0, 2])], root=0)
+        part = np.zeros((1, 2))
+        comm.Scatterv(None, part, root=0)
+        writer.file.close()
+        again = rerun.ReplayComm(rerun._Reader(str(tmp_path / f"rank-{rank}.rec"), rank), rank, 2, (0, 1))
+        back = np.zeros((3, 2)) if rank == 0 else None
+        again.Gatherv(np.ones((1, 2)), None if back is None else [back, ([2, 4], [0, 2])], root=0)
+        mine = np.zeros((1, 2))
+        again.Scatterv(None, mine, root=0)
+        if rank == 0:
+            np.testing.assert_array_equal(back, np.full((3, 2), 7.0))
+        np.testing.assert_array_equal(mine, np.full((1, 2), 3.0 + rank))
+
+
 def test_a_call_of_another_kind_or_shape_is_a_divergence(tmp_path):
     writer = rerun._Writer(str(tmp_path / "rank-0.rec"))
     comm = rerun.RecordingComm(FakeMPI(0), writer)

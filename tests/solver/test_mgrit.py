@@ -310,6 +310,15 @@ def test_the_cycle_visits_the_phases_in_order():
                                     converged=lambda it: False)] == ["serial"]
 
 
+def test_only_the_nested_start_solves_the_coarsest_level_with_g_zero():
+    """The nested start's coarsest solve is marked ``zero`` (nothing gathered: g = 0); the coarse
+    corrections' solves, and every solve from a warm start, gather g."""
+    for cold in (True, False):
+        visits = [v for v in phases(2, MGRITOptions(nested=True), max_iter=2, cold=cold, final_residual=True,
+                                    converged=lambda it: False) if v.phase == "coarse_solve"]
+        assert [v.zero for v in visits] == ([True] if cold else []) + [False, False]
+
+
 @pytest.mark.parametrize("opts,levels", [(dict(max_levels=1), None), (dict(cfactor=2), 1),
                                          (dict(cfactor=2, stability=0.5, nested=True), None),
                                          (dict(cfactor=3, nrelax=[1, 0], fmg=True, tol=1e-3, max_iter=9), None)])
