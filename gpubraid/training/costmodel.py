@@ -125,7 +125,7 @@ def mgrit_solve_s(opts: MGRITOptions, h, L: int, levels: int, warm: bool, iters:
     def call(k, share):
         return alpha + k * (per_interval + beta * m * share) if k > 0 else 0.0
 
-    total = 0.0
+    total, zero_rhs, gathered = 0.0, False, False
     for phase, l, n in solver.schedule(iters, levels=levels, warm=warm):
         share = pixel_share(opts, l)
         if share < 1.0 and msg_s > 0:   # a coarse row on halved maps: a smaller message
@@ -151,13 +151,19 @@ def mgrit_solve_s(opts: MGRITOptions, h, L: int, levels: int, warm: bool, iters:
             total += max(call(r["restrict"], share) for r in rs)
             total += msg_s_l if any(r["restrict_prev"] for r in rs) else 0.0
         elif phase == "coarse_solve":
-            owned = [lay.n_owned for lay in solver.layouts[l][1:] if lay.n_owned > 0]
             N_L = solver.levels[l].N
             total += chain[0] + N_L * (chain[1] + chain[2] * m * share) if chain is not None else \
                 N_L * (coarse_alpha + per_interval + beta * m * share)
-            total += sum(2 * (net.transfer(int(k * row_bytes * share)) + net.overhead_s) for k in owned)
-            # the step data of the other positions' coarsest steps, one message per array
-            total += sum(data[1] * net.overhead_s + net.transfer(int(k * data[0])) for k in owned)
+            k = max((lay.n_owned for lay in solver.layouts[l][1:]), default=0)
+            if k > 0 and L > 1:  # g gathered (not in the nested start: g = 0) and u scattered, one
+                # collective each; the step data of the coarsest steps once a solve, one gather per array
+                rows = int(k * row_bytes * share)
+                total += (1 + (not zero_rhs)) * (net.collective("gather", rows, L) + net.overhead_s)
+                if not gathered:
+                    block = int(k * data[0] / max(data[1], 1))
+                    total += data[1] * (net.collective("gather", block, L) + net.overhead_s)
+                gathered = True
+        zero_rhs = phase == "nested"
     return total
 
 

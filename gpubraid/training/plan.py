@@ -11,7 +11,8 @@ the probe (:mod:`.probe`, the run's step calls timed here) and the counting of
 :mod:`.costmodel`; its time to accuracy is the run's ``iterations`` steps, divided for one-shot by
 1 − e, e the probe's relative error of the one-shot gradient (a gradient with relative error e < 1
 is still a descent direction; steepest descent's rate shrinks by about 1 − e): an estimate of the
-price of the inexact gradient, not a measurement.
+price of the inexact gradient, not a measurement.  One-shot's steps also carry its convergence
+monitor's serial evaluations (:func:`monitor_share` of them per step, each priced as the pipeline).
 
 ``--method auto`` (:func:`resolve_auto`) trains with the best candidate for the run's own ranks:
 rank 0 probes, every rank gets its choice.
@@ -28,6 +29,7 @@ from ..runtime.resources import held_bytes, micro_batch_count
 from . import costmodel as cm
 from .config import TrainConfig
 from .methods import make_method
+from .monitor import Monitor
 
 #: Shared-memory MPI on one host as measured on the development VM (python -m bench.pingpong with
 #: buffers out of cache; five runs on 2026-12-04, bench/results/2026-12-04-vm/pingpong.json one of
@@ -175,11 +177,24 @@ def candidates(probe, cfg: TrainConfig, P: int, net: NetworkModel, h, fixed: dic
             # for fewer, whose error is smaller
             cap = min(info["levels"], method.forward.max_levels)
             e = info.get("grad_error", 0.0)
+            monitor_s = 0.0
+            if name == "oneshot":  # the convergence monitor: now and then serial's gradient by the pipeline
+                Mo = micro_batch_count(fixed.get("micro_batches"), L, m, held)
+                monitor_s = monitor_share(cfg.monitor_every, its) * cm.pipeline_s(
+                    "1f1b", L, Mo, m, N, probe.sweep_fwd, probe.sweep_bwd, probe.ends, probe.state_bytes, net,
+                    probe.per_sample_scale, probe.sweep_call)
             for levels in range(2, cap + 1) if name == "oneshot" and cap > 1 else (cap,):
-                t = _mgrit_step(probe, method, levels, info["iterations"], warm, D, L, net, h) + fixed_s
+                t = _mgrit_step(probe, method, levels, info["iterations"], warm, D, L, net, h) + fixed_s + monitor_s
                 acc = its * t / (1.0 - e) if e < 1.0 else math.inf
                 out.append(Candidate(D, L, name, levels, 1, t, acc, e))
     return sorted(out, key=rank_key)
+
+
+def monitor_share(every: int, steps: int) -> float:
+    """Checks per step of one-shot's convergence monitor over a run of ``steps`` steps in which no
+    line search fails and no level cap is raised (:meth:`~.monitor.Monitor.due`)."""
+    due = Monitor(every, 0.0, 2).due
+    return sum(due(it, 0) for it in range(steps)) / steps if steps > 0 else 0.0
 
 
 def cfg_method(cfg: TrainConfig, method: str, layer_ranks: int | None = None):

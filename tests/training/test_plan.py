@@ -147,6 +147,27 @@ def test_auto_keeps_the_fixed_settings_and_says_so():
         Trainer(TrainConfig(**SMALL, method="auto", data_parallel=2))
 
 
+def test_the_convergence_monitor_is_priced_into_one_shot_steps():
+    """Checks at steps 0, 1, 2, 4, 8 of the first 10 and every 10th after: 104 in 1000 steps; each
+    costs one evaluation of the pipeline at one-shot's split, on one-shot's steps only."""
+    assert plan.monitor_share(10, 1000) == pytest.approx(0.104)
+    assert plan.monitor_share(10, 10) == pytest.approx(0.5)
+    assert plan.monitor_share(0, 1000) == 0.0
+    h = (1.0 / 16,) * 16
+    priced = {}
+    for every in (0, 10):
+        cfg = TrainConfig(**SMALL, monitor_every=every).resolved()
+        priced[every] = {(c.D, c.L, c.method, c.levels, c.M, c.schedule): c.step_s
+                         for c in plan.candidates(fake_probe(levels=3), cfg, 4, IDEAL, h)}
+    extra = {k: priced[10][k] - t for k, t in priced[0].items()}
+    assert all(d > 0 for k, d in extra.items() if k[2] == "oneshot" and k[3] > 1)
+    assert all(d == 0 for k, d in extra.items() if k[2] != "oneshot")
+    # the same check at every level count of a split, at most a share of the pipeline's whole step there
+    two, three = extra[(1, 4, "oneshot", 2, 1, "1f1b")], extra[(1, 4, "oneshot", 3, 1, "1f1b")]
+    pipe = max(t for k, t in priced[0].items() if k[:3] == (1, 4, "pipeline") and k[5] == "1f1b")
+    assert two == pytest.approx(three) and 0 < two <= plan.monitor_share(10, SMALL["iterations"]) * pipe
+
+
 def test_time_to_accuracy_prices_the_one_shot_gradient_error():
     cfg = TrainConfig(**SMALL).resolved()
     h = (1.0 / 16,) * 16
