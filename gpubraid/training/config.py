@@ -178,10 +178,10 @@ class TrainConfig(BaseModel):
         "coarsest solve); --no-levels-for-ranks: the solver's choice alone, the same on every rank count",
         "MGRIT")
     monitor_every: int = _field(
-        10, "oneshot: every this many steps (and at the powers of two before the first of them, 1, 2, 4, 8, "
-        "after a failed line search, and after each raise of the cap) compare the one-shot gradient with serial's at the "
-        "same parameters (one layer-serial evaluation) and cap the levels when its relative error exceeds "
-        "--monitor-tol; 0: off", "MGRIT", ge=0, le=INT_MAX)
+        10, "oneshot: every this many steps (up to 8x as many apart while the error stays within --monitor-tol/4; "
+        "also at 1, 2, 4, 8 before the first, after a failed line search and after each raise of the cap) compare the "
+        "one-shot gradient with serial's at the same parameters (one layer-serial evaluation) and cap the levels when "
+        "its relative error exceeds --monitor-tol; 0: off", "MGRIT", ge=0, le=INT_MAX)
     monitor_tol: float = _field(0.1, "oneshot: the largest relative gradient error the monitor accepts",
                                 "MGRIT", gt=0, allow_inf_nan=False)
     tol: float = _field(1e-9, "exact: absolute MGRIT residual tolerance of every solve", "MGRIT",

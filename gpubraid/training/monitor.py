@@ -24,10 +24,16 @@ checks (``relax``: RELAX, then 2·RELAX, 4·RELAX, ...); so where one-shot's gra
 paper's peaks settings at 32 layers: 10–24 % with two levels after the first steps) training runs a
 single step, not ``every`` steps, on it after each raise, and the raises thin out.
 
+While one-shot's gradient stays well within the tolerance (e ≤ tol/4) at the solver's own levels,
+the regular checks thin out: after the one at ``every`` steps they come at 2, 4 and 8 × ``every``
+and then every BACKOFF × ``every`` steps (a check costs a serial evaluation: at the default 10, a
+tenth of the steps otherwise).  Any check above tol/4, and any change of the cap, starts the
+spacing again at ``every`` from that step; under a cap the checks stay ``every`` apart.
+
 A check of an evaluation that kept one level compares serial with itself: it is skipped (it counts
 as a good check under a cap).  The outcome is in the history entry (``monitor``) and the log line;
 the cap, the count of good checks, ``relax`` and the probation are restored on resumption from the
-last such entry.
+last such entry, and the spacing from the last entry whose check was above tol/4 or moved the cap.
 """
 from __future__ import annotations
 
@@ -35,6 +41,8 @@ import math
 
 #: Good checks in a row (e ≤ tol/4) before a cap is raised by one level.
 RELAX = 3
+#: The longest gap between regular checks, in ``every`` s, while the gradient stays within tol/4.
+BACKOFF = 8
 
 
 class Monitor:
@@ -49,17 +57,24 @@ class Monitor:
     def __init__(self, every: int, tol: float, n_levels: int):
         self.every, self.tol, self.n_levels = int(every), float(tol), int(n_levels)
         self.good, self.relax, self.probation = 0, RELAX, False
+        self.anchor, self.capped = 0, False   # the step the spacing starts from; a cap in force
 
     def due(self, it: int, failures: int) -> bool:
-        """Whether step ``it`` (0-based) is checked: every ``every`` steps from the first, at the powers
-        of two below ``every`` (1, 2, 4, 8 for 10), after a failed line search, and right after a raise
-        of the cap."""
+        """Whether step ``it`` (0-based) is checked: at the regular checks (``every`` steps apart from
+        the anchor, the gaps doubling up to BACKOFF × ``every`` while no cap is in force), at the
+        powers of two below ``every`` (1, 2, 4, 8 for 10), after a failed line search, and right
+        after a raise of the cap."""
+        if self.every <= 0:
+            return False
         early = it < self.every and it & (it - 1) == 0
-        return self.every > 0 and (it % self.every == 0 or early or failures > 0 or self.probation)
+        k = it - self.anchor
+        n = k // self.every if k >= 0 and k % self.every == 0 else -1
+        regular = n >= 0 and (self.capped or n % BACKOFF == 0 or n & (n - 1) == 0)
+        return regular or early or failures > 0 or self.probation
 
-    def check(self, lp, theta, x, y, batch: int, ev, levels: int) -> dict:
-        """Compare ``ev`` (the one-shot evaluation at ``theta``, ``levels`` its forward solve's
-        levels) with serial's gradient; set ``lp.level_cap`` for the next solves.  Returns the
+    def check(self, lp, theta, x, y, batch: int, ev, levels: int, it: int = 0) -> dict:
+        """Compare ``ev`` (the one-shot evaluation at ``theta`` in step ``it``, ``levels`` its forward
+        solve's levels) with serial's gradient; set ``lp.level_cap`` for the next solves.  Returns the
         history record: grad_error, cos, objective_error (|f̃ − f| / |f|, recorded, not acted on),
         levels, cap (None: the solver's choice), good, relax, probation (the next step is checked),
         trial (this check ended a probation), action, steps (the check's step applications, 2N)."""
@@ -91,7 +106,9 @@ class Monitor:
                 action = f"at most {cap} levels" if cap is not None else "levels by the solver's choice"
         else:
             self.good, action = 0, "keep"
-        lp.level_cap = cap
+        if err > self.tol / 4 or action != "keep":  # the checks come every ``every`` steps again
+            self.anchor = it
+        lp.level_cap, self.capped = cap, cap is not None
         out.update(cap=cap, good=self.good, relax=self.relax, probation=self.probation, trial=probation,
                    action=action)
         return out
@@ -105,13 +122,16 @@ class Monitor:
 
     def resume(self, lp, history: list) -> None:
         """Restore the cap, the count of good checks, ``relax`` and the probation from the last record in
-        ``history`` (records of before the probation: RELAX, none)."""
-        for entry in reversed(history):
-            if "monitor" in entry:
-                rec = entry["monitor"]
-                lp.level_cap, self.good = rec["cap"], rec["good"]
-                self.relax, self.probation = rec.get("relax", RELAX), rec.get("probation", False)
-                return
+        ``history`` (records of before the probation: RELAX, none), and the spacing's anchor from the
+        last record of a check above tol/4 or one that moved the cap (none: the first step)."""
+        records = [(e["iter"], e["monitor"]) for e in history if "monitor" in e]
+        if records:
+            rec = records[-1][1]
+            lp.level_cap, self.good = rec["cap"], rec["good"]
+            self.relax, self.probation = rec.get("relax", RELAX), rec.get("probation", False)
+            self.capped = rec["cap"] is not None
+        self.anchor = next((it for it, rec in reversed(records) if rec["action"] != "keep"
+                            or (rec["grad_error"] or 0.0) > self.tol / 4), 0)
 
 
 def describe(record: dict) -> str:

@@ -180,7 +180,7 @@ def candidates(probe, cfg: TrainConfig, P: int, net: NetworkModel, h, fixed: dic
             monitor_s = 0.0
             if name == "oneshot":  # the convergence monitor: now and then serial's gradient by the pipeline
                 Mo = micro_batch_count(fixed.get("micro_batches"), L, m, held)
-                monitor_s = monitor_share(cfg.monitor_every, its) * cm.pipeline_s(
+                monitor_s = monitor_share(cfg.monitor_every, its, e <= cfg.monitor_tol / 4) * cm.pipeline_s(
                     "1f1b", L, Mo, m, N, probe.sweep_fwd, probe.sweep_bwd, probe.ends, probe.state_bytes, net,
                     probe.per_sample_scale, probe.sweep_call)
             for levels in range(2, cap + 1) if name == "oneshot" and cap > 1 else (cap,):
@@ -190,11 +190,13 @@ def candidates(probe, cfg: TrainConfig, P: int, net: NetworkModel, h, fixed: dic
     return sorted(out, key=rank_key)
 
 
-def monitor_share(every: int, steps: int) -> float:
+def monitor_share(every: int, steps: int, small: bool = True) -> float:
     """Checks per step of one-shot's convergence monitor over a run of ``steps`` steps in which no
-    line search fails and no level cap is raised (:meth:`~.monitor.Monitor.due`)."""
-    due = Monitor(every, 0.0, 2).due
-    return sum(due(it, 0) for it in range(steps)) / steps if steps > 0 else 0.0
+    line search fails and the gradient error stays within a quarter of the tolerance (``small``: the
+    checks thin out, :meth:`~.monitor.Monitor.due`), or above it (every ``every`` steps)."""
+    m = Monitor(every, 0.0, 2)
+    m.capped = not small
+    return sum(m.due(it, 0) for it in range(steps)) / steps if steps > 0 else 0.0
 
 
 def cfg_method(cfg: TrainConfig, method: str, layer_ranks: int | None = None):

@@ -210,7 +210,7 @@ class Trainer:
                 ev = self.lp.evaluate(theta, x, y, B, grad=True, warm=warm)
                 stats = self.lp.solve_stats()
                 if checked == {}:  # the step's first evaluation against serial's gradient
-                    checked.update(self.monitor.check(self.lp, theta, x, y, B, ev, stats["levels"]))
+                    checked.update(self.monitor.check(self.lp, theta, x, y, B, ev, stats["levels"], it))
                 return ev.objective, ev.grad, (ev.accuracy, stats)
 
             try:

@@ -93,10 +93,46 @@ def test_a_raised_cap_is_on_probation_and_a_failed_raise_doubles_the_wait():
     assert rec["grad_error"] is None and rec["cap"] is None and rec["trial"] and m2.worth_recording(rec)
     # resumption restores relax and the probation (records of before them: RELAX, none)
     m3 = mon.Monitor(10, 0.1, n_levels=3)
-    m3.resume(lp, [{"monitor": {"cap": 2, "good": 0, "relax": 12, "probation": True}}])
-    assert (lp.level_cap, m3.relax, m3.probation) == (2, 12, True)
-    m3.resume(lp, [{"monitor": {"cap": 1, "good": 2}}])
+    m3.resume(lp, [{"iter": 4, "monitor": {"cap": 2, "good": 0, "relax": 12, "probation": True, "action": "at most 2 levels",
+                                           "grad_error": 0.0}}])
+    assert (lp.level_cap, m3.relax, m3.probation, m3.anchor) == (2, 12, True, 4)
+    m3.resume(lp, [{"iter": 7, "monitor": {"cap": 1, "good": 2, "action": "keep", "grad_error": None}}])
     assert (lp.level_cap, m3.good, m3.relax, m3.probation) == (1, 2, mon.RELAX, False)
+
+
+def test_checks_thin_out_while_the_error_stays_small_and_come_back_when_it_grows():
+    """Regular checks at 0, 10, 20, 40, 80 and then every 80 steps while each finds e <= tol/4 with no
+    cap; a check above tol/4 (kept or not) restarts the spacing from its step, and under a cap the
+    checks stay ``every`` steps apart; a resume takes the anchor from the history."""
+    lp, m = FakeLP([3.0, 4.0]), mon.Monitor(10, 0.1, n_levels=4)
+    regular = [it for it in range(10, 400) if m.due(it, 0)]
+    assert regular == [10, 20, 40, 80, 160, 240, 320]
+    assert [it for it in range(10) if m.due(it, 0)] == [0, 1, 2, 4, 8]
+    m.check(lp, None, None, None, 1, ev([3.0, 4.01]), levels=3, it=160)        # 0.2 %: the spacing goes on
+    assert m.anchor == 0 and m.due(240, 0) and not m.due(170, 0)
+    m.check(lp, None, None, None, 1, ev([3.0, 4.2]), levels=3, it=240)         # 4 % > tol/4: kept, every 10 again
+    assert lp.level_cap is None and m.anchor == 240
+    assert [it for it in range(240, 330) if m.due(it, 0)] == [240, 250, 260, 280, 320]
+    m.check(lp, None, None, None, 1, ev([3.0, 5.0]), levels=3, it=260)         # 20 %: a cap, every 10 steps
+    assert lp.level_cap == 2 and [it for it in range(260, 330) if m.due(it, 0)] == list(range(260, 330, 10))
+    history = [{"iter": 240, "monitor": {"cap": None, "good": 0, "action": "keep", "grad_error": 0.04}},
+               {"iter": 300, "monitor": {"cap": None, "good": 0, "action": "keep", "grad_error": 0.002}}]
+    again = mon.Monitor(10, 0.1, n_levels=4)
+    again.resume(FakeLP([1.0]), history)
+    assert again.anchor == 240 and not again.capped and again.due(320, 0) and not again.due(330, 0)
+    assert mon.Monitor(10, 0.1, n_levels=4).due(160, 0) and not mon.Monitor(10, 0.5, 4).due(170, 0)
+
+
+def test_resume_while_the_checks_are_spaced_out_equals_the_uninterrupted_run(tmp_path):
+    cfg = dict(PAPER, iterations=20, monitor_every=2, monitor_tol=10.0, checkpoint_every=7)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    ref = Trainer(TrainConfig(**cfg, checkpoint_dir=str(tmp_path / "a"))).run()
+    Trainer(TrainConfig(**{**cfg, "iterations": 14}, checkpoint_dir=str(tmp_path / "b"))).run()
+    got = Trainer(TrainConfig(**cfg, checkpoint_dir=str(tmp_path / "b"), resume=str(tmp_path / "b"))).run()
+    strip = [{k: v for k, v in e.items() if k != "time_s"} for e in ref.history]
+    assert [{k: v for k, v in e.items() if k != "time_s"} for e in got.history] == strip
+    assert [e["iter"] for e in ref.history if "monitor" in e] == [0, 1, 2, 4, 8, 16]
 
 
 def test_the_measured_error_is_one_shots_and_a_strict_tolerance_brings_serials_gradient():
