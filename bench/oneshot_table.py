@@ -56,7 +56,8 @@ def overhead_free(probe):
     """The probe with every call free and no solver overhead beyond the steps: one-shot's time is
     then its step work, its messages, its ρ estimate and the step's fixed costs (optimiser,
     reductions), what a compiled per-rank cycle could at best reach."""
-    return dataclasses.replace(probe, calls={k: (0.0, *v[1:]) for k, v in probe.calls.items()}, solve_call=(0.0, 0.0))
+    return dataclasses.replace(probe, calls={k: (0.0, *v[1:]) for k, v in probe.calls.items()}, solve_call=(0.0, 0.0),
+                               block=(probe.block[0], (0.0, 0.0), probe.block[2]))
 
 
 def _entry(c, cfactor: int) -> dict:

@@ -23,6 +23,8 @@ import tempfile
 from pathlib import Path
 
 from bench import common  # first: sets BLAS threads before NumPy loads
+from gpubraid.training.costmodel import layer_block
+from gpubraid.training.probe import Probe
 
 NAME = "plan_validation"
 MINIBATCH = ["peaks", "--layers", "64", "--channels", "32", "--optimizer", "adam", "--lr", "1e-2",
@@ -131,7 +133,8 @@ def replayed_ranks(name: str, P: int, iterations: int) -> dict:
         extra = [f"--{k.replace('_', '-')}={v}" for k, v in c.settings().items()]
         r = run_once(P, [*args, *extra], iterations)
         evals = sum(r["n_evals"]) / len(r["n_evals"])
-        pred = c.step_s + (evals - 1) * (c.step_s - made.probe.step_overhead)
+        over = made.probe.at_block(layer_block(made.probe.layers, c.L))[1]
+        pred = c.step_s + (evals - 1) * (c.step_s - over)
         rows.append({"candidate": asdict(c), "replayed_s": r["replay_mean_s"], "loop_mean_s": r["loop_mean_s"],
                      "evals_per_step": evals, "predicted_mean_s": pred, "ratio_replayed": pred / r["replay_mean_s"],
                      "load": r["load"]})
@@ -239,7 +242,8 @@ def main(argv=None) -> int:
             # the prediction of one step times the mean evaluations per step, the step overhead once
             evals = common.median([sum(r["n_evals"]) / len(r["n_evals"]) for r in runs[v]])
             ps = cand["step_s"] if cand else None
-            pred_mean = ps + (evals - 1) * (ps - pred_probe["step_overhead"]) if cand else None
+            over = Probe(**pred_probe).at_block(layer_block(pred_probe["layers"], cand["L"]))[1] if cand else 0.0
+            pred_mean = ps + (evals - 1) * (ps - over) if cand else None
             entry["compare"].append({"variant": v, "ranks": ranks, "measured_s": measured, "replayed_s": replayed,
                                      "predicted_s": ps, "evals_per_step": evals, "predicted_mean_s": pred_mean,
                                      "ratio_measured": ps / measured if cand else None,

@@ -19,6 +19,7 @@ rank 0 probes, every rank gets its choice.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -46,6 +47,10 @@ NETWORKS = {"shm": SHARED_MEMORY, **PRESETS}
 #: Chimera pipeline, predicted 4 % ahead of data groups, measured 1.16–1.20× the best with every
 #: rank's spans alone (two runs; bench/README.md, "Chimera").  The predicted times stay as they are.
 CHIMERA_MARGIN = 0.15
+#: The probe runs again on a network of N/BLOCK_SHARE layers (at least BLOCK_LAYERS), so that what grows
+#: with the layers a process holds is priced for each candidate's block (:meth:`Probe.at_block`).
+BLOCK_SHARE = 16
+BLOCK_LAYERS = 16
 
 
 def rank_key(c: "Candidate"):
@@ -107,12 +112,13 @@ def _mgrit_step(probe, method, levels, its, warm, D, L, net, h) -> float:
     red = cm.reduce_s(net, L, D)
     total = 0.0
     opts = method.forward
+    solve_call = probe.at_block(n)[0]
     for op, it, o in (("forward", its[0], method.forward), ("adjoint", its[1], method.adjoint)):
         scale = probe.per_sample_scale(n * m, op == "adjoint")
         alpha, a, b = probe.calls[op]
         chain = probe.calls.get(f"{op}_chain")
-        total += cm.mgrit_solve_s(o, h, L, levels, warm, it, alpha + probe.solve_call[0],
-                                  b * scale + probe.solve_call[1], m, msg, red, net, row, coarse_alpha=alpha,
+        total += cm.mgrit_solve_s(o, h, L, levels, warm, it, alpha + solve_call[0],
+                                  b * scale + solve_call[1], m, msg, red, net, row, coarse_alpha=alpha,
                                   chain=None if chain is None else (chain[0], chain[1], chain[2] * scale),
                                   per_interval=a, data=(probe.param_bytes, probe.param_arrays) if op == "forward"
                                   else (probe.param_bytes + row, probe.param_arrays + 1))
@@ -147,7 +153,7 @@ def candidates(probe, cfg: TrainConfig, P: int, net: NetworkModel, h, fixed: dic
         if L > N or B < D:
             continue
         fixed_s = reductions * cm.reduce_s(net, L, D) + cm.group_sum_s(net, D, cm.layer_block(N, L) * probe.param_bytes)
-        fixed_s += probe.step_overhead + probe.regularizer_s * cm.layer_block(N, L) / N
+        fixed_s += probe.at_block(cm.layer_block(N, L))[1] + probe.regularizer_s * cm.layer_block(N, L) / N
         held = held_bytes(cm.layer_block(N, L), probe.state_bytes, probe.cache_blocked)
         block = cm.layer_block(N, L) * probe.param_bytes   # Chimera: a mirror block's parameters and gradient
         swap_s = 2 * (net.transfer(block) + net.overhead_s)
@@ -290,6 +296,12 @@ def probe_job(cfg: TrainConfig, build_trainer):
     trainer = build_trainer(probe_config(cfg))
     cfg = trainer.cfg.model_copy(update={"method": cfg.method})
     probe = run_probe(trainer, cfg_method(cfg, "oneshot"), cfg_method(cfg, "exact"))
+    n = cfg.layers // BLOCK_SHARE
+    if n >= BLOCK_LAYERS:  # the overheads that grow with a rank's layers, again on a 16th of them
+        sub_cfg = cfg.model_copy(update={"layers": n})
+        sub = run_probe(build_trainer(probe_config(sub_cfg)), cfg_method(sub_cfg, "oneshot"), cfg_method(sub_cfg, "exact"))
+        probe = dataclasses.replace(probe, block=(n, sub.solve_call if sub.oneshot["levels"] > 1 else probe.solve_call,
+                                                  sub.step_overhead if probe.step_overhead > 0 else 0.0))
     return probe, cfg, tuple(float(v) for v in trainer.model.h)
 
 

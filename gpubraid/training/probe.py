@@ -114,7 +114,10 @@ class Probe:
     a few real steps' median less the predicted evaluation).  ``oneshot`` / ``exact``:
     levels (the solver's choice on the initial parameters), ρ, iterations per solve (forward,
     adjoint), and for one-shot the relative gradient error of the first step (exact: levels 0 when
-    not probed, see EXPENSIVE_S).
+    not probed, see EXPENSIVE_S).  ``block``: (layers n_s, solve_call, step_overhead) of the same probe
+    on a network of n_s < N layers (0: none), so that both, which grow with the layers a process
+    holds (the solver's slicing per call, the optimiser's vectors), are priced for a rank's block
+    (:meth:`at_block`).
     """
 
     batch: int
@@ -140,9 +143,20 @@ class Probe:
     param_arrays: int = 1
     estimate: tuple = (0.0, 0.0)
     estimate_every: int = 1
+    block: tuple = (0, (0.0, 0.0), 0.0)
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def at_block(self, n: int) -> tuple[tuple, float]:
+        """(solve_call, step_overhead) on a rank holding ``n`` of the network's layers: linear in the
+        layers between the smaller network's probe (:attr:`block`) and this one's, the smaller one's
+        below it; this probe's alone without a smaller one."""
+        n_s, call_s, over_s = self.block
+        if n_s <= 0 or n >= self.layers:
+            return self.solve_call, self.step_overhead
+        w = max(n - n_s, 0) / (self.layers - n_s)
+        return tuple(a + w * (b - a) for a, b in zip(call_s, self.solve_call)), over_s + w * (self.step_overhead - over_s)
 
     def per_sample_scale(self, cells: float, backward: bool) -> float:
         """Factor on the per-sample costs of a sweep or call whose rank holds ``cells`` = layers ×

@@ -1,5 +1,6 @@
 """The planner: step counts as the solver runs them, the pipeline simulation by hand, the candidate
 list, the probe, and --method auto (resolved before the method is made, recorded in the metrics)."""
+import dataclasses
 import json
 import math
 
@@ -168,6 +169,28 @@ def test_the_convergence_monitor_is_priced_into_one_shot_steps():
     two, three = extra[(1, 4, "oneshot", 2, 1, "1f1b")], extra[(1, 4, "oneshot", 3, 1, "1f1b")]
     pipe = max(t for k, t in priced[0].items() if k[:3] == (1, 4, "pipeline") and k[5] == "1f1b")
     assert two == pytest.approx(three) and 0 < two <= plan.monitor_share(10, SMALL["iterations"]) * pipe
+
+
+def test_overheads_that_grow_with_the_layers_are_priced_for_a_ranks_block():
+    """The solver's cost per call and the step's beyond its evaluation, probed on the network and on a
+    16th of it, are linear in the layers a rank holds between the two (the smaller's below it); a
+    deep network's probe carries the smaller one's, and a candidate on more layer ranks pays less."""
+    p = fake_probe()
+    p.layers, p.step_overhead, p.solve_call = 256, 0.01, (1e-4, 2e-7)
+    assert p.at_block(16) == ((1e-4, 2e-7), 0.01)               # no smaller probe: its own
+    p.block = (16, (4e-5, 1e-7), 0.001)
+    assert p.at_block(16) == ((4e-5, 1e-7), 0.001) and p.at_block(8) == p.at_block(16)
+    assert p.at_block(256) == ((1e-4, 2e-7), 0.01)
+    (a, b), over = p.at_block(136)
+    assert (a, b, over) == pytest.approx((7e-5, 1.5e-7, 0.0055))
+    probe, cfg, h = plan.probe_job(TrainConfig(**{**SMALL, "layers": 256}), lambda c: Trainer(c, Comm.single()))
+    n, call, over = probe.block
+    assert n == 256 // plan.BLOCK_SHARE and 0 < over < probe.step_overhead
+    cands = plan.candidates(probe, cfg, 16, IDEAL, h)
+    flat = plan.candidates(dataclasses.replace(probe, block=(0, (0.0, 0.0), 0.0)), cfg, 16, IDEAL, h)
+    key = {(c.D, c.L, c.method, c.M, c.levels): c.step_s for c in flat}
+    on_16 = [c for c in cands if c.L == 16 and c.method == "pipeline"]
+    assert on_16 and all(c.step_s < key[(c.D, c.L, c.method, c.M, c.levels)] for c in on_16)
 
 
 def test_time_to_accuracy_prices_the_one_shot_gradient_error():
