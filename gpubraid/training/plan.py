@@ -13,6 +13,9 @@ the probe (:mod:`.probe`, the run's step calls timed here) and the counting of
 is still a descent direction; steepest descent's rate shrinks by about 1 − e): an estimate of the
 price of the inexact gradient, not a measurement.  One-shot's steps also carry its convergence
 monitor's serial evaluations (:func:`monitor_share` of them per step, each priced as the pipeline).
+What grows with the layers a process holds (the solver's own cost per call, the optimiser's work
+beyond the evaluation) is probed again on a 16th of a deep network and priced for each candidate's
+block of layers (:meth:`~.probe.Probe.at_block`).
 
 ``--method auto`` (:func:`resolve_auto`) trains with the best candidate for the run's own ranks:
 rank 0 probes, every rank gets its choice.
