@@ -28,7 +28,9 @@ While one-shot's gradient stays well within the tolerance (e ≤ tol/4) at the s
 the regular checks thin out: after the one at ``every`` steps they come at 2, 4 and 8 × ``every``
 and then every BACKOFF × ``every`` steps (a check costs a serial evaluation: at the default 10, a
 tenth of the steps otherwise).  Any check above tol/4, and any change of the cap, starts the
-spacing again at ``every`` from that step; under a cap the checks stay ``every`` apart.
+spacing again at ``every`` from that step's multiple of ``every``; under a cap the checks stay
+``every`` apart.  The regular checks stay on the multiples of ``every``, so a run whose checks all
+find more than tol/4, or that keeps a cap, is checked at the steps it always was.
 
 A check of an evaluation that kept one level compares serial with itself: it is skipped (it counts
 as a good check under a cap).  The outcome is in the history entry (``monitor``) and the log line;
@@ -107,7 +109,7 @@ class Monitor:
         else:
             self.good, action = 0, "keep"
         if err > self.tol / 4 or action != "keep":  # the checks come every ``every`` steps again
-            self.anchor = it
+            self.anchor = it - it % self.every
         lp.level_cap, self.capped = cap, cap is not None
         out.update(cap=cap, good=self.good, relax=self.relax, probation=self.probation, trial=probation,
                    action=action)
@@ -130,8 +132,8 @@ class Monitor:
             lp.level_cap, self.good = rec["cap"], rec["good"]
             self.relax, self.probation = rec.get("relax", RELAX), rec.get("probation", False)
             self.capped = rec["cap"] is not None
-        self.anchor = next((it for it, rec in reversed(records) if rec["action"] != "keep"
-                            or (rec["grad_error"] or 0.0) > self.tol / 4), 0)
+        self.anchor = next((it - it % self.every for it, rec in reversed(records) if rec["action"] != "keep"
+                            or (rec["grad_error"] or 0.0) > self.tol / 4), 0) if self.every > 0 else 0
 
 
 def describe(record: dict) -> str:

@@ -93,9 +93,9 @@ def test_a_raised_cap_is_on_probation_and_a_failed_raise_doubles_the_wait():
     assert rec["grad_error"] is None and rec["cap"] is None and rec["trial"] and m2.worth_recording(rec)
     # resumption restores relax and the probation (records of before them: RELAX, none)
     m3 = mon.Monitor(10, 0.1, n_levels=3)
-    m3.resume(lp, [{"iter": 4, "monitor": {"cap": 2, "good": 0, "relax": 12, "probation": True, "action": "at most 2 levels",
-                                           "grad_error": 0.0}}])
-    assert (lp.level_cap, m3.relax, m3.probation, m3.anchor) == (2, 12, True, 4)
+    m3.resume(lp, [{"iter": 14, "monitor": {"cap": 2, "good": 0, "relax": 12, "probation": True,
+                                            "action": "at most 2 levels", "grad_error": 0.0}}])
+    assert (lp.level_cap, m3.relax, m3.probation, m3.anchor) == (2, 12, True, 10)
     m3.resume(lp, [{"iter": 7, "monitor": {"cap": 1, "good": 2, "action": "keep", "grad_error": None}}])
     assert (lp.level_cap, m3.good, m3.relax, m3.probation) == (1, 2, mon.RELAX, False)
 
@@ -115,7 +115,9 @@ def test_checks_thin_out_while_the_error_stays_small_and_come_back_when_it_grows
     assert [it for it in range(240, 330) if m.due(it, 0)] == [240, 250, 260, 280, 320]
     m.check(lp, None, None, None, 1, ev([3.0, 5.0]), levels=3, it=260)         # 20 %: a cap, every 10 steps
     assert lp.level_cap == 2 and [it for it in range(260, 330) if m.due(it, 0)] == list(range(260, 330, 10))
-    history = [{"iter": 240, "monitor": {"cap": None, "good": 0, "action": "keep", "grad_error": 0.04}},
+    m.check(lp, None, None, None, 1, ev([3.0, 4.2]), levels=2, it=263)         # off the multiples (a probation)
+    assert m.anchor == 260                                                      # the checks stay on them
+    history = [{"iter": 244, "monitor": {"cap": None, "good": 0, "action": "keep", "grad_error": 0.04}},
                {"iter": 300, "monitor": {"cap": None, "good": 0, "action": "keep", "grad_error": 0.002}}]
     again = mon.Monitor(10, 0.1, n_levels=4)
     again.resume(FakeLP([1.0]), history)
