@@ -9,6 +9,38 @@ from gpubraid.runtime.abort import abort_all
 from gpubraid.runtime.comm import Comm
 
 
+class Device:
+    """Stands for a device array (not a NumPy array): what Comm stages through host memory."""
+
+    def __init__(self, a):
+        self.a = np.array(a)
+        self.shape, self.dtype, self.nbytes = self.a.shape, self.a.dtype, self.a.nbytes
+
+    def __getitem__(self, idx):
+        return self.a[idx]
+
+    def __setitem__(self, idx, value):
+        self.a[idx] = value.a if isinstance(value, Device) else value
+
+
+class DeviceBackend:
+    """The backend calls Comm makes for a device array without a CUDA-aware MPI, counted."""
+
+    def __init__(self):
+        self.calls = []
+
+    def synchronize(self):
+        self.calls.append("synchronize")
+
+    def to_host(self, a):
+        self.calls.append("to_host")
+        return a.a.copy()
+
+    def copy_from_host(self, dst, host):
+        self.calls.append("copy_from_host")
+        dst.a[...] = host
+
+
 def main():
     comm = Comm.world()
     r, P = comm.rank, comm.size
@@ -29,6 +61,14 @@ def main():
     back = np.full_like(rows_of[r], np.nan)
     comm.scatter_rows(None if full is None else 2 * full, back, (counts, offsets), 0)
     collectives = comm.stats.collectives - before
+    # the same through "device" arrays, staged (the MPI is not CUDA-aware)
+    dev = Comm(comm.comm, False, DeviceBackend())
+    dfull = Device(np.full((sum(counts), 2, 3), np.nan)) if r == 0 else None
+    dev.gather_rows(Device(rows_of[r]), dfull, (counts, offsets), 0)
+    dback = Device(np.full_like(rows_of[r], np.nan))
+    dev.scatter_rows(None if dfull is None else Device(2 * dfull.a), dback, (counts, offsets), 0)
+    staged = (P == 1 or (r != 0 or np.array_equal(dfull.a, full)) and np.array_equal(dback.a, back)
+              and "to_host" in dev.backend.calls and "copy_from_host" in dev.backend.calls)
     out = {
         "sums_close": bool(np.allclose(sums, np.sum(every, axis=0), rtol=1e-15, atol=1e-15)),
         "gathered_in_rank_order": gathered.tolist() == every,
@@ -39,6 +79,7 @@ def main():
             np.array_equal(full[offsets[q]:offsets[q] + counts[q]], rows_of[q]) for q in range(P)),
         "scattered_rows": bool(comm.allreduce_sum(float(not np.array_equal(back, 2 * rows_of[r])))) is False,
         "collectives": collectives,
+        "staged_rows": bool(comm.allreduce_sum(float(not staged))) is False,
     }
     if r == 0:
         print(json.dumps(out))

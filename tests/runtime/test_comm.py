@@ -22,9 +22,10 @@ def test_reductions_of_many_numbers_and_in_rank_order(mpirun, ranks):
     """allreduce_sums reduces a vector at once; allgather stacks every rank's numbers in rank order,
     sum_in_rank_order adds them in that order (the same bits as a sequential sum), allreduce_max;
     gather_rows puts every rank's rows (some ranks none) where the offsets say on rank 0 and
-    scatter_rows hands them back; seven collectives on more than one rank, none on one."""
+    scatter_rows hands them back, also for device arrays staged through host memory (a stand-in
+    for CuPy's without a CUDA-aware MPI); seven collectives on more than one rank, none on one."""
     out = mpirun.json(ranks, "comm_check.py")
     assert out["sums_close"] and out["gathered_in_rank_order"] and out["max"]
     assert out["float_in_rank_order"] and out["array_in_rank_order"]
-    assert out["gathered_rows"] and out["scattered_rows"]
+    assert out["gathered_rows"] and out["scattered_rows"] and out["staged_rows"]
     assert out["collectives"] == (7 if ranks > 1 else 0)
