@@ -18,15 +18,16 @@ from .state import SolveState
 ORIGIN = 0  # the position holding point 0
 
 
-def row_spec(s: SolveState, layouts) -> tuple[list, list] | None:
-    """((rows), (offsets)) of a level's owned points per rank of the communicator, offsets into the
-    array of its points 1..N (what :meth:`Comm.gather_rows` takes); None when only the root owns
-    points there (nothing to move: every position knows it)."""
-    if not any(lay.n_owned for p, lay in enumerate(layouts) if p != s.root):
+def row_spec(layouts, ranks, root: int) -> tuple[list, list] | None:
+    """((rows), (offsets)) of a level's owned points per rank of the communicator (``ranks``: the MPI
+    rank of each position, ``root``: the root position), offsets into the array of its points 1..N
+    (what :meth:`Comm.gather_rows` takes); None when only the root owns points there (nothing to
+    move: every position knows it).  The solver computes it once per level (``MGRIT.row_specs``)."""
+    if not any(lay.n_owned for p, lay in enumerate(layouts) if p != root):
         return None
     counts, offsets = [0] * len(layouts), [0] * len(layouts)
     for p, lay in enumerate(layouts):
-        counts[s.ranks[p]], offsets[s.ranks[p]] = lay.n_owned, lay.lo - 1
+        counts[ranks[p]], offsets[ranks[p]] = lay.n_owned, lay.lo - 1
     return counts, offsets
 
 
@@ -40,7 +41,7 @@ def coarse_solve(s: SolveState, zero_rhs: bool = False) -> None:
     L = s.L
     u, g = s.u[L], s.g[L]
     xp, comm = s.xp, s.comm
-    spec = row_spec(s, s.layouts[L])
+    spec = s.row_specs[L]
     root = s.ranks[s.root]
     with s.timer("coarse_solve"):
         reqs, prev, rows, rhs = [], None, u[1:], g[1:]

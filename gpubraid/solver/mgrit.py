@@ -39,7 +39,7 @@ from ..errors import UserError
 from ..runtime.backend import Backend
 from ..runtime.comm import Comm
 from .chain import SerialChain
-from .coarse import coarse_solve
+from .coarse import coarse_solve, row_spec
 from .cycle import Visit, phases
 from .grid import Distribution, build_hierarchy
 from .interpolate import interpolate
@@ -89,6 +89,8 @@ class MGRIT:
         # maps halve or the coarse levels carry corrections (linear)
         self.alias = [None] + [None if backend.is_gpu or options.linear or l <= options.spatial_levels
                                else coarse_rows_in_fine(self.lv[l - 1], self.lv[l]) for l in range(1, self.n_levels)]
+        # each level's owned rows per rank, as the coarsest solve gathers and scatters them
+        self.row_specs = [row_spec(lay, self.ranks, self.root) for lay in self.layouts]
         self.a = int(self.dist.bounds[self.me])
         self.b = int(self.dist.bounds[self.me + 1])
         self._serial = SerialChain(comm, self.ranks, bounds, h, backend, micro_batches)

@@ -26,6 +26,8 @@ class SolveState:
             :func:`~.level.coarse_rows_in_fine`), or None when u[l] is an array of its own.
         data, h: per level l, this rank's step data (tuple of (k_l, ...) arrays) and step sizes (k_l,).
         coarse_data, coarse_h: level L's step data and step sizes of all its steps (root only).
+        row_specs: per level, its owned rows per rank for the coarsest solve's gather and scatter
+            (:func:`.coarse.row_spec`; None where only the root owns rows).
         r: the last residual (n_c, B, *S_l), handed from ``residual`` to ``restrict``; ``r_in_g``: it
             lies in the next level's g rows 1.. (the restriction builds g there in place).
         linear: the correction scheme is in use (``MGRITOptions.linear``).
@@ -40,6 +42,7 @@ class SolveState:
         self.comm, self.ranks, self.me, self.root = solver.comm, solver.ranks, solver.me, solver.root
         self.be, self.xp = solver.be, solver.xp
         self.grids, self.layouts, self.lv, self.alias = solver.levels, solver.layouts, solver.lv, solver.alias
+        self.row_specs = solver.row_specs
         self.phi, self.shape = phi, shape
         self.shapes = level_shapes(shape, solver.opts.spatial_levels, len(solver.lv))
         n = len(self.lv)

@@ -12,7 +12,6 @@ import numpy as np
 
 from ..runtime import tags
 from ..runtime.comm import Comm
-from .coarse import row_spec
 from .grid import Distribution, LevelGrid
 from .state import SolveState
 
@@ -172,7 +171,7 @@ class StepDataPlan:
         collective per data array)."""
         L = s.L
         mine = s.data[L]
-        spec = row_spec(s, self.layouts[L])
+        spec = s.row_specs[L]
         if s.me == s.root:
             s.coarse_h = s.be.asarray(self.levels[L].H)
             s.coarse_data = mine

@@ -158,6 +158,7 @@ def candidates(probe, cfg: TrainConfig, P: int, net: NetworkModel, h, fixed: dic
         fixed_s = reductions * cm.reduce_s(net, L, D) + cm.group_sum_s(net, D, cm.layer_block(N, L) * probe.param_bytes)
         fixed_s += probe.at_block(cm.layer_block(N, L))[1] + probe.regularizer_s * cm.layer_block(N, L) / N
         held = held_bytes(cm.layer_block(N, L), probe.state_bytes, probe.cache_blocked)
+        Mo = micro_batch_count(fixed.get("micro_batches"), L, m, held)   # a one-shot run's layer-serial pipeline
         block = cm.layer_block(N, L) * probe.param_bytes   # Chimera: a mirror block's parameters and gradient
         swap_s = 2 * (net.transfer(block) + net.overhead_s)
         for schedule in schedules(L, fixed.get("schedule")):
@@ -173,8 +174,7 @@ def candidates(probe, cfg: TrainConfig, P: int, net: NetworkModel, h, fixed: dic
                                          ("exact", probe.exact, cfg_method(cfg, "exact", L), False)):
             if info["levels"] < 2:
                 if name == "oneshot":  # the pipeline at its automatic M, at the probe's cost ratio to
-                    Mo = micro_batch_count(fixed.get("micro_batches"), L, m, held)  # serial's evaluation (+ the ρ estimate)
-                    r = info.get("serial_ratio", 1.0)
+                    r = info.get("serial_ratio", 1.0)  # serial's evaluation (+ the ρ estimate)
                     fwd, bwd, call = ((r * a, r * b) for a, b in (probe.sweep_fwd, probe.sweep_bwd, probe.sweep_call))
                     t = cm.pipeline_s("1f1b", L, Mo, m, N, fwd, bwd, probe.ends, probe.state_bytes, net,
                                       probe.per_sample_scale, tuple(call)) + fixed_s
@@ -188,7 +188,6 @@ def candidates(probe, cfg: TrainConfig, P: int, net: NetworkModel, h, fixed: dic
             e = info.get("grad_error", 0.0)
             monitor_s = 0.0
             if name == "oneshot":  # the convergence monitor: now and then serial's gradient by the pipeline
-                Mo = micro_batch_count(fixed.get("micro_batches"), L, m, held)
                 monitor_s = monitor_share(cfg.monitor_every, its, e <= cfg.monitor_tol / 4) * cm.pipeline_s(
                     "1f1b", L, Mo, m, N, probe.sweep_fwd, probe.sweep_bwd, probe.ends, probe.state_bytes, net,
                     probe.per_sample_scale, probe.sweep_call)

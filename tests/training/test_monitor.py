@@ -125,16 +125,23 @@ def test_checks_thin_out_while_the_error_stays_small_and_come_back_when_it_grows
     assert mon.Monitor(10, 0.1, n_levels=4).due(160, 0) and not mon.Monitor(10, 0.5, 4).due(170, 0)
 
 
-def test_resume_while_the_checks_are_spaced_out_equals_the_uninterrupted_run(tmp_path):
-    cfg = dict(PAPER, iterations=20, monitor_every=2, monitor_tol=10.0, checkpoint_every=7)
+def resumed_equals_uninterrupted(tmp_path, cfg: dict, stop: int) -> list:
+    """Train ``cfg`` through, and again stopped after ``stop`` steps and resumed from its checkpoint:
+    the two histories (time left out) must be equal.  Returns the uninterrupted history."""
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     ref = Trainer(TrainConfig(**cfg, checkpoint_dir=str(tmp_path / "a"))).run()
-    Trainer(TrainConfig(**{**cfg, "iterations": 14}, checkpoint_dir=str(tmp_path / "b"))).run()
+    Trainer(TrainConfig(**{**cfg, "iterations": stop}, checkpoint_dir=str(tmp_path / "b"))).run()
     got = Trainer(TrainConfig(**cfg, checkpoint_dir=str(tmp_path / "b"), resume=str(tmp_path / "b"))).run()
     strip = [{k: v for k, v in e.items() if k != "time_s"} for e in ref.history]
     assert [{k: v for k, v in e.items() if k != "time_s"} for e in got.history] == strip
-    assert [e["iter"] for e in ref.history if "monitor" in e] == [0, 1, 2, 4, 8, 16]
+    return ref.history
+
+
+def test_resume_while_the_checks_are_spaced_out_equals_the_uninterrupted_run(tmp_path):
+    cfg = dict(PAPER, iterations=20, monitor_every=2, monitor_tol=10.0, checkpoint_every=7)
+    history = resumed_equals_uninterrupted(tmp_path, cfg, 14)
+    assert [e["iter"] for e in history if "monitor" in e] == [0, 1, 2, 4, 8, 16]
 
 
 def test_the_measured_error_is_one_shots_and_a_strict_tolerance_brings_serials_gradient():
@@ -179,14 +186,8 @@ def test_a_loose_tolerance_leaves_one_shot_alone_and_off_is_off():
 
 def test_resume_with_a_cap_in_force_equals_the_uninterrupted_run(tmp_path):
     cfg = dict(PAPER, iterations=8, monitor_every=2, monitor_tol=1e-9, checkpoint_every=3)
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    ref = Trainer(TrainConfig(**cfg, checkpoint_dir=str(tmp_path / "a"))).run()
-    Trainer(TrainConfig(**{**cfg, "iterations": 6}, checkpoint_dir=str(tmp_path / "b"))).run()
-    got = Trainer(TrainConfig(**cfg, checkpoint_dir=str(tmp_path / "b"), resume=str(tmp_path / "b"))).run()
-    strip = [{k: v for k, v in e.items() if k != "time_s"} for e in ref.history]
-    assert [{k: v for k, v in e.items() if k != "time_s"} for e in got.history] == strip
-    assert any(e.get("monitor", {}).get("cap") for e in ref.history[:6])
+    history = resumed_equals_uninterrupted(tmp_path, cfg, 6)
+    assert any(e.get("monitor", {}).get("cap") for e in history[:6])
 
 
 def test_levels_for_the_rank_count():
