@@ -207,16 +207,23 @@ class MGRIT:
                             f"got {tuple(warm.shape)}")
         return shape
 
-    def _initial_guess(self, s: SolveState, u0, warm):
-        """Level-0 rows to start from: ``warm`` with u_0 put in, or u_0 at every point."""
+    def _initial_guess(self, s: SolveState, u0, warm, nested: bool):
+        """Level-0 rows to start from: ``warm`` with u_0 put in, or u_0 at every point.
+
+        ``nested``: the nested start writes every row before any is read (its coarse solve from
+        u_0, the C-points' values and an F-relaxation), so only point 0 is put in."""
         if warm is not None:
             if self.lv[0].lay.holds_origin:
                 warm[0] = u0
             return warm
         xp, be = self.xp, self.be
+        u = xp.empty((self.lv[0].rows, *s.shape), dtype=be.dtype)
+        if nested:
+            if self.lv[0].lay.holds_origin:
+                u[0] = u0
+            return u
         if self.comm.size > 1:
             u0 = self.comm.bcast_array(u0 if self.me == 0 else None, self.ranks[0], s.shape, np.dtype(be.dtype), xp)
-        u = xp.empty((self.lv[0].rows, *s.shape), dtype=be.dtype)
         u[...] = u0
         return u
 
@@ -261,7 +268,9 @@ class MGRIT:
             stats.adopt(choice)
         if n_lv != 1:
             self.plan.distribute(s, data, sample_data)
-            s.u[0] = self._initial_guess(s, u0, warm)
+            # the nested start's correction reads level 0's guess only where the maps halve
+            nested = opts.nested and n_lv is not None and not s.halves(0)
+            s.u[0] = self._initial_guess(s, u0, warm, nested)
         if n_lv is None:
             self._estimate(stats, phi, s.u[0], s.data[0], s.h[0], shape[0])
             n_lv = stats.levels

@@ -81,6 +81,26 @@ def test_nested_iteration_guess():
     assert res1[True][1] < res1[False][1]
 
 
+@pytest.mark.parametrize("cfactor,levels", [(2, 2), (3, 3), (4, 2)])
+def test_nested_start_reads_no_row_before_writing_it(cfactor, levels, monkeypatch):
+    """The nested start's level-0 rows are not filled with u_0 (only point 0 is put in): with every
+    new array full of NaN the one-shot solve gives the same bits as with zeros."""
+    model, layout, theta, x, y = make_problem("dense", 50, B=4)
+    P = layout.views(theta)
+    u0 = model.open_forward(x, P)
+    opts = MGRITOptions(cfactor=cfactor, max_levels=levels, nested=True, tol=0.0, max_iter=1)
+    out = {}
+    for poison in (0.0, np.nan):
+        empty = np.empty
+        monkeypatch.setattr(np, "empty", lambda *a, **k: np.full_like(empty(*a, **k), poison))
+        s = MGRIT(None, [0], [0, 50], model.h, opts, BE)
+        u, st = s.solve(model.step.forward, P.layers(), u0, u0.shape, levels=levels)
+        monkeypatch.setattr(np, "empty", empty)
+        assert st.levels == levels and np.isfinite(u).all()
+        out[poison] = u
+    assert np.array_equal(out[0.0], out[np.nan])
+
+
 def test_adaptive_stop_with_cap():
     model, layout, theta, x, y = make_problem("dense", 64, B=4)
     P = layout.views(theta)
