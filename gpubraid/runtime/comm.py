@@ -187,15 +187,9 @@ class Comm:
     def recv_into(self, a, source: int, tag: int) -> None:
         """Blocking receive into the contiguous array ``a`` (device arrays staged when needed)."""
         t = _traced()
-        if isinstance(a, np.ndarray):
-            self.comm.Recv(a, source=source, tag=tag)
-        elif self.cuda_aware:
-            self.backend.synchronize()
-            self.comm.Recv(a, source=source, tag=tag)
-        else:
-            host = np.empty(a.shape, a.dtype)
-            self.comm.Recv(host, source=source, tag=tag)
-            self.backend.copy_from_host(a, host)
+        buf = self._receivable(a)
+        self.comm.Recv(buf, source=source, tag=tag)
+        self._received(a, buf)
         if t is not None:
             t.recv(self.comm, source, tag, a.nbytes)
 
@@ -290,11 +284,12 @@ class Comm:
         self.stats.collectives += 1
         t = _traced()
         counts, displs = self._row_spec(part, rows)
-        host_out = out if self.rank != root or self._direct(out) else np.empty(out.shape, out.dtype)
-        self.comm.Gatherv(self._sendable(part), [host_out, (counts, displs)] if self.rank == root else None,
-                          root=root)
-        if host_out is not out:
-            self.backend.copy_from_host(out, host_out)
+        if self.rank == root:
+            buf = self._receivable(out)
+            self.comm.Gatherv(self._sendable(part), [buf, (counts, displs)], root=root)
+            self._received(out, buf)
+        else:
+            self.comm.Gatherv(self._sendable(part), None, root=root)
         if t is not None:
             t.collective("gather", self.comm, part.nbytes)
 
@@ -307,11 +302,10 @@ class Comm:
         self.stats.collectives += 1
         t = _traced()
         counts, displs = self._row_spec(part, rows)
-        host_part = part if self._direct(part) else np.empty(part.shape, part.dtype)
         send = [self._sendable(full), (counts, displs)] if self.rank == root else None
-        self.comm.Scatterv(send, host_part, root=root)
-        if host_part is not part:
-            self.backend.copy_from_host(part, host_part)
+        buf = self._receivable(part)
+        self.comm.Scatterv(send, buf, root=root)
+        self._received(part, buf)
         if t is not None:
             t.collective("scatter", self.comm, part.nbytes)
 
@@ -321,9 +315,21 @@ class Comm:
         row = int(np.prod(part.shape[1:], dtype=np.int64))
         return [int(k) * row for k in rows[0]], [int(o) * row for o in rows[1]]
 
-    def _direct(self, a) -> bool:
-        """Whether MPI takes array ``a`` as it is: host arrays, and device arrays with a CUDA-aware MPI."""
-        return isinstance(a, np.ndarray) or self.cuda_aware
+    def _receivable(self, a):
+        """A buffer MPI may write ``a``'s new values into: ``a`` itself (a device array's pending work
+        finished first), or, for a device array without a CUDA-aware MPI, a host array that
+        :meth:`_received` copies in afterwards."""
+        if isinstance(a, np.ndarray):
+            return a
+        if self.cuda_aware:
+            self.backend.synchronize()
+            return a
+        return np.empty(a.shape, a.dtype)
+
+    def _received(self, a, buf) -> None:
+        """Put what MPI wrote into :meth:`_receivable`'s ``buf`` into ``a`` (nothing when it was ``a``)."""
+        if buf is not a:
+            self.backend.copy_from_host(a, buf)
 
     def _sendable(self, a):
         """``a`` as MPI may read it: itself (device work finished first), or a host copy of a device array."""
